@@ -1,0 +1,23 @@
+"""Base models users can fine-tune. Methods come from ``tuning.methods``."""
+
+from django.db import models
+
+
+class BaseModel(models.Model):
+    class Source(models.TextChoices):
+        BUNDLED = "bundled", "Bundled with the studio"
+        LOCAL = "local", "Local directory"
+        HUB = "hub", "Hub id"
+
+    name = models.CharField(max_length=200, help_text="Name shown in the UI and written in model cards.")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    ref = models.CharField(max_length=500, help_text="Directory path or hub id passed to from_pretrained.")
+    # Base models are shared by every team on the instance (an admin adds them).
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["ref"], name="one_base_model_per_ref")]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name

@@ -1,0 +1,84 @@
+"""Jobs and their events. Job state changes only through ``services.py``."""
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class Job(models.Model):
+    class Kind(models.TextChoices):
+        TRAIN = "train"
+        MERGE = "merge"
+        QUANTIZE = "quantize"
+        EVALUATE = "evaluate"
+
+    class Status(models.TextChoices):
+        VALIDATING = "validating"
+        QUEUED = "queued"
+        RUNNING = "running"
+        CANCELLING = "cancelling"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class FailureKind(models.TextChoices):
+        USER_ERROR = "user_error", "Problem with the settings or data"
+        ERROR = "error", "Internal error"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="jobs")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="jobs")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TRAIN)
+    name = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.VALIDATING, db_index=True)
+    dataset = models.ForeignKey("datasets.Dataset", on_delete=models.PROTECT, null=True, blank=True)
+    base_model = models.ForeignKey("catalog.BaseModel", on_delete=models.PROTECT, null=True, blank=True)
+    config = models.JSONField(help_text="Snapshot of the validated run configuration.")
+    priority = models.IntegerField(default=0)
+    device_pool = models.CharField(max_length=50, default="default")
+    failure_kind = models.CharField(max_length=12, choices=FailureKind.choices, blank=True)
+    failure_message = models.TextField(blank=True)
+    worker_name = models.CharField(max_length=200, blank=True)
+    # Denormalised from the latest metrics event, for lists and the progress bar.
+    progress_step = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    last_loss = models.FloatField(null=True, blank=True)
+    last_seq = models.PositiveIntegerField(default=0, help_text="Seq of the newest event.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.name or f"{self.kind} #{self.pk}"
+
+    def get_absolute_url(self):
+        return reverse("job-detail", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in (self.Status.VALIDATING, self.Status.QUEUED, self.Status.RUNNING)
+
+
+class JobEvent(models.Model):
+    """Everything a job reported, in order: ``seq`` is 1, 2, 3 … per job."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=20)
+    data = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="one_event_per_seq")]
+
+    def as_message(self) -> dict:
+        return {"seq": self.seq, "kind": self.kind, "data": self.data}

@@ -1,0 +1,109 @@
+"""The only writer of Job state. Status flows
+validating → queued → running → succeeded | failed | cancelled
+(running → cancelling → cancelled when a user cancels a running job)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from studio.jobs.events import job_event_record
+from studio.jobs.models import Job
+from tuning.config import TrainConfig, config_to_dict
+from tuning.models import BUNDLED_MODEL_ID
+
+log = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "worker.tasks.run_job"  # sent by name: the web side never imports worker/
+
+
+def job_output_dir(job_id: int) -> Path:
+    return Path(settings.MEDIA_ROOT) / "jobs" / str(job_id)
+
+
+def _set_status(job_id: int, status: str, *, message: str = "", **fields) -> None:
+    data = {"status": status, **({"message": message} if message else {})}
+    if "failure_kind" in fields:
+        data["failure_kind"] = fields["failure_kind"]
+    job_event_record(job_id=job_id, kind="status", data=data, job_updates={"status": status, **fields})
+
+
+def job_create_train(*, user, team, dataset, base_model, settings_values: dict, method_params: dict,
+                     name: str = "") -> Job:
+    """Validate the settings, store the job as queued and enqueue it.
+
+    Raises tuning.errors.ConfigError (every bad field) and stores nothing
+    when the settings are invalid.
+    """
+    with transaction.atomic():
+        job = Job.objects.create(team=team, owner=user, kind=Job.Kind.TRAIN, dataset=dataset,
+                                 base_model=base_model, config={}, device_pool=settings.DEFAULT_DEVICE_POOL,
+                                 name=name[:200])
+        config = TrainConfig.from_dict({
+            **settings_values,
+            "method_params": method_params,
+            "base_model": base_model.ref,
+            "base_model_name": BUNDLED_MODEL_ID if base_model.source == "bundled" else base_model.name,
+            "dataset_path": dataset.file.path,
+            "dataset_name": Path(dataset.file.name).name,
+            "dataset_sha256": dataset.sha256,
+            "output_dir": str(job_output_dir(job.pk)),
+            "trust_remote_code": settings.TRUST_REMOTE_CODE,
+        })
+        job.config = config_to_dict(config)
+        job.name = job.name or f"{config.method} on {dataset.name}"
+        job.save(update_fields=["config", "name"])
+        _set_status(job.pk, Job.Status.QUEUED, progress_total=config.max_steps)
+        transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
+    job.refresh_from_db()
+    return job
+
+
+def job_enqueue(*, job_id: int, pool: str) -> None:
+    from studio.celery import app
+
+    app.send_task(RUN_JOB_TASK, args=[job_id], queue=pool)
+
+
+def job_start(*, job_id: int, worker_name: str) -> Job | None:
+    """Claim a queued job for this worker. Returns None when the job is not
+    queued any more (cancelled meanwhile, or already taken): it must not run twice."""
+    with transaction.atomic():
+        claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+            status=Job.Status.RUNNING, worker_name=worker_name[:200], started_at=timezone.now())
+        if not claimed:
+            return None
+        job_event_record(job_id=job_id, kind="status", data={"status": Job.Status.RUNNING, "worker": worker_name})
+    return Job.objects.get(pk=job_id)
+
+
+def job_progress(*, job_id: int, kind: str, data: dict) -> None:
+    """Record an event reported by the running job."""
+    updates = {}
+    if kind == "metrics":
+        updates = {"progress_step": data["step"], "progress_total": data["total_steps"], "last_loss": data["loss"]}
+    job_event_record(job_id=job_id, kind=kind, data=data, job_updates=updates)
+
+
+def job_cancel(*, job: Job) -> Job:
+    """Cancel at once if the job has not started; otherwise ask the worker to
+    stop (it does so within one step and keeps a checkpoint)."""
+    with transaction.atomic():
+        if Job.objects.filter(pk=job.pk, status__in=[Job.Status.VALIDATING, Job.Status.QUEUED]).exists():
+            _set_status(job.pk, Job.Status.CANCELLED, message="Cancelled before it started",
+                        finished_at=timezone.now())
+        elif Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).exists():
+            _set_status(job.pk, Job.Status.CANCELLING, message="Stopping after the current step")
+    job.refresh_from_db()
+    return job
+
+
+def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str = "") -> None:
+    """Called by the worker when the run ends."""
+    assert status in Job.FINISHED, status
+    _set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
+                finished_at=timezone.now())

@@ -1,0 +1,64 @@
+"""The job event stream over a WebSocket.
+
+Protocol: after connecting, the client sends {"after": N}, the last seq it
+has (0 for none). The server sends every stored event after N, then each
+new one as it happens, as {"seq", "kind", "data"}, in order without gaps.
+"""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from studio.jobs.events import job_group_name
+from studio.jobs.selectors import job_events_after, job_visible_to
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+class JobEventsConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        self.last_seq = None  # None until the client says where it is
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if not await database_sync_to_async(job_visible_to)(user=user, job_id=self.job_id):
+            await self.close(code=CLOSE_NOT_FOUND)  # same answer for "other team" and "no such job"
+            return
+        self.group = job_group_name(self.job_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        after = content.get("after", 0) if isinstance(content, dict) else 0
+        self.last_seq = after if isinstance(after, int) and after >= 0 else 0
+        await self._send_stored()
+
+    async def job_event(self, message):
+        """A live event from the group. Consumers handle one message at a time,
+        so this never interleaves with the catch-up in ``_send_stored``."""
+        if self.last_seq is None or message["seq"] <= self.last_seq:
+            return  # the client has it, or will get it when it asks
+        if message["seq"] > self.last_seq + 1:
+            await self._send_stored()  # a push was missed: read the gap from the database
+            return
+        await self._send(message)
+
+    async def _send_stored(self):
+        while True:
+            events = await database_sync_to_async(job_events_after)(job_id=self.job_id, after=self.last_seq)
+            for event in events:
+                await self._send(event)
+            if len(events) < 5000:
+                return
+
+    async def _send(self, event: dict):
+        await self.send_json({"seq": event["seq"], "kind": event["kind"], "data": event["data"]})
+        self.last_seq = event["seq"]

