@@ -1,0 +1,10 @@
+"""Settings for the test run: everything the test process writes goes to a
+temporary DATA_DIR, never the user's ./data."""
+
+import os
+import tempfile
+
+os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="studio-test-data-"))
+os.environ.pop("REDIS_URL", None)  # unit tests use the in-memory broker and channel layer
+
+from studio.settings import *  # noqa: E402,F401,F403

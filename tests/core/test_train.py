@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tuning.config import TrainConfig
+from tuning.events import MemorySink
+from tuning.train import run_train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config(tiny_model, data, out, **overrides) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "base_model": str(tiny_model), "dataset_path": str(data), "output_dir": str(out), "max_steps": 20,
+        "batch_size": 4, "learning_rate": 0.02, "warmup_ratio": 0.0, "precision": "fp32",
+        "method_params": {"rank": 8, "alpha": 16, "dropout": 0.0}, **overrides})
+
+
+def test_lora_learns_and_the_adapter_reloads_in_stock_peft(tiny_model, memorisable_jsonl, tmp_path):
+    sink = MemorySink()
+    result = run_train(config(tiny_model, memorisable_jsonl, tmp_path), sink)
+
+    losses = [event.loss for event in sink.of_kind("metrics")]
+    assert result.status == "succeeded" and len(losses) == 20
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0] * 0.8, losses  # it memorises the batch
+
+    adapter = Path(result.output_path)
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {p.name for p in adapter.iterdir()}
+    card = (adapter / "README.md").read_text()
+    assert "memorise.jsonl" in card and "LoRA" in card and f"{result.final_loss:.4f}" in card
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    probe = torch.tensor([[1, 400, 2000, 77, 5]])
+    with torch.no_grad():
+        studio_logits = result.model.eval()(probe).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        stock = PeftModel.from_pretrained(base, adapter).eval()
+        stock_logits = stock(probe).logits
+        plain_logits = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)(probe).logits
+    torch.testing.assert_close(stock_logits, studio_logits, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain_logits, studio_logits, atol=1e-4)  # the adapter changed something
+
+
+def test_stop_request_ends_within_one_step_and_keeps_a_checkpoint(tiny_model, memorisable_jsonl, tmp_path):
+    sink = MemorySink(stop_after=3)
+    result = run_train(config(tiny_model, memorisable_jsonl, tmp_path, max_steps=50, save_every=1000), sink)
+    assert result.status == "cancelled" and result.steps == 3
+    assert len(sink.of_kind("metrics")) == 3
+    checkpoint = Path(sink.of_kind("checkpoint")[-1].path)
+    assert checkpoint.name == "step-0000003" and (checkpoint / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_checkpoints_rotate(tiny_model, memorisable_jsonl, tmp_path):
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path, max_steps=6, save_every=2, keep_checkpoints=2),
+              MemorySink())
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
+
+
+def test_cli_prints_the_same_events_as_json_lines(tiny_model, memorisable_jsonl, tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "base_model": str(tiny_model), "dataset_path": str(memorisable_jsonl), "output_dir": str(tmp_path / "out"),
+        "max_steps": 3, "batch_size": 2, "method_params": {"rank": 4}}))
+    done = subprocess.run([sys.executable, "-m", "tuning", "train", str(config_file)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["data"]["step"] for e in events if e["kind"] == "metrics"] == [1, 2, 3]
+    assert events[-2]["kind"] == "artifact"
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_cli_reports_bad_config_without_a_traceback(tmp_path):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text("base_model: m\nbatch_size: -1\n")
+    done = subprocess.run([sys.executable, "-m", "tuning", "train", str(config_file)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "batch_size: must be at least 1" in done.stderr and "dataset_path: is required" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_base_model_is_a_user_error(memorisable_jsonl, tmp_path):
+    from tuning.errors import ModelError
+
+    with pytest.raises(ModelError, match="base model directory not found"):
+        run_train(config(tmp_path / "nowhere", memorisable_jsonl, tmp_path / "out"), MemorySink())
