@@ -26,3 +26,15 @@ def memorisable_jsonl(tmp_path) -> Path:
     path = tmp_path / "memorise.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, tiny_model):
+    """A running studio (Redis, daphne, Celery worker) shared by the
+    integration and browser tests."""
+    from tests.stack import start_stack
+    from studio.launcher import stop_all
+
+    running = start_stack(tmp_path_factory.mktemp("stack"), tiny_model)
+    yield running
+    stop_all(running.procs)

@@ -22,10 +22,14 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
         self.last_seq = None  # None until the client says where it is
+        # Refusals accept first and then close with a code, so the browser
+        # learns why (a refused handshake only shows up as 1006).
         if user is None or not user.is_authenticated:
+            await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         if not await database_sync_to_async(job_visible_to)(user=user, job_id=self.job_id):
+            await self.accept()
             await self.close(code=CLOSE_NOT_FOUND)  # same answer for "other team" and "no such job"
             return
         self.group = job_group_name(self.job_id)

@@ -38,7 +38,8 @@ class Command(BaseCommand):
     def _bundled_model(self):
         from tuning.models import prepare_bundled_model
 
-        dest = Path(settings.DATA_DIR) / "models" / "smollm2-135m-instruct"
+        # Under MEDIA_ROOT: the one directory every worker shares (a compose volume, NFS…).
+        dest = Path(settings.MEDIA_ROOT) / "models" / "smollm2-135m-instruct"
         if not (dest / "model.safetensors").exists():
             self.stdout.write("Converting the bundled SmolLM2-135M-Instruct to safetensors (once, ~1 minute)…")
         try:

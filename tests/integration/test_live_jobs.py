@@ -1,0 +1,108 @@
+"""Real Redis, real Celery worker, real ASGI server, real WebSocket clients."""
+
+import asyncio
+import io
+import json
+import zipfile
+
+import pytest
+import websockets
+
+pytestmark = pytest.mark.integration
+
+PAIRS = "".join(json.dumps({"instruction": f"Say {word}.", "output": f"{word.capitalize()}!"}) + "\n"
+                for word in ["hello", "yes", "blue", "green"])
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+async def read_events(url, cookie, *, after=0, stop_after=None, until_finished=True, timeout=180):
+    """Connect, say the last seq we have, and read events."""
+    events = []
+    async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": url.replace("ws", "http", 1)},
+                                  open_timeout=20) as socket:
+        await socket.send(json.dumps({"after": after}))
+        while True:
+            event = json.loads(await asyncio.wait_for(socket.recv(), timeout))
+            events.append(event)
+            if stop_after and len(events) >= stop_after:
+                return events
+            if until_finished and event["kind"] == "status" and event["data"]["status"] in FINISHED:
+                return events
+
+
+async def close_code(url, cookie=""):
+    headers = {"Origin": url.replace("ws", "http", 1), **({"Cookie": cookie} if cookie else {})}
+    socket = await websockets.connect(url, additional_headers=headers)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(socket.recv(), 10)
+    return closed.value.rcvd.code
+
+
+@pytest.fixture(scope="module")
+def admin(stack):
+    return stack.login()
+
+
+@pytest.fixture(scope="module")
+def dataset_id(stack, admin):
+    return stack.upload(admin, "pairs.jsonl", PAIRS)
+
+
+def test_events_stream_live_and_a_reconnect_gets_the_rest(stack, admin, dataset_id):
+    job_id = stack.start_job(admin, dataset_id, max_steps=12)
+    url, cookie = stack.ws_url(job_id), stack.cookie_header(admin)
+
+    first = asyncio.run(read_events(url, cookie, stop_after=6))  # then the "browser" goes away mid-run
+    rest = asyncio.run(read_events(url, cookie, after=first[-1]["seq"]))
+    seen = first + rest
+    assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))  # no gap, no repeat
+    assert [e["data"]["step"] for e in seen if e["kind"] == "metrics"] == list(range(1, 13))
+    assert seen[-1]["data"]["status"] == "succeeded"
+
+    # A second viewer arriving later sees exactly the same history.
+    assert asyncio.run(read_events(url, cookie)) == seen
+
+    artifact = next(e for e in seen if e["kind"] == "artifact")["data"]
+    download = admin.get(stack.base_url + artifact["download_url"])
+    assert download.status_code == 200 and download.headers["Content-Type"] == "application/zip"
+    names = {name.split("/", 1)[1] for name in zipfile.ZipFile(io.BytesIO(download.content)).namelist()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= names
+
+
+def test_socket_needs_login_and_the_right_team(stack, admin, dataset_id):
+    job_id = stack.start_job(admin, dataset_id, max_steps=1)
+    assert asyncio.run(close_code(stack.ws_url(job_id))) == 4401
+    outsider = stack.login(("mallory", "mallory-pass-123"))
+    assert asyncio.run(close_code(stack.ws_url(job_id), stack.cookie_header(outsider))) == 4404
+    stack.wait_for_status(admin, job_id, FINISHED)
+
+
+def test_cancel_stops_within_one_step_and_keeps_a_checkpoint(stack, admin, dataset_id):
+    job_id = stack.start_job(admin, dataset_id, max_steps=100000, save_every=100000)
+    url, cookie = stack.ws_url(job_id), stack.cookie_header(admin)
+    asyncio.run(read_events(url, cookie, until_finished=False, stop_after=9))  # a few steps in
+    response = stack.post(admin, f"/jobs/{job_id}/cancel/", headers={"HX-Request": "true"})
+    assert response.status_code == 200 and 'data-status="cancelling"' in response.text
+
+    state = stack.wait_for_status(admin, job_id, FINISHED, timeout=60)
+    events = state["events"]
+    assert state["status"] == "cancelled"
+    cancelling = next(i for i, e in enumerate(events) if e["kind"] == "status" and e["data"]["status"] == "cancelling")
+    assert sum(e["kind"] == "metrics" for e in events[cancelling:]) <= 1  # at most the step already under way
+    checkpoint = [e for e in events if e["kind"] == "checkpoint"][-1]["data"]
+    last_step = [e for e in events if e["kind"] == "metrics"][-1]["data"]["step"]
+    assert checkpoint["step"] == last_step
+    saved = stack.data_dir / "media" / "jobs" / str(job_id) / checkpoint["path"]
+    assert (saved / "adapter_model.safetensors").exists()
+
+
+def test_a_failing_job_reports_why_and_the_worker_takes_the_next(stack, admin, dataset_id):
+    failing = stack.start_job(admin, dataset_id, max_steps=3, max_length=8)  # no response fits in 8 tokens
+    state = stack.wait_for_status(admin, failing, FINISHED)
+    assert state["status"] == "failed"
+    page = admin.get(f"{stack.base_url}/jobs/{failing}/").text
+    assert "Problem with the settings or data" in page and "raise max length" in page
+    assert "Traceback" not in page
+
+    following = stack.start_job(admin, dataset_id, max_steps=2)
+    assert stack.wait_for_status(admin, following, FINISHED)["status"] == "succeeded"

@@ -1,0 +1,133 @@
+"""A real studio for integration and browser tests: the embedded Redis
+server, daphne and a Celery worker as separate processes, on 127.0.0.1,
+with their own DATA_DIR and SQLite database, and the tiny model registered."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from studio import launcher
+
+REPO = Path(__file__).resolve().parent.parent
+ADMIN = ("admin", "admin-pass-123")
+OUTSIDER = ("mallory", "mallory-pass-123")
+
+MAKE_OUTSIDER = f"""
+from studio.accounts.models import Team, Membership
+from studio.accounts.services import user_create
+team, _ = Team.objects.get_or_create(slug="rivals", defaults={{"name": "Rivals"}})
+user_create(username="{OUTSIDER[0]}", password="{OUTSIDER[1]}", team=team, role=Membership.Role.ADMIN)
+"""
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    env: dict
+    base_url: str = ""
+    procs: list = field(default_factory=list)
+    worker_name: str = "test-worker@%h"
+    tiny_model_id: int = 0
+    tiny_model_path: str = ""
+
+    def manage(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=self.env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def login(self, credentials=ADMIN) -> requests.Session:
+        session = requests.Session()
+        session.get(f"{self.base_url}/accounts/login/")
+        response = session.post(f"{self.base_url}/accounts/login/", allow_redirects=False, data={
+            "username": credentials[0], "password": credentials[1],
+            "csrfmiddlewaretoken": session.cookies["csrftoken"]})
+        assert response.status_code == 302, "login failed"
+        return session
+
+    def post(self, session: requests.Session, path: str, **kwargs) -> requests.Response:
+        data = {"csrfmiddlewaretoken": session.cookies["csrftoken"], **kwargs.pop("data", {})}
+        return session.post(f"{self.base_url}{path}", data=data, **kwargs)
+
+    def start_job(self, session, dataset_id: int, **settings) -> int:
+        response = self.post(session, "/jobs/new/", allow_redirects=False, data={
+            "dataset": dataset_id, "base_model": self.tiny_model_id, "method": "lora", "batch_size": 2,
+            "learning_rate": 0.01, "method__rank": 4, "precision": "fp32", **settings})
+        assert response.status_code == 302, response.text
+        return int(response.headers["Location"].rstrip("/").split("/")[-1])
+
+    def upload(self, session, name: str, content: str) -> int:
+        response = self.post(session, "/datasets/", files={"file": (name, content.encode())}, allow_redirects=False)
+        assert response.status_code == 302, response.text
+        return int(response.headers["Location"].rstrip("/").split("/")[-1])
+
+    def job_state(self, session, job_id: int, after: int = 0) -> dict:
+        return session.get(f"{self.base_url}/jobs/{job_id}/events/?after={after}").json()
+
+    def wait_for_status(self, session, job_id: int, statuses, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.job_state(session, job_id)
+            if state["status"] in statuses:
+                return state
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} still {state['status']} after {timeout} s")
+
+    def cookie_header(self, session) -> str:
+        return "; ".join(f"{k}={v}" for k, v in session.cookies.items())
+
+    def ws_url(self, job_id: int) -> str:
+        return self.base_url.replace("http://", "ws://") + f"/ws/jobs/{job_id}/"
+
+    def start_worker(self):
+        proc = launcher.start_worker(self.env, name=self.worker_name, **_quiet(self.data_dir, "worker"))
+        self.procs.append(proc)
+        deadline = time.monotonic() + launcher.WORKER_START_TIMEOUT_S
+        while not launcher.worker_answers(self.env["REDIS_URL"], self.worker_name):
+            assert proc.poll() is None, f"the worker died: {self.log('worker')[-3000:]}"
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.5)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.data_dir / f"{name}.log").read_text(errors="replace")
+
+
+def _quiet(data_dir: Path, name: str) -> dict:
+    handle = open(data_dir / f"{name}.log", "ab")
+    return {"stdout": handle, "stderr": subprocess.STDOUT}
+
+
+def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
+    redis_proc, redis_url = launcher.start_redis(data_dir)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "studio.settings", "DATA_DIR": str(data_dir),
+           "REDIS_URL": redis_url, "STUDIO_ADMIN_USERNAME": ADMIN[0], "STUDIO_ADMIN_PASSWORD": ADMIN[1],
+           "ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
+    for variable in ("DATABASE_URL", "MEDIA_ROOT", "SECRET_KEY"):
+        env.pop(variable, None)
+    stack = Stack(data_dir=data_dir, env=env, procs=[redis_proc])
+    try:
+        stack.manage("migrate", "--noinput")
+        stack.manage("studio_setup", "--skip-bundled-model")
+        registered = stack.manage("register_base_model", "Tiny Llama (test)", str(tiny_model))
+        stack.tiny_model_path = str(tiny_model)
+        stack.tiny_model_id = int(re.search(r"#(\d+)", registered).group(1))
+        stack.manage("shell", "-c", MAKE_OUTSIDER)
+        port = launcher.free_port()
+        stack.procs.append(launcher.start_web(env, "127.0.0.1", port, **_quiet(data_dir, "web")))
+        launcher.wait_for_port("127.0.0.1", port, launcher.WEB_START_TIMEOUT_S)
+        stack.base_url = f"http://127.0.0.1:{port}"
+        stack.start_worker()
+    except BaseException:
+        launcher.stop_all(stack.procs)
+        raise
+    return stack
+
