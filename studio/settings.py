@@ -140,7 +140,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000},
+            "CONFIG": {
+                # socket_connect_timeout: a worker whose Redis is down loses
+                # only the live push (2 s at most), never the training.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2}],
+                "capacity": 1000,
+            },
         }
     }
 else:

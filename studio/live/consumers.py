@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from studio.jobs.events import job_group_name
-from studio.jobs.selectors import job_events_after, job_visible_to
+from studio.jobs.selectors import EVENT_PAGE_SIZE, job_events_after, job_visible_to
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -60,7 +60,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
             events = await database_sync_to_async(job_events_after)(job_id=self.job_id, after=self.last_seq)
             for event in events:
                 await self._send(event)
-            if len(events) < 5000:
+            if len(events) < EVENT_PAGE_SIZE:
                 return
 
     async def _send(self, event: dict):
