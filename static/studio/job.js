@@ -61,6 +61,7 @@
     status(d) {
       addLog(`status: ${d.status}${d.message ? " – " + d.message : ""}`);
       finished = FINISHED.includes(d.status);
+      if (finished) liveState.textContent = `Finished (${d.status})`;
     },
   };
 
@@ -81,7 +82,7 @@
     const socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
     socket.onopen = () => {
       retryMs = 500;
-      liveState.textContent = "Live";
+      liveState.textContent = finished ? "Finished" : "Live";
       socket.send(JSON.stringify({ after: lastSeq }));
     };
     socket.onmessage = (message) => handle(JSON.parse(message.data));

@@ -14,6 +14,7 @@ from django.utils import timezone
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from tuning.config import TrainConfig, config_to_dict
+from tuning.methods import METHODS
 from tuning.models import BUNDLED_MODEL_ID
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
             "trust_remote_code": settings.TRUST_REMOTE_CODE,
         })
         job.config = config_to_dict(config)
-        job.name = job.name or f"{config.method} on {dataset.name}"
+        job.name = job.name or f"{METHODS[config.method].label} on {dataset.name}"
         job.save(update_fields=["config", "name"])
         _set_status(job.pk, Job.Status.QUEUED, progress_total=config.max_steps)
         transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
