@@ -23,7 +23,7 @@ from tuning.data import sft
 from tuning.data.readers import read_examples
 from tuning.errors import ConfigError, DatasetError, ResourceError
 from tuning.events import ArtifactEvent, CheckpointEvent, EventSink, LogEvent, MetricsEvent
-from tuning.methods import METHODS
+from tuning.methods import METHODS, MethodContext
 from tuning.modelcard import write_model_card
 from tuning.models import load_causal_lm, load_tokenizer
 
@@ -99,7 +99,7 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     model = load_causal_lm(config.base_model, trust_remote_code=config.trust_remote_code)
     if config.base_model_name:
         model.config.name_or_path = config.base_model_name  # recorded in adapter_config.json
-    model = method.prepare(model, params).to(device)
+    model = method.prepare(model, params, MethodContext(task="sft", device=device)).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count = sum(p.numel() for p in trainable)
     total_count = sum(p.numel() for p in model.parameters())

@@ -18,7 +18,7 @@ class LoraParams:
                                                       "'all-linear' for every linear layer but the output head.")
 
 
-def prepare(model, params: LoraParams):
+def prepare(model, params: LoraParams, context=None):
     from peft import LoraConfig, get_peft_model
 
     targets = params.target_modules.strip()
