@@ -164,6 +164,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Which device pool (Celery queue) jobs go to unless they name one.
 DEFAULT_DEVICE_POOL = env_str("DEFAULT_DEVICE_POOL", "default")
+# Pools whose workers have a CUDA GPU; GPU-only methods (QLoRA …) are
+# offered only when there is one.
+GPU_POOLS = env_list("GPU_POOLS", [])
 
 LOGGING = {
     "version": 1,

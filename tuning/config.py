@@ -150,9 +150,13 @@ class TrainConfig:
     dataset_name: str = setting("", help="Name recorded in the model card.")
     dataset_sha256: str = setting("", help="Content hash recorded in the model card.")
     output_dir: str = setting(help="Directory for checkpoints and the final adapter.")
-    method: str = setting("lora", help="Fine-tuning method.", choices=("lora",), basic=True)
+    task: str = setting("sft", help="What to train: sft (instruction/chat data, loss on responses), pretrain "
+                                    "(continued pre-training on plain text) or classify (text + label).",
+                        choices=("sft", "pretrain", "classify"), basic=True)
+    method: str = setting("lora", help="Fine-tuning method (see `python -m tuning methods`).", basic=True)
     method_params: dict = field(default_factory=dict)
-    learning_rate: float = setting(2e-4, help="Peak learning rate (AdamW).", min=1e-7, max=1.0, basic=True,
+    learning_rate: float = setting(2e-4, help="Peak learning rate (AdamW); 0 trains nothing, which measures the "
+                                              "base model's eval loss.", min=0.0, max=1.0, basic=True,
                                    label="Learning rate")
     epochs: float = setting(1.0, help="Passes over the data (ignored when max steps is set).", min=0.01,
                             max=1000.0, basic=True)
@@ -171,6 +175,18 @@ class TrainConfig:
                                    max=1000.0)
     precision: str = setting("auto", help="Compute precision: auto picks bf16 where the device supports it.",
                              choices=("auto", "fp32", "bf16", "fp16"))
+    gradient_checkpointing: bool = setting(False, help="Recompute activations in the backward pass: less "
+                                                       "memory, about a third slower.")
+    validation_ratio: float = setting(0.0, help="Fraction of rows held out for evaluation (0: no evaluation).",
+                                      min=0.0, max=0.5)
+    eval_every: int = setting(0, help="Evaluate every N steps (0: only at the end); needs a validation split.",
+                              min=0, max=10_000_000)
+    early_stopping_patience: int = setting(0, help="Stop after this many evaluations without a lower eval loss "
+                                                   "(0: never stop early).", min=0, max=1000)
+    load_best_at_end: bool = setting(False, help="Save the checkpoint with the lowest eval loss as the output, "
+                                                 "instead of the last step.")
+    resume_from: str = setting("", help="Checkpoint directory to continue from (model, optimizer, scheduler and "
+                                        "data position); 'latest' picks the newest one in output_dir.")
     loss_on_prompt: bool = setting(False, help="Also train on the prompt tokens (default: responses only).")
     seed: int = setting(42, help="Random seed for shuffling and initialisation.", min=0, max=2**31 - 1)
     save_every: int = setting(100, help="Write a checkpoint every N steps.", min=1, max=10_000_000)
@@ -191,6 +207,11 @@ class TrainConfig:
         except ConfigError as exc:
             errors.update(exc.errors)
         method = METHODS.get(data.get("method", "lora"))
+        if method is None:
+            errors["method"] = f"unknown method '{data.get('method')}'; known: {', '.join(sorted(METHODS))}"
+        elif data.get("task", "sft") not in method.tasks:
+            errors["task"] = (f"{method.label} does not support the task '{data.get('task')}'; it supports: "
+                              f"{', '.join(method.tasks)}")
         if method is not None:
             try:
                 params = config_from_dict(method.params, method_params, prefix="method_params.")
@@ -200,3 +221,21 @@ class TrainConfig:
         if errors:
             raise ConfigError(errors)
         return dataclasses.replace(config, method_params=method_params)
+
+
+def check_against_model(config: TrainConfig) -> None:
+    """Refuse settings the chosen base model makes impossible (a rank larger
+    than a layer, a method the architecture lacks parts for …), reading only
+    the model's config file. Raises ConfigError naming the field."""
+    from tuning.methods import METHODS
+    from tuning.models import load_model_config
+
+    method = METHODS[config.method]
+    if method.check is None:
+        return
+    params = method.params(**config.method_params)
+    problems = method.check(params, load_model_config(config.base_model, trust_remote_code=config.trust_remote_code),
+                            config.task)
+    if problems:
+        raise ConfigError({f"method_params.{name}" if name in config.method_params else name: message
+                           for name, message in problems.items()})

@@ -47,6 +47,19 @@ class MetricsEvent(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvalEvent(Event):
+    """An evaluation on the validation split."""
+
+    kind: ClassVar[str] = "eval"
+    step: int
+    eval_loss: float
+    perplexity: float | None = None
+    accuracy: float | None = None
+    f1: float | None = None
+    best: bool = False  # the lowest eval loss so far
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckpointEvent(Event):
     kind: ClassVar[str] = "checkpoint"
     step: int

@@ -72,6 +72,17 @@ def _check_ref(ref: str) -> None:
         raise ModelError(f"base model directory not found: {ref}")
 
 
+def load_model_config(ref: str, *, trust_remote_code: bool = False):
+    """The model's config alone (no weights): cheap enough for the web process."""
+    from transformers import AutoConfig
+
+    _check_ref(ref)
+    try:
+        return AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the config of '{ref}': {exc}") from None
+
+
 def load_tokenizer(ref: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -86,12 +97,37 @@ def load_tokenizer(ref: str, *, trust_remote_code: bool = False):
 
 
 def load_causal_lm(ref: str, *, dtype=None, trust_remote_code: bool = False):
-    import torch
     from transformers import AutoModelForCausalLM
 
+    return _load(AutoModelForCausalLM, ref, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def load_classifier(ref: str, *, label2id: dict[str, int], pad_token_id: int | None, dtype=None,
+                    trust_remote_code: bool = False):
+    """A sequence classifier: an encoder, or a causal LM with a new
+    classification head (the head starts untrained)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _load(AutoModelForSequenceClassification, ref, dtype=dtype, trust_remote_code=trust_remote_code,
+                 num_labels=len(label2id), label2id=label2id, id2label={i: l for l, i in label2id.items()},
+                 pad_token_id=pad_token_id)
+
+
+def load_model_for_task(task: str, ref: str, *, tokenizer, label2id=None, trust_remote_code: bool = False):
+    if task == "classify":
+        return load_classifier(ref, label2id=label2id, pad_token_id=tokenizer.pad_token_id,
+                               trust_remote_code=trust_remote_code)
+    return load_causal_lm(ref, trust_remote_code=trust_remote_code)
+
+
+def _load(auto_class, ref: str, *, dtype=None, trust_remote_code: bool = False, **kwargs):
+    import torch
+    import transformers
+
     _check_ref(ref)
+    transformers.utils.logging.disable_progress_bar()  # progress goes through events, not stderr bars
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            ref, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code)
+        return auto_class.from_pretrained(ref, dtype=dtype or torch.float32, use_safetensors=True,
+                                          trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the model '{ref}' (safetensors weights are required): {exc}") from None

@@ -1,31 +1,35 @@
-"""The training loop: supervised fine-tuning of a causal LM, top to bottom.
+"""The training loop, top to bottom.
 
 ``run_train(config, sink)`` is the one entry point, called by the CLI and
 by the worker alike. It reports everything through ``sink`` and checks
 ``sink.should_stop()`` after every optimizer step, so a cancel takes
-effect within one step and leaves a checkpoint behind.
+effect within one step and leaves a checkpoint behind. A run continues
+exactly from a checkpoint (weights, optimizer, scheduler, data position)
+when ``resume_from`` names one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuning.config import TrainConfig
-from tuning.data import sft
-from tuning.data.readers import read_examples
+from tuning import checkpoints
+from tuning.config import TrainConfig, check_against_model
+from tuning.data.splits import split_validation
+from tuning.data.tasks import batches, collate_for_task, load_task_data
 from tuning.errors import ConfigError, DatasetError, ResourceError
-from tuning.events import ArtifactEvent, CheckpointEvent, EventSink, LogEvent, MetricsEvent
+from tuning.evaluate import evaluate
+from tuning.events import ArtifactEvent, CheckpointEvent, EvalEvent, EventSink, LogEvent, MetricsEvent
 from tuning.methods import METHODS, MethodContext
 from tuning.modelcard import write_model_card
-from tuning.models import load_causal_lm, load_tokenizer
+from tuning.models import load_model_for_task, load_tokenizer
+
+CALIBRATION_BATCHES = 8  # batches shown to data-driven initialisations (EVA, CorDA)
 
 
 @dataclass
@@ -33,8 +37,9 @@ class TrainResult:
     status: str  # "succeeded" or "cancelled"
     steps: int
     final_loss: float | None
-    output_path: str  # the adapter directory, or the last checkpoint when cancelled
+    output_path: str  # the output directory, or the last checkpoint when cancelled
     trainable_parameters: int
+    eval: dict | None = None  # the last evaluation
     model: Any = None  # the trained model, for in-process callers (tests, evaluation)
 
 
@@ -60,14 +65,14 @@ def _memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _save_checkpoint(model, output_dir: Path, *, step: int, epoch: int, keep: int) -> Path:
-    root = output_dir / "checkpoints"
-    path = root / f"step-{step:07d}"
-    model.save_pretrained(path, safe_serialization=True)
-    (path / "trainer_state.json").write_text(json.dumps({"step": step, "epoch": epoch}))
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
+def _resume_dir(config: TrainConfig, output_dir: Path) -> Path | None:
+    if not config.resume_from:
+        return None
+    found = (checkpoints.latest(output_dir / "checkpoints") if config.resume_from == "latest"
+             else Path(config.resume_from))
+    if config.resume_from != "latest" and not (found / checkpoints.STATE_FILE).exists():
+        raise ConfigError({"resume_from": f"{found} is not a checkpoint directory"})
+    return found
 
 
 def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
@@ -78,28 +83,43 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     method = METHODS[config.method]
     params = method.params(**config.method_params)
+    check_against_model(config)
     device, precision, autocast = _device_and_autocast(config.precision)
     torch.manual_seed(config.seed)
 
     # --- data -------------------------------------------------------------
-    sink.emit(LogEvent(message=f"Reading {config.dataset_name or Path(config.dataset_path).name}"))
-    examples = read_examples(config.dataset_path, name=config.dataset_name or None)
-    sink.emit(LogEvent(message=f"Loading base model {config.base_model_name or config.base_model} on {device}"))
+    dataset_name = config.dataset_name or Path(config.dataset_path).name
+    sink.emit(LogEvent(message=f"Reading {dataset_name} for task {config.task}"))
     tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.trust_remote_code)
-    tokenized = sft.tokenize_examples(examples, tokenizer, max_length=config.max_length,
-                                      loss_on_prompt=config.loss_on_prompt)
-    if not tokenized:
-        raise DatasetError(f"every row is longer than max length {config.max_length} before its response "
-                           f"starts; raise max length", file=config.dataset_name)
-    truncated = sum(len(t.input_ids) >= config.max_length for t in tokenized)
-    sink.emit(LogEvent(message=f"{len(tokenized)} training rows ({len(examples) - len(tokenized)} dropped, "
-                               f"{truncated} truncated to {config.max_length} tokens)"))
+    data = load_task_data(config.task, config.dataset_path, name=dataset_name, tokenizer=tokenizer,
+                          max_length=config.max_length, loss_on_prompt=config.loss_on_prompt)
+    train_items, validation_items = split_validation(data.items, config.validation_ratio, config.seed)
+    if not train_items:
+        raise DatasetError(f"no usable rows (every row is too long before its response starts at max length "
+                           f"{config.max_length}); raise max length", file=dataset_name)
+    sink.emit(LogEvent(message=f"{len(train_items)} training rows, {len(validation_items)} validation rows "
+                               f"({data.rows_dropped} dropped, {data.truncated} truncated to {config.max_length} tokens)"))
+    collate = collate_for_task(config.task, pad_token_id=tokenizer.pad_token_id)
 
     # --- model ------------------------------------------------------------
-    model = load_causal_lm(config.base_model, trust_remote_code=config.trust_remote_code)
+    sink.emit(LogEvent(message=f"Loading base model {config.base_model_name or config.base_model} on {device}"))
+    model = load_model_for_task(config.task, config.base_model, tokenizer=tokenizer, label2id=data.label2id,
+                                trust_remote_code=config.trust_remote_code)
     if config.base_model_name:
         model.config.name_or_path = config.base_model_name  # recorded in adapter_config.json
-    model = method.prepare(model, params, MethodContext(task="sft", device=device)).to(device)
+    if config.gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device)
+
+    def calibration_batches():
+        for i, batch in enumerate(batches(train_items, batch_size=config.batch_size, seed=config.seed, epoch=0)):
+            if i >= CALIBRATION_BATCHES:
+                return
+            yield {key: value.to(device) for key, value in collate(batch).items() if key != "labels"}
+
+    model = method.prepare(model, params, MethodContext(task=config.task, device=device,
+                                                        calibration_batches=calibration_batches)).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count = sum(p.numel() for p in trainable)
     total_count = sum(p.numel() for p in model.parameters())
@@ -108,22 +128,49 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
 
     # --- schedule ---------------------------------------------------------
     rows_per_step = config.batch_size * config.gradient_accumulation
-    steps_per_epoch = math.ceil(len(tokenized) / rows_per_step)
+    steps_per_epoch = math.ceil(len(train_items) / rows_per_step)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    groups = method.param_groups(model, params, config.learning_rate) if method.param_groups else [{"params": trainable}]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler("constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
                               optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
+    state = checkpoints.TrainerState()
+    resume = _resume_dir(config, output_dir)
+    if resume is not None:
+        state = checkpoints.load_checkpoint(resume, model=model, optimizer=optimizer, scheduler=scheduler)
+        sink.emit(LogEvent(message=f"Resumed from {resume.name} at step {state.step}"))
     sink.emit(LogEvent(message=f"Training {total_steps} steps of {rows_per_step} rows "
                                f"({steps_per_epoch} steps per epoch)"))
 
+    def save_checkpoint(name: str) -> Path:
+        path = checkpoints.save_checkpoint(output_dir / "checkpoints" / name, model=model, optimizer=optimizer,
+                                           scheduler=scheduler, state=state)
+        checkpoints.rotate(output_dir / "checkpoints", config.keep_checkpoints)
+        return path
+
+    def run_evaluation() -> dict:
+        in_order = (validation_items[i:i + config.batch_size] for i in range(0, len(validation_items), config.batch_size))
+        result = evaluate(model, (collate(b) for b in in_order), device=device, autocast=autocast, task=config.task)
+        improved = state.best_eval_loss is None or result["eval_loss"] < state.best_eval_loss
+        if improved:
+            state.best_eval_loss, state.best_step, state.evals_without_improvement = result["eval_loss"], state.step, 0
+            save_checkpoint("best")
+        else:
+            state.evals_without_improvement += 1
+        sink.emit(EvalEvent(step=state.step, best=improved, **result))
+        return result
+
     # --- loop -------------------------------------------------------------
     model.train()
-    step, epoch, loss_value = 0, 0, None
-    started = time.monotonic()
+    loss_value, last_eval, stopped_early = None, None, False
+    started, first_step = time.monotonic(), state.step
     pending: list = []  # micro-batches of the step being accumulated
-    while step < total_steps:
-        for batch in sft.batches(tokenized, batch_size=config.batch_size, seed=config.seed, epoch=epoch):
+    while state.step < total_steps and not stopped_early:
+        for index, batch in enumerate(batches(train_items, batch_size=config.batch_size, seed=config.seed,
+                                              epoch=state.epoch)):
+            if index < state.batches_done_in_epoch:
+                continue  # resuming: these were trained on before the checkpoint
             pending.append(batch)
             if len(pending) < config.gradient_accumulation:
                 continue
@@ -131,56 +178,77 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
             losses, tokens = [], 0
             try:
                 for micro in pending:
-                    inputs = {k: v.to(device) for k, v in sft.collate(micro, pad_token_id=tokenizer.pad_token_id).items()}
+                    inputs = {k: v.to(device) for k, v in collate(micro).items()}
                     with autocast():
                         loss = model(**inputs).loss
                     (loss / len(pending)).backward()
                     losses.append(loss.item())
                     tokens += int(inputs["attention_mask"].sum())
             except torch.OutOfMemoryError:
-                raise ResourceError(f"out of memory at step {step + 1} with batch size {config.batch_size} and "
-                                    f"max length {config.max_length}; lower either, or raise gradient "
-                                    f"accumulation instead of batch size") from None
+                raise ResourceError(f"out of memory at step {state.step + 1} with batch size {config.batch_size} "
+                                    f"and max length {config.max_length}; lower either, turn on gradient "
+                                    f"checkpointing, or raise gradient accumulation instead of batch size") from None
+            state.batches_done_in_epoch = index + 1
             pending = []
             grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm).item()
                          if config.max_grad_norm > 0 else None)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            state.step += 1
             loss_value = sum(losses) / len(losses)
             if not math.isfinite(loss_value):
-                raise ResourceError(f"the loss became {loss_value} at step {step}; lower the learning rate "
+                raise ResourceError(f"the loss became {loss_value} at step {state.step}; lower the learning rate "
                                     f"(now {config.learning_rate}) or use fp32 precision")
             now = time.monotonic()
-            elapsed = now - started
+            elapsed, done_here = now - started, state.step - first_step
             sink.emit(MetricsEvent(
-                step=step, total_steps=total_steps, epoch=round(step / steps_per_epoch, 4), loss=round(loss_value, 6), lr=scheduler.get_last_lr()[0],
+                step=state.step, total_steps=total_steps, epoch=round(state.step / steps_per_epoch, 4),
+                loss=round(loss_value, 6), lr=scheduler.get_last_lr()[0],
                 grad_norm=None if grad_norm is None else round(grad_norm, 6),
                 tokens_per_s=round(tokens / max(now - step_started, 1e-9), 1), elapsed_s=round(elapsed, 3),
-                eta_s=round(elapsed / step * (total_steps - step), 1), memory_mib=round(_memory_mib(device), 1)))
+                eta_s=round(elapsed / done_here * (total_steps - state.step), 1),
+                memory_mib=round(_memory_mib(device), 1)))
+            if validation_items and config.eval_every and state.step % config.eval_every == 0:
+                last_eval = run_evaluation()
+                patience = config.early_stopping_patience
+                if patience and state.evals_without_improvement >= patience:
+                    sink.emit(LogEvent(message=f"Early stopping at step {state.step}: no lower eval loss in "
+                                               f"{patience} evaluations (best {state.best_eval_loss} at step "
+                                               f"{state.best_step})"))
+                    stopped_early = True
             stop = sink.should_stop()
-            if stop or step % config.save_every == 0:
-                path = _save_checkpoint(model, output_dir, step=step, epoch=epoch, keep=config.keep_checkpoints)
-                sink.emit(CheckpointEvent(step=step, path=str(path)))
+            if stop or state.step % config.save_every == 0:
+                path = save_checkpoint(f"step-{state.step:07d}")
+                sink.emit(CheckpointEvent(step=state.step, path=str(path)))
             if stop:
-                sink.emit(LogEvent(message=f"Stopped at step {step} of {total_steps}; checkpoint kept"))
-                return TrainResult(status="cancelled", steps=step, final_loss=loss_value, output_path=str(path),
-                                   trainable_parameters=trainable_count, model=model)
-            if step >= total_steps:
+                sink.emit(LogEvent(message=f"Stopped at step {state.step} of {total_steps}; checkpoint kept"))
+                return TrainResult(status="cancelled", steps=state.step, final_loss=loss_value,
+                                   output_path=str(path), trainable_parameters=trainable_count, eval=last_eval,
+                                   model=model)
+            if state.step >= total_steps or stopped_early:
                 break
-        epoch += 1
+        else:
+            state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
 
     # --- output -----------------------------------------------------------
+    if validation_items and not (config.eval_every and state.step % config.eval_every == 0):
+        last_eval = run_evaluation()  # the final state was not evaluated in the loop
+    if config.load_best_at_end and state.best_step is not None and state.best_step != state.step:
+        checkpoints.load_weights(model, output_dir / "checkpoints" / "best")
+        sink.emit(LogEvent(message=f"Output is the best checkpoint (step {state.best_step}, eval loss "
+                                   f"{state.best_eval_loss})"))
     model.eval()
-    adapter_dir = output_dir / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
-    write_model_card(adapter_dir, config=config, method_label=method.label, final_loss=loss_value, steps=step,
-                     trainable_parameters=trainable_count)
-    sink.emit(ArtifactEvent(artifact_kind=method.produces, path=str(adapter_dir),
-                            metadata={"final_loss": loss_value, "steps": step, "method": config.method,
-                                      "trainable_parameters": trainable_count}))
-    sink.emit(LogEvent(message=f"Finished {step} steps in {time.monotonic() - started:.1f} s, final loss "
+    out_dir = output_dir / method.produces
+    checkpoints.save_weights(model, out_dir, tokenizer=tokenizer if method.produces == "model" else None)
+    write_model_card(out_dir, config=config, method=method, final_loss=loss_value, steps=state.step,
+                     trainable_parameters=trainable_count, evaluation=last_eval)
+    sink.emit(ArtifactEvent(artifact_kind=method.produces, path=str(out_dir),
+                            metadata={"final_loss": loss_value, "steps": state.step, "method": config.method,
+                                      "task": config.task, "trainable_parameters": trainable_count,
+                                      "total_parameters": total_count,
+                                      "eval": last_eval}))
+    sink.emit(LogEvent(message=f"Finished {state.step} steps in {time.monotonic() - started:.1f} s, final loss "
                                f"{loss_value:.4f}"))
-    return TrainResult(status="succeeded", steps=step, final_loss=loss_value, output_path=str(adapter_dir),
-                       trainable_parameters=trainable_count, model=model)
+    return TrainResult(status="succeeded", steps=state.step, final_loss=loss_value, output_path=str(out_dir),
+                       trainable_parameters=trainable_count, eval=last_eval, model=model)

@@ -19,7 +19,10 @@
 
   const chart = new Chart(chartCanvas, {
     type: "line",
-    data: { datasets: [{ label: "train loss", data: [], borderColor: "#2563eb", pointRadius: 0, borderWidth: 1.5 }] },
+    data: { datasets: [
+      { label: "train loss", data: [], borderColor: "#2563eb", pointRadius: 0, borderWidth: 1.5 },
+      { label: "eval loss", data: [], borderColor: "#dc2626", pointRadius: 3, borderWidth: 1.5 },
+    ] },
     options: {
       animation: false, parsing: false, maintainAspectRatio: false,
       scales: { x: { type: "linear", title: { display: true, text: "step" } },
@@ -54,6 +57,12 @@
       progressText.textContent = `step ${d.step} / ${d.total_steps} · loss ${d.loss.toFixed(4)} · elapsed ` +
         `${formatSeconds(d.elapsed_s)} · ETA ${formatSeconds(d.eta_s)}` +
         (d.tokens_per_s ? ` · ${Math.round(d.tokens_per_s)} tok/s` : "");
+    },
+    eval(d) {
+      chart.data.datasets[1].data.push({ x: d.step, y: d.eval_loss });
+      const extra = d.accuracy != null ? ` · accuracy ${d.accuracy.toFixed(3)} · F1 ${d.f1.toFixed(3)}`
+        : (d.perplexity != null ? ` · perplexity ${d.perplexity.toFixed(2)}` : "");
+      addLog(`eval at step ${d.step}: loss ${d.eval_loss.toFixed(4)}${extra}${d.best ? " (best so far)" : ""}`);
     },
     log(d) { addLog(d.message); },
     checkpoint(d) { addLog(`checkpoint saved at step ${d.step}`); },

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
-from tuning.config import TrainConfig, config_to_dict
+from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.methods import METHODS
 from tuning.models import BUNDLED_MODEL_ID
 
@@ -38,7 +38,8 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
     """Validate the settings, store the job as queued and enqueue it.
 
     Raises tuning.errors.ConfigError (every bad field) and stores nothing
-    when the settings are invalid.
+    when the settings are invalid; tuning.errors.ModelError when the base
+    model's config cannot be read.
     """
     with transaction.atomic():
         job = Job.objects.create(team=team, owner=user, kind=Job.Kind.TRAIN, dataset=dataset,
@@ -55,6 +56,7 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
             "output_dir": str(job_output_dir(job.pk)),
             "trust_remote_code": settings.TRUST_REMOTE_CODE,
         })
+        check_against_model(config)  # impossible combinations are refused now, not after queueing
         job.config = config_to_dict(config)
         job.name = job.name or f"{METHODS[config.method].label} on {dataset.name}"
         job.save(update_fields=["config", "name"])

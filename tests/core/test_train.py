@@ -95,3 +95,56 @@ def test_missing_base_model_is_a_user_error(memorisable_jsonl, tmp_path):
 
     with pytest.raises(ModelError, match="base model directory not found"):
         run_train(config(tmp_path / "nowhere", memorisable_jsonl, tmp_path / "out"), MemorySink())
+
+
+def test_resume_continues_exactly_where_the_checkpoint_left_off(tiny_model, memorisable_jsonl, tmp_path):
+    straight = MemorySink()
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=8, batch_size=2), straight)
+
+    interrupted = MemorySink(stop_after=3)
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=8, batch_size=2), interrupted)
+    resumed = MemorySink()
+    result = run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=8, batch_size=2,
+                              resume_from="latest"), resumed)
+
+    expected = [e.loss for e in straight.of_kind("metrics")]
+    got = [e.loss for e in interrupted.of_kind("metrics")] + [e.loss for e in resumed.of_kind("metrics")]
+    assert [e.step for e in resumed.of_kind("metrics")] == [4, 5, 6, 7, 8]
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert result.status == "succeeded"
+
+
+def test_evaluation_best_checkpoint_and_early_stopping(tiny_model, memorisable_jsonl, tmp_path):
+    # With a learning rate of 0 the eval loss never improves after the first
+    # evaluation, so patience 2 stops the run at the third one.
+    sink = MemorySink()
+    result = run_train(config(tiny_model, memorisable_jsonl, tmp_path, max_steps=50, batch_size=1,
+                              learning_rate=0.0, validation_ratio=0.25, eval_every=2, early_stopping_patience=2),
+                       sink)
+    evals = sink.of_kind("eval")
+    assert [e.step for e in evals] == [2, 4, 6] and result.steps == 6
+    assert [e.best for e in evals] == [True, False, False]
+    assert evals[0].perplexity == pytest.approx(__import__("math").exp(evals[0].eval_loss), rel=1e-3)
+    assert any("Early stopping at step 6" in e.message for e in sink.of_kind("log"))
+    assert (tmp_path / "checkpoints" / "best" / "adapter_model.safetensors").exists()
+
+
+def test_load_best_at_end_outputs_the_best_weights(tiny_model, memorisable_jsonl, tmp_path):
+    sink = MemorySink()
+    result = run_train(config(tiny_model, memorisable_jsonl, tmp_path, max_steps=6, batch_size=1,
+                              learning_rate=0.05, validation_ratio=0.25, eval_every=2, load_best_at_end=True), sink)
+    from safetensors.torch import load_file
+
+    best = load_file(tmp_path / "checkpoints" / "best" / "adapter_model.safetensors")
+    output = load_file(Path(result.output_path) / "adapter_model.safetensors")
+    assert best.keys() == output.keys()
+    assert all(torch.equal(best[key], output[key]) for key in best)
+
+
+def test_gradient_checkpointing_gives_the_same_first_loss(tiny_model, memorisable_jsonl, tmp_path):
+    plain, checkpointed = MemorySink(), MemorySink()
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=2), plain)
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=2, gradient_checkpointing=True),
+              checkpointed)
+    assert [e.loss for e in checkpointed.of_kind("metrics")] == pytest.approx(
+        [e.loss for e in plain.of_kind("metrics")], rel=1e-5)

@@ -1,0 +1,162 @@
+"""Turn conversations into token ids and labels for supervised fine-tuning.
+
+Each conversation is rendered with the tokenizer's chat template, so the
+model trains on exactly the format it will be prompted with. Labels are
+-100 everywhere except on the assistant turns: their text and the
+end-of-turn token the template writes after each (the model must learn to
+stop). ``loss_on_prompt`` labels every token instead.
+
+Where an assistant turn lies is found by rendering prefixes of the
+conversation: the text up to turn i with the generation prompt ends where
+the turn starts, the text through turn i ends where it ends. That works for
+any template whose rendering of earlier turns does not change when later
+turns follow (the prefix property), which is checked for every turn; a row
+whose template breaks it is refused rather than masked wrongly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass
+
+from tuning.data.readers import Example
+from tuning.errors import DatasetError
+
+IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
+
+# Used only when a tokenizer ships no chat template of its own.
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}### Instruction:\n{{ message['content'] }}\n\n### Response:\n"
+    "{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False  # the row was longer than max_length and was cut
+    row: int | None = None  # 1-based row in the file it came from
+
+
+def _render(tokenizer, example: Example, upto: int, *, generation_prompt: bool = False, file: str = "") -> str:
+    """The conversation's first ``upto`` turns as template text."""
+    from jinja2 import TemplateError
+
+    messages = [{"role": m.role, "content": m.content} for m in example.messages[:upto]]
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except TemplateError as exc:
+        raise DatasetError(f"the base model's chat template refuses this conversation ({exc}); change the "
+                           f"turns or choose another base model", file=file, row=example.row,
+                           field="messages") from None
+
+
+def _assistant_spans(tokenizer, example: Example, text: str, file: str) -> list[tuple[int, int]]:
+    """Character spans in ``text`` of each trained assistant turn, through
+    its end-of-turn token but not the whitespace the template puts after it."""
+    spans = []
+    for index, message in enumerate(example.messages):
+        if message.role != "assistant" or not message.train:
+            continue
+        before = _render(tokenizer, example, index, generation_prompt=True, file=file)
+        through = text if index + 1 == len(example.messages) else _render(tokenizer, example, index + 1, file=file)
+        if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
+            raise DatasetError(f"the base model's chat template renders turn {index} differently once later turns "
+                               f"follow, so its response tokens cannot be found; train with loss on the prompt "
+                               f"turned on, or split the conversation into one row per reply",
+                               file=file, row=example.row, field="messages")
+        spans.append((len(before), len(through.rstrip())))
+    return spans
+
+
+def _token_labels(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Token ids of ``text``, and labels that keep the tokens overlapping a span."""
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:  # slow tokenizers have no offsets: tokenize the prefixes instead
+        return _token_labels_by_prefix(tokenizer, text, spans)
+    ids = list(encoded["input_ids"])
+    starts = [start for start, _ in encoded["offset_mapping"]]  # both ascend along the text
+    ends = [end for _, end in encoded["offset_mapping"]]
+    labels = [IGNORE_INDEX] * len(ids)
+    for span_start, span_end in spans:
+        # The tokens that overlap the span: from the first ending after its
+        # start to the last starting before its end.
+        first, last = bisect.bisect_right(ends, span_start), bisect.bisect_left(starts, span_end)
+        labels[first:last] = ids[first:last]
+    return ids, labels
+
+
+def _token_labels_by_prefix(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    def encode(part: str) -> list[int]:
+        return list(tokenizer(part, add_special_tokens=False)["input_ids"])
+
+    ids = encode(text)
+    labels = [IGNORE_INDEX] * len(ids)
+    for span_start, span_end in spans:
+        # Where a token merges across the turn's start, the shared prefix stops
+        # before it, so the merged token is labelled (as with offsets).
+        prefix = encode(text[:span_start])
+        start = next((i for i, (a, b) in enumerate(zip(prefix, ids)) if a != b), len(prefix))
+        end = len(encode(text[:span_end]))
+        labels[start:end] = ids[start:end]
+    return ids, labels
+
+
+def tokenize_example(example: Example, tokenizer, *, max_length: int, loss_on_prompt: bool,
+                     file: str = "") -> TokenizedExample:
+    if not tokenizer.chat_template:
+        # Set on the tokenizer (not passed per call) so generation later uses the same format.
+        tokenizer.chat_template = FALLBACK_TEMPLATE
+    text = _render(tokenizer, example, len(example.messages), file=file)
+    if loss_on_prompt:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        labels = list(ids)
+    else:
+        ids, labels = _token_labels(tokenizer, text, _assistant_spans(tokenizer, example, text, file))
+    return TokenizedExample(input_ids=ids[:max_length], labels=labels[:max_length], truncated=len(ids) > max_length,
+                            row=example.row)
+
+
+def has_labels(tokenized: TokenizedExample) -> bool:
+    # The first label never counts: a causal LM predicts token i from tokens before it.
+    return any(label != IGNORE_INDEX for label in tokenized.labels[1:])
+
+
+def tokenize_examples(examples: list[Example], tokenizer, *, max_length: int, loss_on_prompt: bool,
+                      file: str = "") -> list[TokenizedExample]:
+    """Every example tokenized; a row truncated to prompt only has nothing to learn from and is left out."""
+    tokenized = (tokenize_example(e, tokenizer, max_length=max_length, loss_on_prompt=loss_on_prompt, file=file)
+                 for e in examples)
+    return [t for t in tokenized if has_labels(t)]
+
+
+def batches(examples: list, *, batch_size: int, seed: int, epoch: int):
+    """Shuffled batches for one epoch; the order depends only on (seed, epoch)."""
+    order = list(range(len(examples)))
+    random.Random(seed * 1000003 + epoch).shuffle(order)
+    for start in range(0, len(order), batch_size):
+        yield [examples[i] for i in order[start:start + batch_size]]
+
+
+def pad_right(sequences: list[list[int]], value: int):
+    """A (rows, longest) long tensor of ``sequences``, right-padded with ``value``."""
+    import torch
+
+    out = torch.full((len(sequences), max(len(s) for s in sequences)), value, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        out[row, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+    return out
+
+
+def collate(batch: list[TokenizedExample], *, pad_token_id: int):
+    """Right-pad a batch into tensors: input_ids, attention_mask, labels."""
+    return {"input_ids": pad_right([e.input_ids for e in batch], pad_token_id),
+            "attention_mask": pad_right([[1] * len(e.input_ids) for e in batch], 0),
+            "labels": pad_right([e.labels for e in batch], IGNORE_INDEX)}
