@@ -231,11 +231,16 @@ def check_against_model(config: TrainConfig) -> None:
     from tuning.models import load_model_config
 
     method = METHODS[config.method]
+    model_config = load_model_config(config.base_model, trust_remote_code=config.trust_remote_code)
+    architectures = getattr(model_config, "architectures", None) or []
+    if config.task in ("sft", "pretrain") and architectures and not any(
+            name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
+        raise ConfigError({"base_model": f"{architectures[0]} is not a generative (causal) language model; use it "
+                                         f"for the classify task, or pick a causal LM for {config.task}"})
     if method.check is None:
         return
     params = method.params(**config.method_params)
-    problems = method.check(params, load_model_config(config.base_model, trust_remote_code=config.trust_remote_code),
-                            config.task)
+    problems = method.check(params, model_config, config.task)
     if problems:
         raise ConfigError({f"method_params.{name}" if name in config.method_params else name: message
                            for name, message in problems.items()})

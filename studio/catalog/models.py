@@ -12,6 +12,9 @@ class BaseModel(models.Model):
     name = models.CharField(max_length=200, help_text="Name shown in the UI and written in model cards.")
     source = models.CharField(max_length=10, choices=Source.choices)
     ref = models.CharField(max_length=500, help_text="Directory path or hub id passed to from_pretrained.")
+    upstream_id = models.CharField(max_length=200, blank=True,
+                                   help_text="Hub id this model stands for, written into model cards and adapter "
+                                             "configs (a bundled copy's original).")
     # Base models are shared by every team on the instance (an admin adds them).
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -17,6 +17,10 @@ class Dataset(models.Model):
     format = models.CharField(max_length=10)
     row_count = models.PositiveIntegerField()
     columns = models.JSONField(default=list)
+    schema = models.CharField(max_length=20, default="alpaca",
+                              help_text="alpaca, chat, sharegpt, text or text+label (tuning.data).")
+    tasks = models.JSONField(default=list, help_text="Training tasks this data suits: sft, pretrain, classify.")
+    labels = models.JSONField(default=list, help_text="Class names, for classification data.")
     preview = models.JSONField(default=list, help_text="The first rows, as shown on the dataset page.")
     sha256 = models.CharField(max_length=64)
     size_bytes = models.PositiveBigIntegerField()

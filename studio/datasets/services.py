@@ -12,7 +12,10 @@ from django.core.files import File
 from django.db import transaction
 
 from studio.datasets.models import Dataset
-from tuning.data.readers import detect_format, summarize
+from tuning.data.readers import detect_format
+from tuning.data.records import DatasetSummary
+from tuning.data.tasks import TASKS, summarize
+from tuning.errors import DatasetError
 
 SAFE_NAME_CHARS = "-_. "
 
@@ -23,6 +26,30 @@ def _safe_filename(name: str) -> str:
     return cleaned[-120:]
 
 
+def _summarize_for_every_task(path: Path, filename: str) -> tuple[DatasetSummary, list[str]]:
+    """Check the file as data for each task; keep the summary of the first
+    task it suits. A file that suits none gets the error of the task that
+    read furthest into it (or, when no task found its columns, one message
+    listing what every task needs)."""
+    summary, tasks, errors = None, [], []
+    for task in TASKS:
+        try:
+            result = summarize(path, name=filename, task=task)
+        except DatasetError as exc:
+            errors.append(exc)
+            continue
+        summary = summary or result
+        tasks.append(task)
+    if summary is not None:
+        return summary, tasks
+    if all("missing the" in error.reason for error in errors):
+        found = errors[0].reason.split("found columns: ")[-1].split(".")[0]
+        raise DatasetError(f"no columns this studio knows (found: {found}). Use instruction + output (or prompt + "
+                           f"completion), messages or conversations for chat, text + label for classification, "
+                           f"or text for continued pre-training", file=filename, row=1)
+    raise max(errors, key=lambda error: error.row or 0)
+
+
 def dataset_create_from_file(*, team, user, source_path: str | Path, filename: str, name: str = "") -> Dataset:
     """Validate ``source_path`` as a dataset named ``filename`` and store a copy.
 
@@ -31,10 +58,11 @@ def dataset_create_from_file(*, team, user, source_path: str | Path, filename: s
     """
     filename = _safe_filename(filename)
     detect_format(filename)
-    summary = summarize(source_path, name=filename)
+    summary, tasks = _summarize_for_every_task(Path(source_path), filename)
     dataset = Dataset(
         team=team, created_by=user, name=(name or Path(filename).stem)[:200], format=summary.format,
-        row_count=summary.row_count, columns=list(summary.columns),
+        row_count=summary.row_count, columns=list(summary.columns), schema=summary.schema, tasks=tasks,
+        labels=list(summary.labels),
         preview=[asdict(example) for example in summary.preview], sha256=summary.sha256,
         size_bytes=os.path.getsize(source_path),
     )

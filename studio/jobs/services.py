@@ -15,7 +15,6 @@ from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.methods import METHODS
-from tuning.models import BUNDLED_MODEL_ID
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +48,16 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
             **settings_values,
             "method_params": method_params,
             "base_model": base_model.ref,
-            "base_model_name": BUNDLED_MODEL_ID if base_model.source == "bundled" else base_model.name,
+            "base_model_name": base_model.upstream_id or base_model.name,
             "dataset_path": dataset.file.path,
             "dataset_name": Path(dataset.file.name).name,
             "dataset_sha256": dataset.sha256,
             "output_dir": str(job_output_dir(job.pk)),
             "trust_remote_code": settings.TRUST_REMOTE_CODE,
         })
+        if config.task not in dataset.tasks:
+            raise ConfigError({"task": f"{dataset.name} is {dataset.schema} data, usable for "
+                                       f"{', '.join(dataset.tasks)}; pick one of those tasks or another dataset"})
         check_against_model(config)  # impossible combinations are refused now, not after queueing
         job.config = config_to_dict(config)
         job.name = job.name or f"{METHODS[config.method].label} on {dataset.name}"

@@ -11,7 +11,7 @@ def test_from_dict_coerces_form_strings_and_applies_defaults():
     config = TrainConfig.from_dict({**REQUIRED, "learning_rate": "0.001", "max_steps": "7", "loss_on_prompt": "on",
                                     "method_params": {"rank": "8"}})
     assert config.learning_rate == 0.001 and config.max_steps == 7 and config.loss_on_prompt is True
-    assert config.method_params == {"rank": 8, "alpha": 32.0, "dropout": 0.05, "target_modules": "all-linear"}
+    assert config.method_params["rank"] == 8 and config.method_params["alpha"] == 32.0  # default filled in
     assert config.batch_size == 4  # default
 
 

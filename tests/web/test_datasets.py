@@ -34,8 +34,8 @@ def test_htmx_upload_redirects_the_page(member_client):
 
 @pytest.mark.parametrize("name, content, message", [
     ("bad.jsonl", '{"instruction": "q", "output": "a"}\n' * 16 + "{oops\n", "bad.jsonl, row 17: invalid JSON"),
-    ("cols.csv", "question_text,reply\nq,a\n", "missing the instruction (or prompt, question) column; found columns: "
-                                               "question_text, reply"),
+    ("cols.csv", "question_text,reply\nq,a\n", "cols.csv, row 1: no columns this studio knows (found: question_text, "
+                                               "reply). Use instruction + output"),
     ("empty.jsonl", "", "the file is empty"),
     ("blob.jsonl", b"\x00\x01\x02\x03binary", "this looks like a binary file"),
 ])

@@ -36,7 +36,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Sample dataset: {sample.name} ({sample.row_count} rows)")
 
     def _bundled_model(self):
-        from tuning.models import prepare_bundled_model
+        from tuning.models import BUNDLED_ENCODER_ID, prepare_bundled_encoder, prepare_bundled_model
 
         # Under MEDIA_ROOT: the one directory every worker shares (a compose volume, NFS…).
         dest = Path(settings.MEDIA_ROOT) / "models" / "smollm2-135m-instruct"
@@ -47,5 +47,10 @@ class Command(BaseCommand):
         except ModelError as exc:
             self.stderr.write(f"Bundled model not available: {exc}")
             return
-        base_model_register(name="SmolLM2-135M-Instruct (bundled)", source="bundled", ref=str(dest))
+        base_model_register(name="SmolLM2-135M-Instruct (bundled)", source="bundled", ref=str(dest),
+                            upstream_id=BUNDLED_MODEL_ID)
         self.stdout.write(f"Base model: {BUNDLED_MODEL_ID} at {dest}")
+        encoder = prepare_bundled_encoder(Path(settings.MEDIA_ROOT) / "models" / "all-minilm-l6-v2")
+        base_model_register(name="all-MiniLM-L6-v2 (bundled encoder, for classification)", source="bundled",
+                            ref=str(encoder), upstream_id=BUNDLED_ENCODER_ID)
+        self.stdout.write(f"Base model: {BUNDLED_ENCODER_ID} at {encoder}")
