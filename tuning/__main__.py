@@ -45,15 +45,15 @@ def _prepare_bundled(args) -> int:
 
 
 def _methods(args) -> int:
-    from tuning.methods import METHODS
+    from tuning.methods import METHODS, describe
 
-    rows = [{"name": m.name, "label": m.label, "group": m.group, "description": m.description, "paper": m.paper,
-             "tasks": ["sft"], "needs_gpu": m.needs_gpu} for m in METHODS.values()]
+    rows = [describe(method) for method in METHODS.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['name']:<12} {row['group']:<10} {row['label']}: {row['description']}")
+            gpu = " (needs a CUDA GPU)" if row["needs_gpu"] else ""
+            print(f"{row['name']:<14} {row['group']:<10} {row['label']}: {row['description']}{gpu}")
     return 0
 
 

@@ -1,3 +1,8 @@
+import functools
+import logging
+import threading
+
+from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -5,23 +10,52 @@ from django.views.decorators.http import require_http_methods, require_POST
 from studio.accounts.selectors import team_for_new_work
 from studio.catalog.selectors import base_model_list
 from studio.datasets.selectors import dataset_list_for_user
-from studio.jobs.forms import TrainJobForm
+from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
 from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_for_user
 from studio.jobs.services import job_cancel, job_create_train
-from tuning.errors import ConfigError
+from tuning.errors import ConfigError, ModelError, TuningError
+from tuning.methods import TASKS
+from tuning.models import load_model_config
+
+log = logging.getLogger(__name__)
 
 
 def job_list(request):
     return render(request, "jobs/list.html", {"jobs": job_list_for_user(user=request.user)[:200]})
 
 
+def _gpu_pools() -> list:
+    return getattr(settings, "GPU_POOLS", [])
+
+
+def _task(query) -> str:
+    return query.get("task") if query.get("task") in TASKS else "sft"
+
+
+def _bound_form(request, data) -> TrainJobForm:
+    return TrainJobForm(data, datasets=dataset_list_for_user(user=request.user), base_models=base_model_list(),
+                        method=data.get("method", ""), task=_task(data), gpu_pools=_gpu_pools())
+
+
+def _redrawn_form(request) -> tuple[TrainJobForm, str]:
+    """An unbound form for the values in the query string (the page's own
+    fields, sent by htmx or by the no-JS "Update" button), plus a notice when
+    the asked-for method cannot be used."""
+    task = _task(request.GET)
+    method, notice = method_to_draw(request.GET.get("method", ""), task=task, gpu_pools=_gpu_pools())
+    initial = initial_from_query(request.GET, method=method, preset=request.GET.get("preset", ""))
+    form = TrainJobForm(initial={**initial, "method": method.name}, datasets=dataset_list_for_user(user=request.user),
+                        base_models=base_model_list(), method=method.name, task=task, gpu_pools=_gpu_pools())
+    return form, notice
+
+
 @require_http_methods(["GET", "POST"])
 def job_new(request):
-    datasets = dataset_list_for_user(user=request.user)
-    method = request.POST.get("method") or request.GET.get("method") or "lora"
-    initial = {"dataset": request.GET.get("dataset")} if request.GET.get("dataset") else None
-    form = TrainJobForm(request.POST or None, initial=initial, datasets=datasets, base_models=base_model_list(),
-                        method=method)
+    notice = ""
+    if request.method == "GET":
+        form, notice = _redrawn_form(request)
+    else:
+        form = _bound_form(request, request.POST)
     if request.method == "POST" and form.is_valid():
         team = team_for_new_work(user=request.user)
         if team is None or form.cleaned_data["dataset"].team_id != team.pk:
@@ -34,11 +68,79 @@ def job_new(request):
                                        method_params=params, name=form.cleaned_data["name"])
             except ConfigError as exc:
                 form.add_config_errors(exc.errors)
+            except ModelError as exc:
+                form.add_error("base_model", str(exc))
             else:
                 return redirect(job)
     status = 400 if form.errors else 200
-    return render(request, "jobs/new.html", {"form": form, "method": form.method, "has_datasets": datasets.exists()},
+    has_datasets = form.fields["dataset"].queryset.exists()
+    return render(request, "jobs/new.html", {"form": form, "notice": notice, "has_datasets": has_datasets},
                   status=status)
+
+
+def job_new_method_fields(request):
+    """The method section of the new-job page (picker, presets, settings),
+    redrawn for another method, task or preset."""
+    form, notice = _redrawn_form(request)
+    return render(request, "jobs/_method_section.html", {"form": form, "notice": notice})
+
+
+def job_new_estimate(request):
+    """"≈ 4.9 M trainable of 139 M (3.5 %)" for the form's base model, method and parameters."""
+    form = _bound_form(request, request.GET)
+    form.is_valid()  # only the base model and the method's fields are read
+    bad = [f"{form[name].label}: {' '.join(errors)}" for name, errors in form.errors.items()
+           if name.startswith(METHOD_PREFIX)]
+    base_model = form.cleaned_data.get("base_model")
+    if bad or base_model is None:
+        return _estimate_response(request, error="; ".join(bad) or "pick a base model")
+    try:
+        trainable, total = _trainable_parameters(base_model.ref, form.chosen.name,
+                                                 tuple(sorted(form.method_params().items())), form.chosen_task)
+    except Exception as exc:  # the page says why; an estimate never breaks the form
+        if not isinstance(exc, TuningError):
+            log.warning("trainable-parameter estimate failed for %s with %s", base_model.ref, form.chosen.name,
+                        exc_info=True)
+        return _estimate_response(request, error=str(exc))
+    return _estimate_response(request, text=_estimate_text(trainable, total),
+                              exact=f"{trainable:,} of {total:,} parameters")
+
+
+def _estimate_response(request, *, text: str = "", exact: str = "", error: str = ""):
+    text = text or f"estimate unavailable: {error[:300]}"
+    return render(request, "jobs/_method_estimate.html", {"text": text, "exact": exact, "error": bool(error)})
+
+
+# The estimate reads only the base model's config and builds the model on the
+# meta device (shapes, no weights); transformers is imported on first use.
+# One at a time: a first import of transformers in two threads at once fails.
+_estimate_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=32)
+def _model_config(ref: str):
+    return load_model_config(ref, trust_remote_code=settings.TRUST_REMOTE_CODE)
+
+
+@functools.lru_cache(maxsize=256)
+def _trainable_parameters(ref: str, method: str, params: tuple, task: str) -> tuple[int, int]:
+    from tuning.methods.estimate import estimate_trainable_parameters
+
+    with _estimate_lock:
+        return estimate_trainable_parameters(_model_config(ref), method, dict(params), task=task)
+
+
+def _estimate_text(trainable: int, total: int) -> str:
+    percent = 100 * trainable / max(total, 1)
+    return f"≈ {_count(trainable)} trainable of {_count(total)} ({percent:.{3 if percent >= 10 else 2}g} %)"
+
+
+def _count(n: int) -> str:
+    """4_910_000 -> "4.9 M", 139_000_000 -> "139 M"."""
+    for unit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= unit:
+            return f"{n / unit:.1f} {suffix}" if n < 10 * unit else f"{n / unit:.0f} {suffix}"
+    return str(n)
 
 
 def job_detail(request, job_id: int):

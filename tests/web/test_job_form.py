@@ -1,0 +1,197 @@
+"""The new-job page as a method picker: groups, per-method fields, presets,
+the trainable-parameter estimate and GPU-only methods."""
+
+import dataclasses
+from html import escape
+from html.parser import HTMLParser
+
+import pytest
+
+from studio.catalog.services import base_model_register
+from studio.datasets.services import dataset_create_from_file
+from studio.jobs.forms import NO_GPU
+from studio.jobs.models import Job
+from tuning.config import field_specs
+from tuning.methods import GROUPS, METHODS
+
+FIELDS = "/jobs/new/method-fields/"
+ESTIMATE = "/jobs/new/estimate/"
+GPU_ONLY = [name for name, m in METHODS.items() if m.needs_gpu]
+
+
+class FormValues(HTMLParser):
+    """What a browser would send for the rendered fields, every field's name, and the disabled radios."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.values, self.names, self.disabled, self._select = {}, set(), set(), None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("input", "select") and a.get("name"):
+            self.names.add(a["name"])
+        if tag == "input" and a.get("name"):
+            if "disabled" in a:
+                self.disabled.add(a.get("value"))
+            elif a.get("type") not in ("checkbox", "radio") or "checked" in a:
+                self.values[a["name"]] = a.get("value", "on")
+        elif tag == "select":
+            self._select = a.get("name")
+        elif tag == "option" and self._select and "selected" in a:
+            self.values[self._select] = a["value"]
+
+    def handle_endtag(self, tag):
+        if tag == "select":
+            self._select = None
+
+
+def values(response) -> dict:
+    assert response.status_code == 200, response.content.decode()[:2000]
+    return FormValues(response.content.decode()).values
+
+
+@pytest.fixture
+def dataset(member, team, tmp_path):
+    data = tmp_path / "pairs.csv"
+    data.write_text("instruction,output\nq1,a1\nq2,a2\n")
+    return dataset_create_from_file(team=team, user=member, source_path=data, filename="pairs.csv")
+
+
+@pytest.fixture
+def gpu_pool(settings):
+    settings.GPU_POOLS = ["gpu"]
+
+
+def test_page_lists_every_method_by_group_with_description_and_paper(member_client):
+    page = member_client.get("/jobs/new/").content.decode()
+    groups = {m.group for m in METHODS.values()}
+    for key, heading in GROUPS.items():
+        assert (f">{escape(heading)}</h3>" in page) == (key in groups), heading
+    for method in METHODS.values():
+        assert f'name="method" value="{method.name}"' in page
+        assert f"<strong>{escape(method.label)}</strong>" in page and escape(method.description) in page
+        assert f'href="{method.paper}"' in page
+    assert values(member_client.get("/jobs/new/"))["method"] == "lora"
+
+
+def test_lora_fields_basic_and_advanced(member_client):
+    page = member_client.get(FIELDS, {"method": "lora"}).content.decode()
+    basic, advanced = page.split("<summary>Advanced settings</summary>")
+    assert ">LoRA rank</label>" in basic and ">LoRA alpha</label>" in basic and ">Learning rate</label>" in basic
+    assert 'name="method__dropout"' in advanced and 'name="method__target_modules"' in advanced
+    assert values(member_client.get(FIELDS, {"method": "lora"}))["method__rank"] == "16"
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_method_gets_exactly_its_own_fields(member_client, gpu_pool, name):
+    response = member_client.get(FIELDS, {"method": name, "task": "sft"})
+    fields = FormValues(response.content.decode())
+    own = {"method__" + spec.name for spec in field_specs(METHODS[name].params)}
+    assert {key for key in fields.names if key.startswith("method__")} == own
+    assert fields.values["method"] == name and fields.values["fields_for"] == name
+
+
+def test_changing_method_keeps_training_settings_but_not_the_old_methods_parameters(member_client):
+    typed = {"method": "lora", "fields_for": "lora", "learning_rate": "0.005", "method__rank": "7", "task": "sft"}
+    assert values(member_client.get(FIELDS, typed))["method__rank"] == "7"  # task changed: parameters stay
+    redrawn = values(member_client.get(FIELDS, {**typed, "fields_for": "some_other_method"}))
+    assert redrawn["method__rank"] == "16" and redrawn["learning_rate"] == "0.005"
+    assert "method__use_dora" not in redrawn  # an unchecked box stays unchecked
+
+
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.presets])
+def test_presets_fill_the_fields(member_client, gpu_pool, name):
+    method = METHODS[name]
+    for preset, settings_ in method.presets.items():
+        sent = values(member_client.get(FIELDS, {"method": name, "fields_for": name, "max_steps": "999",
+                                                 "preset": preset}))
+        expected = {**{k: v for k, v in settings_.items() if k != "method_params"},
+                    **{"method__" + k: v for k, v in settings_.get("method_params", {}).items()}}
+        for key, value in expected.items():
+            shown = key in sent if isinstance(value, bool) else type(value)(sent[key])
+            assert shown == value, (preset, key)
+        if any("max_steps" in p for p in method.presets.values()) and "max_steps" not in settings_:
+            assert sent["max_steps"] == "0", "another preset's step limit must not survive"
+
+
+def test_preset_without_javascript_is_a_link_to_the_page(member_client):
+    page = member_client.get("/jobs/new/").content.decode()
+    assert 'href="/jobs/new/?method=lora&amp;task=sft&amp;preset=quick"' in page
+    quick = METHODS["lora"].presets["quick"]
+    sent = values(member_client.get("/jobs/new/", {"method": "lora", "task": "sft", "preset": "quick"}))
+    assert int(sent["method__rank"]) == quick["method_params"]["rank"]
+
+
+def test_estimate_matches_peft_on_the_tiny_model(member_client, tiny_base_model, tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    response = member_client.get(ESTIMATE, {"base_model": tiny_base_model.pk, "method": "lora", "task": "sft",
+                                            "method__rank": "4", "method__alpha": "8"})
+    page = response.content.decode()
+    assert response.status_code == 200 and f'title="{trainable:,} of {total:,} parameters"' in page
+    assert f"trainable of {total / 1e6:.1f} M (" in page and page.count("%") == 1
+
+
+def test_estimate_explains_a_bad_base_model_or_parameter(member_client, tiny_base_model, db):
+    missing = base_model_register(name="gone", source="local", ref="/nonexistent/model-dir")
+    response = member_client.get(ESTIMATE, {"base_model": missing.pk, "method": "lora"})
+    assert response.status_code == 200
+    assert "estimate unavailable: base model directory not found: /nonexistent/model-dir" in response.content.decode()
+    bad_rank = member_client.get(ESTIMATE, {"base_model": tiny_base_model.pk, "method": "lora", "method__rank": "0"})
+    assert "estimate unavailable: LoRA rank: Ensure this value is greater than or equal to 1." in \
+        bad_rank.content.decode()
+
+
+@pytest.mark.skipif(not GPU_ONLY, reason="no GPU-only method in the table")
+@pytest.mark.parametrize("name", GPU_ONLY)
+def test_gpu_only_methods_are_disabled_without_a_gpu_pool(member_client, dataset, tiny_base_model, settings, name):
+    settings.GPU_POOLS = []
+    page = member_client.get("/jobs/new/").content.decode()
+    assert name in FormValues(page).disabled and NO_GPU[1:] in page
+    asked = member_client.get("/jobs/new/", {"method": name}).content.decode()
+    assert "Showing LoRA instead." in asked and FormValues(asked).values["method"] == "lora"
+    refused = member_client.post("/jobs/new/", {"dataset": dataset.pk, "base_model": tiny_base_model.pk,
+                                                "method": name, "task": "sft"})
+    assert refused.status_code == 400 and not Job.objects.exists()
+    assert f"{METHODS[name].label} is unavailable: {NO_GPU}." in refused.content.decode()
+    settings.GPU_POOLS = ["gpu"]
+    assert name not in FormValues(member_client.get("/jobs/new/").content.decode()).disabled
+
+
+def test_methods_without_the_chosen_task_are_disabled(member_client, monkeypatch):
+    monkeypatch.setitem(METHODS, "sft_only", dataclasses.replace(METHODS["lora"], name="sft_only",
+                                                                 label="SFT only", tasks=("sft",)))
+    assert "sft_only" not in FormValues(member_client.get(FIELDS, {"task": "sft"}).content.decode()).disabled
+    page = member_client.get(FIELDS, {"task": "classify", "method": "sft_only"}).content.decode()
+    assert "sft_only" in FormValues(page).disabled and "not for the classify task (supports sft)" in page
+    assert FormValues(page).values["method"] == "lora"
+
+
+def test_plain_post_creates_the_job(member_client, dataset, tiny_base_model):
+    response = member_client.post("/jobs/new/", {"dataset": dataset.pk, "base_model": tiny_base_model.pk,
+                                                 "method": "lora", "task": "sft", "fields_for": "lora",
+                                                 "max_steps": 3, "method__rank": 2})
+    job = Job.objects.get()
+    assert response.status_code == 302 and job.config["task"] == "sft"
+    assert job.config["method_params"]["rank"] == 2 and job.config["method_params"]["use_dora"] is False
+
+
+@pytest.mark.parametrize("url", [FIELDS, ESTIMATE])
+def test_new_endpoints_need_login(client, url):
+    response = client.get(url, {"method": "lora"})
+    assert response.status_code == 302 and response.url.startswith("/accounts/login/")
+
+
+def test_other_teams_datasets_never_show(client, outsider, dataset, tiny_base_model):
+    client.force_login(outsider)
+    for url in ["/jobs/new/", FIELDS]:
+        page = client.get(url, {"dataset": dataset.pk, "method": "lora"}).content.decode()
+        assert f">{dataset.name}</option>" not in page and f'<option value="{dataset.pk}" selected>' not in page
+    refused = client.post("/jobs/new/", {"dataset": dataset.pk, "base_model": tiny_base_model.pk, "method": "lora"})
+    assert refused.status_code == 400 and not Job.objects.exists()
