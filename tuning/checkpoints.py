@@ -69,9 +69,13 @@ def load_weights(model, directory: Path) -> None:
     state = {}
     for file in files:
         state.update(load_file(file))
-    if (directory / "adapter_config.json").exists():
+    adapter_config = directory / "adapter_config.json"
+    if adapter_config.exists():
         from peft.utils import set_peft_model_state_dict
 
+        rank_pattern = json.loads(adapter_config.read_text()).get("rank_pattern")
+        if rank_pattern:  # AdaLoRA pruned ranks during training: shape the modules like the checkpoint
+            model.peft_config["default"].rank_pattern = rank_pattern
         set_peft_model_state_dict(model, state)
     else:
         model.load_state_dict(state, strict=False)  # tied weights are saved once

@@ -209,6 +209,8 @@ class TrainConfig:
         method = METHODS.get(data.get("method", "lora"))
         if method is None:
             errors["method"] = f"unknown method '{data.get('method')}'; known: {', '.join(sorted(METHODS))}"
+        elif _truthy(data.get("gradient_checkpointing")) and not method.gradient_checkpointing:
+            errors["gradient_checkpointing"] = f"{method.label} does not work with gradient checkpointing; turn it off"
         elif data.get("task", "sft") not in method.tasks:
             errors["task"] = (f"{method.label} does not support the task '{data.get('task')}'; it supports: "
                               f"{', '.join(method.tasks)}")
@@ -223,10 +225,21 @@ class TrainConfig:
         return dataclasses.replace(config, method_params=method_params)
 
 
-def check_against_model(config: TrainConfig) -> None:
+def _truthy(value) -> bool:
+    try:
+        return _coerce(value, bool)
+    except ValueError:
+        return False  # reported by config_from_dict
+
+
+def check_against_model(config: TrainConfig, *, on_worker: bool = True) -> None:
     """Refuse settings the chosen base model makes impossible (a rank larger
     than a layer, a method the architecture lacks parts for …), reading only
-    the model's config file. Raises ConfigError naming the field."""
+    the model's config file. Raises ConfigError naming the field.
+
+    The web process (``on_worker=False``) has no GPU of its own: a GPU-only
+    method's own check, which looks at this machine's devices, runs on the
+    worker instead."""
     from tuning.methods import METHODS
     from tuning.models import load_model_config
 
@@ -237,7 +250,7 @@ def check_against_model(config: TrainConfig) -> None:
             name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         raise ConfigError({"base_model": f"{architectures[0]} is not a generative (causal) language model; use it "
                                          f"for the classify task, or pick a causal LM for {config.task}"})
-    if method.check is None:
+    if method.check is None or (method.needs_gpu and not on_worker):
         return
     params = method.params(**config.method_params)
     problems = method.check(params, model_config, config.task)

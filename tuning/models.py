@@ -119,28 +119,30 @@ def load_tokenizer(ref: str, *, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(ref: str, *, dtype=None, trust_remote_code: bool = False):
+def load_causal_lm(ref: str, *, dtype=None, trust_remote_code: bool = False, **load_kwargs):
     from transformers import AutoModelForCausalLM
 
-    return _load(AutoModelForCausalLM, ref, dtype=dtype, trust_remote_code=trust_remote_code)
+    return _load(AutoModelForCausalLM, ref, dtype=dtype, trust_remote_code=trust_remote_code, **load_kwargs)
 
 
 def load_classifier(ref: str, *, label2id: dict[str, int], pad_token_id: int | None, dtype=None,
-                    trust_remote_code: bool = False):
+                    trust_remote_code: bool = False, **load_kwargs):
     """A sequence classifier: an encoder, or a causal LM with a new
     classification head (the head starts untrained)."""
     from transformers import AutoModelForSequenceClassification
 
     return _load(AutoModelForSequenceClassification, ref, dtype=dtype, trust_remote_code=trust_remote_code,
                  num_labels=len(label2id), label2id=label2id, id2label={i: l for l, i in label2id.items()},
-                 pad_token_id=pad_token_id)
+                 pad_token_id=pad_token_id, **load_kwargs)
 
 
-def load_model_for_task(task: str, ref: str, *, tokenizer, label2id=None, trust_remote_code: bool = False):
+def load_model_for_task(task: str, ref: str, *, tokenizer, label2id=None, trust_remote_code: bool = False,
+                        dtype=None, **load_kwargs):
+    """``load_kwargs`` come from the method (QLoRA's 4-bit quantization config)."""
     if task == "classify":
-        return load_classifier(ref, label2id=label2id, pad_token_id=tokenizer.pad_token_id,
-                               trust_remote_code=trust_remote_code)
-    return load_causal_lm(ref, trust_remote_code=trust_remote_code)
+        return load_classifier(ref, label2id=label2id, pad_token_id=tokenizer.pad_token_id, dtype=dtype,
+                               trust_remote_code=trust_remote_code, **load_kwargs)
+    return load_causal_lm(ref, dtype=dtype, trust_remote_code=trust_remote_code, **load_kwargs)
 
 
 def _load(auto_class, ref: str, *, dtype=None, trust_remote_code: bool = False, **kwargs):

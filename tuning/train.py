@@ -101,16 +101,25 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                                f"({data.rows_dropped} dropped, {data.truncated} truncated to {config.max_length} tokens)"))
     collate = collate_for_task(config.task, pad_token_id=tokenizer.pad_token_id)
 
+    rows_per_step = config.batch_size * config.gradient_accumulation
+    steps_per_epoch = math.ceil(len(train_items) / rows_per_step)
+    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+
     # --- model ------------------------------------------------------------
     sink.emit(LogEvent(message=f"Loading base model {config.base_model_name or config.base_model} on {device}"))
+    load_kwargs = method.load_kwargs(params) if method.load_kwargs else {}
+    quantized = "quantization_config" in load_kwargs  # loaded straight onto the GPU; never moved or cast
+    if quantized:
+        load_kwargs["device_map"] = {"": torch.cuda.current_device()}
     model = load_model_for_task(config.task, config.base_model, tokenizer=tokenizer, label2id=data.label2id,
-                                trust_remote_code=config.trust_remote_code)
+                                trust_remote_code=config.trust_remote_code, **load_kwargs)
     if config.base_model_name:
         model.config.name_or_path = config.base_model_name  # recorded in adapter_config.json
     if config.gradient_checkpointing:
         model.config.use_cache = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(device)
+    if not quantized:
+        model.to(device)
 
     def calibration_batches():
         for i, batch in enumerate(batches(train_items, batch_size=config.batch_size, seed=config.seed, epoch=0)):
@@ -118,8 +127,11 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                 return
             yield {key: value.to(device) for key, value in collate(batch).items() if key != "labels"}
 
-    model = method.prepare(model, params, MethodContext(task=config.task, device=device,
-                                                        calibration_batches=calibration_batches)).to(device)
+    model = method.prepare(model, params, MethodContext(task=config.task, device=device, total_steps=total_steps,
+                                                        base_model=config.base_model,
+                                                        calibration_batches=calibration_batches))
+    if not quantized:
+        model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count = sum(p.numel() for p in trainable)
     total_count = sum(p.numel() for p in model.parameters())
@@ -127,9 +139,6 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                                f"({100 * trainable_count / total_count:.2f}%), precision {precision}"))
 
     # --- schedule ---------------------------------------------------------
-    rows_per_step = config.batch_size * config.gradient_accumulation
-    steps_per_epoch = math.ceil(len(train_items) / rows_per_step)
-    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
     groups = method.param_groups(model, params, config.learning_rate) if method.param_groups else [{"params": trainable}]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler("constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
@@ -137,6 +146,9 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                               num_training_steps=total_steps)
     state = checkpoints.TrainerState()
     resume = _resume_dir(config, output_dir)
+    if resume is not None and not method.resumable:
+        raise ConfigError({"resume_from": f"{method.label} runs cannot be resumed from a checkpoint (its training "
+                                          f"state is not all in the weights); start a new run"})
     if resume is not None:
         state = checkpoints.load_checkpoint(resume, model=model, optimizer=optimizer, scheduler=scheduler)
         sink.emit(LogEvent(message=f"Resumed from {resume.name} at step {state.step}"))
@@ -194,6 +206,8 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                          if config.max_grad_norm > 0 else None)
             optimizer.step()
             scheduler.step()
+            if method.on_step:
+                method.on_step(model, state.step + 1)  # AdaLoRA reallocates ranks here
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             loss_value = sum(losses) / len(losses)
@@ -240,7 +254,12 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                                    f"{state.best_eval_loss})"))
     model.eval()
     out_dir = output_dir / method.produces
-    checkpoints.save_weights(model, out_dir, tokenizer=tokenizer if method.produces == "model" else None)
+    if method.export:
+        method.export(model, out_dir)  # e.g. PiSSA/OLoRA/CorDA adapters rewritten to load on the plain base
+    else:
+        checkpoints.save_weights(model, out_dir)
+    if method.produces == "model":
+        tokenizer.save_pretrained(out_dir)
     write_model_card(out_dir, config=config, method=method, final_loss=loss_value, steps=state.step,
                      trainable_parameters=trainable_count, evaluation=last_eval)
     sink.emit(ArtifactEvent(artifact_kind=method.produces, path=str(out_dir),

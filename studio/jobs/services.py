@@ -14,6 +14,7 @@ from django.utils import timezone
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from tuning.config import TrainConfig, check_against_model, config_to_dict
+from tuning.errors import ConfigError
 from tuning.methods import METHODS
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,15 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
         if config.task not in dataset.tasks:
             raise ConfigError({"task": f"{dataset.name} is {dataset.schema} data, usable for "
                                        f"{', '.join(dataset.tasks)}; pick one of those tasks or another dataset"})
-        check_against_model(config)  # impossible combinations are refused now, not after queueing
+        if METHODS[config.method].needs_gpu:
+            if not settings.GPU_POOLS:
+                raise ConfigError({"method": f"{METHODS[config.method].label} needs a CUDA GPU worker; none is "
+                                             f"registered (GPU_POOLS)"})
+            job.device_pool = settings.GPU_POOLS[0]
+        check_against_model(config, on_worker=False)  # impossible combinations are refused now, not after queueing
         job.config = config_to_dict(config)
         job.name = job.name or f"{METHODS[config.method].label} on {dataset.name}"
-        job.save(update_fields=["config", "name"])
+        job.save(update_fields=["config", "name", "device_pool"])
         _set_status(job.pk, Job.Status.QUEUED, progress_total=config.max_steps)
         transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
     job.refresh_from_db()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BertConfig
 
 from tuning.config import TrainConfig, check_against_model, config_from_dict
 from tuning.data import sft
@@ -74,6 +74,7 @@ def biased_model(tiny_model, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attention_bias=True, mlp_bias=True)
     model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(path)  # a complete base model directory
     return path
 
 

@@ -60,3 +60,14 @@ def test_events_after_must_be_a_number(member_client, dataset, tiny_base_model):
     member_client.post("/jobs/new/", form_data(dataset, tiny_base_model))
     job = Job.objects.get()
     assert member_client.get(f"/jobs/{job.pk}/events/?after=x").status_code == 400
+
+
+def test_gpu_only_methods_go_to_a_gpu_pool_or_are_refused(member_client, dataset, tiny_base_model, settings):
+    data = form_data(dataset, tiny_base_model, method="qlora")
+    settings.GPU_POOLS = []
+    response = member_client.post("/jobs/new/", data)
+    assert response.status_code == 400 and Job.objects.count() == 0
+    settings.GPU_POOLS = ["gpu"]
+    response = member_client.post("/jobs/new/", data)
+    job = Job.objects.get()
+    assert response.status_code == 302 and job.device_pool == "gpu" and job.config["method"] == "qlora"

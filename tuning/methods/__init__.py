@@ -80,6 +80,7 @@ class Method:
     # False where peft refuses gradient checkpointing (prefix tuning), so a
     # run asking for both can be refused on the form.
     gradient_checkpointing: bool = True
+    resumable: bool = True  # False where the method keeps state outside its weights that checkpoints lack
     param_groups: Callable[[Any, Any, float], list[dict]] | None = None
     check: Callable[[Any, Any, str], dict[str, str]] | None = None
     load_kwargs: Callable[[Any], dict] | None = None
@@ -112,7 +113,8 @@ METHODS: dict[str, Method] = {
              paper="https://arxiv.org/abs/2305.14314", params=qlora.QloraParams),
         _row(adalora, name="adalora", label="AdaLoRA", group="low-rank",
              description="LoRA in SVD form that moves rank from unimportant layers to important ones while training.",
-             paper="https://arxiv.org/abs/2303.10512", params=adalora.AdaloraParams),
+             paper="https://arxiv.org/abs/2303.10512", params=adalora.AdaloraParams,
+             resumable=False),  # its rank allocator's importance scores are not checkpointed
         _row(loha, name="loha", label="LoHa", group="low-rank",
              description="Low-rank Hadamard product: two low-rank pairs multiplied elementwise, higher effective rank.",
              paper="https://arxiv.org/abs/2108.06098", params=loha.LohaParams),
