@@ -5,6 +5,7 @@ from django.urls import path
 from studio.artifacts import views as artifacts
 from studio.datasets import views as datasets
 from studio.jobs import views as jobs
+from studio.jobs import views_compare
 
 urlpatterns = [
     path("", jobs.job_list, name="home"),
@@ -15,6 +16,7 @@ urlpatterns = [
     path("jobs/new/", jobs.job_new, name="job-new"),
     path("jobs/new/method-fields/", jobs.job_new_method_fields, name="job-new-method-fields"),
     path("jobs/new/estimate/", jobs.job_new_estimate, name="job-new-estimate"),
+    path("jobs/compare/", views_compare.job_compare, name="job-compare"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/status/", jobs.job_status, name="job-status"),
     path("jobs/<int:job_id>/cancel/", jobs.job_cancel_view, name="job-cancel"),

@@ -23,6 +23,7 @@ class TrainerState:
     step: int = 0
     epoch: int = 0
     batches_done_in_epoch: int = 0  # micro-batches of ``epoch`` already trained on
+    tokens_seen: int = 0  # non-padding tokens trained on
     best_eval_loss: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0

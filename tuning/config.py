@@ -240,6 +240,13 @@ def check_against_model(config: TrainConfig, *, on_worker: bool = True) -> None:
     The web process (``on_worker=False``) has no GPU of its own: a GPU-only
     method's own check, which looks at this machine's devices, runs on the
     worker instead."""
+    from tuning.models import MODEL_CODE_LOCK
+
+    with MODEL_CODE_LOCK:
+        _check_against_model(config, on_worker=on_worker)
+
+
+def _check_against_model(config: TrainConfig, *, on_worker: bool) -> None:
     from tuning.methods import METHODS
     from tuning.models import load_model_config
 

@@ -41,6 +41,7 @@ class MetricsEvent(Event):
     lr: float
     grad_norm: float | None = None
     tokens_per_s: float | None = None
+    tokens_seen: int | None = None  # non-padding tokens trained on so far, across resumes
     elapsed_s: float | None = None
     eta_s: float | None = None
     memory_mib: float | None = None

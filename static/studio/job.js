@@ -1,11 +1,14 @@
 // Live job page: one WebSocket carries the job's events ({seq, kind, data}).
 // On every (re)connect the page says the last seq it has and the server sends
 // the rest, so a reload, a sleeping laptop or a server restart loses nothing.
+// The stored history, and the events while a socket will not open, come
+// from /jobs/<id>/events/?after=N instead.
 (function () {
   "use strict";
   const root = document.getElementById("job");
   if (!root) return;
-  const chartCanvas = document.getElementById("loss-chart");
+  const { lineChart, smoothInto, setLogScale, linkZoom, resetZoom, bindControls } = window.StudioCharts;
+  const lossCanvas = document.getElementById("loss-chart");
   const progress = document.getElementById("progress");
   const progressText = document.getElementById("progress-text");
   const logBox = document.getElementById("log");
@@ -17,18 +20,38 @@
   let finished = FINISHED.includes(document.getElementById("job-status").dataset.status);
   let retryMs = 500;
 
-  const chart = new Chart(chartCanvas, {
-    type: "line",
-    data: { datasets: [
-      { label: "train loss", data: [], borderColor: "#2563eb", pointRadius: 0, borderWidth: 1.5 },
-      { label: "eval loss", data: [], borderColor: "#dc2626", pointRadius: 3, borderWidth: 1.5 },
-    ] },
-    options: {
-      animation: false, parsing: false, maintainAspectRatio: false,
-      scales: { x: { type: "linear", title: { display: true, text: "step" } },
-                y: { title: { display: true, text: "loss" } } },
-    },
+  // Every point is kept here; the charts draw a decimated copy.
+  const series = { train: [], smooth: [], eval: [], lr: [], grad_norm: [], tokens_per_s: [], memory_mib: [] };
+  const lossChart = lineChart(lossCanvas, { yTitle: "loss", datasets: [
+    // order: lower is drawn on top
+    { label: "train loss", data: series.train, borderColor: "rgba(37, 99, 235, 0.3)", borderWidth: 1, order: 2 },
+    { label: "train loss (smoothed)", data: series.smooth, borderColor: "#2563eb", borderWidth: 2, order: 1 },
+    { label: "eval loss", data: series.eval, borderColor: "#dc2626", backgroundColor: "#dc2626", pointRadius: 3,
+      order: 0 },
+  ] });
+  const metricCharts = [...document.querySelectorAll("[data-metric]")].map((canvas) => lineChart(canvas, {
+    legend: false, yTitle: canvas.dataset.label,
+    datasets: [{ label: canvas.dataset.label, data: series[canvas.dataset.metric], borderColor: canvas.dataset.color }],
+  }));
+  const charts = [lossChart, ...metricCharts];
+  linkZoom(charts);
+
+  const smoothing = bindControls(root.querySelector(".chart-controls"), {
+    onSmoothing: () => { resmooth(); redraw(); },
+    onLogScale: (on) => setLogScale(charts, on),
+    onReset: () => resetZoom(charts),
   });
+  let nextSmooth;  // the EMA that continues the smoothed curve
+  const resmooth = () => { nextSmooth = smoothInto(series.smooth, series.train, smoothing()); };
+  resmooth();
+
+  // A resumed run repeats the steps after its last checkpoint: drop ours from there.
+  function dropFromStep(step) {
+    for (const points of Object.values(series)) {
+      while (points.length && points[points.length - 1].x >= step) points.pop();
+    }
+    resmooth();
+  }
 
   function formatSeconds(s) {
     if (s == null) return "?";
@@ -37,11 +60,12 @@
     return (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
   }
 
+  const logLines = [];
+  let logChanged = false;
   function addLog(text) {
-    logBox.textContent += text + "\n";
-    const lines = logBox.textContent.split("\n");
-    if (lines.length > MAX_LOG_LINES) logBox.textContent = lines.slice(-MAX_LOG_LINES).join("\n");
-    logBox.scrollTop = logBox.scrollHeight;
+    logLines.push(text);
+    if (logLines.length > MAX_LOG_LINES) logLines.splice(0, logLines.length - MAX_LOG_LINES);
+    logChanged = true;
   }
 
   function refreshStatus() {
@@ -50,8 +74,14 @@
 
   const handlers = {
     metrics(d) {
-      chart.data.datasets[0].data.push({ x: d.step, y: d.loss });
-      chartCanvas.dataset.points = chart.data.datasets[0].data.length;
+      const last = series.train[series.train.length - 1];
+      if (last && d.step <= last.x) dropFromStep(d.step);
+      series.train.push({ x: d.step, y: d.loss });
+      series.smooth.push({ x: d.step, y: nextSmooth(d.loss) });
+      for (const key of ["lr", "grad_norm", "tokens_per_s", "memory_mib"]) {
+        if (d[key] != null) series[key].push({ x: d.step, y: d[key] });
+      }
+      lossCanvas.dataset.points = series.train.length;
       progress.max = d.total_steps;
       progress.value = d.step;
       progressText.textContent = `step ${d.step} / ${d.total_steps} · loss ${d.loss.toFixed(4)} · elapsed ` +
@@ -59,7 +89,7 @@
         (d.tokens_per_s ? ` · ${Math.round(d.tokens_per_s)} tok/s` : "");
     },
     eval(d) {
-      chart.data.datasets[1].data.push({ x: d.step, y: d.eval_loss });
+      series.eval.push({ x: d.step, y: d.eval_loss });
       const extra = d.accuracy != null ? ` · accuracy ${d.accuracy.toFixed(3)} · F1 ${d.f1.toFixed(3)}`
         : (d.perplexity != null ? ` · perplexity ${d.perplexity.toFixed(2)}` : "");
       addLog(`eval at step ${d.step}: loss ${d.eval_loss.toFixed(4)}${extra}${d.best ? " (best so far)" : ""}`);
@@ -74,36 +104,76 @@
     },
   };
 
-  let pendingChartUpdate = false;
+  // Redraw at most once per animation frame however many events arrive. A
+  // catch-up of many thousand events spans many frames: when a redraw costs
+  // much, skip frames so that drawing takes at most ~1/4 of the time.
+  let redrawPending = false, redrawCostMs = 0, redrawnAt = 0;
+  function redraw() {
+    if (redrawPending) return;
+    redrawPending = true;
+    requestAnimationFrame(function draw(now) {
+      if (now - redrawnAt < 3 * redrawCostMs) { requestAnimationFrame(draw); return; }
+      redrawPending = false;
+      const started = performance.now();
+      for (const chart of charts) chart.update("none");
+      if (logChanged) {
+        logChanged = false;
+        logBox.textContent = logLines.join("\n") + "\n";
+        logBox.scrollTop = logBox.scrollHeight;
+      }
+      redrawnAt = performance.now();
+      redrawCostMs = redrawnAt - started;
+    });
+  }
+
   function handle(event) {
-    if (event.seq <= lastSeq) return;
+    if (event.seq <= lastSeq) return;  // already had it (the socket and the JSON fallback may overlap)
     lastSeq = event.seq;
     (handlers[event.kind] || (() => {}))(event.data);
     if (event.kind === "status" || event.kind === "artifact") refreshStatus();
-    if (!pendingChartUpdate) {  // redraw at most once per frame, however many events arrive
-      pendingChartUpdate = true;
-      requestAnimationFrame(() => { pendingChartUpdate = false; chart.update("none"); });
+    redraw();
+  }
+
+  async function catchUpOverHttp() {
+    try {
+      for (;;) {
+        const response = await fetch(`${root.dataset.eventsUrl}?after=${lastSeq}`, { credentials: "same-origin" });
+        if (!response.ok) return;
+        const { events } = await response.json();
+        if (!events.length) return;
+        events.forEach(handle);
+      }
+    } catch (error) {
+      // offline too: the next reconnect tries again
     }
   }
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
+    let opened = false;
     socket.onopen = () => {
+      opened = true;
       retryMs = 500;
       liveState.textContent = finished ? "Finished" : "Live";
       socket.send(JSON.stringify({ after: lastSeq }));
     };
     socket.onmessage = (message) => handle(JSON.parse(message.data));
-    socket.onclose = (close) => {
+    socket.onclose = async (close) => {
       if (close.code === 4401 || close.code === 4404) {
         liveState.textContent = "Not allowed to watch this job (log in again).";
         return;
       }
       liveState.textContent = finished ? "Finished" : "Reconnecting…";
+      if (!opened) await catchUpOverHttp();
       setTimeout(connect, retryMs);
       retryMs = Math.min(retryMs * 2, 10000);
     };
   }
-  connect();
+
+  // For tests and the curious: every train-loss step the page holds.
+  window.studioJob = { charts, trainSteps: () => series.train.map((p) => p.x) };
+  // The stored history comes faster as JSON pages (5000 events a request)
+  // than as one socket message per event; the socket then sends the rest.
+  catchUpOverHttp().then(connect);
 })();

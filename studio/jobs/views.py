@@ -1,6 +1,5 @@
 import functools
 import logging
-import threading
 
 from django.conf import settings
 from django.http import Http404, JsonResponse
@@ -15,7 +14,7 @@ from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_f
 from studio.jobs.services import job_cancel, job_create_train
 from tuning.errors import ConfigError, ModelError, TuningError
 from tuning.methods import TASKS
-from tuning.models import load_model_config
+from tuning.models import MODEL_CODE_LOCK, load_model_config
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +112,8 @@ def _estimate_response(request, *, text: str = "", exact: str = "", error: str =
 
 # The estimate reads only the base model's config and builds the model on the
 # meta device (shapes, no weights); transformers is imported on first use.
-# One at a time: a first import of transformers in two threads at once fails.
-_estimate_lock = threading.Lock()
+# One at a time (MODEL_CODE_LOCK): a first import of transformers in two
+# threads at once fails.
 
 
 @functools.lru_cache(maxsize=32)
@@ -126,7 +125,7 @@ def _model_config(ref: str):
 def _trainable_parameters(ref: str, method: str, params: tuple, task: str) -> tuple[int, int]:
     from tuning.methods.estimate import estimate_trainable_parameters
 
-    with _estimate_lock:
+    with MODEL_CODE_LOCK:
         return estimate_trainable_parameters(_model_config(ref), method, dict(params), task=task)
 
 

@@ -1,0 +1,70 @@
+"""Charts in headless Chromium: a reload mid-run loses no point, every
+metric chart fills, and the compare page overlays two finished jobs."""
+
+import json
+
+import pytest
+
+from tests.e2e.test_browser_flow import browser, logged_in_page  # noqa: F401 (browser is a fixture)
+
+pytestmark = pytest.mark.e2e
+
+ROWS = "".join(json.dumps({"instruction": f"Say {word}.", "output": f"{word.capitalize()}!"}) + "\n"
+               for word in ["hello", "yes", "blue", "green", "one", "two", "red", "tea"])
+STEPS_OF = "studioJob.trainSteps()"
+
+
+@pytest.fixture(scope="module")
+def admin_and_dataset(stack):
+    admin = stack.login()
+    return admin, stack.upload(admin, "words.jsonl", ROWS)
+
+
+def wait_for_points(page, at_least: int):
+    page.wait_for_function(f"Number(document.querySelector('#loss-chart').dataset.points) >= {at_least}")
+
+
+def test_a_reload_mid_run_loses_no_point(browser, stack, admin_and_dataset):  # noqa: F811
+    admin, dataset_id = admin_and_dataset
+    job_id = stack.start_job(admin, dataset_id, max_steps=100000, save_every=1000)
+    page = logged_in_page(browser, stack)
+    page.goto(f"{stack.base_url}/jobs/{job_id}/")
+    wait_for_points(page, 3)
+    page.reload()
+    wait_for_points(page, 3)
+    seen = page.evaluate(STEPS_OF)
+    assert seen == list(range(1, len(seen) + 1))  # the history came back whole
+    wait_for_points(page, len(seen) + 3)  # and live points follow it
+
+    stack.post(admin, f"/jobs/{job_id}/cancel/")
+    page.wait_for_selector("#job-status[data-status=cancelled]")
+    stored = [e["data"]["step"] for e in stack.job_state(admin, job_id)["events"] if e["kind"] == "metrics"]
+    assert page.evaluate(STEPS_OF) == stored == list(range(1, len(stored) + 1))
+    # every metric chart got a point per step (learning rate, grad norm, tokens/s, memory)
+    assert page.evaluate("studioJob.charts.slice(1).map(c => c.data.datasets[0].data.length)") == [len(stored)] * 4
+
+
+def test_compare_two_finished_jobs(browser, stack, admin_and_dataset):  # noqa: F811
+    admin, dataset_id = admin_and_dataset
+    settings = {"max_steps": 6, "validation_ratio": 0.25, "eval_every": 3}
+    first = stack.start_job(admin, dataset_id, **settings, learning_rate=0.01)
+    second = stack.start_job(admin, dataset_id, **settings, learning_rate=0.002)
+    for job_id in (first, second):
+        stack.wait_for_status(admin, job_id, {"succeeded"})
+
+    page = logged_in_page(browser, stack)
+    assert page.locator("svg.sparkline").count() >= 2
+    page.check(f"input[name=ids][value='{first}']")
+    page.check(f"input[name=ids][value='{second}']")
+    page.click("button:has-text('Compare')")
+    page.wait_for_url("**/jobs/compare/?ids=*")
+    page.wait_for_function("window.studioCompare !== undefined")
+
+    lengths = "studioCompare.chart.data.datasets.map(d => d.data.length)"
+    assert page.evaluate(lengths) == [6, 2, 6, 2]  # train and eval (steps 3 and 6) of each job
+    assert page.evaluate("studioCompare.chart.data.datasets[0].data.map(p => p.x)") == [1, 2, 3, 4, 5, 6]
+    page.check("input[name=align][value=tokens]")
+    tokens = page.evaluate("studioCompare.chart.data.datasets[0].data.map(p => p.x)")
+    assert tokens == sorted(tokens) and tokens[0] > 1  # cumulative tokens, not steps
+    assert "learning_rate" in page.inner_text("table.config-diff")
+    assert page.locator("table.compare-table tbody tr").count() == 2
