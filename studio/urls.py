@@ -20,6 +20,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/status/", jobs.job_status, name="job-status"),
     path("jobs/<int:job_id>/cancel/", jobs.job_cancel_view, name="job-cancel"),
+    path("jobs/<int:job_id>/resume/", jobs.job_resume_view, name="job-resume"),
     path("jobs/<int:job_id>/events/", jobs.job_events, name="job-events"),
     path("artifacts/<int:artifact_id>/download/", artifacts.artifact_download, name="artifact-download"),
     path("admin/", admin.site.urls),

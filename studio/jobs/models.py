@@ -63,6 +63,12 @@ class Job(models.Model):
         return self.status in self.FINISHED
 
     @property
+    def can_resume(self) -> bool:
+        from studio.jobs.services import job_latest_checkpoint  # reads the job's files
+
+        return job_latest_checkpoint(self) is not None
+
+    @property
     def can_cancel(self) -> bool:
         return self.status in (self.Status.VALIDATING, self.Status.QUEUED, self.Status.RUNNING)
 

@@ -118,3 +118,29 @@ def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str
     assert status in Job.FINISHED, status
     _set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
                 finished_at=timezone.now())
+
+
+def job_latest_checkpoint(job: Job) -> Path | None:
+    """The newest complete checkpoint a stopped training job left behind."""
+    from tuning.checkpoints import latest
+
+    if job.kind != Job.Kind.TRAIN or job.status not in (Job.Status.CANCELLED, Job.Status.FAILED):
+        return None
+    return latest(job_output_dir(job.pk) / "checkpoints")
+
+
+def job_resume(*, job: Job, user) -> Job:
+    """A new job that continues a cancelled or failed one from its last
+    checkpoint (weights, optimizer, scheduler and data position), with the
+    same settings."""
+    checkpoint = job_latest_checkpoint(job)
+    if checkpoint is None:
+        raise ConfigError({"resume_from": "this job left no checkpoint to continue from"})
+    settings_values = {key: value for key, value in job.config.items()
+                       if key not in ("base_model", "base_model_name", "dataset_path", "dataset_name",
+                                      "dataset_sha256", "output_dir", "trust_remote_code", "method_params")}
+    return job_create_train(user=user, team=job.team, dataset=job.dataset, base_model=job.base_model,
+                            settings_values={**settings_values, "resume_from": str(checkpoint)},
+                            method_params=job.config["method_params"],
+                            name=f"{job.name} (resumed from step {int(checkpoint.name.split('-')[-1])})")
+

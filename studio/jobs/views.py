@@ -11,7 +11,7 @@ from studio.catalog.selectors import base_model_list
 from studio.datasets.selectors import dataset_list_for_user
 from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
 from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_for_user
-from studio.jobs.services import job_cancel, job_create_train
+from studio.jobs.services import job_cancel, job_create_train, job_resume
 from tuning.errors import ConfigError, ModelError, TuningError
 from tuning.methods import TASKS
 from tuning.models import MODEL_CODE_LOCK, load_model_config
@@ -150,6 +150,23 @@ def job_detail(request, job_id: int):
 def job_status(request, job_id: int):
     """The status partial alone: swapped in by the job page when a status event arrives."""
     return render(request, "jobs/_status.html", {"job": job_get_for_user(user=request.user, job_id=job_id)})
+
+
+@require_POST
+def job_resume_view(request, job_id: int):
+    job = job_get_for_user(user=request.user, job_id=job_id)
+    team = team_for_new_work(user=request.user)
+    if team is None or team.pk != job.team_id:
+        raise Http404
+    try:
+        resumed = job_resume(job=job, user=request.user)
+    except (ConfigError, ModelError) as exc:
+        return render(request, "jobs/_status.html", {"job": job, "resume_error": str(exc)}, status=400)
+    if request.htmx:
+        response = render(request, "jobs/_status.html", {"job": job})
+        response["HX-Redirect"] = resumed.get_absolute_url()
+        return response
+    return redirect(resumed)
 
 
 @require_POST

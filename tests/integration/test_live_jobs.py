@@ -106,3 +106,21 @@ def test_a_failing_job_reports_why_and_the_worker_takes_the_next(stack, admin, d
 
     following = stack.start_job(admin, dataset_id, max_steps=2)
     assert stack.wait_for_status(admin, following, FINISHED)["status"] == "succeeded"
+
+
+def test_a_cancelled_job_resumes_from_its_checkpoint(stack, admin, dataset_id):
+    job_id = stack.start_job(admin, dataset_id, max_steps=40, save_every=100000)
+    url, cookie = stack.ws_url(job_id), stack.cookie_header(admin)
+    asyncio.run(read_events(url, cookie, until_finished=False, stop_after=9))
+    stack.post(admin, f"/jobs/{job_id}/cancel/")
+    events = stack.wait_for_status(admin, job_id, FINISHED, timeout=60)["events"]
+    stopped_at = [e for e in events if e["kind"] == "metrics"][-1]["data"]["step"]
+    page = admin.get(f"{stack.base_url}/jobs/{job_id}/").text
+    assert "Resume from last checkpoint" in page
+
+    response = stack.post(admin, f"/jobs/{job_id}/resume/", allow_redirects=False)
+    resumed = int(response.headers["Location"].rstrip("/").split("/")[-1])
+    state = stack.wait_for_status(admin, resumed, FINISHED)
+    steps = [e["data"]["step"] for e in state["events"] if e["kind"] == "metrics"]
+    assert state["status"] == "succeeded" and steps == list(range(stopped_at + 1, 41))
+    assert any(f"Resumed from step-{stopped_at:07d}" in e["data"].get("message", "") for e in state["events"])
