@@ -70,13 +70,14 @@ def write_table(rows: list[dict], steps: int, path: Path) -> None:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | | | | | | | | failed: {r['error']} |")
+            lines.append(f"| {r['method']} | | | | | | | | not run: {r['error'].removeprefix('error: ')} |")
             continue
         ratio = f"{r['tokens_per_s'] / lora:.2f}" if lora else "n/a"
         eval_loss = f"{r['eval_loss']:.4f}" if r["eval_loss"] is not None else "n/a"
         lines.append(f"| {r['label']} | {r['group']} | {r['trainable_pct']:.3f} | {r['tokens_per_s']:.0f} | {ratio} "
                      f"| {r['peak_mib']:.0f} | {r['first_loss']:.4f} | {r['final_loss']:.4f} | {eval_loss} |")
-    lines += ["", "GPU-only methods (QLoRA) are not run on a CPU.", ""]
+    lines += ["", "GPU-only methods (QLoRA) are not run on a CPU. AdaLoRA's losses include its orthogonality "
+                  "penalty, so they are not comparable with the others'.", ""]
     path.write_text("\n".join(lines))
 
 
