@@ -168,6 +168,13 @@ DEFAULT_DEVICE_POOL = env_str("DEFAULT_DEVICE_POOL", "default")
 # offered only when there is one.
 GPU_POOLS = env_list("GPU_POOLS", [])
 
+# A running job's worker renews its heartbeat every JOB_HEARTBEAT_S seconds;
+# after JOB_LOST_AFTER_S without one the job resumes from its last
+# checkpoint on the next free worker, at most JOB_MAX_ATTEMPTS starts in all.
+JOB_HEARTBEAT_S = env_int("JOB_HEARTBEAT_S", 30, minimum=1)
+JOB_LOST_AFTER_S = env_int("JOB_LOST_AFTER_S", 180, minimum=2)
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -87,8 +87,10 @@ class Stack:
     def ws_url(self, job_id: int) -> str:
         return self.base_url.replace("http://", "ws://") + f"/ws/jobs/{job_id}/"
 
-    def start_worker(self):
+    def start_worker(self, name: str | None = None):
+        self.worker_name = name or self.worker_name
         proc = launcher.start_worker(self.env, name=self.worker_name, **_quiet(self.data_dir, "worker"))
+        self.worker = proc
         self.procs.append(proc)
         deadline = time.monotonic() + launcher.WORKER_START_TIMEOUT_S
         while not launcher.worker_answers(self.env["REDIS_URL"], self.worker_name):
@@ -110,7 +112,9 @@ def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
     redis_proc, redis_url = launcher.start_redis(data_dir)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "studio.settings", "DATA_DIR": str(data_dir),
            "REDIS_URL": redis_url, "STUDIO_ADMIN_USERNAME": ADMIN[0], "STUDIO_ADMIN_PASSWORD": ADMIN[1],
-           "ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
+           "ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1",
+           # a lost worker's job is taken back within seconds, not minutes
+           "JOB_HEARTBEAT_S": "1", "JOB_LOST_AFTER_S": "5"}
     for variable in ("DATABASE_URL", "MEDIA_ROOT", "SECRET_KEY"):
         env.pop(variable, None)
     stack = Stack(data_dir=data_dir, env=env, procs=[redis_proc])

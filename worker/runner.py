@@ -4,13 +4,54 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+
+from django.conf import settings
+from django.db import connection
 
 from studio.jobs.models import Job
-from studio.jobs.services import job_finish, job_start
+from studio.jobs.services import job_finish, job_heartbeat, job_start, jobs_recover_lost
 from tuning.errors import TuningError
 from worker.sink import JobSink
 
 log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Renews the job's heartbeat from a background thread while the job
+    runs, also through long silent phases such as loading a large model."""
+
+    def __init__(self, job_id: int):
+        self.job_id, self.stopped = job_id, threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _beat(self):
+        try:
+            while not self.stopped.wait(settings.JOB_HEARTBEAT_S):
+                job_heartbeat(job_id=self.job_id)
+        finally:
+            connection.close()  # this thread's own database connection
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join()
+
+
+def recover_lost_jobs_forever(stop: threading.Event) -> None:
+    """Every worker looks for jobs whose worker died (see jobs_recover_lost)."""
+    while not stop.wait(settings.JOB_HEARTBEAT_S):
+        try:
+            recovered = jobs_recover_lost()
+            if recovered:
+                log.warning("took back jobs of lost workers: %s", recovered)
+        except Exception:  # the next round tries again; never kill the worker over it
+            log.exception("recovering lost jobs failed")
+        finally:
+            connection.close()
 
 
 def run_job(job_id: int, *, worker_name: str = "") -> str:
@@ -26,7 +67,8 @@ def run_job(job_id: int, *, worker_name: str = "") -> str:
     from tuning.train import run_train
 
     try:
-        result = run_train(TrainConfig.from_dict(job.config), JobSink(job))
+        with Heartbeat(job_id):
+            result = run_train(TrainConfig.from_dict(job.config), JobSink(job))
     except TuningError as exc:
         job_finish(job_id=job_id, status=Job.Status.FAILED, failure_kind=Job.FailureKind.USER_ERROR, message=str(exc))
         return Job.Status.FAILED

@@ -40,6 +40,10 @@ class Job(models.Model):
     failure_kind = models.CharField(max_length=12, choices=FailureKind.choices, blank=True)
     failure_message = models.TextField(blank=True)
     worker_name = models.CharField(max_length=200, blank=True)
+    # The running worker renews this; a job whose heartbeat stops is taken
+    # back and resumed elsewhere (see services.jobs_recover_lost).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker has started this job.")
     # Denormalised from the latest metrics event, for lists and the progress bar.
     progress_step = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from studio.jobs.events import job_event_record
@@ -85,7 +86,8 @@ def job_start(*, job_id: int, worker_name: str) -> Job | None:
     queued any more (cancelled meanwhile, or already taken): it must not run twice."""
     with transaction.atomic():
         claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
-            status=Job.Status.RUNNING, worker_name=worker_name[:200], started_at=timezone.now())
+            status=Job.Status.RUNNING, worker_name=worker_name[:200], started_at=timezone.now(),
+            heartbeat_at=timezone.now(), attempts=F("attempts") + 1)
         if not claimed:
             return None
         job_event_record(job_id=job_id, kind="status", data={"status": Job.Status.RUNNING, "worker": worker_name})
@@ -143,4 +145,50 @@ def job_resume(*, job: Job, user) -> Job:
                             settings_values={**settings_values, "resume_from": str(checkpoint)},
                             method_params=job.config["method_params"],
                             name=f"{job.name} (resumed from step {int(checkpoint.name.split('-')[-1])})")
+
+
+def job_heartbeat(*, job_id: int) -> None:
+    Job.objects.filter(pk=job_id, status__in=[Job.Status.RUNNING, Job.Status.CANCELLING]).update(
+        heartbeat_at=timezone.now())
+
+
+def jobs_recover_lost() -> list[int]:
+    """Take back running jobs whose worker stopped renewing the heartbeat
+    (killed, machine lost): requeue each to resume from its last checkpoint,
+    or fail it after JOB_MAX_ATTEMPTS starts. Safe to call from every worker
+    at once: each job is claimed by one conditional update."""
+    from tuning.checkpoints import latest
+
+    stale = timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S)
+    recovered = []
+    for job in Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.CANCELLING], heartbeat_at__lt=stale):
+        with transaction.atomic():
+            if job.status == Job.Status.CANCELLING:
+                if Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
+                        status=Job.Status.CANCELLED, finished_at=timezone.now()):
+                    job_event_record(job_id=job.pk, kind="status", data={
+                        "status": Job.Status.CANCELLED, "message": "The worker was lost while stopping"})
+                    recovered.append(job.pk)
+                continue
+            checkpoint = latest(job_output_dir(job.pk) / "checkpoints")
+            if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+                message = (f"Worker lost {job.attempts} times; giving up. The events so far"
+                           f"{' and the last checkpoint' if checkpoint else ''} are kept.")
+                if Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
+                        status=Job.Status.FAILED, failure_kind=Job.FailureKind.ERROR, failure_message=message,
+                        finished_at=timezone.now()):
+                    job_event_record(job_id=job.pk, kind="status", data={
+                        "status": Job.Status.FAILED, "failure_kind": Job.FailureKind.ERROR, "message": message})
+                    recovered.append(job.pk)
+                continue
+            config = {**job.config, "resume_from": str(checkpoint) if checkpoint else ""}
+            where = f"from {checkpoint.name}" if checkpoint else "from the start (no checkpoint yet)"
+            if Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
+                    status=Job.Status.QUEUED, config=config):
+                job_event_record(job_id=job.pk, kind="status", data={
+                    "status": Job.Status.QUEUED,
+                    "message": f"Worker {job.worker_name or '?'} lost; resuming {where} on the next free worker"})
+                transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=job.device_pool))
+                recovered.append(job.pk)
+    return recovered
 

@@ -124,3 +124,25 @@ def test_a_cancelled_job_resumes_from_its_checkpoint(stack, admin, dataset_id):
     steps = [e["data"]["step"] for e in state["events"] if e["kind"] == "metrics"]
     assert state["status"] == "succeeded" and steps == list(range(stopped_at + 1, 41))
     assert any(f"Resumed from step-{stopped_at:07d}" in e["data"].get("message", "") for e in state["events"])
+
+
+def test_a_job_whose_worker_is_killed_resumes_on_the_next_worker(stack, admin, dataset_id):
+    job_id = stack.start_job(admin, dataset_id, max_steps=30, save_every=3)
+    url, cookie = stack.ws_url(job_id), stack.cookie_header(admin)
+    seen = asyncio.run(read_events(url, cookie, until_finished=False, stop_after=14))
+    assert any(e["kind"] == "checkpoint" for e in seen)
+    stack.worker.kill()  # kill -9: no goodbye, no status update
+    stack.worker.wait()
+    stack.start_worker(name="second-worker@%h")
+
+    state = stack.wait_for_status(admin, job_id, FINISHED, timeout=180)
+    events = state["events"]
+    statuses = [e["data"]["status"] for e in events if e["kind"] == "status"]
+    assert state["status"] == "succeeded" and statuses == ["queued", "running", "queued", "running", "succeeded"]
+    requeued = next(e for e in events if e["kind"] == "status" and "lost" in e["data"].get("message", ""))
+    resumed_from = int(requeued["data"]["message"].split("step-")[1].split()[0])
+    after = events[events.index(requeued):]
+    steps = [e["data"]["step"] for e in after if e["kind"] == "metrics"]
+    assert steps == list(range(resumed_from + 1, 31))  # continued from the checkpoint, no step run twice after it
+    workers = [e["data"]["worker"] for e in events if e["kind"] == "status" and e["data"]["status"] == "running"]
+    assert workers[-1].startswith("second-worker@")
