@@ -162,33 +162,36 @@ def jobs_recover_lost() -> list[int]:
     stale = timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S)
     recovered = []
     for job in Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.CANCELLING], heartbeat_at__lt=stale):
-        with transaction.atomic():
-            if job.status == Job.Status.CANCELLING:
-                if Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
-                        status=Job.Status.CANCELLED, finished_at=timezone.now()):
-                    job_event_record(job_id=job.pk, kind="status", data={
-                        "status": Job.Status.CANCELLED, "message": "The worker was lost while stopping"})
-                    recovered.append(job.pk)
-                continue
-            checkpoint = latest(job_output_dir(job.pk) / "checkpoints")
-            if job.attempts >= settings.JOB_MAX_ATTEMPTS:
-                message = (f"Worker lost {job.attempts} times; giving up. The events so far"
-                           f"{' and the last checkpoint' if checkpoint else ''} are kept.")
-                if Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
-                        status=Job.Status.FAILED, failure_kind=Job.FailureKind.ERROR, failure_message=message,
-                        finished_at=timezone.now()):
-                    job_event_record(job_id=job.pk, kind="status", data={
-                        "status": Job.Status.FAILED, "failure_kind": Job.FailureKind.ERROR, "message": message})
-                    recovered.append(job.pk)
-                continue
-            config = {**job.config, "resume_from": str(checkpoint) if checkpoint else ""}
+        checkpoint = latest(job_output_dir(job.pk) / "checkpoints")
+        if job.status == Job.Status.CANCELLING:
+            taken = _take_back(job, Job.Status.CANCELLED, "The worker was lost while stopping",
+                               finished_at=timezone.now())
+        elif job.attempts >= settings.JOB_MAX_ATTEMPTS:
+            message = (f"Worker lost {job.attempts} times; giving up. The events so far"
+                       f"{' and the last checkpoint' if checkpoint else ''} are kept.")
+            taken = _take_back(job, Job.Status.FAILED, message, failure_kind=Job.FailureKind.ERROR,
+                               failure_message=message, finished_at=timezone.now())
+        else:
             where = f"from {checkpoint.name}" if checkpoint else "from the start (no checkpoint yet)"
-            if Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
-                    status=Job.Status.QUEUED, config=config):
-                job_event_record(job_id=job.pk, kind="status", data={
-                    "status": Job.Status.QUEUED,
-                    "message": f"Worker {job.worker_name or '?'} lost; resuming {where} on the next free worker"})
+            taken = _take_back(job, Job.Status.QUEUED,
+                               f"Worker {job.worker_name or '?'} lost; resuming {where} on the next free worker",
+                               config={**job.config, "resume_from": str(checkpoint) if checkpoint else ""})
+            if taken:
                 transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=job.device_pool))
-                recovered.append(job.pk)
+        if taken:
+            recovered.append(job.pk)
     return recovered
 
+
+def _take_back(job: Job, status: str, message: str, **fields) -> bool:
+    """Move a lost job to ``status`` unless another worker got there first
+    (its status or heartbeat changed since we read it)."""
+    with transaction.atomic():
+        if not Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
+                status=status, **fields):
+            return False
+        data = {"status": status, "message": message}
+        if "failure_kind" in fields:
+            data["failure_kind"] = fields["failure_kind"]
+        job_event_record(job_id=job.pk, kind="status", data=data)
+    return True
