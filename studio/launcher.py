@@ -105,8 +105,9 @@ def _redis_answers(url: str) -> bool:
         client.close()
 
 
-def start_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    """Start the embedded Valkey server on 127.0.0.1 and a free port.
+def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the embedded Valkey server on 127.0.0.1 and a free port (or
+    ``port``, to restart a server where its clients expect it).
 
     Returns the process and its URL once it answers PING. Queued jobs should
     survive a restart, so it keeps an append-only file under DATA_DIR/redis
@@ -120,8 +121,9 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
     log_path = redis_dir / "valkey.log"
     # free_port() can race with another program taking the port before the
     # server binds it; the server then exits at once, so try a few ports.
-    for _attempt in range(5):
-        port = free_port()
+    fixed_port = port
+    for _attempt in range(1 if fixed_port else 5):
+        port = fixed_port or free_port()
         url = f"redis://127.0.0.1:{port}/0"
         with open(log_path, "ab") as log:
             proc = _spawn(

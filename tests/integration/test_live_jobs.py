@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+import time
 import json
 import zipfile
 
@@ -146,3 +147,32 @@ def test_a_job_whose_worker_is_killed_resumes_on_the_next_worker(stack, admin, d
     assert steps == list(range(resumed_from + 1, 31))  # continued from the checkpoint, no step run twice after it
     workers = [e["data"]["worker"] for e in events if e["kind"] == "status" and e["data"]["status"] == "running"]
     assert workers[-1].startswith("second-worker@")
+
+
+def test_training_goes_on_through_a_redis_restart(stack, admin, dataset_id):
+    from studio import launcher
+
+    job_id = stack.start_job(admin, dataset_id, max_steps=40)
+    url, cookie = stack.ws_url(job_id), stack.cookie_header(admin)
+    asyncio.run(read_events(url, cookie, until_finished=False, stop_after=10))
+    port = int(stack.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    redis_proc = stack.procs[0]
+    redis_proc.terminate()
+    redis_proc.wait()
+    time.sleep(3)  # the worker trains on; its events go to the database only
+    stack.procs[0], _ = launcher.start_redis(stack.data_dir, port=port)
+
+    state = stack.wait_for_status(admin, job_id, FINISHED)
+    assert state["status"] == "succeeded"
+    assert [e["data"]["step"] for e in state["events"] if e["kind"] == "metrics"] == list(range(1, 41))
+    # The live stream works again, with every event. Like the page's script,
+    # reconnect until the server's stale Redis connections are replaced.
+    streamed = None
+    for _attempt in range(10):
+        try:
+            streamed = asyncio.run(read_events(url, cookie, timeout=10))
+            break
+        except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
+            time.sleep(0.5)
+    assert streamed is not None, "the stream did not come back after Redis restarted"
+    assert [e["seq"] for e in streamed] == [e["seq"] for e in state["events"]]
