@@ -68,7 +68,7 @@ class Job(models.Model):
 
     @property
     def can_resume(self) -> bool:
-        from studio.jobs.services import job_latest_checkpoint  # reads the job's files
+        from studio.jobs.selectors import job_latest_checkpoint  # reads the job's files
 
         return job_latest_checkpoint(self) is not None
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
+from studio.jobs.selectors import job_latest_checkpoint, job_output_dir
 from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.errors import ConfigError
 from tuning.methods import METHODS
@@ -21,10 +22,6 @@ from tuning.methods import METHODS
 log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "worker.tasks.run_job"  # sent by name: the web side never imports worker/
-
-
-def job_output_dir(job_id: int) -> Path:
-    return Path(settings.MEDIA_ROOT) / "jobs" / str(job_id)
 
 
 def _set_status(job_id: int, status: str, *, message: str = "", **fields) -> None:
@@ -120,15 +117,6 @@ def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str
     assert status in Job.FINISHED, status
     _set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
                 finished_at=timezone.now())
-
-
-def job_latest_checkpoint(job: Job) -> Path | None:
-    """The newest complete checkpoint a stopped training job left behind."""
-    from tuning.checkpoints import latest
-
-    if job.kind != Job.Kind.TRAIN or job.status not in (Job.Status.CANCELLED, Job.Status.FAILED):
-        return None
-    return latest(job_output_dir(job.pk) / "checkpoints")
 
 
 def job_resume(*, job: Job, user) -> Job:

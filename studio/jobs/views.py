@@ -152,12 +152,19 @@ def job_status(request, job_id: int):
     return render(request, "jobs/_status.html", {"job": job_get_for_user(user=request.user, job_id=job_id)})
 
 
-@require_POST
-def job_resume_view(request, job_id: int):
+def _job_to_act_on(request, job_id: int):
+    """The job, if the user may act on it (a member of its team); viewers
+    and other teams get 404, as if the job did not exist."""
     job = job_get_for_user(user=request.user, job_id=job_id)
     team = team_for_new_work(user=request.user)
     if team is None or team.pk != job.team_id:
         raise Http404
+    return job
+
+
+@require_POST
+def job_resume_view(request, job_id: int):
+    job = _job_to_act_on(request, job_id)
     try:
         resumed = job_resume(job=job, user=request.user)
     except (ConfigError, ModelError) as exc:
@@ -171,11 +178,7 @@ def job_resume_view(request, job_id: int):
 
 @require_POST
 def job_cancel_view(request, job_id: int):
-    job = job_get_for_user(user=request.user, job_id=job_id)
-    team = team_for_new_work(user=request.user)
-    if team is None or team.pk != job.team_id:
-        raise Http404  # viewers cannot cancel; they see the job but not the button
-    job = job_cancel(job=job)
+    job = job_cancel(job=_job_to_act_on(request, job_id))
     if request.htmx:
         return render(request, "jobs/_status.html", {"job": job})
     return redirect(job)
