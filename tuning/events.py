@@ -68,6 +68,21 @@ class CheckpointEvent(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProgressEvent(Event):
+    """Progress of a long step that is not a training step (reading a
+    dataset, merging tensors, quantizing, evaluating, packing a download):
+    ``done`` of ``total`` ``unit`` (e.g. "tensors", "rows", "batches")."""
+
+    kind: ClassVar[str] = "progress"
+    phase: str  # what is being done, shown above the bar: "Merging tensors"
+    done: int
+    total: int
+    unit: str = ""
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ArtifactEvent(Event):
     """A finished output (an adapter, a model) that outlives the run."""
 
