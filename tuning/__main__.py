@@ -1,6 +1,9 @@
 """Command line: the same runs the worker performs, without Django or Redis.
 
     python -m tuning train CONFIG.yaml      # events as JSON lines on stdout
+    python -m tuning merge CONFIG.yaml      # merge adapters or models (tuning.merge)
+    python -m tuning quantize CONFIG.yaml   # quantize or export (tuning.quantize)
+    python -m tuning evaluate CONFIG.yaml   # score an artifact on a dataset (tuning.scoring)
     python -m tuning prepare-bundled DIR    # convert the bundled model once
     python -m tuning methods [--json]       # the method catalogue
 """
@@ -37,6 +40,34 @@ def _train(args) -> int:
     return 0 if result.status == "succeeded" else 3
 
 
+def _merge(args) -> int:
+    from tuning.events import StdoutSink
+    from tuning.merge import check_merge_sources, run_merge
+    from tuning.merge.config import MergeConfig
+
+    config = MergeConfig.from_dict(_load_yaml(args.config))
+    check_merge_sources(config)
+    return 0 if run_merge(config, StdoutSink()).status == "succeeded" else 3
+
+
+def _quantize(args) -> int:
+    from tuning.events import StdoutSink
+    from tuning.quantize import check_quantize_source, run_quantize
+    from tuning.quantize.config import QuantizeConfig
+
+    config = QuantizeConfig.from_dict(_load_yaml(args.config))
+    check_quantize_source(config)
+    return 0 if run_quantize(config, StdoutSink()).status == "succeeded" else 3
+
+
+def _evaluate(args) -> int:
+    from tuning.events import StdoutSink
+    from tuning.scoring import EvaluateConfig, run_evaluate
+
+    return 0 if run_evaluate(EvaluateConfig.from_dict(_load_yaml(args.config)), StdoutSink()).status == "succeeded" \
+        else 3
+
+
 def _prepare_bundled(args) -> int:
     from tuning.models import prepare_bundled_model
 
@@ -64,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="fine-tune a model from a YAML config")
     train.add_argument("config")
     train.set_defaults(handler=_train)
+    for name, handler, help_text in (("merge", _merge, "merge adapters or models from a YAML config"),
+                                     ("quantize", _quantize, "quantize or export a model from a YAML config"),
+                                     ("evaluate", _evaluate, "score an artifact on a dataset from a YAML config")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("config")
+        command.set_defaults(handler=handler)
     bundled = commands.add_parser("prepare-bundled", help="convert the bundled model to safetensors")
     bundled.add_argument("dest")
     bundled.set_defaults(handler=_prepare_bundled)

@@ -57,6 +57,10 @@ class EvalEvent(Event):
     perplexity: float | None = None
     accuracy: float | None = None
     f1: float | None = None
+    exact_match: float | None = None  # share of generated answers equal to the expected ones
+    rouge_l: float | None = None  # mean ROUGE-L F-measure of generated answers
+    rows: int | None = None  # rows scored
+    samples: list | None = None  # a few {"expected", "generated"} pairs
     best: bool = False  # the lowest eval loss so far
 
 

@@ -1,4 +1,5 @@
-"""Classification metrics from predicted and true label ids (pure Python)."""
+"""Metrics (pure Python): classification from predicted and true label ids;
+exact match and ROUGE-L for generated text."""
 
 from __future__ import annotations
 
@@ -31,3 +32,33 @@ def macro_f1(predicted: Sequence[int], expected: Sequence[int], *, labels: Itera
     scores = [2 * right[label] / (predicted_counts[label] + expected_counts[label])
               if predicted_counts[label] + expected_counts[label] else 0.0 for label in labels]
     return sum(scores) / len(scores)
+
+
+def _normalise(text: str) -> list[str]:
+    """Lower-cased words with punctuation at their ends stripped."""
+    words = (word.strip(".,;:!?\"'()[]{}") for word in text.lower().split())
+    return [word for word in words if word]
+
+
+def exact_match(generated: str, expected: str) -> float:
+    """1.0 when the answers are the same words (case and outer punctuation aside)."""
+    return float(_normalise(generated) == _normalise(expected))
+
+
+def rouge_l(generated: str, expected: str) -> float:
+    """ROUGE-L F-measure (Lin 2004) over words: from the longest common
+    subsequence, F = 2PR / (P + R) (beta = 1)."""
+    a, b = _normalise(generated), _normalise(expected)
+    if not a or not b:
+        return float(a == b)
+    previous = [0] * (len(b) + 1)
+    for word in a:  # LCS by dynamic programming, one row at a time
+        current = [0]
+        for j, other in enumerate(b):
+            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(a), lcs / len(b)
+    return 2 * precision * recall / (precision + recall)

@@ -54,21 +54,47 @@ def recover_lost_jobs_forever(stop: threading.Event) -> None:
             connection.close()
 
 
+def _run(job: Job):
+    """Run the job's kind of work from its stored config; the result has
+    ``status`` ("succeeded" or "cancelled") and a one-line ``summary``."""
+    sink = JobSink(job)
+    if job.kind == Job.Kind.TRAIN:
+        from tuning.config import TrainConfig
+        from tuning.train import run_train
+
+        result = run_train(TrainConfig.from_dict(job.config), sink)
+        return result.status, (f"Cancelled at step {result.steps}; the last checkpoint is kept"
+                               if result.status == "cancelled" else
+                               f"Finished {result.steps} steps, final loss {result.final_loss:.4f}")
+    if job.kind == Job.Kind.MERGE:
+        from tuning.merge import run_merge
+        from tuning.merge.config import MergeConfig
+
+        result = run_merge(MergeConfig.from_dict(job.config), sink)
+        return result.status, "Cancelled; nothing was kept" if result.status == "cancelled" else "Merged"
+    if job.kind == Job.Kind.QUANTIZE:
+        from tuning.quantize import run_quantize
+        from tuning.quantize.config import QuantizeConfig
+
+        result = run_quantize(QuantizeConfig.from_dict(job.config), sink)
+        return result.status, "Cancelled; nothing was kept" if result.status == "cancelled" else "Quantized"
+    if job.kind == Job.Kind.EVALUATE:
+        from tuning.scoring import EvaluateConfig, run_evaluate
+
+        result = run_evaluate(EvaluateConfig.from_dict(job.config), sink)
+        scores = ", ".join(f"{k} {v}" for k, v in result.metrics.items() if isinstance(v, float))
+        return result.status, "Cancelled" if result.status == "cancelled" else f"Scored: {scores}"
+    raise TuningError(f"{job.kind} jobs are not supported by this worker")
+
+
 def run_job(job_id: int, *, worker_name: str = "") -> str:
     job = job_start(job_id=job_id, worker_name=worker_name or socket.gethostname())
     if job is None:
         log.info("job %s is not queued any more; skipping", job_id)
         return "skipped"
-    if job.kind != Job.Kind.TRAIN:
-        job_finish(job_id=job_id, status=Job.Status.FAILED, failure_kind=Job.FailureKind.ERROR,
-                   message=f"{job.kind} jobs are not supported by this worker yet")
-        return Job.Status.FAILED
-    from tuning.config import TrainConfig
-    from tuning.train import run_train
-
     try:
         with Heartbeat(job_id):
-            result = run_train(TrainConfig.from_dict(job.config), JobSink(job))
+            status, summary = _run(job)
     except TuningError as exc:
         job_finish(job_id=job_id, status=Job.Status.FAILED, failure_kind=Job.FailureKind.USER_ERROR, message=str(exc))
         return Job.Status.FAILED
@@ -80,10 +106,6 @@ def run_job(job_id: int, *, worker_name: str = "") -> str:
                    message=f"Internal error in the worker ({type(exc).__name__}: {str(exc)[:300]}). "
                            f"An admin can find the details in the worker log.")
         return Job.Status.FAILED
-    if result.status == "cancelled":
-        job_finish(job_id=job_id, status=Job.Status.CANCELLED,
-                   message=f"Cancelled at step {result.steps}; the last checkpoint is kept")
-        return Job.Status.CANCELLED
-    job_finish(job_id=job_id, status=Job.Status.SUCCEEDED,
-               message=f"Finished {result.steps} steps, final loss {result.final_loss:.4f}")
-    return Job.Status.SUCCEEDED
+    status = Job.Status.CANCELLED if status == "cancelled" else Job.Status.SUCCEEDED
+    job_finish(job_id=job_id, status=status, message=summary)
+    return status

@@ -94,6 +94,13 @@
         : (d.perplexity != null ? ` · perplexity ${d.perplexity.toFixed(2)}` : "");
       addLog(`eval at step ${d.step}: loss ${d.eval_loss.toFixed(4)}${extra}${d.best ? " (best so far)" : ""}`);
     },
+    // Long steps that are not training steps: reading, merging, quantizing, evaluating.
+    progress(d) {
+      progress.max = Math.max(d.total, 1);
+      progress.value = d.done;
+      progressText.textContent = `${d.phase}: ${d.done} / ${d.total}${d.unit ? " " + d.unit : ""}` +
+        (d.eta_s != null ? ` · ETA ${formatSeconds(d.eta_s)}` : "");
+    },
     log(d) { addLog(d.message); },
     checkpoint(d) { addLog(`checkpoint saved at step ${d.step}`); },
     artifact(d) { addLog(`${d.artifact_kind} ready`); },

@@ -1,6 +1,8 @@
-"""Outputs that outlive their job: adapters now; merged and quantized models later."""
+"""Outputs that outlive their job: adapters, merged models, quantized models,
+each with its lineage (the artifacts it was made from, the job, the data)."""
 
 from django.db import models
+from django.urls import reverse
 
 
 class Artifact(models.Model):
@@ -14,6 +16,16 @@ class Artifact(models.Model):
     name = models.CharField(max_length=200)
     path = models.CharField(max_length=500, help_text="Directory under MEDIA_ROOT holding the files.")
     metadata = models.JSONField(default=dict)
+    # Lineage. An adapter applies to ``base_model``; a merged or quantized
+    # model derives from it. ``parents`` are the artifacts a merge or
+    # quantization read; ``dataset_sha256`` what the training read.
+    base_model = models.ForeignKey("catalog.BaseModel", on_delete=models.PROTECT, null=True, blank=True,
+                                   related_name="artifacts")
+    parents = models.ManyToManyField("self", symmetrical=False, blank=True, related_name="children")
+    dataset_sha256 = models.CharField(max_length=64, blank=True)
+    format = models.CharField(max_length=20, default="safetensors",
+                              help_text="safetensors, gguf, torchao, bitsandbytes …")
+    size_bytes = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -21,3 +33,10 @@ class Artifact(models.Model):
 
     def __str__(self):
         return self.name
+
+    def get_absolute_url(self):
+        return reverse("artifact-detail", args=[self.pk])
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == self.Kind.ADAPTER

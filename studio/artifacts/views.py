@@ -1,18 +1,49 @@
 from pathlib import Path
 
-from django.http import Http404, StreamingHttpResponse
+from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.shortcuts import render
 from django.utils.text import slugify
 
-from studio.artifacts.selectors import artifact_get_for_user
+from studio.artifacts.selectors import (artifact_evaluations, artifact_files, artifact_get_for_user,
+                                       artifact_lineage, artifact_list_for_user, report_rows)
 from studio.artifacts.zipstream import zip_directory
 
 
-def artifact_download(request, artifact_id: int):
+def artifact_list(request):
+    artifacts = artifact_list_for_user(user=request.user).select_related("job", "base_model")[:300]
+    return render(request, "artifacts/list.html", {"artifacts": artifacts})
+
+
+def artifact_detail(request, artifact_id: int):
     artifact = artifact_get_for_user(user=request.user, artifact_id=artifact_id)
+    return render(request, "artifacts/detail.html", {
+        "artifact": artifact, "lineage": artifact_lineage(artifact), "files": artifact_files(artifact),
+        "children": artifact.children.all(), "report": report_rows(artifact.metadata.get("report")),
+        "evaluations": artifact_evaluations(artifact)})
+
+
+def _directory(artifact) -> Path:
     directory = Path(artifact.path)
     if not directory.is_dir():
         raise Http404("The files of this artifact are gone from the server.")
+    return directory
+
+
+def artifact_download(request, artifact_id: int):
+    """The whole directory as a zip, streamed as it is written (never built in memory)."""
+    artifact = artifact_get_for_user(user=request.user, artifact_id=artifact_id)
+    directory = _directory(artifact)
     stem = f"{slugify(artifact.job.name) or 'job'}-{artifact.job_id}-{artifact.kind}"
     response = StreamingHttpResponse(zip_directory(directory, prefix=stem), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{stem}.zip"'
     return response
+
+
+def artifact_file(request, artifact_id: int, name: str):
+    """One file of the artifact (a .gguf to hand to llama.cpp, a model card)."""
+    artifact = artifact_get_for_user(user=request.user, artifact_id=artifact_id)
+    directory = _directory(artifact).resolve()
+    path = (directory / name).resolve()
+    if not path.is_relative_to(directory) or not path.is_file():
+        raise Http404("No such file in this artifact.")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)

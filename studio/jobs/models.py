@@ -40,6 +40,14 @@ class Job(models.Model):
     failure_kind = models.CharField(max_length=12, choices=FailureKind.choices, blank=True)
     failure_message = models.TextField(blank=True)
     worker_name = models.CharField(max_length=200, blank=True)
+    # A step of a chain (train → merge → quantize) waits for the step before
+    # it: it is queued but sent to a worker only once that one succeeds.
+    depends_on = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="dependents")
+    # The artifacts a merge, quantize or evaluate job reads: they become the
+    # parents of what it makes.
+    input_artifact_ids = models.JSONField(default=list, blank=True)
+    progress_phase = models.CharField(max_length=100, blank=True, help_text="What a non-training job is doing.")
     # The running worker renews this; a job whose heartbeat stops is taken
     # back and resumed elsewhere (see services.jobs_recover_lost).
     heartbeat_at = models.DateTimeField(null=True, blank=True)

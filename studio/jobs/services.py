@@ -15,6 +15,7 @@ from django.utils import timezone
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from studio.jobs.selectors import job_latest_checkpoint, job_output_dir
+from studio.jobs.services_steps import job_release_dependents
 from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.errors import ConfigError
 from tuning.methods import METHODS
@@ -95,7 +96,11 @@ def job_progress(*, job_id: int, kind: str, data: dict) -> None:
     """Record an event reported by the running job."""
     updates = {}
     if kind == "metrics":
-        updates = {"progress_step": data["step"], "progress_total": data["total_steps"], "last_loss": data["loss"]}
+        updates = {"progress_step": data["step"], "progress_total": data["total_steps"], "last_loss": data["loss"],
+                   "progress_phase": ""}
+    elif kind == "progress":
+        updates = {"progress_step": data["done"], "progress_total": data["total"],
+                   "progress_phase": data["phase"][:100]}
     job_event_record(job_id=job_id, kind=kind, data=data, job_updates=updates)
 
 
@@ -106,6 +111,7 @@ def job_cancel(*, job: Job) -> Job:
         if Job.objects.filter(pk=job.pk, status__in=[Job.Status.VALIDATING, Job.Status.QUEUED]).exists():
             _set_status(job.pk, Job.Status.CANCELLED, message="Cancelled before it started",
                         finished_at=timezone.now())
+            job_release_dependents(job_id=job.pk, status=Job.Status.CANCELLED)
         elif Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).exists():
             _set_status(job.pk, Job.Status.CANCELLING, message="Stopping after the current step")
     job.refresh_from_db()
@@ -115,8 +121,10 @@ def job_cancel(*, job: Job) -> Job:
 def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str = "") -> None:
     """Called by the worker when the run ends."""
     assert status in Job.FINISHED, status
-    _set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
-                finished_at=timezone.now())
+    with transaction.atomic():
+        _set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
+                    finished_at=timezone.now())
+        job_release_dependents(job_id=job_id, status=status)
 
 
 def job_resume(*, job: Job, user) -> Job:
@@ -182,4 +190,6 @@ def _take_back(job: Job, status: str, message: str, **fields) -> bool:
         if "failure_kind" in fields:
             data["failure_kind"] = fields["failure_kind"]
         job_event_record(job_id=job.pk, kind="status", data=data)
+        if status in Job.FINISHED:
+            job_release_dependents(job_id=job.pk, status=status)
     return True

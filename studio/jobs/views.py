@@ -9,6 +9,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from studio.accounts.selectors import team_for_new_work
 from studio.catalog.selectors import base_model_list
 from studio.datasets.selectors import dataset_list_for_user
+from studio.jobs.models import Job
 from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
 from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_for_user
 from studio.jobs.services import job_cancel, job_create_train, job_resume
@@ -144,7 +145,10 @@ def _count(n: int) -> str:
 
 def job_detail(request, job_id: int):
     job = job_get_for_user(user=request.user, job_id=job_id)
-    return render(request, "jobs/detail.html", {"job": job, "artifacts": job.artifacts.all()})
+    from studio.jobs.views_steps import quantize_schemes
+
+    schemes = quantize_schemes() if job.kind == Job.Kind.TRAIN else []
+    return render(request, "jobs/detail.html", {"job": job, "artifacts": job.artifacts.all(), "schemes": schemes})
 
 
 def job_status(request, job_id: int):

@@ -1,0 +1,218 @@
+"""New merge and quantize jobs, and chains of them queued at once."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from studio.accounts.selectors import team_for_new_work
+from studio.artifacts.selectors import artifact_list_for_user
+from studio.datasets.selectors import dataset_list_for_user
+from studio.jobs.forms import _form_field
+from studio.jobs.selectors import job_get_for_user
+from studio.jobs.services_steps import job_create_chain, job_create_evaluate, job_create_merge, job_create_quantize
+from tuning.config import field_specs
+from tuning.errors import ConfigError, ModelError
+
+PARAM_PREFIX = "param__"
+
+
+def _team_or_404(request):
+    """The team new work goes to; viewers (no such team) get 404."""
+    team = team_for_new_work(user=request.user)
+    if team is None:
+        raise Http404
+    return team
+
+
+def _team_artifacts(request, team):
+    return artifact_list_for_user(user=request.user).filter(team=team).select_related("base_model")
+
+
+def _picked(request, team, ids) -> list:
+    """Artifacts by id, in the order given, from the user's team only."""
+    wanted = [int(i) for i in ids if str(i).isdigit()]
+    found = {a.pk: a for a in _team_artifacts(request, team).filter(pk__in=wanted)}
+    return [found[i] for i in wanted if i in found]
+
+
+def _param_fields(params_class, data):
+    """Bound form fields for a method's parameters (same metadata as the CLI)."""
+    from django import forms
+
+    form = forms.Form(data or None, prefix=None)
+    for spec in field_specs(params_class):
+        form.fields[PARAM_PREFIX + spec.name] = _form_field(spec)
+    return form
+
+
+def _filled_params(form) -> dict:
+    return {name.removeprefix(PARAM_PREFIX): value for name, value in form.cleaned_data.items()
+            if value not in (None, "")}
+
+
+def _weights(request, artifacts) -> tuple[list[float] | None, str]:
+    raw = [request.POST.get(f"weight_{a.pk}", "").strip() for a in artifacts]
+    if not any(raw):
+        return None, ""
+    try:
+        return [float(value or 1.0) for value in raw], ""
+    except ValueError:
+        return None, "weights must be numbers, e.g. 0.5"
+
+
+@require_http_methods(["GET", "POST"])
+def job_new_merge(request):
+    from tuning.merge import MERGE_METHODS, describe
+
+    team = _team_or_404(request)
+    data = request.POST if request.method == "POST" else request.GET
+    method_name = data.get("method") if data.get("method") in MERGE_METHODS else next(iter(MERGE_METHODS))
+    method = MERGE_METHODS[method_name]
+    artifacts = _team_artifacts(request, team)
+    chosen_ids = data.getlist("artifacts") or data.getlist("artifact")
+    params_form = _param_fields(method.params, request.POST if request.method == "POST" else None)
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        chosen = _picked(request, team, chosen_ids)
+        weights, weight_error = _weights(request, chosen)
+        if weight_error:
+            errors["weights"] = weight_error
+        if params_form.is_valid() and not errors:
+            dataset = None
+            if data.get("dataset"):
+                dataset = dataset_list_for_user(user=request.user).filter(team=team, pk=data["dataset"]).first()
+            try:
+                job = job_create_merge(user=request.user, team=team, artifacts=chosen, method=method_name,
+                                       method_params=_filled_params(params_form), weights=weights,
+                                       dataset=dataset, name=data.get("name", ""))
+            except ConfigError as exc:
+                errors.update(exc.errors)
+            except ModelError as exc:
+                errors["sources"] = str(exc)
+            else:
+                return redirect(job)
+    context = {"methods": [describe(m) for m in MERGE_METHODS.values()], "method": describe(method),
+               "artifacts": artifacts, "chosen_ids": {str(i) for i in chosen_ids}, "params_form": params_form,
+               "errors": errors, "datasets": dataset_list_for_user(user=request.user).filter(team=team),
+               "name": data.get("name", "")}
+    return render(request, "jobs/new_merge.html", context, status=400 if errors else 200)
+
+
+def quantize_schemes() -> list[tuple[dict, str]]:
+    """[(scheme as described for the UI, why it is unavailable or "")]"""
+    from tuning.quantize import QUANT_SCHEMES, describe
+
+    rows = []
+    for scheme in QUANT_SCHEMES.values():
+        reason = scheme.unavailable_reason() or ""
+        if scheme.needs_gpu and not settings.GPU_POOLS:
+            reason = "needs a CUDA GPU worker; none is registered"
+        rows.append((describe(scheme), reason))
+    return rows
+
+
+@require_http_methods(["GET", "POST"])
+def job_new_quantize(request):
+    team = _team_or_404(request)
+    data = request.POST if request.method == "POST" else request.GET
+    artifacts = _team_artifacts(request, team)
+    datasets = dataset_list_for_user(user=request.user).filter(team=team)
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        picked = _picked(request, team, [data.get("artifact", "")])
+        dataset = datasets.filter(pk=data["dataset"]).first() if data.get("dataset", "").isdigit() else None
+        prompts = [line.strip() for line in data.get("prompts", "").splitlines() if line.strip()][:8]
+        if not picked:
+            errors["artifact"] = "pick the adapter or model to quantize"
+        else:
+            try:
+                job = job_create_quantize(user=request.user, team=team, artifact=picked[0],
+                                          scheme=data.get("scheme", ""), eval_dataset=dataset,
+                                          prompts=prompts or None, name=data.get("name", ""))
+            except ConfigError as exc:
+                errors.update(exc.errors)
+            except ModelError as exc:
+                errors["artifact"] = str(exc)
+            else:
+                return redirect(job)
+    from studio.jobs.services_steps import DEFAULT_PROMPTS
+
+    context = {"schemes": quantize_schemes(), "artifacts": artifacts, "datasets": datasets, "errors": errors,
+               "chosen_artifact": data.get("artifact", ""), "chosen_scheme": data.get("scheme", ""),
+               "chosen_dataset": data.get("dataset", ""),
+               "prompts": data.get("prompts") or "\n".join(DEFAULT_PROMPTS), "name": data.get("name", "")}
+    return render(request, "jobs/new_quantize.html", context, status=400 if errors else 200)
+
+
+@require_POST
+def job_chain(request, job_id: int):
+    """From a training job's page: fold its adapter into the base and/or
+    quantize, queued at once; each step starts when the one before succeeds."""
+    job = job_get_for_user(user=request.user, job_id=job_id)
+    team = _team_or_404(request)
+    if job.team_id != team.pk:
+        raise Http404
+    start = job.artifacts.order_by("-created_at").first() if job.is_finished else job
+    steps = []
+    if request.POST.get("fold"):
+        steps.append({"kind": "fold"})
+    if request.POST.get("scheme"):
+        steps.append({"kind": "quantize", "scheme": request.POST["scheme"], "eval_dataset": job.dataset})
+    try:
+        if start is None:
+            raise ConfigError({"steps": "this job made no artifact to start from"})
+        jobs = job_create_chain(user=request.user, team=team, start=start, steps=steps)
+    except (ConfigError, ModelError) as exc:
+        message = "; ".join(exc.errors.values()) if isinstance(exc, ConfigError) else str(exc)
+        return render(request, "jobs/_chain_form.html", {"job": job, "schemes": quantize_schemes(), "chain_error": message},
+                      status=400)
+    if request.htmx:
+        return render(request, "jobs/_chain_form.html", {"job": job, "schemes": quantize_schemes(), "queued": jobs})
+    return redirect(jobs[0])
+
+
+EVALUATE_SYSTEM_FIELDS = {"artifact_path", "base_model", "dataset_path", "dataset_name", "trust_remote_code"}
+
+
+def _evaluate_form(data):
+    from django import forms
+
+    from tuning.scoring import EvaluateConfig
+
+    form = forms.Form(data or None)
+    for spec in field_specs(EvaluateConfig):
+        if spec.name not in EVALUATE_SYSTEM_FIELDS:
+            form.fields[spec.name] = _form_field(spec)
+    return form
+
+
+@require_http_methods(["GET", "POST"])
+def job_new_evaluate(request):
+    """Score an artifact on a dataset: loss and perplexity, exact match and
+    ROUGE-L of generated answers, or accuracy and F1 for classifiers."""
+    team = _team_or_404(request)
+    data = request.POST if request.method == "POST" else request.GET
+    artifacts = _team_artifacts(request, team)
+    datasets = dataset_list_for_user(user=request.user).filter(team=team)
+    form = _evaluate_form(request.POST if request.method == "POST" else None)
+    errors: dict[str, str] = {}
+    if request.method == "POST" and form.is_valid():
+        picked = _picked(request, team, [data.get("artifact", "")])
+        dataset = datasets.filter(pk=data["dataset"]).first() if data.get("dataset", "").isdigit() else None
+        if not picked or dataset is None:
+            errors["artifact"] = "pick an artifact and a dataset"
+        else:
+            values = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
+            try:
+                job = job_create_evaluate(user=request.user, team=team, artifact=picked[0], dataset=dataset,
+                                          settings_values=values, name=data.get("name", ""))
+            except ConfigError as exc:
+                errors.update(exc.errors)
+            else:
+                return redirect(job)
+    context = {"form": form, "artifacts": artifacts, "datasets": datasets, "errors": errors,
+               "chosen_artifact": data.get("artifact", ""), "chosen_dataset": data.get("dataset", "")}
+    return render(request, "jobs/new_evaluate.html", context, status=400 if errors or form.errors else 200)

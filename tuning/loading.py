@@ -1,0 +1,58 @@
+"""Loading any artifact the studio makes, the way a user would with the
+stock libraries: an adapter on its base (peft), a full model directory
+(transformers; a torchao-quantized one carries its quantization config), or
+a GGUF file (transformers dequantizes it on load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuning.errors import ModelError
+from tuning.models import load_model_for_task, load_tokenizer
+
+
+def artifact_layout(path: str | Path) -> str:
+    """"adapter", "gguf" or "model": what kind of directory ``path`` is."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"artifact directory not found: {path}")
+    if (path / "adapter_config.json").exists():
+        return "adapter"
+    if next(path.glob("*.gguf"), None) is not None:
+        return "gguf"
+    if (path / "config.json").exists():
+        return "model"
+    raise ModelError(f"{path} holds no adapter_config.json, config.json or .gguf file; it is not a model")
+
+
+def load_artifact(path: str | Path, *, base_model: str = "", task: str = "sft", label2id=None,
+                  trust_remote_code: bool = False):
+    """(model, tokenizer) for the artifact at ``path``, in eval mode.
+
+    ``base_model`` is needed for adapters. The tokenizer comes from the
+    artifact when it ships one (merged and quantized models do), else from the base."""
+    path = Path(path)
+    layout = artifact_layout(path)
+    if layout == "gguf":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = next(path.glob("*.gguf"))
+        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf.name)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf.name)
+        return model.eval(), tokenizer
+    has_tokenizer = (path / "tokenizer_config.json").exists()
+    if layout == "model":
+        tokenizer = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
+        model = load_model_for_task(task, str(path), tokenizer=tokenizer, label2id=label2id,
+                                    trust_remote_code=trust_remote_code)
+        return model.eval(), tokenizer
+    if not base_model:
+        raise ModelError(f"{path.name} is an adapter: name the base model it was trained on")
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(str(path) if has_tokenizer else base_model, trust_remote_code=trust_remote_code)
+    base = load_model_for_task(task, base_model, tokenizer=tokenizer, label2id=label2id,
+                               trust_remote_code=trust_remote_code)
+    return PeftModel.from_pretrained(base, str(path)).eval(), tokenizer
