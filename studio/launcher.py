@@ -285,6 +285,9 @@ def run(host: str, port: int) -> int:
         _manage(env, "studio_setup")
         named.append(("web", start_web(env, host, port)))
         named.append(("worker", start_worker(env, pool)))
+        # Playground chats get a worker of their own, so they answer while a job trains.
+        named.append(("playground worker", start_worker(env, env.get("PLAYGROUND_QUEUE") or "interactive",
+                                                        name=f"playground-{os.getpid()}@%h")))
 
         deadline = time.monotonic() + WEB_START_TIMEOUT_S
         while not port_is_open(host, port):

@@ -99,6 +99,17 @@ class Stack:
             time.sleep(0.5)
         return proc
 
+    def start_playground_worker(self):
+        name = "playground@%h"
+        proc = launcher.start_worker(self.env, "interactive", name=name, **_quiet(self.data_dir, "playground"))
+        self.procs.append(proc)
+        deadline = time.monotonic() + launcher.WORKER_START_TIMEOUT_S
+        while not launcher.worker_answers(self.env["REDIS_URL"], name):
+            assert proc.poll() is None, f"the playground worker died: {self.log('playground')[-3000:]}"
+            assert time.monotonic() < deadline, "the playground worker did not start"
+            time.sleep(0.5)
+        return proc
+
     def log(self, name: str) -> str:
         return (self.data_dir / f"{name}.log").read_text(errors="replace")
 
@@ -130,6 +141,7 @@ def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
         launcher.wait_for_port("127.0.0.1", port, launcher.WEB_START_TIMEOUT_S)
         stack.base_url = f"http://127.0.0.1:{port}"
         stack.start_worker()
+        stack.start_playground_worker()
     except BaseException:
         launcher.stop_all(stack.procs)
         raise

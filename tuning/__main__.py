@@ -52,7 +52,7 @@ def _merge(args) -> int:
 
 def _quantize(args) -> int:
     from tuning.events import StdoutSink
-    from tuning.quantize import check_quantize_source, run_quantize
+    from tuning.quantize.run import check_quantize_source, run_quantize
     from tuning.quantize.config import QuantizeConfig
 
     config = QuantizeConfig.from_dict(_load_yaml(args.config))

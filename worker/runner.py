@@ -10,7 +10,8 @@ from django.conf import settings
 from django.db import connection
 
 from studio.jobs.models import Job
-from studio.jobs.services import job_finish, job_heartbeat, job_start, jobs_recover_lost
+from studio.jobs.services import job_finish, job_heartbeat, jobs_recover_lost
+from studio.jobs.services_queue import job_claim_next, queue_nudge
 from tuning.errors import TuningError
 from worker.sink import JobSink
 
@@ -48,6 +49,9 @@ def recover_lost_jobs_forever(stop: threading.Event) -> None:
             recovered = jobs_recover_lost()
             if recovered:
                 log.warning("took back jobs of lost workers: %s", recovered)
+            woken = queue_nudge()
+            if woken:
+                log.info("woke idle pools with queued jobs: %s", woken)
         except Exception:  # the next round tries again; never kill the worker over it
             log.exception("recovering lost jobs failed")
         finally:
@@ -73,7 +77,7 @@ def _run(job: Job):
         result = run_merge(MergeConfig.from_dict(job.config), sink)
         return result.status, "Cancelled; nothing was kept" if result.status == "cancelled" else "Merged"
     if job.kind == Job.Kind.QUANTIZE:
-        from tuning.quantize import run_quantize
+        from tuning.quantize.run import run_quantize
         from tuning.quantize.config import QuantizeConfig
 
         result = run_quantize(QuantizeConfig.from_dict(job.config), sink)
@@ -87,11 +91,16 @@ def _run(job: Job):
     raise TuningError(f"{job.kind} jobs are not supported by this worker")
 
 
-def run_job(job_id: int, *, worker_name: str = "") -> str:
-    job = job_start(job_id=job_id, worker_name=worker_name or socket.gethostname())
+def run_job(job_id: int, *, worker_name: str = "", pool: str = "") -> str:
+    """Run the job the pool should run next (usually ``job_id``, the one whose
+    enqueue sent this wake-up; a higher-priority one if it came meanwhile)."""
+    if not pool:
+        pool = Job.objects.filter(pk=job_id).values_list("device_pool", flat=True).first() or "default"
+    job = job_claim_next(pool=pool, worker_name=worker_name or socket.gethostname())
     if job is None:
-        log.info("job %s is not queued any more; skipping", job_id)
+        log.info("nothing in pool %s may start now (woken for job %s); skipping", pool, job_id)
         return "skipped"
+    job_id = job.pk
     try:
         with Heartbeat(job_id):
             status, summary = _run(job)

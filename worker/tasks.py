@@ -5,6 +5,7 @@ import threading
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 
+from worker.playground import playground_generate as playground_generate_now
 from worker.runner import recover_lost_jobs_forever
 from worker.runner import run_job as run_job_now
 
@@ -16,6 +17,11 @@ def run_job(job_id: int) -> str:
     return run_job_now(job_id, worker_name=run_job.request.hostname or "")
 
 
+@shared_task(name="worker.tasks.playground_generate")
+def playground_generate(reply_channel: str, request: dict) -> None:
+    playground_generate_now(reply_channel, request)
+
+
 @worker_ready.connect
 def start_recovering_lost_jobs(**kwargs):
     threading.Thread(target=recover_lost_jobs_forever, args=(_stop_recovery,), name="recover-lost-jobs",
@@ -25,3 +31,6 @@ def start_recovering_lost_jobs(**kwargs):
 @worker_shutdown.connect
 def stop_recovering_lost_jobs(**kwargs):
     _stop_recovery.set()
+
+
+from worker import dataset_tasks  # noqa: F401

@@ -61,12 +61,15 @@ def artifact_evaluations(artifact: Artifact) -> list[dict]:
 
 
 def report_rows(report: dict | None) -> dict | None:
-    """A quantization report as rows for the before/after table."""
+    """A quantization report (tuning.quantize.report) as rows for the
+    before/after table, sizes in MiB."""
     if not report:
         return None
-    rows = []
-    for key, label in (("size_bytes", "Size on disk (bytes)"), ("perplexity", "Perplexity"),
+    mib = lambda n: None if n is None else f"{n / 2**20:,.1f} MiB"  # noqa: E731
+    rows = [{"label": "Weights on disk", "before": mib(report.get("size_bytes_before")),
+             "after": mib(report.get("size_bytes_after"))}]
+    for key, label in (("perplexity", "Perplexity"), ("eval_loss", "Eval loss"),
                        ("tokens_per_s", "Generation speed (tokens/s)")):
-        entry = report.get(key) or {}
-        rows.append({"label": label, "before": entry.get("before"), "after": entry.get("after")})
-    return {"rows": rows, "answers": report.get("answers", [])}
+        rows.append({"label": label, "before": report.get(f"{key}_before"), "after": report.get(f"{key}_after")})
+    return {"rows": rows, "answers": report.get("answers", []), "ratio": report.get("size_ratio"),
+            "eval_rows": report.get("eval_rows")}

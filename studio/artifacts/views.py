@@ -47,3 +47,10 @@ def artifact_file(request, artifact_id: int, name: str):
     if not path.is_relative_to(directory) or not path.is_file():
         raise Http404("No such file in this artifact.")
     return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+
+
+def playground(request):
+    """Chat with an artifact, or two side by side; replies stream over /ws/playground/."""
+    artifacts = artifact_list_for_user(user=request.user).select_related("base_model")[:300]
+    chosen = request.GET.get("artifact", "")
+    return render(request, "artifacts/playground.html", {"artifacts": artifacts, "chosen": chosen})

@@ -1,8 +1,14 @@
 """Jobs and their events. Job state changes only through ``services.py``."""
 
+import time
+
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+
+
+def _now_order() -> float:
+    return time.time()
 
 
 class Job(models.Model):
@@ -35,7 +41,9 @@ class Job(models.Model):
     dataset = models.ForeignKey("datasets.Dataset", on_delete=models.PROTECT, null=True, blank=True)
     base_model = models.ForeignKey("catalog.BaseModel", on_delete=models.PROTECT, null=True, blank=True)
     config = models.JSONField(help_text="Snapshot of the validated run configuration.")
-    priority = models.IntegerField(default=0)
+    priority = models.IntegerField(default=0, help_text="Higher runs first; admins change it on the queue page.")
+    # Within one priority, lower runs first; admins move jobs up and down.
+    queue_order = models.FloatField(default=_now_order, db_index=True)
     device_pool = models.CharField(max_length=50, default="default")
     failure_kind = models.CharField(max_length=12, choices=FailureKind.choices, blank=True)
     failure_message = models.TextField(blank=True)
@@ -100,3 +108,15 @@ class JobEvent(models.Model):
 
     def as_message(self) -> dict:
         return {"seq": self.seq, "kind": self.kind, "data": self.data}
+
+
+class TeamQuota(models.Model):
+    """Limits on a team's use of the workers; 0 means no limit. A job over a
+    limit stays queued, and the queue page says why."""
+
+    team = models.OneToOneField("accounts.Team", on_delete=models.CASCADE, related_name="quota")
+    max_running_jobs = models.PositiveIntegerField(default=0, help_text="Jobs of the team running at once.")
+    gpu_hours_per_month = models.FloatField(default=0, help_text="Hours of GPU-pool jobs per calendar month.")
+
+    def __str__(self):
+        return f"quota of {self.team}"

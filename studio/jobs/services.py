@@ -15,6 +15,7 @@ from django.utils import timezone
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from studio.jobs.selectors import job_latest_checkpoint, job_output_dir
+from studio.jobs.services_queue import queue_wake
 from studio.jobs.services_steps import job_release_dependents
 from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.errors import ConfigError
@@ -79,19 +80,6 @@ def job_enqueue(*, job_id: int, pool: str) -> None:
     app.send_task(RUN_JOB_TASK, args=[job_id], queue=pool)
 
 
-def job_start(*, job_id: int, worker_name: str) -> Job | None:
-    """Claim a queued job for this worker. Returns None when the job is not
-    queued any more (cancelled meanwhile, or already taken): it must not run twice."""
-    with transaction.atomic():
-        claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
-            status=Job.Status.RUNNING, worker_name=worker_name[:200], started_at=timezone.now(),
-            heartbeat_at=timezone.now(), attempts=F("attempts") + 1)
-        if not claimed:
-            return None
-        job_event_record(job_id=job_id, kind="status", data={"status": Job.Status.RUNNING, "worker": worker_name})
-    return Job.objects.get(pk=job_id)
-
-
 def job_progress(*, job_id: int, kind: str, data: dict) -> None:
     """Record an event reported by the running job."""
     updates = {}
@@ -125,6 +113,9 @@ def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str
         _set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
                     finished_at=timezone.now())
         job_release_dependents(job_id=job_id, status=status)
+        # A job held back by its team's quota may start now that this one ended.
+        pool = Job.objects.values_list("device_pool", flat=True).get(pk=job_id)
+        transaction.on_commit(lambda: queue_wake(pool=pool))
 
 
 def job_resume(*, job: Job, user) -> Job:

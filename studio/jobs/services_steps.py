@@ -19,10 +19,6 @@ from tuning.errors import ConfigError
 
 # Where a chain step's input goes before the step it waits for has made it.
 PENDING_INPUT = "(the output of job #{job_id})"
-# Quantization reports compare answers to these unless the user gives others.
-DEFAULT_PROMPTS = ("Explain what a neural network is in two sentences.",
-                   "Write a haiku about autumn.",
-                   "What is 17 + 25? Answer with the number.")
 
 
 def _common_base(artifacts: list[Artifact]):
@@ -120,8 +116,9 @@ def _quantize_config(*, job: Job, scheme: str, source_path: str, base_model, eva
     from tuning.quantize.config import QuantizeConfig
 
     values = {"scheme": scheme, "source_path": source_path, "base_model": base_model.ref if base_model else "",
-              "output_dir": str(job_output_dir(job.pk)), "prompts": list(prompts or DEFAULT_PROMPTS),
-              "trust_remote_code": settings.TRUST_REMOTE_CODE}
+              "output_dir": str(job_output_dir(job.pk)), "trust_remote_code": settings.TRUST_REMOTE_CODE}
+    if prompts:
+        values["prompts"] = list(prompts)
     if eval_dataset is not None:
         values["eval_dataset_path"] = eval_dataset.file.path
     return QuantizeConfig.from_dict(values)
@@ -131,15 +128,13 @@ def job_create_quantize(*, user, team, artifact: Artifact | None, scheme: str, e
                         name: str = "", depends_on: Job | None = None) -> Job:
     """Validate quantizing ``artifact`` (or, with ``depends_on``, the model
     that job will make) with ``scheme``, store the job and enqueue it."""
-    from tuning.quantize import QUANT_SCHEMES, check_quantize_source
+    from tuning.quantize import QUANT_SCHEMES
+    from tuning.quantize.run import check_quantize_source
 
     if scheme not in QUANT_SCHEMES:
         raise ConfigError({"scheme": f"unknown scheme '{scheme}'; choose one of {', '.join(QUANT_SCHEMES)}"})
     quant = QUANT_SCHEMES[scheme]
-    pool = _pool_for(quant.needs_gpu, quant.label)
-    reason = quant.unavailable_reason() if not quant.needs_gpu else None
-    if reason:
-        raise ConfigError({"scheme": f"{quant.label} is unavailable: {reason}"})
+    pool = _pool_for(quant.needs_gpu, quant.label)  # other schemes' packages are checked on the worker
     base_model = depends_on.base_model if depends_on else artifact.base_model
     with transaction.atomic():
         job = Job.objects.create(team=team, owner=user, kind=Job.Kind.QUANTIZE, base_model=base_model,
@@ -150,7 +145,7 @@ def job_create_quantize(*, user, team, artifact: Artifact | None, scheme: str, e
                                   base_model=base_model if adapter else None, eval_dataset=eval_dataset,
                                   prompts=prompts)
         if not depends_on:
-            check_quantize_source(config)
+            check_quantize_source(config, on_worker=False)
         what = f"job #{depends_on.pk}" if depends_on else artifact.name
         job = _queue(job, config=config, name=name or f"{quant.label}: {what}",
                      input_artifacts=[artifact] if artifact else [], depends_on=depends_on)
@@ -199,12 +194,12 @@ def _fill_input(job: Job, artifact: Artifact) -> None:
         config = MergeConfig.from_dict({**job.config, "sources": _sources([artifact], None)})
         check_merge_sources(config)
     else:
-        from tuning.quantize import check_quantize_source
+        from tuning.quantize.run import check_quantize_source
         from tuning.quantize.config import QuantizeConfig
 
         base = artifact.base_model.ref if artifact.is_adapter and artifact.base_model else ""
         config = QuantizeConfig.from_dict({**job.config, "source_path": artifact.path, "base_model": base})
-        check_quantize_source(config)
+        check_quantize_source(config, on_worker=False)
     from tuning.config import config_to_dict
 
     job.config = config_to_dict(config)

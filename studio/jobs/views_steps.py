@@ -63,6 +63,12 @@ def _weights(request, artifacts) -> tuple[list[float] | None, str]:
         return None, "weights must be numbers, e.g. 0.5"
 
 
+def _with_paper_url(described: dict) -> dict:
+    """Papers are cited as "title, URL": the card links the URL."""
+    title, _, url = described.get("paper", "").rpartition(", ")
+    return {**described, "paper_title": title, "paper_url": url if url.startswith("http") else ""}
+
+
 @require_http_methods(["GET", "POST"])
 def job_new_merge(request):
     from tuning.merge import MERGE_METHODS, describe
@@ -94,7 +100,8 @@ def job_new_merge(request):
                 errors["sources"] = str(exc)
             else:
                 return redirect(job)
-    context = {"methods": [describe(m) for m in MERGE_METHODS.values()], "method": describe(method),
+    context = {"methods": [_with_paper_url(describe(m)) for m in MERGE_METHODS.values()],
+               "method": _with_paper_url(describe(method)),
                "artifacts": artifacts, "chosen_ids": {str(i) for i in chosen_ids}, "params_form": params_form,
                "errors": errors, "datasets": dataset_list_for_user(user=request.user).filter(team=team),
                "name": data.get("name", "")}
@@ -102,16 +109,17 @@ def job_new_merge(request):
 
 
 def quantize_schemes() -> list[tuple[dict, str]]:
-    """[(scheme as described for the UI, why it is unavailable or "")]"""
+    """[(scheme as described for the UI, why it is unavailable or "")].
+
+    GPU schemes are unavailable without a GPU pool; the rest run on any
+    worker (their packages are in the requirements). The web process does
+    not ask the scheme about this machine: that imports torch, and jobs run
+    elsewhere."""
     from tuning.quantize import QUANT_SCHEMES, describe
 
-    rows = []
-    for scheme in QUANT_SCHEMES.values():
-        reason = scheme.unavailable_reason() or ""
-        if scheme.needs_gpu and not settings.GPU_POOLS:
-            reason = "needs a CUDA GPU worker; none is registered"
-        rows.append((describe(scheme), reason))
-    return rows
+    no_gpu = "needs a CUDA GPU worker; none is registered"
+    return [(describe(scheme, check_machine=False), no_gpu if scheme.needs_gpu and not settings.GPU_POOLS else "")
+            for scheme in QUANT_SCHEMES.values()]
 
 
 @require_http_methods(["GET", "POST"])
@@ -138,7 +146,7 @@ def job_new_quantize(request):
                 errors["artifact"] = str(exc)
             else:
                 return redirect(job)
-    from studio.jobs.services_steps import DEFAULT_PROMPTS
+    from tuning.quantize.config import DEFAULT_PROMPTS
 
     context = {"schemes": quantize_schemes(), "artifacts": artifacts, "datasets": datasets, "errors": errors,
                "chosen_artifact": data.get("artifact", ""), "chosen_scheme": data.get("scheme", ""),

@@ -5,8 +5,12 @@ import pytest
 from studio.datasets.services import dataset_create_from_file
 from studio.jobs.services import job_create_train
 
-PAGES = ["/", "/datasets/", "/jobs/new/", "/datasets/{dataset}/", "/jobs/{job}/", "/jobs/{job}/status/",
-         "/jobs/{job}/events/", "/artifacts/{artifact}/download/"]
+PAGES = ["/", "/datasets/", "/jobs/new/", "/artifacts/", "/playground/", "/jobs/new/merge/", "/jobs/new/quantize/",
+         "/jobs/new/evaluate/",
+         # pages of one team's things: another team gets 404 (from here on)
+         "/datasets/{dataset}/", "/jobs/{job}/", "/jobs/{job}/status/", "/jobs/{job}/events/",
+         "/artifacts/{artifact}/", "/artifacts/{artifact}/download/", "/artifacts/{artifact}/files/README.md"]
+TEAM_PAGES = PAGES.index("/datasets/{dataset}/")
 
 
 @pytest.fixture
@@ -21,6 +25,7 @@ def work(member, team, tiny_base_model, tmp_path, settings):
     adapter = settings.MEDIA_ROOT / "jobs" / str(job.pk) / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "README.md").write_text("# model card\n")
     artifact = artifact_create(job=job, kind="adapter", path=str(adapter), metadata={})
     return {"dataset": dataset.pk, "job": job.pk, "artifact": artifact.pk}
 
@@ -31,7 +36,7 @@ def test_pages_need_login(client, work, page):
     assert response.status_code == 302 and response.url.startswith("/accounts/login/")
 
 
-@pytest.mark.parametrize("page", PAGES[3:])
+@pytest.mark.parametrize("page", PAGES[TEAM_PAGES:])
 def test_other_team_gets_404(client, outsider, work, page):
     client.force_login(outsider)
     assert client.get(page.format(**work)).status_code == 404

@@ -1,0 +1,136 @@
+"""Reads for the team queue: which queued job runs next, why a job waits,
+and when each is expected to start and finish."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from studio.accounts.selectors import team_ids_for_user
+from studio.jobs.models import Job, JobEvent, TeamQuota
+
+ACTIVE = (Job.Status.RUNNING, Job.Status.CANCELLING)
+QUEUE_ORDER = ("-priority", "queue_order", "pk")
+DEFAULT_STEP_S = None  # no history: the estimate is unknown rather than invented
+
+
+def waiting_for_step_before() -> Q:
+    """Queued jobs that are steps of a chain whose step before has not succeeded."""
+    return Q(depends_on__isnull=False) & ~Q(depends_on__status=Job.Status.SUCCEEDED)
+
+
+def queued_in_order(pool: str | None = None):
+    jobs = Job.objects.filter(status=Job.Status.QUEUED).exclude(waiting_for_step_before())
+    if pool is not None:
+        jobs = jobs.filter(device_pool=pool)
+    return jobs.order_by(*QUEUE_ORDER)
+
+
+def _month_start() -> datetime:
+    return timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def team_gpu_hours_this_month(team_id: int) -> float:
+    """Hours that the team's jobs on GPU pools ran this calendar month (running ones so far)."""
+    if not settings.GPU_POOLS:
+        return 0.0
+    now, since = timezone.now(), _month_start()
+    jobs = Job.objects.filter(team_id=team_id, device_pool__in=settings.GPU_POOLS, started_at__isnull=False) \
+        .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=since))
+    seconds = sum(((job.finished_at or now) - max(job.started_at, since)).total_seconds() for job in jobs)
+    return max(seconds, 0) / 3600
+
+
+def quota_wait_reason(team_id: int, *, gpu_pool: bool) -> str:
+    """Why a job of the team may not start now because of its quota ("" when it may)."""
+    quota = TeamQuota.objects.filter(team_id=team_id).first()
+    if quota is None:
+        return ""
+    if quota.max_running_jobs:
+        running = Job.objects.filter(team_id=team_id, status__in=ACTIVE).count()
+        if running >= quota.max_running_jobs:
+            return f"the team's limit of {quota.max_running_jobs} running job(s) is reached"
+    if gpu_pool and quota.gpu_hours_per_month:
+        used = team_gpu_hours_this_month(team_id)
+        if used >= quota.gpu_hours_per_month:
+            return (f"the team used {used:.1f} of its {quota.gpu_hours_per_month:g} GPU-hours this month; "
+                    f"an admin can raise the quota")
+    return ""
+
+
+def job_wait_reason(job: Job) -> str:
+    if job.status != Job.Status.QUEUED:
+        return ""
+    if job.depends_on_id and job.depends_on.status != Job.Status.SUCCEEDED:
+        return f"waits for job #{job.depends_on_id} ({job.depends_on.get_status_display().lower()})"
+    return quota_wait_reason(job.team_id, gpu_pool=job.device_pool in settings.GPU_POOLS)
+
+
+def _seconds_per_step(pool: str) -> float | None:
+    """Median seconds per training step of the pool's recent finished jobs."""
+    recent = Job.objects.filter(device_pool=pool, kind=Job.Kind.TRAIN, status=Job.Status.SUCCEEDED,
+                                progress_step__gt=0).order_by("-finished_at")[:20]
+    rates = []
+    for job in recent:
+        last = JobEvent.objects.filter(job=job, kind="metrics").order_by("-seq").first()
+        if last and last.data.get("elapsed_s") and last.data.get("step"):
+            rates.append(last.data["elapsed_s"] / last.data["step"])
+    return statistics.median(rates) if rates else DEFAULT_STEP_S
+
+
+def _remaining_s(job: Job) -> float | None:
+    """Seconds the running job still needs, from its last progress report."""
+    last = JobEvent.objects.filter(job=job, kind__in=("metrics", "progress")).order_by("-seq").first()
+    return last.data.get("eta_s") if last else None
+
+
+@dataclass
+class QueueRow:
+    job: Job
+    position: int | None  # 1 = next to start in its pool; None for running jobs
+    reason: str  # why it waits ("" when it is just next in line)
+    starts_at: datetime | None
+    finishes_at: datetime | None
+
+
+def queue_rows_for_user(*, user) -> list[QueueRow]:
+    """Running and queued jobs of the user's teams, pool by pool, in the
+    order they run, with estimates: a pool runs one job per worker; a
+    running job ends after its reported ETA; a queued training job takes
+    its steps × the pool's recent seconds per step."""
+    now = timezone.now()
+    team_ids = set(team_ids_for_user(user=user))
+    rows: list[QueueRow] = []
+    pools = Job.objects.filter(status__in=(*ACTIVE, Job.Status.QUEUED)).values_list("device_pool", flat=True)
+    for pool in sorted(set(pools)):
+        running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE).select_related("owner", "team"))
+        free_at = []
+        for job in running:
+            remaining = _remaining_s(job)
+            finish = now + timedelta(seconds=remaining) if remaining is not None else None
+            free_at.append(finish)
+            if job.team_id in team_ids:
+                rows.append(QueueRow(job, None, "", job.started_at, finish))
+        workers = max(len(running), 1)
+        free_at = sorted(free_at, key=lambda t: t or datetime.max.replace(tzinfo=now.tzinfo))[:workers] or [now]
+        step_s = _seconds_per_step(pool)
+        queued = Job.objects.filter(device_pool=pool, status=Job.Status.QUEUED).select_related(
+            "owner", "team", "depends_on").order_by(*QUEUE_ORDER)
+        position = 0
+        for job in queued:
+            reason = job_wait_reason(job)
+            position += 1
+            starts = None if reason else free_at[0] if free_at[0] is None else max(free_at[0], now)
+            duration = step_s * job.progress_total if step_s and job.progress_total else None
+            finishes = starts + timedelta(seconds=duration) if starts and duration else None
+            if starts is not None and not reason:
+                free_at[0] = finishes  # that worker is busy until then (unknown when no estimate)
+                free_at.sort(key=lambda t: t or datetime.max.replace(tzinfo=now.tzinfo))
+            if job.team_id in team_ids:
+                rows.append(QueueRow(job, position, reason, starts, finishes))
+    return rows

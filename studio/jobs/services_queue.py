@@ -1,0 +1,88 @@
+"""Writes for the team queue. The database holds the queue; Celery only
+carries wake-ups: every enqueue sends one ``run_job`` message to the pool,
+and the worker that gets it claims the best job of that pool at that moment
+(highest priority, then queue order), skipping chain steps still waiting and
+teams over their quota. A job that could not start then gets a new wake-up
+when a job of its pool ends (``job_finish``) or from the periodic nudge."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Max, Min
+from django.utils import timezone
+
+from studio.jobs.events import job_event_record
+from studio.jobs.models import Job
+from studio.jobs.selectors_queue import ACTIVE, queued_in_order, quota_wait_reason
+from tuning.errors import ConfigError
+
+
+def job_claim_next(*, pool: str, worker_name: str) -> Job | None:
+    """Claim the next job this pool should run, or None when none may start."""
+    gpu_pool = pool in settings.GPU_POOLS
+    for job in queued_in_order(pool):
+        if quota_wait_reason(job.team_id, gpu_pool=gpu_pool):
+            continue
+        with transaction.atomic():
+            claimed = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+                status=Job.Status.RUNNING, worker_name=worker_name[:200], started_at=timezone.now(),
+                heartbeat_at=timezone.now(), attempts=F("attempts") + 1)
+            if not claimed:
+                continue  # another worker took it meanwhile
+            job_event_record(job_id=job.pk, kind="status", data={"status": Job.Status.RUNNING, "worker": worker_name})
+        return Job.objects.get(pk=job.pk)
+    return None
+
+
+def queue_wake(*, pool: str) -> None:
+    """One more wake-up for the pool if something there may start."""
+    from studio.jobs.services import job_enqueue
+
+    job = queued_in_order(pool).first()
+    if job is not None:
+        job_enqueue(job_id=job.pk, pool=pool)
+
+
+def queue_nudge() -> list[str]:
+    """Wake pools that have queued jobs but nothing running: a wake-up can be
+    spent while a job was held back (quota), and nothing else would follow."""
+    idle = []
+    for pool in set(queued_in_order().values_list("device_pool", flat=True)):
+        if not Job.objects.filter(device_pool=pool, status__in=ACTIVE).exists():
+            queue_wake(pool=pool)
+            idle.append(pool)
+    return idle
+
+
+def _require_admin(user, job: Job) -> None:
+    from studio.accounts.models import Membership
+
+    if not Membership.objects.filter(user=user, team_id=job.team_id, role=Membership.Role.ADMIN).exists():
+        raise ConfigError({"priority": "only a team admin can reorder the queue or change priorities"})
+
+
+def job_set_priority(*, job: Job, priority: int, user) -> Job:
+    _require_admin(user, job)
+    if not -100 <= priority <= 100:
+        raise ConfigError({"priority": "must be from -100 to 100"})
+    Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(priority=priority)
+    job.refresh_from_db()
+    return job
+
+
+def job_move(*, job: Job, direction: str, user) -> Job:
+    """Move a queued job to the front or the back of its priority level."""
+    _require_admin(user, job)
+    peers = Job.objects.filter(status=Job.Status.QUEUED, device_pool=job.device_pool, priority=job.priority)
+    if direction == "front":
+        edge = peers.aggregate(value=Min("queue_order"))["value"]
+        new_order = (edge or job.queue_order) - 1
+    elif direction == "back":
+        edge = peers.aggregate(value=Max("queue_order"))["value"]
+        new_order = (edge or job.queue_order) + 1
+    else:
+        raise ConfigError({"direction": "must be front or back"})
+    Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(queue_order=new_order)
+    job.refresh_from_db()
+    return job

@@ -1,0 +1,57 @@
+"""The team queue page: running and queued jobs, live; admins reorder."""
+
+from django.http import Http404
+from django.shortcuts import render
+from django.views.decorators.http import require_POST
+
+from studio.accounts.models import Membership
+from studio.jobs.selectors import job_get_for_user
+from studio.jobs.selectors_queue import queue_rows_for_user
+from studio.jobs.services import job_cancel
+from studio.jobs.services_queue import job_move, job_set_priority
+from tuning.errors import ConfigError
+
+
+def _admin_team_ids(user) -> set[int]:
+    return set(Membership.objects.filter(user=user, role=Membership.Role.ADMIN).values_list("team_id", flat=True))
+
+
+def _render(request, *, partial: bool, error: str = "", status: int = 200):
+    context = {"rows": queue_rows_for_user(user=request.user), "admin_team_ids": _admin_team_ids(request.user),
+               "error": error}
+    template = "jobs/_queue_table.html" if partial else "jobs/queue.html"
+    return render(request, template, context, status=status)
+
+
+def job_queue(request):
+    return _render(request, partial=False)
+
+
+def job_queue_table(request):
+    """The table alone: polled by the page every few seconds."""
+    return _render(request, partial=True)
+
+
+@require_POST
+def job_queue_action(request, job_id: int):
+    """Admins: priority, to front / back. Members: cancel their own jobs."""
+    job = job_get_for_user(user=request.user, job_id=job_id)
+    action = request.POST.get("action", "")
+    try:
+        if action == "cancel":
+            if job.owner_id != request.user.pk and job.team_id not in _admin_team_ids(request.user):
+                raise ConfigError({"cancel": "members cancel only their own jobs; ask a team admin"})
+            job_cancel(job=job)
+        elif action == "priority":
+            try:
+                priority = int(request.POST.get("priority", ""))
+            except ValueError:
+                raise ConfigError({"priority": "must be a whole number from -100 to 100"}) from None
+            job_set_priority(job=job, priority=priority, user=request.user)
+        elif action in ("front", "back"):
+            job_move(job=job, direction=action, user=request.user)
+        else:
+            raise Http404
+    except ConfigError as exc:
+        return _render(request, partial=True, error="; ".join(exc.errors.values()), status=200)
+    return _render(request, partial=True)

@@ -1,0 +1,146 @@
+"""Merge, quantize, evaluate and chains of them, from the browser's side
+(Django's test client; no worker: jobs stay queued or are finished by hand)."""
+
+import json
+
+import pytest
+
+from studio.artifacts.models import Artifact
+from studio.artifacts.services import artifact_create
+from studio.datasets.services import dataset_create_from_file
+from studio.jobs.models import Job, JobEvent
+from studio.jobs.selectors import job_output_dir
+from studio.jobs.services import job_cancel, job_create_train, job_finish
+
+
+@pytest.fixture
+def dataset(member, team, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say {w}.", "output": f"{w}!"}) + "\n"
+                            for w in ("hello", "yes", "blue", "green")))
+    return dataset_create_from_file(team=team, user=member, source_path=data, filename="pairs.jsonl")
+
+
+def train(member, team, dataset, base_model) -> Job:
+    return job_create_train(user=member, team=team, dataset=dataset, base_model=base_model,
+                            settings_values={"max_steps": 2, "batch_size": 2, "precision": "fp32"},
+                            method_params={"rank": 4})
+
+
+def finish_with_a_real_adapter(job: Job) -> Artifact:
+    """What a worker would do: run the job's own config, record the adapter, finish."""
+    from tuning.config import TrainConfig
+    from tuning.events import MemorySink
+    from tuning.train import run_train
+
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    result = run_train(TrainConfig.from_dict(job.config), MemorySink())
+    artifact = artifact_create(job=job, kind="adapter", path=result.output_path, metadata={"method": "lora"})
+    job_finish(job_id=job.pk, status=Job.Status.SUCCEEDED, message="done")
+    return artifact
+
+
+def test_merge_page_lists_the_methods_and_only_the_teams_artifacts(member_client, member, team, dataset,
+                                                                  tiny_base_model, outsider):
+    mine = artifact_create(job=train(member, team, dataset, tiny_base_model), kind="adapter",
+                           path=str(job_output_dir(1)), metadata={})
+    page = member_client.get("/jobs/new/merge/")
+    assert page.status_code == 200
+    for label in ("Fold adapter into base", "TIES", "SLERP", "Fisher"):
+        assert label in page.content.decode()
+    assert f'value="{mine.pk}"' in page.content.decode()
+
+    # Another team's artifact id is as good as none.
+    from django.test import Client
+
+    rival = Client()
+    rival.force_login(outsider)
+    response = rival.post("/jobs/new/merge/", {"method": "fold", "artifacts": [mine.pk]})
+    assert response.status_code == 400 and "sources" in response.content.decode()
+    assert not Job.objects.filter(kind=Job.Kind.MERGE).exists()
+
+
+def test_quantize_page_shows_gpu_schemes_disabled_with_the_reason(member_client, settings):
+    settings.GPU_POOLS = []
+    page = member_client.get("/jobs/new/quantize/").content.decode()
+    assert "GGUF q8_0" in page and "int8 weight-only (torchao)" in page
+    assert page.count("Unavailable: needs a CUDA GPU worker") == 2  # bitsandbytes 8-bit and NF4
+
+
+def test_a_chain_waits_for_training_and_ends_when_training_is_cancelled(member_client, member, team, dataset,
+                                                                       tiny_base_model):
+    job = train(member, team, dataset, tiny_base_model)
+    response = member_client.post(f"/jobs/{job.pk}/chain/", {"fold": "1", "scheme": "gguf_q8_0"},
+                                  HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    fold, quantize = Job.objects.filter(kind__in=["merge", "quantize"]).order_by("pk")
+    assert (fold.depends_on_id, quantize.depends_on_id) == (job.pk, fold.pk)
+    assert fold.status == quantize.status == Job.Status.QUEUED
+    waiting = JobEvent.objects.filter(job=fold, kind="status").last().data["message"]
+    assert waiting.startswith(f"Waits for job #{job.pk}")
+
+    job_cancel(job=job)
+    fold.refresh_from_db(), quantize.refresh_from_db()
+    assert fold.status == quantize.status == Job.Status.CANCELLED
+    ended = JobEvent.objects.filter(job=fold, kind="status").last().data
+    assert ended == {"status": "cancelled", "message": f"Not run: job #{job.pk}, the step before, cancelled"}
+
+
+def test_when_training_succeeds_the_next_step_gets_its_adapter_and_is_queued(member, team, dataset,
+                                                                           tiny_base_model, django_capture_on_commit_callbacks):
+    from studio.jobs.services_steps import job_create_chain
+
+    job = train(member, team, dataset, tiny_base_model)
+    fold, quantize = job_create_chain(user=member, team=team, start=job,
+                                      steps=[{"kind": "fold"}, {"kind": "quantize", "scheme": "safetensors_bf16"}])
+    adapter = finish_with_a_real_adapter(job)
+
+    fold.refresh_from_db()
+    assert fold.status == Job.Status.QUEUED and fold.input_artifact_ids == [adapter.pk]
+    assert fold.config["sources"][0]["path"] == adapter.path
+    quantize.refresh_from_db()
+    assert quantize.config["source_path"].startswith("(the output of job")  # still waiting for the fold
+
+
+def test_artifact_page_shows_lineage_and_serves_single_files_safely(member_client, member, team, dataset,
+                                                                   tiny_base_model, outsider):
+    job = train(member, team, dataset, tiny_base_model)
+    adapter = finish_with_a_real_adapter(job)
+    page = member_client.get(f"/artifacts/{adapter.pk}/").content.decode()
+    assert "Lineage" in page and adapter.dataset_sha256[:12] in page and "adapter_config.json" in page
+    single = member_client.get(f"/artifacts/{adapter.pk}/files/adapter_config.json")
+    assert single.status_code == 200 and b"lora" in b"".join(single.streaming_content).lower()
+    assert member_client.get(f"/artifacts/{adapter.pk}/files/../../../etc/passwd").status_code == 404
+    assert member_client.get(f"/artifacts/{adapter.pk}/files/%2e%2e/%2e%2e/secret").status_code == 404
+
+    from django.test import Client
+
+    rival = Client()
+    rival.force_login(outsider)
+    for url in (f"/artifacts/{adapter.pk}/", f"/artifacts/{adapter.pk}/files/adapter_config.json"):
+        assert rival.get(url).status_code == 404
+    assert "No adapters" not in member_client.get("/artifacts/").content.decode()
+    assert adapter.name not in rival.get("/artifacts/").content.decode()
+
+
+def test_evaluate_refuses_a_task_the_dataset_cannot_serve(member_client, member, team, dataset, tiny_base_model):
+    adapter = artifact_create(job=train(member, team, dataset, tiny_base_model), kind="adapter",
+                              path=str(job_output_dir(1)), metadata={})
+    response = member_client.post("/jobs/new/evaluate/", {"artifact": adapter.pk, "dataset": dataset.pk,
+                                                         "task": "classify"})
+    assert response.status_code == 400 and "usable for sft" in response.content.decode()
+    assert not Job.objects.filter(kind=Job.Kind.EVALUATE).exists()
+
+
+def test_playground_lists_the_teams_artifacts_and_picks_the_asked_one(member_client, member, team, dataset,
+                                                                      tiny_base_model, outsider):
+    adapter = artifact_create(job=train(member, team, dataset, tiny_base_model), kind="adapter",
+                              path=str(job_output_dir(1)), metadata={})
+    page = member_client.get(f"/playground/?artifact={adapter.pk}").content.decode()
+    assert f'<option value="{adapter.pk}" selected>' in page and 'data-ws-path="/ws/playground/"' in page
+
+    from django.test import Client
+
+    rival = Client()
+    rival.force_login(outsider)
+    assert adapter.name not in rival.get("/playground/").content.decode()

@@ -1,0 +1,215 @@
+"""Celery tasks for dataset work: analysis (preview through the chat
+template, token statistics, lint) and operations that make new versions
+(diet steps, confirmed column mappings, dropping flagged rows).
+
+The heavy reading and tokenizing happens here, never in the web process;
+results and progress are written through ``studio.datasets.services_work``.
+Registered by the one import line at the end of ``worker/tasks.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from celery import shared_task
+from django.conf import settings
+from django.db import connection
+
+from studio.datasets.models import Dataset, DatasetAnalysis, DatasetOperation
+from studio.datasets.selectors import dataset_data_files
+from studio.datasets.services_work import (ProgressReporter, dataset_analysis_finish, dataset_operation_finish,
+                                           dataset_version_create, dataset_work_fail, dataset_work_start)
+from tuning.errors import DatasetError, TuningError
+
+log = logging.getLogger(__name__)
+PREVIEW_ROWS = 5
+ENCODER_DIR = "models/all-minilm-l6-v2"  # under MEDIA_ROOT, where studio_setup puts the bundled encoder
+
+
+@shared_task(name="worker.dataset_tasks.analyse_dataset", acks_late=True)
+def analyse_dataset(analysis_id: int) -> str:
+    return _guarded(DatasetAnalysis, analysis_id, _analyse)
+
+
+@shared_task(name="worker.dataset_tasks.run_dataset_operation", acks_late=True)
+def run_dataset_operation(operation_id: int) -> str:
+    return _guarded(DatasetOperation, operation_id, _operate)
+
+
+def _guarded(model, pk: int, work) -> str:
+    """Claim the row, run ``work`` and record how it ended; a TuningError's message is the user's."""
+    if not dataset_work_start(model=model, pk=pk):
+        log.info("%s %s is not queued any more; skipping", model.__name__, pk)
+        return "skipped"
+    try:
+        work(model.objects.select_related("dataset").get(pk=pk), ProgressReporter(model, pk))
+    except TuningError as exc:
+        dataset_work_fail(model=model, pk=pk, message=str(exc))
+        return "failed"
+    except Exception as exc:
+        log.exception("%s %s failed", model.__name__, pk)
+        dataset_work_fail(model=model, pk=pk, message=f"Internal error in the worker ({type(exc).__name__}: "
+                                                      f"{str(exc)[:300]}). An admin can find the details in the "
+                                                      f"worker log.")
+        return "failed"
+    finally:
+        connection.close()
+    return "succeeded"
+
+
+def _tokenizer(base_model):
+    from tuning.models import load_tokenizer
+
+    return load_tokenizer(base_model.ref, trust_remote_code=settings.TRUST_REMOTE_CODE)
+
+
+def _is_text(dataset: Dataset) -> bool:
+    return dataset.schema == "text" or dataset.format == "text"
+
+
+def version_rows(dataset: Dataset) -> tuple[list[dict], list[int]]:
+    """The version's rows as dicts, and each one's row number in its file (what findings cite).
+    Plain text becomes one {"text"} row per document, as pre-training reads it."""
+    from tuning.data import pretrain
+    from tuning.data.records import iter_source_rows
+
+    paths, names = dataset_data_files(dataset)
+    if _is_text(dataset):
+        documents = list(pretrain.iter_documents(paths if len(paths) > 1 else paths[0],
+                                                 name=names[0] if len(paths) == 1 else None))
+        return [{"text": d.text} for d in documents], [d.row for d in documents]
+    rows = list(iter_source_rows(paths, None) if len(paths) > 1 else iter_source_rows(paths[0], names[0]))
+    if not rows:
+        raise DatasetError("no data rows found; add at least one row", file=" + ".join(names))
+    return [r.data for r in rows], [r.row for r in rows]
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def _analyse(analysis: DatasetAnalysis, progress: ProgressReporter) -> None:
+    from tuning.data import lint as linting
+    from tuning.data.preview import render_preview
+    from tuning.data.readers import read_examples
+    from tuning.data.stats import histogram_svg, token_stats
+
+    dataset = analysis.dataset
+    paths, names = dataset_data_files(dataset)
+    target, name = (paths[0], names[0]) if len(paths) == 1 else (paths, None)
+    progress.set_phase("loading the tokenizer")
+    tokenizer = _tokenizer(analysis.base_model)
+    progress.set_phase("reading rows")
+    rows, file_rows = version_rows(dataset)
+    progress.set_phase("checking rows (lint)", len(rows))
+    report = linting.lint(list(zip(file_rows, rows)), tokenizer=tokenizer, max_length=analysis.max_length,
+                          progress=progress)
+    # Every row number is kept (to_dict lists the first 100 for the page): "drop these rows" needs all.
+    findings = [finding.to_dict() | {"all_rows": list(finding.rows)} for finding in report.findings]
+    preview, stats, svg, message = [], {}, "", ""
+    if "sft" not in dataset.tasks:
+        message = (f"{dataset.schema} data is not rendered through a chat template; the preview and token "
+                   f"statistics are for instruction and chat data.")
+    else:
+        try:
+            examples = read_examples(target, name=name)
+        except DatasetError as exc:
+            # Lint lists every bad row; the strict reader stops at the first one.
+            message = f"No preview or token statistics until the blocking rows are dropped: {exc}"
+        else:
+            progress.set_phase("rendering the preview")
+            preview = render_preview(examples, tokenizer, max_length=analysis.max_length,
+                                     loss_on_prompt=analysis.loss_on_prompt, rows=PREVIEW_ROWS, file=name or "")
+            progress.set_phase("counting tokens", len(examples))
+            result = token_stats(examples, tokenizer, max_length=analysis.max_length,
+                                 loss_on_prompt=analysis.loss_on_prompt, file=name or "", progress=progress)
+            stats, svg = result.to_dict(), histogram_svg(result)
+    dataset_analysis_finish(analysis_id=analysis.pk, preview=preview, stats=stats, histogram_svg=svg,
+                            findings=findings, message=message)
+
+
+# ---------------------------------------------------------------- operations
+
+
+def _write(rows: list[dict], directory: str, name: str) -> Path:
+    from tuning.data.versioning import write_jsonl
+
+    path = Path(directory) / name
+    write_jsonl(rows, path)
+    return path
+
+
+def _mapped_rows(dataset: Dataset, schema: str, mapping: dict) -> list[dict]:
+    from tuning.data import pretrain
+    from tuning.data.records import iter_source_rows
+    from tuning.data.schema import apply_mapping
+
+    paths, names = dataset_data_files(dataset)
+    target, name = (paths[0], names[0]) if len(paths) == 1 else (paths, None)
+    if schema == "text":
+        return [{"text": d.text} for d in pretrain.iter_documents(target, name=name, mapping=mapping or None)]
+    return [apply_mapping(row.data, mapping) for row in iter_source_rows(target, name)]
+
+
+def _embed_fn(progress: ProgressReporter):
+    from tuning.data.embed import SentenceEncoder
+    from tuning.models import prepare_bundled_encoder
+
+    encoder = SentenceEncoder(prepare_bundled_encoder(Path(settings.MEDIA_ROOT) / ENCODER_DIR))
+
+    def embed(texts: list[str]):
+        progress.set_phase("embedding rows (all-MiniLM-L6-v2)", len(texts))
+        return encoder.encode(texts, progress=progress)
+
+    return embed
+
+
+def _operate(run: DatasetOperation, progress: ProgressReporter) -> None:
+    from tuning.data import diet, lint
+
+    dataset, user, params = run.dataset, run.created_by, dict(run.parameters)
+    with tempfile.TemporaryDirectory(prefix="dataset-op-") as tmp:
+        if run.operation == "map_columns":
+            progress.set_phase("applying the column mapping")
+            rows = _mapped_rows(dataset, params["schema"], params["mapping"])
+            path = _write(rows, tmp, "mapped.jsonl")
+            progress.set_phase("checking the mapped rows")
+            version = dataset_version_create(parents=[dataset], user=user, rows_path=path, operation="map_columns",
+                                             parameters=params, report={"rows": len(rows)}, schema=params["schema"])
+            dataset_operation_finish(operation_id=run.pk, results=[version], report={"rows": len(rows)})
+            return
+        progress.set_phase("reading rows")
+        rows, file_rows = version_rows(dataset)
+        if run.operation == "drop_rows":
+            kept = lint.drop_rows(rows, params["rows"], file_rows=file_rows)
+            report = {"rows_before": len(rows), "rows_after": len(kept), "dropped": len(rows) - len(kept),
+                      "finding": params.get("code", "")}
+            path = _write(kept, tmp, "kept.jsonl")
+            version = dataset_version_create(parents=[dataset], user=user, rows_path=path, operation="drop_rows",
+                                             parameters=params, report=report, schema=dataset.schema)
+            dataset_operation_finish(operation_id=run.pk, results=[version], report=report)
+            return
+        data, parents = rows, [dataset]
+        if run.operation == "merge":
+            parents = [dataset, *run.others.order_by("pk")]
+            data = [rows] + [version_rows(other)[0] for other in parents[1:]]
+        progress.set_phase(diet.DIET_OPERATIONS[run.operation].label.lower(), len(rows))
+        needs = diet.DIET_OPERATIONS[run.operation].needs
+        tokenizer = _tokenizer(run.base_model) if "tokenizer" in needs and run.base_model else None
+        embed_fn = _embed_fn(progress) if "embed_fn" in needs else None
+        output, report, lineage = diet.run_operation(
+            run.operation, data, params, parents=tuple(p.sha256 for p in parents),
+            schemas=[p.schema for p in parents], embed_fn=embed_fn, tokenizer=tokenizer, progress=progress)
+        report = {**report, "lineage": lineage.to_dict()}
+        progress.set_phase("storing the new version")
+        outputs = (("train", output[0]), ("validation", output[1])) if run.operation == "split" else (("", output),)
+        versions = []
+        for suffix, part in outputs:
+            if not part:
+                continue  # an empty side of a split is not a dataset
+            path = _write(part, tmp, f"{suffix or 'rows'}.jsonl")
+            versions.append(dataset_version_create(
+                parents=parents, user=user, rows_path=path, operation=run.operation, parameters=params,
+                report=report, name_suffix=f"-{suffix}" if suffix else "", schema=dataset.schema))
+        dataset_operation_finish(operation_id=run.pk, results=versions, report=report)

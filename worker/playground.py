@@ -1,0 +1,95 @@
+"""Playground generation on a worker: a loaded model stays warm between
+requests and is unloaded after PLAYGROUND_IDLE_UNLOAD_S seconds unused."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from tuning.errors import TuningError
+
+log = logging.getLogger(__name__)
+PIECES_PER_SEND = 1  # each piece goes out at once: the point is to watch it arrive
+
+
+class WarmModels:
+    """Loaded (model, tokenizer) pairs by artifact directory, at most
+    ``capacity`` at once (two: a side-by-side comparison), least recently
+    used dropped first; a timer thread unloads idle ones."""
+
+    def __init__(self, capacity: int = 2):
+        self.capacity, self.lock = capacity, threading.Lock()
+        self.loaded: dict[str, tuple[object, object, float]] = {}
+        self.timer: threading.Thread | None = None
+
+    def get(self, path: str, base_model: str):
+        from tuning.loading import load_artifact
+
+        with self.lock:
+            if path in self.loaded:
+                model, tokenizer, _ = self.loaded[path]
+            else:
+                while len(self.loaded) >= self.capacity:
+                    self._drop(min(self.loaded, key=lambda key: self.loaded[key][2]))
+                model, tokenizer = load_artifact(path, base_model=base_model)
+            self.loaded[path] = (model, tokenizer, time.monotonic())
+            self._start_timer()
+        return model, tokenizer
+
+    def _drop(self, path: str) -> None:
+        self.loaded.pop(path, None)
+        gc.collect()
+        log.info("playground: unloaded %s", path)
+
+    def unload_idle(self, idle_s: float) -> None:
+        with self.lock:
+            now = time.monotonic()
+            for path in [p for p, (_, _, used) in self.loaded.items() if now - used > idle_s]:
+                self._drop(path)
+
+    def _start_timer(self) -> None:
+        if self.timer and self.timer.is_alive():
+            return
+
+        def sweep():
+            while self.loaded:
+                time.sleep(min(settings.PLAYGROUND_IDLE_UNLOAD_S, 30))
+                self.unload_idle(settings.PLAYGROUND_IDLE_UNLOAD_S)
+
+        self.timer = threading.Thread(target=sweep, name="playground-unload", daemon=True)
+        self.timer.start()
+
+
+WARM = WarmModels()
+
+
+def playground_generate(reply_channel: str, request: dict) -> None:
+    """Stream the reply to ``request`` to the WebSocket consumer at ``reply_channel``."""
+    from tuning.generate import generate_stream
+
+    send = async_to_sync(get_channel_layer().send)
+    head = {"request_id": request["request_id"], "side": request["side"]}
+    started, pieces = time.monotonic(), 0
+    try:
+        model, tokenizer = WARM.get(request["path"], request["base_model"])
+        for piece in generate_stream(model, tokenizer, request["prompt"], max_new_tokens=request["max_new_tokens"],
+                                     temperature=request["temperature"], top_p=request["top_p"],
+                                     system_prompt=request["system_prompt"] or None):
+            pieces += 1
+            send(reply_channel, {"type": "playground.piece", **head, "text": piece})
+    except TuningError as exc:
+        send(reply_channel, {"type": "playground.error", **head, "message": str(exc)})
+        return
+    except Exception as exc:  # the browser gets one line; the details go to the worker log
+        log.exception("playground generation failed")
+        send(reply_channel, {"type": "playground.error", **head,
+                             "message": f"generation failed ({type(exc).__name__}); see the worker log"})
+        return
+    send(reply_channel, {"type": "playground.done", **head, "pieces": pieces,
+                         "seconds": round(time.monotonic() - started, 2)})
