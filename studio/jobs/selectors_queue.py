@@ -134,3 +134,26 @@ def queue_rows_for_user(*, user) -> list[QueueRow]:
             if job.team_id in team_ids:
                 rows.append(QueueRow(job, position, reason, starts, finishes))
     return rows
+
+
+def pool_tokens_per_s(pool: str, *, base_model_id: int | None) -> float | None:
+    """Median training speed (real tokens a second) of the pool's recent jobs
+    on this base model: the throughput table pre-flight time estimates read."""
+    recent = Job.objects.filter(device_pool=pool, kind=Job.Kind.TRAIN, base_model_id=base_model_id,
+                                status=Job.Status.SUCCEEDED).order_by("-finished_at")[:20]
+    speeds = []
+    for job in recent:
+        last = JobEvent.objects.filter(job=job, kind="metrics").order_by("-seq").first()
+        if last and last.data.get("tokens_seen") and last.data.get("elapsed_s"):
+            speeds.append(last.data["tokens_seen"] / last.data["elapsed_s"])
+    return statistics.median(speeds) if speeds else None
+
+
+def pool_memory_bytes(pool: str) -> int | None:
+    """Device memory of the pool's workers, as they registered it (None when unknown)."""
+    try:
+        from studio.workers.selectors import pool_device_memory_mib
+    except ImportError:
+        return None
+    mib = pool_device_memory_mib(pool)
+    return int(mib * 2**20) if mib else None

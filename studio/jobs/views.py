@@ -1,5 +1,6 @@
 import functools
 import logging
+import math
 
 from django.conf import settings
 from django.http import Http404, JsonResponse
@@ -13,6 +14,7 @@ from studio.jobs.models import Job
 from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
 from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_for_user
 from studio.jobs.services import job_cancel, job_create_train, job_resume
+from tuning.config import TrainConfig
 from tuning.errors import ConfigError, ModelError, TuningError
 from tuning.methods import TASKS
 from tuning.models import MODEL_CODE_LOCK, load_model_config
@@ -103,12 +105,49 @@ def job_new_estimate(request):
                         exc_info=True)
         return _estimate_response(request, error=str(exc))
     return _estimate_response(request, text=_estimate_text(trainable, total),
-                              exact=f"{trainable:,} of {total:,} parameters")
+                              exact=f"{trainable:,} of {total:,} parameters",
+                              preflight=_preflight(form, base_model, trainable, total))
 
 
-def _estimate_response(request, *, text: str = "", exact: str = "", error: str = ""):
+def _preflight(form, base_model, trainable: int, total: int) -> dict:
+    """Memory needed against the pool's device memory, and the time at the
+    pool's recent speed; with the changes that would make it fit."""
+    from studio.jobs.selectors_queue import pool_memory_bytes, pool_tokens_per_s
+    from tuning.config import field_specs
+    from tuning.methods.memory import changes_that_fit, estimate_training_memory
+
+    values = {spec.name: spec.default for spec in field_specs(TrainConfig)}
+    values |= {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
+    gpu_method = form.chosen.needs_gpu
+    pool = _gpu_pools()[0] if gpu_method and _gpu_pools() else settings.DEFAULT_DEVICE_POOL
+    shape = {"batch_size": values["batch_size"], "max_length": values["max_length"],
+             "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"]}
+    config = _model_config(base_model.ref)
+    need = estimate_training_memory(config, trainable=trainable, total=total, task=form.chosen_task,
+                                    four_bit_base=form.chosen.name == "qlora", **shape)
+    available = pool_memory_bytes(pool)
+    result = {"need_gib": need.total / 2**30, "parts": {k: v / 2**30 for k, v in need.to_dict().items() if k != "total"},
+              "pool": pool, "available_gib": available / 2**30 if available else None, "fits": True}
+    if available and need.total > available:
+        result["fits"] = False
+        result["changes"] = changes_that_fit(config, available=available, trainable=trainable, total=total,
+                                             gpu=bool(_gpu_pools()), task=form.chosen_task, **shape)
+    speed = pool_tokens_per_s(pool, base_model_id=base_model.pk)
+    dataset = form.cleaned_data.get("dataset")
+    rows_per_step = values["batch_size"] * values["gradient_accumulation"]
+    steps = values.get("max_steps") or (math.ceil(dataset.row_count / rows_per_step) * values["epochs"]
+                                        if dataset else None)
+    if speed and steps:
+        # An upper bound: every row counted at max length.
+        result["minutes"] = steps * rows_per_step * values["max_length"] / speed / 60
+        result["tokens_per_s"] = speed
+    return result
+
+
+def _estimate_response(request, *, text: str = "", exact: str = "", error: str = "", preflight=None):
     text = text or f"estimate unavailable: {error[:300]}"
-    return render(request, "jobs/_method_estimate.html", {"text": text, "exact": exact, "error": bool(error)})
+    return render(request, "jobs/_method_estimate.html", {"text": text, "exact": exact, "error": bool(error),
+                                                          "preflight": preflight})
 
 
 # The estimate reads only the base model's config and builds the model on the
