@@ -16,6 +16,7 @@ from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from studio.jobs.selectors import job_latest_checkpoint, job_output_dir
 from studio.jobs.services_queue import queue_wake
+from studio.notifications.services import notification_create_for_job
 from studio.jobs.services_steps import job_release_dependents
 from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.errors import ConfigError
@@ -113,6 +114,8 @@ def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str
         _set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
                     finished_at=timezone.now())
         job_release_dependents(job_id=job_id, status=status)
+        notification_create_for_job(job=Job.objects.select_related("owner").get(pk=job_id), status=status,
+                                    message=message)
         # A job held back by its team's quota may start now that this one ended.
         pool = Job.objects.values_list("device_pool", flat=True).get(pk=job_id)
         transaction.on_commit(lambda: queue_wake(pool=pool))
@@ -183,4 +186,5 @@ def _take_back(job: Job, status: str, message: str, **fields) -> bool:
         job_event_record(job_id=job.pk, kind="status", data=data)
         if status in Job.FINISHED:
             job_release_dependents(job_id=job.pk, status=status)
+            notification_create_for_job(job=job, status=status, message=message)
     return True
