@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from studio.accounts.models import Membership, Team
+from studio.accounts.models import ApiToken, Membership, Team
 
 
 class MembershipInline(admin.TabularInline):
@@ -12,3 +12,16 @@ class MembershipInline(admin.TabularInline):
 class TeamAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "created_at")
     inlines = [MembershipInline]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Read-only apart from revoking: a token's secret cannot be seen or set here."""
+
+    list_display = ("name", "user", "team", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    fields = ("name", "user", "team", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("name", "user", "team", "prefix", "created_at", "last_used_at")
+
+    def has_add_permission(self, request):
+        return False  # tokens are made on the tokens page, where the secret is shown once

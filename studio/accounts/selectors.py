@@ -1,6 +1,6 @@
 """Which teams a user can see and act in."""
 
-from studio.accounts.models import Membership, Team
+from studio.accounts.models import ApiToken, Membership, Team
 
 
 def team_ids_for_user(*, user) -> list[int]:
@@ -15,3 +15,25 @@ def team_for_new_work(*, user) -> Team | None:
     membership = (Membership.objects.filter(user=user, role__in=[Membership.Role.MEMBER, Membership.Role.ADMIN])
                   .select_related("team").order_by("created_at").first())
     return membership.team if membership else None
+
+
+def teams_for_user(*, user) -> list[Team]:
+    """The user's teams, first joined first (the first is the default team
+    of the API and the tokens page)."""
+    if not user.is_authenticated:
+        return []
+    return [m.team for m in Membership.objects.filter(user=user).select_related("team").order_by("created_at", "pk")]
+
+
+def membership_role(*, user, team_id: int) -> str | None:
+    """The user's role in the team (viewer, member, admin), None if not in it."""
+    return Membership.objects.filter(user=user, team_id=team_id).values_list("role", flat=True).first()
+
+
+def admin_team_ids_for_user(*, user) -> list[int]:
+    return list(Membership.objects.filter(user=user, role=Membership.Role.ADMIN).values_list("team_id", flat=True))
+
+
+def api_token_list_for_user(*, user):
+    """The user's own tokens, newest first; never anyone else's."""
+    return ApiToken.objects.filter(user=user).select_related("team")

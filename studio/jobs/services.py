@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from studio.api.webhooks import webhooks_enqueue_for_job
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from studio.jobs.selectors import job_latest_checkpoint, job_output_dir
@@ -101,6 +102,7 @@ def job_cancel(*, job: Job) -> Job:
             _set_status(job.pk, Job.Status.CANCELLED, message="Cancelled before it started",
                         finished_at=timezone.now())
             job_release_dependents(job_id=job.pk, status=Job.Status.CANCELLED)
+            transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job.pk))
         elif Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).exists():
             _set_status(job.pk, Job.Status.CANCELLING, message="Stopping after the current step")
     job.refresh_from_db()
@@ -119,6 +121,7 @@ def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str
         # A job held back by its team's quota may start now that this one ended.
         pool = Job.objects.values_list("device_pool", flat=True).get(pk=job_id)
         transaction.on_commit(lambda: queue_wake(pool=pool))
+        transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job_id))  # signed, sent from a thread
 
 
 def job_resume(*, job: Job, user) -> Job:
@@ -187,4 +190,5 @@ def _take_back(job: Job, status: str, message: str, **fields) -> bool:
         if status in Job.FINISHED:
             job_release_dependents(job_id=job.pk, status=status)
             notification_create_for_job(job=job, status=status, message=message)
+            transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job.pk))
     return True

@@ -1,0 +1,119 @@
+"""The API tokens page and, under it, the team webhooks page. Both are
+htmx-friendly: a form posts and gets back its section; without htmx the
+whole page is drawn again (or the browser is redirected)."""
+
+from django import forms
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from studio.accounts.models import ApiToken
+from studio.accounts.selectors import admin_team_ids_for_user, api_token_list_for_user, teams_for_user
+from studio.accounts.services import api_token_create, api_token_revoke
+from studio.api.models import WEBHOOK_EVENT_TYPES, WebhookEndpoint
+from studio.api.selectors import webhook_deliveries_recent, webhook_endpoint_list_for_admin
+from studio.api.webhooks import WebhookError, webhook_endpoint_create, webhook_endpoint_delete
+
+ALL_TEAMS = ""
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What uses it, e.g. “nightly eval script”.")
+    team = forms.ChoiceField(required=False, help_text="A token tied to one team can act only there.")
+
+    def __init__(self, *args, teams, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].choices = [(ALL_TEAMS, "All my teams")] + [(str(t.pk), t.name) for t in teams]
+
+
+class WebhookForm(forms.Form):
+    team = forms.ChoiceField()
+    url = forms.URLField(max_length=500, label="URL", assume_scheme="https",
+                         help_text="Receives a signed POST when a job finishes.")
+    events = forms.MultipleChoiceField(choices=[(e, e) for e in WEBHOOK_EVENT_TYPES], initial=WEBHOOK_EVENT_TYPES,
+                                       widget=forms.CheckboxSelectMultiple)
+
+    def __init__(self, *args, teams, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].choices = [(str(t.pk), t.name) for t in teams]
+
+
+def _tokens_context(request, form=None, new_secret=None, new_token=None) -> dict:
+    teams = teams_for_user(user=request.user)
+    return {"form": form or ApiTokenForm(teams=teams), "tokens": api_token_list_for_user(user=request.user),
+            "new_secret": new_secret, "new_token": new_token}
+
+
+@require_http_methods(["GET", "POST"])
+def api_token_list(request):
+    """The user's own tokens and the form to make one; the secret of a new
+    token is in this one response and never again."""
+    if request.method == "GET":
+        return render(request, "accounts/tokens.html", _tokens_context(request))
+    teams = teams_for_user(user=request.user)
+    form = ApiTokenForm(request.POST, teams=teams)
+    context, status = None, 400
+    if form.is_valid():
+        team = next((t for t in teams if str(t.pk) == form.cleaned_data["team"]), None)
+        token, secret = api_token_create(user=request.user, name=form.cleaned_data["name"], team=team)
+        context, status = _tokens_context(request, new_secret=secret, new_token=token), 200
+    context = context or _tokens_context(request, form=form)
+    template = "accounts/_tokens.html" if request.htmx else "accounts/tokens.html"
+    response = render(request, template, context, status=200 if request.htmx else status)
+    response["Cache-Control"] = "no-store"  # the page may hold a secret
+    return response
+
+
+@require_POST
+def api_token_revoke_view(request, token_id: int):
+    try:
+        api_token_revoke(user=request.user, token_id=token_id)
+    except ApiToken.DoesNotExist:  # another user's token: as if it did not exist
+        return render(request, "accounts/_tokens.html", _tokens_context(request), status=404)
+    if request.htmx:
+        return render(request, "accounts/_tokens.html", _tokens_context(request))
+    return redirect("api-token-list")
+
+
+def _webhooks_context(request, form=None, new_endpoint=None) -> dict:
+    admin_ids = set(admin_team_ids_for_user(user=request.user))
+    admin_teams = [t for t in teams_for_user(user=request.user) if t.pk in admin_ids]
+    endpoints = [(endpoint, webhook_deliveries_recent(endpoint=endpoint))
+                 for endpoint in webhook_endpoint_list_for_admin(user=request.user)]
+    return {"form": form or WebhookForm(teams=admin_teams), "admin_teams": admin_teams, "endpoints": endpoints,
+            "new_endpoint": new_endpoint}
+
+
+@require_http_methods(["GET", "POST"])
+def webhook_list(request):
+    """Webhooks of the teams the user administers (others see why not)."""
+    if request.method == "GET":
+        return render(request, "accounts/webhooks.html", _webhooks_context(request))
+    context = _webhooks_context(request)
+    form = WebhookForm(request.POST, teams=context["admin_teams"])
+    status = 400
+    if form.is_valid():
+        team = next(t for t in context["admin_teams"] if str(t.pk) == form.cleaned_data["team"])
+        try:
+            endpoint = webhook_endpoint_create(user=request.user, team=team, url=form.cleaned_data["url"],
+                                               events=form.cleaned_data["events"])
+        except WebhookError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+        else:
+            context, status = _webhooks_context(request, new_endpoint=endpoint), 200
+    if status == 400:
+        context["form"] = form
+    template = "accounts/_webhooks.html" if request.htmx else "accounts/webhooks.html"
+    response = render(request, template, context, status=200 if request.htmx else status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+def webhook_delete_view(request, endpoint_id: int):
+    try:
+        webhook_endpoint_delete(user=request.user, endpoint_id=endpoint_id)
+    except WebhookEndpoint.DoesNotExist:
+        return render(request, "accounts/_webhooks.html", _webhooks_context(request), status=404)
+    if request.htmx:
+        return render(request, "accounts/_webhooks.html", _webhooks_context(request))
+    return redirect("webhook-list")

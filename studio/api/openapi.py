@@ -1,0 +1,244 @@
+"""The OpenAPI 3.1 description of /api/v1, written as a dict and served as
+JSON (no schema-generator dependency). Keep it beside urls.py: a test fails
+when a URL pattern is missing here."""
+
+from __future__ import annotations
+
+from studio.api.models import WEBHOOK_EVENT_TYPES
+from studio.artifacts.models import Artifact
+from studio.jobs.models import Job
+
+# "cancelling" is reported as "running" with cancel_requested (serializers.job_api_status).
+STATUSES = [status for status in Job.Status.values if status != Job.Status.CANCELLING]
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _list_of(name: str) -> dict:
+    return {"type": "object", "required": ["object", "data", "has_more"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref(name)},
+                           "has_more": {"type": "boolean"}}}
+
+
+ERRORS = {
+    "400": {"$ref": "#/components/responses/BadRequest"},
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+    "403": {"$ref": "#/components/responses/Forbidden"},
+    "404": {"$ref": "#/components/responses/NotFound"},
+}
+
+
+def _errors(*codes: str) -> dict:
+    return {code: ERRORS[code] for code in codes}
+
+
+def _param(name: str, where: str, schema: dict, description: str, required: bool = False) -> dict:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema,
+            "description": description}
+
+
+TEAM = _param("team", "query", {"type": "string"},
+              "Team id or slug; default: the token's team, else your first team.")
+LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+               "Page size.")
+AFTER_ID = _param("after", "query", {"type": "integer"},
+                  "Cursor: the last id of the previous page (lists are newest first).")
+
+
+def _id_param(name: str) -> dict:
+    return _param(name, "path", {"type": "integer"}, "Id (another team's id answers 404).")
+
+
+def _op(op_id: str, summary: str, ok: dict, *, params=(), errors=("401", "404"), body=None, ok_code="200",
+        description: str = "", more: dict | None = None) -> dict:
+    op = {"operationId": op_id, "summary": summary, "parameters": list(params),
+          "responses": {ok_code: ok, **_errors(*errors), **(more or {})}}
+    if description:
+        op["description"] = description
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+JOB = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"}, "object": {"const": "fine_tuning.job"}, "name": {"type": "string"},
+        "kind": {"enum": list(Job.Kind.values)}, "team": {"type": "string"},
+        "owner": {"type": ["string", "null"]}, "model": {"type": ["integer", "null"], "description": "Base model id."},
+        "training_file": {"type": ["integer", "null"], "description": "Dataset id."},
+        "method": {"type": "object", "properties": {"type": {"type": "string"}, "params": {"type": "object"}}},
+        "hyperparameters": {"type": "object", "description": "The validated training settings."},
+        "status": {"enum": STATUSES, "description": (
+            "A running job asked to stop reports 'running' with cancel_requested true until it stops "
+            "(within one step; its last checkpoint is kept), then 'cancelled'.")},
+        "cancel_requested": {"type": "boolean"},
+        "error": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
+            "kind": {"enum": ["user_error", "error"], "description": (
+                "user_error: fix the settings or data; error: an internal problem.")},
+            "message": {"type": "string"}}}]},
+        "progress": {"type": "object", "properties": {"step": {"type": "integer"}, "total_steps": {"type": "integer"},
+                                                      "loss": {"type": ["number", "null"]}}},
+        "last_event_seq": {"type": "integer"},
+        "artifacts": {"type": "array", "items": {"type": "integer"}},
+        "created_at": {"type": "integer", "description": "Unix seconds."},
+        "started_at": {"type": ["integer", "null"]}, "finished_at": {"type": ["integer", "null"]},
+        "web_url": {"type": "string", "format": "uri"},
+    },
+}
+
+JOB_CREATE = {
+    "type": "object", "required": ["model", "training_file"], "additionalProperties": False,
+    "properties": {
+        "model": {"type": "integer", "description": "Base model id (GET /models)."},
+        "training_file": {"type": "integer", "description": "Dataset id of the same team (GET /datasets)."},
+        "method": {"oneOf": [{"type": "string"}, {"type": "object", "required": ["type"], "properties": {
+            "type": {"type": "string", "description": "lora, qlora, dora, full …", "default": "lora"},
+            "params": {"type": "object", "description": "The method's parameters (rank, alpha …)."}}}]},
+        "hyperparameters": {"type": "object", "description": (
+            "Training settings (learning_rate, max_steps, epochs, batch_size, task …); unknown or invalid "
+            "ones answer 400 listing every bad field.")},
+        "name": {"type": "string"}, "team": {"type": "string"},
+    },
+}
+
+EVENT = {"type": "object", "properties": {
+    "object": {"const": "fine_tuning.job.event"}, "seq": {"type": "integer"},
+    "kind": {"type": "string", "description": "log, metrics, eval, checkpoint, artifact, status, progress"},
+    "data": {"type": "object"}, "created_at": {"type": "integer"}}}
+
+CHECKPOINT = {"type": "object", "properties": {
+    "object": {"const": "fine_tuning.job.checkpoint"}, "id": {"type": "integer", "description": "The event's seq."},
+    "job": {"type": "integer"}, "step": {"type": "integer"}, "path": {"type": "string"},
+    "metrics": {"type": "object", "properties": {
+        name: {"type": ["number", "null"]} for name in ("train_loss", "eval_loss", "perplexity", "accuracy", "f1")}},
+    "created_at": {"type": "integer"}}}
+
+ARTIFACT = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "object": {"const": "artifact"}, "kind": {"enum": list(Artifact.Kind.values)},
+    "name": {"type": "string"}, "job": {"type": "integer"}, "metadata": {"type": "object"},
+    "created_at": {"type": "integer"},
+    "download_url": {"type": "string", "format": "uri", "description": "A zip stream; takes the API token."},
+    "web_download_url": {"type": "string", "format": "uri", "description": "The web page's link (session login)."}}}
+
+DATASET = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "object": {"const": "dataset"}, "name": {"type": "string"}, "team": {"type": "string"},
+    "format": {"type": "string"}, "schema": {"type": "string"}, "tasks": {"type": "array", "items": {"type": "string"}},
+    "labels": {"type": "array"}, "columns": {"type": "array"}, "row_count": {"type": "integer"},
+    "size_bytes": {"type": "integer"}, "sha256": {"type": "string"},
+    "confirmed": {"type": "boolean", "description": (
+        "False while an unsure column mapping awaits confirmation on the dataset's web page (web_url); "
+        "only confirmed versions can be trained on.")},
+    "schema_confidence": {"enum": ["sure", "unsure"]}, "column_mapping": {"type": "object"},
+    "version": {"type": "integer"}, "operation": {"type": "string"}, "root": {"type": ["integer", "null"]},
+    "created_at": {"type": "integer"}, "web_url": {"type": "string"}}}
+
+MODEL = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "object": {"const": "model"}, "name": {"type": "string"},
+    "source": {"enum": ["bundled", "local", "hub"]}, "upstream_id": {"type": ["string", "null"]},
+    "created_at": {"type": "integer"}}}
+
+ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {
+    "message": {"type": "string"}, "field": {"type": ["string", "null"], "description": "The request field at fault."},
+    "errors": {"type": "array", "description": "Every bad field, when there are several.", "items": {
+        "type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
+    "row": {"type": ["integer", "null"], "description": "Uploads: the bad row of the data file (1-based)."},
+    "column": {"type": ["string", "null"], "description": "Uploads: the bad column."}}}}}
+
+UPLOAD = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "array", "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                 "description": "One or more files (JSONL, JSON, CSV/TSV, Parquet, .txt or a .zip of those) "
+                                "read as one dataset; repeat the part for several."},
+        "name": {"type": "string"}, "team": {"type": "string"}}}}}}
+
+WEBHOOK_DOC = f"""Team admins register webhook URLs on the web page Accounts → Webhooks.
+When a job finishes the studio POSTs {{"id", "object": "event", "type", "created_at", "data": {{"job"}}}}
+with type one of {", ".join(WEBHOOK_EVENT_TYPES)} and the header
+`Studio-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`.
+To verify: split the header on ",", recompute the HMAC over the raw body bytes prefixed by t and ".",
+compare in constant time with v1, and refuse a t older than 5 minutes (replays). Dedupe on the payload's id.
+Failed deliveries (no 2xx within 10 s) are retried a few times with back-off."""
+
+
+def openapi_schema(*, server_url: str = "/api/v1") -> dict:
+    job_id, artifact_id, dataset_id = _id_param("job_id"), _id_param("artifact_id"), _id_param("dataset_id")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Tuning Studio API", "version": "1", "description": (
+            "Fine-tuning jobs, their events, checkpoints and artifacts, datasets and base models. Send "
+            "`Authorization: Bearer <token>` (tokens: the API tokens page). A logged-in browser may GET. Viewers "
+            "read; members create and cancel their own jobs; admins cancel any job of the team. Errors are "
+            "{\"error\": {\"message\", \"field\"}}.\n\n" + WEBHOOK_DOC)},
+        "servers": [{"url": server_url}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/fine_tuning/jobs": {
+                "get": _op("listJobs", "List the team's jobs, newest first", _json(_list_of("Job"), "A page of jobs"),
+                           params=[TEAM, LIMIT, AFTER_ID], errors=("400", "401", "404")),
+                "post": _op("createJob", "Create a training job (queued at once)", _json(_ref("Job"), "The job"),
+                            ok_code="201", errors=("400", "401", "403", "404"),
+                            body={"required": True, "content": {"application/json": {"schema": _ref("JobCreate")}}}),
+            },
+            "/fine_tuning/jobs/{job_id}": {"get": _op("retrieveJob", "A job", _json(_ref("Job"), "The job"),
+                                                      params=[job_id])},
+            "/fine_tuning/jobs/{job_id}/cancel": {"post": _op(
+                "cancelJob", "Cancel a job", _json(_ref("Job"), "The job, cancelled or stopping"), params=[job_id],
+                errors=("401", "403", "404"), more={"409": _json(_ref("Error"), "The job had already finished")},
+                description="Not started: cancelled at once. Running: stops after the current step.")},
+            "/fine_tuning/jobs/{job_id}/events": {"get": _op(
+                "listJobEvents", "The job's events, oldest first",
+                _json({**_list_of("Event"), "properties": {**_list_of("Event")["properties"],
+                                                           "last_seq": {"type": "integer"}}}, "A page of events"),
+                params=[job_id, _param("after", "query", {"type": "integer", "minimum": 0, "default": 0},
+                                       "Events with a seq above this (pass the last seq you got)."),
+                        _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                               "Page size.")], errors=("400", "401", "404"))},
+            "/fine_tuning/jobs/{job_id}/checkpoints": {"get": _op(
+                "listJobCheckpoints", "The job's checkpoints with the metrics at their step",
+                _json(_list_of("Checkpoint"), "Checkpoints, oldest first"), params=[job_id])},
+            "/artifacts": {"get": _op("listArtifacts", "The team's artifacts, newest first",
+                                      _json(_list_of("Artifact"), "A page of artifacts"),
+                                      params=[TEAM, LIMIT, AFTER_ID, _param("job", "query", {"type": "integer"},
+                                                                            "Only this job's artifacts.")],
+                                      errors=("400", "401", "404"))},
+            "/artifacts/{artifact_id}": {"get": _op("retrieveArtifact", "An artifact",
+                                                    _json(_ref("Artifact"), "The artifact"), params=[artifact_id])},
+            "/artifacts/{artifact_id}/content": {"get": _op(
+                "downloadArtifact", "The artifact's files as a zip",
+                {"description": "A zip stream", "content": {"application/zip": {
+                    "schema": {"type": "string", "contentMediaType": "application/zip"}}}}, params=[artifact_id])},
+            "/models": {"get": _op("listModels", "Base models (shared by all teams)",
+                                   _json(_list_of("Model"), "All base models"), errors=("401",))},
+            "/datasets": {
+                "get": _op("listDatasets", "The team's datasets, newest first", _json(_list_of("Dataset"), "A page"),
+                           params=[TEAM, LIMIT, AFTER_ID], errors=("400", "401", "404")),
+                "post": _op("uploadDataset", "Upload a dataset (checked in full; nothing is stored if a row is bad)",
+                            _json(_ref("Dataset"), "The dataset"), ok_code="201", params=[TEAM], body=UPLOAD,
+                            errors=("400", "401", "403", "404"),
+                            more={"413": _json(_ref("Error"), "Larger than the upload limit")}),
+            },
+            "/datasets/{dataset_id}": {"get": _op("retrieveDataset", "A dataset", _json(_ref("Dataset"), "The dataset"),
+                                                  params=[dataset_id])},
+            "/openapi.json": {"get": _op("openapi", "This document", _json({"type": "object"}, "OpenAPI 3.1"),
+                                         errors=("401",))},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "An API token: tst_<prefix>_<secret>"}},
+            "schemas": {"Job": JOB, "JobCreate": JOB_CREATE, "Event": EVENT, "Checkpoint": CHECKPOINT,
+                        "Artifact": ARTIFACT, "Dataset": DATASET, "Model": MODEL, "Error": ERROR},
+            "responses": {
+                "BadRequest": _json(_ref("Error"), "Invalid request; error.field names the field"),
+                "Unauthorized": _json(_ref("Error"), "No token, or an unknown or revoked one"),
+                "Forbidden": _json(_ref("Error"), "Your role in the team does not allow this"),
+                "NotFound": _json(_ref("Error"), "No such id in your teams"),
+            },
+        },
+    }

@@ -1,0 +1,23 @@
+"""/api/v1/. Paths have no trailing slash, as in hosted fine-tuning APIs.
+Every pattern here must appear in openapi.py (a test checks)."""
+
+from django.urls import path, re_path
+
+from studio.api import views_files as files
+from studio.api import views_jobs as jobs
+
+urlpatterns = [
+    path("fine_tuning/jobs", jobs.jobs_collection, name="api-jobs"),
+    path("fine_tuning/jobs/<int:job_id>", jobs.job_retrieve, name="api-job"),
+    path("fine_tuning/jobs/<int:job_id>/cancel", jobs.job_cancel_api, name="api-job-cancel"),
+    path("fine_tuning/jobs/<int:job_id>/events", jobs.job_events, name="api-job-events"),
+    path("fine_tuning/jobs/<int:job_id>/checkpoints", jobs.job_checkpoints_api, name="api-job-checkpoints"),
+    path("artifacts", files.artifacts_collection, name="api-artifacts"),
+    path("artifacts/<int:artifact_id>", files.artifact_retrieve, name="api-artifact"),
+    path("artifacts/<int:artifact_id>/content", files.artifact_content, name="api-artifact-content"),
+    path("models", files.models_collection, name="api-models"),
+    path("datasets", files.datasets_collection, name="api-datasets"),
+    path("datasets/<int:dataset_id>", files.dataset_retrieve, name="api-dataset"),
+    path("openapi.json", files.openapi_json, name="api-openapi"),
+    re_path(r"^(?P<rest>.*)$", files.api_not_found, name="api-not-found"),  # last: JSON 404 for the rest
+]

@@ -1,0 +1,199 @@
+"""Signed webhooks for finished jobs.
+
+A team admin registers URLs; when a job succeeds, fails or is cancelled,
+each active endpoint subscribed to that event gets a POST of
+{"id", "object": "event", "type", "created_at", "data": {"job": {...}}}
+signed like Stripe's: ``Studio-Signature: t=<unix>,v1=<hex>`` where hex is
+HMAC-SHA256(secret, f"{t}.{raw body}"). ``webhook_signature_verify`` is the
+reference check a receiver can copy.
+
+Delivery never blocks ``job_finish``: the hook enqueues
+``webhooks_enqueue_for_job`` on commit, which sends from a background
+thread, retrying with back-off, and records every delivery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.utils import timezone
+
+from studio.accounts.models import Membership
+from studio.accounts.selectors import membership_role
+from studio.api.models import WEBHOOK_EVENT_TYPES, WebhookDelivery, WebhookEndpoint
+from studio.api.serializers import job_json
+from studio.jobs.models import Job
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Studio-Signature"
+TIMEOUT_S = 10  # per attempt; a receiver should answer 2xx at once and work later
+# Seconds to wait before each retry (three tries in all by default); a
+# setting so that tests can make it instant.
+DEFAULT_RETRY_DELAYS_S = (5, 30)
+SIGNATURE_TOLERANCE_S = 300
+
+
+class WebhookError(ValueError):
+    def __init__(self, message: str, *, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+# ---- endpoints (a team admin's settings) ----------------------------------
+
+
+def webhook_endpoint_create(*, user, team, url: str, events: list[str]) -> WebhookEndpoint:
+    if membership_role(user=user, team_id=team.pk) != Membership.Role.ADMIN:
+        raise WebhookError("Only a team admin can add webhooks", field="team")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookError("The URL must start with http:// or https:// and name a host", field="url")
+    unknown = sorted(set(events) - set(WEBHOOK_EVENT_TYPES))
+    if unknown or not events:
+        raise WebhookError(f"Pick at least one of {', '.join(WEBHOOK_EVENT_TYPES)}", field="events")
+    return WebhookEndpoint.objects.create(team=team, created_by=user, url=url.strip(),
+                                          secret="whsec_" + secrets.token_urlsafe(32),
+                                          events=[e for e in WEBHOOK_EVENT_TYPES if e in events])
+
+
+def webhook_endpoint_delete(*, user, endpoint_id: int) -> None:
+    """Delete an endpoint of a team the user administers (else DoesNotExist)."""
+    admin_teams = Membership.objects.filter(user=user, role=Membership.Role.ADMIN).values("team_id")
+    WebhookEndpoint.objects.get(pk=endpoint_id, team_id__in=admin_teams).delete()
+
+
+# ---- signing ----------------------------------------------------------------
+
+
+def webhook_signature(*, secret: str, body: bytes, timestamp: int) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def webhook_signature_verify(*, secret: str, body: bytes, header: str, now: float | None = None,
+                             tolerance_s: int = SIGNATURE_TOLERANCE_S) -> bool:
+    """What a receiver does: recompute the HMAC over "<t>.<raw body>", compare
+    in constant time, and refuse old timestamps (a replayed request)."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        timestamp = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False
+    expected = webhook_signature(secret=secret, body=body, timestamp=timestamp).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+# ---- delivery ---------------------------------------------------------------
+
+
+def webhook_event_type(job: Job) -> str | None:
+    event_type = f"fine_tuning.job.{job.status}"
+    return event_type if event_type in WEBHOOK_EVENT_TYPES else None
+
+
+def webhooks_enqueue_for_job(*, job_id: int) -> threading.Thread:
+    """Deliver in a background thread; returns it (tests join it). Called in
+    ``transaction.on_commit`` so the thread reads the committed job."""
+    thread = threading.Thread(target=_deliver_in_thread, args=(job_id,), name=f"webhooks-job-{job_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _deliver_in_thread(job_id: int) -> None:
+    close_old_connections()
+    try:
+        webhooks_deliver_for_job(job_id)
+    except Exception:  # a background thread has nobody to raise to: log it for an admin
+        log.exception("webhook delivery for job %s failed", job_id)
+    finally:
+        connection.close()  # this thread's own database connection
+
+
+def webhooks_deliver_for_job(job_id: int) -> list[WebhookDelivery]:
+    """Send the job's finished event to every subscribed active endpoint of
+    its team, each with retries; returns the deliveries made by this call.
+    Calling it twice for one job sends nothing the second time."""
+    job = Job.objects.select_related("team", "owner").prefetch_related("artifacts").filter(pk=job_id).first()
+    event_type = webhook_event_type(job) if job else None
+    if event_type is None:
+        return []
+    data = {"job": job_json(job, request=None)}
+    deliveries = []
+    for endpoint in WebhookEndpoint.objects.filter(team_id=job.team_id, active=True):
+        if event_type not in endpoint.events:
+            continue
+        event_id = f"evt_{uuid.uuid4().hex}"
+        payload = {"id": event_id, "object": "event", "type": event_type, "created_at": int(time.time()),
+                   "data": data}
+        try:
+            with transaction.atomic():
+                delivery = WebhookDelivery.objects.create(endpoint=endpoint, job=job, event_id=event_id,
+                                                          event_type=event_type, payload=payload)
+        except IntegrityError:
+            continue  # already sent (or being sent) for this job
+        webhook_delivery_send(delivery=delivery)
+        deliveries.append(delivery)
+    return deliveries
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failed delivery: following it would turn the POST into
+    a GET without the body, or send it somewhere the admin did not register."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
+def webhook_delivery_send(*, delivery: WebhookDelivery) -> WebhookDelivery:
+    """POST the delivery's payload until a 2xx answer or the tries run out,
+    recording each attempt. Each try is signed afresh (a new timestamp)."""
+    delays = tuple(getattr(settings, "WEBHOOK_RETRY_DELAYS_S", DEFAULT_RETRY_DELAYS_S))
+    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+    endpoint = delivery.endpoint
+    for attempt, delay_before in enumerate((0, *delays), start=1):
+        if delay_before:
+            time.sleep(delay_before)
+        status, error = _post(endpoint.url, body, secret=endpoint.secret, event_id=delivery.event_id)
+        delivery.attempts, delivery.response_status, delivery.error = attempt, status, error
+        if not error:
+            delivery.status, delivery.delivered_at = WebhookDelivery.Status.SUCCEEDED, timezone.now()
+        elif attempt == len(delays) + 1:
+            delivery.status = WebhookDelivery.Status.FAILED
+        delivery.save(update_fields=["attempts", "response_status", "error", "status", "delivered_at"])
+        if not error:
+            break
+    return delivery
+
+
+def _post(url: str, body: bytes, *, secret: str, event_id: str) -> tuple[int | None, str]:
+    """(HTTP status or None, "" on a 2xx else why it failed)."""
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "User-Agent": "TuningStudio-Webhooks/1",
+        "Studio-Event-Id": event_id,
+        SIGNATURE_HEADER: webhook_signature(secret=secret, body=body, timestamp=int(time.time()))})
+    try:
+        with _opener.open(request, timeout=TIMEOUT_S) as response:
+            return response.status, ""
+    except urllib.error.HTTPError as exc:
+        return exc.code, f"HTTP {exc.code} {exc.reason}"[:500]
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return None, f"{type(exc).__name__}: {reason}"[:500]

@@ -1,0 +1,242 @@
+"""Signed webhooks, delivered to a real HTTP server on 127.0.0.1."""
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from studio.accounts.models import Membership
+from studio.accounts.services import user_create
+from studio.api.models import WEBHOOK_EVENT_TYPES, WebhookDelivery, WebhookEndpoint
+from studio.api.webhooks import (WebhookError, webhook_endpoint_create, webhook_signature,
+                                 webhook_signature_verify, webhooks_deliver_for_job, webhooks_enqueue_for_job)
+from studio.datasets.services import dataset_create_from_file
+from studio.jobs.services import job_create_train, job_finish
+
+
+class Receiver:
+    """An HTTP server that records every request and answers with the next
+    of ``statuses`` (the last one repeats)."""
+
+    def __init__(self, statuses=(200,), location: str = ""):
+        self.requests, self.statuses, self.location = [], list(statuses), location
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                self.send_response(status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/studio"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    running = Receiver()
+    yield running
+    running.close()
+
+
+@pytest.fixture(autouse=True)
+def instant_retries(settings):
+    settings.WEBHOOK_RETRY_DELAYS_S = (0, 0)
+
+
+@pytest.fixture
+def admin(team):
+    return user_create(username="ada", password="pw-ada-123456", team=team, role=Membership.Role.ADMIN)
+
+
+@pytest.fixture
+def job(member, team, tiny_base_model, tmp_path):
+    data = tmp_path / "pairs.csv"
+    data.write_text("instruction,output\nq1,a1\nq2,a2\n")
+    dataset = dataset_create_from_file(team=team, user=member, source_path=data, filename="pairs.csv")
+    return job_create_train(user=member, team=team, dataset=dataset, base_model=tiny_base_model,
+                            settings_values={"max_steps": 2}, method_params={}, name="nightly")
+
+
+def endpoint_for(admin, team, url, events=WEBHOOK_EVENT_TYPES):
+    return webhook_endpoint_create(user=admin, team=team, url=url, events=list(events))
+
+
+def test_finished_job_is_posted_signed(admin, team, job, receiver):
+    endpoint = endpoint_for(admin, team, receiver.url)
+    job_finish(job_id=job.pk, status="succeeded", message="Finished 2 steps")
+    deliveries = webhooks_deliver_for_job(job.pk)
+    assert len(deliveries) == 1 and len(receiver.requests) == 1
+    request = receiver.requests[0]
+    body, header = request["body"], request["headers"]["Studio-Signature"]
+    payload = json.loads(body)
+    assert request["path"] == "/hooks/studio" and request["headers"]["Content-Type"] == "application/json"
+    assert payload["type"] == "fine_tuning.job.succeeded" and payload["id"].startswith("evt_")
+    assert payload["data"]["job"]["id"] == job.pk and payload["data"]["job"]["status"] == "succeeded"
+    assert abs(payload["created_at"] - time.time()) < 60
+    # The check a receiver does, written out without the studio's helper:
+    fields = dict(part.split("=", 1) for part in header.split(","))
+    expected = hmac.new(endpoint.secret.encode(), fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(fields["v1"], expected) and abs(int(fields["t"]) - time.time()) < 60
+    assert webhook_signature_verify(secret=endpoint.secret, body=body, header=header)
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.attempts, delivery.response_status, delivery.error) == ("succeeded", 1, 200, "")
+    assert delivery.event_id == payload["id"] == request["headers"]["Studio-Event-Id"]
+
+
+def test_failed_job_carries_its_error(admin, team, job, receiver):
+    endpoint_for(admin, team, receiver.url)
+    job_finish(job_id=job.pk, status="failed", failure_kind="user_error", message="row 2: empty output")
+    webhooks_deliver_for_job(job.pk)
+    payload = json.loads(receiver.requests[0]["body"])
+    assert payload["type"] == "fine_tuning.job.failed"
+    assert payload["data"]["job"]["error"] == {"kind": "user_error", "message": "row 2: empty output"}
+
+
+def test_verification_refuses_tampering_other_secrets_and_old_timestamps():
+    body, now = b'{"id":"evt_1"}', int(time.time())
+    header = webhook_signature(secret="whsec_a", body=body, timestamp=now)
+    assert webhook_signature_verify(secret="whsec_a", body=body, header=header)
+    assert not webhook_signature_verify(secret="whsec_a", body=body + b" ", header=header)
+    assert not webhook_signature_verify(secret="whsec_b", body=body, header=header)
+    old = webhook_signature(secret="whsec_a", body=body, timestamp=now - 3600)
+    assert not webhook_signature_verify(secret="whsec_a", body=body, header=old)
+    assert not webhook_signature_verify(secret="whsec_a", body=body, header="garbage")
+
+
+def test_retries_until_a_2xx_and_records_attempts(admin, team, job):
+    receiver = Receiver(statuses=(500, 503, 200))
+    try:
+        endpoint_for(admin, team, receiver.url)
+        job_finish(job_id=job.pk, status="cancelled", message="stopped")
+        webhooks_deliver_for_job(job.pk)
+    finally:
+        receiver.close()
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.attempts, delivery.response_status) == ("succeeded", 3, 200)
+    assert len(receiver.requests) == 3 and delivery.event_type == "fine_tuning.job.cancelled"
+    assert len({r["body"] for r in receiver.requests}) == 1  # the same event each time
+
+
+def test_gives_up_after_the_last_try(admin, team, job):
+    receiver = Receiver(statuses=(500,))
+    try:
+        endpoint_for(admin, team, receiver.url)
+        job_finish(job_id=job.pk, status="succeeded")
+        webhooks_deliver_for_job(job.pk)
+    finally:
+        receiver.close()
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.attempts, delivery.response_status) == ("failed", 3, 500)
+    assert "HTTP 500" in delivery.error and delivery.delivered_at is None
+
+
+def test_redirects_are_not_followed(admin, team, job):
+    receiver = Receiver(statuses=(302,), location="http://127.0.0.1:9/elsewhere")
+    try:
+        endpoint_for(admin, team, receiver.url)
+        job_finish(job_id=job.pk, status="succeeded")
+        webhooks_deliver_for_job(job.pk)
+    finally:
+        receiver.close()
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == "failed" and delivery.response_status == 302 and len(receiver.requests) == 3
+
+
+def test_unreachable_url_is_recorded(admin, team, job):
+    closed = Receiver()
+    url = closed.url
+    closed.close()
+    endpoint_for(admin, team, url)
+    job_finish(job_id=job.pk, status="succeeded")
+    webhooks_deliver_for_job(job.pk)
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == "failed" and delivery.response_status is None and "refused" in delivery.error.lower()
+
+
+def test_only_subscribed_active_endpoints_of_the_jobs_team_and_only_once(admin, team, job, receiver, outsider):
+    endpoint_for(admin, team, receiver.url, events=["fine_tuning.job.failed"])
+    inactive = endpoint_for(admin, team, receiver.url + "/inactive")
+    WebhookEndpoint.objects.filter(pk=inactive.pk).update(active=False)
+    endpoint_for(outsider, outsider.memberships.get().team, receiver.url + "/rivals")
+    assert webhooks_deliver_for_job(job.pk) == []  # still queued: nothing to say
+    job_finish(job_id=job.pk, status="succeeded")
+    assert webhooks_deliver_for_job(job.pk) == [] and receiver.requests == []
+    subscribed = endpoint_for(admin, team, receiver.url + "/all")
+    assert len(webhooks_deliver_for_job(job.pk)) == 1
+    assert webhooks_deliver_for_job(job.pk) == []  # a second call sends nothing twice
+    assert [r["path"] for r in receiver.requests] == ["/hooks/studio/all"]
+    assert WebhookDelivery.objects.get().endpoint == subscribed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_delivers_from_a_background_thread(admin, team, job, receiver):
+    endpoint_for(admin, team, receiver.url)
+    job_finish(job_id=job.pk, status="succeeded")
+    started = time.monotonic()
+    thread = webhooks_enqueue_for_job(job_id=job.pk)
+    assert time.monotonic() - started < 1  # the caller (job_finish's commit) does not wait
+    thread.join(timeout=30)
+    assert not thread.is_alive() and len(receiver.requests) == 1
+    assert WebhookDelivery.objects.get().status == "succeeded"
+
+
+def test_only_team_admins_register_http_urls(member, admin, team):
+    with pytest.raises(WebhookError):
+        webhook_endpoint_create(user=member, team=team, url="https://example.com/h", events=list(WEBHOOK_EVENT_TYPES))
+    for url in ("ftp://example.com/h", "file:///etc/passwd", "http://"):
+        with pytest.raises(WebhookError) as caught:
+            webhook_endpoint_create(user=admin, team=team, url=url, events=list(WEBHOOK_EVENT_TYPES))
+        assert caught.value.field == "url"
+    with pytest.raises(WebhookError):
+        webhook_endpoint_create(user=admin, team=team, url="https://example.com/h", events=["job.exploded"])
+
+
+# ---- the page ------------------------------------------------------------------
+
+
+def test_admin_adds_sees_deliveries_and_deletes(client, admin, team, job, receiver):
+    client.force_login(admin)
+    response = client.post("/accounts/webhooks/", {"team": str(team.pk), "url": receiver.url,
+                                                   "events": ["fine_tuning.job.succeeded"]}, HTTP_HX_REQUEST="true")
+    endpoint = WebhookEndpoint.objects.get()
+    page = response.content.decode()
+    assert response.status_code == 200 and endpoint.secret in page and endpoint.events == ["fine_tuning.job.succeeded"]
+    job_finish(job_id=job.pk, status="succeeded")
+    webhooks_deliver_for_job(job.pk)
+    page = client.get("/accounts/webhooks/").content.decode()
+    assert receiver.url in page and "fine_tuning.job.succeeded" in page and endpoint.secret not in page
+    assert client.post(f"/accounts/webhooks/{endpoint.pk}/delete/").status_code == 302
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_members_and_other_teams_cannot_manage_webhooks(client, member, admin, team, outsider):
+    endpoint = endpoint_for(admin, team, "https://example.com/hook")
+    client.force_login(member)
+    assert "Only a team admin" in client.get("/accounts/webhooks/").content.decode()
+    response = client.post("/accounts/webhooks/", {"team": str(team.pk), "url": "https://evil.example/h",
+                                                   "events": list(WEBHOOK_EVENT_TYPES)})
+    assert response.status_code == 400 and WebhookEndpoint.objects.count() == 1
+    assert client.post(f"/accounts/webhooks/{endpoint.pk}/delete/").status_code == 404
+    client.force_login(outsider)
+    assert "example.com/hook" not in client.get("/accounts/webhooks/").content.decode()
+    assert client.post(f"/accounts/webhooks/{endpoint.pk}/delete/").status_code == 404
+    assert WebhookEndpoint.objects.count() == 1
