@@ -3,6 +3,7 @@ from dataclasses import asdict
 
 import pytest
 
+from tuning.data import formats
 from tuning.data.readers import Example, Message, read_examples, summarize
 from tuning.errors import DatasetError
 
@@ -105,8 +106,6 @@ def test_bad_json_names_the_line(tmp_path):
     ("e.jsonl", "   \n\n", "the file is empty"),
     ("e.csv", "instruction,output\n", "no data rows found"),
     ("f.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\x00IHDR", "binary file"),
-    ("g.jsonl", b'{"instruction": "caf\xe9", "output": "x"}\n', "row 1: not valid UTF-8"),
-    ("g.csv", b'instruction,output\nq,a\ncaf\xe9,x\n', "row 2: not valid UTF-8 text (line 3"),
     ("h.jsonl", '[1, 2]\n', "must be a JSON object"),
     ("h.jsonl", "[" * 100_000 + "\n", "JSON that cannot be read (maximum recursion depth"),
     ("h.jsonl", '{"instruction": ' + "9" * 5000 + "}\n", "JSON that cannot be read (Exceeds the limit"),
@@ -123,6 +122,25 @@ def test_bad_files_get_a_message_saying_what_and_where(tmp_path, name, content, 
         summarize(path)
     assert expected in str(caught.value)
     assert str(caught.value).startswith(name)
+
+
+def test_latin1_files_are_read_as_latin1(tmp_path):
+    # No valid UTF-8 at the start: the file is Latin-1 (the encoding is reported in the summary).
+    path = write(tmp_path, "g.jsonl", b'{"instruction": "caf\xe9", "output": "na\xefve"}\n')
+    assert turns(read_examples(path)[0]) == [("user", "café"), ("assistant", "naïve")]
+    assert summarize(path).encoding == "latin-1"
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("g.jsonl", b'{"instruction": "q", "output": "x"}\n{"instruction": "caf\xe9", "output": "x"}\n',
+     "row 2: not valid UTF-8 text (line 2, byte 21)"),
+    ("g.csv", b'instruction,output\nq,a\ncaf\xe9,x\n', "row 2: not valid UTF-8 text (line 3"),
+])
+def test_a_bad_byte_after_a_utf8_start_names_the_line(tmp_path, monkeypatch, name, content, expected):
+    monkeypatch.setattr(formats, "SNIFF_BYTES", 20)  # the encoding is decided on the first 20 bytes
+    with pytest.raises(DatasetError) as caught:
+        summarize(write(tmp_path, name, content))
+    assert expected in str(caught.value) and str(caught.value).startswith(name)
 
 
 def chat(*messages, key="messages"):

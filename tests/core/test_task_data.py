@@ -207,3 +207,34 @@ def test_accuracy_and_macro_f1():
 def test_csv_values_longer_than_the_csv_default_limit_are_read(tmp_path):
     path = write(tmp_path, "long.csv", "text\n" + "word " * 40_000 + "\n")  # 200 kB in one value
     assert len(pretrain.read_documents(path)[0].text) == 200_000
+
+
+# --- formats, schemas and mappings through the trainer's entry point -------------
+
+
+def test_load_task_data_reads_parquet_zip_and_several_files_with_a_mapping(tmp_path, tokenizer):
+    import zipfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "reviews.parquet"
+    pq.write_table(pa.Table.from_pylist([{"body": "great", "kind": "pos"}, {"body": "bad", "kind": "neg"}]), path)
+    data = load_task_data("classify", path, tokenizer=tokenizer, max_length=16,
+                          mapping={"text": "body", "label": "kind"})
+    assert data.label2id == {"neg": 0, "pos": 1} and [item.label for item in data.items] == [1, 0]
+
+    archive = tmp_path / "chat.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("a.jsonl", jsonl({"question": "Hi", "answer": "Hello"}))
+        out.writestr("b.json", json.dumps([{"question": "Bye", "answer": "See you"}]))
+    data = load_task_data("sft", archive, tokenizer=tokenizer, max_length=64, schema="prompt_completion")
+    assert data.rows_read == 2 and [item.row for item in data.items] == [1, 1]
+
+    first = write(tmp_path, "a.txt", "The first document, long enough to fill a block of tokens.\n")
+    second = write(tmp_path, "b.txt", "Another document, from a second file of the same dataset.\n")
+    data = load_task_data("pretrain", [first, second], tokenizer=tokenizer, max_length=512)
+    assert data.rows_read == 2
+    with pytest.raises(DatasetError) as caught:
+        load_task_data("pretrain", path, tokenizer=tokenizer, max_length=8, schema="chat")
+    assert caught.value.field == "schema" and "cannot be used for pretrain" in caught.value.reason

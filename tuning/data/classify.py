@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from tuning.data.records import iter_records, read_all, require_column, text_value
+from tuning.data import formats
+from tuning.data.records import Paths, dataset_files, read_all, resolve_column, text_value
 from tuning.data.sft import pad_right
 from tuning.errors import DatasetError
 
@@ -52,21 +52,26 @@ def _label(record: dict, key: str, name: str, row: int) -> str:
     raise DatasetError(f"{problem}; give every row one label", file=name, row=row, field=key)
 
 
-def iter_labelled(path: str | Path, *, name: str | None = None) -> Iterator[LabelledText]:
-    """Every row of the file, checked as it is read."""
-    path = Path(path)
-    name = name or path.name
+def iter_labelled(path: Paths, *, name: str | None = None,
+                  mapping: dict[str, str] | None = None) -> Iterator[LabelledText]:
+    """Every row of the dataset (one file, a zip, or a list of files), checked
+    as it is read. ``mapping`` may name the columns: {"text": ..., "label": ...}."""
+    paths, names, _ = dataset_files(path, name)
     keys = None
-    for row, record in iter_records(path, name):
+    for item in formats.iter_rows(paths, names=names):
         if keys is None:
             hint = "Classification reads a text column and a label column"
-            keys = (require_column(TEXT_KEYS, record, name, row=row, hint=hint),
-                    require_column(LABEL_KEYS, record, name, row=row, hint=hint))
-        yield LabelledText(text_value(record, keys[0], name, row), _label(record, keys[1], name, row), row)
+            keys = (resolve_column(("text",), TEXT_KEYS, item.data, item.file, mapping=mapping, row=item.row,
+                                   hint=hint),
+                    resolve_column(("label",), LABEL_KEYS, item.data, item.file, mapping=mapping, row=item.row,
+                                   hint=hint))
+        yield LabelledText(text_value(item.data, keys[0], item.file, item.row),
+                           _label(item.data, keys[1], item.file, item.row), item.row)
 
 
-def read_labelled(path: str | Path, *, name: str | None = None) -> list[LabelledText]:
-    return read_all(iter_labelled(path, name=name), name or Path(path).name)
+def read_labelled(path: Paths, *, name: str | None = None,
+                  mapping: dict[str, str] | None = None) -> list[LabelledText]:
+    return read_all(iter_labelled(path, name=name, mapping=mapping), dataset_files(path, name)[2])
 
 
 def _whole_number(label: str) -> bool:

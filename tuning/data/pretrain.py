@@ -1,7 +1,9 @@
 """Continued pre-training on plain text: documents in, fixed-length blocks out.
 
-Documents come from a ``.txt`` file (one per blank-line-separated block of
-lines, or the whole file as one) or from the ``text`` column of JSONL/CSV.
+Documents come from a ``.txt``/``.md`` file (one per blank-line-separated
+block of lines, or the whole file as one) or from the ``text`` column (or
+the column a mapping names) of any other format; a zip or a list of files
+may mix both.
 Each is tokenized and followed by EOS (so the model learns where a document
 ends); all are concatenated and cut into blocks of ``max_length`` tokens,
 with labels equal to the input ids (the loss is on every token). No tokens
@@ -10,11 +12,11 @@ are wasted on padding except in the last block.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from tuning.data.records import detect_format, iter_lines, iter_records, read_all, require_column, text_value
+from tuning.data import formats
+from tuning.data.records import Paths, dataset_files, read_all, resolve_column, text_value
 from tuning.data.sft import TokenizedExample
 from tuning.errors import DatasetError, ModelError
 
@@ -30,38 +32,41 @@ class Document:
     row: int  # 1-based: the line a .txt paragraph starts on, or the JSONL/CSV row
 
 
-def _txt_documents(path: Path, name: str, split: str) -> Iterator[Document]:
-    lines: list[str] = []
+def _txt_documents(lines: Iterable[tuple[int, str]], split: str) -> Iterator[Document]:
+    kept: list[str] = []
     start = 0
-    for number, line in iter_lines(path, name):
-        if line.strip() or (split == "file" and lines):
+    for number, line in lines:
+        if line.strip() or (split == "file" and kept):
             start = start or number
-            lines.append(line)
-        elif lines:  # a blank line ends the paragraph
-            yield Document("".join(lines).strip(), start)
-            lines, start = [], 0
-    if lines:
-        yield Document("".join(lines).strip(), start)
+            kept.append(line)
+        elif kept:  # a blank line ends the paragraph
+            yield Document("".join(kept).strip(), start)
+            kept, start = [], 0
+    if kept:
+        yield Document("".join(kept).strip(), start)
 
 
-def iter_documents(path: str | Path, *, name: str | None = None, split: str = "paragraphs") -> Iterator[Document]:
-    """Every document of the file, checked as it is read."""
-    path = Path(path)
-    name = name or path.name
+def iter_documents(path: Paths, *, name: str | None = None, split: str = "paragraphs",
+                   mapping: dict[str, str] | None = None) -> Iterator[Document]:
+    """Every document of the dataset (one file, a zip, or a list of files),
+    checked as it is read. ``mapping`` may name the text column: {"text": column}."""
+    paths, names, label = dataset_files(path, name)
     if split not in TEXT_SPLITS:
-        raise DatasetError(f"unknown text split '{split}'; use one of {', '.join(TEXT_SPLITS)}", file=name)
-    if detect_format(name) == "text":
-        yield from _txt_documents(path, name, split)
-        return
+        raise DatasetError(f"unknown text split '{split}'; use one of {', '.join(TEXT_SPLITS)}", file=label)
     key = None
-    for row, record in iter_records(path, name):
-        key = key or require_column(TEXT_KEYS, record, name, row=row,
-                                    hint="Continued pre-training reads one document per row from a text column")
-        yield Document(text_value(record, key, name, row), row)
+    for source in formats.iter_sources(paths, names):
+        if source.format == "text":
+            yield from _txt_documents(formats.source_lines(source), split)
+            continue
+        for item in formats.source_records(source):
+            key = key or resolve_column(("text",), TEXT_KEYS, item.data, item.file, mapping=mapping, row=item.row,
+                                        hint="Continued pre-training reads one document per row from a text column")
+            yield Document(text_value(item.data, key, item.file, item.row), item.row)
 
 
-def read_documents(path: str | Path, *, name: str | None = None, split: str = "paragraphs") -> list[Document]:
-    return read_all(iter_documents(path, name=name, split=split), name or Path(path).name)
+def read_documents(path: Paths, *, name: str | None = None, split: str = "paragraphs",
+                   mapping: dict[str, str] | None = None) -> list[Document]:
+    return read_all(iter_documents(path, name=name, split=split, mapping=mapping), dataset_files(path, name)[2])
 
 
 def make_blocks(documents: list[Document], tokenizer, *, max_length: int,

@@ -1,13 +1,20 @@
 """Read supervised fine-tuning data: every row becomes a conversation.
 
-Accepted schemas (detected from the first row; every row must use it):
+Accepted schemas (detected from the first row; every row must use it), in
+any format of ``formats`` (JSONL, JSON, CSV/TSV, Parquet, a zip of them):
 
 - ``alpaca``: ``instruction`` [+ ``input``] + ``output``, optional ``system``;
-  also prompt/response, prompt/completion, question/answer. JSONL or CSV.
+  ``prompt_completion``: prompt + completion (also prompt/response,
+  question/answer, query/response).
 - ``chat`` (OpenAI): ``messages``: [{"role", "content"}], roles system, user,
-  assistant; an assistant message with ``"weight": 0`` is context only. JSONL.
+  assistant; an assistant message with ``"weight": 0`` is context only.
 - ``sharegpt``: ``conversations``: [{"from", "value"}], from human, gpt,
-  system (user and assistant work too). JSONL.
+  system (user and assistant work too).
+  Chat rows need lists, so not CSV/TSV.
+
+``schema=`` forces one of these and ``mapping=`` ({canonical field: column},
+see ``schema``) says which column holds which field, for data whose column
+names are not recognised.
 
 A conversation is: an optional system message first, then a user turn, and
 it ends on an assistant turn. Pure Python (no torch): the web process
@@ -20,18 +27,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from tuning.data.records import (DatasetSummary, detect_format, file_sha256, iter_records, pick_column,
-                                 read_all, require_column, summarize_rows, text_value)
+from tuning.data import formats
+from tuning.data.records import (DatasetSummary, Paths, dataset_files, detect_format, file_sha256, pick_column,
+                                 read_all, resolve_column, summarize_rows, text_value)
+from tuning.data.schema import canonical_schema, check_mapping, mapped_column
 from tuning.errors import DatasetError
 
 __all__ = ["Example", "Message", "PreviewRow", "DatasetSummary", "detect_format", "file_sha256",
            "read_examples", "iter_examples", "summarize"]
 
 # Accepted column names, in order of preference.
-PROMPT_KEYS = ("instruction", "prompt", "question")
-RESPONSE_KEYS = ("output", "response", "completion", "answer")
+PROMPT_KEYS = ("instruction", "prompt", "question", "query")
+RESPONSE_KEYS = ("output", "response", "completion", "answer", "reply")
+SFT_SCHEMAS = ("alpaca", "prompt_completion", "chat", "sharegpt")
 CHAT_KEYS = {"messages": "chat", "conversations": "sharegpt"}  # list column -> schema name
 ROLES = ("system", "user", "assistant")
 # Role spellings accepted in either chat schema (ShareGPT's and OpenAI's).
@@ -90,21 +99,25 @@ class PreviewRow:
                    messages=tuple({"role": m.role, "content": m.content} for m in example.messages))
 
 
-def _pair_parser(columns, name: str, row: int, file_format: str) -> Callable[[dict, int], Example]:
-    hint = ("Chat data (messages or conversations) must be uploaded as JSONL"
-            if file_format == "csv" and pick_column(tuple(CHAT_KEYS), columns)
-            else "Rename your columns to instruction and output")
-    prompt_key = require_column(PROMPT_KEYS, columns, name, row=row, hint=hint)
-    response_key = require_column(RESPONSE_KEYS, columns, name, row=row, hint=hint)
+def _pair_parser(columns, name: str, row: int, file_format: str,
+                 mapping: dict | None = None) -> Callable[[dict, int, str], Example]:
+    hint = ("Chat data (messages or conversations) must be uploaded as JSONL, JSON or Parquet"
+            if file_format in ("csv", "tsv") and pick_column(tuple(CHAT_KEYS), columns)
+            else "Rename your columns to instruction and output, or give a column mapping")
+    prompt_key = resolve_column(("instruction", "prompt"), PROMPT_KEYS, columns, name, mapping=mapping, row=row,
+                                hint=hint)
+    response_key = resolve_column(("output", "completion", "response"), RESPONSE_KEYS, columns, name,
+                                  mapping=mapping, row=row, hint=hint)
+    mapped = {key: mapped_column(mapping, key) for key in ("input", "system")}
 
     def optional(record: dict, key: str) -> str:
         # Looked up per row: JSONL rows often leave out an empty input or system.
-        value = record.get(pick_column((key,), record) or key)
+        value = record.get(mapped[key] or pick_column((key,), record) or key)
         return value if isinstance(value, str) and value.strip() else ""
 
-    def parse(record: dict, row: int) -> Example:
-        prompt = text_value(record, prompt_key, name, row)
-        response = text_value(record, response_key, name, row)
+    def parse(record: dict, row: int, file: str) -> Example:
+        prompt = text_value(record, prompt_key, file, row)
+        response = text_value(record, response_key, file, row)
         if extra := optional(record, "input"):
             prompt = f"{prompt}\n\n{extra}"
         return Example.from_pair(prompt, response, optional(record, "system"), row)
@@ -160,10 +173,8 @@ def _check_order(messages: list[tuple[int, Message]], name: str, row: int, key: 
                                   "last turn")
 
 
-def _chat_parser(key: str, name: str) -> Callable[[dict, int], Example]:
-    schema = CHAT_KEYS[key.strip().lower()]
-
-    def parse(record: dict, row: int) -> Example:
+def _chat_parser(key: str, schema: str, system_key: str = "system") -> Callable[[dict, int, str], Example]:
+    def parse(record: dict, row: int, name: str) -> Example:
         turns = record.get(key)
         if turns is None:
             raise DatasetError(f"is missing; every row must use the same format as the first ({schema})",
@@ -172,7 +183,7 @@ def _chat_parser(key: str, name: str) -> Callable[[dict, int], Example]:
             raise DatasetError("must be a non-empty list of turns", file=name, row=row, field=key)
         parsed = [(i, _message(item, name, row, f"{key}[{i}]")) for i, item in enumerate(turns)]
         messages = [(i, m) for i, m in parsed if m is not None]
-        system = record.get("system")  # some exports keep the system prompt beside the turns
+        system = record.get(system_key)  # some exports keep the system prompt beside the turns
         if isinstance(system, str) and system.strip() and not (messages and messages[0][1].role == "system"):
             messages.insert(0, (-1, Message("system", system)))
         _check_order(messages, name, row, key)
@@ -181,38 +192,89 @@ def _chat_parser(key: str, name: str) -> Callable[[dict, int], Example]:
     return parse
 
 
+def _parser(record: dict, row: int, name: str, file_format: str, schema: str | None,
+            mapping: dict | None) -> Callable[[dict, int, str], Example]:
+    """The row parser for the dataset, chosen from its first record."""
+    if mapping:
+        # Optional fields (input, system) may be left out of the first JSONL row, so only their names are checked.
+        optional = tuple(mapping[key] for key in ("input", "system") if key in mapping)
+        check_mapping(mapping, (*record, *optional), schema=schema or "", file=name)
+    if schema is None:
+        if mapped_column(mapping, "messages"):
+            schema = "chat"
+        elif mapped_column(mapping, "conversations"):
+            schema = "sharegpt"
+        elif not mapping and file_format not in ("csv", "tsv") and (key := pick_column(tuple(CHAT_KEYS), record)):
+            schema = CHAT_KEYS[key.strip().lower()]  # chat needs lists: never from CSV
+        else:
+            schema = "alpaca"
+    if schema in ("chat", "sharegpt"):
+        field = "messages" if schema == "chat" else "conversations"
+        key = resolve_column((field,), (field,), record, name, mapping=mapping, row=row,
+                             hint=f"{schema} data keeps its turns in a {field} column")
+        return _chat_parser(key, schema, mapped_column(mapping, "system") or "system")
+    return _pair_parser(tuple(record), name, row, file_format, mapping)
+
+
 def detect_schema(columns, file_format: str = "jsonl") -> str:
     """alpaca, chat or sharegpt, from a row's column names."""
-    key = pick_column(tuple(CHAT_KEYS), columns) if file_format == "jsonl" else None
+    key = pick_column(tuple(CHAT_KEYS), columns) if file_format not in ("csv", "tsv") else None
     return CHAT_KEYS[key.strip().lower()] if key else "alpaca"
 
 
-def iter_examples(path: str | Path, *, name: str | None = None) -> Iterator[Example]:
-    """Every row of the file as an Example, checked as it is read; the
-    schema is the first row's."""
-    path = Path(path)
-    name = name or path.name
-    file_format = detect_format(name)
-    if file_format == "text":
-        raise DatasetError("plain text (.txt) can be used only for continued pre-training; for instruction or "
-                           "chat fine-tuning upload a .jsonl or .csv file", file=name)
+def _sft_schema(schema: str | None, name: str) -> str | None:
+    if schema is None:
+        return None
+    schema = canonical_schema(schema, file=name)
+    if schema not in SFT_SCHEMAS:
+        raise DatasetError(f"the {schema} schema cannot be used for instruction or chat fine-tuning; use "
+                           f"{', '.join(SFT_SCHEMAS)}", file=name, field="schema")
+    return schema
+
+
+def iter_examples(path: Paths, *, name: str | None = None, schema: str | None = None,
+                  mapping: dict[str, str] | None = None) -> Iterator[Example]:
+    """Every row of the dataset (one file, a zip, or a list of files) as an
+    Example, checked as it is read; the schema is the first row's unless
+    ``schema`` says otherwise. ``Example.row`` is the row within its file."""
+    paths, names, label = dataset_files(path, name)
+    schema = _sft_schema(schema, label)
+    for source in formats.iter_sources(paths, names):
+        if source.format == "text":
+            raise DatasetError("plain text (.txt) can be used only for continued pre-training; for instruction or "
+                               "chat fine-tuning upload .jsonl, .json, .csv, .tsv or .parquet", file=source.name)
     parse = None
-    for row, record in iter_records(path, name):
-        if parse is None:
-            key = pick_column(tuple(CHAT_KEYS), record) if file_format == "jsonl" else None  # chat is JSONL only
-            parse = _chat_parser(key, name) if key else _pair_parser(tuple(record), name, row, file_format)
-        yield parse(record, row)
+    for source in formats.iter_sources(paths, names):
+        if source.format == "text":
+            raise DatasetError("plain text (.txt) can be used only for continued pre-training; for instruction or "
+                               "chat fine-tuning upload .jsonl, .json, .csv, .tsv or .parquet", file=source.name)
+        for item in formats.source_records(source):
+            # The first row of the first file decides the schema; every later row and file must follow it.
+            parse = parse or _parser(item.data, item.row, item.file, source.format, schema, mapping)
+            yield parse(item.data, item.row, item.file)
 
 
-def read_examples(path: str | Path, *, name: str | None = None) -> list[Example]:
-    """Every row of the file as an Example, or DatasetError at the first bad row."""
-    return read_all(iter_examples(path, name=name), name or Path(path).name)
+def read_examples(path: Paths, *, name: str | None = None, schema: str | None = None,
+                  mapping: dict[str, str] | None = None) -> list[Example]:
+    """Every row of the dataset as an Example, or DatasetError at the first bad row."""
+    return read_all(iter_examples(path, name=name, schema=schema, mapping=mapping), dataset_files(path, name)[2])
 
 
-def summarize(path: str | Path, *, name: str | None = None, preview_rows: int = 5) -> DatasetSummary:
-    """Check the whole file and describe it (for the upload page), holding
+def summarize(path: Paths, *, name: str | None = None, preview_rows: int = 5, schema: str | None = None,
+              mapping: dict[str, str] | None = None) -> DatasetSummary:
+    """Check the whole dataset and describe it (for the upload page), holding
     only the preview rows in memory."""
-    name = name or Path(path).name
-    summary = summarize_rows(path, name, iter_examples(path, name=name), schema="", preview_rows=preview_rows,
-                             preview=PreviewRow.of)
-    return dataclasses.replace(summary, schema=detect_schema(summary.columns, summary.format))
+    label = dataset_files(path, name)[2]
+    rows = iter_examples(path, name=name, schema=schema, mapping=mapping)
+    summary = summarize_rows(path, label, rows, schema="", preview_rows=preview_rows, preview=PreviewRow.of)
+    return dataclasses.replace(summary, schema=_schema_read(schema, mapping, summary.detection.schema))
+
+
+def _schema_read(schema: str | None, mapping: dict | None, detected: str) -> str:
+    """The schema the rows were read as (what the dataset page records)."""
+    if schema:
+        return canonical_schema(schema)
+    if mapping:
+        return ("chat" if "messages" in mapping else "sharegpt" if "conversations" in mapping
+                else "alpaca" if {"instruction", "output"} & set(mapping) else "prompt_completion")
+    return detected if detected in SFT_SCHEMAS else "alpaca"

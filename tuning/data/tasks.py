@@ -1,8 +1,13 @@
 """One entry per training task, for the trainer and the web side.
 
 Tasks: ``sft`` (instruction, chat or prompt/completion rows; see
-``readers``), ``pretrain`` (plain text; see ``pretrain``) and ``classify``
-(text + label; see ``classify``).
+``readers``), ``pretrain`` (plain text; see ``pretrain``), ``classify``
+(text + label; see ``classify``) and ``preference`` (prompt, chosen,
+rejected; see ``preference``: checked and stored for a later preference
+method, not trained on yet). Any format of ``formats`` is read (JSONL,
+JSON, CSV, TSV, Parquet, text, zip), from one path or a list of paths.
+``schema=`` (a name from ``schema.SCHEMAS``) and ``mapping=`` ({canonical
+field: column}) override what is detected.
 
 Trainer (worker process)::
 
@@ -19,10 +24,12 @@ label id per row); ``data.label2id`` is set for classify only.
 Web side (no torch, no tokenizer)::
 
     summary = summarize(path, name=filename, task="sft")   # DatasetSummary, or DatasetError
+    summary.format, summary.encoding, summary.detection   # the schema for the user to confirm
 
 ``summary.preview`` holds, per task: ``readers.PreviewRow`` (system, prompt,
 response, messages), ``pretrain.Document`` (text, row) or
-``classify.LabelledText`` (text, label, row); serialise with
+``classify.LabelledText`` (text, label, row) or ``preference.PreferencePair``
+(prompt, chosen, rejected, system, row); serialise with
 ``dataclasses.asdict``. Every problem raises DatasetError naming the file,
 the row and the field.
 """
@@ -33,16 +40,17 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
-from tuning.data import classify, pretrain, readers, sft
-from tuning.data.records import DatasetSummary, summarize_rows
+from tuning.data import classify, preference, pretrain, readers, sft
+from tuning.data.records import DatasetSummary, Paths, dataset_files, summarize_rows
+from tuning.data.schema import canonical_schema, schemas_for_task
 from tuning.data.sft import batches
 from tuning.errors import ConfigError, DatasetError
 
 __all__ = ["TASKS", "TaskData", "load_task_data", "summarize", "collate_for_task", "batches"]
 
-TASKS = ("sft", "pretrain", "classify")
+TASKS = ("sft", "pretrain", "classify", "preference")
+TRAINABLE = ("sft", "pretrain", "classify")  # preference data is stored for a later method
 PREVIEW_CHARS = 2000  # a preview shows the start of a long document, not all of it
 
 
@@ -56,13 +64,29 @@ class TaskData:
     dropped_rows: tuple[int, ...] = ()  # their 1-based row numbers
 
 
-def _check_task(task: str) -> None:
+def _check_task(task: str, *, training: bool = False) -> None:
     if task not in TASKS:
         raise ConfigError({"task": f"unknown task '{task}'; choose one of {', '.join(TASKS)}"})
+    if training and task not in TRAINABLE:
+        raise ConfigError({"task": f"no training method uses {task} data yet; it is stored for when one does. "
+                                   f"Choose one of {', '.join(TRAINABLE)}"})
 
 
-def _load_sft(path: Path, name: str, tokenizer, max_length: int, loss_on_prompt: bool) -> TaskData:
-    examples = readers.read_examples(path, name=name)
+def _check_schema(task: str, schema: str | None, name: str) -> str | None:
+    """The schema name, when given, checked against the task."""
+    if schema is None:
+        return None
+    schema = canonical_schema(schema, file=name)
+    if schema not in schemas_for_task(task):
+        raise DatasetError(f"the {schema} schema cannot be used for {task}; for {task} use "
+                           f"{', '.join(schemas_for_task(task))}", file=name, field="schema")
+    return schema
+
+
+def _load_sft(path: Paths, name: str | None, tokenizer, max_length: int, loss_on_prompt: bool, schema: str | None,
+              mapping: dict | None) -> TaskData:
+    examples = readers.read_examples(path, name=name, schema=schema, mapping=mapping)
+    name = dataset_files(path, name)[2]
     tokenized = [sft.tokenize_example(e, tokenizer, max_length=max_length, loss_on_prompt=loss_on_prompt,
                                       file=name) for e in examples]
     kept = [t for t in tokenized if sft.has_labels(t)]
@@ -74,24 +98,26 @@ def _load_sft(path: Path, name: str, tokenizer, max_length: int, loss_on_prompt:
                     truncated=sum(t.truncated for t in kept), dropped_rows=dropped)
 
 
-def load_task_data(task: str, path: str | Path, *, name: str | None = None, tokenizer, max_length: int,
-                   loss_on_prompt: bool = False, text_split: str = "paragraphs") -> TaskData:
-    """Read, check and tokenize the whole file for ``task``.
+def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer, max_length: int,
+                   loss_on_prompt: bool = False, text_split: str = "paragraphs", schema: str | None = None,
+                   mapping: dict[str, str] | None = None) -> TaskData:
+    """Read, check and tokenize the whole dataset (a path, or a list of paths) for ``task``.
 
     ``loss_on_prompt`` applies to sft only; ``text_split`` ("paragraphs" or
-    "file") says how a .txt file is cut into documents for pretrain.
+    "file") says how a .txt file is cut into documents for pretrain;
+    ``schema`` and ``mapping`` override the detected schema and columns.
     """
-    _check_task(task)
-    path = Path(path)
-    name = name or path.name
+    _check_task(task, training=True)
+    label = dataset_files(path, name)[2]
+    schema = _check_schema(task, schema, label)
     if task == "sft":
-        return _load_sft(path, name, tokenizer, max_length, loss_on_prompt)
+        return _load_sft(path, name, tokenizer, max_length, loss_on_prompt, schema, mapping)
     if task == "pretrain":
-        documents = pretrain.read_documents(path, name=name, split=text_split)
-        blocks = pretrain.make_blocks(documents, tokenizer, max_length=max_length, file=name)
+        documents = pretrain.read_documents(path, name=name, split=text_split, mapping=mapping)
+        blocks = pretrain.make_blocks(documents, tokenizer, max_length=max_length, file=label)
         return TaskData(items=blocks, label2id=None, rows_read=len(documents), rows_dropped=0, truncated=0)
-    rows = classify.read_labelled(path, name=name)
-    label2id = classify.build_label2id((r.label for r in rows), file=name)
+    rows = classify.read_labelled(path, name=name, mapping=mapping)
+    label2id = classify.build_label2id((r.label for r in rows), file=label)
     items = classify.tokenize_labelled(rows, tokenizer, label2id=label2id, max_length=max_length)
     return TaskData(items=items, label2id=label2id, rows_read=len(rows), rows_dropped=0,
                     truncated=sum(i.truncated for i in items))
@@ -99,7 +125,7 @@ def load_task_data(task: str, path: str | Path, *, name: str | None = None, toke
 
 def collate_for_task(task: str, *, pad_token_id: int) -> Callable[[list], dict]:
     """The function that turns a batch of ``items`` into tensors for ``task``."""
-    _check_task(task)
+    _check_task(task, training=True)
     return partial(classify.collate_classification if task == "classify" else sft.collate,
                    pad_token_id=pad_token_id)
 
@@ -108,18 +134,35 @@ def _shorten(row):
     return dataclasses.replace(row, text=row.text[:PREVIEW_CHARS])
 
 
-def summarize(path: str | Path, *, name: str | None = None, task: str = "sft", preview_rows: int = 5,
-              text_split: str = "paragraphs") -> DatasetSummary:
-    """Check the whole file for ``task`` without tokenizing it (cheap enough
-    for the web process: rows are streamed, only the preview is kept)."""
+def _shorten_pair(row):
+    return dataclasses.replace(row, prompt=row.prompt[:PREVIEW_CHARS], chosen=row.chosen[:PREVIEW_CHARS],
+                               rejected=row.rejected[:PREVIEW_CHARS])
+
+
+def summarize(path: Paths, *, name: str | None = None, task: str = "sft", preview_rows: int = 5,
+              text_split: str = "paragraphs", schema: str | None = None,
+              mapping: dict[str, str] | None = None) -> DatasetSummary:
+    """Check the whole dataset for ``task`` without tokenizing it (cheap enough
+    for the web process: rows are streamed, only counts and the preview are
+    kept). The summary carries the format, encoding and schema detection."""
     _check_task(task)
-    name = name or Path(path).name
+    label = dataset_files(path, name)[2]
+    schema = _check_schema(task, schema, label)
     if task == "sft":
-        return readers.summarize(path, name=name, preview_rows=preview_rows)
+        return readers.summarize(path, name=name, preview_rows=preview_rows, schema=schema, mapping=mapping)
     if task == "pretrain":
-        return summarize_rows(path, name, pretrain.iter_documents(path, name=name, split=text_split),
-                              schema="text", preview_rows=preview_rows, preview=_shorten)
-    labels = set()
-    rows = (labels.add(row.label) or row for row in classify.iter_labelled(path, name=name))  # note each label
-    summary = summarize_rows(path, name, rows, schema="text+label", preview_rows=preview_rows, preview=_shorten)
-    return dataclasses.replace(summary, labels=tuple(classify.build_label2id(labels, file=name)))
+        rows = pretrain.iter_documents(path, name=name, split=text_split, mapping=mapping)
+        summary = summarize_rows(path, label, rows, schema="text", preview_rows=preview_rows, preview=_shorten)
+    elif task == "classify":
+        labels = set()
+        rows = (labels.add(row.label) or row for row in classify.iter_labelled(path, name=name, mapping=mapping))
+        summary = summarize_rows(path, label, rows, schema="text+label", preview_rows=preview_rows,
+                                 preview=_shorten)
+        summary = dataclasses.replace(summary, labels=tuple(classify.build_label2id(labels, file=label)))
+    else:
+        summary = summarize_rows(path, label, preference.iter_pairs(path, name=name, mapping=mapping),
+                                 schema="preference", preview_rows=preview_rows, preview=_shorten_pair)
+    # Name the schema the data has where it suits the task (a labelled file read as text is text+label).
+    detected = summary.detection.schema if summary.detection else ""
+    return dataclasses.replace(summary, schema=schema or (detected if detected in schemas_for_task(task)
+                                                          else summary.schema))
