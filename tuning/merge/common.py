@@ -1,0 +1,135 @@
+"""Settings and tensor steps the whole-model merge methods share.
+
+Every function takes fp32 tensors of one parameter (the base and one per
+source) and may modify the source tensors it is given in place: the merge
+loop reads fresh copies for every tensor, and working in place keeps the
+memory of a large tensor's merge to a few copies of it.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from tuning.config import setting
+
+
+def scaling_setting(default: float = 1.0):
+    return setting(default, help="λ: how much of the merged task vector is added to the base (1 adds all of it; "
+                                 "the papers tune it on validation data, often 0.3–1).", min=0.0, max=10.0,
+                   basic=True, label="Scaling λ")
+
+
+def density_setting(default: float, help: str):
+    return setting(default, help=help, min=0.0, max=1.0, basic=True, label="Density")
+
+
+def sign_setting():
+    return setting("total", help="How the sign of each parameter is elected: total (the sign of the weighted sum of "
+                                 "the task vectors, as in TIES) or frequency (the sign most task vectors have).",
+                   choices=("total", "frequency"), label="Sign election")
+
+
+def deltas_(base, tensors: list) -> list:
+    """Task vectors τ_i = θ_i − θ_base, computed in place in the source tensors."""
+    return [tensor.sub_(base) for tensor in tensors]
+
+
+def weighted_sum(tensors: list, weights: list[float]):
+    total = tensors[0] * weights[0]
+    for tensor, weight in zip(tensors[1:], weights[1:]):
+        total.add_(tensor, alpha=weight)
+    return total
+
+
+# Elementwise steps run over slices of this many entries, so a large tensor
+# (an embedding matrix) needs only small temporaries beside its own copies.
+CHUNK = 1 << 20
+# Up to this size torch.kthvalue finds a threshold directly; it needs about
+# four copies of the tensor, too much for an embedding matrix.
+KTHVALUE_LIMIT = 1 << 22
+
+
+def chunks(*tensors):
+    """Aligned flat slices of same-shaped contiguous tensors (views: writes go through)."""
+    flats = [t.view(-1) for t in tensors]
+    for start in range(0, flats[0].numel(), CHUNK):
+        yield [flat[start:start + CHUNK] for flat in flats]
+
+
+def magnitude_threshold(values, keep: int) -> float:
+    """The keep-th largest |value|: the entries with |value| ≥ it are the top ``keep``
+    (ties at the threshold may add a few)."""
+    import torch
+
+    count = values.numel()
+    if count <= KTHVALUE_LIMIT:
+        return float(torch.kthvalue(values.abs().reshape(-1), count - keep + 1).values)
+    # Non-negative floats order like their bit patterns read as integers: find
+    # the pattern's high 16 bits, then its low 16 bits, with one histogram pass each.
+    high_counts = torch.zeros(1 << 16, dtype=torch.int64)
+    for (part,) in chunks(values):
+        high_counts += torch.bincount(part.abs().view(torch.int32) >> 16, minlength=1 << 16)
+    high, keep = _select_bin(high_counts, keep)
+    low_counts = torch.zeros(1 << 16, dtype=torch.int64)
+    for (part,) in chunks(values):
+        bits = part.abs().view(torch.int32)
+        low_counts += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
+    low, _ = _select_bin(low_counts, keep)
+    return float(torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32))
+
+
+def _select_bin(counts, keep: int) -> tuple[int, int]:
+    """The highest bin b with at least ``keep`` entries in bins ≥ b, and how
+    many of the ``keep`` are left to find inside b."""
+    import torch
+
+    at_or_above = counts.flip(0).cumsum(0).flip(0)
+    chosen = int(torch.nonzero(at_or_above >= keep).max())
+    above = int(at_or_above[chosen + 1]) if chosen + 1 < len(counts) else 0
+    return chosen, keep - above
+
+
+def keep_top_magnitude_(delta, density: float):
+    """Zero all but the ``density`` fraction of entries with the largest |value| (in place)."""
+    keep = int(round(density * delta.numel()))
+    if keep >= delta.numel():
+        return delta
+    if keep <= 0:
+        return delta.zero_()
+    threshold = magnitude_threshold(delta, keep)
+    for (part,) in chunks(delta):
+        part.mul_(part.abs() >= threshold)
+    return delta
+
+
+def elect_and_average(deltas: list, weights: list[float], sign_method: str = "total"):
+    """TIES' "elect" and "disjoint merge" steps: per parameter, elect a sign,
+    then average the entries of that sign (weighted by the source weights);
+    zero entries and entries of the other sign take no part. The result is
+    written into ``deltas[0]``."""
+    import torch
+
+    for parts in chunks(*deltas):
+        if sign_method == "total":
+            positive = weighted_sum(parts, weights) >= 0
+        else:
+            positive = weighted_sum([torch.sign(p) for p in parts], [1.0] * len(parts)) >= 0
+        numerator = torch.zeros_like(parts[0])
+        denominator = torch.zeros_like(parts[0])
+        for part, weight in zip(parts, weights):
+            agrees = torch.where(positive, part > 0, part < 0)
+            numerator.add_(part * agrees, alpha=weight)
+            denominator.add_(agrees.to(part.dtype), alpha=weight)
+        # Where no source agrees the merged task vector is 0 (the base value is kept).
+        denominator[denominator == 0] = 1.0
+        parts[0].copy_(numerator.div_(denominator))
+    return deltas[0]
+
+
+def tensor_generator(seed: int, name: str):
+    """A random generator for one tensor that depends only on the seed and
+    the tensor's name, so a merge is reproducible whatever order it runs in."""
+    import torch
+
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+

@@ -1,0 +1,88 @@
+"""The whole-model merge loop shared by the "models" group: for each tensor
+name, read it from the base and from every source, merge, write it out.
+
+Memory: one tensor per source and the base at a time, plus the method's
+working copies of that tensor; the output goes straight to disk
+(``ShardWriter``), in file order so the writes are sequential.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from tuning.events import LogEvent
+from tuning.merge.sources import copy_base_files, fold_with_peft, torch_dtype
+from tuning.merge.tensors import (LoraModelReader, ModelReader, ShardWriter, lora_is_streamable, safetensors_dtype,
+                                  torch_dtype_of)
+
+SHARD_BYTES = 2 * 2**30  # transformers' usual shard size; the writer keeps none of it in memory
+FLOAT_DTYPES = ("F32", "BF16", "F16", "F64")
+
+# merge(name, base tensor, source tensors) -> merged tensor; all fp32.
+TensorMerge = Callable[[str, object, list], object]
+
+
+def open_readers(job) -> list:
+    """One reader per source, giving full-model tensors: a model directory
+    as is, a plain LoRA adapter folded per tensor, and any other adapter
+    folded by peft into a scratch directory first (whole model in memory
+    once, for that step only)."""
+    bases: dict[Path, ModelReader] = {}
+
+    def base_reader(path: Path) -> ModelReader:
+        key = path.resolve()
+        if key not in bases:
+            bases[key] = ModelReader(path)
+        return bases[key]
+
+    readers = []
+    for index, source in enumerate(job.sources):
+        if source.kind == "model":
+            readers.append(ModelReader(source.path))
+            continue
+        base = base_reader(source.base)
+        if lora_is_streamable(source.path, set(base.names())):
+            readers.append(LoraModelReader(source.path, base))
+            continue
+        job.sink.emit(LogEvent(message=f"Folding {source.path} into {source.base} with peft first (not a plain "
+                                       f"LoRA adapter, so it cannot be folded tensor by tensor)"))
+        folded = job.work / f"source-{index}"
+        folded.mkdir(parents=True, exist_ok=True)
+        fold_with_peft(source.path, source.base, folded, dtype=torch_dtype_of("F32"),
+                       trust_remote_code=job.config.trust_remote_code)
+        readers.append(ModelReader(folded))
+    return readers
+
+
+def stream_merge(job, merge: TensorMerge) -> dict:
+    """Merge every tensor of the base's layout into ``job.out``; returns metadata."""
+    base = ModelReader(Path(job.config.base_model))
+    readers = open_readers(job)
+    out_dtype = None if job.config.dtype == "auto" else torch_dtype(job.config.dtype, base.directory)
+    layout = []
+    for name, (dtype, shape) in base.header.items():
+        if dtype in FLOAT_DTYPES and out_dtype is not None:
+            dtype = safetensors_dtype(out_dtype)
+        layout.append((name, dtype, shape))
+    writer = ShardWriter(job.out, layout, max_shard_bytes=SHARD_BYTES)
+    order = sorted(layout)  # the shards' order
+    try:
+        for done, (name, dtype, _) in enumerate(order, start=1):
+            job.check_stop()
+            if base.header[name][0] not in FLOAT_DTYPES:
+                writer.write(name, base.get(name, raw=True))  # integer buffers are not merged
+            else:
+                merged = merge(name, base.get(name), [reader.get(name) for reader in readers])
+                writer.write(name, merged.to(torch_dtype_of(dtype)))
+            job.progress(done, len(order))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    copy_base_files(base.directory, job.out, model=True, dtype=job.config.dtype)
+    return {"tensors": len(order)}
+
+
+def weights_of(job) -> list[float]:
+    return [source.weight for source in job.sources]
