@@ -6,6 +6,7 @@
     python -m tuning evaluate CONFIG.yaml   # score an artifact on a dataset (tuning.scoring)
     python -m tuning prepare-bundled DIR    # convert the bundled model once
     python -m tuning methods [--json]       # the method catalogue
+    python -m tuning merge-methods [--json] / quantize-schemes [--json]
 """
 
 from __future__ import annotations
@@ -88,6 +89,31 @@ def _methods(args) -> int:
     return 0
 
 
+def _merge_methods(args) -> int:
+    from tuning.merge import MERGE_METHODS, describe
+
+    rows = [describe(method) for method in MERGE_METHODS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['name']:<22} {row['group']:<9} {row['label']}: {row['description']}")
+    return 0
+
+
+def _quantize_schemes(args) -> int:
+    from tuning.quantize import QUANT_SCHEMES, describe
+
+    rows = [describe(scheme) for scheme in QUANT_SCHEMES.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            unavailable = f" (unavailable here: {row['unavailable_reason']})" if row["unavailable_reason"] else ""
+            print(f"{row['name']:<18} {row['label']}: {row['description']}{unavailable}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tuning", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     bundled = commands.add_parser("prepare-bundled", help="convert the bundled model to safetensors")
     bundled.add_argument("dest")
     bundled.set_defaults(handler=_prepare_bundled)
-    methods = commands.add_parser("methods", help="list the fine-tuning methods")
-    methods.add_argument("--json", action="store_true")
-    methods.set_defaults(handler=_methods)
+    for name, handler, help_text in (("methods", _methods, "list the fine-tuning methods"),
+                                     ("merge-methods", _merge_methods, "list the merge methods"),
+                                     ("quantize-schemes", _quantize_schemes, "list the quantization schemes")):
+        listing = commands.add_parser(name, help=help_text)
+        listing.add_argument("--json", action="store_true")
+        listing.set_defaults(handler=handler)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
