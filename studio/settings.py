@@ -55,6 +55,10 @@ INSTALLED_APPS = [
     "studio.jobs",
     "studio.artifacts",
     "studio.live",
+    "studio.api",
+    "studio.notifications",
+    "studio.audit",
+    "studio.workers",
 ]
 
 MIDDLEWARE = [
@@ -80,6 +84,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "studio.notifications.context.unread_notifications",
             ],
         },
     },
@@ -167,6 +172,24 @@ DEFAULT_DEVICE_POOL = env_str("DEFAULT_DEVICE_POOL", "default")
 # Pools whose workers have a CUDA GPU; GPU-only methods (QLoRA …) are
 # offered only when there is one.
 GPU_POOLS = env_list("GPU_POOLS", [])
+
+# Job notices go to the owner in the app, and by e-mail when EMAIL_HOST is
+# set (and EMAIL_NOTIFICATIONS is not 0). STUDIO_BASE_URL makes the link in
+# the mail absolute (e.g. https://studio.example.com).
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_str("EMAIL_USE_TLS", "0") == "1"
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tuning-studio@localhost")
+EMAIL_NOTIFICATIONS = bool(EMAIL_HOST) and env_str("EMAIL_NOTIFICATIONS", "1") != "0"
+STUDIO_BASE_URL = env_str("STUDIO_BASE_URL", "")
+
+# The playground's generation requests go to this queue: a worker of their
+# own (started by the launcher) keeps a model loaded between requests and
+# unloads it after PLAYGROUND_IDLE_UNLOAD_S seconds without one.
+PLAYGROUND_QUEUE = env_str("PLAYGROUND_QUEUE", "interactive")
+PLAYGROUND_IDLE_UNLOAD_S = env_int("PLAYGROUND_IDLE_UNLOAD_S", 300, minimum=1)
 
 # A running job's worker renews its heartbeat every JOB_HEARTBEAT_S seconds;
 # after JOB_LOST_AFTER_S without one the job resumes from its last

@@ -1,11 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from studio.artifacts import views as artifacts
 from studio.datasets import views as datasets
 from studio.jobs import views as jobs
-from studio.jobs import views_compare
+from studio.jobs import views_compare, views_queue, views_steps
 
 urlpatterns = [
     path("", jobs.job_list, name="home"),
@@ -13,15 +13,39 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("datasets/", datasets.dataset_list, name="dataset-list"),
     path("datasets/<int:dataset_id>/", datasets.dataset_detail, name="dataset-detail"),
+    path("datasets/<int:dataset_id>/mapping/", datasets.dataset_mapping, name="dataset-mapping"),
+    path("datasets/<int:dataset_id>/analyse/", datasets.dataset_analyse, name="dataset-analyse"),
+    path("datasets/<int:dataset_id>/analyses/<int:analysis_id>/", datasets.dataset_analysis, name="dataset-analysis"),
+    path("datasets/<int:dataset_id>/analyses/<int:analysis_id>/drop/", datasets.dataset_drop_rows,
+         name="dataset-drop-rows"),
+    path("datasets/<int:dataset_id>/diet/<str:operation>/", datasets.dataset_diet, name="dataset-diet"),
+    path("datasets/<int:dataset_id>/operations/<int:operation_id>/", datasets.dataset_operation,
+         name="dataset-operation"),
     path("jobs/new/", jobs.job_new, name="job-new"),
     path("jobs/new/method-fields/", jobs.job_new_method_fields, name="job-new-method-fields"),
     path("jobs/new/estimate/", jobs.job_new_estimate, name="job-new-estimate"),
     path("jobs/compare/", views_compare.job_compare, name="job-compare"),
+    path("jobs/queue/", views_queue.job_queue, name="job-queue"),
+    path("jobs/queue/table/", views_queue.job_queue_table, name="job-queue-table"),
+    path("jobs/<int:job_id>/queue-action/", views_queue.job_queue_action, name="job-queue-action"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/status/", jobs.job_status, name="job-status"),
     path("jobs/<int:job_id>/cancel/", jobs.job_cancel_view, name="job-cancel"),
     path("jobs/<int:job_id>/resume/", jobs.job_resume_view, name="job-resume"),
     path("jobs/<int:job_id>/events/", jobs.job_events, name="job-events"),
+    path("jobs/new/merge/", views_steps.job_new_merge, name="job-new-merge"),
+    path("jobs/new/quantize/", views_steps.job_new_quantize, name="job-new-quantize"),
+    path("jobs/new/evaluate/", views_steps.job_new_evaluate, name="job-new-evaluate"),
+    path("jobs/<int:job_id>/chain/", views_steps.job_chain, name="job-chain"),
+    path("artifacts/", artifacts.artifact_list, name="artifact-list"),
+    path("playground/", artifacts.playground, name="playground"),
+    path("artifacts/<int:artifact_id>/", artifacts.artifact_detail, name="artifact-detail"),
     path("artifacts/<int:artifact_id>/download/", artifacts.artifact_download, name="artifact-download"),
+    path("artifacts/<int:artifact_id>/files/<path:name>", artifacts.artifact_file, name="artifact-file"),
+    path("notifications/", include("studio.notifications.urls")),
+    path("audit/", include("studio.audit.urls")),
+    path("workers/", include("studio.workers.urls")),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("studio.api.urls")),
+    path("accounts/", include("studio.accounts.urls")),
 ]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from celery import shared_task
 from django.conf import settings
-from django.db import connection
 
 from studio.datasets.models import Dataset, DatasetAnalysis, DatasetOperation
 from studio.datasets.selectors import dataset_data_files
+from studio.datasets.services import dataset_describe_file
 from studio.datasets.services_work import (ProgressReporter, dataset_analysis_finish, dataset_operation_finish,
                                            dataset_version_create, dataset_work_fail, dataset_work_start)
 from tuning.errors import DatasetError, TuningError
@@ -54,8 +54,6 @@ def _guarded(model, pk: int, work) -> str:
                                                       f"{str(exc)[:300]}). An admin can find the details in the "
                                                       f"worker log.")
         return "failed"
-    finally:
-        connection.close()
     return "succeeded"
 
 
@@ -173,6 +171,10 @@ def _operate(run: DatasetOperation, progress: ProgressReporter) -> None:
         if run.operation == "map_columns":
             progress.set_phase("applying the column mapping")
             rows = _mapped_rows(dataset, params["schema"], params["mapping"])
+            # A mapping that does not fit even the first row is wrong as a whole: say so, make nothing. (A
+            # few bad rows further on are kept and flagged, to be dropped after an analysis.)
+            dataset_describe_file([_write(rows[:1], tmp, "first.jsonl")], names=[f"{dataset.name}.jsonl"],
+                                  schema=params["schema"], allow_bad_rows=False)
             path = _write(rows, tmp, "mapped.jsonl")
             progress.set_phase("checking the mapped rows")
             version = dataset_version_create(parents=[dataset], user=user, rows_path=path, operation="map_columns",
@@ -198,18 +200,19 @@ def _operate(run: DatasetOperation, progress: ProgressReporter) -> None:
         needs = diet.DIET_OPERATIONS[run.operation].needs
         tokenizer = _tokenizer(run.base_model) if "tokenizer" in needs and run.base_model else None
         embed_fn = _embed_fn(progress) if "embed_fn" in needs else None
-        output, report, lineage = diet.run_operation(
+        output, report, lineages = diet.run_operation(
             run.operation, data, params, parents=tuple(p.sha256 for p in parents),
             schemas=[p.schema for p in parents], embed_fn=embed_fn, tokenizer=tokenizer, progress=progress)
-        report = {**report, "lineage": lineage.to_dict()}
         progress.set_phase("storing the new version")
-        outputs = (("train", output[0]), ("validation", output[1])) if run.operation == "split" else (("", output),)
+        parts = (output[0], output[1]) if run.operation == "split" else (output,)
         versions = []
-        for suffix, part in outputs:
+        for lineage, part in zip(lineages, parts):
             if not part:
                 continue  # an empty side of a split is not a dataset
+            suffix = getattr(lineage, "part", "")
             path = _write(part, tmp, f"{suffix or 'rows'}.jsonl")
             versions.append(dataset_version_create(
                 parents=parents, user=user, rows_path=path, operation=run.operation, parameters=params,
-                report=report, name_suffix=f"-{suffix}" if suffix else "", schema=dataset.schema))
+                report={**report, "lineage": lineage.to_dict()}, name_suffix=f"-{suffix}" if suffix else "",
+                schema=dataset.schema))
         dataset_operation_finish(operation_id=run.pk, results=versions, report=report)

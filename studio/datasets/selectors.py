@@ -1,13 +1,100 @@
+"""Reads of datasets, their versions and the work done on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.files.storage import default_storage
+from django.db.models import Q
 from django.shortcuts import get_object_or_404
 
 from studio.accounts.selectors import team_ids_for_user
-from studio.datasets.models import Dataset
+from studio.datasets.models import Dataset, DatasetAnalysis, DatasetOperation, WorkStatus
 
 
 def dataset_list_for_user(*, user):
+    """Every version of every dataset of the user's teams (jobs pick one version)."""
     return Dataset.objects.filter(team_id__in=team_ids_for_user(user=user))
+
+
+def dataset_uploads_for_user(*, user):
+    """The uploads (version 1 of each family), for the dataset list."""
+    return dataset_list_for_user(user=user).filter(root__isnull=True).prefetch_related("descendants")
 
 
 def dataset_get_for_user(*, user, dataset_id: int) -> Dataset:
     """The dataset, or 404 when it does not exist or belongs to another team."""
     return get_object_or_404(dataset_list_for_user(user=user), pk=dataset_id)
+
+
+def dataset_data_files(dataset: Dataset) -> tuple[list[Path], list[str]]:
+    """The stored file(s) of a version and the names messages use for them (several for a multi-file
+    upload, in upload order)."""
+    stored = list(dict.fromkeys(entry["stored"] for entry in dataset.source_files if entry.get("stored")))
+    stored = stored or [dataset.file.name]
+    return [Path(default_storage.path(name)) for name in stored], [Path(name).name for name in stored]
+
+
+def dataset_version_tree(dataset: Dataset) -> list[dict]:
+    """Every version of the dataset's family as a tree: [{"version": Dataset, "children": [...]}],
+    each version under its first parent; a merge also names its other parents."""
+    root_id = dataset.family_root_id
+    versions = list(Dataset.objects.filter(Q(pk=root_id) | Q(root_id=root_id))
+                    .prefetch_related("parents").order_by("version", "pk"))
+    by_parent: dict[int | None, list[Dataset]] = {}
+    ids = {v.pk for v in versions}
+    for version in versions:
+        parents = sorted(version.parents.all(), key=lambda p: p.pk)
+        version.other_parents = parents[1:]
+        first = next((p.pk for p in parents if p.pk in ids), None)
+        by_parent.setdefault(first if version.pk != root_id else None, []).append(version)
+
+    def branch(parent_id):
+        return [{"version": v, "children": branch(v.pk)} for v in by_parent.get(parent_id, [])]
+
+    return branch(None)
+
+
+def dataset_latest_analysis(dataset: Dataset) -> DatasetAnalysis | None:
+    return dataset.analyses.select_related("base_model").order_by("-created_at", "-pk").first()
+
+
+def dataset_analysis_get(*, dataset: Dataset, analysis_id: int) -> DatasetAnalysis:
+    return get_object_or_404(dataset.analyses.select_related("base_model"), pk=analysis_id)
+
+
+def dataset_operation_list(dataset: Dataset):
+    return dataset.operations.prefetch_related("results").order_by("-created_at", "-pk")
+
+
+def dataset_operation_get(*, dataset: Dataset, operation_id: int) -> DatasetOperation:
+    return get_object_or_404(dataset.operations.prefetch_related("results"), pk=operation_id)
+
+
+def dataset_blocking_findings(dataset: Dataset) -> list[dict]:
+    """The blocking lint findings of the latest finished analysis of this version ([] when none ran or
+    none were found). A version with any must not be trained on: drop the rows first."""
+    analysis = (dataset.analyses.filter(status=WorkStatus.SUCCEEDED).order_by("-finished_at", "-pk").first())
+    return [f for f in analysis.findings if f.get("severity") == "blocking"] if analysis else []
+
+
+def dataset_training_refusal(dataset: Dataset) -> str | None:
+    """Why ``dataset`` cannot be trained on, in words for the job form, or None when it can."""
+    if not dataset.confirmed:
+        return (f"{dataset} is waiting for its column mapping to be confirmed; confirm it on the dataset page "
+                f"and train on the version that makes")
+    if dataset.problem:
+        return (f"{dataset} has rows training would refuse ({dataset.problem}); analyse it on the dataset page "
+                f"and drop the rows the checks list")
+    blocking = dataset_blocking_findings(dataset)
+    if blocking:
+        listed = "; ".join(f"{f['message']} (rows {', '.join(map(str, f['rows'][:10]))}"
+                           f"{' …' if f.get('count', 0) > 10 else ''})" for f in blocking)
+        return f"{dataset} has blocking problems: {listed}. Drop these rows on the dataset page first"
+    return None
+
+
+def dataset_merge_candidates(dataset: Dataset):
+    """Other usable versions of the same team and schema."""
+    return (Dataset.objects.filter(team_id=dataset.team_id, schema=dataset.schema, confirmed=True)
+            .exclude(pk=dataset.pk).order_by("name", "version"))

@@ -1,0 +1,86 @@
+"""The dataset page in headless Chromium: upload a CSV whose columns need
+mapping, confirm the mapping, analyse (preview with masked tokens, the
+histogram picture, a lint finding), run dedupe and see the new version."""
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-quic", "--no-first-run", "--disable-sync"]
+CSV = ("question,answer\n" + "".join(f"What comes after {i}?,{i + 1}\n" for i in range(5))
+       + "What comes after 2?,3\n")  # row 6 repeats row 3
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `python3 run.py test` installs it with apt-get")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def logged_in_page(browser, stack):
+    page = browser.new_context().new_page()
+    page.set_default_timeout(60_000)
+    page.goto(stack.base_url + "/datasets/")
+    assert "/accounts/login/" in page.url  # every page needs a login
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "admin-pass-123")
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.base_url + "/datasets/")
+    return page
+
+
+def test_upload_map_analyse_and_dedupe_in_the_browser(browser, stack, tmp_path):
+    page = logged_in_page(browser, stack)
+    data = tmp_path / "numbers.csv"
+    data.write_text(CSV)
+    page.set_input_files("input[name=file]", str(data))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_url("**/datasets/*/")
+
+    # The detection is shown, unsure: the mapping form comes pre-filled and must be confirmed.
+    assert page.inner_text("#detected-format") == "csv" and page.inner_text("#detected-encoding") == "utf-8"
+    assert page.inner_text("#detected-schema") == "prompt_completion"
+    assert page.locator("text=Train on this dataset").count() == 0
+    assert page.input_value("#mapping-form select[name=prompt]") == "question"
+    assert page.input_value("#mapping-form select[name=completion]") == "answer"
+    page.click("#mapping-form button[type=submit]")
+    page.wait_for_selector(".operation[data-status=succeeded]")  # polled every second until the worker is done
+    page.click("a.new-version")
+    page.wait_for_selector("text=Train on this dataset")
+    assert page.inner_text("#row-count") == "6 rows"
+
+    # Analysis on the worker with the tiny model: a progress bar, then the results.
+    page.select_option("select[name=base_model]", label="Tiny Llama (test)")
+    page.fill("input[name=max_length]", "48")
+    page.click("#analysis-box button[type=submit]")
+    page.wait_for_selector("#analysis[data-status=succeeded]", timeout=120_000)
+    assert page.locator("#histogram svg rect").count() >= 1  # the histogram picture
+    masked = page.locator(".preview-row .rendered .masked").first
+    loss = page.locator(".preview-row .rendered .loss").first
+    assert masked.is_visible() and loss.is_visible()
+    # Masked and trained tokens are drawn differently.
+    assert masked.evaluate("e => getComputedStyle(e).backgroundColor") != \
+        loss.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert loss.inner_text().strip()
+    finding = page.locator("tr.finding[data-code=exact_duplicates]")
+    assert "1: 6" in finding.inner_text()
+
+    # Dedupe from the diet steps: a new version, shown in the tree when done.
+    page.click("summary:has-text('Remove duplicates')")
+    page.click("#diet-dedupe button[type=submit]")
+    page.wait_for_selector("#operations .operation[data-operation=dedupe][data-status=succeeded]")
+    page.wait_for_selector("#versions li[data-version='3']")  # the tree refreshed in place
+    page.click("#operations .operation[data-operation=dedupe] a.new-version")
+    page.wait_for_url("**/datasets/*/")
+    assert page.inner_text("#row-count") == "5 rows"
+    assert "dedupe" in page.inner_text("#versions li.current")

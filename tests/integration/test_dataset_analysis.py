@@ -1,0 +1,69 @@
+"""Dataset work on a real Celery worker: confirm a column mapping, analyse a
+version with the tiny model (progress polled over HTTP as the page does),
+then dedupe and take a diverse subsample over the bundled MiniLM encoder."""
+
+import re
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CSV = ("question,answer\n" + "".join(f"What comes after {i}?,{i + 1}\n" for i in range(6))
+       + "What comes after 0?,1\nWhat comes after 3?,4\n")  # rows 7 and 8 repeat rows 1 and 4
+
+
+def wait_for(stack, session, path: str, timeout: float = 180) -> str:
+    """Poll a work partial (as htmx does every second) until it says succeeded or failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page = session.get(stack.base_url + path).text
+        status = re.search(r'data-status="(\w+)"', page).group(1)
+        if status in ("succeeded", "failed"):
+            assert status == "succeeded", page
+            return page
+        time.sleep(0.3)
+    raise AssertionError(f"{path} still {status} after {timeout} s")
+
+
+def operation_path(page: str) -> str:
+    return re.search(r'hx-get="(/datasets/\d+/operations/\d+/)"', page).group(1)
+
+
+def new_version(page: str) -> int:
+    return int(re.search(r'class="new-version" href="/datasets/(\d+)/"', page).group(1))
+
+
+def test_mapping_analysis_and_diet_steps_run_on_the_worker(stack):
+    session = stack.login()
+    upload = stack.upload(session, "numbers.csv", CSV)
+    page = session.get(f"{stack.base_url}/datasets/{upload}/").text
+    assert 'id="mapping-form"' in page and "unsure" in page
+
+    confirmed = stack.post(session, f"/datasets/{upload}/mapping/", data={
+        "schema": "prompt_completion", "prompt": "question", "completion": "answer"})
+    mapped = new_version(wait_for(stack, session, operation_path(confirmed.text)))
+    assert "Train on this dataset" in session.get(f"{stack.base_url}/datasets/{mapped}/").text
+
+    started = stack.post(session, f"/datasets/{mapped}/analyse/", data={
+        "base_model": stack.tiny_model_id, "max_length": 48})
+    poll = re.search(r'hx-get="(/datasets/\d+/analyses/\d+/)" hx-trigger="every 1s"', started.text).group(1)
+    analysis = wait_for(stack, session, poll)
+    assert '<figure class="histogram" id="histogram"><svg' in analysis
+    assert '<span class="masked">' in analysis and '<span class="loss">' in analysis
+    assert 'data-code="exact_duplicates"' in analysis and "2: 7, 8" in analysis
+
+    deduped = stack.post(session, f"/datasets/{mapped}/diet/dedupe/", data={"dedupe-threshold": "0.8"})
+    version = new_version(wait_for(stack, session, operation_path(deduped.text)))
+    page = session.get(f"{stack.base_url}/datasets/{version}/").text
+    assert '<span id="row-count">6 rows</span>' in page and "dedupe" in page
+    assert 'data-version="1"' in page and 'data-version="2"' in page and 'data-version="3"' in page
+
+    diverse = stack.post(session, f"/datasets/{version}/diet/diverse_subsample/", data={
+        "diverse_subsample-n": "3", "diverse_subsample-seed": "0", "diverse_subsample-clusters": "3"})
+    subsample = new_version(wait_for(stack, session, operation_path(diverse.text), timeout=300))
+    assert '<span id="row-count">3 rows</span>' in session.get(f"{stack.base_url}/datasets/{subsample}/").text
+
+    # Another team sees none of it.
+    outsider = stack.login(("mallory", "mallory-pass-123"))
+    assert outsider.get(f"{stack.base_url}{poll}").status_code == 404

@@ -1,0 +1,183 @@
+"""Versions with lineage made by diet steps, analyses (preview with masking,
+histogram, lint findings) and the one-click drop of flagged rows. The
+worker tasks run in-process with the tiny model's tokenizer."""
+
+import json
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from studio.datasets.models import Dataset, DatasetAnalysis, DatasetOperation
+from studio.datasets.selectors import dataset_blocking_findings, dataset_training_refusal, dataset_version_tree
+from worker.dataset_tasks import analyse_dataset, run_dataset_operation
+
+ROWS = [{"instruction": f"Name the number after {i}.", "output": f"It is {i + 1}."} for i in range(8)]
+DUPLICATED = ROWS + [ROWS[0], ROWS[3]]  # rows 9 and 10 repeat rows 1 and 4
+
+
+def jsonl(rows) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def uploaded(client, rows, name="numbers.jsonl") -> Dataset:
+    response = client.post("/datasets/", {"file": SimpleUploadedFile(name, jsonl(rows).encode())})
+    assert response.status_code == 302, response.content.decode()[:1000]
+    return Dataset.objects.get(pk=int(response.url.rstrip("/").split("/")[-1]))
+
+
+def run_step(client, dataset, operation, data) -> DatasetOperation:
+    response = client.post(f"/datasets/{dataset.pk}/diet/{operation}/",
+                           {f"{operation}-{key}": value for key, value in data.items()}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and response["HX-Retarget"] == "#operations", response.content.decode()
+    run = DatasetOperation.objects.filter(dataset=dataset, operation=operation).latest("pk")
+    assert run_dataset_operation(run.pk) == "succeeded", DatasetOperation.objects.get(pk=run.pk).message
+    run.refresh_from_db()
+    return run
+
+
+def test_dedupe_makes_a_new_version_with_lineage(member_client):
+    upload = uploaded(member_client, DUPLICATED)
+    run = run_step(member_client, upload, "dedupe", {"threshold": "0.8"})
+    version = run.results.get()
+    assert (version.version, version.operation, version.row_count, version.root) == (2, "dedupe", 8, upload)
+    assert list(version.parents.all()) == [upload] and version.confirmed and version.tasks == ["sft"]
+    assert version.report["exact_removed_rows"] == [9, 10] and version.parameters == {"near": False, "threshold": 0.8}
+    assert version.report["lineage"]["parents"] == [upload.sha256] and len(version.sha256) == 64
+    assert version.sha256 != upload.sha256
+    page = member_client.get(f"/datasets/{upload.pk}/operations/{run.pk}/", HTTP_HX_REQUEST="true").content.decode()
+    assert f'href="/datasets/{version.pk}/"' in page and "8 rows" in page and 'hx-swap-oob' in page
+    # A step on the new version hangs under it in the tree shown on every version's page.
+    sub = run_step(member_client, version, "random_subsample", {"n": "3", "seed": "7"}).results.get()
+    tree = dataset_version_tree(sub)
+    assert [n["version"].version for n in tree] == [1]
+    assert [n["version"].version for n in tree[0]["children"]] == [2]
+    assert [n["version"].version for n in tree[0]["children"][0]["children"]] == [3]
+    page = member_client.get(f"/datasets/{sub.pk}/").content.decode()
+    assert 'data-version="1"' in page and 'data-version="3"' in page and "random_subsample" in page
+    assert "n=3" in page and sub.row_count == 3
+
+
+def test_same_seed_same_subsample(member_client):
+    upload = uploaded(member_client, ROWS)
+    first = run_step(member_client, upload, "random_subsample", {"n": "4", "seed": "1"}).results.get()
+    second = run_step(member_client, upload, "random_subsample", {"n": "4", "seed": "1"}).results.get()
+    assert first.sha256 == second.sha256 and first.version == 2 and second.version == 3
+
+
+def test_split_makes_train_and_validation_versions(member_client):
+    upload = uploaded(member_client, ROWS)
+    run = run_step(member_client, upload, "split", {"validation_ratio": "0.25", "seed": "0"})
+    versions = list(run.results.order_by("pk"))
+    assert [v.row_count for v in versions] == [6, 2]
+    assert all(list(v.parents.all()) == [upload] for v in versions)
+    assert versions[0].file.name.endswith("-split-train.jsonl")
+
+
+def test_merge_of_the_same_schema_has_two_parents(member_client):
+    first, second = uploaded(member_client, ROWS[:5], "a.jsonl"), uploaded(member_client, ROWS[5:], "b.jsonl")
+    response = member_client.post(f"/datasets/{first.pk}/diet/merge/", {"merge-others": [second.pk]})
+    assert response.status_code == 200
+    run = DatasetOperation.objects.get(operation="merge")
+    assert run_dataset_operation(run.pk) == "succeeded"
+    merged = run.results.get()
+    assert merged.row_count == 8 and sorted(p.pk for p in merged.parents.all()) == [first.pk, second.pk]
+    page = member_client.get(f"/datasets/{merged.pk}/").content.decode()
+    assert "merged with" in page
+
+
+def test_merge_offers_only_versions_of_the_same_schema(member_client):
+    first = uploaded(member_client, ROWS, "a.jsonl")
+    other = uploaded(member_client, [{"text": "plain words", "label": "x"}], "c.jsonl")
+    response = member_client.post(f"/datasets/{first.pk}/diet/merge/", {"merge-others": [other.pk]})
+    assert "Select a valid choice" in response.content.decode() and not DatasetOperation.objects.exists()
+
+
+def test_bad_step_parameters_are_refused_before_queueing(member_client):
+    upload = uploaded(member_client, ROWS)
+    response = member_client.post(f"/datasets/{upload.pk}/diet/length_filter/",
+                                  {"length_filter-field": "*", "length_filter-unit": "chars",
+                                   "length_filter-min": "50", "length_filter-max": "10"})
+    # min > max is caught by the library on the worker; a negative n by the form here.
+    response = member_client.post(f"/datasets/{upload.pk}/diet/random_subsample/",
+                                  {"random_subsample-n": "0", "random_subsample-seed": "0"})
+    assert "greater than or equal to 1" in response.content.decode()
+    assert DatasetOperation.objects.filter(operation="random_subsample").count() == 0
+    run = DatasetOperation.objects.get(operation="length_filter")
+    assert run_dataset_operation(run.pk) == "failed"
+    run.refresh_from_db()
+    assert "min" in run.message and "above max" in run.message
+
+
+def test_counting_tokens_needs_a_base_model(member_client):
+    upload = uploaded(member_client, ROWS)
+    response = member_client.post(f"/datasets/{upload.pk}/diet/length_filter/", {
+        "length_filter-field": "*", "length_filter-unit": "tokens", "length_filter-max": "10"})
+    assert "pick the base model whose tokens to count" in response.content.decode()
+    assert not DatasetOperation.objects.exists()
+
+
+def test_length_filter_in_tokens_uses_the_base_model(member_client, tiny_base_model):
+    upload = uploaded(member_client, ROWS + [{"instruction": "la " * 80, "output": "long"}])
+    run = run_step(member_client, upload, "length_filter", {"field": "instruction", "unit": "tokens", "max": "40",
+                                                            "base_model": str(tiny_base_model.pk)})
+    assert run.results.get().row_count == 8 and run.results.get().report["too_long_rows"] == [9]
+
+
+def test_length_filter_in_characters(member_client):
+    upload = uploaded(member_client, ROWS + [{"instruction": "x" * 500, "output": "long"}])
+    run = run_step(member_client, upload, "length_filter", {"field": "instruction", "unit": "chars", "max": "100"})
+    assert run.results.get().row_count == 8 and run.results.get().report["too_long_rows"] == [9]
+
+
+def test_analysis_shows_masked_preview_histogram_and_findings(member_client, tiny_base_model):
+    # Rows render to about 44 tokens through the chat template; row 11 to far more than max length.
+    upload = uploaded(member_client, DUPLICATED + [{"instruction": "Repeat: " + "la " * 60, "output": "No."}])
+    response = member_client.post(f"/datasets/{upload.pk}/analyse/",
+                                  {"base_model": tiny_base_model.pk, "max_length": 48}, HTTP_HX_REQUEST="true")
+    analysis = DatasetAnalysis.objects.get()
+    assert 'data-status="queued"' in response.content.decode() and 'hx-trigger="every 1s"' in response.content.decode()
+    assert analyse_dataset(analysis.pk) == "succeeded", DatasetAnalysis.objects.get().message
+    analysis.refresh_from_db()
+    assert analysis.stats["rows"] == 11 and analysis.stats["total_tokens"] > 11 * 40
+    assert analysis.stats["truncated_rows"] == 1
+    assert analysis.stats["tokens_per_epoch"] > 0 and analysis.histogram_svg.startswith("<svg")
+    codes = {f["code"]: f for f in analysis.findings}
+    assert codes["exact_duplicates"]["rows"] == [9, 10] and codes["exact_duplicates"]["severity"] == "warning"
+    assert codes["over_max_length"]["rows"] == [11] and not dataset_blocking_findings(upload)
+    page = member_client.get(f"/datasets/{upload.pk}/analyses/{analysis.pk}/").content.decode()
+    assert "every 1s" not in page and '<figure class="histogram" id="histogram"><svg' in page
+    assert '<span class="masked">' in page and '<span class="loss">' in page and 'id="rows-over">1<' in page
+    assert 'data-code="exact_duplicates"' in page and "Drop these rows" in page
+    # The loss-on-everything switch: no masked part left in the preview.
+    member_client.post(f"/datasets/{upload.pk}/analyse/", {"base_model": tiny_base_model.pk, "max_length": 48,
+                                                           "loss_on_prompt": "on"})
+    everything = DatasetAnalysis.objects.latest("pk")
+    analyse_dataset(everything.pk)
+    everything.refresh_from_db()
+    assert everything.loss_on_prompt and all(s["loss"] or s["cut"] for row in everything.preview
+                                             for s in row["segments"])
+    # A reload of the dataset page shows the latest results.
+    assert 'id="histogram"' in member_client.get(f"/datasets/{upload.pk}/").content.decode()
+
+
+def test_blocking_findings_refuse_training_until_the_rows_are_dropped(member_client, tiny_base_model):
+    # Rows that parse but cannot be trained on are kept at upload, so that every one can be listed and dropped.
+    upload = uploaded(member_client, ROWS[:1] + [{"instruction": "Say it.", "output": " "}] + ROWS[1:])
+    assert upload.problem.startswith("numbers.jsonl, row 2, field 'output': is empty")
+    assert "has rows training would refuse" in dataset_training_refusal(upload)
+    page = member_client.get(f"/datasets/{upload.pk}/").content.decode()
+    assert 'id="dataset-problem"' in page and "Train on this dataset" not in page
+    member_client.post(f"/datasets/{upload.pk}/analyse/", {"base_model": tiny_base_model.pk, "max_length": 64})
+    analysis = DatasetAnalysis.objects.get()
+    assert analyse_dataset(analysis.pk) == "succeeded"
+    analysis.refresh_from_db()
+    blocking = dataset_blocking_findings(upload)
+    assert [f["code"] for f in blocking] == ["empty_response"] and blocking[0]["rows"] == [2]
+    assert "No preview or token statistics until the blocking rows are dropped" in analysis.message
+    response = member_client.post(f"/datasets/{upload.pk}/analyses/{analysis.pk}/drop/",
+                                  {"code": "empty_response"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    run = DatasetOperation.objects.get(operation="drop_rows")
+    assert run_dataset_operation(run.pk) == "succeeded"
+    fixed = run.results.get()
+    assert fixed.row_count == 8 and fixed.operation == "drop_rows" and list(fixed.parents.all()) == [upload]
+    assert fixed.problem == "" and dataset_blocking_findings(fixed) == [] and dataset_training_refusal(fixed) is None
