@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/studio_overhead.py [--model tiny|bundled] [--steps N] [--rounds R]
 
-Starts a real studio (embedded Redis, daphne, one Celery worker) on
+Starts a real studio (embedded Redis, uvicorn, one Celery worker) on
 127.0.0.1, then alternates, R times, the same training run two ways:
   cli:    `python -m tuning train CONFIG.yaml` in a fresh process;
   studio: POST /api/v1/fine_tuning/jobs with a token, run on the worker,

@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/upload_memory.py [--gigabytes 1.0]
 
-Starts the real web server (daphne on 127.0.0.1, as the launcher does) on a
+Starts the real web server (uvicorn on 127.0.0.1, as the launcher does) on a
 fresh DATA_DIR under /tmp, logs in, and uploads a generated JSONL file of
 instruction/output rows (written to /tmp first, then streamed from a
 generator by requests with a Content-Length, never held in memory). The web
 process streams the body to a temporary file, checks every row and stores
-the dataset. The figure is the daphne process's peak resident memory
+the dataset. The figure is the web process's peak resident memory
 (VmHWM from /proc, which covers its start-up too) in MB, and its ratio to
 the 300 MB target (at most 1.0 passes). The generated file, the server's
 DATA_DIR and its temporary upload are deleted afterwards.
@@ -89,8 +89,6 @@ def peak_rss_mb(pid: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gigabytes", type=float, default=1.0, help="size of the generated upload (1e9 bytes)")
-    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne",
-                        help="daphne: what the launcher starts; uvicorn: for comparison (pip install uvicorn)")
     args = parser.parse_args()
     import requests
 
@@ -112,12 +110,7 @@ def main() -> int:
                            stdout=subprocess.DEVNULL)
         port = launcher.free_port()
         log = open(work / "web.log", "wb")
-        if args.server == "daphne":
-            web = launcher.start_web(env, "127.0.0.1", port, stdout=log, stderr=subprocess.STDOUT)
-        else:
-            web = subprocess.Popen([sys.executable, "-m", "uvicorn", "studio.asgi:application", "--host", "127.0.0.1",
-                                    "--port", str(port), "--ws", "websockets", "--no-access-log"],
-                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        web = launcher.start_web(env, "127.0.0.1", port, stdout=log, stderr=subprocess.STDOUT)
         launcher.wait_for_port("127.0.0.1", port, launcher.WEB_START_TIMEOUT_S)
         base = f"http://127.0.0.1:{port}"
         session = requests.Session()
@@ -137,7 +130,7 @@ def main() -> int:
         print(json.dumps({"figure": "upload_peak_rss_mb", "value": round(peak, 1),
                           "ratio_to_target": round(peak / TARGET_MB, 3), "target_mb": TARGET_MB,
                           "idle_rss_mb": round(idle_mb, 1), "upload_bytes": data_file.stat().st_size,
-                          "rows": rows, "seconds": round(seconds, 1), "server": args.server}))
+                          "rows": rows, "seconds": round(seconds, 1), "server": "uvicorn"}))
     finally:
         if web is not None:
             launcher.stop_all([web])

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/ws_latency.py [--seconds 10] [--clients 1,20,100]
 
-Starts a real studio on 127.0.0.1 (embedded Redis, daphne, one Celery
+Starts a real studio on 127.0.0.1 (embedded Redis, uvicorn, one Celery
 worker; tests/stack.py) with the tiny test model, starts one long training
 job, and for each client count connects that many clients at once. Each
 says it has every event so far ({"after": last seq}), so only live events

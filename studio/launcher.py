@@ -2,7 +2,7 @@
 
 Runs inside the virtual environment (``python3 run.py`` gets it there).
 Without REDIS_URL it starts an embedded Redis-protocol server first, then
-migrates, runs ``studio_setup``, and starts the web server (daphne) and one
+migrates, runs ``studio_setup``, and starts the web server (uvicorn) and one
 Celery worker. It stays in the foreground: Ctrl-C or SIGTERM stops every
 process it started; if one of them dies, it stops the rest and fails.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_S = 10.0  # how long a child may take to exit after SIGTERM before SIGKILL
-WEB_START_TIMEOUT_S = 120.0  # daphne imports Django and every app before it listens
+WEB_START_TIMEOUT_S = 120.0  # uvicorn imports Django and every app before it listens
 REDIS_START_TIMEOUT_S = 10.0
 WORKER_START_TIMEOUT_S = 120.0  # the worker imports Django, the task code and torch
 
@@ -153,9 +153,15 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
 
 
 def start_web(env: dict, host: str, port: int, **popen_kwargs) -> subprocess.Popen:
-    """daphne serving HTTP and WebSockets for studio.asgi (popen_kwargs: e.g. stdout for a log file)."""
+    """uvicorn serving HTTP and WebSockets for studio.asgi (popen_kwargs: e.g. stdout for a log file).
+
+    uvicorn hands a request body to Django as it arrives, so an upload is
+    streamed to a temporary file; daphne (Twisted) held about ten copies of
+    a multipart body in memory first (bench/upload_memory.py). Django's ASGI
+    handler has no lifespan protocol, hence --lifespan off."""
     return _spawn(
-        [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "studio.asgi:application"],
+        [sys.executable, "-m", "uvicorn", "studio.asgi:application", "--host", host, "--port", str(port),
+         "--ws", "websockets", "--lifespan", "off", "--no-access-log", "--timeout-graceful-shutdown", "5"],
         env=env,
         **popen_kwargs,
     )

@@ -30,7 +30,7 @@ def memorisable_jsonl(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, tiny_model):
-    """A running studio (Redis, daphne, Celery worker) shared by the
+    """A running studio (Redis, uvicorn, Celery worker) shared by the
     integration and browser tests."""
     from tests.stack import start_stack
     from studio.launcher import stop_all

@@ -1,5 +1,5 @@
 """A real studio for integration and browser tests: the embedded Redis
-server, daphne and a Celery worker as separate processes, on 127.0.0.1,
+server, uvicorn and a Celery worker as separate processes, on 127.0.0.1,
 with their own DATA_DIR and SQLite database, and the tiny model registered."""
 
 from __future__ import annotations

@@ -27,31 +27,3 @@ class SizeLimitUploadHandler(FileUploadHandler):
     def _refuse(self):
         self.request.upload_too_large = True
         raise SkipFile()
-
-
-def stop_twisted_parsing_uploads() -> bool:
-    """Keep daphne's HTTP layer from parsing multipart bodies itself.
-
-    Twisted's ``Request.requestReceived`` decodes every multipart POST body
-    into ``request.args`` with the email parser, holding several copies of
-    the whole body in memory (about 10x: 2 GB for a 200 MB upload) before
-    daphne even hands the body to Django, which ignores ``args`` and parses
-    the body again, streaming, into a temporary file. Call this once in the
-    web process (studio/asgi.py) before daphne serves requests. Returns
-    False where daphne is not installed (another ASGI server needs nothing).
-    """
-    try:
-        from daphne.http_protocol import WebRequest
-    except ImportError:
-        return False
-    if getattr(WebRequest, "_studio_streams_uploads", False):
-        return True
-    original_init = WebRequest.__init__
-
-    def __init__(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self._parsePOSTFormSubmission = False  # read by twisted.web.http.Request.requestReceived
-
-    WebRequest.__init__ = __init__
-    WebRequest._studio_streams_uploads = True
-    return True

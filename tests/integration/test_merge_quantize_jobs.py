@@ -1,5 +1,5 @@
 """Merging, quantizing, evaluating and chatting as jobs on the real stack:
-Redis, daphne and Celery workers as separate processes."""
+Redis, uvicorn and Celery workers as separate processes."""
 
 import asyncio
 import json
