@@ -13,6 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from studio.api.webhooks import webhooks_enqueue_for_job
+from studio.datasets.selectors import dataset_training_refusal
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from studio.jobs.selectors import job_latest_checkpoint, job_output_dir
@@ -43,6 +44,9 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
     when the settings are invalid; tuning.errors.ModelError when the base
     model's config cannot be read.
     """
+    refusal = dataset_training_refusal(dataset)  # unconfirmed columns, blocking lint findings
+    if refusal:
+        raise ConfigError({"dataset": refusal})
     with transaction.atomic():
         job = Job.objects.create(team=team, owner=user, kind=Job.Kind.TRAIN, dataset=dataset,
                                  base_model=base_model, config={}, device_pool=settings.DEFAULT_DEVICE_POOL,

@@ -71,3 +71,15 @@ def test_gpu_only_methods_go_to_a_gpu_pool_or_are_refused(member_client, dataset
     response = member_client.post("/jobs/new/", data)
     job = Job.objects.get()
     assert response.status_code == 302 and job.device_pool == "gpu" and job.config["method"] == "qlora"
+
+
+def test_a_dataset_waiting_for_its_column_mapping_cannot_be_trained_on(member_client, member, team, tmp_path,
+                                                                       tiny_base_model):
+    data = tmp_path / "qa.csv"
+    data.write_text("question,answer\nq1,a1\nq2,a2\n")
+    unsure = dataset_create_from_file(team=team, user=member, source_path=data, filename="qa.csv")
+    assert not unsure.confirmed
+    response = member_client.post("/jobs/new/", form_data(unsure, tiny_base_model))
+    assert response.status_code == 400
+    assert "waiting for its column mapping to be confirmed" in response.content.decode()
+    assert not Job.objects.exists()
