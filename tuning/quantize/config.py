@@ -1,0 +1,65 @@
+"""The settings of a quantization or export job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tuning.config import config_from_dict, setting
+from tuning.quantize import QUANT_SCHEMES  # defined before this module is imported
+
+DEFAULT_PROMPTS = (
+    "Explain in two sentences what a neural network is.",
+    "Write a short, friendly email declining a meeting invitation.",
+    "What is 17 + 25? Answer with the number.",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeConfig:
+    """Quantize or export one model. ``source_path`` is a full model
+    directory, or an adapter directory (then ``base_model`` is required and
+    the adapter is merged into it in memory first)."""
+
+    scheme: str = setting(help="Quantization scheme or export format (tuning.quantize.QUANT_SCHEMES).",
+                          choices=tuple(QUANT_SCHEMES), basic=True)
+    source_path: str = setting(help="Model directory to quantize, or an adapter directory (with base model).",
+                               basic=True, label="Source")
+    base_model: str = setting("", help="Base model the adapter was trained on (adapter sources only).")
+    output_dir: str = setting(help="Directory the quantized model is written to (replaced if it exists).")
+    eval_dataset_path: str = setting("", help="Optional JSONL/CSV of instruction/response rows: the report "
+                                              "compares perplexity on them before and after.")
+    eval_rows: int = setting(64, help="Rows of the evaluation file used for perplexity.", min=1, max=100_000)
+    eval_max_length: int = setting(512, help="Tokens per evaluation row; longer rows are truncated.", min=8,
+                                   max=131072)
+    # Prompts answered before and after, side by side in the report. A list,
+    # so (like TrainConfig.method_params) it has no form metadata and is
+    # validated in from_dict.
+    prompts: list = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    max_new_tokens: int = setting(48, help="Tokens generated per prompt in the report.", min=1, max=4096)
+    report: bool = setting(True, help="Reload the output and compare it with the source (size, perplexity, "
+                                      "speed, answers).")
+    trust_remote_code: bool = setting(False, help="Run model code shipped with the model (off unless an admin "
+                                                  "allows it).")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuantizeConfig":
+        from tuning.errors import ConfigError
+
+        data = dict(data)
+        prompts = data.pop("prompts", None)
+        errors: dict[str, str] = {}
+        config = None
+        try:
+            config = config_from_dict(cls, data)
+        except ConfigError as exc:
+            errors.update(exc.errors)
+        if prompts is not None and (not isinstance(prompts, (list, tuple)) or not prompts
+                                    or not all(isinstance(p, str) and p.strip() for p in prompts)):
+            errors["prompts"] = "must be a list of one or more non-empty texts"
+        if errors:
+            raise ConfigError(errors)
+        if prompts is not None:
+            import dataclasses
+
+            config = dataclasses.replace(config, prompts=list(prompts))
+        return config

@@ -1,0 +1,60 @@
+"""The README model card written into every quantized or exported output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _mib(size) -> str:
+    return "n/a" if size is None else f"{size / 2**20:.1f} MiB"
+
+
+def _report_section(report: dict | None) -> str:
+    if not report:
+        return ""
+    rows = [("Weights on disk", _mib(report["size_bytes_before"]), _mib(report["size_bytes_after"])),
+            ("Generation (tokens/s, this worker)", report["tokens_per_s_before"], report["tokens_per_s_after"])]
+    if report["perplexity_before"] is not None:
+        rows.append((f"Perplexity ({report['eval_rows']} rows)", report["perplexity_before"],
+                     report["perplexity_after"]))
+    table = "\n".join(f"| {name} | {before} | {after} |" for name, before, after in rows)
+    return f"""
+## Before and after
+
+Measured by reloading this folder the way the snippet above does.
+
+| | source ({report['dtype_before']}) | this model |
+|---|---|---|
+{table}
+"""
+
+
+def write_quantized_card(directory: Path, *, scheme, source: str, report: dict | None) -> Path:
+    library = "gguf" if scheme.gguf_file else "transformers"
+    text = f"""---
+library_name: {library}
+tags:
+- tuning-studio
+- {scheme.name}
+---
+
+# {scheme.label} of {Path(source).name}
+
+{scheme.description}
+
+- **Source:** {source}
+- **Format:** {scheme.format}{f" (file `{scheme.gguf_file}`)" if scheme.gguf_file else ""}
+- **Made with:** Tuning Studio
+
+## How to load
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
+model = {scheme.how_to_load}
+```
+{_report_section(report)}"""
+    path = Path(directory) / "README.md"
+    path.write_text(text)
+    return path
