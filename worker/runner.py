@@ -16,6 +16,8 @@ from tuning.errors import TuningError
 from worker.sink import JobSink
 
 log = logging.getLogger(__name__)
+# The job this worker process runs now (None when idle): read by worker/registry.py.
+current_job_id: int | None = None
 
 
 class Heartbeat:
@@ -34,10 +36,14 @@ class Heartbeat:
             connection.close()  # this thread's own database connection
 
     def __enter__(self):
+        global current_job_id
+        current_job_id = self.job_id
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
+        global current_job_id
+        current_job_id = None
         self.stopped.set()
         self.thread.join()
 

@@ -6,6 +6,7 @@ from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 
 from worker.playground import playground_generate as playground_generate_now
+from worker.registry import start_registry, stop_registry
 from worker.runner import recover_lost_jobs_forever
 from worker.runner import run_job as run_job_now
 
@@ -26,6 +27,18 @@ def playground_generate(reply_channel: str, request: dict) -> None:
 def start_recovering_lost_jobs(**kwargs):
     threading.Thread(target=recover_lost_jobs_forever, args=(_stop_recovery,), name="recover-lost-jobs",
                      daemon=True).start()
+
+
+@worker_ready.connect
+def register_worker_node(sender, **kwargs):
+    # sender is the worker's consumer: its node name ("gpu0@box") and the
+    # queues it consumes (-Q: one device pool per worker).
+    start_registry(sender.hostname, ",".join(sorted(sender.app.amqp.queues.consume_from)))
+
+
+@worker_shutdown.connect
+def unregister_worker_node(**kwargs):
+    stop_registry()
 
 
 @worker_shutdown.connect

@@ -6,6 +6,7 @@ from django import forms
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from studio.audit.services import audit_record
 from studio.accounts.models import ApiToken
 from studio.accounts.selectors import admin_team_ids_for_user, api_token_list_for_user, teams_for_user
 from studio.accounts.services import api_token_create, api_token_revoke
@@ -55,6 +56,8 @@ def api_token_list(request):
     if form.is_valid():
         team = next((t for t in teams if str(t.pk) == form.cleaned_data["team"]), None)
         token, secret = api_token_create(user=request.user, name=form.cleaned_data["name"], team=team)
+        for audited in [token.team] if token.team else teams:
+            audit_record(user=request.user, team=audited, action="token.created", target=token, request=request)
         context, status = _tokens_context(request, new_secret=secret, new_token=token), 200
     context = context or _tokens_context(request, form=form)
     template = "accounts/_tokens.html" if request.htmx else "accounts/tokens.html"
@@ -66,9 +69,11 @@ def api_token_list(request):
 @require_POST
 def api_token_revoke_view(request, token_id: int):
     try:
-        api_token_revoke(user=request.user, token_id=token_id)
+        token = api_token_revoke(user=request.user, token_id=token_id)
     except ApiToken.DoesNotExist:  # another user's token: as if it did not exist
         return render(request, "accounts/_tokens.html", _tokens_context(request), status=404)
+    for audited in [token.team] if token.team else teams_for_user(user=request.user):
+        audit_record(user=request.user, team=audited, action="token.revoked", target=token, request=request)
     if request.htmx:
         return render(request, "accounts/_tokens.html", _tokens_context(request))
     return redirect("api-token-list")

@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.template.defaultfilters import filesizeformat
 from django.views.decorators.csrf import csrf_exempt
 
+from studio.audit.services import audit_record
 from studio.api.auth import api_view
 from studio.api.errors import ApiError, error_response
 from studio.api.openapi import openapi_schema
@@ -72,6 +73,8 @@ def _dataset_upload(request):
         dataset = dataset_create_from_uploads(team=team, user=request.caller.user, uploads=uploads, name=name[:200])
     except DatasetError as exc:
         raise ApiError(400, str(exc), field="file", row=exc.row, column=exc.field or None) from None
+    audit_record(user=request.caller.user, team=team, action="dataset.uploaded", target=dataset,
+                 detail={"rows": dataset.row_count, "via": "api"}, request=request)
     return {**dataset_json(dataset), "_status": 201}
 
 

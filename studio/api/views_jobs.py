@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from studio.audit.services import audit_record
 from studio.accounts.models import Membership
 from studio.api.auth import api_view
 from studio.api.errors import ApiError
@@ -104,6 +105,8 @@ def _job_create(request):
         raise ApiError(400, str(exc), field="model") from None
     except TuningError as exc:
         raise ApiError(400, str(exc)) from None
+    audit_record(user=request.caller.user, team=team, action="job.started", target=job,
+                 detail={"method": method, "via": "api"}, request=request)
     return {**job_json(job, request=request), "_status": 201}
 
 
@@ -132,6 +135,8 @@ def job_cancel_api(request, job_id: int):
     if job.status in Job.FINISHED:
         raise ApiError(409, f"The job has already {job.status}; there is nothing to cancel", field="status")
     job = job_cancel(job=job)
+    audit_record(user=caller.user, team=job.team, action="job.cancelled", target=job, detail={"via": "api"},
+                 request=request)
     return job_json(job_get_in_teams(team_ids=caller.team_ids, job_id=job.pk), request=request)
 
 

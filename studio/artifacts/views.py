@@ -4,6 +4,7 @@ from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils.text import slugify
 
+from studio.audit.services import audit_record
 from studio.artifacts.selectors import (artifact_evaluations, artifact_files, artifact_get_for_user,
                                        artifact_lineage, artifact_list_for_user, report_rows)
 from studio.artifacts.zipstream import zip_directory
@@ -33,6 +34,8 @@ def artifact_download(request, artifact_id: int):
     """The whole directory as a zip, streamed as it is written (never built in memory)."""
     artifact = artifact_get_for_user(user=request.user, artifact_id=artifact_id)
     directory = _directory(artifact)
+    audit_record(user=request.user, team=artifact.team, action="artifact.downloaded", target=artifact,
+                 detail={"file": "(zip)"}, request=request)
     stem = f"{slugify(artifact.job.name) or 'job'}-{artifact.job_id}-{artifact.kind}"
     response = StreamingHttpResponse(zip_directory(directory, prefix=stem), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{stem}.zip"'
@@ -46,6 +49,8 @@ def artifact_file(request, artifact_id: int, name: str):
     path = (directory / name).resolve()
     if not path.is_relative_to(directory) or not path.is_file():
         raise Http404("No such file in this artifact.")
+    audit_record(user=request.user, team=artifact.team, action="artifact.downloaded", target=artifact,
+                 detail={"file": name}, request=request)
     return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
 
 

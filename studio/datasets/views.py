@@ -7,6 +7,7 @@ from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from studio.audit.services import audit_record
 from studio.accounts.models import Membership
 from studio.accounts.selectors import membership_role, team_for_new_work
 from studio.catalog.models import BaseModel
@@ -44,6 +45,8 @@ def dataset_list(request):
             except DatasetError as exc:
                 form.add_error("file", str(exc))
             else:
+                audit_record(user=request.user, team=team, action="dataset.uploaded", target=dataset,
+                             detail={"rows": dataset.row_count}, request=request)
                 if request.htmx:
                     response = render(request, "datasets/_upload_form.html", {"form": DatasetUploadForm()})
                     response["HX-Redirect"] = dataset.get_absolute_url()

@@ -150,10 +150,8 @@ def pool_tokens_per_s(pool: str, *, base_model_id: int | None) -> float | None:
 
 
 def pool_memory_bytes(pool: str) -> int | None:
-    """Device memory of the pool's workers, as they registered it (None when unknown)."""
-    try:
-        from studio.workers.selectors import pool_device_memory_mib
-    except ImportError:
-        return None
+    """Device memory of the pool's alive workers, as they registered it (None when none is alive)."""
+    from studio.workers.selectors import pool_device_memory_mib
+
     mib = pool_device_memory_mib(pool)
     return int(mib * 2**20) if mib else None

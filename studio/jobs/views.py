@@ -7,6 +7,7 @@ from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from studio.audit.services import audit_record
 from studio.accounts.selectors import team_for_new_work
 from studio.catalog.selectors import base_model_list
 from studio.datasets.selectors import dataset_list_for_user
@@ -73,6 +74,8 @@ def job_new(request):
             except ModelError as exc:
                 form.add_error("base_model", str(exc))
             else:
+                audit_record(user=request.user, team=team, action="job.started", target=job,
+                             detail={"method": values.get("method", "")}, request=request)
                 return redirect(job)
     status = 400 if form.errors else 200
     has_datasets = form.fields["dataset"].queryset.exists()
@@ -212,6 +215,8 @@ def job_resume_view(request, job_id: int):
         resumed = job_resume(job=job, user=request.user)
     except (ConfigError, ModelError) as exc:
         return render(request, "jobs/_status.html", {"job": job, "resume_error": str(exc)}, status=400)
+    audit_record(user=request.user, team=job.team, action="job.resumed", target=resumed,
+                 detail={"from_job": job.pk}, request=request)
     if request.htmx:
         response = render(request, "jobs/_status.html", {"job": job})
         response["HX-Redirect"] = resumed.get_absolute_url()
@@ -222,6 +227,7 @@ def job_resume_view(request, job_id: int):
 @require_POST
 def job_cancel_view(request, job_id: int):
     job = job_cancel(job=_job_to_act_on(request, job_id))
+    audit_record(user=request.user, team=job.team, action="job.cancelled", target=job, request=request)
     if request.htmx:
         return render(request, "jobs/_status.html", {"job": job})
     return redirect(job)

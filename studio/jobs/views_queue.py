@@ -4,6 +4,7 @@ from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
+from studio.audit.services import audit_record
 from studio.accounts.models import Membership
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.selectors_queue import queue_rows_for_user
@@ -42,14 +43,19 @@ def job_queue_action(request, job_id: int):
             if job.owner_id != request.user.pk and job.team_id not in _admin_team_ids(request.user):
                 raise ConfigError({"cancel": "members cancel only their own jobs; ask a team admin"})
             job_cancel(job=job)
+            audit_record(user=request.user, team=job.team, action="job.cancelled", target=job, request=request)
         elif action == "priority":
             try:
                 priority = int(request.POST.get("priority", ""))
             except ValueError:
                 raise ConfigError({"priority": "must be a whole number from -100 to 100"}) from None
             job_set_priority(job=job, priority=priority, user=request.user)
+            audit_record(user=request.user, team=job.team, action="job.reprioritised", target=job,
+                         detail={"priority": priority}, request=request)
         elif action in ("front", "back"):
             job_move(job=job, direction=action, user=request.user)
+            audit_record(user=request.user, team=job.team, action="job.reprioritised", target=job,
+                         detail={"move": action}, request=request)
         else:
             raise Http404
     except ConfigError as exc:

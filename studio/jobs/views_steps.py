@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from studio.accounts.selectors import team_for_new_work
+from studio.audit.services import audit_record
 from studio.artifacts.selectors import artifact_list_for_user
 from studio.datasets.selectors import dataset_list_for_user
 from studio.jobs.forms import _form_field
@@ -99,6 +100,8 @@ def job_new_merge(request):
             except ModelError as exc:
                 errors["sources"] = str(exc)
             else:
+                audit_record(user=request.user, team=team, action="job.started", target=job,
+                             detail={"kind": job.kind}, request=request)
                 return redirect(job)
     context = {"methods": [_with_paper_url(describe(m)) for m in MERGE_METHODS.values()],
                "method": _with_paper_url(describe(method)),
@@ -145,6 +148,8 @@ def job_new_quantize(request):
             except ModelError as exc:
                 errors["artifact"] = str(exc)
             else:
+                audit_record(user=request.user, team=team, action="job.started", target=job,
+                             detail={"kind": job.kind}, request=request)
                 return redirect(job)
     from tuning.quantize.config import DEFAULT_PROMPTS
 
@@ -173,6 +178,9 @@ def job_chain(request, job_id: int):
         if start is None:
             raise ConfigError({"steps": "this job made no artifact to start from"})
         jobs = job_create_chain(user=request.user, team=team, start=start, steps=steps)
+        for queued in jobs:
+            audit_record(user=request.user, team=team, action="job.started", target=queued,
+                         detail={"kind": queued.kind, "after": queued.depends_on_id}, request=request)
     except (ConfigError, ModelError) as exc:
         message = "; ".join(exc.errors.values()) if isinstance(exc, ConfigError) else str(exc)
         return render(request, "jobs/_chain_form.html", {"job": job, "schemes": quantize_schemes(), "chain_error": message},
@@ -220,6 +228,8 @@ def job_new_evaluate(request):
             except ConfigError as exc:
                 errors.update(exc.errors)
             else:
+                audit_record(user=request.user, team=team, action="job.started", target=job,
+                             detail={"kind": job.kind}, request=request)
                 return redirect(job)
     context = {"form": form, "artifacts": artifacts, "datasets": datasets, "errors": errors,
                "chosen_artifact": data.get("artifact", ""), "chosen_dataset": data.get("dataset", "")}

@@ -144,3 +144,16 @@ def test_playground_lists_the_teams_artifacts_and_picks_the_asked_one(member_cli
     rival = Client()
     rival.force_login(outsider)
     assert adapter.name not in rival.get("/playground/").content.decode()
+
+
+def test_starting_and_downloading_are_in_the_audit_log(member_client, member, team, dataset, tiny_base_model):
+    from studio.audit.models import AuditEntry
+
+    response = member_client.post("/jobs/new/", {"dataset": dataset.pk, "base_model": tiny_base_model.pk,
+                                                 "method": "lora", "max_steps": 2, "batch_size": 2})
+    job = Job.objects.get()
+    assert response.status_code == 302
+    adapter = finish_with_a_real_adapter(job)
+    b"".join(member_client.get(f"/artifacts/{adapter.pk}/files/adapter_config.json").streaming_content)
+    entries = list(AuditEntry.objects.filter(team=team).order_by("at").values_list("action", "target_id"))
+    assert entries == [("job.started", str(job.pk)), ("artifact.downloaded", str(adapter.pk))]

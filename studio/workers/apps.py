@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class WorkersConfig(AppConfig):
+    name = "studio.workers"
+    default_auto_field = "django.db.models.BigAutoField"

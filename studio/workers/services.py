@@ -1,0 +1,38 @@
+"""The only writer of WorkerNode rows; called by each worker's registry
+thread (worker/registry.py), never by the web side."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from studio.jobs.models import Job
+from studio.workers.models import WorkerNode
+
+
+def worker_register(*, name: str, pool: str, hostname: str, pid: int, device: str,
+                    device_memory_mib: int) -> WorkerNode:
+    """A worker (re)starts: one row per node name, so a restarted worker
+    takes over its old row instead of leaving a "lost" ghost behind."""
+    now = timezone.now()
+    node, _ = WorkerNode.objects.update_or_create(name=name, defaults={
+        "pool": pool, "hostname": hostname, "pid": pid, "device": device[:255],
+        "device_memory_mib": max(0, int(device_memory_mib)), "memory_used_mib": 0, "current_job": None,
+        "started_at": now, "last_heartbeat_at": now, "stopped_at": None})
+    return node
+
+
+def worker_heartbeat(*, name: str, current_job_id: int | None, memory_used_mib: int) -> bool:
+    """Renew the worker's heartbeat. False when it has no live row (never
+    registered, deleted by an admin, or marked stopped): the caller
+    registers again. A stopped row is left alone so that a last beat racing
+    a clean shutdown cannot bring the worker back to life."""
+    if current_job_id is not None and not Job.objects.filter(pk=current_job_id).exists():
+        current_job_id = None  # the job was deleted under it; a dangling id would break the foreign key
+    return bool(WorkerNode.objects.filter(name=name, stopped_at__isnull=True).update(
+        current_job_id=current_job_id, memory_used_mib=max(0, int(memory_used_mib)),
+        last_heartbeat_at=timezone.now()))
+
+
+def worker_stopped(*, name: str) -> None:
+    """A clean shutdown: the worker is gone on purpose, not lost."""
+    WorkerNode.objects.filter(name=name).update(stopped_at=timezone.now(), current_job=None)
