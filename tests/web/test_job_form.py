@@ -195,3 +195,24 @@ def test_other_teams_datasets_never_show(client, outsider, dataset, tiny_base_mo
         assert f">{dataset.name}</option>" not in page and f'<option value="{dataset.pk}" selected>' not in page
     refused = client.post("/jobs/new/", {"dataset": dataset.pk, "base_model": tiny_base_model.pk, "method": "lora"})
     assert refused.status_code == 400 and not Job.objects.exists()
+
+
+def test_preflight_says_when_a_run_will_not_fit_the_pools_workers_and_what_would(member_client, tiny_base_model,
+                                                                               settings):
+    from studio.workers.services import worker_register
+
+    query = {"base_model": tiny_base_model.pk, "method": "lora", "task": "sft", "batch_size": "64",
+             "max_length": "2048"}
+    page = member_client.get(ESTIMATE, query).content.decode()
+    assert "needs ≈" in page and "Will not fit" not in page  # no worker registered: nothing to compare with
+
+    # A 4 GiB worker on the default pool. The tiny model's 49k-token logits
+    # dominate: 64 rows of 2048 tokens need ~38 GiB, 4 rows ~2.4 GiB.
+    worker_register(name="small@box", pool=settings.DEFAULT_DEVICE_POOL, hostname="box", pid=1,
+                    device="CPU: test", device_memory_mib=4096)
+    page = member_client.get(ESTIMATE, query).content.decode()
+    assert "of 4 GiB on pool default" in page
+    assert "Will not fit on pool default. Try: batch size 4 (raise gradient accumulation" in page
+
+    roomy = {**query, "batch_size": "1", "max_length": "64"}
+    assert "Will not fit" not in member_client.get(ESTIMATE, roomy).content.decode()
