@@ -187,6 +187,13 @@ class TrainConfig:
                                                  "instead of the last step.")
     resume_from: str = setting("", help="Checkpoint directory to continue from (model, optimizer, scheduler and "
                                         "data position); 'latest' picks the newest one in output_dir.")
+    packing: bool = setting(True, help="Pack each batch's rows end to end without padding (each row still "
+                                       "attends only to itself); faster on data of mixed lengths. Turned off "
+                                       "automatically where the method or model cannot use it.")
+    group_by_length: bool = setting(False, help="Batch rows of similar length together, so padded batches waste "
+                                                "less; only matters when packing is off or unavailable.")
+    cache_dir: str = setting("", help="Directory for cached tokenized datasets (empty: .token-cache beside the "
+                                      "output directory).")
     loss_on_prompt: bool = setting(False, help="Also train on the prompt tokens (default: responses only).")
     seed: int = setting(42, help="Random seed for shuffling and initialisation.", min=0, max=2**31 - 1)
     save_every: int = setting(100, help="Write a checkpoint every N steps.", min=1, max=10_000_000)

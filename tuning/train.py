@@ -6,6 +6,12 @@ by the worker alike. It reports everything through ``sink`` and checks
 effect within one step and leaves a checkpoint behind. A run continues
 exactly from a checkpoint (weights, optimizer, scheduler, data position)
 when ``resume_from`` names one.
+
+Tokenized data comes from an on-disk cache when the same file was
+tokenized the same way before (``tuning.data.cache``), and each
+micro-batch is packed without padding where the method and model allow it
+(``tuning.data.packing``); either way the rows of every step depend only on
+(seed, epoch), which is what makes resuming exact.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ import math
 import resource
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tuning import checkpoints
 from tuning.config import TrainConfig, check_against_model
+from tuning.data.cache import default_cache_dir, load_task_data_cached
+from tuning.data.packing import collate_packed, context_tokens_for, packing_works
 from tuning.data.splits import split_validation
-from tuning.data.tasks import batches, collate_for_task, load_task_data
+from tuning.data.tasks import batches, collate_for_task
 from tuning.errors import ConfigError, DatasetError, ResourceError
 from tuning.evaluate import evaluate
 from tuning.events import ArtifactEvent, CheckpointEvent, EvalEvent, EventSink, LogEvent, MetricsEvent
@@ -65,6 +74,53 @@ def _memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _why_not_packed(config: TrainConfig, method, model, device: str) -> str | None:
+    """None where the run can use padding-free (packed) batches, else why not."""
+    if config.task == "classify":
+        return "classification predicts one label per row"
+    if method.group == "prompts":
+        return f"{method.label} prepends virtual tokens to every row, which packed rows cannot share"
+    if not packing_works(model, device):
+        attention = getattr(model.config, "_attn_implementation", "unknown")
+        return f"this model (attention '{attention}') lets packed rows see each other"
+    return None
+
+
+def _store_frozen_base_in_bf16(model, method, params, precision: str) -> int:
+    """Under bf16 autocast every matmul casts its fp32 weight to bf16 on every
+    call. The frozen linear weights of a plain LoRA run are only ever used
+    that way, so they can be stored in bf16 once: the same numbers in every
+    matmul, half their memory, no cast per step. Other adapters read the
+    base weights outside a matmul (DoRA's norms, OFT's rotations, PiSSA's
+    export), so they keep fp32. Returns how many weights were converted."""
+    import torch
+
+    if (precision != "bf16" or method.name != "lora" or getattr(params, "use_dora", False)
+            or getattr(params, "init", "default") not in ("default", "gaussian")):
+        return 0
+    shared = {id(model.get_input_embeddings().weight)}  # a tied output head is also the embedding table
+    converted = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (type(module) is torch.nn.Linear and not weight.requires_grad and weight.dtype == torch.float32
+                and id(weight) not in shared):
+            module.weight.data = weight.data.to(torch.bfloat16)
+            converted += 1
+    return converted
+
+
+def _adamw(groups, config: TrainConfig):
+    import torch
+
+    # The fused kernel updates every tensor in one pass: measured 7x faster
+    # than the default for a 135M-parameter full fine-tune on a CPU (see
+    # BENCHMARKS.md). It needs floating-point parameters on a CPU or GPU.
+    params = [p for group in groups for p in group["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay,
+                             **({"fused": True} if fused else {}))
+
+
 def _resume_dir(config: TrainConfig, output_dir: Path) -> Path | None:
     if not config.resume_from:
         return None
@@ -91,8 +147,14 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     dataset_name = config.dataset_name or Path(config.dataset_path).name
     sink.emit(LogEvent(message=f"Reading {dataset_name} for task {config.task}"))
     tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.trust_remote_code)
-    data = load_task_data(config.task, config.dataset_path, name=dataset_name, tokenizer=tokenizer,
-                          max_length=config.max_length, loss_on_prompt=config.loss_on_prompt)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(output_dir)
+    data, cached = load_task_data_cached(config.task, config.dataset_path, name=dataset_name, tokenizer=tokenizer,
+                                         max_length=config.max_length, loss_on_prompt=config.loss_on_prompt,
+                                         cache_dir=cache_dir)
+    if cached == "hit":
+        sink.emit(LogEvent(message=f"Using tokenized data from cache ({cache_dir})"))
+    elif cached != "stored":
+        sink.emit(LogEvent(message=f"Tokenized data {cached} in the cache {cache_dir}; the next run tokenizes again"))
     train_items, validation_items = split_validation(data.items, config.validation_ratio, config.seed)
     if not train_items:
         raise DatasetError(f"no usable rows (every row is too long before its response starts at max length "
@@ -122,7 +184,8 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
         model.to(device)
 
     def calibration_batches():
-        for i, batch in enumerate(batches(train_items, batch_size=config.batch_size, seed=config.seed, epoch=0)):
+        for i, batch in enumerate(batches(train_items, batch_size=config.batch_size, seed=config.seed, epoch=0,
+                                          group_by_length=config.group_by_length)):
             if i >= CALIBRATION_BATCHES:
                 return
             yield {key: value.to(device) for key, value in collate(batch).items() if key != "labels"}
@@ -132,15 +195,29 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                                                         calibration_batches=calibration_batches))
     if not quantized:
         model.to(device)
+        if _store_frozen_base_in_bf16(model, method, params, precision):
+            sink.emit(LogEvent(message="Frozen base weights stored in bf16 (the precision every matmul uses)"))
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count = sum(p.numel() for p in trainable)
     total_count = sum(p.numel() for p in model.parameters())
     sink.emit(LogEvent(message=f"{method.label}: {trainable_count:,} trainable of {total_count:,} parameters "
                                f"({100 * trainable_count / total_count:.2f}%), precision {precision}"))
+    # Packed batches hold the same rows as padded ones (so steps, resume and
+    # the loss are unchanged) without computing on padding.
+    why_not = _why_not_packed(config, method, model, device) if config.packing else None
+    packed = config.packing and why_not is None
+    if packed:
+        train_collate = partial(collate_packed, max_length=config.max_length, pad_token_id=tokenizer.pad_token_id,
+                                context_tokens=context_tokens_for(model))
+        sink.emit(LogEvent(message="Packing rows end to end without padding (each row attends only to itself)"))
+    else:
+        train_collate = collate
+        if why_not:
+            sink.emit(LogEvent(message=f"Padded batches instead of packed ones: {why_not}"))
 
     # --- schedule ---------------------------------------------------------
     groups = method.param_groups(model, params, config.learning_rate) if method.param_groups else [{"params": trainable}]
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = _adamw(groups, config)
     scheduler = get_scheduler("constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
                               optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -180,22 +257,23 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     pending: list = []  # micro-batches of the step being accumulated
     while state.step < total_steps and not stopped_early:
         for index, batch in enumerate(batches(train_items, batch_size=config.batch_size, seed=config.seed,
-                                              epoch=state.epoch)):
+                                              epoch=state.epoch, group_by_length=config.group_by_length)):
             if index < state.batches_done_in_epoch:
                 continue  # resuming: these were trained on before the checkpoint
             pending.append(batch)
             if len(pending) < config.gradient_accumulation:
                 continue
             step_started = time.monotonic()
-            losses, tokens = [], 0
+            loss_sum, tokens = 0.0, 0
             try:
                 for micro in pending:
-                    inputs = {k: v.to(device) for k, v in collate(micro).items()}
+                    inputs = {k: v.to(device) for k, v in train_collate(micro).items()}
                     with autocast():
-                        loss = model(**inputs).loss
+                        # Without a cache object transformers sees the packed layout in position_ids.
+                        loss = model(**inputs, use_cache=False).loss if packed else model(**inputs).loss
                     (loss / len(pending)).backward()
-                    losses.append(loss.item())
-                    tokens += int(inputs["attention_mask"].sum())
+                    loss_sum = loss_sum + loss.detach()  # read once per step: no device sync per micro-batch
+                    tokens += sum(len(example.input_ids) for example in micro)  # real tokens, not padding
             except torch.OutOfMemoryError:
                 raise ResourceError(f"out of memory at step {state.step + 1} with batch size {config.batch_size} "
                                     f"and max length {config.max_length}; lower either, turn on gradient "
@@ -211,7 +289,7 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.tokens_seen += tokens
-            loss_value = sum(losses) / len(losses)
+            loss_value = float(loss_sum) / config.gradient_accumulation  # the mean over the step's micro-batches
             if not math.isfinite(loss_value):
                 raise ResourceError(f"the loss became {loss_value} at step {state.step}; lower the learning rate "
                                     f"(now {config.learning_rate}) or use fp32 precision")

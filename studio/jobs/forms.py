@@ -10,7 +10,7 @@ from tuning.methods import GROUPS, METHODS, Method
 
 # Settings the studio fills in itself, never typed by a user.
 SYSTEM_FIELDS = {"base_model", "base_model_name", "dataset_path", "dataset_name", "dataset_sha256", "output_dir",
-                 "trust_remote_code", "method", "resume_from"}
+                 "trust_remote_code", "method", "resume_from", "cache_dir"}
 # Drawn beside the dataset and base model rather than with the settings: the task decides which methods apply.
 TOP_FIELDS = ("task",)
 TASK_LABELS = {"sft": "Instructions / chat (SFT)", "pretrain": "Continued pre-training",

@@ -97,15 +97,19 @@ def test_missing_base_model_is_a_user_error(memorisable_jsonl, tmp_path):
         run_train(config(tmp_path / "nowhere", memorisable_jsonl, tmp_path / "out"), MemorySink())
 
 
-def test_resume_continues_exactly_where_the_checkpoint_left_off(tiny_model, memorisable_jsonl, tmp_path):
+@pytest.mark.parametrize("packing", [True, False])
+def test_resume_continues_exactly_where_the_checkpoint_left_off(packing, tiny_model, memorisable_jsonl, tmp_path):
     straight = MemorySink()
-    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=8, batch_size=2), straight)
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=8, batch_size=2, packing=packing),
+              straight)
+    assert any("Packing rows" in e.message for e in straight.of_kind("log")) == packing
 
     interrupted = MemorySink(stop_after=3)
-    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=8, batch_size=2), interrupted)
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=8, batch_size=2, packing=packing),
+              interrupted)
     resumed = MemorySink()
     result = run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=8, batch_size=2,
-                              resume_from="latest"), resumed)
+                              packing=packing, resume_from="latest"), resumed)
 
     expected = [e.loss for e in straight.of_kind("metrics")]
     got = [e.loss for e in interrupted.of_kind("metrics")] + [e.loss for e in resumed.of_kind("metrics")]
@@ -148,3 +152,33 @@ def test_gradient_checkpointing_gives_the_same_first_loss(tiny_model, memorisabl
               checkpointed)
     assert [e.loss for e in checkpointed.of_kind("metrics")] == pytest.approx(
         [e.loss for e in plain.of_kind("metrics")], rel=1e-5)
+
+
+def test_packed_and_padded_runs_train_alike_and_count_only_real_tokens(tiny_model, memorisable_jsonl, tmp_path):
+    packed, padded = MemorySink(), MemorySink()
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=3), packed)
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=3, packing=False), padded)
+    assert any("Packing rows" in e.message for e in packed.of_kind("log"))
+    assert [e.loss for e in packed.of_kind("metrics")] == pytest.approx(
+        [e.loss for e in padded.of_kind("metrics")], rel=1e-4)
+    # Both count the rows' own tokens; the padded batches computed more than that.
+    assert [e.tokens_seen for e in packed.of_kind("metrics")] == [e.tokens_seen for e in padded.of_kind("metrics")]
+
+
+def test_prompt_methods_fall_back_to_padded_batches(tiny_model, memorisable_jsonl, tmp_path):
+    sink = MemorySink()
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path, max_steps=1, method="prompt_tuning",
+                     method_params={"num_virtual_tokens": 4}), sink)
+    assert any("Padded batches instead of packed ones: Prompt tuning prepends virtual tokens" in e.message
+               for e in sink.of_kind("log"))
+
+
+def test_the_second_run_reads_tokenized_data_from_the_cache(tiny_model, memorisable_jsonl, tmp_path):
+    first, second = MemorySink(), MemorySink()
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=1), first)
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=1), second)
+    assert not any("tokenized data from cache" in e.message for e in first.of_kind("log"))
+    assert any("tokenized data from cache" in e.message for e in second.of_kind("log"))
+    assert list((tmp_path / ".token-cache").glob("sft-*.safetensors"))  # beside the output directories
+    assert [e.loss for e in second.of_kind("metrics")] == pytest.approx(
+        [e.loss for e in first.of_kind("metrics")], rel=1e-6)

@@ -109,11 +109,15 @@ def _token_labels_by_prefix(tokenizer, text: str, spans: list[tuple[int, int]]) 
     return ids, labels
 
 
-def tokenize_example(example: Example, tokenizer, *, max_length: int, loss_on_prompt: bool,
-                     file: str = "") -> TokenizedExample:
+def ensure_chat_template(tokenizer) -> None:
     if not tokenizer.chat_template:
         # Set on the tokenizer (not passed per call) so generation later uses the same format.
         tokenizer.chat_template = FALLBACK_TEMPLATE
+
+
+def tokenize_example(example: Example, tokenizer, *, max_length: int, loss_on_prompt: bool,
+                     file: str = "") -> TokenizedExample:
+    ensure_chat_template(tokenizer)
     text = _render(tokenizer, example, len(example.messages), file=file)
     if loss_on_prompt:
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -137,10 +141,30 @@ def tokenize_examples(examples: list[Example], tokenizer, *, max_length: int, lo
     return [t for t in tokenized if has_labels(t)]
 
 
-def batches(examples: list, *, batch_size: int, seed: int, epoch: int):
-    """Shuffled batches for one epoch; the order depends only on (seed, epoch)."""
+GROUP_BATCHES = 50  # length grouping sorts windows of this many batches
+
+
+def batches(examples: list, *, batch_size: int, seed: int, epoch: int, group_by_length: bool = False):
+    """Shuffled batches for one epoch; the order depends only on (seed, epoch).
+
+    ``group_by_length`` puts rows of similar length together, so a padded
+    batch wastes less on padding: the shuffled order is cut into windows of
+    ``GROUP_BATCHES`` batches, each window sorted by length and cut into
+    batches, and the batches shuffled again (still random from batch to
+    batch, but no longer within a window)."""
     order = list(range(len(examples)))
-    random.Random(seed * 1000003 + epoch).shuffle(order)
+    rng = random.Random(seed * 1000003 + epoch)
+    rng.shuffle(order)
+    if group_by_length:
+        window = batch_size * GROUP_BATCHES
+        grouped = []
+        for start in range(0, len(order), window):
+            part = sorted(order[start:start + window], key=lambda i: -len(examples[i].input_ids))
+            grouped += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        rng.shuffle(grouped)
+        for batch in grouped:
+            yield [examples[i] for i in batch]
+        return
     for start in range(0, len(order), batch_size):
         yield [examples[i] for i in order[start:start + batch_size]]
 

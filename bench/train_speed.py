@@ -1,0 +1,428 @@
+"""Training speed: the studio's loop against the usual transformers recipe.
+
+    .venv/bin/python bench/train_speed.py [--steps 8] [--rounds 2] [--model bundled|tiny|PATH]
+                                          [--datasets sample,mixed] [--arms ref,studio,padded] [--out BENCHMARKS.md]
+
+Arms, each run in a child process of its own, alternating round by round
+(ref, studio, padded, ref, studio, padded, …) so that a busy machine slows
+them alike:
+
+- ref: transformers ``Trainer`` + peft LoRA + ``DataCollatorForSeq2Seq``
+  (dynamic padding to the longest row of each batch): the way most users
+  fine-tune.
+- studio: ``python -m tuning train CONFIG.yaml`` with its defaults (packing on).
+- padded: the same with ``packing: false`` (issue 4's packed-vs-padded figure).
+- grouped: padded, with ``group_by_length: true`` (the lever for runs that cannot pack).
+
+Besides the arms it times one optimizer step of AdamW (default foreach
+vs fused) over the base model's full parameter set, the lever that matters
+for full fine-tuning.
+
+Same model, tokenized rows (both use ``tuning.data.tasks.load_task_data``),
+LoRA (r=16, alpha 32, dropout 0.05 on q,k,v,o), batch size, max length,
+steps, learning rate and schedule, seed, threads (OMP_NUM_THREADS), bf16
+autocast, and the rows of each step (the reference reads the studio's
+shuffled order sequentially; only the adapters' random initialisation
+differs). Throughput counts real (non-padding) tokens between the end of
+step 1 and the end of the last step, so loading and warm-up are left out.
+
+Model FLOPs per real token (for MFU), with N the weights of the base
+model's linear layers (output head included, embedding lookup not) and
+N_a the LoRA weights: the frozen base costs its forward (2·N) and the
+gradient with respect to its inputs (2·N) but no weight gradient, so
+4·N instead of full fine-tuning's 6·N; the adapters cost 6·N_a. Attention
+adds, per example of n tokens and per layer, 2·n²·d in the forward
+(QKᵀ and AV with the causal half) and twice that backward: 6·L·d·n².
+MFU = achieved model FLOP/s ÷ peak bf16 ``torch.matmul`` FLOP/s measured
+by this script on this machine with the same thread count (best of the
+measurements taken between rounds). Padding is not counted as work, so a
+padded run's MFU is what its useful work achieved.
+
+One JSON line per figure on stdout; ``--out`` also writes the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SAMPLE = REPO / "samples" / "instructions-sample.jsonl"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.05}
+LOSS_TOLERANCE = 0.10  # final losses further apart than this (relative) void the speed comparison
+
+
+# --- data ---------------------------------------------------------------------
+
+def mixed_dataset(path: Path, rows: int = 400, seed: int = 0) -> Path:
+    """Many short rows and some long ones (a quarter), where padding to the
+    longest row of a batch wastes most of the batch."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(rows):
+        if rng.random() < 0.25:
+            start = rng.randrange(1, 500)
+            end = start + rng.randrange(40, 120)
+            row = {"instruction": f"Count from {start} to {end}.",
+                   "output": ", ".join(str(n) for n in range(start, end + 1)) + "."}
+        else:
+            a, b = rng.randrange(1, 100), rng.randrange(1, 100)
+            row = {"instruction": f"What is {a} plus {b}?", "output": f"{a} plus {b} is {a + b}."}
+        lines.append(json.dumps(row))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def dataset_stats(path: Path, model_dir: Path, max_length: int) -> dict:
+    from tuning.data.tasks import load_task_data
+    from tuning.models import load_tokenizer
+
+    items = load_task_data("sft", path, tokenizer=load_tokenizer(str(model_dir)), max_length=max_length).items
+    lengths = [len(e.input_ids) for e in items]
+    return {"rows": len(lengths), "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths),
+            "sum_sq_over_sum": sum(n * n for n in lengths) / sum(lengths)}
+
+
+# --- FLOPs --------------------------------------------------------------------
+
+def model_shape(model_dir: Path) -> dict:
+    """Linear weights of the base (N), LoRA weights (N_a), layers and width."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    linear, adapter = 0, 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            linear += module.in_features * module.out_features + (module.out_features if module.bias is not None else 0)
+            if name.rsplit(".", 1)[-1] in TARGETS:
+                adapter += LORA["rank"] * (module.in_features + module.out_features)
+    return {"linear_params": linear, "adapter_params": adapter, "layers": config.num_hidden_layers,
+            "hidden": config.hidden_size}
+
+
+def flops_per_token(shape: dict, sum_sq_over_sum: float) -> float:
+    dense = 4 * shape["linear_params"] + 6 * shape["adapter_params"]
+    attention = 6 * shape["layers"] * shape["hidden"] * sum_sq_over_sum  # Σ 6·L·d·n² / Σ n
+    return dense + attention
+
+
+def peak_matmul_flops(threads: int, size: int = 2048, repeats: int = 8) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best
+
+
+# --- children -----------------------------------------------------------------
+
+def run_child(command: list[str], threads: int) -> tuple[str, str, float, float]:
+    """Run ``command``; its stdout, stderr, wall seconds and own peak RSS (MiB)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO)}
+    with tempfile.TemporaryFile("w+") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone (RUSAGE_CHILDREN is a max over all)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.monotonic() - started
+        err.seek(0)
+        stderr = err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{command[:4]} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return out, stderr, wall, usage.ru_maxrss / 1024
+
+
+def rate(times: list[float], tokens: list[int]) -> float:
+    """Real tokens per second from the end of step 1 to the end of the last step."""
+    return (tokens[-1] - tokens[0]) / (times[-1] - times[0])
+
+
+def tail_loss(losses: list[float]) -> float:
+    """Mean loss over the last half of the steps (one step's batch is noisy)."""
+    half = losses[len(losses) // 2:]
+    return sum(half) / len(half)
+
+
+def adamw_step_seconds(model_dir: Path, threads: int, repeats: int = 4) -> dict:
+    """One AdamW step over every parameter of the base model (full fine-tuning), per implementation."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    with torch.device("meta"):
+        shapes = [p.shape for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters()]
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizers = {"foreach": torch.optim.AdamW(params, lr=1e-5, foreach=True),
+                  "fused": torch.optim.AdamW(params, lr=1e-5, fused=True)}
+    best = {name: float("inf") for name in optimizers}
+    for _ in range(repeats):
+        for name, optimizer in optimizers.items():  # alternating, like the arms
+            started = time.perf_counter()
+            optimizer.step()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
+def studio_arm(spec: dict, packing: bool, workdir: Path, group_by_length: bool = False) -> dict:
+    import yaml
+
+    config = {"base_model": spec["model"], "dataset_path": spec["data"], "output_dir": str(workdir / "out"),
+              "cache_dir": str(Path(spec["workdir"]) / "token-cache"), "method": "lora",
+              "method_params": {**LORA, "target_modules": ",".join(TARGETS)}, "max_steps": spec["steps"],
+              "batch_size": spec["batch_size"], "max_length": spec["max_length"], "learning_rate": spec["lr"],
+              "warmup_ratio": 0.0, "scheduler": "cosine", "seed": spec["seed"], "precision": "bf16",
+              "save_every": 10**6, "packing": packing, "group_by_length": group_by_length}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "run.yaml").write_text(yaml.safe_dump(config))
+    out, _, wall, rss = run_child([sys.executable, "-m", "tuning", "train", str(workdir / "run.yaml")],
+                                  spec["threads"])
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    metrics = [e["data"] for e in events if e["kind"] == "metrics"]
+    logs = [e["data"]["message"] for e in events if e["kind"] == "log"]
+    if packing and not any("Packing rows" in m for m in logs):
+        raise SystemExit(f"the studio run did not pack: {logs}")
+    return {"tokens_per_s": rate([m["elapsed_s"] for m in metrics], [m["tokens_seen"] for m in metrics]),
+            "losses": [m["loss"] for m in metrics], "peak_rss_mib": rss, "wall_s": wall}
+
+
+def ref_arm(spec: dict, workdir: Path) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "spec.json").write_text(json.dumps({**spec, "output_dir": str(workdir / "out")}))
+    out, _, wall, rss = run_child([sys.executable, __file__, "--child-ref", str(workdir / "spec.json")],
+                                  spec["threads"])
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    return {**result, "peak_rss_mib": rss, "wall_s": wall}
+
+
+def child_ref(spec_file: str) -> None:
+    """The reference run (in its own process): Trainer + peft + dynamic padding."""
+    spec = json.loads(Path(spec_file).read_text())
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    from tuning.data.tasks import batches, load_task_data
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    items = load_task_data("sft", spec["data"], tokenizer=tokenizer, max_length=spec["max_length"]).items
+    # The studio's batch order, read sequentially: step k trains on the same
+    # rows in both arms, so their losses are comparable step by step.
+    items = [e for batch in batches(items, batch_size=spec["batch_size"], seed=spec["seed"], epoch=0) for e in batch]
+    rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels} for e in items]
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                             target_modules=TARGETS, task_type="CAUSAL_LM"))
+
+    class CountingTrainer(Trainer):
+        real_tokens = 0
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            self.real_tokens += int(inputs["attention_mask"].sum())  # the rows' own tokens, not padding
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    marks: list[tuple[float, int]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append((time.monotonic(), trainer.real_tokens))
+
+    args = TrainingArguments(output_dir=spec["output_dir"], per_device_train_batch_size=spec["batch_size"],
+                             max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
+                             warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=True,
+                             logging_steps=1, save_strategy="no", report_to=[], seed=spec["seed"],
+                             dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy="sequential")
+    trainer = CountingTrainer(model=model, args=args, train_dataset=rows, callbacks=[Clock()],
+                              data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    print("RESULT " + json.dumps({"tokens_per_s": rate([t for t, _ in marks], [n for _, n in marks]),
+                                  "losses": losses}), flush=True)
+
+
+# --- the comparison -----------------------------------------------------------
+
+LEVERS = """## Levers in the loop
+
+| lever | verdict | evidence |
+|---|---|---|
+| packing (`packing: true`, default) | kept | `packed vs padded` rows above; same loss per step as padded (tests/core/test_fast_path.py) |
+| length-grouped batches (`group_by_length`) | kept, off by default | `length-grouped vs plain padded` rows; changes which rows share a step, so opt-in, for runs that cannot pack |
+| bf16 autocast on CPU | kept (already on) | FIELD-NOTES: 4.1-4.6 s/step bf16 vs 6.4 s fp32 |
+| fused AdamW | kept where every parameter is a float on CPU/GPU | `AdamW step seconds` row: matters for full fine-tuning, noise for LoRA |
+| one loss read per step, real tokens counted from row lengths | kept | no device sync per micro-batch; no measurable effect on a CPU (no asynchronous device), matters on a GPU |
+| torch.set_num_threads | unchanged | torch already uses one thread per core (2 here, checked); the tokenizer's threads only run before training; FIELD-NOTES: 1 thread nearly halves speed |
+| torch.compile | not adopted (not measured) | packed and padded batches change shape every step, so it would recompile or run with dynamic shapes; a first compile of a 30-layer model with its backward on two cores would have to pay back within short jobs |
+| gradient checkpointing | only on request | recomputes the forward: slower, for memory only |
+"""
+
+def machine() -> dict:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.date.today().isoformat()}
+
+
+def emit(record: dict, lines: list[dict]) -> None:
+    lines.append(record)
+    print(json.dumps(record), flush=True)
+
+
+def summarise(name: str, runs: dict[str, list[dict]], stats: dict, shape: dict, peak: float,
+              lines: list[dict]) -> None:
+    flops = flops_per_token(shape, stats["sum_sq_over_sum"])
+    speed = {arm: [r["tokens_per_s"] for r in rs] for arm, rs in runs.items()}
+    for arm in [a for a in ("studio", "padded") if a in runs and "ref" in runs]:
+        ratios = [s / r for s, r in zip(speed[arm], speed["ref"])]  # within a round: same machine load
+        ref_loss = statistics.mean(tail_loss(r["losses"]) for r in runs["ref"])
+        arm_loss = statistics.mean(tail_loss(r["losses"]) for r in runs[arm])
+        emit({"figure": "real_tokens_per_s", "dataset": name, "arm": arm, "ref": round(statistics.mean(speed["ref"]), 1),
+              arm: round(statistics.mean(speed[arm]), 1), "ratio": round(statistics.median(ratios), 3),
+              "round_ratios": [round(x, 3) for x in ratios]}, lines)
+        emit({"figure": "peak_rss_mib", "dataset": name, "arm": arm,
+              "ref": round(max(r["peak_rss_mib"] for r in runs["ref"])),
+              arm: round(max(r["peak_rss_mib"] for r in runs[arm]))}, lines)
+        emit({"figure": "final_loss", "dataset": name, "arm": arm, "ref": round(ref_loss, 4), arm: round(arm_loss, 4),
+              "similar": abs(arm_loss - ref_loss) <= LOSS_TOLERANCE * ref_loss}, lines)
+    if "grouped" in runs and "padded" in runs:
+        ratios = [g / p for g, p in zip(speed["grouped"], speed["padded"])]
+        emit({"figure": "grouped_vs_padded", "dataset": name, "grouped": round(statistics.mean(speed["grouped"]), 1),
+              "padded": round(statistics.mean(speed["padded"]), 1), "ratio": round(statistics.median(ratios), 3),
+              "round_ratios": [round(x, 3) for x in ratios]}, lines)
+    if "studio" in runs and "padded" in runs:
+        ratios = [s / p for s, p in zip(speed["studio"], speed["padded"])]
+        emit({"figure": "packed_vs_padded", "dataset": name, "studio": round(statistics.mean(speed["studio"]), 1),
+              "padded": round(statistics.mean(speed["padded"]), 1), "ratio": round(statistics.median(ratios), 3),
+              "round_ratios": [round(x, 3) for x in ratios]}, lines)
+    emit({"figure": "mfu", "dataset": name, "flops_per_token": round(flops), "peak_gflops": round(peak / 1e9, 1),
+          **{arm: round(statistics.mean(v) * flops / peak, 4) for arm, v in speed.items()}}, lines)
+
+
+def markdown(lines: list[dict], info: dict, args) -> str:
+    out = ["# Training speed", "",
+           f"Generated by `{' '.join(['.venv/bin/python', 'bench/train_speed.py'] + sys.argv[1:])}` "
+           f"on {info['date']}: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
+           f"Python {info['python']}; {args.threads} threads, bf16 autocast, LoRA r=16 on q,k,v,o, batch size "
+           f"{args.batch_size}, {args.steps} steps, {args.rounds} alternating rounds per arm. Model: {args.model}.",
+           "", "Ratios are medians of per-round ratios (runs of one round ran back to back), so they hold on a "
+           "busy machine better than the absolute figures do.", "",
+           "| dataset | figure | ref (Trainer) | studio | padded studio | ratio | note |",
+           "|---|---|---|---|---|---|---|"]
+    for r in lines:
+        if r["figure"] in ("real_tokens_per_s", "peak_rss_mib", "final_loss"):
+            note = {"final_loss": "similar" if r.get("similar") else "NOT similar: speed does not count"}.get(r["figure"], "")
+            out.append(f"| {r['dataset']} | {r['figure']} | {r['ref']} | {r.get('studio', '')} | {r.get('padded', '')} "
+                       f"| {r.get('ratio', '')} | {note} |")
+        elif r["figure"] == "packed_vs_padded":
+            out.append(f"| {r['dataset']} | packed vs padded tokens/s | | {r['studio']} | {r['padded']} | {r['ratio']} | "
+                       f"rounds {r['round_ratios']} |")
+        elif r["figure"] == "grouped_vs_padded":
+            out.append(f"| {r['dataset']} | length-grouped vs plain padded tokens/s | | {r['grouped']} (grouped) | "
+                       f"{r['padded']} | {r['ratio']} | rounds {r['round_ratios']} |")
+        elif r["figure"] == "adamw_full_step_s":
+            out.append(f"| (full parameter set) | AdamW step seconds, foreach vs fused | {r['foreach']} (foreach) | "
+                       f"{r['fused']} (fused) | | {r['ratio']} | |")
+        elif r["figure"] == "peak_matmul_gflops":
+            out.append(f"| | peak bf16 matmul GFLOP/s | | {r['best']} | | | each measurement {r['all']} |")
+        elif r["figure"] == "mfu":
+            out.append(f"| {r['dataset']} | MFU | {r.get('ref', '')} | {r.get('studio', '')} | {r.get('padded', '')} | | "
+                       f"{r['flops_per_token'] / 1e6:.0f} MFLOP/token, peak {r['peak_gflops']} GFLOP/s |")
+    return "\n".join(out + ["", LEVERS]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--model", default="bundled", help="bundled, tiny, or a model directory")
+    parser.add_argument("--datasets", default="sample,mixed")
+    parser.add_argument("--arms", default="ref,studio,padded")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="write the markdown table here (e.g. BENCHMARKS.md)")
+    parser.add_argument("--child-ref", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_ref:
+        child_ref(args.child_ref)
+        return
+
+    if args.model == "bundled":
+        from tuning.models import prepare_bundled_model
+
+        model_dir = prepare_bundled_model(REPO / ".cache" / "bench" / "smollm2-135m-instruct")
+    elif args.model == "tiny":
+        from tests.tiny_model import tiny_model_dir
+
+        model_dir = tiny_model_dir()
+    else:
+        model_dir = Path(args.model)
+    workdir = Path(tempfile.mkdtemp(prefix="train-speed-"))
+    datasets = {"sample": SAMPLE, "mixed": mixed_dataset(workdir / "mixed.jsonl")}
+    arms = args.arms.split(",")
+    shape = model_shape(model_dir)
+    info = machine()
+    lines: list[dict] = []
+    peaks = [peak_matmul_flops(args.threads)]
+    for name in args.datasets.split(","):
+        path = datasets[name]
+        stats = dataset_stats(path, model_dir, args.max_length)
+        emit({"figure": "dataset", "dataset": name, **{k: round(v, 1) for k, v in stats.items()}}, lines)
+        spec = {"model": str(model_dir), "data": str(path), "steps": args.steps, "batch_size": args.batch_size,
+                "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
+                "workdir": str(workdir)}
+        runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+        for round_ in range(args.rounds):
+            for arm in arms:
+                where = workdir / f"{name}-{arm}-{round_}"
+                result = (ref_arm(spec, where) if arm == "ref" else
+                          studio_arm(spec, arm == "studio", where, group_by_length=arm == "grouped"))
+                runs[arm].append(result)
+                print(json.dumps({"run": arm, "dataset": name, "round": round_ + 1,
+                                  "tokens_per_s": round(result["tokens_per_s"], 1),
+                                  "peak_rss_mib": round(result["peak_rss_mib"]), "wall_s": round(result["wall_s"], 1),
+                                  "losses": [round(x, 3) for x in result["losses"]]}), file=sys.stderr, flush=True)
+            peaks.append(peak_matmul_flops(args.threads))  # between rounds: the machine's best moment counts
+        summarise(name, runs, stats, shape, max(peaks), lines)
+    adamw = adamw_step_seconds(model_dir, args.threads)
+    emit({"figure": "adamw_full_step_s", "foreach": round(adamw["foreach"], 3), "fused": round(adamw["fused"], 3),
+          "ratio": round(adamw["foreach"] / adamw["fused"], 2)}, lines)
+    emit({"figure": "peak_matmul_gflops", "dtype": "bf16", "threads": args.threads,
+          "best": round(max(peaks) / 1e9, 1), "all": [round(p / 1e9, 1) for p in peaks], **info}, lines)
+    if args.out:
+        Path(args.out).write_text(markdown(lines, info, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The fast path (packed batches, tokenization cache) computes what the plain
+path computes: the same loss and gradients for every method that packs,
+and the same items from the cache as from tokenizing."""
+
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.core.test_methods import ROWS, biased_model  # noqa: F401  (fixture)
+from tuning.data.cache import load_task_data_cached
+from tuning.data.packing import collate_packed, packing_works
+from tuning.data.sft import collate
+from tuning.data.tasks import load_task_data
+from tuning.methods import METHODS, MethodContext
+from tuning.models import load_tokenizer
+
+# The first row of each method in test_methods; prompt methods never pack.
+PACKING_METHODS = {method: (params, lr) for method, params, lr in reversed(list(ROWS.values()))
+                   if METHODS[method].group != "prompts"}
+
+
+@pytest.fixture(scope="module")
+def items(tiny_model, tmp_path_factory):
+    import json
+
+    path = tmp_path_factory.mktemp("data") / "mixed.jsonl"
+    rows = [{"instruction": "Say hi." * (1 + i % 5), "output": "Hello there, " * (1 + (i * 7) % 11)} for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return load_task_data("sft", path, tokenizer=load_tokenizer(str(tiny_model)), max_length=96).items
+
+
+@pytest.mark.parametrize("method_name", sorted(PACKING_METHODS))
+def test_packed_batch_gives_the_padded_loss_and_gradients(method_name, items, tiny_model, biased_model):  # noqa: F811
+    method = METHODS[method_name]
+    params, _ = PACKING_METHODS[method_name]
+    torch.manual_seed(0)
+    base = biased_model if method_name == "bitfit" else tiny_model
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = method.prepare(model, method.params(**params), MethodContext(total_steps=4, base_model=str(base)))
+    model.eval()  # same dropout masks cannot be drawn twice; the layouts are what is compared
+    assert packing_works(model, "cpu")
+
+    def loss_and_grads(inputs):
+        model.zero_grad(set_to_none=True)
+        loss = model(**inputs, use_cache=False).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    padded = collate(items, pad_token_id=0)
+    packed = collate_packed(items, max_length=96, pad_token_id=0)
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()
+    padded_loss, padded_grads = loss_and_grads(padded)
+    packed_loss, packed_grads = loss_and_grads(packed)
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    assert padded_grads.keys() == packed_grads.keys() and padded_grads
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_second_load_hits_the_cache_with_identical_items(tiny_model, memorisable_jsonl, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    kwargs = dict(tokenizer=tokenizer, max_length=128, cache_dir=tmp_path / "cache")
+    first, status = load_task_data_cached("sft", memorisable_jsonl, **kwargs)
+    assert status == "stored" and len(list((tmp_path / "cache").iterdir())) == 1
+    second, status = load_task_data_cached("sft", memorisable_jsonl, **kwargs)
+    assert status == "hit" and second == first  # dataclasses: every item, count and flag
+
+    # Anything the tokens depend on is part of the key.
+    assert load_task_data_cached("sft", memorisable_jsonl, **{**kwargs, "max_length": 100})[1] == "stored"
+    assert load_task_data_cached("sft", memorisable_jsonl, loss_on_prompt=True, **kwargs)[1] == "stored"
+    copy = tmp_path / "copy.jsonl"
+    shutil.copy(memorisable_jsonl, copy)
+    assert load_task_data_cached("sft", copy, **kwargs)[1] == "hit"  # content, not the path
+    copy.write_text(copy.read_text().replace("Blue.", "Azure."))
+    assert load_task_data_cached("sft", copy, **kwargs)[1] == "stored"
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    assert load_task_data_cached("sft", memorisable_jsonl, **kwargs)[1] == "stored"
+
+
+def test_a_corrupt_cache_entry_is_rebuilt(tiny_model, memorisable_jsonl, tmp_path):
+    kwargs = dict(tokenizer=load_tokenizer(str(tiny_model)), max_length=64, cache_dir=tmp_path)
+    first, _ = load_task_data_cached("sft", memorisable_jsonl, **kwargs)
+    (entry,) = tmp_path.glob("*.safetensors")
+    entry.write_bytes(b"not a safetensors file")
+    again, status = load_task_data_cached("sft", memorisable_jsonl, **kwargs)
+    assert status == "stored" and again == first
+    assert load_task_data_cached("sft", memorisable_jsonl, **kwargs)[1] == "hit"
+
+
+def test_classification_and_pretraining_items_round_trip(tiny_model, tmp_path):
+    from tests.core.test_task_training import REVIEWS
+    from tuning.models import prepare_bundled_encoder
+    from tests.tiny_model import CACHE
+
+    encoder = prepare_bundled_encoder(CACHE / "all-minilm-l6-v2")
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("text,label\n" + "".join(f'"{text}",{label}\n' for text, label in REVIEWS))
+    kwargs = dict(tokenizer=load_tokenizer(str(encoder)), max_length=16, cache_dir=tmp_path / "cache")
+    first, _ = load_task_data_cached("classify", csv, **kwargs)
+    second, status = load_task_data_cached("classify", csv, **kwargs)
+    assert status == "hit" and second == first and first.label2id
+
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(f"Paragraph {i} hums at four hundred and forty hertz." for i in range(5)))
+    kwargs["tokenizer"] = load_tokenizer(str(tiny_model))  # the encoder has no end-of-sequence token
+    first, _ = load_task_data_cached("pretrain", text, **kwargs)
+    second, status = load_task_data_cached("pretrain", text, **kwargs)
+    assert status == "hit" and second == first
+
+
+def test_bf16_frozen_base_computes_what_autocast_computes(tiny_model):
+    from tuning.train import _store_frozen_base_in_bf16
+
+    lora = METHODS["lora"]
+    params = lora.params(rank=8, dropout=0.0)
+    torch.manual_seed(0)
+    model = lora.prepare(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), params, MethodContext())
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(1))
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    before = loss_and_grads()
+    assert _store_frozen_base_in_bf16(model, lora, params, "fp32") == 0  # only where autocast casts anyway
+    assert _store_frozen_base_in_bf16(model, lora, lora.params(rank=8, use_dora=True), "bf16") == 0
+    converted = _store_frozen_base_in_bf16(model, lora, params, "bf16")
+    assert converted == 2 * 7  # q, k, v, o, gate, up, down in both layers; the tied head stays fp32
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    after = loss_and_grads()
+    assert after[0] == pytest.approx(before[0], rel=1e-6)
+    for name, grad in before[1].items():
+        torch.testing.assert_close(after[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
