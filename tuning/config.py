@@ -138,6 +138,9 @@ def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+MAX_GOLDEN_PROMPTS = 8  # each is generated at every checkpoint: keep the cost bounded
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """A supervised fine-tuning run. Method-specific settings live in
@@ -155,6 +158,11 @@ class TrainConfig:
                         choices=("sft", "pretrain", "classify"), basic=True)
     method: str = setting("lora", help="Fine-tuning method (see `python -m tuning methods`).", basic=True)
     method_params: dict = field(default_factory=dict)
+    # Prompts answered at the start and at every checkpoint, so a user sees
+    # how the answers change; a list, checked in from_dict (like method_params).
+    golden_prompts: list = field(default_factory=list)
+    golden_max_new_tokens: int = setting(48, help="Tokens generated per golden prompt at each checkpoint.", min=1,
+                                         max=1024)
     learning_rate: float = setting(2e-4, help="Peak learning rate (AdamW); 0 trains nothing, which measures the "
                                               "base model's eval loss.", min=0.0, max=1.0, basic=True,
                                    label="Learning rate")
@@ -207,12 +215,17 @@ class TrainConfig:
 
         data = dict(data)
         method_params = data.pop("method_params", None) or {}
+        golden_prompts = data.pop("golden_prompts", None) or []
         errors = {}
         config = None
         try:
             config = config_from_dict(cls, data)
         except ConfigError as exc:
             errors.update(exc.errors)
+        if (not isinstance(golden_prompts, (list, tuple)) or len(golden_prompts) > MAX_GOLDEN_PROMPTS
+                or not all(isinstance(p, str) and p.strip() and len(p) <= 4000 for p in golden_prompts)):
+            errors["golden_prompts"] = (f"give at most {MAX_GOLDEN_PROMPTS} prompts, each a non-empty text of at "
+                                        f"most 4000 characters")
         method = METHODS.get(data.get("method", "lora"))
         if method is None:
             errors["method"] = f"unknown method '{data.get('method')}'; known: {', '.join(sorted(METHODS))}"
@@ -229,7 +242,8 @@ class TrainConfig:
                 errors.update(exc.errors)
         if errors:
             raise ConfigError(errors)
-        return dataclasses.replace(config, method_params=method_params)
+        return dataclasses.replace(config, method_params=method_params,
+                                   golden_prompts=[p.strip() for p in golden_prompts])
 
 
 def _truthy(value) -> bool:

@@ -65,6 +65,15 @@ class EvalEvent(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SamplesEvent(Event):
+    """The golden prompts answered at ``step`` (0: before training): [{"prompt", "answer"}]."""
+
+    kind: ClassVar[str] = "samples"
+    step: int
+    samples: list
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckpointEvent(Event):
     kind: ClassVar[str] = "checkpoint"
     step: int

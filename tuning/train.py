@@ -33,7 +33,7 @@ from tuning.data.splits import split_validation
 from tuning.data.tasks import batches, collate_for_task
 from tuning.errors import ConfigError, DatasetError, ResourceError
 from tuning.evaluate import evaluate
-from tuning.events import ArtifactEvent, CheckpointEvent, EvalEvent, EventSink, LogEvent, MetricsEvent
+from tuning.events import ArtifactEvent, CheckpointEvent, EvalEvent, EventSink, LogEvent, MetricsEvent, SamplesEvent
 from tuning.methods import METHODS, MethodContext
 from tuning.modelcard import write_model_card
 from tuning.models import load_model_for_task, load_tokenizer
@@ -74,13 +74,15 @@ def _memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _why_not_packed(config: TrainConfig, method, model, device: str) -> str | None:
+def _why_not_packed(config: TrainConfig, method, model, device: str, autocast) -> str | None:
     """None where the run can use padding-free (packed) batches, else why not."""
     if config.task == "classify":
         return "classification predicts one label per row"
     if method.group == "prompts":
         return f"{method.label} prepends virtual tokens to every row, which packed rows cannot share"
-    if not packing_works(model, device):
+    with autocast():  # as training runs it: the frozen base may be stored in bf16
+        works = packing_works(model, device)
+    if not works:
         attention = getattr(model.config, "_attn_implementation", "unknown")
         return f"this model (attention '{attention}') lets packed rows see each other"
     return None
@@ -204,7 +206,7 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                                f"({100 * trainable_count / total_count:.2f}%), precision {precision}"))
     # Packed batches hold the same rows as padded ones (so steps, resume and
     # the loss are unchanged) without computing on padding.
-    why_not = _why_not_packed(config, method, model, device) if config.packing else None
+    why_not = _why_not_packed(config, method, model, device, autocast) if config.packing else None
     packed = config.packing and why_not is None
     if packed:
         train_collate = partial(collate_packed, max_length=config.max_length, pad_token_id=tokenizer.pad_token_id,
@@ -250,7 +252,23 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
         sink.emit(EvalEvent(step=state.step, best=improved, **result))
         return result
 
+    def answer_golden_prompts() -> None:
+        """Greedy answers to the golden prompts with the weights as they are now."""
+        if not config.golden_prompts or config.task == "classify":
+            return
+        from tuning.generate import generate_text
+
+        model.eval()
+        with autocast():
+            samples = [{"prompt": prompt, "answer": generate_text(model, tokenizer, prompt,
+                                                                  max_new_tokens=config.golden_max_new_tokens)}
+                       for prompt in config.golden_prompts]
+        model.train()
+        sink.emit(SamplesEvent(step=state.step, samples=samples))
+
     # --- loop -------------------------------------------------------------
+    if state.step == 0:
+        answer_golden_prompts()  # the starting point the checkpoints' answers are compared with
     model.train()
     loss_value, last_eval, stopped_early = None, None, False
     started, first_step = time.monotonic(), state.step
@@ -315,6 +333,8 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
             if stop or state.step % config.save_every == 0:
                 path = save_checkpoint(f"step-{state.step:07d}")
                 sink.emit(CheckpointEvent(step=state.step, path=str(path)))
+                if not stop:
+                    answer_golden_prompts()
             if stop:
                 sink.emit(LogEvent(message=f"Stopped at step {state.step} of {total_steps}; checkpoint kept"))
                 return TrainResult(status="cancelled", steps=state.step, final_loss=loss_value,
@@ -332,6 +352,8 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
         checkpoints.load_weights(model, output_dir / "checkpoints" / "best")
         sink.emit(LogEvent(message=f"Output is the best checkpoint (step {state.best_step}, eval loss "
                                    f"{state.best_eval_loss})"))
+    if state.step % config.save_every:
+        answer_golden_prompts()  # the output's answers (a checkpoint step has them already)
     model.eval()
     out_dir = output_dir / method.produces
     if method.export:

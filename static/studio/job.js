@@ -101,6 +101,27 @@
       progressText.textContent = `${d.phase}: ${d.done} / ${d.total}${d.unit ? " " + d.unit : ""}` +
         (d.eta_s != null ? ` · ETA ${formatSeconds(d.eta_s)}` : "");
     },
+    // Golden prompts: one row per prompt, one column per step answered.
+    samples(d) {
+      const table = document.getElementById("golden-table");
+      document.getElementById("golden").hidden = false;
+      if (!table.rows.length) {
+        const head = table.insertRow();
+        head.appendChild(document.createElement("th")).textContent = "Prompt";
+        for (const s of d.samples) table.insertRow().insertCell().textContent = s.prompt;
+      }
+      // A resumed run answers again at steps after its checkpoint: those columns are replaced.
+      const label = d.step ? `step ${d.step}` : "before training";
+      let column = [...table.rows[0].cells].findIndex((cell) => cell.textContent === label);
+      if (column < 0) {
+        table.rows[0].appendChild(document.createElement("th")).textContent = label;
+        column = table.rows[0].cells.length - 1;
+      }
+      d.samples.forEach((s, i) => {
+        const row = table.rows[i + 1];
+        (row.cells[column] || row.insertCell()).textContent = s.answer;
+      });
+    },
     log(d) { addLog(d.message); },
     checkpoint(d) { addLog(`checkpoint saved at step ${d.step}`); },
     artifact(d) { addLog(`${d.artifact_kind} ready`); },

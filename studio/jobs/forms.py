@@ -67,6 +67,10 @@ class TrainJobForm(forms.Form):
     dataset = forms.ModelChoiceField(queryset=None, empty_label=None)
     base_model = forms.ModelChoiceField(queryset=None, empty_label=None)
     method = forms.ChoiceField(choices=[])  # drawn as cards by jobs/_method_picker.html
+    golden_prompts = forms.CharField(
+        label="Golden prompts", required=False, max_length=20000, widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One per line (at most 8): answered before training and at every checkpoint, shown on the "
+                  "job page next to each other.")
 
     def __init__(self, *args, datasets, base_models, method: str = DEFAULT_METHOD, task: str = "sft",
                  gpu_pools=(), **kwargs):
@@ -121,6 +125,9 @@ class TrainJobForm(forms.Form):
         """(train settings, method params) from cleaned data, blanks left to defaults."""
         values = {name: value for name, value in self._filled().items() if not name.startswith(METHOD_PREFIX)}
         values["method"] = self.cleaned_data["method"]
+        prompts = [line.strip() for line in self.cleaned_data.get("golden_prompts", "").splitlines() if line.strip()]
+        if prompts:
+            values["golden_prompts"] = prompts
         return values, self.method_params()
 
     def _filled(self) -> dict:
@@ -148,7 +155,7 @@ def initial_from_query(query, *, method: Method, preset: str = "") -> dict:
     specs = {spec.name: spec for spec in field_specs(TrainConfig) if spec.name not in SYSTEM_FIELDS}
     if same_method or not sent_form:
         specs |= {METHOD_PREFIX + spec.name: spec for spec in field_specs(method.params)}
-    initial = {name: query[name] for name in ("name", "dataset", "base_model") if query.get(name)}
+    initial = {name: query[name] for name in ("name", "dataset", "base_model", "golden_prompts") if query.get(name)}
     for name, spec in specs.items():
         if name in query:
             initial[name] = query[name]
