@@ -25,7 +25,7 @@ def screenshot(page, name: str) -> None:
 def finished_job(stack):
     admin = stack.login()
     dataset_id = stack.upload(admin, "steps-words.jsonl", ROWS)
-    job_id = stack.start_job(admin, dataset_id, max_steps=3)
+    job_id = stack.start_job(admin, dataset_id, max_steps=3, golden_prompts="Say hello.\nSay blue.")
     stack.wait_for_status(admin, job_id, {"succeeded"})
     return admin, job_id
 
@@ -34,6 +34,11 @@ def test_queue_fold_and_quantize_from_the_job_page_and_read_the_report(browser, 
     _, job_id = finished_job
     page = logged_in_page(browser, stack)
     page.goto(f"{stack.base_url}/jobs/{job_id}/")
+    # The golden prompts, answered before training and by the output (step 3), side by side.
+    page.wait_for_selector("#golden:not([hidden])")
+    header = page.locator("#golden-table tr").first.inner_text()
+    assert "before training" in header and "step 3" in header
+    assert page.locator("#golden-table tr").count() == 3  # a header and two prompts
     page.select_option("#chain-scheme", "safetensors_fp16")
     page.click("#chain-form button[type=submit]")
     queued = page.wait_for_selector("#chain-form .notice")
