@@ -1,7 +1,9 @@
 """The dataset page in headless Chromium: upload a CSV whose columns need
 mapping, confirm the mapping, analyse (preview with masked tokens, the
-histogram picture, a lint finding), run dedupe and see the new version."""
+histogram picture, a lint finding), run dedupe, see the new version and
+train on it."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,8 +46,16 @@ def test_upload_map_analyse_and_dedupe_in_the_browser(browser, stack, tmp_path):
     data = tmp_path / "numbers.csv"
     data.write_text(CSV)
     page.set_input_files("input[name=file]", str(data))
+    # The bar follows the upload (the form's handler runs first, the event then bubbles here);
+    # sessionStorage keeps the last reading across the redirect.
+    page.evaluate("""() => document.body.addEventListener('htmx:xhr:progress', () => {
+        const bar = document.getElementById('upload-progress');
+        sessionStorage.uploadProgress = `${bar.value}/${bar.max}/${document.getElementById('upload-progress-text').textContent}`;
+    })""")
     page.click("#upload-form button[type=submit]")
     page.wait_for_url("**/datasets/*/")
+    value, maximum, text = page.evaluate("sessionStorage.uploadProgress").split("/", 2)
+    assert float(value) == float(maximum) > 0 and text == "Uploaded; checking every row…"
 
     # The detection is shown, unsure: the mapping form comes pre-filled and must be confirmed.
     assert page.inner_text("#detected-format") == "csv" and page.inner_text("#detected-encoding") == "utf-8"
@@ -84,3 +94,13 @@ def test_upload_map_analyse_and_dedupe_in_the_browser(browser, stack, tmp_path):
     page.wait_for_url("**/datasets/*/")
     assert page.inner_text("#row-count") == "5 rows"
     assert "dedupe" in page.inner_text("#versions li.current")
+
+    # Train on the cleaned version; the job records the hash of exactly that data.
+    page.click("text=Train on this dataset")
+    page.wait_for_url("**/jobs/new/?dataset=*")
+    page.select_option("select[name=base_model]", str(stack.tiny_model_id))
+    page.fill("input[name=max_steps]", "2")
+    page.click("#job-form button[type=submit]:has-text('Start training')")
+    page.wait_for_url("**/jobs/*/")
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=180_000)
+    assert re.search(r"dataset_sha256: [0-9a-f]{64}\n", page.text_content("details.card"))
