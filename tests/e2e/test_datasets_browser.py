@@ -4,45 +4,20 @@ histogram picture, a lint finding), run dedupe, see the new version and
 train on it."""
 
 import re
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_browser_flow import browser, logged_in_page  # noqa: F401 (browser is a fixture)
+
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-quic", "--no-first-run", "--disable-sync"]
 CSV = ("question,answer\n" + "".join(f"What comes after {i}?,{i + 1}\n" for i in range(5))
        + "What comes after 2?,3\n")  # row 6 repeats row 3
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `python3 run.py test` installs it with apt-get")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
-def logged_in_page(browser, stack):
-    page = browser.new_context().new_page()
-    page.set_default_timeout(60_000)
-    page.goto(stack.base_url + "/datasets/")
-    assert "/accounts/login/" in page.url  # every page needs a login
-    page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", "admin-pass-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(stack.base_url + "/datasets/")
-    return page
-
-
 def test_upload_map_analyse_and_dedupe_in_the_browser(browser, stack, tmp_path):
     page = logged_in_page(browser, stack)
+    page.goto(stack.base_url + "/datasets/")
     data = tmp_path / "numbers.csv"
     data.write_text(CSV)
     page.set_input_files("input[name=file]", str(data))

@@ -14,7 +14,7 @@ HOW_TO_LOAD = (f'AutoModelForCausalLM.from_pretrained("{LOAD_PATH}", device_map=
 
 
 def unavailable_reason() -> str | None:
-    return missing_package("bitsandbytes", "bitsandbytes") or cuda_reason()
+    return cuda_reason() or missing_package("bitsandbytes", "bitsandbytes")  # no GPU is the reason a CPU machine needs
 
 
 def bnb_config():
