@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning import checkpoints
+from tuning.attention import use_segment_attention
 from tuning.config import TrainConfig, check_against_model
 from tuning.data.cache import default_cache_dir, load_task_data_cached
 from tuning.data.packing import collate_packed, context_tokens_for, packing_works
@@ -33,6 +34,7 @@ from tuning.data.splits import split_validation
 from tuning.data.tasks import batches, collate_for_task
 from tuning.errors import ConfigError, DatasetError, ResourceError
 from tuning.evaluate import evaluate
+from tuning.loss import next_token_loss, selects_logits
 from tuning.events import ArtifactEvent, CheckpointEvent, EvalEvent, EventSink, LogEvent, MetricsEvent, SamplesEvent
 from tuning.methods import METHODS, MethodContext
 from tuning.modelcard import write_model_card
@@ -206,16 +208,29 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                                f"({100 * trainable_count / total_count:.2f}%), precision {precision}"))
     # Packed batches hold the same rows as padded ones (so steps, resume and
     # the loss are unchanged) without computing on padding.
+    # Segment attention runs each packed example's attention on its own
+    # slice, so one row end to end is always the cheapest layout.
+    segmented = (config.packing and config.task != "classify" and method.group != "prompts"
+                 and use_segment_attention(model))
     why_not = _why_not_packed(config, method, model, device, autocast) if config.packing else None
     packed = config.packing and why_not is None
     if packed:
         train_collate = partial(collate_packed, max_length=config.max_length, pad_token_id=tokenizer.pad_token_id,
-                                context_tokens=context_tokens_for(model))
-        sink.emit(LogEvent(message="Packing rows end to end without padding (each row attends only to itself)"))
+                                context_tokens=math.inf if segmented else context_tokens_for(model))
+        sink.emit(LogEvent(message="Packing rows end to end without padding (each row attends only to itself"
+                                   + (", attention computed example by example)" if segmented else ")")))
     else:
         train_collate = collate
         if why_not:
             sink.emit(LogEvent(message=f"Padded batches instead of packed ones: {why_not}"))
+
+    if (config.task != "classify" and method.group != "prompts" and not method.loss_from_model
+            and selects_logits(model)):
+        compute_loss = partial(next_token_loss, model)  # logits only where a label is (tuning.loss)
+    else:
+        # Without a cache object transformers sees the packed layout in position_ids.
+        compute_loss = (lambda inputs: model(**inputs, use_cache=False).loss) if packed else (
+            lambda inputs: model(**inputs).loss)
 
     # --- schedule ---------------------------------------------------------
     groups = method.param_groups(model, params, config.learning_rate) if method.param_groups else [{"params": trainable}]
@@ -287,8 +302,7 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
                 for micro in pending:
                     inputs = {k: v.to(device) for k, v in train_collate(micro).items()}
                     with autocast():
-                        # Without a cache object transformers sees the packed layout in position_ids.
-                        loss = model(**inputs, use_cache=False).loss if packed else model(**inputs).loss
+                        loss = compute_loss(inputs)
                     (loss / len(pending)).backward()
                     loss_sum = loss_sum + loss.detach()  # read once per step: no device sync per micro-batch
                     tokens += sum(len(example.input_ids) for example in micro)  # real tokens, not padding

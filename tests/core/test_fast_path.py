@@ -2,6 +2,7 @@
 path computes: the same loss and gradients for every method that packs,
 and the same items from the cache as from tokenizing."""
 
+import math
 import shutil
 
 import pytest
@@ -9,10 +10,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.core.test_methods import ROWS, biased_model  # noqa: F401  (fixture)
+from tuning.attention import use_segment_attention
 from tuning.data.cache import load_task_data_cached
 from tuning.data.packing import collate_packed, packing_works
 from tuning.data.sft import collate
 from tuning.data.tasks import load_task_data
+from tuning.loss import next_token_loss, selects_logits
 from tuning.methods import METHODS, MethodContext
 from tuning.models import load_tokenizer
 
@@ -31,8 +34,13 @@ def items(tiny_model, tmp_path_factory):
     return load_task_data("sft", path, tokenizer=load_tokenizer(str(tiny_model)), max_length=96).items
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "sdpa_segments"])
 @pytest.mark.parametrize("method_name", sorted(PACKING_METHODS))
-def test_packed_batch_gives_the_padded_loss_and_gradients(method_name, items, tiny_model, biased_model):  # noqa: F811
+def test_packed_batch_gives_the_padded_loss_and_gradients(method_name, attention, items, tiny_model,
+                                                          biased_model):  # noqa: F811
+    """Packed rows (with transformers' block mask or per-example attention) and
+    logits computed only where a label is give the plain padded path's loss
+    and gradients."""
     method = METHODS[method_name]
     params, _ = PACKING_METHODS[method_name]
     torch.manual_seed(0)
@@ -40,23 +48,49 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(method_name, items, ti
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = method.prepare(model, method.params(**params), MethodContext(total_steps=4, base_model=str(base)))
     model.eval()  # same dropout masks cannot be drawn twice; the layouts are what is compared
+    if attention == "sdpa_segments":
+        assert use_segment_attention(model)
     assert packing_works(model, "cpu")
+    assert selects_logits(model)
 
-    def loss_and_grads(inputs):
+    def loss_and_grads(compute_loss, inputs):
         model.zero_grad(set_to_none=True)
-        loss = model(**inputs, use_cache=False).loss
+        loss = compute_loss(inputs)
         loss.backward()
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    def plain(inputs):
+        return model(**inputs, use_cache=False).loss
+
+    def selective(inputs):
+        return next_token_loss(model, inputs)
+
     padded = collate(items, pad_token_id=0)
-    packed = collate_packed(items, max_length=96, pad_token_id=0)
+    packed = collate_packed(items, max_length=96, pad_token_id=0,
+                            context_tokens=math.inf if attention == "sdpa_segments" else 4096.0)
     assert packed["input_ids"].numel() < padded["input_ids"].numel()
-    padded_loss, padded_grads = loss_and_grads(padded)
-    packed_loss, packed_grads = loss_and_grads(packed)
-    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
-    assert padded_grads.keys() == packed_grads.keys() and padded_grads
-    for name, grad in padded_grads.items():
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    padded_loss, padded_grads = loss_and_grads(plain, padded)
+    assert padded_grads
+    paths = [(plain, packed)] + ([] if method.loss_from_model else [(selective, packed), (selective, padded)])
+    for compute_loss, inputs in paths:
+        loss, grads = loss_and_grads(compute_loss, inputs)
+        assert loss == pytest.approx(padded_loss, rel=1e-5), compute_loss.__name__
+        assert grads.keys() == padded_grads.keys()
+        for name, grad in padded_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_segment_attention_matches_sdpa_wherever_rows_are_not_packed(tiny_model):
+    """Generation and padded batches (positions that do not restart at 0) go
+    through plain sdpa with its mask: left-padded greedy generation gives the
+    same tokens with either attention."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    prompts = dict(input_ids=torch.tensor([[0, 0, 5, 6], [5, 6, 7, 8]]),
+                   attention_mask=torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]))
+    before = model.generate(**prompts, max_new_tokens=4, do_sample=False)
+    assert use_segment_attention(model) and model.config._attn_implementation == "sdpa_segments"
+    after = model.generate(**prompts, max_new_tokens=4, do_sample=False)
+    assert torch.equal(before, after)
 
 
 def test_second_load_hits_the_cache_with_identical_items(tiny_model, memorisable_jsonl, tmp_path):

@@ -81,6 +81,10 @@ class Method:
     # run asking for both can be refused on the form.
     gradient_checkpointing: bool = True
     resumable: bool = True  # False where the method keeps state outside its weights that checkpoints lack
+    # True where the wrapped model adds a term of its own to the loss it
+    # returns (AdaLoRA's orthogonality penalty), so the loss must come from
+    # the model's forward with labels.
+    loss_from_model: bool = False
     param_groups: Callable[[Any, Any, float], list[dict]] | None = None
     check: Callable[[Any, Any, str], dict[str, str]] | None = None
     load_kwargs: Callable[[Any], dict] | None = None
@@ -114,7 +118,8 @@ METHODS: dict[str, Method] = {
         _row(adalora, name="adalora", label="AdaLoRA", group="low-rank",
              description="LoRA in SVD form that moves rank from unimportant layers to important ones while training.",
              paper="https://arxiv.org/abs/2303.10512", params=adalora.AdaloraParams,
-             resumable=False),  # its rank allocator's importance scores are not checkpointed
+             resumable=False,  # its rank allocator's importance scores are not checkpointed
+             loss_from_model=True),
         _row(loha, name="loha", label="LoHa", group="low-rank",
              description="Low-rank Hadamard product: two low-rank pairs multiplied elementwise, higher effective rank.",
              paper="https://arxiv.org/abs/2108.06098", params=loha.LohaParams),
