@@ -34,7 +34,7 @@ from tuning.data.splits import split_validation
 from tuning.data.tasks import batches, collate_for_task
 from tuning.errors import ConfigError, DatasetError, ResourceError
 from tuning.evaluate import evaluate
-from tuning.loss import next_token_loss, selects_logits
+from tuning.loss import fused_loss_works, fused_next_token_loss, next_token_loss, selects_logits
 from tuning.events import ArtifactEvent, CheckpointEvent, EvalEvent, EventSink, LogEvent, MetricsEvent, SamplesEvent
 from tuning.methods import METHODS, MethodContext
 from tuning.modelcard import write_model_card
@@ -123,6 +123,22 @@ def _adamw(groups, config: TrainConfig):
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay,
                              **({"fused": True} if fused else {}))
+
+
+LOSS_PATHS = {fused_next_token_loss: "with the output head, a chunk of tokens at a time",
+              next_token_loss: "from the logits of labelled positions only"}
+
+
+def _loss_function(config: TrainConfig, method, model, packed: bool, device: str, autocast):
+    """The cheapest way to get the loss ``model(**inputs).loss`` would give (``tuning.loss``)."""
+    if config.task != "classify" and method.group != "prompts" and not method.loss_from_model:
+        with autocast():  # probed as training runs
+            if fused_loss_works(model, device):
+                return partial(fused_next_token_loss, model)
+        if selects_logits(model):
+            return partial(next_token_loss, model)
+    # Without a cache object transformers sees the packed layout in position_ids.
+    return (lambda inputs: model(**inputs, use_cache=False).loss) if packed else (lambda inputs: model(**inputs).loss)
 
 
 def _resume_dir(config: TrainConfig, output_dir: Path) -> Path | None:
@@ -224,13 +240,9 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
         if why_not:
             sink.emit(LogEvent(message=f"Padded batches instead of packed ones: {why_not}"))
 
-    if (config.task != "classify" and method.group != "prompts" and not method.loss_from_model
-            and selects_logits(model)):
-        compute_loss = partial(next_token_loss, model)  # logits only where a label is (tuning.loss)
-    else:
-        # Without a cache object transformers sees the packed layout in position_ids.
-        compute_loss = (lambda inputs: model(**inputs, use_cache=False).loss) if packed else (
-            lambda inputs: model(**inputs).loss)
+    compute_loss = _loss_function(config, method, model, packed, device, autocast)
+    if isinstance(compute_loss, partial):
+        sink.emit(LogEvent(message=f"Loss computed {LOSS_PATHS[compute_loss.func]}"))
 
     # --- schedule ---------------------------------------------------------
     groups = method.param_groups(model, params, config.learning_rate) if method.param_groups else [{"params": trainable}]
