@@ -30,7 +30,10 @@ Model FLOPs per real token (for MFU), with N the weights of the base
 model's linear layers (output head included, embedding lookup not) and
 N_a the LoRA weights: the frozen base costs its forward (2·N) and the
 gradient with respect to its inputs (2·N) but no weight gradient, so
-4·N instead of full fine-tuning's 6·N; the adapters cost 6·N_a. Attention
+4·N instead of full fine-tuning's 6·N; the adapters cost 6·N_a. The
+output head's share of N is counted only on tokens whose next token
+carries loss (the prompt's logits are never needed; the reference computes
+them anyway, the studio does not), which lowers both arms' MFU. Attention
 adds, per example of n tokens and per layer, 2·n²·d in the forward
 (QKᵀ and AV with the causal half) and twice that backward: 6·L·d·n².
 MFU = achieved model FLOP/s ÷ peak bf16 ``torch.matmul`` FLOP/s measured
@@ -92,8 +95,10 @@ def dataset_stats(path: Path, model_dir: Path, max_length: int) -> dict:
 
     items = load_task_data("sft", path, tokenizer=load_tokenizer(str(model_dir)), max_length=max_length).items
     lengths = [len(e.input_ids) for e in items]
+    labelled = sum(sum(1 for label in e.labels[1:] if label != -100) for e in items)
     return {"rows": len(lengths), "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths),
-            "sum_sq_over_sum": sum(n * n for n in lengths) / sum(lengths)}
+            "sum_sq_over_sum": sum(n * n for n in lengths) / sum(lengths),
+            "labelled_fraction": labelled / sum(lengths)}
 
 
 # --- FLOPs --------------------------------------------------------------------
@@ -107,17 +112,19 @@ def model_shape(model_dir: Path) -> dict:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     linear, adapter = 0, 0
+    head = model.get_output_embeddings()
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             linear += module.in_features * module.out_features + (module.out_features if module.bias is not None else 0)
             if name.rsplit(".", 1)[-1] in TARGETS:
                 adapter += LORA["rank"] * (module.in_features + module.out_features)
-    return {"linear_params": linear, "adapter_params": adapter, "layers": config.num_hidden_layers,
-            "hidden": config.hidden_size}
+    return {"linear_params": linear, "head_params": head.in_features * head.out_features,
+            "adapter_params": adapter, "layers": config.num_hidden_layers, "hidden": config.hidden_size}
 
 
-def flops_per_token(shape: dict, sum_sq_over_sum: float) -> float:
-    dense = 4 * shape["linear_params"] + 6 * shape["adapter_params"]
+def flops_per_token(shape: dict, sum_sq_over_sum: float, labelled_fraction: float) -> float:
+    head = shape["head_params"]  # needed only where the next token carries loss
+    dense = 4 * (shape["linear_params"] - head) + 4 * head * labelled_fraction + 6 * shape["adapter_params"]
     attention = 6 * shape["layers"] * shape["hidden"] * sum_sq_over_sum  # Σ 6·L·d·n² / Σ n
     return dense + attention
 
@@ -271,16 +278,30 @@ def child_ref(spec_file: str) -> None:
 
 LEVERS = """## Levers in the loop
 
+Measured on the mixed-length data with `--datasets mixed --arms ref,studio --rounds 2 --steps 6`, one lever
+added at a time (studio ÷ reference real tokens/s; peak RSS studio vs reference):
+
 | lever | verdict | evidence |
 |---|---|---|
-| packing (`packing: true`, default) | kept | `packed vs padded` rows above; same loss per step as padded (tests/core/test_fast_path.py) |
-| length-grouped batches (`group_by_length`) | kept, off by default | `length-grouped vs plain padded` rows; changes which rows share a step, so opt-in, for runs that cannot pack |
+| packing (`packing: true`, default) | kept | `packed vs padded` rows above; same loss and gradients as padded (tests/core/test_fast_path.py) |
+| segment attention (`tuning/attention.py`): causal sdpa on each packed example's own slice, no mask | kept | 1.36x before, 1.57x with it and the next lever (peak 5742 → 5362 MiB); attention is Σn² instead of (Σn)², and sdpa keeps its grouped-query path |
+| logits only where a label is (`next_token_loss`) | kept as the fallback of the next | the prompt's positions need no logits (27% of the mixed data's tokens) |
+| output head + cross-entropy fused a chunk of 128 tokens at a time (`fused_next_token_loss`) | kept | 1.57x → 1.84x, peak 5362 → 4476 MiB (reference 5312): no batch-wide logits; the gradient is computed in the same pass, nothing recomputed; probed against the model's own loss per model |
+| length-grouped batches (`group_by_length`) | kept, off by default | changes which rows share a step, so opt-in, for runs that cannot pack |
 | bf16 autocast on CPU | kept (already on) | FIELD-NOTES: 4.1-4.6 s/step bf16 vs 6.4 s fp32 |
+| frozen LoRA base stored in bf16 | kept | no per-step weight casts, half the base's memory |
 | fused AdamW | kept where every parameter is a float on CPU/GPU | `AdamW step seconds` row: matters for full fine-tuning, noise for LoRA |
-| one loss read per step, real tokens counted from row lengths | kept | no device sync per micro-batch; no measurable effect on a CPU (no asynchronous device), matters on a GPU |
-| torch.set_num_threads | unchanged | torch already uses one thread per core (2 here, checked); the tokenizer's threads only run before training; FIELD-NOTES: 1 thread nearly halves speed |
-| torch.compile | not adopted (not measured) | packed and padded batches change shape every step, so it would recompile or run with dynamic shapes; a first compile of a 30-layer model with its backward on two cores would have to pay back within short jobs |
+| one loss read per step, real tokens counted from row lengths | kept | no device sync per micro-batch; matters on a GPU |
+| torch.set_num_threads | unchanged | torch already uses one thread per core; FIELD-NOTES: 1 thread nearly halves speed |
+| torch.compile (each decoder layer, `dynamic=True`) | dropped | first step 56 s, then about 20 s of recompiling for every new packed length, and no faster afterwards (1.62 vs 1.70 s and 4.37 vs 4.13 s per step on the same batches) |
+| eager attention in bf16 instead of the CPU flash kernel | dropped | 2.3x faster attention at 500 tokens, but scores rounded to bf16: 1.1% relative error against fp64 where sdpa has 0.16% |
+| glibc with a fixed mmap threshold (`MALLOC_MMAP_THRESHOLD_=1048576`) | dropped | peak RSS 29% lower, steps about 25% slower (page faults on every large allocation) |
 | gradient checkpointing | only on request | recomputes the forward: slower, for memory only |
+
+Where the time goes now (torch profiler, one 1,098-token packed step of the bundled model): matmuls 41%
+(at about 85% of the measured peak), the CPU flash-attention kernel 30% (forward and backward at about
+40 GFLOP/s), LoRA dropout masks (`bernoulli_`) 10%, elementwise work the rest. The MFU target of 50% would need
+attention at matmul speed, which the CPU kernels do not reach without losing precision.
 """
 
 def machine() -> dict:
@@ -299,7 +320,7 @@ def emit(record: dict, lines: list[dict]) -> None:
 
 def summarise(name: str, runs: dict[str, list[dict]], stats: dict, shape: dict, peak: float,
               lines: list[dict]) -> None:
-    flops = flops_per_token(shape, stats["sum_sq_over_sum"])
+    flops = flops_per_token(shape, stats["sum_sq_over_sum"], stats["labelled_fraction"])
     speed = {arm: [r["tokens_per_s"] for r in rs] for arm, rs in runs.items()}
     for arm in [a for a in ("studio", "padded") if a in runs and "ref" in runs]:
         ratios = [s / r for s, r in zip(speed[arm], speed["ref"])]  # within a round: same machine load
@@ -398,7 +419,7 @@ def main() -> None:
     for name in args.datasets.split(","):
         path = datasets[name]
         stats = dataset_stats(path, model_dir, args.max_length)
-        emit({"figure": "dataset", "dataset": name, **{k: round(v, 1) for k, v in stats.items()}}, lines)
+        emit({"figure": "dataset", "dataset": name, **{k: round(v, 3) for k, v in stats.items()}}, lines)
         spec = {"model": str(model_dir), "data": str(path), "steps": args.steps, "batch_size": args.batch_size,
                 "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
                 "workdir": str(workdir)}

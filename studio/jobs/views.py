@@ -126,6 +126,8 @@ def _preflight(form, base_model, trainable: int, total: int) -> dict:
     shape = {"batch_size": values["batch_size"], "max_length": values["max_length"],
              "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"]}
     config = _model_config(base_model.ref)
+    # The trainer fuses the head and the loss for these methods (tuning.loss).
+    shape["fused_loss"] = form.chosen.group != "prompts" and not form.chosen.loss_from_model
     need = estimate_training_memory(config, trainable=trainable, total=total, task=form.chosen_task,
                                     four_bit_base=form.chosen.name == "qlora", **shape)
     available = pool_memory_bytes(pool)

@@ -176,3 +176,53 @@ def test_bf16_frozen_base_computes_what_autocast_computes(tiny_model):
     assert after[0] == pytest.approx(before[0], rel=1e-6)
     for name, grad in before[1].items():
         torch.testing.assert_close(after[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_fused_loss_is_refused_where_the_head_changes_the_logits():
+    """Gemma 2 caps its logits (final_logit_softcapping): the fused loss,
+    which applies the plain head, must not pass the probe; the labelled-logits
+    path, which runs the model's own head, still gives the model's loss."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                           final_logit_softcapping=0.5, initializer_range=0.5))
+    assert not fused_loss_works(model, "cpu")
+    inputs = {"input_ids": torch.randint(0, 128, (2, 9)), "labels": torch.randint(0, 128, (2, 9))}
+    inputs["labels"][:, :4] = -100
+    assert next_token_loss(model, inputs).item() == pytest.approx(model(**inputs).loss.item(), rel=1e-5)
+
+
+def test_examples_of_similar_length_share_one_call_and_see_only_themselves():
+    """Segment attention pads examples of similar length into one batched call;
+    every example still gets exactly its own causal attention, and gradients."""
+    from types import SimpleNamespace
+
+    from tuning.attention import _groups, segment_attention
+
+    lengths = [7, 8, 3, 8]
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    bounds = [(s, s + n) for s, n in zip(starts, lengths)]
+    assert _groups(bounds) == [[(7, 15), (18, 26), (0, 7)], [(15, 18)]]
+
+    torch.manual_seed(0)
+    total = sum(lengths)
+    query = torch.randn(1, 4, total, 8, requires_grad=True)
+    key, value = (torch.randn(1, 2, total, 8, requires_grad=True) for _ in range(2))
+    position_ids = torch.tensor([[p for n in lengths for p in range(n)]])
+    module = SimpleNamespace(num_key_value_groups=2)
+    out, _ = segment_attention(module, query, key, value, None, scaling=0.3, position_ids=position_ids)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    got = [t.grad.clone() for t in (query, key, value)]
+
+    for t in (query, key, value):
+        t.grad = None
+    expected = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], scale=0.3, is_causal=True, enable_gqa=True)
+        for s, e in bounds], dim=2).transpose(1, 2)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(out, expected)
+    for grad, t in zip(got, (query, key, value)):
+        torch.testing.assert_close(grad, t.grad)

@@ -159,6 +159,8 @@ def test_packed_and_padded_runs_train_alike_and_count_only_real_tokens(tiny_mode
     run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=3), packed)
     run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=3, packing=False), padded)
     assert any("Packing rows" in e.message for e in packed.of_kind("log"))
+    for sink in (packed, padded):  # both take the fused head + loss path
+        assert any(e.message.startswith("Loss computed with the output head") for e in sink.of_kind("log"))
     assert [e.loss for e in packed.of_kind("metrics")] == pytest.approx(
         [e.loss for e in padded.of_kind("metrics")], rel=1e-4)
     # Both count the rows' own tokens; the padded batches computed more than that.

@@ -206,13 +206,18 @@ def test_preflight_says_when_a_run_will_not_fit_the_pools_workers_and_what_would
     page = member_client.get(ESTIMATE, query).content.decode()
     assert "needs ≈" in page and "Will not fit" not in page  # no worker registered: nothing to compare with
 
-    # A 4 GiB worker on the default pool. The tiny model's 49k-token logits
-    # dominate: 64 rows of 2048 tokens need ~38 GiB, 4 rows ~2.4 GiB.
+    # A 4 GiB worker on the default pool. LoRA's loss is fused with the head
+    # (tuning.loss), so no batch-wide logits: 64 rows of 2048 tokens need
+    # ~11 GiB, 16 rows ~3.6 GiB.
     worker_register(name="small@box", pool=settings.DEFAULT_DEVICE_POOL, hostname="box", pid=1,
                     device="CPU: test", device_memory_mib=4096)
     page = member_client.get(ESTIMATE, query).content.decode()
     assert "of 4 GiB on pool default" in page
-    assert "Will not fit on pool default. Try: batch size 4 (raise gradient accumulation" in page
+    assert "Will not fit on pool default. Try: batch size 16 (raise gradient accumulation" in page
+    # Prompt tuning takes the model's own loss: the tiny model's 49k-token
+    # logits for every position then dominate (16 rows ~12.6 GiB, 4 rows ~3.9).
+    prompt = member_client.get(ESTIMATE, {**query, "method": "prompt_tuning"}).content.decode()
+    assert "Will not fit on pool default. Try: batch size 4 (raise gradient accumulation" in prompt
 
     roomy = {**query, "batch_size": "1", "max_length": "64"}
     assert "Will not fit" not in member_client.get(ESTIMATE, roomy).content.decode()

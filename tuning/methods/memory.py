@@ -12,7 +12,8 @@ Parts, in bytes:
   s·b·h·(34 + 5·a·s/h) bytes, doubled in fp32; with gradient checkpointing
   only each layer's input (2·s·b·h) is kept, plus one layer recomputed; plus
   the logits and their fp32 loss copy, b·s·V·(2 + 4) bytes (large for big
-  vocabularies).
+  vocabularies), or, where the head and the loss are fused
+  (``tuning.loss``), one chunk of those and the hidden states' gradient.
 The sum is a planning figure (±30 %), not a promise: allocator slack and
 sequence lengths below max_length move it.
 """
@@ -20,6 +21,8 @@ sequence lengths below max_length move it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+from tuning.loss import CHUNK_TOKENS
 
 RUNTIME_OVERHEAD_BYTES = 2**30  # the process itself (torch, CUDA context, kernels) and the data in flight
 FOUR_BIT_BYTES_PER_PARAMETER = 0.55  # 4-bit weights plus quantization constants
@@ -52,7 +55,8 @@ def _dims(model_config) -> tuple[int, int, int, int]:
 
 def estimate_training_memory(model_config, *, trainable: int, total: int, batch_size: int, max_length: int,
                              precision: str = "bf16", gradient_checkpointing: bool = False,
-                             four_bit_base: bool = False, task: str = "sft") -> MemoryEstimate:
+                             four_bit_base: bool = False, task: str = "sft",
+                             fused_loss: bool = False) -> MemoryEstimate:
     hidden, layers, heads, vocab = _dims(model_config)
     s, b = max_length, batch_size
     bytes_per_activation_unit = 1 if precision in ("bf16", "fp16", "auto") else 2  # the formula is in 16-bit units
@@ -62,7 +66,9 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
         activations = (layers * per_layer + recomputed) * bytes_per_activation_unit
     else:
         activations = layers * s * b * hidden * (34 + 5 * heads * s / hidden) * bytes_per_activation_unit
-    if task != "classify":
+    if task != "classify" and fused_loss:
+        activations += min(b * s, CHUNK_TOKENS) * vocab * (2 + 4) + b * s * hidden * 4
+    elif task != "classify":
         activations += b * s * vocab * (2 + 4)
     frozen = total - trainable
     weights = trainable * 4 + (frozen * FOUR_BIT_BYTES_PER_PARAMETER if four_bit_base else frozen * 4)
@@ -72,12 +78,13 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
 
 def changes_that_fit(model_config, *, available: int, trainable: int, total: int, batch_size: int,
                      max_length: int, precision: str, gradient_checkpointing: bool, gpu: bool,
-                     task: str = "sft") -> list[str]:
+                     task: str = "sft", fused_loss: bool = False) -> list[str]:
     """Changes (each alone, then together) that bring the estimate under ``available`` bytes."""
     def fits(**change) -> bool:
         settings = {"batch_size": batch_size, "max_length": max_length, "precision": precision,
                     "gradient_checkpointing": gradient_checkpointing, "four_bit_base": False, **change}
         return estimate_training_memory(model_config, trainable=trainable, total=total, task=task,
+                                        fused_loss=fused_loss,
                                         **settings).total <= available
 
     options = []
