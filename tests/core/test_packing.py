@@ -61,6 +61,17 @@ def test_one_packed_row_has_no_padding():
     assert out["input_ids"][0].tolist() == [t for e in batch for t in e.input_ids]
 
 
+def test_a_row_padded_to_a_multiple_gives_the_same_loss(llama):
+    batch = examples([5, 17, 9, 30])
+    plain = collate_packed(batch, max_length=40, pad_token_id=0)
+    padded = collate_packed(batch, max_length=40, pad_token_id=0, pad_to_multiple_of=8)
+    assert padded["input_ids"].shape == (1, 64)
+    assert padded["position_ids"][0, 61:].tolist() == [0, 1, 2]  # a block of its own
+    assert padded["labels"][0, 61:].tolist() == [IGNORE_INDEX] * 3
+    with torch.no_grad():
+        torch.testing.assert_close(llama(**padded, use_cache=False).loss, llama(**plain, use_cache=False).loss)
+
+
 @pytest.mark.parametrize("context_tokens", [1.0, 4096.0])
 def test_collated_rows_restart_positions_and_never_learn_across_examples(context_tokens):
     batch = examples([5, 17, 9, 30])

@@ -18,6 +18,9 @@ much as the rest of the model (about 2·parameters / (4·hidden·layers)).
 A batch of one long and three short examples then costs about their total
 length, not four times the longest.
 
+Rows can be padded to a multiple of a few tokens (fewer distinct shapes for
+the matmul kernels to cache); the padding is a block of its own.
+
 Attention stays within each example because no attention mask is passed
 and ``position_ids`` restart at 0 for every example: transformers'
 ``masking_utils.find_packed_sequence_indices`` turns each restart into a
@@ -77,9 +80,11 @@ def context_tokens_for(model) -> float:
     return 2 * sum(p.numel() for p in model.parameters()) / (4 * hidden * layers)
 
 
-def collate_packed(batch: list, *, max_length: int, pad_token_id: int, context_tokens: float = 4096.0) -> dict:
+def collate_packed(batch: list, *, max_length: int, pad_token_id: int, context_tokens: float = 4096.0,
+                   pad_to_multiple_of: int = 1) -> dict:
     """Tensors input_ids, position_ids and labels (no attention_mask) for a
-    batch of ``sft.TokenizedExample``, laid out by ``plan_rows``."""
+    batch of ``sft.TokenizedExample``, laid out by ``plan_rows``, rows padded
+    to a multiple of ``pad_to_multiple_of`` tokens."""
     import torch
 
     rows = plan_rows([len(e.input_ids) for e in batch], max_length=max_length, context_tokens=context_tokens)
@@ -94,7 +99,7 @@ def collate_packed(batch: list, *, max_length: int, pad_token_id: int, context_t
         ids.append(row_ids)
         positions.append(row_positions)
         labels.append(row_labels)
-    width = max(len(r) for r in ids)
+    width = -(-max(len(r) for r in ids) // pad_to_multiple_of) * pad_to_multiple_of
     out = {"input_ids": torch.full((len(rows), width), pad_token_id, dtype=torch.long),
            # Padding continues as a block of its own (positions from 0), so it
            # attends to nothing real and nothing real attends to it.
