@@ -1,7 +1,12 @@
 """Training speed: the studio's loop against the usual transformers recipe.
 
     .venv/bin/python bench/train_speed.py [--steps 8] [--rounds 2] [--model bundled|tiny|PATH]
-                                          [--datasets sample,mixed] [--arms ref,studio,padded] [--out BENCHMARKS.md]
+                                          [--datasets sample,mixed] [--arms ref,studio,padded]
+                                          [--device cpu|cuda] [--batch-size 4] [--out BENCHMARKS.md]
+
+On a GPU (``--device cuda``, the default where one is present) every arm
+trains there, memory is each arm's peak GPU allocation and the peak is a
+bf16 8192³ matmul on the GPU.
 
 Arms, each run in a child process of its own, alternating round by round
 (ref, studio, padded, ref, studio, padded, …) so that a busy machine slows
@@ -66,6 +71,7 @@ SAMPLE = REPO / "samples" / "instructions-sample.jsonl"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.05}
 LOSS_TOLERANCE = 0.10  # final losses further apart than this (relative) void the speed comparison
+DEVICE = "cpu"  # --device: where every arm runs; on "cuda" memory is the GPU's peak allocation
 
 
 # --- data ---------------------------------------------------------------------
@@ -133,13 +139,17 @@ def peak_matmul_flops(threads: int, size: int = 2048, repeats: int = 8) -> float
     import torch
 
     torch.set_num_threads(threads)
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    b = torch.randn(size, size, dtype=torch.bfloat16)
+    size = 8192 if DEVICE == "cuda" else size  # a GPU needs a larger product to reach its peak
+    a = torch.randn(size, size, dtype=torch.bfloat16, device=DEVICE)
+    b = torch.randn(size, size, dtype=torch.bfloat16, device=DEVICE)
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
     torch.matmul(a, b)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         best = min(best, time.perf_counter() - started)
     return 2 * size ** 3 / best
 
@@ -149,7 +159,9 @@ def peak_matmul_flops(threads: int, size: int = 2048, repeats: int = 8) -> float
 def run_child(command: list[str], threads: int) -> tuple[str, str, float, float]:
     """Run ``command``; its stdout, stderr, wall seconds and own peak RSS (MiB)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if DEVICE == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the studio trains on a GPU wherever it sees one
     with tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -183,7 +195,7 @@ def adamw_step_seconds(model_dir: Path, threads: int, repeats: int = 4) -> dict:
     torch.set_num_threads(threads)
     with torch.device("meta"):
         shapes = [p.shape for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters()]
-    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    params = [torch.nn.Parameter(torch.randn(shape, device=DEVICE)) for shape in shapes]
     for p in params:
         p.grad = torch.randn_like(p)
     optimizers = {"foreach": torch.optim.AdamW(params, lr=1e-5, foreach=True),
@@ -193,6 +205,8 @@ def adamw_step_seconds(model_dir: Path, threads: int, repeats: int = 4) -> dict:
         for name, optimizer in optimizers.items():  # alternating, like the arms
             started = time.perf_counter()
             optimizer.step()
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
             best[name] = min(best[name], time.perf_counter() - started)
     return best
 
@@ -216,7 +230,8 @@ def studio_arm(spec: dict, packing: bool, workdir: Path, group_by_length: bool =
     if packing and not any("Packing rows" in m for m in logs):
         raise SystemExit(f"the studio run did not pack: {logs}")
     return {"tokens_per_s": rate([m["elapsed_s"] for m in metrics], [m["tokens_seen"] for m in metrics]),
-            "losses": [m["loss"] for m in metrics], "peak_rss_mib": rss, "wall_s": wall}
+            "losses": [m["loss"] for m in metrics], "wall_s": wall,
+            "peak_rss_mib": max(m["memory_mib"] for m in metrics) if DEVICE == "cuda" else rss}
 
 
 def ref_arm(spec: dict, workdir: Path) -> dict:
@@ -225,7 +240,7 @@ def ref_arm(spec: dict, workdir: Path) -> dict:
     out, _, wall, rss = run_child([sys.executable, __file__, "--child-ref", str(workdir / "spec.json")],
                                   spec["threads"])
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-    return {**result, "peak_rss_mib": rss, "wall_s": wall}
+    return {**result, "peak_rss_mib": result.get("gpu_peak_mib", rss), "wall_s": wall}
 
 
 def child_ref(spec_file: str) -> None:
@@ -263,7 +278,7 @@ def child_ref(spec_file: str) -> None:
 
     args = TrainingArguments(output_dir=spec["output_dir"], per_device_train_batch_size=spec["batch_size"],
                              max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
-                             warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=True,
+                             warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=spec["device"] == "cpu",
                              logging_steps=1, save_strategy="no", report_to=[], seed=spec["seed"],
                              dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy="sequential")
     trainer = CountingTrainer(model=model, args=args, train_dataset=rows, callbacks=[Clock()],
@@ -271,7 +286,8 @@ def child_ref(spec_file: str) -> None:
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     print("RESULT " + json.dumps({"tokens_per_s": rate([t for t, _ in marks], [n for _, n in marks]),
-                                  "losses": losses}), flush=True)
+                                  "losses": losses, **({"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+                                                       if spec["device"] == "cuda" else {})}), flush=True)
 
 
 # --- the comparison -----------------------------------------------------------
@@ -284,9 +300,9 @@ added at a time (studio ÷ reference real tokens/s; peak RSS studio vs reference
 | lever | verdict | evidence |
 |---|---|---|
 | packing (`packing: true`, default) | kept | `packed vs padded` rows above; same loss and gradients as padded (tests/core/test_fast_path.py) |
-| segment attention (`tuning/attention.py`): causal sdpa on each packed example's own slice, no mask | kept | 1.36x before, 1.57x with it and the next lever (peak 5742 → 5362 MiB); attention is Σn² instead of (Σn)², and sdpa keeps its grouped-query path |
+| segment attention (`tuning/attention.py`): causal sdpa on each packed example's own slice, no mask | kept on CPUs; dropped on GPUs, where its small calls cost 0.25x-0.95x the Trainer's speed on an H100 ([docs/benchmarks-gpu.md](docs/benchmarks-gpu.md)) | 1.36x before, 1.57x with it and the next lever (peak 5742 → 5362 MiB); attention is Σn² instead of (Σn)², and sdpa keeps its grouped-query path |
 | logits only where a label is (`next_token_loss`) | kept as the fallback of the next | the prompt's positions need no logits (27% of the mixed data's tokens) |
-| output head + cross-entropy fused a chunk of 128 tokens at a time (`fused_next_token_loss`) | kept | 1.57x → 1.84x, peak 5362 → 4476 MiB (reference 5312): no batch-wide logits; the gradient is computed in the same pass, nothing recomputed; probed against the model's own loss per model |
+| output head + cross-entropy fused a chunk of 128 tokens at a time (1,024 on a GPU) (`fused_next_token_loss`) | kept (on an H100 the padded studio run with it: 1.29x the Trainer at about half its memory) | 1.57x → 1.84x, peak 5362 → 4476 MiB (reference 5312): no batch-wide logits; the gradient is computed in the same pass, nothing recomputed; probed against the model's own loss per model |
 | length-grouped batches (`group_by_length`) | kept, off by default | changes which rows share a step, so opt-in, for runs that cannot pack |
 | bf16 autocast on CPU | kept (already on) | FIELD-NOTES: 4.1-4.6 s/step bf16 vs 6.4 s fp32 |
 | frozen LoRA base stored in bf16 | kept | no per-step weight casts, half the base's memory |
@@ -309,6 +325,8 @@ def machine() -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
+    if DEVICE == "cuda":
+        cpu = f"{torch.cuda.get_device_name()} (GPU) with {cpu}"
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "date": datetime.date.today().isoformat()}
 
@@ -329,7 +347,7 @@ def summarise(name: str, runs: dict[str, list[dict]], stats: dict, shape: dict, 
         emit({"figure": "real_tokens_per_s", "dataset": name, "arm": arm, "ref": round(statistics.mean(speed["ref"]), 1),
               arm: round(statistics.mean(speed[arm]), 1), "ratio": round(statistics.median(ratios), 3),
               "round_ratios": [round(x, 3) for x in ratios]}, lines)
-        emit({"figure": "peak_rss_mib", "dataset": name, "arm": arm,
+        emit({"figure": "peak_gpu_mib" if DEVICE == "cuda" else "peak_rss_mib", "dataset": name, "arm": arm,
               "ref": round(max(r["peak_rss_mib"] for r in runs["ref"])),
               arm: round(max(r["peak_rss_mib"] for r in runs[arm]))}, lines)
         emit({"figure": "final_loss", "dataset": name, "arm": arm, "ref": round(ref_loss, 4), arm: round(arm_loss, 4),
@@ -359,7 +377,7 @@ def markdown(lines: list[dict], info: dict, args) -> str:
            "| dataset | figure | ref (Trainer) | studio | padded studio | ratio | note |",
            "|---|---|---|---|---|---|---|"]
     for r in lines:
-        if r["figure"] in ("real_tokens_per_s", "peak_rss_mib", "final_loss"):
+        if r["figure"] in ("real_tokens_per_s", "peak_rss_mib", "peak_gpu_mib", "final_loss"):
             note = {"final_loss": "similar" if r.get("similar") else "NOT similar: speed does not count"}.get(r["figure"], "")
             out.append(f"| {r['dataset']} | {r['figure']} | {r['ref']} | {r.get('studio', '')} | {r.get('padded', '')} "
                        f"| {r.get('ratio', '')} | {note} |")
@@ -392,12 +410,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="where every arm runs (default: cuda if present)")
     parser.add_argument("--out", help="write the markdown table here (e.g. BENCHMARKS.md)")
     parser.add_argument("--child-ref", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_ref:
         child_ref(args.child_ref)
         return
+    global DEVICE
+    import torch
+
+    DEVICE = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     if args.model == "bundled":
         from tuning.models import prepare_bundled_model
@@ -422,7 +445,7 @@ def main() -> None:
         emit({"figure": "dataset", "dataset": name, **{k: round(v, 3) for k, v in stats.items()}}, lines)
         spec = {"model": str(model_dir), "data": str(path), "steps": args.steps, "batch_size": args.batch_size,
                 "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
-                "workdir": str(workdir)}
+                "workdir": str(workdir), "device": DEVICE}
         runs: dict[str, list[dict]] = {arm: [] for arm in arms}
         for round_ in range(args.rounds):
             for arm in arms:

@@ -28,7 +28,8 @@ import inspect
 
 from tuning.data.sft import IGNORE_INDEX
 
-CHUNK_TOKENS = 128  # 128 × 49,152 fp32 logits = 25 MB at a time
+CHUNK_TOKENS = 128  # on a CPU: 128 × 49,152 fp32 logits = 25 MB at a time
+GPU_CHUNK_TOKENS = 1024  # on a GPU larger matmuls pay (200 MB for SmolLM2's vocabulary)
 
 
 def _unwrapped(model):
@@ -69,15 +70,16 @@ def _linear_cross_entropy():
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_hidden = torch.empty_like(hidden)
             grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
-            for start in range(0, count, CHUNK_TOKENS):
-                h_chunk, t_chunk = h[start:start + CHUNK_TOKENS], targets[start:start + CHUNK_TOKENS]
+            size = CHUNK_TOKENS if hidden.device.type == "cpu" else GPU_CHUNK_TOKENS
+            for start in range(0, count, size):
+                h_chunk, t_chunk = h[start:start + size], targets[start:start + size]
                 logits = (h_chunk @ w.T).float()
                 lse = torch.logsumexp(logits, dim=-1)
                 total += (lse - logits.gather(1, t_chunk[:, None]).squeeze(1)).sum()
                 grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
                 grad[torch.arange(len(t_chunk), device=grad.device), t_chunk] -= 1
                 grad = grad.div_(count).to(compute_dtype)
-                grad_hidden[start:start + CHUNK_TOKENS] = grad @ w
+                grad_hidden[start:start + size] = grad @ w
                 if grad_weight is not None:
                     grad_weight += (grad.T @ h_chunk).float()
             ctx.save_for_backward(grad_hidden, grad_weight)

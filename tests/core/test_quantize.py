@@ -158,7 +158,9 @@ def test_bitsandbytes_scheme_on_a_gpu(scheme, tiny_model, eval_jsonl, tmp_path):
     assert result.status == "succeeded" and report["size_bytes_after"] < report["size_bytes_before"]
     assert abs(math.log(report["perplexity_after"] / report["perplexity_before"])) <= 0.5
     reloaded = AutoModelForCausalLM.from_pretrained(result.output_path, device_map="cuda")
-    assert reloaded.config.quantization_config.get("quant_method") == "bitsandbytes"
+    quantization = reloaded.config.quantization_config  # a BitsAndBytesConfig once loaded, a dict in the file
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization.quant_method
+    assert method == "bitsandbytes"
 
 
 class StopAfterProgress(MemorySink):

@@ -38,13 +38,14 @@ def test_lora_learns_and_the_adapter_reloads_in_stock_peft(tiny_model, memorisab
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    probe = torch.tensor([[1, 400, 2000, 77, 5]])
+    device = next(result.model.parameters()).device  # a GPU where the run had one
+    probe = torch.tensor([[1, 400, 2000, 77, 5]], device=device)
     with torch.no_grad():
         studio_logits = result.model.eval()(probe).logits
-        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).to(device)
         stock = PeftModel.from_pretrained(base, adapter).eval()
         stock_logits = stock(probe).logits
-        plain_logits = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)(probe).logits
+        plain_logits = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).to(device)(probe).logits
     torch.testing.assert_close(stock_logits, studio_logits, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(plain_logits, studio_logits, atol=1e-4)  # the adapter changed something
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from tuning.loss import CHUNK_TOKENS
+from tuning.loss import GPU_CHUNK_TOKENS
 
 RUNTIME_OVERHEAD_BYTES = 2**30  # the process itself (torch, CUDA context, kernels) and the data in flight
 FOUR_BIT_BYTES_PER_PARAMETER = 0.55  # 4-bit weights plus quantization constants
@@ -67,7 +67,8 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
     else:
         activations = layers * s * b * hidden * (34 + 5 * heads * s / hidden) * bytes_per_activation_unit
     if task != "classify" and fused_loss:
-        activations += min(b * s, CHUNK_TOKENS) * vocab * (2 + 4) + b * s * hidden * 4
+        # One chunk of logits (the larger, GPU chunk) and the hidden states' gradient.
+        activations += min(b * s, GPU_CHUNK_TOKENS) * vocab * (2 + 4) + b * s * hidden * 4
     elif task != "classify":
         activations += b * s * vocab * (2 + 4)
     frozen = total - trainable
