@@ -71,6 +71,13 @@
   function refreshStatus() {
     htmx.ajax("GET", root.dataset.statusUrl, { target: "#job-status", swap: "outerHTML" });
   }
+  // A job that ends within moments of a click (cancel) races the click's own
+  // response: when that older status lands after the stream said the job
+  // finished, fetch the status box again.
+  document.body.addEventListener("htmx:afterSwap", () => {
+    const box = document.getElementById("job-status");
+    if (finished && box && !FINISHED.includes(box.dataset.status)) setTimeout(refreshStatus, 300);
+  });
 
   const handlers = {
     metrics(d) {
