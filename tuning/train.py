@@ -130,20 +130,23 @@ def _adamw(groups, config: TrainConfig):
                              **({"fused": True} if fused else {}))
 
 
-LOSS_PATHS = {fused_next_token_loss: "with the output head, a chunk of tokens at a time",
-              next_token_loss: "from the logits of labelled positions only"}
+def _predicts_each_token(config: TrainConfig, method) -> bool:
+    """A causal LM loss over the rows' own tokens: not a classifier, no virtual prompt tokens."""
+    return config.task != "classify" and method.group != "prompts"
 
 
 def _loss_function(config: TrainConfig, method, model, packed: bool, device: str, autocast):
-    """The cheapest way to get the loss ``model(**inputs).loss`` would give (``tuning.loss``)."""
-    if config.task != "classify" and method.group != "prompts" and not method.loss_from_model:
+    """The cheapest way to get the loss ``model(**inputs).loss`` would give
+    (``tuning.loss``), and how it is computed (None: the model's own loss)."""
+    if _predicts_each_token(config, method) and not method.loss_from_model:
         with autocast():  # probed as training runs
             if fused_loss_works(model, device):
-                return partial(fused_next_token_loss, model)
+                return partial(fused_next_token_loss, model), "with the output head, a chunk of tokens at a time"
         if selects_logits(model):
-            return partial(next_token_loss, model)
+            return partial(next_token_loss, model), "from the logits of labelled positions only"
     # Without a cache object transformers sees the packed layout in position_ids.
-    return (lambda inputs: model(**inputs, use_cache=False).loss) if packed else (lambda inputs: model(**inputs).loss)
+    plain = (lambda inputs: model(**inputs, use_cache=False).loss) if packed else (lambda inputs: model(**inputs).loss)
+    return plain, None
 
 
 def _resume_dir(config: TrainConfig, output_dir: Path) -> Path | None:
@@ -234,8 +237,8 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     # only: on a GPU its many small calls cost more in launches than they
     # save (0.25x the Trainer's tokens/s at batch 32 on an H100), and sdpa
     # takes transformers' block mask in one fast kernel.
-    segmented = (config.packing and config.task != "classify" and method.group != "prompts"
-                 and device == "cpu" and use_segment_attention(model))
+    segmented = (config.packing and _predicts_each_token(config, method) and device == "cpu"
+                 and use_segment_attention(model))
     why_not = _why_not_packed(config, method, model, device, autocast) if config.packing else None
     packed = config.packing and why_not is None
     if packed:
@@ -249,9 +252,9 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
         if why_not:
             sink.emit(LogEvent(message=f"Padded batches instead of packed ones: {why_not}"))
 
-    compute_loss = _loss_function(config, method, model, packed, device, autocast)
-    if isinstance(compute_loss, partial):
-        sink.emit(LogEvent(message=f"Loss computed {LOSS_PATHS[compute_loss.func]}"))
+    compute_loss, how = _loss_function(config, method, model, packed, device, autocast)
+    if how:
+        sink.emit(LogEvent(message=f"Loss computed {how}"))
 
     # --- schedule ---------------------------------------------------------
     groups = method.param_groups(model, params, config.learning_rate) if method.param_groups else [{"params": trainable}]

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 from tuning.data import classify, sft
+from tuning.data.records import file_sha256
 from tuning.data.tasks import TaskData, load_task_data
 
 MAX_ENTRIES = 32
@@ -40,14 +41,6 @@ def default_cache_dir(output_dir: str | Path) -> Path:
     """Beside the run's output directory, so runs under one jobs directory
     (one worker's, or a shared volume) share it."""
     return Path(output_dir).resolve().parent / ".token-cache"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tokenizer_identity(tokenizer) -> str:
@@ -78,7 +71,7 @@ def _code_identity() -> str:
 
 def cache_key(task: str, path: Path, *, tokenizer, max_length: int, loss_on_prompt: bool,
               text_split: str) -> str:
-    parts = {"data": _file_sha256(path), "tokenizer": tokenizer_identity(tokenizer), "code": _code_identity(),
+    parts = {"data": file_sha256(path), "tokenizer": tokenizer_identity(tokenizer), "code": _code_identity(),
              "task": task, "max_length": max_length, "loss_on_prompt": loss_on_prompt and task == "sft",
              "text_split": text_split if task == "pretrain" else ""}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
