@@ -8,7 +8,9 @@ import threading
 
 from django.conf import settings
 from django.db import connection
+from django.utils.module_loading import import_string
 
+from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
 from studio.jobs.services import job_finish, job_heartbeat, jobs_recover_lost
 from studio.jobs.services_queue import job_claim_next, queue_nudge
@@ -64,37 +66,12 @@ def recover_lost_jobs_forever(stop: threading.Event) -> None:
             connection.close()
 
 
-def _run(job: Job):
-    """Run the job's kind of work from its stored config; the result has
-    ``status`` ("succeeded" or "cancelled") and a one-line ``summary``."""
-    sink = JobSink(job)
-    if job.kind == Job.Kind.TRAIN:
-        from tuning.config import TrainConfig
-        from tuning.train import run_train
-
-        result = run_train(TrainConfig.from_dict(job.config), sink)
-        return result.status, (f"Cancelled at step {result.steps}; the last checkpoint is kept"
-                               if result.status == "cancelled" else
-                               f"Finished {result.steps} steps, final loss {result.final_loss:.4f}")
-    if job.kind == Job.Kind.MERGE:
-        from tuning.merge import run_merge
-        from tuning.merge.config import MergeConfig
-
-        result = run_merge(MergeConfig.from_dict(job.config), sink)
-        return result.status, "Cancelled; nothing was kept" if result.status == "cancelled" else "Merged"
-    if job.kind == Job.Kind.QUANTIZE:
-        from tuning.quantize.run import run_quantize
-        from tuning.quantize.config import QuantizeConfig
-
-        result = run_quantize(QuantizeConfig.from_dict(job.config), sink)
-        return result.status, "Cancelled; nothing was kept" if result.status == "cancelled" else "Quantized"
-    if job.kind == Job.Kind.EVALUATE:
-        from tuning.scoring import EvaluateConfig, run_evaluate
-
-        result = run_evaluate(EvaluateConfig.from_dict(job.config), sink)
-        scores = ", ".join(f"{k} {v}" for k, v in result.metrics.items() if isinstance(v, float))
-        return result.status, "Cancelled" if result.status == "cancelled" else f"Scored: {scores}"
-    raise TuningError(f"{job.kind} jobs are not supported by this worker")
+def _run(job: Job) -> tuple[str, str]:
+    """Run the job's kind of work (the function its row in JOB_KINDS names)."""
+    kind = JOB_KINDS.get(job.kind)
+    if kind is None:
+        raise TuningError(f"{job.kind} jobs are not supported by this worker")
+    return import_string(kind.run)(job, JobSink(job))
 
 
 def run_job(job_id: int, *, worker_name: str = "", pool: str = "") -> str:

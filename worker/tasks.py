@@ -1,4 +1,6 @@
-"""Celery tasks. Thin: the work is in worker.runner."""
+"""Celery tasks. Thin: the work is in worker.runner. Every kind of job
+(training, merging, dataset analysis …) arrives as the one ``run_job``
+wake-up; the kind table (``studio.jobs.kinds``) says which function runs it."""
 
 import threading
 
@@ -44,6 +46,3 @@ def unregister_worker_node(**kwargs):
 @worker_shutdown.connect
 def stop_recovering_lost_jobs(**kwargs):
     _stop_recovery.set()
-
-
-from worker import dataset_tasks  # noqa: F401

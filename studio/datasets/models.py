@@ -1,4 +1,4 @@
-"""Datasets and their versions, and the work done on them by workers.
+"""Datasets and their versions, and the results of work done on them by workers.
 
 Every version is a ``Dataset`` row: an upload is version 1 of its family,
 and each diet step (dedupe, filter, subsample, split, merge, column
@@ -74,39 +74,30 @@ class Dataset(models.Model):
         return self.root_id or self.pk
 
 
-class WorkStatus(models.TextChoices):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
 class DatasetWork(models.Model):
-    """What analyses and operations share: status and progress, written by
-    ``services_work`` as the worker reports, read by the polling page."""
+    """What analyses and operations share: the Job that runs them on a worker.
+    Status, progress and failure are the job's (one job system for every kind
+    of work); this row holds the request and, once done, the result."""
 
-    status = models.CharField(max_length=10, choices=WorkStatus.choices, default=WorkStatus.QUEUED)
-    phase = models.CharField(max_length=100, blank=True, help_text="What the worker is doing now.")
-    progress_done = models.PositiveBigIntegerField(default=0)
-    progress_total = models.PositiveBigIntegerField(default=0)
-    message = models.TextField(blank=True, help_text="Why it failed, in words a user can act on.")
+    job = models.OneToOneField("jobs.Job", on_delete=models.CASCADE, related_name="%(class)s")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    FINISHED = (WorkStatus.SUCCEEDED, WorkStatus.FAILED)
 
     class Meta:
         abstract = True
         ordering = ["-created_at"]
 
     @property
-    def finished(self) -> bool:
-        return self.status in self.FINISHED
+    def status(self) -> str:
+        return self.job.status
 
     @property
-    def percent(self) -> int:
-        return int(100 * self.progress_done / self.progress_total) if self.progress_total else 0
+    def finished(self) -> bool:
+        return self.job.is_finished
+
+    @property
+    def message(self) -> str:
+        return self.job.failure_message
 
 
 class DatasetAnalysis(DatasetWork):
@@ -121,6 +112,7 @@ class DatasetAnalysis(DatasetWork):
     stats = models.JSONField(default=dict, help_text="Token statistics (tuning.data.stats).")
     histogram_svg = models.TextField(blank=True)
     findings = models.JSONField(default=list, help_text="Lint findings (tuning.data.lint), each with its rows.")
+    notice = models.TextField(blank=True, help_text="What a finished analysis could not show, and why.")
 
     class Meta(DatasetWork.Meta):
         verbose_name_plural = "dataset analyses"

@@ -9,7 +9,8 @@ from django.db.models import Q
 from django.shortcuts import get_object_or_404
 
 from studio.accounts.selectors import team_ids_for_user
-from studio.datasets.models import Dataset, DatasetAnalysis, DatasetOperation, WorkStatus
+from studio.datasets.models import Dataset, DatasetAnalysis, DatasetOperation
+from studio.jobs.models import Job
 
 
 def dataset_list_for_user(*, user):
@@ -56,25 +57,26 @@ def dataset_version_tree(dataset: Dataset) -> list[dict]:
 
 
 def dataset_latest_analysis(dataset: Dataset) -> DatasetAnalysis | None:
-    return dataset.analyses.select_related("base_model").order_by("-created_at", "-pk").first()
+    return dataset.analyses.select_related("base_model", "job").order_by("-created_at", "-pk").first()
 
 
 def dataset_analysis_get(*, dataset: Dataset, analysis_id: int) -> DatasetAnalysis:
-    return get_object_or_404(dataset.analyses.select_related("base_model"), pk=analysis_id)
+    return get_object_or_404(dataset.analyses.select_related("base_model", "job"), pk=analysis_id)
 
 
 def dataset_operation_list(dataset: Dataset):
-    return dataset.operations.prefetch_related("results").order_by("-created_at", "-pk")
+    return dataset.operations.select_related("job").prefetch_related("results").order_by("-created_at", "-pk")
 
 
 def dataset_operation_get(*, dataset: Dataset, operation_id: int) -> DatasetOperation:
-    return get_object_or_404(dataset.operations.prefetch_related("results"), pk=operation_id)
+    return get_object_or_404(dataset.operations.select_related("job").prefetch_related("results"), pk=operation_id)
 
 
 def dataset_blocking_findings(dataset: Dataset) -> list[dict]:
     """The blocking lint findings of the latest finished analysis of this version ([] when none ran or
     none were found). A version with any must not be trained on: drop the rows first."""
-    analysis = (dataset.analyses.filter(status=WorkStatus.SUCCEEDED).order_by("-finished_at", "-pk").first())
+    analysis = (dataset.analyses.filter(job__status=Job.Status.SUCCEEDED).order_by("-job__finished_at", "-pk")
+                .first())
     return [f for f in analysis.findings if f.get("severity") == "blocking"] if analysis else []
 
 

@@ -36,7 +36,7 @@ PREVIEW_ROWS = 5
 PREVIEW_VALUE_CHARS = 300  # a raw preview cell shows the start of a long value
 
 
-def _safe_filename(name: str) -> str:
+def safe_filename(name: str) -> str:
     base = Path(name).name
     cleaned = "".join(ch if ch.isalnum() or ch in SAFE_NAME_CHARS else "_" for ch in base).strip() or "data"
     return cleaned[-120:]
@@ -171,7 +171,7 @@ def dataset_create_from_uploads(*, team, user, uploads: list, name: str = "") ->
 
     Raises DatasetError (naming the file, row and field) and stores nothing if any row cannot be read.
     """
-    filenames = _unique([_safe_filename(upload.name) for upload in uploads])
+    filenames = _unique([safe_filename(upload.name) for upload in uploads])
     try:
         paths = [_upload_path(upload) for upload in uploads]
         for path, filename in zip(paths, filenames):
@@ -201,7 +201,7 @@ def _unique(filenames: list[str]) -> list[str]:
 
 def dataset_create_from_file(*, team, user, source_path: str | Path, filename: str, name: str = "") -> Dataset:
     """Check a file already on disk and store a copy as version 1 (first-run set-up, scripts)."""
-    filename = _safe_filename(filename)
+    filename = safe_filename(filename)
     formats.detect_format(filename, source_path)
     described = dataset_describe_file([source_path], names=[filename])
     dataset = Dataset(team=team, created_by=user, name=(name or Path(filename).stem)[:200], **described)
@@ -213,22 +213,3 @@ def dataset_copy_sample(*, team, user, sample_path: Path) -> Dataset:
     existing = Dataset.objects.filter(team=team, name=sample_path.stem).first()
     return existing or dataset_create_from_file(team=team, user=user, source_path=sample_path,
                                                 filename=sample_path.name)
-
-
-def dataset_confirm_mapping(*, dataset: Dataset, user, schema: str, mapping: dict[str, str]):
-    """Record the user's schema and column mapping and queue the worker that writes the mapped rows as
-    the next version (the one jobs can train on). Raises DatasetError for a mapping that names a field
-    the schema lacks or a column the data lacks, or leaves a required field unmapped."""
-    from studio.datasets.services_work import dataset_operation_request
-
-    if schema not in SCHEMAS:
-        raise DatasetError(f"pick a schema: one of {', '.join(SCHEMAS)}", field="schema")
-    mapping = {field: column for field, column in mapping.items() if column}
-    missing = [f["name"] for f in schema_fields(schema) if f["required"] and f["name"] not in mapping]
-    if missing:
-        raise DatasetError(f"choose the column that holds {', '.join(missing)}", field=missing[0])
-    mapping = check_mapping(mapping, dataset.columns, schema=schema, file=dataset.name)
-    with transaction.atomic():
-        Dataset.objects.filter(pk=dataset.pk).update(column_mapping=mapping, schema=schema)
-        return dataset_operation_request(dataset=dataset, user=user, operation="map_columns",
-                                         parameters={"schema": schema, "mapping": mapping})

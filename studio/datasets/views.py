@@ -1,5 +1,8 @@
 """Dataset pages: upload, the dataset page (schema, versions, analysis,
-diet), and the htmx partials the page swaps in and polls."""
+diet), and the htmx partials the page swaps in. Analyses and operations run
+as jobs: their partials carry the job progress component
+(``jobs/_progress.html``), which follows the job's event stream and fetches
+the partial again when the job ends."""
 
 from django.conf import settings
 from django.http import Http404
@@ -16,8 +19,9 @@ from studio.datasets.forms import (AnalysisForm, DatasetUploadForm, column_mappi
 from studio.datasets.selectors import (dataset_analysis_get, dataset_get_for_user, dataset_latest_analysis,
                                        dataset_merge_candidates, dataset_operation_get, dataset_operation_list,
                                        dataset_uploads_for_user, dataset_version_tree)
-from studio.datasets.services import dataset_confirm_mapping, dataset_create_from_uploads
-from studio.datasets.services_work import dataset_analysis_request, dataset_operation_request
+from studio.datasets.services import dataset_create_from_uploads
+from studio.datasets.services_work import (dataset_analysis_request, dataset_confirm_mapping,
+                                           dataset_operation_request)
 from tuning.data.diet import DIET_OPERATIONS
 from tuning.data.schema import SCHEMAS, schema_fields
 from tuning.errors import ConfigError, DatasetError
@@ -146,7 +150,7 @@ def dataset_analyse(request, dataset_id: int):
 
 @require_GET
 def dataset_analysis(request, dataset_id: int, analysis_id: int):
-    """The analysis partial; while it runs, it polls itself every second."""
+    """The analysis partial (fetched again by the progress component when its job ends)."""
     dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
     analysis = dataset_analysis_get(dataset=dataset, analysis_id=analysis_id)
     form = AnalysisForm(initial={"base_model": analysis.base_model_id, "max_length": analysis.max_length,
@@ -185,7 +189,7 @@ def dataset_diet(request, dataset_id: int, operation: str):
 
 @require_GET
 def dataset_operation(request, dataset_id: int, operation_id: int):
-    """One operation's partial; polls itself while queued or running."""
+    """One operation's partial (fetched again by the progress component when its job ends)."""
     dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
     run = dataset_operation_get(dataset=dataset, operation_id=operation_id)
     # Once it is done, the version tree on the page is refreshed too (an out-of-band swap).

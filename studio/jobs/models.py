@@ -1,22 +1,38 @@
-"""Jobs and their events. Job state changes only through ``services.py``."""
+"""Jobs and their events. Job state changes only through ``state.py`` (and the
+services built on it)."""
 
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+
+from studio.jobs.kinds import JOB_KINDS
+from tuning.checkpoints import latest  # standard library only: no torch in the web process
 
 
 def _now_order() -> float:
     return time.time()
 
 
+def job_output_dir(job_id: int) -> Path:
+    """Where a job writes its checkpoints and artifacts (under the shared MEDIA_ROOT)."""
+    return Path(settings.MEDIA_ROOT) / "jobs" / str(job_id)
+
+
 class Job(models.Model):
     class Kind(models.TextChoices):
+        """Names of the built-in kinds, for code that refers to one; what a kind
+        is and does is declared in ``studio.jobs.kinds`` (the field takes any
+        registered kind)."""
+
         TRAIN = "train"
         MERGE = "merge"
         QUANTIZE = "quantize"
         EVALUATE = "evaluate"
+        ANALYSE = "analyse"
+        DIET = "diet"
 
     class Status(models.TextChoices):
         VALIDATING = "validating"
@@ -35,7 +51,8 @@ class Job(models.Model):
 
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="jobs")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="jobs")
-    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TRAIN)
+    kind = models.CharField(max_length=20, default=Kind.TRAIN, db_index=True,
+                            help_text="A name of studio.jobs.kinds.JOB_KINDS.")
     name = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.VALIDATING, db_index=True)
     dataset = models.ForeignKey("datasets.Dataset", on_delete=models.PROTECT, null=True, blank=True)
@@ -83,10 +100,23 @@ class Job(models.Model):
         return self.status in self.FINISHED
 
     @property
-    def can_resume(self) -> bool:
-        from studio.jobs.selectors import job_latest_checkpoint  # reads the job's files
+    def kind_label(self) -> str:
+        kind = JOB_KINDS.get(self.kind)
+        return kind.label if kind else self.kind
 
-        return job_latest_checkpoint(self) is not None
+    @property
+    def percent(self) -> int:
+        return int(100 * self.progress_step / self.progress_total) if self.progress_total else 0
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint a stopped training job left behind."""
+        if self.kind != self.Kind.TRAIN or self.status not in (self.Status.CANCELLED, self.Status.FAILED):
+            return None
+        return latest(job_output_dir(self.pk) / "checkpoints")
+
+    @property
+    def can_resume(self) -> bool:
+        return self.latest_checkpoint() is not None
 
     @property
     def can_cancel(self) -> bool:

@@ -1,12 +1,9 @@
 """Reads of jobs and events, always scoped to the user's teams."""
 
-from pathlib import Path
-
-from django.conf import settings
 from django.shortcuts import get_object_or_404
 
 from studio.accounts.selectors import team_ids_for_user
-from studio.jobs.models import Job, JobEvent
+from studio.jobs.models import Job, JobEvent, job_output_dir  # noqa: F401 (job_output_dir: read from here too)
 
 
 def job_list_for_user(*, user):
@@ -33,16 +30,3 @@ def job_events_after(*, job_id: int, after: int, limit: int = EVENT_PAGE_SIZE) -
 
 def job_stop_requested(*, job_id: int) -> bool:
     return Job.objects.filter(pk=job_id, status=Job.Status.CANCELLING).exists()
-
-
-def job_output_dir(job_id: int) -> Path:
-    return Path(settings.MEDIA_ROOT) / "jobs" / str(job_id)
-
-
-def job_latest_checkpoint(job: Job) -> Path | None:
-    """The newest complete checkpoint a stopped training job left behind."""
-    from tuning.checkpoints import latest
-
-    if job.kind != Job.Kind.TRAIN or job.status not in (Job.Status.CANCELLED, Job.Status.FAILED):
-        return None
-    return latest(job_output_dir(job.pk) / "checkpoints")

@@ -1,6 +1,8 @@
-"""The only writer of Job state. Status flows
-validating → queued → running → succeeded | failed | cancelled
-(running → cancelling → cancelled when a user cancels a running job)."""
+"""Runs of every kind: creating a training job, recording what a running
+job reports, cancelling, finishing, resuming, heartbeats and taking back
+the jobs of lost workers. Status changes go through ``state.py``; what
+happens when a job ends (chain steps released, the owner told, the pool
+woken) happens here, for every kind alike."""
 
 from __future__ import annotations
 
@@ -15,25 +17,18 @@ from django.utils import timezone
 from studio.api.webhooks import webhooks_enqueue_for_job
 from studio.datasets.selectors import dataset_training_refusal
 from studio.jobs.events import job_event_record
-from studio.jobs.models import Job
-from studio.jobs.selectors import job_latest_checkpoint, job_output_dir
+from studio.jobs.kinds import JOB_KINDS
+from studio.jobs.models import Job, job_output_dir
 from studio.jobs.services_queue import queue_wake
-from studio.notifications.services import notification_create_for_job
 from studio.jobs.services_steps import job_release_dependents
+from studio.jobs.state import job_enqueue, job_set_status, job_submit
+from studio.notifications.services import notification_create_for_job
+from tuning.checkpoints import latest
 from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.errors import ConfigError
 from tuning.methods import METHODS
 
 log = logging.getLogger(__name__)
-
-RUN_JOB_TASK = "worker.tasks.run_job"  # sent by name: the web side never imports worker/
-
-
-def _set_status(job_id: int, status: str, *, message: str = "", **fields) -> None:
-    data = {"status": status, **({"message": message} if message else {})}
-    if "failure_kind" in fields:
-        data["failure_kind"] = fields["failure_kind"]
-    job_event_record(job_id=job_id, kind="status", data=data, job_updates={"status": status, **fields})
 
 
 def job_create_train(*, user, team, dataset, base_model, settings_values: dict, method_params: dict,
@@ -74,16 +69,9 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
         job.config = config_to_dict(config)
         job.name = job.name or f"{METHODS[config.method].label} on {dataset.name}"
         job.save(update_fields=["config", "name", "device_pool"])
-        _set_status(job.pk, Job.Status.QUEUED, progress_total=config.max_steps)
-        transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
+        job_submit(job=job, progress_total=config.max_steps)
     job.refresh_from_db()
     return job
-
-
-def job_enqueue(*, job_id: int, pool: str) -> None:
-    from studio.celery import app
-
-    app.send_task(RUN_JOB_TASK, args=[job_id], queue=pool)
 
 
 def job_progress(*, job_id: int, kind: str, data: dict) -> None:
@@ -103,12 +91,11 @@ def job_cancel(*, job: Job) -> Job:
     stop (it does so within one step and keeps a checkpoint)."""
     with transaction.atomic():
         if Job.objects.filter(pk=job.pk, status__in=[Job.Status.VALIDATING, Job.Status.QUEUED]).exists():
-            _set_status(job.pk, Job.Status.CANCELLED, message="Cancelled before it started",
-                        finished_at=timezone.now())
-            job_release_dependents(job_id=job.pk, status=Job.Status.CANCELLED)
-            transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job.pk))
+            job_set_status(job.pk, Job.Status.CANCELLED, message="Cancelled before it started",
+                           finished_at=timezone.now())
+            _after_end(job, Job.Status.CANCELLED, "Cancelled before it started", notify_owner=False)
         elif Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).exists():
-            _set_status(job.pk, Job.Status.CANCELLING, message="Stopping after the current step")
+            job_set_status(job.pk, Job.Status.CANCELLING, message="Stopping after the current step")
     job.refresh_from_db()
     return job
 
@@ -117,22 +104,31 @@ def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str
     """Called by the worker when the run ends."""
     assert status in Job.FINISHED, status
     with transaction.atomic():
-        _set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
-                    finished_at=timezone.now())
-        job_release_dependents(job_id=job_id, status=status)
-        notification_create_for_job(job=Job.objects.select_related("owner").get(pk=job_id), status=status,
-                                    message=message)
+        job_set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
+                       finished_at=timezone.now())
+        job = Job.objects.select_related("owner").get(pk=job_id)
+        _after_end(job, status, message)
         # A job held back by its team's quota may start now that this one ended.
-        pool = Job.objects.values_list("device_pool", flat=True).get(pk=job_id)
-        transaction.on_commit(lambda: queue_wake(pool=pool))
-        transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job_id))  # signed, sent from a thread
+        transaction.on_commit(lambda: queue_wake(pool=job.device_pool))
+
+
+def _after_end(job: Job, status: str, message: str, *, notify_owner: bool = True) -> None:
+    """What follows the end of any job: the chain steps waiting for it go on
+    (or end), and, for kinds that notify, the owner is told and webhooks fire."""
+    job_release_dependents(job_id=job.pk, status=status)
+    kind = JOB_KINDS.get(job.kind)
+    if kind is None or not kind.notifies:
+        return
+    if notify_owner:
+        notification_create_for_job(job=job, status=status, message=message)
+    transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job.pk))  # signed, sent from a thread
 
 
 def job_resume(*, job: Job, user) -> Job:
     """A new job that continues a cancelled or failed one from its last
     checkpoint (weights, optimizer, scheduler and data position), with the
     same settings."""
-    checkpoint = job_latest_checkpoint(job)
+    checkpoint = job.latest_checkpoint()
     if checkpoint is None:
         raise ConfigError({"resume_from": "this job left no checkpoint to continue from"})
     settings_values = {key: value for key, value in job.config.items()
@@ -151,15 +147,14 @@ def job_heartbeat(*, job_id: int) -> None:
 
 def jobs_recover_lost() -> list[int]:
     """Take back running jobs whose worker stopped renewing the heartbeat
-    (killed, machine lost): requeue each to resume from its last checkpoint,
-    or fail it after JOB_MAX_ATTEMPTS starts. Safe to call from every worker
+    (killed, machine lost): requeue each (a training job resumes from its
+    last checkpoint, other kinds start again, as their kind says), or fail it after JOB_MAX_ATTEMPTS starts. Safe to call from every worker
     at once: each job is claimed by one conditional update."""
-    from tuning.checkpoints import latest
-
     stale = timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S)
     recovered = []
     for job in Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.CANCELLING], heartbeat_at__lt=stale):
-        checkpoint = latest(job_output_dir(job.pk) / "checkpoints")
+        resumes = JOB_KINDS[job.kind].resumes_from_checkpoint if job.kind in JOB_KINDS else False
+        checkpoint = latest(job_output_dir(job.pk) / "checkpoints") if resumes else None
         if job.status == Job.Status.CANCELLING:
             taken = _take_back(job, Job.Status.CANCELLED, "The worker was lost while stopping",
                                finished_at=timezone.now())
@@ -169,10 +164,13 @@ def jobs_recover_lost() -> list[int]:
             taken = _take_back(job, Job.Status.FAILED, message, failure_kind=Job.FailureKind.ERROR,
                                failure_message=message, finished_at=timezone.now())
         else:
-            where = f"from {checkpoint.name}" if checkpoint else "from the start (no checkpoint yet)"
+            if resumes:  # training: from its last checkpoint, each step once in the events
+                where = f"resuming from {checkpoint.name}" if checkpoint else "resuming from the start (no checkpoint yet)"
+                fields = {"config": {**job.config, "resume_from": str(checkpoint) if checkpoint else ""}}
+            else:  # dataset work, merges, exports: their results are written only at the end
+                where, fields = "starting again", {}
             taken = _take_back(job, Job.Status.QUEUED,
-                               f"Worker {job.worker_name or '?'} lost; resuming {where} on the next free worker",
-                               config={**job.config, "resume_from": str(checkpoint) if checkpoint else ""})
+                               f"Worker {job.worker_name or '?'} lost; {where} on the next free worker", **fields)
             if taken:
                 transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=job.device_pool))
         if taken:
@@ -192,7 +190,5 @@ def _take_back(job: Job, status: str, message: str, **fields) -> bool:
             data["failure_kind"] = fields["failure_kind"]
         job_event_record(job_id=job.pk, kind="status", data=data)
         if status in Job.FINISHED:
-            job_release_dependents(job_id=job.pk, status=status)
-            notification_create_for_job(job=job, status=status, message=message)
-            transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job.pk))
+            _after_end(job, status, message)
     return True

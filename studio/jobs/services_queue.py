@@ -12,9 +12,11 @@ from django.db import transaction
 from django.db.models import F, Max, Min
 from django.utils import timezone
 
+from studio.accounts.models import Membership
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from studio.jobs.selectors_queue import ACTIVE, queued_in_order, quota_wait_reason
+from studio.jobs.state import job_enqueue
 from tuning.errors import ConfigError
 
 
@@ -37,8 +39,6 @@ def job_claim_next(*, pool: str, worker_name: str) -> Job | None:
 
 def queue_wake(*, pool: str) -> None:
     """One more wake-up for the pool if something there may start."""
-    from studio.jobs.services import job_enqueue
-
     job = queued_in_order(pool).first()
     if job is not None:
         job_enqueue(job_id=job.pk, pool=pool)
@@ -56,8 +56,6 @@ def queue_nudge() -> list[str]:
 
 
 def _require_admin(user, job: Job) -> None:
-    from studio.accounts.models import Membership
-
     if not Membership.objects.filter(user=user, team_id=job.team_id, role=Membership.Role.ADMIN).exists():
         raise ConfigError({"priority": "only a team admin can reorder the queue or change priorities"})
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from studio.artifacts.models import Artifact
-from studio.jobs.models import Job
-from studio.jobs.selectors import job_output_dir
+from studio.jobs.models import Job, job_output_dir
+from studio.jobs.state import job_enqueue, job_set_status, job_submit
+from tuning.config import config_to_dict
 from tuning.errors import ConfigError
 
 # Where a chain step's input goes before the step it waits for has made it.
@@ -62,19 +64,12 @@ def _pool_for(needs_gpu: bool, what: str) -> str:
 
 
 def _queue(job: Job, *, config, name: str, input_artifacts: list[Artifact], depends_on: Job | None) -> Job:
-    from studio.jobs.services import _set_status, job_enqueue
-    from tuning.config import config_to_dict
-
     job.config = config_to_dict(config)
     job.name = name[:200]
     job.input_artifact_ids = [a.pk for a in input_artifacts]
     job.depends_on = depends_on
     job.save(update_fields=["config", "name", "input_artifact_ids", "depends_on", "device_pool"])
-    if depends_on is None:
-        _set_status(job.pk, Job.Status.QUEUED)
-        transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
-    else:
-        _set_status(job.pk, Job.Status.QUEUED, message=f"Waits for job #{depends_on.pk} ({depends_on.name})")
+    job_submit(job=job)
     return job
 
 
@@ -200,8 +195,6 @@ def _fill_input(job: Job, artifact: Artifact) -> None:
         base = artifact.base_model.ref if artifact.is_adapter and artifact.base_model else ""
         config = QuantizeConfig.from_dict({**job.config, "source_path": artifact.path, "base_model": base})
         check_quantize_source(config, on_worker=False)
-    from tuning.config import config_to_dict
-
     job.config = config_to_dict(config)
     job.input_artifact_ids = [artifact.pk]
     job.save(update_fields=["config", "input_artifact_ids"])
@@ -210,13 +203,10 @@ def _fill_input(job: Job, artifact: Artifact) -> None:
 def job_release_dependents(*, job_id: int, status: str) -> None:
     """When a step ends: send the steps waiting for it to a worker (it
     succeeded) or end them with the reason (it did not)."""
-    from studio.jobs.services import _set_status, job_enqueue
-    from django.utils import timezone
-
     waiting = Job.objects.filter(depends_on_id=job_id, status=Job.Status.QUEUED)
     for job in waiting:
         if status != Job.Status.SUCCEEDED:
-            _set_status(job.pk, Job.Status.CANCELLED, message=f"Not run: job #{job_id}, the step before, {status}",
+            job_set_status(job.pk, Job.Status.CANCELLED, message=f"Not run: job #{job_id}, the step before, {status}",
                         finished_at=timezone.now())
             job_release_dependents(job_id=job.pk, status=Job.Status.CANCELLED)
             continue
@@ -227,11 +217,11 @@ def job_release_dependents(*, job_id: int, status: str) -> None:
             _fill_input(job, artifact)
         except ConfigError as exc:
             message = f"Cannot use the output of job #{job_id}: {exc}"
-            _set_status(job.pk, Job.Status.FAILED, message=message, failure_kind=Job.FailureKind.USER_ERROR,
+            job_set_status(job.pk, Job.Status.FAILED, message=message, failure_kind=Job.FailureKind.USER_ERROR,
                         failure_message=message, finished_at=timezone.now())
             job_release_dependents(job_id=job.pk, status=Job.Status.FAILED)
             continue
-        _set_status(job.pk, Job.Status.QUEUED, message=f"Job #{job_id} finished; queued")
+        job_set_status(job.pk, Job.Status.QUEUED, message=f"Job #{job_id} finished; queued")
         transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=job.device_pool))
 
 

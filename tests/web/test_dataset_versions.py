@@ -8,10 +8,15 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from studio.datasets.models import Dataset, DatasetAnalysis, DatasetOperation
 from studio.datasets.selectors import dataset_blocking_findings, dataset_training_refusal, dataset_version_tree
-from worker.dataset_tasks import analyse_dataset, run_dataset_operation
+from worker.runner import run_job
 
 ROWS = [{"instruction": f"Name the number after {i}.", "output": f"It is {i + 1}."} for i in range(8)]
 DUPLICATED = ROWS + [ROWS[0], ROWS[3]]  # rows 9 and 10 repeat rows 1 and 4
+
+
+def run_dataset_job(row) -> str:
+    """Run the job behind an analysis or operation as a worker would (claim, run, finish); its end status."""
+    return run_job(row.job_id, worker_name="test-worker", pool=row.job.device_pool)
 
 
 def jsonl(rows) -> str:
@@ -29,7 +34,7 @@ def run_step(client, dataset, operation, data) -> DatasetOperation:
                            {f"{operation}-{key}": value for key, value in data.items()}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200 and response["HX-Retarget"] == "#operations", response.content.decode()
     run = DatasetOperation.objects.filter(dataset=dataset, operation=operation).latest("pk")
-    assert run_dataset_operation(run.pk) == "succeeded", DatasetOperation.objects.get(pk=run.pk).message
+    assert run_dataset_job(run) == "succeeded", DatasetOperation.objects.get(pk=run.pk).message
     run.refresh_from_db()
     return run
 
@@ -77,7 +82,7 @@ def test_merge_of_the_same_schema_has_two_parents(member_client):
     response = member_client.post(f"/datasets/{first.pk}/diet/merge/", {"merge-others": [second.pk]})
     assert response.status_code == 200
     run = DatasetOperation.objects.get(operation="merge")
-    assert run_dataset_operation(run.pk) == "succeeded"
+    assert run_dataset_job(run) == "succeeded"
     merged = run.results.get()
     assert merged.row_count == 8 and sorted(p.pk for p in merged.parents.all()) == [first.pk, second.pk]
     page = member_client.get(f"/datasets/{merged.pk}/").content.decode()
@@ -102,7 +107,7 @@ def test_bad_step_parameters_are_refused_before_queueing(member_client):
     assert "greater than or equal to 1" in response.content.decode()
     assert DatasetOperation.objects.filter(operation="random_subsample").count() == 0
     run = DatasetOperation.objects.get(operation="length_filter")
-    assert run_dataset_operation(run.pk) == "failed"
+    assert run_dataset_job(run) == "failed"
     run.refresh_from_db()
     assert "min" in run.message and "above max" in run.message
 
@@ -134,8 +139,10 @@ def test_analysis_shows_masked_preview_histogram_and_findings(member_client, tin
     response = member_client.post(f"/datasets/{upload.pk}/analyse/",
                                   {"base_model": tiny_base_model.pk, "max_length": 48}, HTTP_HX_REQUEST="true")
     analysis = DatasetAnalysis.objects.get()
-    assert 'data-status="queued"' in response.content.decode() and 'hx-trigger="every 1s"' in response.content.decode()
-    assert analyse_dataset(analysis.pk) == "succeeded", DatasetAnalysis.objects.get().message
+    # Queued, with the job progress component following the analysis job's event stream.
+    assert 'data-status="queued"' in response.content.decode()
+    assert f'data-job-progress data-job="{analysis.job_id}"' in response.content.decode()
+    assert run_dataset_job(analysis) == "succeeded", DatasetAnalysis.objects.get().message
     analysis.refresh_from_db()
     assert analysis.stats["rows"] == 11 and analysis.stats["total_tokens"] > 11 * 40
     assert analysis.stats["truncated_rows"] == 1
@@ -144,14 +151,14 @@ def test_analysis_shows_masked_preview_histogram_and_findings(member_client, tin
     assert codes["exact_duplicates"]["rows"] == [9, 10] and codes["exact_duplicates"]["severity"] == "warning"
     assert codes["over_max_length"]["rows"] == [11] and not dataset_blocking_findings(upload)
     page = member_client.get(f"/datasets/{upload.pk}/analyses/{analysis.pk}/").content.decode()
-    assert "every 1s" not in page and '<figure class="histogram" id="histogram"><svg' in page
+    assert "data-job-progress" not in page and '<figure class="histogram" id="histogram"><svg' in page
     assert '<span class="masked">' in page and '<span class="loss">' in page and 'id="rows-over">1<' in page
     assert 'data-code="exact_duplicates"' in page and "Drop these rows" in page
     # The loss-on-everything switch: no masked part left in the preview.
     member_client.post(f"/datasets/{upload.pk}/analyse/", {"base_model": tiny_base_model.pk, "max_length": 48,
                                                            "loss_on_prompt": "on"})
     everything = DatasetAnalysis.objects.latest("pk")
-    analyse_dataset(everything.pk)
+    run_dataset_job(everything)
     everything.refresh_from_db()
     assert everything.loss_on_prompt and all(s["loss"] or s["cut"] for row in everything.preview
                                              for s in row["segments"])
@@ -168,16 +175,16 @@ def test_blocking_findings_refuse_training_until_the_rows_are_dropped(member_cli
     assert 'id="dataset-problem"' in page and "Train on this dataset" not in page
     member_client.post(f"/datasets/{upload.pk}/analyse/", {"base_model": tiny_base_model.pk, "max_length": 64})
     analysis = DatasetAnalysis.objects.get()
-    assert analyse_dataset(analysis.pk) == "succeeded"
+    assert run_dataset_job(analysis) == "succeeded"
     analysis.refresh_from_db()
     blocking = dataset_blocking_findings(upload)
     assert [f["code"] for f in blocking] == ["empty_response"] and blocking[0]["rows"] == [2]
-    assert "No preview or token statistics until the blocking rows are dropped" in analysis.message
+    assert "No preview or token statistics until the blocking rows are dropped" in analysis.notice
     response = member_client.post(f"/datasets/{upload.pk}/analyses/{analysis.pk}/drop/",
                                   {"code": "empty_response"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     run = DatasetOperation.objects.get(operation="drop_rows")
-    assert run_dataset_operation(run.pk) == "succeeded"
+    assert run_dataset_job(run) == "succeeded"
     fixed = run.results.get()
     assert fixed.row_count == 8 and fixed.operation == "drop_rows" and list(fixed.parents.all()) == [upload]
     assert fixed.problem == "" and dataset_blocking_findings(fixed) == [] and dataset_training_refusal(fixed) is None

@@ -13,9 +13,14 @@ from studio.accounts.models import Membership
 from studio.accounts.services import user_create
 from studio.datasets.models import Dataset, DatasetOperation
 from studio.datasets.selectors import dataset_training_refusal
-from worker.dataset_tasks import run_dataset_operation
+from worker.runner import run_job
 
 PAIRS = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(12)]
+
+
+def run_dataset_job(row) -> str:
+    """Run the job behind an analysis or operation as a worker would (claim, run, finish); its end status."""
+    return run_job(row.job_id, worker_name="test-worker", pool=row.job.device_pool)
 
 
 def jsonl(rows) -> str:
@@ -104,7 +109,7 @@ def test_several_files_make_one_dataset_that_is_combined_on_confirmation(member_
     assert "These 2 files become one version" in page and "Train on this dataset" not in page
     member_client.post(f"/datasets/{dataset.pk}/mapping/", {"schema": "alpaca", "instruction": "instruction",
                                                             "output": "output"})
-    run_dataset_operation(DatasetOperation.objects.get().pk)
+    run_dataset_job(DatasetOperation.objects.get())
     combined = Dataset.objects.get(version=2)
     assert combined.row_count == 5 and combined.format == "jsonl" and combined.confirmed
     assert list(combined.parents.all()) == [dataset]
@@ -168,7 +173,7 @@ def test_unsure_schema_needs_a_confirmed_mapping_before_training(member_client):
                                                                        "prompt": "question", "completion": "answer"})
     run = DatasetOperation.objects.get()
     assert run.operation == "map_columns" and 'data-status="queued"' in response.content.decode()
-    assert run_dataset_operation(run.pk) == "succeeded"
+    assert run_dataset_job(run) == "succeeded"
     mapped = Dataset.objects.get(version=2)
     assert mapped.confirmed and mapped.tasks == ["sft"] and mapped.columns == ["prompt", "completion"]
     assert mapped.parameters == {"schema": "prompt_completion", "mapping": {"prompt": "question",
@@ -188,7 +193,7 @@ def test_unknown_columns_are_mapped_by_picking_a_schema(member_client):
     assert 'name="text"' in form and 'name="label"' in form and 'name="instruction"' not in form
     member_client.post(f"/datasets/{dataset.pk}/mapping/", {"schema": "alpaca", "instruction": "question_text",
                                                             "output": "reply"})
-    run_dataset_operation(DatasetOperation.objects.get().pk)
+    run_dataset_job(DatasetOperation.objects.get())
     assert Dataset.objects.get(version=2).preview[0]["prompt"] == "q"
 
 
@@ -197,7 +202,7 @@ def test_rows_the_mapping_reads_as_empty_are_named_and_block_training(member_cli
     dataset = Dataset.objects.get()
     member_client.post(f"/datasets/{dataset.pk}/mapping/", {"schema": "prompt_completion", "prompt": "question",
                                                             "completion": "answer"})
-    assert run_dataset_operation(DatasetOperation.objects.get().pk) == "succeeded"
+    assert run_dataset_job(DatasetOperation.objects.get()) == "succeeded"
     mapped = Dataset.objects.get(version=2)
     assert "row 2, field 'completion': is empty" in mapped.problem
     assert "has rows training would refuse" in dataset_training_refusal(mapped)
@@ -218,7 +223,7 @@ def test_a_failed_step_shows_its_message(member_client):
     dataset = Dataset.objects.get()
     member_client.post(f"/datasets/{dataset.pk}/mapping/", {"schema": "chat", "messages": "question"})
     run = DatasetOperation.objects.get()
-    assert run_dataset_operation(run.pk) == "failed"
+    assert run_dataset_job(run) == "failed"
     run.refresh_from_db()
     assert "row 1" in run.message and "messages" in run.message
     page = member_client.get(f"/datasets/{dataset.pk}/operations/{run.pk}/").content.decode()

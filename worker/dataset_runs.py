@@ -1,10 +1,12 @@
-"""Celery tasks for dataset work: analysis (preview through the chat
-template, token statistics, lint) and operations that make new versions
-(diet steps, confirmed column mappings, dropping flagged rows).
+"""How the worker runs dataset work, the ``analyse`` and ``diet`` kinds of
+job: analysis (preview through the chat template, token statistics, lint)
+and operations that make new versions (diet steps, confirmed column
+mappings, dropping flagged rows).
 
-The heavy reading and tokenizing happens here, never in the web process;
-results and progress are written through ``studio.datasets.services_work``.
-Registered by the one import line at the end of ``worker/tasks.py``.
+They run like every job (``worker.runner``): claimed from the queue, with a
+heartbeat, progress as events on the job's stream, and taken back if the
+worker is lost. The heavy reading and tokenizing happens here, never in the
+web process; results are written through ``studio.datasets.services_work``.
 """
 
 from __future__ import annotations
@@ -13,48 +15,60 @@ import logging
 import tempfile
 from pathlib import Path
 
-from celery import shared_task
 from django.conf import settings
 
 from studio.datasets.models import Dataset, DatasetAnalysis, DatasetOperation
 from studio.datasets.selectors import dataset_data_files
 from studio.datasets.services import dataset_describe_file
-from studio.datasets.services_work import (ProgressReporter, dataset_analysis_finish, dataset_operation_finish,
-                                           dataset_version_create, dataset_work_fail, dataset_work_start)
-from tuning.errors import DatasetError, TuningError
+from studio.datasets.services_work import dataset_analysis_save, dataset_operation_save, dataset_version_create
+from studio.jobs.models import Job
+from tuning.data.stats import sink_progress
+from tuning.errors import DatasetError
 
 log = logging.getLogger(__name__)
 PREVIEW_ROWS = 5
 ENCODER_DIR = "models/all-minilm-l6-v2"  # under MEDIA_ROOT, where studio_setup puts the bundled encoder
 
 
-@shared_task(name="worker.dataset_tasks.analyse_dataset", acks_late=True)
-def analyse_dataset(analysis_id: int) -> str:
-    return _guarded(DatasetAnalysis, analysis_id, _analyse)
+class Cancelled(Exception):
+    """The user cancelled; raised between phases (nothing half-made is stored)."""
 
 
-@shared_task(name="worker.dataset_tasks.run_dataset_operation", acks_late=True)
-def run_dataset_operation(operation_id: int) -> str:
-    return _guarded(DatasetOperation, operation_id, _operate)
+class Phases:
+    """Progress of dataset work as ``progress`` events: ``set_phase`` names
+    the next phase (and stops here if the user cancelled); calling it with
+    (done, total) is the ``progress`` callback the tuning functions take."""
+
+    def __init__(self, sink):
+        self.sink, self.report = sink, None
+
+    def set_phase(self, phase: str, total: int = 0) -> None:
+        if self.sink.should_stop():
+            raise Cancelled()
+        self.report = sink_progress(self.sink, phase=phase)
+        self.report(0, total)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.report(done, total)
 
 
-def _guarded(model, pk: int, work) -> str:
-    """Claim the row, run ``work`` and record how it ended; a TuningError's message is the user's."""
-    if not dataset_work_start(model=model, pk=pk):
-        log.info("%s %s is not queued any more; skipping", model.__name__, pk)
-        return "skipped"
+def run_analysis(job: Job, sink) -> tuple[str, str]:
+    analysis = DatasetAnalysis.objects.select_related("dataset", "base_model").get(job=job)
     try:
-        work(model.objects.select_related("dataset").get(pk=pk), ProgressReporter(model, pk))
-    except TuningError as exc:
-        dataset_work_fail(model=model, pk=pk, message=str(exc))
-        return "failed"
-    except Exception as exc:
-        log.exception("%s %s failed", model.__name__, pk)
-        dataset_work_fail(model=model, pk=pk, message=f"Internal error in the worker ({type(exc).__name__}: "
-                                                      f"{str(exc)[:300]}). An admin can find the details in the "
-                                                      f"worker log.")
-        return "failed"
-    return "succeeded"
+        _analyse(analysis, Phases(sink))
+    except Cancelled:
+        return "cancelled", "Cancelled; nothing was kept"
+    return "succeeded", "Analysed"
+
+
+def run_operation(job: Job, sink) -> tuple[str, str]:
+    run = DatasetOperation.objects.select_related("dataset", "base_model", "created_by").get(job=job)
+    try:
+        versions = _operate(run, Phases(sink))
+    except Cancelled:
+        return "cancelled", "Cancelled; nothing was kept"
+    made = ", ".join(f"{v.name} v{v.version} ({v.row_count} rows)" for v in versions)
+    return "succeeded", f"Made {made}"
 
 
 def _tokenizer(base_model):
@@ -87,7 +101,7 @@ def version_rows(dataset: Dataset) -> tuple[list[dict], list[int]]:
 # ---------------------------------------------------------------- analysis
 
 
-def _analyse(analysis: DatasetAnalysis, progress: ProgressReporter) -> None:
+def _analyse(analysis: DatasetAnalysis, progress: Phases) -> None:
     from tuning.data import lint as linting
     from tuning.data.preview import render_preview
     from tuning.data.readers import read_examples
@@ -123,8 +137,8 @@ def _analyse(analysis: DatasetAnalysis, progress: ProgressReporter) -> None:
             result = token_stats(examples, tokenizer, max_length=analysis.max_length,
                                  loss_on_prompt=analysis.loss_on_prompt, file=name or "", progress=progress)
             stats, svg = result.to_dict(), histogram_svg(result)
-    dataset_analysis_finish(analysis_id=analysis.pk, preview=preview, stats=stats, histogram_svg=svg,
-                            findings=findings, message=message)
+    dataset_analysis_save(analysis_id=analysis.pk, preview=preview, stats=stats, histogram_svg=svg,
+                          findings=findings, notice=message)
 
 
 # ---------------------------------------------------------------- operations
@@ -150,7 +164,7 @@ def _mapped_rows(dataset: Dataset, schema: str, mapping: dict) -> list[dict]:
     return [apply_mapping(row.data, mapping) for row in iter_source_rows(target, name)]
 
 
-def _embed_fn(progress: ProgressReporter):
+def _embed_fn(progress: Phases):
     from tuning.data.embed import SentenceEncoder
     from tuning.models import prepare_bundled_encoder
 
@@ -163,7 +177,7 @@ def _embed_fn(progress: ProgressReporter):
     return embed
 
 
-def _operate(run: DatasetOperation, progress: ProgressReporter) -> None:
+def _operate(run: DatasetOperation, progress: Phases) -> list[Dataset]:
     from tuning.data import diet, lint
 
     dataset, user, params = run.dataset, run.created_by, dict(run.parameters)
@@ -179,8 +193,8 @@ def _operate(run: DatasetOperation, progress: ProgressReporter) -> None:
             progress.set_phase("checking the mapped rows")
             version = dataset_version_create(parents=[dataset], user=user, rows_path=path, operation="map_columns",
                                              parameters=params, report={"rows": len(rows)}, schema=params["schema"])
-            dataset_operation_finish(operation_id=run.pk, results=[version], report={"rows": len(rows)})
-            return
+            dataset_operation_save(operation_id=run.pk, results=[version])
+            return [version]
         progress.set_phase("reading rows")
         rows, file_rows = version_rows(dataset)
         if run.operation == "drop_rows":
@@ -190,8 +204,8 @@ def _operate(run: DatasetOperation, progress: ProgressReporter) -> None:
             path = _write(kept, tmp, "kept.jsonl")
             version = dataset_version_create(parents=[dataset], user=user, rows_path=path, operation="drop_rows",
                                              parameters=params, report=report, schema=dataset.schema)
-            dataset_operation_finish(operation_id=run.pk, results=[version], report=report)
-            return
+            dataset_operation_save(operation_id=run.pk, results=[version])
+            return [version]
         data, parents = rows, [dataset]
         if run.operation == "merge":
             parents = [dataset, *run.others.order_by("pk")]
@@ -215,4 +229,5 @@ def _operate(run: DatasetOperation, progress: ProgressReporter) -> None:
                 parents=parents, user=user, rows_path=path, operation=run.operation, parameters=params,
                 report={**report, "lineage": lineage.to_dict()}, name_suffix=f"-{suffix}" if suffix else "",
                 schema=dataset.schema))
-        dataset_operation_finish(operation_id=run.pk, results=versions, report=report)
+        dataset_operation_save(operation_id=run.pk, results=versions)
+        return versions

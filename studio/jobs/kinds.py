@@ -1,0 +1,50 @@
+"""Every kind of work the studio runs is a kind of Job, declared here.
+
+A row names the worker function that runs it (by dotted path: the web side
+never imports ``worker``), and how the one job system treats it. Adding a
+kind is one function on the worker side and one ``register_job_kind`` line;
+the queue, the claim, the heartbeat, recovery after a lost worker, the event
+stream and the progress component are the same for every kind.
+
+The worker function is called as ``run(job, sink)`` with the claimed Job
+and the sink its events go to (``worker.sink.JobSink``), and returns
+``(status, summary)``: status "succeeded" or "cancelled", summary one line
+for the job page. It raises ``tuning.errors.TuningError`` for a problem the
+user can fix (the job fails as ``user_error`` with that message).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobKind:
+    name: str
+    label: str  # what the queue and the job list call it
+    run: str  # dotted path of the worker function, imported on the worker only
+    # After a lost worker: True resumes from the job's last checkpoint (the
+    # run keeps them), False starts the work again from the beginning.
+    resumes_from_checkpoint: bool = False
+    # The owner hears how it ended (bell, e-mail) and webhooks fire. Dataset
+    # work shows its result on the page the user is looking at instead.
+    notifies: bool = True
+
+
+JOB_KINDS: dict[str, JobKind] = {}
+
+
+def register_job_kind(kind: JobKind) -> JobKind:
+    JOB_KINDS[kind.name] = kind
+    return kind
+
+
+register_job_kind(JobKind(name="train", label="Training", run="worker.kind_runs.run_train",
+                          resumes_from_checkpoint=True))
+register_job_kind(JobKind(name="merge", label="Merge", run="worker.kind_runs.run_merge"))
+register_job_kind(JobKind(name="quantize", label="Quantize", run="worker.kind_runs.run_quantize"))
+register_job_kind(JobKind(name="evaluate", label="Evaluate", run="worker.kind_runs.run_evaluate"))
+register_job_kind(JobKind(name="analyse", label="Dataset analysis", run="worker.dataset_runs.run_analysis",
+                          notifies=False))
+register_job_kind(JobKind(name="diet", label="Dataset step", run="worker.dataset_runs.run_operation",
+                          notifies=False))

@@ -1,0 +1,63 @@
+"""The job state machine: the one writer of a job's status.
+
+    validating → queued → running → succeeded | failed | cancelled
+    (running → cancelling → cancelled when a user cancels a running job)
+
+Every kind of job (``studio.jobs.kinds``) goes through these functions;
+the services above them (runs, the queue, chains, dataset work) decide
+*when*, these decide *how*: each change is a ``status`` event stored with
+the job's fields in one transaction and pushed live after the commit.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+
+from studio.jobs.events import job_event_record
+from studio.jobs.kinds import JOB_KINDS
+from studio.jobs.models import Job
+from tuning.errors import ConfigError
+
+RUN_JOB_TASK = "worker.tasks.run_job"  # sent by name: the web side never imports worker/
+
+
+def job_set_status(job_id: int, status: str, *, message: str = "", **fields) -> None:
+    data = {"status": status, **({"message": message} if message else {})}
+    if "failure_kind" in fields:
+        data["failure_kind"] = fields["failure_kind"]
+    job_event_record(job_id=job_id, kind="status", data=data, job_updates={"status": status, **fields})
+
+
+def job_enqueue(*, job_id: int, pool: str) -> None:
+    """One wake-up for the pool's workers (the database holds the queue)."""
+    from studio.celery import app  # the Celery app is configured from settings at first use
+
+    app.send_task(RUN_JOB_TASK, args=[job_id], queue=pool)
+
+
+def job_create(*, kind: str, team, owner, config: dict, name: str = "", dataset=None, base_model=None,
+               pool: str = "", input_artifacts=(), depends_on: Job | None = None, progress_total: int = 0) -> Job:
+    """Store a job of ``kind`` as queued and send it to its pool once the
+    transaction commits; with ``depends_on`` it waits for that job instead
+    (``services_steps.job_release_dependents`` sends it on)."""
+    if kind not in JOB_KINDS:
+        raise ConfigError({"kind": f"unknown job kind '{kind}'; known: {', '.join(JOB_KINDS)}"})
+    job = Job.objects.create(team=team, owner=owner, kind=kind, name=(name or JOB_KINDS[kind].label)[:200],
+                             config=config, dataset=dataset, base_model=base_model,
+                             device_pool=pool or settings.DEFAULT_DEVICE_POOL,
+                             input_artifact_ids=[a.pk for a in input_artifacts], depends_on=depends_on)
+    job_submit(job=job, progress_total=progress_total)
+    job.refresh_from_db()  # the status and seq written by job_submit
+    return job
+
+
+def job_submit(*, job: Job, **fields) -> None:
+    """Move a stored job (validating) to queued and wake its pool after the
+    commit, or, for a chain step, leave it waiting for the step before."""
+    if job.depends_on_id is None:
+        job_set_status(job.pk, Job.Status.QUEUED, **fields)
+        transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
+    else:
+        before = job.depends_on
+        job_set_status(job.pk, Job.Status.QUEUED, message=f"Waits for job #{before.pk} ({before.name})", **fields)
