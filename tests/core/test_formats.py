@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from tuning.data import formats, records
+from tuning.data import formats, parsers, sources
 from tuning.data.formats import count_lines, describe, detect_encoding, iter_rows
 from tuning.data.readers import read_examples
 from tuning.data.tasks import summarize
@@ -62,7 +62,7 @@ def test_encodings_are_detected_reported_and_decoded(tmp_path, encoding, bom, re
 def test_detect_encoding_prefers_a_bom_then_utf8_then_latin1():
     assert detect_encoding(codecs.BOM_UTF16_LE + "x".encode("utf-16-le")) == ("utf-16-le", 2)
     assert detect_encoding("é".encode()) == ("utf-8", 0)
-    cut = b"a" * (formats.SNIFF_BYTES - 1) + "é".encode()[:1]
+    cut = b"a" * (sources.SNIFF_BYTES - 1) + "é".encode()[:1]
     assert detect_encoding(cut) == ("utf-8", 0)  # a character cut by the end of the sample
     assert detect_encoding("é".encode("latin-1")) == ("latin-1", 0)
     with pytest.raises(DatasetError, match="binary file"):
@@ -81,7 +81,7 @@ def test_a_bad_utf16_sequence_names_the_file(tmp_path):
 
 
 def test_json_array_elements_across_read_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(records, "READ_CHUNK", 7)  # every element spans several reads
+    monkeypatch.setattr(parsers, "READ_CHUNK", 7)  # every element spans several reads
     rows = [{"instruction": f"q{i}" * 20, "output": f"a{i}", "n": 12345678901234567890} for i in range(5)]
     path = write(tmp_path, "d.json", json.dumps(rows))
     assert [e.prompt for e in read_examples(path)] == [r["instruction"] for r in rows]
@@ -136,7 +136,7 @@ def test_ragged_and_broken_csv(tmp_path, name, content, row, field, expected):
     ("d.csv", 'instruction,output\nq,a\n"' + "x\n" * 300 + '",a\n', 2),
 ])
 def test_an_oversized_line_or_value_is_refused(tmp_path, monkeypatch, name, content, row):
-    monkeypatch.setattr(formats, "MAX_LINE_BYTES", 400)
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 400)
     error = refused(write(tmp_path, name, content), task="pretrain" if name.endswith(".txt") else "sft")
     assert (error.file, error.row) == (name, row) and "longer than" in error.reason
 
@@ -162,7 +162,7 @@ def test_parquet_is_read_in_batches_and_bad_parquet_is_refused(tmp_path, monkeyp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr(records, "PARQUET_BATCH", 3)
+    monkeypatch.setattr(parsers, "PARQUET_BATCH", 3)
     path = tmp_path / "d.parquet"
     rows = [{"text": f"t{i}", "label": i % 2} for i in range(10)]
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=4)

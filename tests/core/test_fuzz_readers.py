@@ -13,7 +13,7 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tuning.data import formats
+from tuning.data import sources
 from tuning.data.readers import Example
 from tuning.data.tasks import summarize
 from tuning.errors import DatasetError
@@ -128,7 +128,7 @@ def test_misencoded_files(name, records, encoding):
        size=st.integers(1, 60))
 def test_oversized_values(name, records, size):
     records = [dict(r, text=(r["text"] * 10).ljust(size + 1, "x")) for r in records]  # every text over the cap
-    with mock.patch.object(formats, "MAX_LINE_BYTES", size):
+    with mock.patch.object(sources, "MAX_LINE_BYTES", size):
         results = check(name, encode(name, records), tasks=("pretrain",))
     error = results[0]
     assert isinstance(error, DatasetError) and ("longer than" in error.reason or "empty" in error.reason)

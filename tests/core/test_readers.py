@@ -3,7 +3,7 @@ from dataclasses import asdict
 
 import pytest
 
-from tuning.data import formats
+from tuning.data import sources
 from tuning.data.readers import Example, Message, read_examples, summarize
 from tuning.errors import DatasetError
 
@@ -137,7 +137,7 @@ def test_latin1_files_are_read_as_latin1(tmp_path):
     ("g.csv", b'instruction,output\nq,a\ncaf\xe9,x\n', "row 2: not valid UTF-8 text (line 3"),
 ])
 def test_a_bad_byte_after_a_utf8_start_names_the_line(tmp_path, monkeypatch, name, content, expected):
-    monkeypatch.setattr(formats, "SNIFF_BYTES", 20)  # the encoding is decided on the first 20 bytes
+    monkeypatch.setattr(sources, "SNIFF_BYTES", 20)  # the encoding is decided on the first 20 bytes
     with pytest.raises(DatasetError) as caught:
         summarize(write(tmp_path, name, content))
     assert expected in str(caught.value) and str(caught.value).startswith(name)

@@ -33,8 +33,10 @@ from tuning.data.tasks import TaskData, load_task_data
 
 MAX_ENTRIES = 32
 FORMAT = "tuning-token-cache/1"  # bump when the file layout below changes
+# Every module that reads rows or tokenizes them: a change to any of them may change the cached items.
 _SOURCES = ("sft.py", "tasks.py", "pretrain.py", "classify.py", "readers.py", "records.py", "formats.py", "schema.py",
-            "preference.py")
+            "preference.py", "sources.py", "parsers.py", "schemas/__init__.py", "schemas/conversation.py",
+            "schemas/text.py", "schemas/preference.py")
 
 
 def default_cache_dir(output_dir: str | Path) -> Path:

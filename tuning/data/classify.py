@@ -12,21 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tuning.data import formats
-from tuning.data.records import Paths, dataset_files, read_all, resolve_column, text_value
+from tuning.data.records import Paths, dataset_files, read_all
+from tuning.data.schema import Rows, task_rows
+from tuning.data.schemas.text import LabelledText
 from tuning.data.sft import pad_right
 from tuning.errors import DatasetError
 
-TEXT_KEYS = ("text", "sentence", "content")
-LABEL_KEYS = ("label", "class", "category")
 ENCODE_CHUNK = 256  # texts tokenized per call
-
-
-@dataclass(frozen=True)
-class LabelledText:
-    text: str
-    label: str  # as written in the file, normalised to text
-    row: int
 
 
 @dataclass(frozen=True)
@@ -37,41 +29,22 @@ class ClassificationExample:
     row: int | None = None
 
 
-def _label(record: dict, key: str, name: str, row: int) -> str:
-    value = record.get(key)
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # 1.0 from a pandas export is the label 1
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    problem = ("is missing" if value is None else "is empty" if isinstance(value, str)
-               else "must be text or a whole number")
-    raise DatasetError(f"{problem}; give every row one label", file=name, row=row, field=key)
+def labelled_rows(path: Paths, *, name: str | None = None, schema: str | None = None,
+                  mapping: dict[str, str] | None = None) -> Rows:
+    """The dataset read for classify: its detection, the schema it is read as, and its labelled texts."""
+    return task_rows("classify", path, name=name, schema=schema, mapping=mapping)
 
 
-def iter_labelled(path: Paths, *, name: str | None = None,
+def iter_labelled(path: Paths, *, name: str | None = None, schema: str | None = None,
                   mapping: dict[str, str] | None = None) -> Iterator[LabelledText]:
     """Every row of the dataset (one file, a zip, or a list of files), checked
     as it is read. ``mapping`` may name the columns: {"text": ..., "label": ...}."""
-    paths, names, _ = dataset_files(path, name)
-    keys = None
-    for item in formats.iter_rows(paths, names=names):
-        if keys is None:
-            hint = "Classification reads a text column and a label column"
-            keys = (resolve_column(("text",), TEXT_KEYS, item.data, item.file, mapping=mapping, row=item.row,
-                                   hint=hint),
-                    resolve_column(("label",), LABEL_KEYS, item.data, item.file, mapping=mapping, row=item.row,
-                                   hint=hint))
-        yield LabelledText(text_value(item.data, keys[0], item.file, item.row),
-                           _label(item.data, keys[1], item.file, item.row), item.row)
+    yield from labelled_rows(path, name=name, schema=schema, mapping=mapping).records
 
 
-def read_labelled(path: Paths, *, name: str | None = None,
+def read_labelled(path: Paths, *, name: str | None = None, schema: str | None = None,
                   mapping: dict[str, str] | None = None) -> list[LabelledText]:
-    return read_all(iter_labelled(path, name=name, mapping=mapping), dataset_files(path, name)[2])
+    return read_all(iter_labelled(path, name=name, schema=schema, mapping=mapping), dataset_files(path, name)[2])
 
 
 def _whole_number(label: str) -> bool:

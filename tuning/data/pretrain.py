@@ -13,23 +13,17 @@ are wasted on padding except in the last block.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from tuning.data import formats
-from tuning.data.records import Paths, dataset_files, read_all, resolve_column, text_value
+from tuning.data.records import Paths, dataset_files, read_all
+from tuning.data.schema import Rows, task_rows
+from tuning.data.schemas.text import Document
 from tuning.data.sft import TokenizedExample
 from tuning.errors import DatasetError, ModelError
 
-TEXT_KEYS = ("text", "content")
 TEXT_SPLITS = ("paragraphs", "file")  # how a .txt file is cut into documents
 MIN_TAIL_TOKENS = 16  # a shorter last block teaches little and is dropped
 ENCODE_CHUNK = 256  # documents tokenized per call (the fast tokenizer batches them in parallel)
-
-
-@dataclass(frozen=True)
-class Document:
-    text: str
-    row: int  # 1-based: the line a .txt paragraph starts on, or the JSONL/CSV row
 
 
 def _txt_documents(lines: Iterable[tuple[int, str]], split: str) -> Iterator[Document]:
@@ -46,27 +40,27 @@ def _txt_documents(lines: Iterable[tuple[int, str]], split: str) -> Iterator[Doc
         yield Document("".join(kept).strip(), start)
 
 
-def iter_documents(path: Paths, *, name: str | None = None, split: str = "paragraphs",
+def document_rows(path: Paths, *, name: str | None = None, split: str = "paragraphs", schema: str | None = None,
+                  mapping: dict[str, str] | None = None) -> Rows:
+    """The dataset read for pretrain: its detection, the schema it is read as, and its documents."""
+    if split not in TEXT_SPLITS:
+        raise DatasetError(f"unknown text split '{split}'; use one of {', '.join(TEXT_SPLITS)}",
+                           file=dataset_files(path, name)[2])
+    return task_rows("pretrain", path, name=name, schema=schema, mapping=mapping,
+                     plain_text=lambda source: _txt_documents(formats.source_lines(source), split))
+
+
+def iter_documents(path: Paths, *, name: str | None = None, split: str = "paragraphs", schema: str | None = None,
                    mapping: dict[str, str] | None = None) -> Iterator[Document]:
     """Every document of the dataset (one file, a zip, or a list of files),
     checked as it is read. ``mapping`` may name the text column: {"text": column}."""
-    paths, names, label = dataset_files(path, name)
-    if split not in TEXT_SPLITS:
-        raise DatasetError(f"unknown text split '{split}'; use one of {', '.join(TEXT_SPLITS)}", file=label)
-    key = None
-    for source in formats.iter_sources(paths, names):
-        if source.format == "text":
-            yield from _txt_documents(formats.source_lines(source), split)
-            continue
-        for item in formats.source_records(source):
-            key = key or resolve_column(("text",), TEXT_KEYS, item.data, item.file, mapping=mapping, row=item.row,
-                                        hint="Continued pre-training reads one document per row from a text column")
-            yield Document(text_value(item.data, key, item.file, item.row), item.row)
+    yield from document_rows(path, name=name, split=split, schema=schema, mapping=mapping).records
 
 
-def read_documents(path: Paths, *, name: str | None = None, split: str = "paragraphs",
+def read_documents(path: Paths, *, name: str | None = None, split: str = "paragraphs", schema: str | None = None,
                    mapping: dict[str, str] | None = None) -> list[Document]:
-    return read_all(iter_documents(path, name=name, split=split, mapping=mapping), dataset_files(path, name)[2])
+    return read_all(iter_documents(path, name=name, split=split, schema=schema, mapping=mapping),
+                    dataset_files(path, name)[2])
 
 
 def make_blocks(documents: list[Document], tokenizer, *, max_length: int,

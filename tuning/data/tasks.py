@@ -113,10 +113,10 @@ def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer
     if task == "sft":
         return _load_sft(path, name, tokenizer, max_length, loss_on_prompt, schema, mapping)
     if task == "pretrain":
-        documents = pretrain.read_documents(path, name=name, split=text_split, mapping=mapping)
+        documents = pretrain.read_documents(path, name=name, split=text_split, schema=schema, mapping=mapping)
         blocks = pretrain.make_blocks(documents, tokenizer, max_length=max_length, file=label)
         return TaskData(items=blocks, label2id=None, rows_read=len(documents), rows_dropped=0, truncated=0)
-    rows = classify.read_labelled(path, name=name, mapping=mapping)
+    rows = classify.read_labelled(path, name=name, schema=schema, mapping=mapping)
     label2id = classify.build_label2id((r.label for r in rows), file=label)
     items = classify.tokenize_labelled(rows, tokenizer, label2id=label2id, max_length=max_length)
     return TaskData(items=items, label2id=label2id, rows_read=len(rows), rows_dropped=0,
@@ -144,25 +144,25 @@ def summarize(path: Paths, *, name: str | None = None, task: str = "sft", previe
               mapping: dict[str, str] | None = None) -> DatasetSummary:
     """Check the whole dataset for ``task`` without tokenizing it (cheap enough
     for the web process: rows are streamed, only counts and the preview are
-    kept). The summary carries the format, encoding and schema detection."""
+    kept). The summary carries the format, encoding and schema detection, and
+    the schema the rows were read as (``schema.choose_schema``)."""
     _check_task(task)
     label = dataset_files(path, name)[2]
     schema = _check_schema(task, schema, label)
     if task == "sft":
         return readers.summarize(path, name=name, preview_rows=preview_rows, schema=schema, mapping=mapping)
+    labels = set()
     if task == "pretrain":
-        rows = pretrain.iter_documents(path, name=name, split=text_split, mapping=mapping)
-        summary = summarize_rows(path, label, rows, schema="text", preview_rows=preview_rows, preview=_shorten)
+        rows = pretrain.document_rows(path, name=name, split=text_split, schema=schema, mapping=mapping)
+        records, preview = rows.records, _shorten
     elif task == "classify":
-        labels = set()
-        rows = (labels.add(row.label) or row for row in classify.iter_labelled(path, name=name, mapping=mapping))
-        summary = summarize_rows(path, label, rows, schema="text+label", preview_rows=preview_rows,
-                                 preview=_shorten)
-        summary = dataclasses.replace(summary, labels=tuple(classify.build_label2id(labels, file=label)))
+        rows = classify.labelled_rows(path, name=name, schema=schema, mapping=mapping)
+        records, preview = (labels.add(row.label) or row for row in rows.records), _shorten
     else:
-        summary = summarize_rows(path, label, preference.iter_pairs(path, name=name, mapping=mapping),
-                                 schema="preference", preview_rows=preview_rows, preview=_shorten_pair)
-    # Name the schema the data has where it suits the task (a labelled file read as text is text+label).
-    detected = summary.detection.schema if summary.detection else ""
-    return dataclasses.replace(summary, schema=schema or (detected if detected in schemas_for_task(task)
-                                                          else summary.schema))
+        rows = preference.pair_rows(path, name=name, schema=schema, mapping=mapping)
+        records, preview = rows.records, _shorten_pair
+    summary = summarize_rows(path, label, records, schema=rows.schema, detection=rows.detection,
+                             preview_rows=preview_rows, preview=preview)
+    if task == "classify":
+        summary = dataclasses.replace(summary, labels=tuple(classify.build_label2id(labels, file=label)))
+    return summary
