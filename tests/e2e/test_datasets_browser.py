@@ -39,7 +39,10 @@ def test_upload_map_analyse_and_dedupe_in_the_browser(browser, stack, tmp_path):
     assert page.input_value("#mapping-form select[name=prompt]") == "question"
     assert page.input_value("#mapping-form select[name=completion]") == "answer"
     page.click("#mapping-form button[type=submit]")
-    page.wait_for_selector(".operation[data-status=succeeded]")  # polled every second until the worker is done
+    # The step is a job: the progress component follows its events over the WebSocket (nothing polls) and
+    # fetches the result when the job ends.
+    page.wait_for_selector(".operation [data-job-progress]", state="attached")
+    page.wait_for_selector(".operation[data-status=succeeded]")
     page.click("a.new-version")
     page.wait_for_selector("text=Train on this dataset")
     assert page.inner_text("#row-count") == "6 rows"
@@ -48,7 +51,9 @@ def test_upload_map_analyse_and_dedupe_in_the_browser(browser, stack, tmp_path):
     page.select_option("select[name=base_model]", label="Tiny Llama (test)")
     page.fill("input[name=max_length]", "48")
     page.click("#analysis-box button[type=submit]")
+    page.wait_for_selector("#analysis [data-job-progress]", state="attached")
     page.wait_for_selector("#analysis[data-status=succeeded]", timeout=120_000)
+    assert page.locator("#analysis [data-job-progress]").count() == 0  # replaced by the results
     assert page.locator("#histogram svg rect").count() >= 1  # the histogram picture
     masked = page.locator(".preview-row .rendered .masked").first
     loss = page.locator(".preview-row .rendered .loss").first

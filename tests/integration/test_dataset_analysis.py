@@ -1,11 +1,16 @@
 """Dataset work on a real Celery worker: confirm a column mapping, analyse a
-version with the tiny model (progress polled over HTTP as the page does),
-then dedupe and take a diverse subsample over the bundled MiniLM encoder."""
+version with the tiny model, then dedupe and take a diverse subsample over
+the bundled MiniLM encoder; and an analysis whose worker is killed is taken
+back and finished by the next worker, like any job."""
 
+import asyncio
+import json
 import re
 import time
 
 import pytest
+
+from tests.integration.test_live_jobs import FINISHED, read_events
 
 pytestmark = pytest.mark.integration
 
@@ -14,7 +19,7 @@ CSV = ("question,answer\n" + "".join(f"What comes after {i}?,{i + 1}\n" for i in
 
 
 def wait_for(stack, session, path: str, timeout: float = 180) -> str:
-    """Poll a work partial (as htmx does every second) until it says succeeded or failed."""
+    """Fetch a work partial (as the progress component does when its job ends) until it says succeeded."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         page = session.get(stack.base_url + path).text
@@ -27,7 +32,7 @@ def wait_for(stack, session, path: str, timeout: float = 180) -> str:
 
 
 def operation_path(page: str) -> str:
-    return re.search(r'hx-get="(/datasets/\d+/operations/\d+/)"', page).group(1)
+    return re.search(r'data-refresh-url="(/datasets/\d+/operations/\d+/)"', page).group(1)
 
 
 def new_version(page: str) -> int:
@@ -47,7 +52,8 @@ def test_mapping_analysis_and_diet_steps_run_on_the_worker(stack):
 
     started = stack.post(session, f"/datasets/{mapped}/analyse/", data={
         "base_model": stack.tiny_model_id, "max_length": 48})
-    poll = re.search(r'hx-get="(/datasets/\d+/analyses/\d+/)" hx-trigger="every 1s"', started.text).group(1)
+    poll = re.search(r'data-refresh-url="(/datasets/\d+/analyses/\d+/)"', started.text).group(1)
+    assert "data-job-progress" in started.text
     analysis = wait_for(stack, session, poll)
     assert '<figure class="histogram" id="histogram"><svg' in analysis
     assert '<span class="masked">' in analysis and '<span class="loss">' in analysis
@@ -67,3 +73,30 @@ def test_mapping_analysis_and_diet_steps_run_on_the_worker(stack):
     # Another team sees none of it.
     outsider = stack.login(("mallory", "mallory-pass-123"))
     assert outsider.get(f"{stack.base_url}{poll}").status_code == 404
+
+
+def test_an_analysis_whose_worker_is_killed_is_finished_by_the_next_worker(stack):
+    session = stack.login()
+    rows = "".join(json.dumps({"instruction": f"Spell the number {i} in words, please.", "output": f"It is {i}."})
+                   + "\n" for i in range(20000))  # long enough to be killed while it runs
+    dataset = stack.upload(session, "many.jsonl", rows)
+    started = stack.post(session, f"/datasets/{dataset}/analyse/", data={"base_model": stack.tiny_model_id,
+                                                                          "max_length": 48})
+    job_id = int(re.search(r'data-job-progress data-job="(\d+)"', started.text).group(1))
+    url, cookie = stack.ws_url(job_id), stack.cookie_header(session)
+    seen = asyncio.run(read_events(url, cookie, until_finished=False, stop_after=3))  # queued, running, a phase
+    assert [e["data"].get("status") for e in seen[:2]] == ["queued", "running"] and seen[2]["kind"] == "progress"
+    stack.worker.kill()  # kill -9: no goodbye, no status update
+    stack.worker.wait()
+    stack.start_worker(name="dataset-second-worker@%h")
+
+    events = asyncio.run(read_events(url, cookie, timeout=300))
+    statuses = [e["data"]["status"] for e in events if e["kind"] == "status"]
+    assert statuses == ["queued", "running", "queued", "running", "succeeded"], statuses
+    requeued = next(e for e in events if e["kind"] == "status" and "lost" in e["data"].get("message", ""))
+    assert "starting again" in requeued["data"]["message"]
+    workers = [e["data"]["worker"] for e in events if e["kind"] == "status" and e["data"]["status"] == "running"]
+    assert workers[-1].startswith("dataset-second-worker@")
+    page = session.get(f"{stack.base_url}/datasets/{dataset}/").text
+    assert '<figure class="histogram" id="histogram"><svg' in page and 'data-status="succeeded"' in page
+    assert events[-1]["data"]["status"] in FINISHED

@@ -144,6 +144,8 @@ def test_analysis_shows_masked_preview_histogram_and_findings(member_client, tin
     assert f'data-job-progress data-job="{analysis.job_id}"' in response.content.decode()
     assert run_dataset_job(analysis) == "succeeded", DatasetAnalysis.objects.get().message
     analysis.refresh_from_db()
+    # A job like any other (progress events on its stream), but it does not ring the bell: the page shows it.
+    assert analysis.job.events.filter(kind="progress").exists() and not analysis.job.notifications.exists()
     assert analysis.stats["rows"] == 11 and analysis.stats["total_tokens"] > 11 * 40
     assert analysis.stats["truncated_rows"] == 1
     assert analysis.stats["tokens_per_epoch"] > 0 and analysis.histogram_svg.startswith("<svg")

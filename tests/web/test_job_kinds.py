@@ -1,0 +1,53 @@
+"""A kind of job is one worker function plus one registration line, and the
+one job system gives it everything: queue, claim, events, status, the job
+page, the progress component and recovery after a lost worker."""
+
+import pytest
+from django.utils import timezone
+
+from studio.jobs.kinds import JOB_KINDS, JobKind, register_job_kind
+from studio.jobs.models import Job
+from studio.jobs.services import jobs_recover_lost
+from studio.jobs.state import job_create
+from tuning.errors import ConfigError
+from worker.runner import run_job
+
+
+@pytest.fixture
+def countdown_kind():
+    register_job_kind(JobKind(name="countdown", label="Countdown", run="tests.web.fake_job_kind.run_countdown"))
+    yield JOB_KINDS["countdown"]
+    del JOB_KINDS["countdown"]
+
+
+def test_a_registered_kind_runs_through_the_one_job_system(countdown_kind, member_client, member, team):
+    job = job_create(kind="countdown", team=team, owner=member, config={"start": 3})
+    assert job.status == "queued" and job.name == "Countdown"
+
+    assert run_job(job.pk, worker_name="test-worker", pool=job.device_pool) == "succeeded"
+    job.refresh_from_db()
+    events = list(job.events.values_list("kind", "data"))
+    assert [data["status"] for kind, data in events if kind == "status"] == ["queued", "running", "succeeded"]
+    assert [data["done"] for kind, data in events if kind == "progress"] == [1, 2, 3]
+    assert job.failure_message == "Counted down from 3" and job.progress_step == 3 and job.progress_total == 3
+    # Its own kind of work shows on the job page and the job list like any job.
+    assert "Counted down from 3" in member_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f"/jobs/{job.pk}/" in member_client.get("/").content.decode()
+    assert job.notifications.filter(user=member).count() == 1  # a kind notifies its owner unless it says not to
+
+
+def test_a_job_of_a_registered_kind_whose_worker_was_lost_starts_again(countdown_kind, member, team, settings):
+    job = job_create(kind="countdown", team=team, owner=member, config={"start": 2})
+    long_ago = timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S + 60)
+    Job.objects.filter(pk=job.pk).update(status="running", heartbeat_at=long_ago, attempts=1, worker_name="gone@box")
+    assert jobs_recover_lost() == [job.pk]
+    job.refresh_from_db()
+    last = job.events.order_by("-seq").first().data
+    assert job.status == "queued" and "starting again" in last["message"] and "resume_from" not in job.config
+    assert run_job(job.pk, worker_name="second-worker", pool=job.device_pool) == "succeeded"
+
+
+def test_an_unknown_kind_is_refused_by_name(member, team):
+    with pytest.raises(ConfigError) as refused:
+        job_create(kind="no-such-kind", team=team, owner=member, config={})
+    assert "unknown job kind 'no-such-kind'" in str(refused.value) and not Job.objects.exists()
