@@ -187,7 +187,7 @@ def source_records(source: Source) -> Iterator[SourceRow]:
         with_records = ", ".join(f".{f.extensions[0]}" for f in FILE_FORMATS.values() if f.records)
         raise DatasetError(f"{FILE_FORMATS[source.format].title} has no columns; upload {with_records} for this "
                            f"task", file=source.name)
-    return read(source)
+    yield from read(source)  # a generator, so that, as before, nothing is read or refused until iterated
 
 
 def iter_rows(paths: str | Path | Sequence[str | Path], *, names: Sequence[str] | None = None) -> Iterator[SourceRow]:
