@@ -47,5 +47,6 @@ urlpatterns = [
     path("workers/", include("studio.workers.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("studio.api.urls")),
+    path("accounts/webhooks/", include("studio.notifications.urls_webhooks")),
     path("accounts/", include("studio.accounts.urls")),
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from studio.api.models import WEBHOOK_EVENT_TYPES
 from studio.artifacts.models import Artifact
+from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
 
 # "cancelling" is reported as "running" with cancel_requested (serializers.job_api_status).
@@ -70,7 +71,7 @@ JOB = {
     "type": "object",
     "properties": {
         "id": {"type": "integer"}, "object": {"const": "fine_tuning.job"}, "name": {"type": "string"},
-        "kind": {"enum": list(Job.Kind.values)}, "team": {"type": "string"},
+        "kind": {"enum": list(JOB_KINDS)}, "team": {"type": "string"},
         "owner": {"type": ["string", "null"]}, "model": {"type": ["integer", "null"], "description": "Base model id."},
         "training_file": {"type": ["integer", "null"], "description": "Dataset id."},
         "method": {"type": "object", "properties": {"type": {"type": "string"}, "params": {"type": "object"}}},

@@ -98,15 +98,3 @@ def dataset_get_in_teams(*, team_ids: list[int], dataset_id, field: str | None =
     if dataset is None:
         raise not_found("dataset", dataset_id, field=field)
     return dataset
-
-
-def webhook_endpoint_list_for_admin(*, user):
-    """Endpoints of the teams the user administers, with recent deliveries."""
-    from studio.accounts.selectors import admin_team_ids_for_user
-    from studio.api.models import WebhookEndpoint
-
-    return WebhookEndpoint.objects.filter(team_id__in=admin_team_ids_for_user(user=user)).select_related("team")
-
-
-def webhook_deliveries_recent(*, endpoint, limit: int = 10):
-    return endpoint.deliveries.order_by("-created_at", "-pk")[:limit]

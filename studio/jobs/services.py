@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from studio.api.webhooks import webhooks_enqueue_for_job
+from studio.notifications.webhooks import webhooks_enqueue_for_job
 from studio.datasets.selectors import dataset_training_refusal
 from studio.jobs.events import job_event_record
 from studio.jobs.kinds import JOB_KINDS

@@ -1,4 +1,6 @@
-"""Signed webhooks for finished jobs.
+"""Signed webhooks for finished jobs (the endpoints and deliveries are stored
+by the api app's models; sending them is part of telling people how a job
+ended, beside the bell and e-mail).
 
 A team admin registers URLs; when a job succeeds, fails or is cancelled,
 each active endpoint subscribed to that event gets a POST of

@@ -12,7 +12,7 @@ import pytest
 from studio.accounts.models import Membership
 from studio.accounts.services import user_create
 from studio.api.models import WEBHOOK_EVENT_TYPES, WebhookDelivery, WebhookEndpoint
-from studio.api.webhooks import (WebhookError, webhook_endpoint_create, webhook_signature,
+from studio.notifications.webhooks import (WebhookError, webhook_endpoint_create, webhook_signature,
                                  webhook_signature_verify, webhooks_deliver_for_job)
 from studio.datasets.services import dataset_create_from_file
 from studio.jobs.services import job_create_train, job_finish
