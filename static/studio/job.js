@@ -9,8 +9,8 @@
   if (!root) return;
   const { lineChart, smoothInto, setLogScale, linkZoom, resetZoom, bindControls } = window.StudioCharts;
   const lossCanvas = document.getElementById("loss-chart");
-  const progress = document.getElementById("progress");
-  const progressText = document.getElementById("progress-text");
+  const progressBox = root.querySelector("[data-job-progress]");  // the shared component (job_progress.js)
+  const { show: showProgress } = window.StudioJobProgress;
   const logBox = document.getElementById("log");
   const liveState = document.getElementById("live-state");
   const MAX_LOG_LINES = 500;
@@ -53,13 +53,6 @@
     resmooth();
   }
 
-  function formatSeconds(s) {
-    if (s == null) return "?";
-    s = Math.round(s);
-    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
-    return (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
-  }
-
   const logLines = [];
   let logChanged = false;
   function addLog(text) {
@@ -89,24 +82,12 @@
         if (d[key] != null) series[key].push({ x: d.step, y: d[key] });
       }
       lossCanvas.dataset.points = series.train.length;
-      progress.max = d.total_steps;
-      progress.value = d.step;
-      progressText.textContent = `step ${d.step} / ${d.total_steps} · loss ${d.loss.toFixed(4)} · elapsed ` +
-        `${formatSeconds(d.elapsed_s)} · ETA ${formatSeconds(d.eta_s)}` +
-        (d.tokens_per_s ? ` · ${Math.round(d.tokens_per_s)} tok/s` : "");
     },
     eval(d) {
       series.eval.push({ x: d.step, y: d.eval_loss });
       const extra = d.accuracy != null ? ` · accuracy ${d.accuracy.toFixed(3)} · F1 ${d.f1.toFixed(3)}`
         : (d.perplexity != null ? ` · perplexity ${d.perplexity.toFixed(2)}` : "");
       addLog(`eval at step ${d.step}: loss ${d.eval_loss.toFixed(4)}${extra}${d.best ? " (best so far)" : ""}`);
-    },
-    // Long steps that are not training steps: reading, merging, quantizing, evaluating.
-    progress(d) {
-      progress.max = Math.max(d.total, 1);
-      progress.value = d.done;
-      progressText.textContent = `${d.phase}: ${d.done} / ${d.total}${d.unit ? " " + d.unit : ""}` +
-        (d.eta_s != null ? ` · ETA ${formatSeconds(d.eta_s)}` : "");
     },
     // Golden prompts: one row per prompt, one column per step answered.
     samples(d) {
@@ -164,6 +145,7 @@
   function handle(event) {
     if (event.seq <= lastSeq) return;  // already had it (the socket and the JSON fallback may overlap)
     lastSeq = event.seq;
+    showProgress(progressBox, event);  // the bar: training steps and the phases of other kinds alike
     (handlers[event.kind] || (() => {}))(event.data);
     if (event.kind === "status" || event.kind === "artifact") refreshStatus();
     redraw();

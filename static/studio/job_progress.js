@@ -1,19 +1,54 @@
-// The job progress component (templates/jobs/_progress.html): every element
-// with data-job-progress follows its job's event stream over the WebSocket
-// (the same stream the job page uses) and shows status, phase and a bar.
-// When the job ends it fetches its container again (the closest element with
-// data-refresh-url), which then shows the result. Works for swapped-in
-// partials too (htmx:load).
+// The job progress component (templates/jobs/_progress.html), one for every
+// kind of job: status, a bar and what the job is doing, drawn from the job's
+// events. An element with data-job-progress follows its job's event stream
+// over the WebSocket by itself and, when the job ends, fetches its container
+// again (the closest element with data-refresh-url), which then shows the
+// result. The job page, which reads the stream for its charts already, marks
+// its component data-passive and hands it each event (StudioJobProgress.show).
 (function () {
   "use strict";
   const FINISHED = ["succeeded", "failed", "cancelled"];
 
-  function bind(el) {
-    if (el.dataset.bound) return;
+  function formatSeconds(s) {
+    if (s == null) return "?";
+    s = Math.round(s);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    return (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
+  }
+
+  // What each kind of event shows: [value, max, text]; null leaves the bar as it is.
+  const VIEWS = {
+    progress: (d) => [d.done, Math.max(d.total, 1), d.phase + (d.total > 1 ? `: ${d.done} / ${d.total}` +
+      (d.unit ? " " + d.unit : "") : "") + (d.eta_s != null ? ` · ETA ${formatSeconds(d.eta_s)}` : "")],
+    metrics: (d) => [d.step, d.total_steps, `step ${d.step} / ${d.total_steps} · loss ${d.loss.toFixed(4)} · ` +
+      `elapsed ${formatSeconds(d.elapsed_s)} · ETA ${formatSeconds(d.eta_s)}` +
+      (d.tokens_per_s ? ` · ${Math.round(d.tokens_per_s)} tok/s` : "")],
+  };
+
+  // Draw one event ({kind, data}) on a component; true when the job has ended.
+  function show(el, event) {
+    const view = VIEWS[event.kind];
+    if (view) {
+      const [value, max, text] = view(event.data);
+      const bar = el.querySelector("progress");
+      bar.max = max;
+      bar.value = value;
+      el.querySelector("[data-role=text]").textContent = text;
+    }
+    if (event.kind !== "status") return false;
+    const status = event.data.status;
+    const badge = el.querySelector("[data-role=status]");  // none on the job page: its status box says it
+    el.dataset.status = status;
+    if (badge) {
+      badge.textContent = status;
+      badge.className = `badge status-${status}`;
+    }
+    return FINISHED.includes(status);
+  }
+
+  function follow(el) {
+    if (el.dataset.bound || el.hasAttribute("data-passive")) return;
     el.dataset.bound = "1";
-    const bar = el.querySelector("progress");
-    const text = el.querySelector("[data-role=text]");
-    const badge = el.querySelector("[data-role=status]");
     let lastSeq = parseInt(el.dataset.after || "0", 10);
     let retryMs = 500;
     let done = FINISHED.includes(el.dataset.status);
@@ -24,29 +59,6 @@
         htmx.ajax("GET", container.dataset.refreshUrl, { target: container, swap: "outerHTML" });
       }
     }
-
-    const handlers = {
-      progress(d) {
-        bar.max = Math.max(d.total, 1);
-        bar.value = d.done;
-        text.textContent = d.phase + (d.total > 1 ? ` ${d.done} / ${d.total}${d.unit ? " " + d.unit : ""}` : "");
-      },
-      metrics(d) {
-        bar.max = d.total_steps;
-        bar.value = d.step;
-        text.textContent = `step ${d.step} / ${d.total_steps} · loss ${d.loss.toFixed(4)}`;
-      },
-      status(d) {
-        el.dataset.status = d.status;
-        badge.textContent = d.status;
-        badge.className = `badge status-${d.status}`;
-        if (d.message) text.textContent = d.message;
-        if (FINISHED.includes(d.status)) {
-          done = true;
-          refresh();
-        }
-      },
-    };
 
     function connect() {
       if (!document.contains(el) || done) return;
@@ -61,8 +73,11 @@
         const event = JSON.parse(message.data);
         if (event.seq <= lastSeq) return;
         lastSeq = event.seq;
-        (handlers[event.kind] || (() => {}))(event.data);
-        if (done) socket.close();
+        if (show(el, event)) {
+          done = true;
+          socket.close();
+          refresh();
+        }
       };
       socket.onclose = (close) => {
         if (done || close.code === 4401 || close.code === 4404) return;
@@ -73,10 +88,11 @@
     connect();
   }
 
-  function bindAll(root) {
-    (root.querySelectorAll ? root : document).querySelectorAll("[data-job-progress]").forEach(bind);
-    if (root.matches && root.matches("[data-job-progress]")) bind(root);
+  function followAll(root) {
+    if (root.matches && root.matches("[data-job-progress]")) follow(root);
+    if (root.querySelectorAll) root.querySelectorAll("[data-job-progress]").forEach(follow);
   }
-  document.addEventListener("DOMContentLoaded", () => bindAll(document));
-  document.addEventListener("htmx:load", (event) => bindAll(event.target));
+  window.StudioJobProgress = { show, formatSeconds };
+  document.addEventListener("DOMContentLoaded", () => followAll(document));
+  document.addEventListener("htmx:load", (event) => followAll(event.target));
 })();

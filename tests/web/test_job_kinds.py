@@ -23,6 +23,7 @@ def countdown_kind():
 def test_a_registered_kind_runs_through_the_one_job_system(countdown_kind, member_client, member, team):
     job = job_create(kind="countdown", team=team, owner=member, config={"start": 3})
     assert job.status == "queued" and job.name == "Countdown"
+    assert "Countdown" in member_client.get("/jobs/queue/").content.decode()  # one queue for every kind
 
     assert run_job(job.pk, worker_name="test-worker", pool=job.device_pool) == "succeeded"
     job.refresh_from_db()
@@ -32,7 +33,8 @@ def test_a_registered_kind_runs_through_the_one_job_system(countdown_kind, membe
     assert job.failure_message == "Counted down from 3" and job.progress_step == 3 and job.progress_total == 3
     # Its own kind of work shows on the job page and the job list like any job.
     assert "Counted down from 3" in member_client.get(f"/jobs/{job.pk}/").content.decode()
-    assert f"/jobs/{job.pk}/" in member_client.get("/").content.decode()
+    listed = member_client.get("/").content.decode()
+    assert f"/jobs/{job.pk}/" in listed and '<small class="facts">Countdown</small>' in listed
     assert job.notifications.filter(user=member).count() == 1  # a kind notifies its owner unless it says not to
 
 
