@@ -84,7 +84,7 @@ def _methods(args) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            gpu = " (needs a CUDA GPU)" if row["needs_gpu"] else ""
+            gpu = " (needs a CUDA GPU)" if row["needs_cuda"] else ""
             print(f"{row['name']:<14} {row['group']:<10} {row['label']}: {row['description']}{gpu}")
     return 0
 

@@ -1,141 +1,23 @@
 """Run configurations: frozen, keyword-only dataclasses.
 
-Each field's metadata (help, min, max, choices, basic) is the one
-declaration that the CLI, the web form and validation all read.
-``config_from_dict`` rejects unknown keys and reports every bad field at
-once, so a user fixes a form in one go.
+The field machinery (``setting``, ``field_specs``, ``config_from_dict``)
+lives in ``tuning.fields``, which the methods' parameter classes use too;
+this module reads the method table to validate ``method_params``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
 
 from tuning.errors import ConfigError
+from tuning.fields import FieldSpec, coerce, config_from_dict, config_to_dict, field_specs, setting
+from tuning.methods import METHODS
+from tuning.models import MODEL_CODE_LOCK, load_model_config
 
-
-def setting(default: Any = dataclasses.MISSING, *, help: str, min=None, max=None, choices=None,
-            basic: bool = False, label: str = "") -> Any:
-    """A dataclass field with the metadata forms and validation read.
-
-    ``basic`` settings are shown up front in the UI; the rest sit under
-    "Advanced".
-    """
-    metadata = {"help": help, "min": min, "max": max, "choices": choices, "basic": basic, "label": label}
-    return field(default=default, metadata=metadata)
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str
-    type: type
-    default: Any
-    required: bool
-    help: str
-    label: str
-    min: Any = None
-    max: Any = None
-    choices: tuple | None = None
-    basic: bool = False
-
-
-def field_specs(cls) -> list[FieldSpec]:
-    """Describe the settings of a config class (for forms and the CLI)."""
-    hints = typing.get_type_hints(cls)
-    specs = []
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if "help" not in meta:
-            continue
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        specs.append(FieldSpec(
-            name=f.name, type=_base_type(hints[f.name]), default=default, required=required,
-            help=meta["help"], label=meta.get("label") or f.name.replace("_", " ").capitalize(),
-            min=meta.get("min"), max=meta.get("max"),
-            choices=tuple(meta["choices"]) if meta.get("choices") else None, basic=meta.get("basic", False),
-        ))
-    return specs
-
-
-def _base_type(hint) -> type:
-    """``float | None`` -> ``float``; plain types pass through."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return hint
-
-
-def _coerce(value: Any, kind: type) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if str(value).strip().lower() in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError("must be true or false")
-    if kind is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError("must be a whole number")
-        try:
-            return int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
-        except ValueError:
-            raise ValueError("must be a whole number") from None
-    if kind is float:
-        if isinstance(value, bool):
-            raise ValueError("must be a number")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError("must be a number") from None
-    if kind is str:
-        if not isinstance(value, (str, int, float)):
-            raise ValueError("must be text")
-        return str(value)
-    return value
-
-
-def config_from_dict(cls, data: dict, *, prefix: str = ""):
-    """Build ``cls`` from plain data, validating against field metadata.
-
-    Raises ConfigError listing every unknown key and every invalid value.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError({prefix.rstrip(".") or "config": "must be a mapping of settings"})
-    specs = {spec.name: spec for spec in field_specs(cls)}
-    errors: dict[str, str] = {}
-    for key in data:
-        if key not in specs:
-            errors[prefix + key] = f"unknown setting; known settings are: {', '.join(sorted(specs))}"
-    values = {}
-    for name, spec in specs.items():
-        if name not in data or data[name] is None or data[name] == "":
-            if spec.required:
-                errors[prefix + name] = "is required"
-            continue
-        try:
-            value = _coerce(data[name], spec.type)
-        except ValueError as exc:
-            errors[prefix + name] = str(exc)
-            continue
-        if spec.min is not None and value < spec.min:
-            errors[prefix + name] = f"must be at least {spec.min}"
-        elif spec.max is not None and value > spec.max:
-            errors[prefix + name] = f"must be at most {spec.max}"
-        elif spec.choices and value not in spec.choices:
-            errors[prefix + name] = f"must be one of: {', '.join(map(str, spec.choices))}"
-        else:
-            values[name] = value
-    if errors:
-        raise ConfigError(errors)
-    return cls(**values)
-
-
-def config_to_dict(config) -> dict:
-    return dataclasses.asdict(config)
+# Re-exported: the studio's services build and dump configs through this module.
+__all__ = ["MAX_GOLDEN_PROMPTS", "FieldSpec", "TrainConfig", "check_against_model", "config_from_dict",
+           "config_to_dict", "field_specs", "setting"]
 
 
 MAX_GOLDEN_PROMPTS = 8  # each is generated at every checkpoint: keep the cost bounded
@@ -211,8 +93,6 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        from tuning.methods import METHODS
-
         data = dict(data)
         method_params = data.pop("method_params", None) or {}
         golden_prompts = data.pop("golden_prompts", None) or []
@@ -248,7 +128,7 @@ class TrainConfig:
 
 def _truthy(value) -> bool:
     try:
-        return _coerce(value, bool)
+        return coerce(value, bool)
     except ValueError:
         return False  # reported by config_from_dict
 
@@ -261,16 +141,11 @@ def check_against_model(config: TrainConfig, *, on_worker: bool = True) -> None:
     The web process (``on_worker=False``) has no GPU of its own: a GPU-only
     method's own check, which looks at this machine's devices, runs on the
     worker instead."""
-    from tuning.models import MODEL_CODE_LOCK
-
     with MODEL_CODE_LOCK:
         _check_against_model(config, on_worker=on_worker)
 
 
 def _check_against_model(config: TrainConfig, *, on_worker: bool) -> None:
-    from tuning.methods import METHODS
-    from tuning.models import load_model_config
-
     method = METHODS[config.method]
     model_config = load_model_config(config.base_model, trust_remote_code=config.trust_remote_code)
     architectures = getattr(model_config, "architectures", None) or []
@@ -278,7 +153,7 @@ def _check_against_model(config: TrainConfig, *, on_worker: bool) -> None:
             name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         raise ConfigError({"base_model": f"{architectures[0]} is not a generative (causal) language model; use it "
                                          f"for the classify task, or pick a causal LM for {config.task}"})
-    if method.check is None or (method.needs_gpu and not on_worker):
+    if method.check is None or (method.needs_cuda and not on_worker):
         return
     params = method.params(**config.method_params)
     problems = method.check(params, model_config, config.task)

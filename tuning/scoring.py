@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuning.config import config_from_dict, setting
+from tuning.fields import config_from_dict, setting
 from tuning.events import EvalEvent, EventSink, LogEvent, ProgressEvent
 
 TASK_CHOICES = ("sft", "pretrain", "classify")

@@ -85,8 +85,10 @@ def _why_not_packed(config: TrainConfig, method, model, device: str, autocast) -
     """None where the run can use padding-free (packed) batches, else why not."""
     if config.task == "classify":
         return "classification predicts one label per row"
-    if method.group == "prompts":
-        return f"{method.label} prepends virtual tokens to every row, which packed rows cannot share"
+    if not method.packs_rows:
+        if not method.predicts_each_token:
+            return f"{method.label} prepends virtual tokens to every row, which packed rows cannot share"
+        return f"{method.label} does not train on packed rows"
     with autocast():  # as training runs it: the frozen base may be stored in bf16
         works = packing_works(model, device)
     if not works:
@@ -104,7 +106,7 @@ def _store_frozen_base_in_bf16(model, method, params, precision: str) -> int:
     export), so they keep fp32. Returns how many weights were converted."""
     import torch
 
-    if (precision != "bf16" or method.name != "lora" or getattr(params, "use_dora", False)
+    if (precision != "bf16" or not method.frozen_base_in_bf16 or getattr(params, "use_dora", False)
             or getattr(params, "init", "default") not in ("default", "gaussian")):
         return 0
     shared = {id(model.get_input_embeddings().weight)}  # a tied output head is also the embedding table
@@ -132,7 +134,7 @@ def _adamw(groups, config: TrainConfig):
 
 def _predicts_each_token(config: TrainConfig, method) -> bool:
     """A causal LM loss over the rows' own tokens: not a classifier, no virtual prompt tokens."""
-    return config.task != "classify" and method.group != "prompts"
+    return config.task != "classify" and method.predicts_each_token
 
 
 def _loss_function(config: TrainConfig, method, model, packed: bool, device: str, autocast):

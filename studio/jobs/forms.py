@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from django import forms
 
-from tuning.config import TrainConfig, field_specs
+from tuning.config import TrainConfig
+from tuning.fields import field_specs
 from tuning.methods import GROUPS, METHODS, Method
 
 # Settings the studio fills in itself, never typed by a user.
@@ -22,7 +23,7 @@ NO_GPU = "needs a CUDA GPU worker; none is registered"
 
 def method_unavailable_reason(method: Method, *, task: str, gpu_pools) -> str:
     """Why ``method`` cannot be picked for ``task`` on this studio ("" when it can)."""
-    if method.needs_gpu and not gpu_pools:
+    if method.needs_cuda and not gpu_pools:
         return NO_GPU
     if task not in method.tasks:
         return f"not for the {task} task (supports {', '.join(method.tasks)})"

@@ -14,8 +14,8 @@ from studio.datasets.selectors import dataset_list_for_user
 from studio.jobs.forms import _form_field
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.services_steps import job_create_chain, job_create_evaluate, job_create_merge, job_create_quantize
-from tuning.config import field_specs
 from tuning.errors import ConfigError, ModelError
+from tuning.fields import field_specs
 
 PARAM_PREFIX = "param__"
 

@@ -1,7 +1,8 @@
 import pytest
 
-from tuning.config import TrainConfig, field_specs
+from tuning.config import TrainConfig
 from tuning.errors import ConfigError
+from tuning.fields import field_specs
 from tuning.methods.lora import LoraParams
 
 REQUIRED = {"base_model": "m", "dataset_path": "d.jsonl", "output_dir": "out"}

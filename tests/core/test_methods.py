@@ -15,11 +15,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BertConfig
 
-from tuning.config import TrainConfig, check_against_model, config_from_dict
+from tuning.config import TrainConfig, check_against_model
 from tuning.data import sft
 from tuning.data.readers import read_examples
 from tuning.errors import ConfigError
-from tuning.methods import GROUPS, METHODS, TASKS, MethodContext, qlora
+from tuning.fields import config_from_dict
+from tuning.methods import CAPABILITIES, GROUPS, METHODS, TASKS, MethodContext, qlora
 from tuning.methods.common import count_parameters
 from tuning.methods.estimate import estimate_trainable_parameters
 from tuning.models import load_tokenizer
@@ -60,7 +61,7 @@ ROWS = {
     "hft": ("hft", {}, 2e-3),
     "llrd": ("llrd", {"decay": 0.8}, 2e-3),
 }
-CPU_METHODS = sorted(name for name, method in METHODS.items() if not method.needs_gpu)
+CPU_METHODS = sorted(name for name, method in METHODS.items() if not method.needs_cuda)
 
 
 def test_every_cpu_method_has_a_row():
@@ -193,7 +194,7 @@ def test_qlora_is_refused_without_cuda(tiny_model, monkeypatch):
     config = AutoConfig.from_pretrained(tiny_model)
     assert refusal("qlora", {"rank": 8}, config) == {
         "method": "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this worker has none"}
-    assert METHODS["qlora"].needs_gpu
+    assert METHODS["qlora"].needs_cuda
     # What the UI shows before a job: the estimate works without a GPU.
     assert estimate_trainable_parameters(config, "qlora", {"rank": 8}) == \
         estimate_trainable_parameters(config, "lora", {"rank": 8})
@@ -302,10 +303,13 @@ def test_methods_json_lists_the_catalogue_with_its_settings():
     for row in rows:
         assert row["label"] and row["description"] and row["group"] in GROUPS
         assert row["paper"].startswith("https://arxiv.org/abs/")
-        assert set(row["tasks"]) <= set(TASKS) and isinstance(row["needs_gpu"], bool)
+        assert set(row["tasks"]) <= set(TASKS)
+        assert {flag: type(row[flag]) for flag in CAPABILITIES} == {flag: bool for flag in CAPABILITIES}
         for spec in row["params"]:
             assert {"name", "type", "default", "help", "min", "max", "choices"} <= set(spec) and spec["help"]
-    assert {row["name"] for row in rows if row["needs_gpu"]} == {"qlora"}
+    assert {row["name"] for row in rows if row["needs_cuda"]} == {"qlora"}
+    assert {row["name"] for row in rows if not row["packs_rows"]} == {"prompt_tuning", "prefix_tuning", "p_tuning"}
+    assert not any(row["folds_into_base"] for row in rows if row["produces"] == "model")
     lora = next(row for row in rows if row["name"] == "lora")
     assert {"pissa", "olora", "corda", "eva"} <= set(next(s for s in lora["params"] if s["name"] == "init")["choices"])
 

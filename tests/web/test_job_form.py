@@ -11,7 +11,7 @@ from studio.catalog.services import base_model_register
 from studio.datasets.services import dataset_create_from_file
 from studio.jobs.forms import NO_GPU
 from studio.jobs.models import Job
-from tuning.config import field_specs
+from tuning.fields import field_specs
 from tuning.methods import GROUPS, METHODS
 
 FIELDS = "/jobs/new/method-fields/"

@@ -25,175 +25,129 @@ the plain model with some parameters frozen). Optional hooks:
 reloaded with ``PeftModel.from_pretrained``) or "model" (a full
 transformers model directory).
 
+Capability flags on each row (``needs_cuda``, ``packs_rows``,
+``predicts_each_token``, ``folds_into_base`` … see ``Method``) say what
+the training loop, the form and the estimate must do differently; they
+read the flags, never a method's name or group. Adding a method is one
+file and one ``register_method`` line.
+
 Nothing here imports torch or peft at import time: the web process reads
 this table to draw the form.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
-
+from tuning.fields import describe_fields
 from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia3, llrd, ln_tuning, loha, lokr, lora,
                             oft, p_tuning, prefix_tuning, prompt_tuning, qlora, randlora, road, top_k, vblora,
                             vera)
+from tuning.methods.base import CAPABILITIES, GROUPS, TASKS, Method, MethodContext, method_row
 
-GROUPS = {
-    "full": "Full fine-tuning",
-    "low-rank": "Low-rank adapters",
-    "orthogonal": "Orthogonal and rotation adapters",
-    "scaling": "Scaling and vector adapters",
-    "prompts": "Prompt and prefix tuning",
-    "selective": "Selective fine-tuning",
-}
-TASKS = ("sft", "pretrain", "classify")
+__all__ = ["CAPABILITIES", "GROUPS", "METHODS", "TASKS", "Method", "MethodContext", "describe", "register_method"]
+
+METHODS: dict[str, Method] = {}
 
 
-@dataclass(frozen=True)
-class MethodContext:
-    """What ``prepare`` may need beyond the model: the task, the device,
-    calibration batches (dicts of tensors without labels, already on the
-    device) for data-driven initialisations such as EVA and CorDA, the
-    number of optimizer steps the run will take (AdaLoRA schedules its rank
-    budget over it) and the base model reference (prompt tuning's text
-    initialisation loads its tokenizer)."""
-
-    task: str = "sft"
-    device: str = "cpu"
-    calibration_batches: Callable[[], Iterable[dict]] = lambda: iter(())
-    total_steps: int = 0
-    base_model: str = ""
+def register_method(module, **row) -> Method:
+    """Add ``module``'s method to the table (see ``method_row``); the one
+    line a new method needs."""
+    method = method_row(module, **row)
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is registered already")
+    if method.group not in GROUPS:
+        raise ValueError(f"{method.name}: group {method.group!r} is not one of {', '.join(GROUPS)}")
+    METHODS[method.name] = method
+    return method
 
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    label: str
-    group: str  # a key of GROUPS
-    description: str  # one line, shown in the UI
-    paper: str  # link to the paper
-    params: type
-    prepare: Callable[[Any, Any, MethodContext], Any]
-    produces: str = "adapter"  # "adapter" or "model"
-    tasks: tuple[str, ...] = TASKS
-    needs_gpu: bool = False
-    # False where peft refuses gradient checkpointing (prefix tuning), so a
-    # run asking for both can be refused on the form.
-    gradient_checkpointing: bool = True
-    resumable: bool = True  # False where the method keeps state outside its weights that checkpoints lack
-    # True where the wrapped model adds a term of its own to the loss it
-    # returns (AdaLoRA's orthogonality penalty), so the loss must come from
-    # the model's forward with labels.
-    loss_from_model: bool = False
-    param_groups: Callable[[Any, Any, float], list[dict]] | None = None
-    check: Callable[[Any, Any, str], dict[str, str]] | None = None
-    load_kwargs: Callable[[Any], dict] | None = None
-    on_step: Callable[[Any, int], None] | None = None
-    export: Callable[[Any, Any], None] | None = None
-    # Named settings that work on the bundled model: {"quick": {...}, ...};
-    # keys are TrainConfig fields, or "method_params" with a dict.
-    presets: dict[str, dict] = field(default_factory=dict)
-
-
-def _row(module, **row) -> Method:
-    """A table row whose hooks are the functions of that name in ``module``."""
-    hooks = ("prepare", "param_groups", "check", "load_kwargs", "on_step", "export")
-    return Method(**{hook: getattr(module, hook) for hook in hooks if hasattr(module, hook)},
-                  presets=getattr(module, "PRESETS", {}), **row)
-
-
-METHODS: dict[str, Method] = {
-    method.name: method
-    for method in (
-        _row(full, name="full", label="Full fine-tuning", group="full", produces="model",
-             description="Updates every weight of the model; the most capable and the most memory-hungry.",
-             paper="https://arxiv.org/abs/1801.06146", params=full.FullParams),
-        _row(lora, name="lora", label="LoRA", group="low-rank",
-             description="Trains small low-rank matrices beside the frozen weights; options for rsLoRA, DoRA, "
-                         "LoRA+ and PiSSA/OLoRA/CorDA/EVA initialisation.",
-             paper="https://arxiv.org/abs/2106.09685", params=lora.LoraParams),
-        _row(qlora, name="qlora", label="QLoRA", group="low-rank", needs_gpu=True,
-             description="LoRA on a base model quantized to 4-bit NF4, for large models on one GPU.",
-             paper="https://arxiv.org/abs/2305.14314", params=qlora.QloraParams),
-        _row(adalora, name="adalora", label="AdaLoRA", group="low-rank",
-             description="LoRA in SVD form that moves rank from unimportant layers to important ones while training.",
-             paper="https://arxiv.org/abs/2303.10512", params=adalora.AdaloraParams,
-             resumable=False,  # its rank allocator's importance scores are not checkpointed
-             loss_from_model=True),
-        _row(loha, name="loha", label="LoHa", group="low-rank",
-             description="Low-rank Hadamard product: two low-rank pairs multiplied elementwise, higher effective rank.",
-             paper="https://arxiv.org/abs/2108.06098", params=loha.LohaParams),
-        _row(lokr, name="lokr", label="LoKr", group="low-rank",
-             description="Low-rank Kronecker product update; very few parameters for a full-rank update.",
-             paper="https://arxiv.org/abs/2309.14859", params=lokr.LokrParams),
-        _row(vera, name="vera", label="VeRA", group="low-rank",
-             description="One frozen random low-rank pair shared by all layers; trains only two scaling vectors "
-                         "per layer.",
-             paper="https://arxiv.org/abs/2310.11454", params=vera.VeraParams),
-        _row(vblora, name="vblora", label="VB-LoRA", group="low-rank",
-             description="Builds every low-rank matrix from a small shared bank of vectors; tiny adapters.",
-             paper="https://arxiv.org/abs/2405.15179", params=vblora.VbloraParams),
-        _row(randlora, name="randlora", label="RandLoRA", group="low-rank",
-             description="Full-rank update from frozen random low-rank bases with trained diagonal scalings.",
-             paper="https://arxiv.org/abs/2502.00987", params=randlora.RandloraParams),
-        _row(oft, name="oft", label="OFT", group="orthogonal",
-             description="Multiplies each weight by a learned block-diagonal orthogonal matrix, preserving its "
-                         "geometry.",
-             paper="https://arxiv.org/abs/2306.07280", params=oft.OftParams),
-        _row(boft, name="boft", label="BOFT", group="orthogonal",
-             description="Orthogonal fine-tuning with butterfly-factorised rotations: denser with fewer parameters.",
-             paper="https://arxiv.org/abs/2311.06243", params=boft.BoftParams),
-        _row(hra, name="hra", label="HRA", group="orthogonal",
-             description="Adapts each weight by a chain of Householder reflections.",
-             paper="https://arxiv.org/abs/2405.17484", params=hra.HraParams),
-        _row(road, name="road", label="RoAd", group="orthogonal",
-             description="Rotates pairs of output features by learned 2-D rotations; very few parameters.",
-             paper="https://arxiv.org/abs/2409.00119", params=road.RoadParams),
-        _row(ia3, name="ia3", label="IA3", group="scaling",
-             description="Learns vectors that rescale keys, values and feed-forward activations.",
-             paper="https://arxiv.org/abs/2205.05638", params=ia3.Ia3Params),
-        _row(fourierft, name="fourierft", label="FourierFT", group="scaling",
-             description="Learns a few spectral coefficients per layer; the update is their inverse Fourier "
-                         "transform.",
-             paper="https://arxiv.org/abs/2405.03003", params=fourierft.FourierftParams),
-        _row(ln_tuning, name="ln_tuning", label="LN tuning", group="scaling",
-             description="Trains only the normalisation layers' scales (and biases).",
-             paper="https://arxiv.org/abs/2312.11420", params=ln_tuning.LnTuningParams),
-        _row(prompt_tuning, name="prompt_tuning", label="Prompt tuning", group="prompts",
-             description="Learns soft prompt embeddings prepended to every input; the model stays frozen.",
-             paper="https://arxiv.org/abs/2104.08691", params=prompt_tuning.PromptTuningParams),
-        _row(prefix_tuning, name="prefix_tuning", label="Prefix tuning", group="prompts", gradient_checkpointing=False,
-             description="Learns key/value prefixes for every attention layer.",
-             paper="https://arxiv.org/abs/2101.00190", params=prefix_tuning.PrefixTuningParams),
-        _row(p_tuning, name="p_tuning", label="P-tuning", group="prompts",
-             description="Soft prompts produced by a small trained encoder (MLP or LSTM).",
-             paper="https://arxiv.org/abs/2103.10385", params=p_tuning.PTuningParams),
-        _row(bitfit, name="bitfit", label="BitFit", group="selective", produces="model",
-             description="Trains only the bias terms (for models that have them).",
-             paper="https://arxiv.org/abs/2106.10199", params=bitfit.BitfitParams),
-        _row(top_k, name="top_k", label="Top-k layers", group="selective", produces="model",
-             description="Trains only the top k transformer blocks (and the final norm and head); the rest stays "
-                         "frozen.",
-             paper="https://arxiv.org/abs/1911.03090", params=top_k.TopKParams),
-        _row(hft, name="hft", label="Half fine-tuning", group="selective", produces="model",
-             description="Freezes a seeded half of each block's modules to keep more of what the model knew.",
-             paper="https://arxiv.org/abs/2404.18466", params=hft.HftParams),
-        _row(llrd, name="llrd", label="Layer-wise LR decay", group="selective", produces="model",
-             description="Full fine-tuning whose learning rate shrinks layer by layer towards the embeddings.",
-             paper="https://arxiv.org/abs/2006.05987", params=llrd.LlrdParams),
-    )
-}
+register_method(full, name="full", label="Full fine-tuning", group="full", produces="model",
+                description="Updates every weight of the model; the most capable and the most memory-hungry.",
+                paper="https://arxiv.org/abs/1801.06146", params=full.FullParams)
+register_method(lora, name="lora", label="LoRA", group="low-rank", folds_into_base=True,
+                frozen_base_in_bf16=True,
+                description="Trains small low-rank matrices beside the frozen weights; options for rsLoRA, DoRA, "
+                            "LoRA+ and PiSSA/OLoRA/CorDA/EVA initialisation.",
+                paper="https://arxiv.org/abs/2106.09685", params=lora.LoraParams)
+register_method(qlora, name="qlora", label="QLoRA", group="low-rank", needs_cuda=True, four_bit_base=True,
+                folds_into_base=True,
+                description="LoRA on a base model quantized to 4-bit NF4, for large models on one GPU.",
+                paper="https://arxiv.org/abs/2305.14314", params=qlora.QloraParams)
+register_method(adalora, name="adalora", label="AdaLoRA", group="low-rank", folds_into_base=True,
+                description="LoRA in SVD form that moves rank from unimportant layers to important ones while "
+                            "training.",
+                paper="https://arxiv.org/abs/2303.10512", params=adalora.AdaloraParams,
+                resumable=False,  # its rank allocator's importance scores are not checkpointed
+                loss_from_model=True)
+register_method(loha, name="loha", label="LoHa", group="low-rank", folds_into_base=True,
+                description="Low-rank Hadamard product: two low-rank pairs multiplied elementwise, higher "
+                            "effective rank.",
+                paper="https://arxiv.org/abs/2108.06098", params=loha.LohaParams)
+register_method(lokr, name="lokr", label="LoKr", group="low-rank", folds_into_base=True,
+                description="Low-rank Kronecker product update; very few parameters for a full-rank update.",
+                paper="https://arxiv.org/abs/2309.14859", params=lokr.LokrParams)
+register_method(vera, name="vera", label="VeRA", group="low-rank", folds_into_base=True,
+                description="One frozen random low-rank pair shared by all layers; trains only two scaling vectors "
+                            "per layer.",
+                paper="https://arxiv.org/abs/2310.11454", params=vera.VeraParams)
+register_method(vblora, name="vblora", label="VB-LoRA", group="low-rank", folds_into_base=True,
+                description="Builds every low-rank matrix from a small shared bank of vectors; tiny adapters.",
+                paper="https://arxiv.org/abs/2405.15179", params=vblora.VbloraParams)
+register_method(randlora, name="randlora", label="RandLoRA", group="low-rank", folds_into_base=True,
+                description="Full-rank update from frozen random low-rank bases with trained diagonal scalings.",
+                paper="https://arxiv.org/abs/2502.00987", params=randlora.RandloraParams)
+register_method(oft, name="oft", label="OFT", group="orthogonal", folds_into_base=True,
+                description="Multiplies each weight by a learned block-diagonal orthogonal matrix, preserving its "
+                            "geometry.",
+                paper="https://arxiv.org/abs/2306.07280", params=oft.OftParams)
+register_method(boft, name="boft", label="BOFT", group="orthogonal", folds_into_base=True,
+                description="Orthogonal fine-tuning with butterfly-factorised rotations: denser with fewer "
+                            "parameters.",
+                paper="https://arxiv.org/abs/2311.06243", params=boft.BoftParams)
+register_method(hra, name="hra", label="HRA", group="orthogonal", folds_into_base=True,
+                description="Adapts each weight by a chain of Householder reflections.",
+                paper="https://arxiv.org/abs/2405.17484", params=hra.HraParams)
+register_method(road, name="road", label="RoAd", group="orthogonal", folds_into_base=True,
+                description="Rotates pairs of output features by learned 2-D rotations; very few parameters.",
+                paper="https://arxiv.org/abs/2409.00119", params=road.RoadParams)
+register_method(ia3, name="ia3", label="IA3", group="scaling", folds_into_base=True,
+                description="Learns vectors that rescale keys, values and feed-forward activations.",
+                paper="https://arxiv.org/abs/2205.05638", params=ia3.Ia3Params)
+register_method(fourierft, name="fourierft", label="FourierFT", group="scaling", folds_into_base=True,
+                description="Learns a few spectral coefficients per layer; the update is their inverse Fourier "
+                            "transform.",
+                paper="https://arxiv.org/abs/2405.03003", params=fourierft.FourierftParams)
+register_method(ln_tuning, name="ln_tuning", label="LN tuning", group="scaling", folds_into_base=True,
+                description="Trains only the normalisation layers' scales (and biases).",
+                paper="https://arxiv.org/abs/2312.11420", params=ln_tuning.LnTuningParams)
+register_method(prompt_tuning, name="prompt_tuning", label="Prompt tuning", group="prompts",
+                packs_rows=False, predicts_each_token=False,
+                description="Learns soft prompt embeddings prepended to every input; the model stays frozen.",
+                paper="https://arxiv.org/abs/2104.08691", params=prompt_tuning.PromptTuningParams)
+register_method(prefix_tuning, name="prefix_tuning", label="Prefix tuning", group="prompts",
+                packs_rows=False, predicts_each_token=False, gradient_checkpointing=False,
+                description="Learns key/value prefixes for every attention layer.",
+                paper="https://arxiv.org/abs/2101.00190", params=prefix_tuning.PrefixTuningParams)
+register_method(p_tuning, name="p_tuning", label="P-tuning", group="prompts",
+                packs_rows=False, predicts_each_token=False,
+                description="Soft prompts produced by a small trained encoder (MLP or LSTM).",
+                paper="https://arxiv.org/abs/2103.10385", params=p_tuning.PTuningParams)
+register_method(bitfit, name="bitfit", label="BitFit", group="selective", produces="model",
+                description="Trains only the bias terms (for models that have them).",
+                paper="https://arxiv.org/abs/2106.10199", params=bitfit.BitfitParams)
+register_method(top_k, name="top_k", label="Top-k layers", group="selective", produces="model",
+                description="Trains only the top k transformer blocks (and the final norm and head); the rest stays "
+                            "frozen.",
+                paper="https://arxiv.org/abs/1911.03090", params=top_k.TopKParams)
+register_method(hft, name="hft", label="Half fine-tuning", group="selective", produces="model",
+                description="Freezes a seeded half of each block's modules to keep more of what the model knew.",
+                paper="https://arxiv.org/abs/2404.18466", params=hft.HftParams)
+register_method(llrd, name="llrd", label="Layer-wise LR decay", group="selective", produces="model",
+                description="Full fine-tuning whose learning rate shrinks layer by layer towards the embeddings.",
+                paper="https://arxiv.org/abs/2006.05987", params=llrd.LlrdParams)
 
 
 def describe(method: Method) -> dict:
     """The catalogue entry of a method as plain data (CLI, API, UI)."""
-    from tuning.config import field_specs
-
-    fields = [{"name": s.name, "label": s.label, "type": s.type.__name__, "default": s.default, "help": s.help,
-               "min": s.min, "max": s.max, "choices": list(s.choices) if s.choices else None, "basic": s.basic}
-              for s in field_specs(method.params)]
     return {"name": method.name, "label": method.label, "group": method.group, "description": method.description,
             "paper": method.paper, "produces": method.produces, "tasks": list(method.tasks),
-            "needs_gpu": method.needs_gpu, "gradient_checkpointing": method.gradient_checkpointing, "params": fields,
-            "presets": method.presets}
-
+            **{flag: getattr(method, flag) for flag in CAPABILITIES}, "params": describe_fields(method.params), "presets": method.presets}

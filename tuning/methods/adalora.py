@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.errors import ConfigError
 from tuning.methods.common import (dropout_setting, on_meta, peft_task_type, presets, rank_problems,
                                    target_modules_setting, targets)

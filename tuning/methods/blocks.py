@@ -7,6 +7,7 @@ tree alone, so it needs no per-architecture table.
 from __future__ import annotations
 
 from tuning.errors import ConfigError
+from tuning.methods.common import meta_model
 
 
 def transformer_blocks(model) -> tuple[str, list]:
@@ -55,8 +56,6 @@ def train_only(model, names: set[str]):
 
 def blocks_problems(model_config, task: str) -> dict[str, str]:
     """Refuse a model whose transformer blocks cannot be found."""
-    from tuning.methods.common import meta_model
-
     try:
         transformer_blocks(meta_model(model_config, task))
     except ConfigError as exc:

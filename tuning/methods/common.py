@@ -10,7 +10,8 @@ process imports the method table without them.
 
 from __future__ import annotations
 
-from tuning.config import setting
+from tuning.fields import setting
+from tuning.methods.base import MethodContext
 
 TARGETS_HELP = ("Comma-separated module names to adapt (e.g. q_proj,v_proj), or 'all-linear' for every linear "
                 "layer but the output head.")
@@ -81,8 +82,6 @@ def dry_run(prepare, params, model_config, task: str, *, blame: str):
     """Prepare the method on a meta model: ``(model, {})``, or ``(None,
     {blame: reason})`` where peft or torch refuse this model (a block size
     that does not divide a layer, a target module that does not exist …)."""
-    from tuning.methods import MethodContext
-
     try:
         model = prepare(meta_model(model_config, task), params, MethodContext(task=task, device="meta",
                                                                             total_steps=DRY_RUN_STEPS))

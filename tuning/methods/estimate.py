@@ -12,7 +12,7 @@ parameters, not the 4-bit storage.
 
 from __future__ import annotations
 
-from tuning.config import config_from_dict
+from tuning.fields import config_from_dict
 from tuning.methods import METHODS, MethodContext
 from tuning.methods.common import DRY_RUN_STEPS, count_parameters, meta_model
 

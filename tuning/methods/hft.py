@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.methods.blocks import blocks_problems, head_parameters, train_only, transformer_blocks
 from tuning.methods.common import presets
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.errors import ConfigError
 from tuning.methods.common import on_meta, peft_task_type, presets, refusals
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.methods.common import (TARGETS_HELP, dropout_setting, on_meta, peft_task_type, presets, rank_problems,
                                    targets)
 

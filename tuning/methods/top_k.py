@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.methods.blocks import blocks_problems, parameter_depths, train_only
 from tuning.methods.common import presets
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tuning.config import config_from_dict, setting
+from tuning.fields import config_from_dict, setting
 from tuning.quantize import QUANT_SCHEMES  # defined before this module is imported
 
 DEFAULT_PROMPTS = (
