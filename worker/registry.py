@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import connection
 
 from studio.workers.services import worker_heartbeat, worker_register, worker_stopped
+from worker import runner
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,7 @@ def _register(name: str, pool: str, device: str, memory_mib: int) -> None:
 
 
 def _current_job_id() -> int | None:
-    # Set by worker.runner while a job runs; read late so the registry works
-    # (reporting idle) even where the runner does not set it.
-    from worker import runner
-
-    return getattr(runner, "current_job_id", None)
+    return runner.current_job_id  # set by worker.runner while a job runs
 
 
 def _beat_forever(name: str, pool: str, stop: threading.Event) -> None:

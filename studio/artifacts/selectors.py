@@ -5,6 +5,7 @@ from django.shortcuts import get_object_or_404
 
 from studio.accounts.selectors import team_ids_for_user
 from studio.artifacts.models import Artifact
+from studio.jobs.models import Job, JobEvent
 
 
 def artifact_list_for_user(*, user):
@@ -51,8 +52,6 @@ def artifact_files(artifact: Artifact) -> list[ArtifactFile]:
 
 def artifact_evaluations(artifact: Artifact) -> list[dict]:
     """Finished evaluate jobs of this artifact, newest first, with their scores."""
-    from studio.jobs.models import Job, JobEvent
-
     jobs = [job for job in Job.objects.filter(team_id=artifact.team_id, kind=Job.Kind.EVALUATE)
             .select_related("dataset").order_by("-created_at")[:200]
             if artifact.pk in job.input_artifact_ids]  # a JSON list: filtered here, SQLite has no "contains"

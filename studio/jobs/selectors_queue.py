@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from studio.accounts.selectors import team_ids_for_user
 from studio.jobs.models import Job, JobEvent, TeamQuota
+from studio.workers.selectors import pool_device_memory_mib
 
 ACTIVE = (Job.Status.RUNNING, Job.Status.CANCELLING)
 QUEUE_ORDER = ("-priority", "queue_order", "pk")
@@ -151,7 +152,5 @@ def pool_tokens_per_s(pool: str, *, base_model_id: int | None) -> float | None:
 
 def pool_memory_bytes(pool: str) -> int | None:
     """Device memory of the pool's alive workers, as they registered it (None when none is alive)."""
-    from studio.workers.selectors import pool_device_memory_mib
-
     mib = pool_device_memory_mib(pool)
     return int(mib * 2**20) if mib else None

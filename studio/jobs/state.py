@@ -14,6 +14,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import transaction
 
+from studio.celery import app as celery_app
 from studio.jobs.events import job_event_record
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
@@ -31,9 +32,7 @@ def job_set_status(job_id: int, status: str, *, message: str = "", **fields) -> 
 
 def job_enqueue(*, job_id: int, pool: str) -> None:
     """One wake-up for the pool's workers (the database holds the queue)."""
-    from studio.celery import app  # the Celery app is configured from settings at first use
-
-    app.send_task(RUN_JOB_TASK, args=[job_id], queue=pool)
+    celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=pool)
 
 
 def job_create(*, kind: str, team, owner, config: dict, name: str = "", dataset=None, base_model=None,
