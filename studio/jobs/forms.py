@@ -42,7 +42,7 @@ def method_to_draw(name: str, *, task: str, gpu_pools) -> tuple[Method, str]:
     return usable[0], f"{method.label} is unavailable: {reason}. Showing {usable[0].label} instead."
 
 
-def _form_field(spec) -> forms.Field:
+def form_field(spec) -> forms.Field:
     common = {"label": spec.label, "help_text": spec.help, "required": False, "initial": spec.default}
     if spec.choices:
         return forms.ChoiceField(choices=[(c, c) for c in spec.choices], **common)
@@ -90,7 +90,7 @@ class TrainJobForm(forms.Form):
         self.fields["task"].choices = [(key, TASK_LABELS.get(key, key)) for key, _ in self.fields["task"].choices]
 
     def _add(self, name, spec):
-        self.fields[name] = _form_field(spec)
+        self.fields[name] = form_field(spec)
         self.setting_names.append(name)
         if name not in TOP_FIELDS:
             (self.basic_names if spec.basic else self.advanced_names).append(name)

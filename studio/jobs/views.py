@@ -1,6 +1,4 @@
-import functools
 import logging
-import math
 
 from django.conf import settings
 from django.http import Http404, JsonResponse
@@ -11,14 +9,14 @@ from studio.audit.services import audit_record
 from studio.accounts.selectors import team_for_new_work
 from studio.catalog.selectors import base_model_list
 from studio.datasets.selectors import dataset_list_for_user
-from studio.jobs.models import Job
+from studio.jobs.estimates import train_estimate
 from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
+from studio.jobs.models import Job
+from studio.jobs.pages import job_start, quantize_schemes
 from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_for_user
 from studio.jobs.services import job_cancel, job_create_train, job_resume
-from tuning.config import TrainConfig
 from tuning.errors import ConfigError, ModelError, TuningError
 from tuning.methods import TASKS
-from tuning.models import MODEL_CODE_LOCK, load_model_config
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +63,14 @@ def job_new(request):
             form.add_error(None, "You can start jobs only in a team where you are a member.")
         else:
             values, params = form.run_settings()
-            try:
-                job = job_create_train(user=request.user, team=team, dataset=form.cleaned_data["dataset"],
-                                       base_model=form.cleaned_data["base_model"], settings_values=values,
-                                       method_params=params, name=form.cleaned_data["name"])
-            except ConfigError as exc:
-                form.add_config_errors(exc.errors)
-            except ModelError as exc:
-                form.add_error("base_model", str(exc))
-            else:
-                audit_record(user=request.user, team=team, action="job.started", target=job,
-                             detail={"method": values.get("method", "")}, request=request)
-                return redirect(job)
+            jobs, errors = job_start(
+                request, team=team, model_error_field="base_model", detail={"method": values["method"]},
+                create=lambda: job_create_train(user=request.user, team=team, dataset=form.cleaned_data["dataset"],
+                                                base_model=form.cleaned_data["base_model"], settings_values=values,
+                                                method_params=params, name=form.cleaned_data["name"]))
+            if jobs:
+                return redirect(jobs[0])
+            form.add_config_errors(errors)
     status = 400 if form.errors else 200
     has_datasets = form.fields["dataset"].queryset.exists()
     return render(request, "jobs/new.html", {"form": form, "notice": notice, "has_datasets": has_datasets},
@@ -93,60 +87,23 @@ def job_new_method_fields(request):
 def job_new_estimate(request):
     """"≈ 4.9 M trainable of 139 M (3.5 %)" for the form's base model, method and parameters."""
     form = _bound_form(request, request.GET)
-    form.is_valid()  # only the base model and the method's fields are read
+    form.is_valid()  # only the base model, the method's fields and the run's shape are read
     bad = [f"{form[name].label}: {' '.join(errors)}" for name, errors in form.errors.items()
            if name.startswith(METHOD_PREFIX)]
     base_model = form.cleaned_data.get("base_model")
     if bad or base_model is None:
         return _estimate_response(request, error="; ".join(bad) or "pick a base model")
     try:
-        trainable, total = _trainable_parameters(base_model.ref, form.chosen.name,
-                                                 tuple(sorted(form.method_params().items())), form.chosen_task)
+        estimate = train_estimate(base_model=base_model, method=form.chosen, task=form.chosen_task,
+                                  method_params=form.method_params(), dataset=form.cleaned_data.get("dataset"),
+                                  run_values={k: v for k, v in form.cleaned_data.items() if v not in (None, "")},
+                                  gpu_pools=_gpu_pools())
     except Exception as exc:  # the page says why; an estimate never breaks the form
         if not isinstance(exc, TuningError):
             log.warning("trainable-parameter estimate failed for %s with %s", base_model.ref, form.chosen.name,
                         exc_info=True)
         return _estimate_response(request, error=str(exc))
-    return _estimate_response(request, text=_estimate_text(trainable, total),
-                              exact=f"{trainable:,} of {total:,} parameters",
-                              preflight=_preflight(form, base_model, trainable, total))
-
-
-def _preflight(form, base_model, trainable: int, total: int) -> dict:
-    """Memory needed against the pool's device memory, and the time at the
-    pool's recent speed; with the changes that would make it fit."""
-    from studio.jobs.selectors_queue import pool_memory_bytes, pool_tokens_per_s
-    from tuning.config import field_specs
-    from tuning.methods.memory import changes_that_fit, estimate_training_memory
-
-    values = {spec.name: spec.default for spec in field_specs(TrainConfig)}
-    values |= {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
-    gpu_method = form.chosen.needs_gpu
-    pool = _gpu_pools()[0] if gpu_method and _gpu_pools() else settings.DEFAULT_DEVICE_POOL
-    shape = {"batch_size": values["batch_size"], "max_length": values["max_length"],
-             "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"]}
-    config = _model_config(base_model.ref)
-    # The trainer fuses the head and the loss for these methods (tuning.loss).
-    shape["fused_loss"] = form.chosen.group != "prompts" and not form.chosen.loss_from_model
-    need = estimate_training_memory(config, trainable=trainable, total=total, task=form.chosen_task,
-                                    four_bit_base=form.chosen.name == "qlora", **shape)
-    available = pool_memory_bytes(pool)
-    result = {"need_gib": need.total / 2**30, "parts": {k: v / 2**30 for k, v in need.to_dict().items() if k != "total"},
-              "pool": pool, "available_gib": available / 2**30 if available else None, "fits": True}
-    if available and need.total > available:
-        result["fits"] = False
-        result["changes"] = changes_that_fit(config, available=available, trainable=trainable, total=total,
-                                             gpu=bool(_gpu_pools()), task=form.chosen_task, **shape)
-    speed = pool_tokens_per_s(pool, base_model_id=base_model.pk)
-    dataset = form.cleaned_data.get("dataset")
-    rows_per_step = values["batch_size"] * values["gradient_accumulation"]
-    steps = values.get("max_steps") or (math.ceil(dataset.row_count / rows_per_step) * values["epochs"]
-                                        if dataset else None)
-    if speed and steps:
-        # An upper bound: every row counted at max length.
-        result["minutes"] = steps * rows_per_step * values["max_length"] / speed / 60
-        result["tokens_per_s"] = speed
-    return result
+    return _estimate_response(request, text=estimate.text, exact=estimate.exact, preflight=estimate.preflight)
 
 
 def _estimate_response(request, *, text: str = "", exact: str = "", error: str = "", preflight=None):
@@ -155,42 +112,8 @@ def _estimate_response(request, *, text: str = "", exact: str = "", error: str =
                                                           "preflight": preflight})
 
 
-# The estimate reads only the base model's config and builds the model on the
-# meta device (shapes, no weights); transformers is imported on first use.
-# One at a time (MODEL_CODE_LOCK): a first import of transformers in two
-# threads at once fails.
-
-
-@functools.lru_cache(maxsize=32)
-def _model_config(ref: str):
-    return load_model_config(ref, trust_remote_code=settings.TRUST_REMOTE_CODE)
-
-
-@functools.lru_cache(maxsize=256)
-def _trainable_parameters(ref: str, method: str, params: tuple, task: str) -> tuple[int, int]:
-    from tuning.methods.estimate import estimate_trainable_parameters
-
-    with MODEL_CODE_LOCK:
-        return estimate_trainable_parameters(_model_config(ref), method, dict(params), task=task)
-
-
-def _estimate_text(trainable: int, total: int) -> str:
-    percent = 100 * trainable / max(total, 1)
-    return f"≈ {_count(trainable)} trainable of {_count(total)} ({percent:.{3 if percent >= 10 else 2}g} %)"
-
-
-def _count(n: int) -> str:
-    """4_910_000 -> "4.9 M", 139_000_000 -> "139 M"."""
-    for unit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= unit:
-            return f"{n / unit:.1f} {suffix}" if n < 10 * unit else f"{n / unit:.0f} {suffix}"
-    return str(n)
-
-
 def job_detail(request, job_id: int):
     job = job_get_for_user(user=request.user, job_id=job_id)
-    from studio.jobs.views_steps import quantize_schemes
-
     schemes = quantize_schemes() if job.kind == Job.Kind.TRAIN else []
     return render(request, "jobs/detail.html", {"job": job, "artifacts": job.artifacts.all(), "schemes": schemes})
 

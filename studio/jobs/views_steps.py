@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from studio.accounts.selectors import team_for_new_work
-from studio.audit.services import audit_record
 from studio.artifacts.selectors import artifact_list_for_user
 from studio.datasets.selectors import dataset_list_for_user
-from studio.jobs.forms import _form_field
+from studio.jobs.forms import form_field
+from studio.jobs.pages import job_start, quantize_schemes
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.services_steps import job_create_chain, job_create_evaluate, job_create_merge, job_create_quantize
-from tuning.errors import ConfigError, ModelError
+from tuning.errors import ConfigError
 from tuning.fields import field_specs
 
 PARAM_PREFIX = "param__"
@@ -45,7 +44,7 @@ def _param_fields(params_class, data):
 
     form = forms.Form(data or None, prefix=None)
     for spec in field_specs(params_class):
-        form.fields[PARAM_PREFIX + spec.name] = _form_field(spec)
+        form.fields[PARAM_PREFIX + spec.name] = form_field(spec)
     return form
 
 
@@ -91,38 +90,19 @@ def job_new_merge(request):
             dataset = None
             if data.get("dataset"):
                 dataset = dataset_list_for_user(user=request.user).filter(team=team, pk=data["dataset"]).first()
-            try:
-                job = job_create_merge(user=request.user, team=team, artifacts=chosen, method=method_name,
-                                       method_params=_filled_params(params_form), weights=weights,
-                                       dataset=dataset, name=data.get("name", ""))
-            except ConfigError as exc:
-                errors.update(exc.errors)
-            except ModelError as exc:
-                errors["sources"] = str(exc)
-            else:
-                audit_record(user=request.user, team=team, action="job.started", target=job,
-                             detail={"kind": job.kind}, request=request)
-                return redirect(job)
+            jobs, errors = job_start(
+                request, team=team, model_error_field="sources",
+                create=lambda: job_create_merge(user=request.user, team=team, artifacts=chosen, method=method_name,
+                                                method_params=_filled_params(params_form), weights=weights,
+                                                dataset=dataset, name=data.get("name", "")))
+            if jobs:
+                return redirect(jobs[0])
     context = {"methods": [_with_paper_url(describe(m)) for m in MERGE_METHODS.values()],
                "method": _with_paper_url(describe(method)),
                "artifacts": artifacts, "chosen_ids": {str(i) for i in chosen_ids}, "params_form": params_form,
                "errors": errors, "datasets": dataset_list_for_user(user=request.user).filter(team=team),
                "name": data.get("name", "")}
     return render(request, "jobs/new_merge.html", context, status=400 if errors else 200)
-
-
-def quantize_schemes() -> list[tuple[dict, str]]:
-    """[(scheme as described for the UI, why it is unavailable or "")].
-
-    GPU schemes are unavailable without a GPU pool; the rest run on any
-    worker (their packages are in the requirements). The web process does
-    not ask the scheme about this machine: that imports torch, and jobs run
-    elsewhere."""
-    from tuning.quantize import QUANT_SCHEMES, describe
-
-    no_gpu = "needs a CUDA GPU worker; none is registered"
-    return [(describe(scheme, check_machine=False), no_gpu if scheme.needs_gpu and not settings.GPU_POOLS else "")
-            for scheme in QUANT_SCHEMES.values()]
 
 
 @require_http_methods(["GET", "POST"])
@@ -139,18 +119,13 @@ def job_new_quantize(request):
         if not picked:
             errors["artifact"] = "pick the adapter or model to quantize"
         else:
-            try:
-                job = job_create_quantize(user=request.user, team=team, artifact=picked[0],
-                                          scheme=data.get("scheme", ""), eval_dataset=dataset,
-                                          prompts=prompts or None, name=data.get("name", ""))
-            except ConfigError as exc:
-                errors.update(exc.errors)
-            except ModelError as exc:
-                errors["artifact"] = str(exc)
-            else:
-                audit_record(user=request.user, team=team, action="job.started", target=job,
-                             detail={"kind": job.kind}, request=request)
-                return redirect(job)
+            jobs, errors = job_start(
+                request, team=team, model_error_field="artifact",
+                create=lambda: job_create_quantize(user=request.user, team=team, artifact=picked[0],
+                                                   scheme=data.get("scheme", ""), eval_dataset=dataset,
+                                                   prompts=prompts or None, name=data.get("name", "")))
+            if jobs:
+                return redirect(jobs[0])
     from tuning.quantize.config import DEFAULT_PROMPTS
 
     context = {"schemes": quantize_schemes(), "artifacts": artifacts, "datasets": datasets, "errors": errors,
@@ -174,17 +149,16 @@ def job_chain(request, job_id: int):
         steps.append({"kind": "fold"})
     if request.POST.get("scheme"):
         steps.append({"kind": "quantize", "scheme": request.POST["scheme"], "eval_dataset": job.dataset})
-    try:
+
+    def create():
         if start is None:
             raise ConfigError({"steps": "this job made no artifact to start from"})
-        jobs = job_create_chain(user=request.user, team=team, start=start, steps=steps)
-        for queued in jobs:
-            audit_record(user=request.user, team=team, action="job.started", target=queued,
-                         detail={"kind": queued.kind, "after": queued.depends_on_id}, request=request)
-    except (ConfigError, ModelError) as exc:
-        message = "; ".join(exc.errors.values()) if isinstance(exc, ConfigError) else str(exc)
-        return render(request, "jobs/_chain_form.html", {"job": job, "schemes": quantize_schemes(), "chain_error": message},
-                      status=400)
+        return job_create_chain(user=request.user, team=team, start=start, steps=steps)
+
+    jobs, errors = job_start(request, team=team, create=create, model_error_field="steps")
+    if errors:
+        return render(request, "jobs/_chain_form.html", {"job": job, "schemes": quantize_schemes(),
+                                                         "chain_error": "; ".join(errors.values())}, status=400)
     if request.htmx:
         return render(request, "jobs/_chain_form.html", {"job": job, "schemes": quantize_schemes(), "queued": jobs})
     return redirect(jobs[0])
@@ -201,7 +175,7 @@ def _evaluate_form(data):
     form = forms.Form(data or None)
     for spec in field_specs(EvaluateConfig):
         if spec.name not in EVALUATE_SYSTEM_FIELDS:
-            form.fields[spec.name] = _form_field(spec)
+            form.fields[spec.name] = form_field(spec)
     return form
 
 
@@ -222,15 +196,12 @@ def job_new_evaluate(request):
             errors["artifact"] = "pick an artifact and a dataset"
         else:
             values = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
-            try:
-                job = job_create_evaluate(user=request.user, team=team, artifact=picked[0], dataset=dataset,
-                                          settings_values=values, name=data.get("name", ""))
-            except ConfigError as exc:
-                errors.update(exc.errors)
-            else:
-                audit_record(user=request.user, team=team, action="job.started", target=job,
-                             detail={"kind": job.kind}, request=request)
-                return redirect(job)
+            jobs, errors = job_start(
+                request, team=team, model_error_field="artifact",
+                create=lambda: job_create_evaluate(user=request.user, team=team, artifact=picked[0], dataset=dataset,
+                                                   settings_values=values, name=data.get("name", "")))
+            if jobs:
+                return redirect(jobs[0])
     context = {"form": form, "artifacts": artifacts, "datasets": datasets, "errors": errors,
                "chosen_artifact": data.get("artifact", ""), "chosen_dataset": data.get("dataset", "")}
     return render(request, "jobs/new_evaluate.html", context, status=400 if errors or form.errors else 200)

@@ -16,7 +16,7 @@ from tuning.methods import GROUPS, METHODS
 
 FIELDS = "/jobs/new/method-fields/"
 ESTIMATE = "/jobs/new/estimate/"
-GPU_ONLY = [name for name, m in METHODS.items() if m.needs_gpu]
+GPU_ONLY = [name for name, m in METHODS.items() if m.needs_cuda]
 
 
 class FormValues(HTMLParser):
@@ -221,3 +221,14 @@ def test_preflight_says_when_a_run_will_not_fit_the_pools_workers_and_what_would
 
     roomy = {**query, "batch_size": "1", "max_length": "64"}
     assert "Will not fit" not in member_client.get(ESTIMATE, roomy).content.decode()
+
+
+def test_the_estimate_of_a_cuda_method_is_for_the_gpu_pool(member_client, tiny_base_model, gpu_pool, settings):
+    from studio.workers.services import worker_register
+
+    worker_register(name="gpu@box", pool="gpu", hostname="box", pid=1, device="GPU: test", device_memory_mib=8192)
+    worker_register(name="cpu@box", pool=settings.DEFAULT_DEVICE_POOL, hostname="box", pid=2, device="CPU: test",
+                    device_memory_mib=4096)
+    query = {"base_model": tiny_base_model.pk, "task": "sft"}
+    assert "of 8 GiB on pool gpu" in member_client.get(ESTIMATE, {**query, "method": "qlora"}).content.decode()
+    assert "of 4 GiB on pool default" in member_client.get(ESTIMATE, {**query, "method": "lora"}).content.decode()

@@ -1,0 +1,110 @@
+"""What the new-job form shows beside the method: how many parameters the
+run trains, the memory it needs against the pool's workers, and how long
+it may take. A reader (no writes); the view parses the form and renders.
+
+Everything about the method comes from its capability flags (needs_cuda,
+predicts_each_token, loss_from_model, four_bit_base), never its name.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from studio.jobs.selectors_queue import pool_memory_bytes, pool_tokens_per_s
+from tuning.config import TrainConfig
+from tuning.fields import field_specs
+from tuning.methods import Method
+from tuning.methods.memory import changes_that_fit, estimate_training_memory
+from tuning.models import MODEL_CODE_LOCK, load_model_config
+
+
+@dataclass(frozen=True)
+class TrainEstimate:
+    trainable: int
+    total: int
+    preflight: dict = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """"≈ 4.9 M trainable of 139 M (3.5 %)"."""
+        percent = 100 * self.trainable / max(self.total, 1)
+        return (f"≈ {_count(self.trainable)} trainable of {_count(self.total)} "
+                f"({percent:.{3 if percent >= 10 else 2}g} %)")
+
+    @property
+    def exact(self) -> str:
+        return f"{self.trainable:,} of {self.total:,} parameters"
+
+
+def train_estimate(*, base_model, method: Method, task: str, method_params: dict, run_values: dict, dataset,
+                   gpu_pools) -> TrainEstimate:
+    """The estimate for a run of ``method`` on ``base_model``. ``run_values``
+    are the form's training settings (blanks left out); raises what reading
+    the base model's config raises (TuningError for a missing model)."""
+    trainable, total = _trainable_parameters(base_model.ref, method.name, tuple(sorted(method_params.items())),
+                                             task)
+    values = {spec.name: spec.default for spec in field_specs(TrainConfig)} | run_values
+    preflight = _preflight(base_model=base_model, method=method, task=task, values=values, dataset=dataset,
+                           gpu_pools=list(gpu_pools), trainable=trainable, total=total)
+    return TrainEstimate(trainable=trainable, total=total, preflight=preflight)
+
+
+def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, gpu_pools: list,
+               trainable: int, total: int) -> dict:
+    """Memory needed against the pool's device memory, and the time at the
+    pool's recent speed; with the changes that would make it fit."""
+    pool = gpu_pools[0] if method.needs_cuda and gpu_pools else settings.DEFAULT_DEVICE_POOL
+    shape = {"batch_size": values["batch_size"], "max_length": values["max_length"],
+             "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"],
+             # The trainer fuses the head and the loss for these methods (tuning.loss).
+             "fused_loss": method.predicts_each_token and not method.loss_from_model}
+    config = _model_config(base_model.ref)
+    need = estimate_training_memory(config, trainable=trainable, total=total, task=task,
+                                    four_bit_base=method.four_bit_base, **shape)
+    available = pool_memory_bytes(pool)
+    result = {"need_gib": need.total / 2**30, "parts": {k: v / 2**30 for k, v in need.to_dict().items() if k != "total"},
+              "pool": pool, "available_gib": available / 2**30 if available else None, "fits": True}
+    if available and need.total > available:
+        result["fits"] = False
+        result["changes"] = changes_that_fit(config, available=available, trainable=trainable, total=total,
+                                             gpu=bool(gpu_pools), task=task, **shape)
+    speed = pool_tokens_per_s(pool, base_model_id=base_model.pk)
+    rows_per_step = values["batch_size"] * values["gradient_accumulation"]
+    steps = values.get("max_steps") or (math.ceil(dataset.row_count / rows_per_step) * values["epochs"]
+                                        if dataset else None)
+    if speed and steps:
+        # An upper bound: every row counted at max length.
+        result["minutes"] = steps * rows_per_step * values["max_length"] / speed / 60
+        result["tokens_per_s"] = speed
+    return result
+
+
+# The estimate reads only the base model's config and builds the model on the
+# meta device (shapes, no weights); transformers is imported on first use.
+# One at a time (MODEL_CODE_LOCK): a first import of transformers in two
+# threads at once fails.
+
+
+@functools.lru_cache(maxsize=32)
+def _model_config(ref: str):
+    return load_model_config(ref, trust_remote_code=settings.TRUST_REMOTE_CODE)
+
+
+@functools.lru_cache(maxsize=256)
+def _trainable_parameters(ref: str, method: str, params: tuple, task: str) -> tuple[int, int]:
+    from tuning.methods.estimate import estimate_trainable_parameters
+
+    with MODEL_CODE_LOCK:
+        return estimate_trainable_parameters(_model_config(ref), method, dict(params), task=task)
+
+
+def _count(n: int) -> str:
+    """4_910_000 -> "4.9 M", 139_000_000 -> "139 M"."""
+    for unit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= unit:
+            return f"{n / unit:.1f} {suffix}" if n < 10 * unit else f"{n / unit:.0f} {suffix}"
+    return str(n)

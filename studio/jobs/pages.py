@@ -1,0 +1,47 @@
+"""What the pages that start jobs share: the start itself (call the
+service, record it in the audit log, or collect what the service refused)
+and the quantization schemes a page offers."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from django.conf import settings
+
+from studio.audit.services import audit_record
+from studio.jobs.forms import NO_GPU
+from tuning.errors import ConfigError, ModelError
+
+
+def job_start(request, *, team, create: Callable[[], object], model_error_field: str,
+              detail: dict | None = None) -> tuple[list, dict[str, str]]:
+    """Run ``create`` (a jobs service returning a Job, or a chain's list of
+    Jobs) and record each job it queued as "job.started": ``(jobs, {})``.
+    What the service refused comes back as ``([], {field: message})``: a
+    ConfigError's own fields, a ModelError under ``model_error_field``, for
+    the page to show beside its form."""
+    try:
+        created = create()
+    except ConfigError as exc:
+        return [], dict(exc.errors)
+    except ModelError as exc:
+        return [], {model_error_field: str(exc)}
+    jobs = created if isinstance(created, list) else [created]
+    for job in jobs:
+        after = {"after": job.depends_on_id} if job.depends_on_id else {}
+        audit_record(user=request.user, team=team, action="job.started", target=job,
+                     detail={"kind": job.kind, **after, **(detail or {})}, request=request)
+    return jobs, {}
+
+
+def quantize_schemes() -> list[tuple[dict, str]]:
+    """[(scheme as described for the UI, why it is unavailable or "")].
+
+    GPU schemes are unavailable without a GPU pool; the rest run on any
+    worker (their packages are in the requirements). The web process does
+    not ask the scheme about this machine: that imports torch, and jobs run
+    elsewhere."""
+    from tuning.quantize import QUANT_SCHEMES, describe
+
+    return [(describe(scheme, check_machine=False), NO_GPU if scheme.needs_gpu and not settings.GPU_POOLS else "")
+            for scheme in QUANT_SCHEMES.values()]
