@@ -151,7 +151,7 @@ def test_classification_and_pretraining_items_round_trip(tiny_model, tmp_path):
 
 
 def test_bf16_frozen_base_computes_what_autocast_computes(tiny_model):
-    from tuning.train import _store_frozen_base_in_bf16
+    from tuning.train_model import store_frozen_base_in_bf16
 
     lora = METHODS["lora"]
     params = lora.params(rank=8, dropout=0.0)
@@ -167,9 +167,9 @@ def test_bf16_frozen_base_computes_what_autocast_computes(tiny_model):
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     before = loss_and_grads()
-    assert _store_frozen_base_in_bf16(model, lora, params, "fp32") == 0  # only where autocast casts anyway
-    assert _store_frozen_base_in_bf16(model, lora, lora.params(rank=8, use_dora=True), "bf16") == 0
-    converted = _store_frozen_base_in_bf16(model, lora, params, "bf16")
+    assert store_frozen_base_in_bf16(model, lora, params, "fp32") == 0  # only where autocast casts anyway
+    assert store_frozen_base_in_bf16(model, lora, lora.params(rank=8, use_dora=True), "bf16") == 0
+    converted = store_frozen_base_in_bf16(model, lora, params, "bf16")
     assert converted == 2 * 7  # q, k, v, o, gate, up, down in both layers; the tied head stays fp32
     assert model.get_input_embeddings().weight.dtype == torch.float32
     after = loss_and_grads()

@@ -1,0 +1,134 @@
+"""What the training loop (``tuning.train``) carries from step to step: the
+model, optimizer, scheduler and counters of one run, started fresh or
+resumed from a checkpoint, and the three things the loop does between
+steps: save a checkpoint, evaluate, answer the golden prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuning import checkpoints
+from tuning.config import TrainConfig
+from tuning.errors import ConfigError
+from tuning.evaluate import evaluate
+from tuning.events import EvalEvent, EventSink, LogEvent, SamplesEvent
+from tuning.methods import Method
+from tuning.train_model import Device, PreparedModel
+
+
+@dataclass
+class TrainData:
+    tokenizer: Any
+    data: Any  # the task's tokenized data (items, label2id, counts of dropped and truncated rows)
+    train_items: list
+    validation_items: list
+    collate: Any  # rows -> padded tensors (evaluation, calibration)
+    rows_per_step: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    sink: EventSink
+    method: Method
+    params: Any
+    device: Device
+    output_dir: Path
+    data: TrainData
+    prepared: PreparedModel
+    optimizer: Any
+    scheduler: Any
+    state: checkpoints.TrainerState
+
+    @property
+    def model(self):
+        return self.prepared.model
+
+    def save_checkpoint(self, name: str) -> Path:
+        path = checkpoints.save_checkpoint(self.output_dir / "checkpoints" / name, model=self.model,
+                                           optimizer=self.optimizer, scheduler=self.scheduler, state=self.state)
+        checkpoints.rotate(self.output_dir / "checkpoints", self.config.keep_checkpoints)
+        return path
+
+    def evaluate(self) -> dict:
+        """Evaluate on the validation rows; the best result so far is kept as the "best" checkpoint."""
+        config, state, items = self.config, self.state, self.data.validation_items
+        in_order = (items[i:i + config.batch_size] for i in range(0, len(items), config.batch_size))
+        result = evaluate(self.model, (self.data.collate(b) for b in in_order), device=self.device.name,
+                          autocast=self.device.autocast, task=config.task)
+        improved = state.best_eval_loss is None or result["eval_loss"] < state.best_eval_loss
+        if improved:
+            state.best_eval_loss, state.best_step, state.evals_without_improvement = result["eval_loss"], state.step, 0
+            self.save_checkpoint("best")
+        else:
+            state.evals_without_improvement += 1
+        self.sink.emit(EvalEvent(step=state.step, best=improved, **result))
+        return result
+
+    def answer_golden_prompts(self) -> None:
+        """Greedy answers to the golden prompts with the weights as they are now."""
+        config = self.config
+        if not config.golden_prompts or config.task == "classify":
+            return
+        from tuning.generate import generate_text
+
+        self.model.eval()
+        with self.device.autocast():
+            samples = [{"prompt": prompt, "answer": generate_text(self.model, self.data.tokenizer, prompt,
+                                                                  max_new_tokens=config.golden_max_new_tokens)}
+                       for prompt in config.golden_prompts]
+        self.model.train()
+        self.sink.emit(SamplesEvent(step=self.state.step, samples=samples))
+
+
+def start_run(config: TrainConfig, sink: EventSink, *, method: Method, params, device: Device, output_dir: Path,
+              data: TrainData, prepared: PreparedModel) -> Run:
+    """The optimizer and schedule for the prepared model, resumed from
+    ``config.resume_from`` where it names a checkpoint."""
+    from transformers import get_scheduler
+
+    groups = (method.param_groups(prepared.model, params, config.learning_rate) if method.param_groups
+              else [{"params": prepared.trainable}])
+    optimizer = _adamw(groups, config)
+    scheduler = get_scheduler("constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
+                              optimizer, num_warmup_steps=int(config.warmup_ratio * data.total_steps),
+                              num_training_steps=data.total_steps)
+    state = checkpoints.TrainerState()
+    resume = _resume_dir(config, output_dir)
+    if resume is not None and not method.resumable:
+        raise ConfigError({"resume_from": f"{method.label} runs cannot be resumed from a checkpoint (its training "
+                                          f"state is not all in the weights); start a new run"})
+    if resume is not None:
+        state = checkpoints.load_checkpoint(resume, model=prepared.model, optimizer=optimizer, scheduler=scheduler)
+        sink.emit(LogEvent(message=f"Resumed from {resume.name} at step {state.step}"))
+    sink.emit(LogEvent(message=f"Training {data.total_steps} steps of {data.rows_per_step} rows "
+                               f"({data.steps_per_epoch} steps per epoch)"))
+    return Run(config=config, sink=sink, method=method, params=params, device=device, output_dir=output_dir,
+               data=data, prepared=prepared, optimizer=optimizer, scheduler=scheduler, state=state)
+
+
+def _adamw(groups, config: TrainConfig):
+    import torch
+
+    # The fused kernel updates every tensor in one pass: measured 7x faster
+    # than the default for a 135M-parameter full fine-tune on a CPU (see
+    # BENCHMARKS.md). It needs floating-point parameters on a CPU or GPU.
+    params = [p for group in groups for p in group["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay,
+                             **({"fused": True} if fused else {}))
+
+
+def _resume_dir(config: TrainConfig, output_dir: Path) -> Path | None:
+    if not config.resume_from:
+        return None
+    found = (checkpoints.latest(output_dir / "checkpoints") if config.resume_from == "latest"
+             else Path(config.resume_from))
+    if config.resume_from != "latest" and not (found / checkpoints.STATE_FILE).exists():
+        raise ConfigError({"resume_from": f"{found} is not a checkpoint directory"})
+    return found
