@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.merge.common import deltas_, density_setting, scaling_setting, weighted_sum
 from tuning.merge.stream import stream_merge, weights_of
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from tuning.errors import ConfigError
 from tuning.merge.sources import Source, resolve_sources
 from tuning.merge.tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_updates, model_header, read_header
+from tuning.merge.table import MERGE_METHODS
 
 # Settings that must agree for two models to share tensor layouts and meaning.
 ARCHITECTURE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -18,7 +19,6 @@ ARCHITECTURE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidd
 
 
 def check_merge_sources(config) -> None:
-    from tuning.merge import MERGE_METHODS
 
     method = MERGE_METHODS[config.method]
     sources = resolve_sources(config)

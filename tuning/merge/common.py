@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 
-from tuning.config import setting
+from tuning.fields import setting
 
 
 def scaling_setting(default: float = 1.0):

@@ -7,8 +7,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from tuning.config import config_from_dict, config_to_dict, setting
+from tuning.fields import config_from_dict, config_to_dict, setting
 from tuning.errors import ConfigError
+from tuning.merge.table import MERGE_METHODS
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 SOURCE_KEYS = ("path", "weight", "base")
@@ -37,7 +38,6 @@ class MergeConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MergeConfig":
-        from tuning.merge import MERGE_METHODS
 
         data = dict(data)
         method_params = data.pop("method_params", None) or {}

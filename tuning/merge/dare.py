@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.merge.common import (deltas_, density_setting, elect_and_average, scaling_setting, sign_setting,
                                  tensor_generator, weighted_sum)
 from tuning.merge.stream import stream_merge, weights_of

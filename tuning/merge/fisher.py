@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.events import LogEvent
 from tuning.merge.stream import stream_merge, weights_of
 

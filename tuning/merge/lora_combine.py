@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.events import LogEvent
 from tuning.merge.common import density_setting, sign_setting
 from tuning.merge.sources import copy_base_files

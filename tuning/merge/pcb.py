@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 from tuning.merge.common import deltas_, keep_top_magnitude_, scaling_setting
 from tuning.merge.stream import stream_merge
 

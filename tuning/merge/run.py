@@ -15,6 +15,7 @@ from typing import Any
 from tuning.events import ArtifactEvent, EventSink, LogEvent, ProgressEvent
 from tuning.merge.config import MergeConfig
 from tuning.merge.sources import Source, resolve_sources
+from tuning.merge.table import MERGE_METHODS
 
 PROGRESS_EVENTS = 20  # progress updates per run, plus the last one
 
@@ -65,7 +66,6 @@ class MergeJob:
 
 
 def run_merge(config: MergeConfig, sink: EventSink) -> MergeResult:
-    from tuning.merge import MERGE_METHODS
     from tuning.merge.card import write_merge_card
     from tuning.merge.check import check_merge_sources
 

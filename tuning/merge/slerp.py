@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tuning.config import setting
+from tuning.fields import setting
 
 # Vectors this close to parallel have an ill-defined arc: interpolate linearly.
 PARALLEL = 0.9995
