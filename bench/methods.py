@@ -87,7 +87,7 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated method names")
     parser.add_argument("--out", default=str(REPO / "docs" / "METHODS.md"))
     args = parser.parse_args()
-    names = [n for n in METHODS if not METHODS[n].needs_gpu and (not args.only or n in args.only.split(","))]
+    names = [n for n in METHODS if not METHODS[n].needs_cuda and (not args.only or n in args.only.split(","))]
     names.sort(key=lambda n: n != "lora")  # the baseline first
     model_dir = prepare_bundled_model(REPO / ".cache" / "bench" / "smollm2-135m-instruct")
     rows = []

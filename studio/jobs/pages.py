@@ -1,6 +1,6 @@
 """What the pages that start jobs share: the start itself (call the
 service, record it in the audit log, or collect what the service refused)
-and the quantization schemes a page offers."""
+and what the next-steps form of a training job offers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from django.conf import settings
 from studio.audit.services import audit_record
 from studio.jobs.forms import NO_GPU
 from tuning.errors import ConfigError, ModelError
+from tuning.methods import METHODS
 
 
 def job_start(request, *, team, create: Callable[[], object], model_error_field: str,
@@ -45,3 +46,10 @@ def quantize_schemes() -> list[tuple[dict, str]]:
 
     return [(describe(scheme, check_machine=False), NO_GPU if scheme.needs_gpu and not settings.GPU_POOLS else "")
             for scheme in QUANT_SCHEMES.values()]
+
+
+def chain_form_context(job) -> dict:
+    """What the next-steps form of a training job offers: folding (only where
+    the method's output folds into the base model) and the schemes."""
+    method = METHODS.get(job.config.get("method", "")) if job.kind == "train" else None
+    return {"job": job, "schemes": quantize_schemes(), "folds_into_base": bool(method and method.folds_into_base)}

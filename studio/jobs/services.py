@@ -60,7 +60,7 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
         if config.task not in dataset.tasks:
             raise ConfigError({"task": f"{dataset.name} is {dataset.schema} data, usable for "
                                        f"{', '.join(dataset.tasks)}; pick one of those tasks or another dataset"})
-        if METHODS[config.method].needs_gpu:
+        if METHODS[config.method].needs_cuda:
             if not settings.GPU_POOLS:
                 raise ConfigError({"method": f"{METHODS[config.method].label} needs a CUDA GPU worker; none is "
                                              f"registered (GPU_POOLS)"})

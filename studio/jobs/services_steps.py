@@ -17,6 +17,7 @@ from studio.artifacts.models import Artifact
 from studio.jobs.models import Job, job_output_dir
 from studio.jobs.state import job_enqueue, job_set_status, job_submit
 from tuning.config import config_to_dict
+from tuning.methods import METHODS
 from tuning.errors import ConfigError
 
 # Where a chain step's input goes before the step it waits for has made it.
@@ -86,6 +87,10 @@ def job_create_merge(*, user, team, artifacts: list[Artifact], method: str, meth
 
     if method not in MERGE_METHODS:
         raise ConfigError({"method": f"unknown merge method '{method}'; choose one of {', '.join(MERGE_METHODS)}"})
+    trained_with = METHODS.get(depends_on.config.get("method", "")) if depends_on else None
+    if trained_with is not None and not trained_with.folds_into_base:
+        raise ConfigError({"steps": f"a {trained_with.label} run leaves nothing to fold into the base model; "
+                                    f"quantize its output directly, or train with an adapter that folds (LoRA …)"})
     base_model = depends_on.base_model if depends_on else _common_base(artifacts)
     with transaction.atomic():
         job = Job.objects.create(team=team, owner=user, kind=Job.Kind.MERGE, base_model=base_model, config={},

@@ -11,8 +11,7 @@ from studio.catalog.selectors import base_model_list
 from studio.datasets.selectors import dataset_list_for_user
 from studio.jobs.estimates import train_estimate
 from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
-from studio.jobs.models import Job
-from studio.jobs.pages import job_start, quantize_schemes
+from studio.jobs.pages import chain_form_context, job_start
 from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_for_user
 from studio.jobs.services import job_cancel, job_create_train, job_resume
 from tuning.errors import ConfigError, ModelError, TuningError
@@ -114,8 +113,7 @@ def _estimate_response(request, *, text: str = "", exact: str = "", error: str =
 
 def job_detail(request, job_id: int):
     job = job_get_for_user(user=request.user, job_id=job_id)
-    schemes = quantize_schemes() if job.kind == Job.Kind.TRAIN else []
-    return render(request, "jobs/detail.html", {"job": job, "artifacts": job.artifacts.all(), "schemes": schemes})
+    return render(request, "jobs/detail.html", {**chain_form_context(job), "artifacts": job.artifacts.all()})
 
 
 def job_status(request, job_id: int):

@@ -10,7 +10,7 @@ from studio.accounts.selectors import team_for_new_work
 from studio.artifacts.selectors import artifact_list_for_user
 from studio.datasets.selectors import dataset_list_for_user
 from studio.jobs.forms import form_field
-from studio.jobs.pages import job_start, quantize_schemes
+from studio.jobs.pages import chain_form_context, job_start, quantize_schemes
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.services_steps import job_create_chain, job_create_evaluate, job_create_merge, job_create_quantize
 from tuning.errors import ConfigError
@@ -157,10 +157,10 @@ def job_chain(request, job_id: int):
 
     jobs, errors = job_start(request, team=team, create=create, model_error_field="steps")
     if errors:
-        return render(request, "jobs/_chain_form.html", {"job": job, "schemes": quantize_schemes(),
+        return render(request, "jobs/_chain_form.html", {**chain_form_context(job),
                                                          "chain_error": "; ".join(errors.values())}, status=400)
     if request.htmx:
-        return render(request, "jobs/_chain_form.html", {"job": job, "schemes": quantize_schemes(), "queued": jobs})
+        return render(request, "jobs/_chain_form.html", {**chain_form_context(job), "queued": jobs})
     return redirect(jobs[0])
 
 

@@ -157,3 +157,18 @@ def test_starting_and_downloading_are_in_the_audit_log(member_client, member, te
     b"".join(member_client.get(f"/artifacts/{adapter.pk}/files/adapter_config.json").streaming_content)
     entries = list(AuditEntry.objects.filter(team=team).order_by("at").values_list("action", "target_id"))
     assert entries == [("job.started", str(job.pk)), ("artifact.downloaded", str(adapter.pk))]
+
+
+def test_a_run_whose_output_does_not_fold_offers_no_fold_and_refuses_one(member_client, member, team, dataset,
+                                                                         tiny_base_model):
+    # Prompt tuning learns virtual tokens: there is no weight update to fold into the base model.
+    job = job_create_train(user=member, team=team, dataset=dataset, base_model=tiny_base_model,
+                           settings_values={"max_steps": 2, "batch_size": 2, "precision": "fp32",
+                                            "method": "prompt_tuning"}, method_params={})
+    page = member_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="chain-form"' in page and 'name="fold"' not in page
+    lora_page = member_client.get(f"/jobs/{train(member, team, dataset, tiny_base_model).pk}/").content.decode()
+    assert 'name="fold"' in lora_page
+    response = member_client.post(f"/jobs/{job.pk}/chain/", {"fold": "1"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400 and "leaves nothing to fold" in response.content.decode()
+    assert not Job.objects.filter(kind="merge").exists()

@@ -79,12 +79,6 @@ class Method:
     # keys are TrainConfig fields, or "method_params" with a dict.
     presets: dict[str, dict] = field(default_factory=dict)
 
-    @property
-    def needs_gpu(self) -> bool:
-        """The old name of ``needs_cuda``, still read by the jobs services."""
-        return self.needs_cuda
-
-
 CAPABILITIES = ("needs_cuda", "packs_rows", "predicts_each_token", "folds_into_base", "needs_reference_model",
                 "four_bit_base", "frozen_base_in_bf16", "gradient_checkpointing", "resumable", "loss_from_model")
 HOOKS = ("prepare", "param_groups", "check", "load_kwargs", "on_step", "export")
