@@ -66,6 +66,16 @@ def test_worker_reserves_one_gpu_and_consumes_the_gpu_queue(services):
     assert command[command.index("-I") + 1] == "worker.tasks"
 
 
+def test_an_interactive_worker_answers_the_playground_and_the_form(services):
+    # Playground chats and parameter counts go to PLAYGROUND_QUEUE ("interactive"); a team deployment needs a
+    # worker on it beside the GPU workers, sharing their settings and media.
+    interactive = services["interactive"]
+    command = [str(part) for part in interactive["command"]]
+    assert command[command.index("-Q") + 1] == "interactive" and "worker.tasks" in command
+    assert STUDIO_ENV <= set(interactive["environment"])
+    assert any(volume.startswith("media:") for volume in interactive["volumes"])
+
+
 def test_docker_compose_config_accepts_the_file():
     binary = shutil.which("docker-compose")
     if binary is None:

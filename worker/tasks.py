@@ -7,6 +7,7 @@ import threading
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 
+from worker.estimates import base_model_facts as base_model_facts_now
 from worker.playground import playground_generate as playground_generate_now
 from worker.registry import start_registry, stop_registry
 from worker.runner import recover_lost_jobs_forever
@@ -18,6 +19,11 @@ _stop_recovery = threading.Event()
 @shared_task(name="worker.tasks.run_job", acks_late=True)
 def run_job(job_id: int) -> str:
     return run_job_now(job_id, worker_name=run_job.request.hostname or "")
+
+
+@shared_task(name="worker.tasks.base_model_facts")
+def base_model_facts(base_model_id: int) -> int:
+    return base_model_facts_now(base_model_id)
 
 
 @shared_task(name="worker.tasks.playground_generate")

@@ -15,6 +15,11 @@ class BaseModel(models.Model):
     upstream_id = models.CharField(max_length=200, blank=True,
                                    help_text="Hub id this model stands for, written into model cards and adapter "
                                              "configs (a bundled copy's original).")
+    # What the new-job form shows, computed on a worker (studio.catalog.services,
+    # worker/estimates.py) so the web process never builds a model:
+    # {"shape": {hidden_size, …}, "counts": {estimate key: {"trainable", "total"} or {"error"}},
+    #  "pending": {estimate key: {"request": [method, params, task], "at": unix time}}}.
+    facts = models.JSONField(default=dict, blank=True, help_text="Shape and parameter counts, computed by a worker.")
     # Base models are shared by every team on the instance (an admin adds them).
     created_at = models.DateTimeField(auto_now_add=True)
 

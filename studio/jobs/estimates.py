@@ -2,13 +2,17 @@
 run trains, the memory it needs against the pool's workers, and how long
 it may take. A reader (no writes); the view parses the form and renders.
 
+No model is built here: the counts and the model's shape are read from the
+base model's facts, which a worker computes (``studio.catalog.services``
+asks, ``worker/estimates.py`` counts). Until they are there, the estimate
+is pending and the view asks for them.
+
 Everything about the method comes from its capability flags (needs_cuda,
 predicts_each_token, loss_from_model, four_bit_base), never its name.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -16,10 +20,11 @@ from django.conf import settings
 
 from studio.jobs.selectors_queue import pool_memory_bytes, pool_tokens_per_s
 from tuning.config import TrainConfig
+from tuning.errors import ModelError
 from tuning.fields import field_specs
 from tuning.methods import Method
+from tuning.methods.estimate import estimate_key, shape_config
 from tuning.methods.memory import changes_that_fit, estimate_training_memory
-from tuning.models import MODEL_CODE_LOCK, load_model_config
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,18 @@ class TrainEstimate:
 
 
 def train_estimate(*, base_model, method: Method, task: str, method_params: dict, run_values: dict, dataset,
-                   gpu_pools) -> TrainEstimate:
-    """The estimate for a run of ``method`` on ``base_model``. ``run_values``
-    are the form's training settings (blanks left out); raises what reading
-    the base model's config raises (TuningError for a missing model)."""
-    trainable, total = _trainable_parameters(base_model.ref, method.name, tuple(sorted(method_params.items())),
-                                             task)
+                   gpu_pools) -> TrainEstimate | None:
+    """The estimate for a run of ``method`` on ``base_model``, or None while
+    a worker has not counted it yet. ``run_values`` are the form's training
+    settings (blanks left out). Raises ModelError with the worker's reason
+    when it could not count (a missing model directory, say)."""
+    facts = base_model.facts or {}
+    counted = facts.get("counts", {}).get(estimate_key(method.name, method_params, task))
+    if counted is None:
+        return None
+    if "error" in counted:
+        raise ModelError(counted["error"])
+    trainable, total = counted["trainable"], counted["total"]
     values = {spec.name: spec.default for spec in field_specs(TrainConfig)} | run_values
     preflight = _preflight(base_model=base_model, method=method, task=task, values=values, dataset=dataset,
                            gpu_pools=list(gpu_pools), trainable=trainable, total=total)
@@ -62,7 +73,7 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
              "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"],
              # The trainer fuses the head and the loss for these methods (tuning.loss).
              "fused_loss": method.predicts_each_token and not method.loss_from_model}
-    config = _model_config(base_model.ref)
+    config = shape_config(base_model.facts["shape"])
     need = estimate_training_memory(config, trainable=trainable, total=total, task=task,
                                     four_bit_base=method.four_bit_base, **shape)
     available = pool_memory_bytes(pool)
@@ -81,25 +92,6 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
         result["minutes"] = steps * rows_per_step * values["max_length"] / speed / 60
         result["tokens_per_s"] = speed
     return result
-
-
-# The estimate reads only the base model's config and builds the model on the
-# meta device (shapes, no weights); transformers is imported on first use.
-# One at a time (MODEL_CODE_LOCK): a first import of transformers in two
-# threads at once fails.
-
-
-@functools.lru_cache(maxsize=32)
-def _model_config(ref: str):
-    return load_model_config(ref, trust_remote_code=settings.TRUST_REMOTE_CODE)
-
-
-@functools.lru_cache(maxsize=256)
-def _trainable_parameters(ref: str, method: str, params: tuple, task: str) -> tuple[int, int]:
-    from tuning.methods.estimate import estimate_trainable_parameters
-
-    with MODEL_CODE_LOCK:
-        return estimate_trainable_parameters(_model_config(ref), method, dict(params), task=task)
 
 
 def _count(n: int) -> str:

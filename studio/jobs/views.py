@@ -1,5 +1,3 @@
-import logging
-
 from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
@@ -8,6 +6,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from studio.audit.services import audit_record
 from studio.accounts.selectors import team_for_new_work
 from studio.catalog.selectors import base_model_list
+from studio.catalog.services import base_model_facts_request
 from studio.datasets.selectors import dataset_list_for_user
 from studio.jobs.estimates import train_estimate
 from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
@@ -16,8 +15,6 @@ from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_f
 from studio.jobs.services import job_cancel, job_create_train, job_resume
 from tuning.errors import ConfigError, ModelError, TuningError
 from tuning.methods import TASKS
-
-log = logging.getLogger(__name__)
 
 
 def job_list(request):
@@ -84,7 +81,8 @@ def job_new_method_fields(request):
 
 
 def job_new_estimate(request):
-    """"≈ 4.9 M trainable of 139 M (3.5 %)" for the form's base model, method and parameters."""
+    """"≈ 4.9 M trainable of 139 M (3.5 %)" for the form's base model, method and parameters. The counts
+    come from a worker (the base model's facts); until they are there, the partial asks again each second."""
     form = _bound_form(request, request.GET)
     form.is_valid()  # only the base model, the method's fields and the run's shape are read
     bad = [f"{form[name].label}: {' '.join(errors)}" for name, errors in form.errors.items()
@@ -97,12 +95,27 @@ def job_new_estimate(request):
                                   method_params=form.method_params(), dataset=form.cleaned_data.get("dataset"),
                                   run_values={k: v for k, v in form.cleaned_data.items() if v not in (None, "")},
                                   gpu_pools=_gpu_pools())
-    except Exception as exc:  # the page says why; an estimate never breaks the form
-        if not isinstance(exc, TuningError):
-            log.warning("trainable-parameter estimate failed for %s with %s", base_model.ref, form.chosen.name,
-                        exc_info=True)
+    except TuningError as exc:  # the worker's reason: the page says it; an estimate never breaks the form
         return _estimate_response(request, error=str(exc))
+    if estimate is None:
+        return _estimate_pending(request, base_model=base_model, method=form.chosen.name,
+                                 params=form.method_params(), task=form.chosen_task)
     return _estimate_response(request, text=estimate.text, exact=estimate.exact, preflight=estimate.preflight)
+
+
+ESTIMATE_PATIENCE = 60  # times the partial asks again, once a second, before it says no worker answers
+
+
+def _estimate_pending(request, *, base_model, method: str, params: dict, task: str):
+    try:
+        waited = max(0, int(request.GET.get("waited", 0)))
+    except ValueError:
+        waited = 0
+    if waited >= ESTIMATE_PATIENCE:
+        return _estimate_response(request, error=f"no worker has counted it within a minute; is a worker for "
+                                                 f"the '{settings.PLAYGROUND_QUEUE}' queue running?")
+    base_model_facts_request(base_model=base_model, requests=[(method, params, task)])
+    return render(request, "jobs/_method_estimate.html", {"pending": True, "waited": waited + 1})
 
 
 def _estimate_response(request, *, text: str = "", exact: str = "", error: str = "", preflight=None):

@@ -13,9 +13,19 @@ from studio.jobs.forms import NO_GPU
 from studio.jobs.models import Job
 from tuning.fields import field_specs
 from tuning.methods import GROUPS, METHODS
+from worker.estimates import base_model_facts
 
 FIELDS = "/jobs/new/method-fields/"
 ESTIMATE = "/jobs/new/estimate/"
+
+
+def estimate(client, query) -> str:
+    """The estimate partial as the form gets it: the first answer asks a worker to count (and asks again each
+    second); a worker counts (here the worker's own function, in this process); the next answer shows it."""
+    pending = client.get(ESTIMATE, query).content.decode()
+    assert "Counting trainable parameters on a worker" in pending and 'hx-trigger="load delay:1s"' in pending
+    assert base_model_facts(int(query["base_model"])) >= 1
+    return client.get(ESTIMATE, query).content.decode()
 GPU_ONLY = [name for name, m in METHODS.items() if m.needs_cuda]
 
 
@@ -131,18 +141,16 @@ def test_estimate_matches_peft_on_the_tiny_model(member_client, tiny_base_model,
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    response = member_client.get(ESTIMATE, {"base_model": tiny_base_model.pk, "method": "lora", "task": "sft",
-                                            "method__rank": "4", "method__alpha": "8"})
-    page = response.content.decode()
-    assert response.status_code == 200 and f'title="{trainable:,} of {total:,} parameters"' in page
+    page = estimate(member_client, {"base_model": tiny_base_model.pk, "method": "lora", "task": "sft",
+                                    "method__rank": "4", "method__alpha": "8"})
+    assert f'title="{trainable:,} of {total:,} parameters"' in page
     assert f"trainable of {total / 1e6:.1f} M (" in page and page.count("%") == 1
 
 
 def test_estimate_explains_a_bad_base_model_or_parameter(member_client, tiny_base_model, db):
     missing = base_model_register(name="gone", source="local", ref="/nonexistent/model-dir")
-    response = member_client.get(ESTIMATE, {"base_model": missing.pk, "method": "lora"})
-    assert response.status_code == 200
-    assert "estimate unavailable: base model directory not found: /nonexistent/model-dir" in response.content.decode()
+    page = estimate(member_client, {"base_model": missing.pk, "method": "lora"})
+    assert "estimate unavailable: base model directory not found: /nonexistent/model-dir" in page
     bad_rank = member_client.get(ESTIMATE, {"base_model": tiny_base_model.pk, "method": "lora", "method__rank": "0"})
     assert "estimate unavailable: LoRA rank: Ensure this value is greater than or equal to 1." in \
         bad_rank.content.decode()
@@ -203,7 +211,7 @@ def test_preflight_says_when_a_run_will_not_fit_the_pools_workers_and_what_would
 
     query = {"base_model": tiny_base_model.pk, "method": "lora", "task": "sft", "batch_size": "64",
              "max_length": "2048"}
-    page = member_client.get(ESTIMATE, query).content.decode()
+    page = estimate(member_client, query)
     assert "needs ≈" in page and "Will not fit" not in page  # no worker registered: nothing to compare with
 
     # A 4 GiB worker on the default pool. LoRA's loss is fused with the head
@@ -216,7 +224,7 @@ def test_preflight_says_when_a_run_will_not_fit_the_pools_workers_and_what_would
     assert "Will not fit on pool default. Try: batch size 16 (raise gradient accumulation" in page
     # Prompt tuning takes the model's own loss: the tiny model's 49k-token
     # logits for every position then dominate (16 rows ~12.6 GiB, 4 rows ~3.9).
-    prompt = member_client.get(ESTIMATE, {**query, "method": "prompt_tuning"}).content.decode()
+    prompt = estimate(member_client, {**query, "method": "prompt_tuning"})
     assert "Will not fit on pool default. Try: batch size 4 (raise gradient accumulation" in prompt
 
     roomy = {**query, "batch_size": "1", "max_length": "64"}
@@ -230,5 +238,24 @@ def test_the_estimate_of_a_cuda_method_is_for_the_gpu_pool(member_client, tiny_b
     worker_register(name="cpu@box", pool=settings.DEFAULT_DEVICE_POOL, hostname="box", pid=2, device="CPU: test",
                     device_memory_mib=4096)
     query = {"base_model": tiny_base_model.pk, "task": "sft"}
-    assert "of 8 GiB on pool gpu" in member_client.get(ESTIMATE, {**query, "method": "qlora"}).content.decode()
+    assert "of 8 GiB on pool gpu" in estimate(member_client, {**query, "method": "qlora"})
     assert "of 4 GiB on pool default" in member_client.get(ESTIMATE, {**query, "method": "lora"}).content.decode()
+
+
+def test_the_estimate_never_builds_a_model_in_the_web_process(member_client, tiny_base_model, settings):
+    # Registering asks a worker for the figures the form opens with; until it has counted, the form waits.
+    assert set(tiny_base_model.facts["pending"]) and not tiny_base_model.facts.get("counts")
+    query = {"base_model": tiny_base_model.pk, "method": "lora", "task": "sft"}
+    page = member_client.get(ESTIMATE, query).content.decode()
+    assert "Counting trainable parameters on a worker" in page and '"waited": "1"' in page
+    # Asking again does not queue the same count twice.
+    member_client.get(ESTIMATE, {**query, "waited": "1"})
+    pending = type(tiny_base_model).objects.get(pk=tiny_base_model.pk).facts["pending"]
+    assert len(pending) == 2  # LoRA's defaults for sft and classify, asked at registration
+    # A worker that never answers: after a minute the form says where to look.
+    gave_up = member_client.get(ESTIMATE, {**query, "waited": "60"}).content.decode()
+    assert escape(f"is a worker for the '{settings.PLAYGROUND_QUEUE}' queue running?") in gave_up
+    # Once counted, every later request answers from the stored facts at once.
+    assert base_model_facts(tiny_base_model.pk) == 2
+    page = member_client.get(ESTIMATE, query).content.decode()
+    assert "trainable of" in page and "Counting" not in page

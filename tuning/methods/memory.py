@@ -44,7 +44,7 @@ class MemoryEstimate:
         return {**asdict(self), "total": self.total}
 
 
-def _dims(model_config) -> tuple[int, int, int, int]:
+def model_dims(model_config) -> tuple[int, int, int, int]:
     text = getattr(model_config, "text_config", None) or model_config
     hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", 768)
     layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", 12)
@@ -57,7 +57,7 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
                              precision: str = "bf16", gradient_checkpointing: bool = False,
                              four_bit_base: bool = False, task: str = "sft",
                              fused_loss: bool = False) -> MemoryEstimate:
-    hidden, layers, heads, vocab = _dims(model_config)
+    hidden, layers, heads, vocab = model_dims(model_config)
     s, b = max_length, batch_size
     bytes_per_activation_unit = 1 if precision in ("bf16", "fp16", "auto") else 2  # the formula is in 16-bit units
     if gradient_checkpointing:
