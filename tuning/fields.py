@@ -11,12 +11,15 @@ point one way: config -> methods -> fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuning.errors import ConfigError
+
+LARGEST_INT = 2**63 - 1
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, min=None, max=None, choices=None,
@@ -90,16 +93,22 @@ def coerce(value: Any, kind: type) -> Any:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError("must be a whole number")
         try:
-            return int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
-        except ValueError:
+            number = int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
+        except (TypeError, ValueError):
             raise ValueError("must be a whole number") from None
+        if not -LARGEST_INT <= number <= LARGEST_INT:  # torch and the database hold 64-bit integers
+            raise ValueError(f"must be a whole number between {-LARGEST_INT} and {LARGEST_INT}")
+        return number
     if kind is float:
         if isinstance(value, bool):
             raise ValueError("must be a number")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ValueError("must be a number") from None
+        if not math.isfinite(number):  # NaN, ±inf, and 1e400 (which float() makes inf)
+            raise ValueError("must be a finite number")
+        return number
     if kind is str:
         if not isinstance(value, (str, int, float)):
             raise ValueError("must be text")

@@ -13,7 +13,9 @@ import logging
 from dataclasses import dataclass
 
 from django.contrib.auth.decorators import login_not_required
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.template.defaultfilters import filesizeformat
 from django.http import Http404, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -114,6 +116,10 @@ def api_view(*methods: str):
                 return error_response(404, "Not found")
             except PermissionDenied:
                 return error_response(403, "Not allowed")
+            except RequestDataTooBig:  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE, checked when the body is read
+                return error_response(413, f"The request body is larger than the "
+                                           f"{filesizeformat(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)} limit for JSON; "
+                                           f"send dataset files as multipart uploads to /api/v1/datasets")
             except Exception:
                 log.exception("API %s %s failed", request.method, request.path)
                 return error_response(500, "Internal error; an admin can find the details in the server log")

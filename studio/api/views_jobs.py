@@ -28,6 +28,8 @@ def _json_body(request) -> dict:
         body = json.loads(request.body or b"{}")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"The body must be a JSON object ({exc})") from None
+    except RecursionError:
+        raise ApiError(400, "The body must be a JSON object; this one is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The body must be a JSON object")
     return body

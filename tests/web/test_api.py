@@ -1,6 +1,7 @@
 """The JSON API at /api/v1/: tokens, team scoping, roles, pagination, errors."""
 
 import io
+import json
 import zipfile
 
 import pytest
@@ -433,3 +434,24 @@ def test_every_schema_reference_resolves(api):
     for ref in {part.split('"')[0] for part in text.split('"$ref": "')[1:]}:
         section, kind, name = ref.removeprefix("#/").split("/")
         assert name in schema[section][kind], ref
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_numbers_are_a_400_naming_the_field(api, dataset, tiny_base_model, value):
+    body = json.dumps(job_body(dataset, tiny_base_model)).replace('"learning_rate": 0.001', f'"learning_rate": {value}')
+    error = assert_error(api.post("/api/v1/fine_tuning/jobs", body, content_type="application/json"), 400,
+                         "hyperparameters.learning_rate")
+    assert "finite" in error["message"] and Job.objects.count() == 0
+
+
+def test_a_body_over_the_limit_is_a_413_naming_the_limit(api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+    response = api.post("/api/v1/fine_tuning/jobs", '{"name": "' + "x" * (2 * 1024 * 1024) + '"}',
+                        content_type="application/json")
+    error = assert_error(response, 413)
+    assert "1.0\xa0MB limit" in error["message"] and Job.objects.count() == 0
+
+
+def test_a_body_nested_too_deeply_is_a_400(api):
+    assert_error(api.post("/api/v1/fine_tuning/jobs", "[" * 100_000 + "]" * 100_000,
+                          content_type="application/json"), 400)
