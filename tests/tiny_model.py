@@ -33,12 +33,23 @@ def tiny_model_dir() -> Path:
                          tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(config)
-    partial = dest.with_name(dest.name + ".partial")
+    # Parallel test processes (pytest-xdist workers, or two runs at once) may
+    # build it together: each writes its own directory, the first to finish
+    # moves it into place and the others drop theirs.
+    partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
-    shutil.rmtree(dest, ignore_errors=True)
-    partial.rename(dest)
+    if (dest / "model.safetensors").exists():
+        shutil.rmtree(partial, ignore_errors=True)
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)  # an incomplete earlier attempt
+    try:
+        os.rename(partial, dest)
+    except OSError:  # another process moved its copy in first
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (dest / "model.safetensors").exists():
+            raise
     return dest
 
 
