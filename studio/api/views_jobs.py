@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from studio.audit.services import audit_record
-from studio.accounts.models import Membership
+from studio.accounts.policy import Action, job_allows, refusal
 from studio.api.auth import api_view
 from studio.api.errors import ApiError
 from studio.api.selectors import (dataset_get_in_teams, int_param, job_checkpoints, job_events_page,
@@ -131,9 +131,8 @@ def job_cancel_api(request, job_id: int):
     """Members cancel their own jobs, admins any job of the team."""
     caller = request.caller
     job = job_get_in_teams(team_ids=caller.team_ids, job_id=job_id)
-    role = caller.require_writer(job.team_id, action="cancel jobs")
-    if role != Membership.Role.ADMIN and job.owner_id != caller.user.pk:
-        raise ApiError(403, "Members can cancel only their own jobs; a team admin can cancel any")
+    if not job_allows(user=caller.user, job=job, action=Action.CANCEL):
+        raise ApiError(403, refusal(user=caller.user, action=Action.CANCEL, team_id=job.team_id))
     if job.status in Job.FINISHED:
         raise ApiError(409, f"The job has already {job.status}; there is nothing to cancel", field="status")
     job = job_cancel(job=job)

@@ -16,10 +16,6 @@ def job_get_for_user(*, user, job_id: int) -> Job:
     return get_object_or_404(job_list_for_user(user=user), pk=job_id)
 
 
-def job_visible_to(*, user, job_id: int) -> bool:
-    return job_list_for_user(user=user).filter(pk=job_id).exists()
-
-
 EVENT_PAGE_SIZE = 5000  # events read from the database per query
 
 

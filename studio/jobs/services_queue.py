@@ -12,7 +12,7 @@ from django.db import transaction
 from django.db.models import F, Max, Min
 from django.utils import timezone
 
-from studio.accounts.models import Membership
+from studio.accounts.policy import Action, job_allows, refusal
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job
 from studio.jobs.selectors_queue import ACTIVE, queued_in_order, quota_wait_reason
@@ -56,8 +56,8 @@ def queue_nudge() -> list[str]:
 
 
 def _require_admin(user, job: Job) -> None:
-    if not Membership.objects.filter(user=user, team_id=job.team_id, role=Membership.Role.ADMIN).exists():
-        raise ConfigError({"priority": "only a team admin can reorder the queue or change priorities"})
+    if not job_allows(user=user, job=job, action=Action.REORDER):
+        raise ConfigError({"priority": refusal(user=user, action=Action.REORDER, team_id=job.team_id)})
 
 
 def job_set_priority(*, job: Job, priority: int, user) -> Job:

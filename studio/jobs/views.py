@@ -1,8 +1,9 @@
 from django.conf import settings
-from django.http import Http404, JsonResponse
+from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from studio.accounts.policy import Action, job_allows, refusal
 from studio.audit.services import audit_record
 from studio.accounts.selectors import team_for_new_work
 from studio.catalog.selectors import base_model_list
@@ -134,23 +135,23 @@ def job_status(request, job_id: int):
     return render(request, "jobs/_status.html", {"job": job_get_for_user(user=request.user, job_id=job_id)})
 
 
-def _job_to_act_on(request, job_id: int):
-    """The job, if the user may act on it (a member of its team); viewers
-    and other teams get 404, as if the job did not exist."""
-    job = job_get_for_user(user=request.user, job_id=job_id)
-    team = team_for_new_work(user=request.user)
-    if team is None or team.pk != job.team_id:
-        raise Http404
-    return job
+def _refused(request, job, action: Action):
+    """The status box saying why the user may not ``action`` this job (403), or None when they may."""
+    if job_allows(user=request.user, job=job, action=action):
+        return None
+    message = refusal(user=request.user, action=action, team_id=job.team_id)
+    return render(request, "jobs/_status.html", {"job": job, "action_error": message}, status=403)
 
 
 @require_POST
 def job_resume_view(request, job_id: int):
-    job = _job_to_act_on(request, job_id)
+    job = job_get_for_user(user=request.user, job_id=job_id)  # 404 for another team's job
+    if refused := _refused(request, job, Action.RESUME):
+        return refused
     try:
         resumed = job_resume(job=job, user=request.user)
     except (ConfigError, ModelError) as exc:
-        return render(request, "jobs/_status.html", {"job": job, "resume_error": str(exc)}, status=400)
+        return render(request, "jobs/_status.html", {"job": job, "action_error": str(exc)}, status=400)
     audit_record(user=request.user, team=job.team, action="job.resumed", target=resumed,
                  detail={"from_job": job.pk}, request=request)
     if request.htmx:
@@ -162,7 +163,10 @@ def job_resume_view(request, job_id: int):
 
 @require_POST
 def job_cancel_view(request, job_id: int):
-    job = job_cancel(job=_job_to_act_on(request, job_id))
+    job = job_get_for_user(user=request.user, job_id=job_id)
+    if refused := _refused(request, job, Action.CANCEL):
+        return refused
+    job = job_cancel(job=job)
     audit_record(user=request.user, team=job.team, action="job.cancelled", target=job, request=request)
     if request.htmx:
         return render(request, "jobs/_status.html", {"job": job})

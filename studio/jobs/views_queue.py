@@ -4,8 +4,8 @@ from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
+from studio.accounts.policy import Action, job_allows, refusal
 from studio.audit.services import audit_record
-from studio.accounts.models import Membership
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.selectors_queue import queue_rows_for_user
 from studio.jobs.services import job_cancel
@@ -13,13 +13,8 @@ from studio.jobs.services_queue import job_move, job_set_priority
 from tuning.errors import ConfigError
 
 
-def _admin_team_ids(user) -> set[int]:
-    return set(Membership.objects.filter(user=user, role=Membership.Role.ADMIN).values_list("team_id", flat=True))
-
-
 def _render(request, *, partial: bool, error: str = "", status: int = 200):
-    context = {"rows": queue_rows_for_user(user=request.user), "admin_team_ids": _admin_team_ids(request.user),
-               "error": error}
+    context = {"rows": queue_rows_for_user(user=request.user), "error": error}
     template = "jobs/_queue_table.html" if partial else "jobs/queue.html"
     return render(request, template, context, status=status)
 
@@ -40,8 +35,8 @@ def job_queue_action(request, job_id: int):
     action = request.POST.get("action", "")
     try:
         if action == "cancel":
-            if job.owner_id != request.user.pk and job.team_id not in _admin_team_ids(request.user):
-                raise ConfigError({"cancel": "members cancel only their own jobs; ask a team admin"})
+            if not job_allows(user=request.user, job=job, action=Action.CANCEL):
+                raise ConfigError({"cancel": refusal(user=request.user, action=Action.CANCEL, team_id=job.team_id)})
             job_cancel(job=job)
             audit_record(user=request.user, team=job.team, action="job.cancelled", target=job, request=request)
         elif action == "priority":

@@ -11,7 +11,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from studio.jobs.events import job_group_name
-from studio.jobs.selectors import EVENT_PAGE_SIZE, job_events_after, job_visible_to
+from studio.accounts.policy import Action, allows
+from studio.jobs.models import Job
+from studio.jobs.selectors import EVENT_PAGE_SIZE, job_events_after
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -28,7 +30,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        if not await database_sync_to_async(job_visible_to)(user=user, job_id=self.job_id):
+        if not await database_sync_to_async(_may_watch)(user, self.job_id):
             await self.accept()
             await self.close(code=CLOSE_NOT_FOUND)  # same answer for "other team" and "no such job"
             return
@@ -66,3 +68,9 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
     async def _send(self, event: dict):
         await self.send_json({"seq": event["seq"], "kind": event["kind"], "data": event["data"]})
         self.last_seq = event["seq"]
+
+
+def _may_watch(user, job_id: int) -> bool:
+    """The access rule's "view" for the job (False for no such job: the same answer as another team's)."""
+    team_id = Job.objects.filter(pk=job_id).values_list("team_id", flat=True).first()
+    return team_id is not None and allows(user=user, action=Action.VIEW, team_id=team_id)

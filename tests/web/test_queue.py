@@ -47,7 +47,7 @@ def test_a_free_worker_takes_the_highest_priority_then_the_oldest(submit, admin)
 
 def test_admins_move_jobs_to_the_front_and_members_may_not(submit, admin, member):
     first, second = submit(name="first"), submit(name="second")
-    with pytest.raises(ConfigError, match="only a team admin"):
+    with pytest.raises(ConfigError, match="Only a team admin can reorder"):
         job_move(job=second, direction="front", user=member)
     job_move(job=second, direction="front", user=admin)
     assert claim().name == "second"
@@ -123,7 +123,7 @@ def test_members_cancel_only_their_own_jobs(submit, team, member):
     client = Client()
     client.force_login(member)
     response = client.post(f"/jobs/{theirs.pk}/queue-action/", {"action": "cancel"})
-    assert "members cancel only their own jobs" in response.content.decode()
+    assert "Members can cancel only their own jobs" in response.content.decode()
     assert Job.objects.get(pk=theirs.pk).status == Job.Status.QUEUED
     mine = submit()
     client.post(f"/jobs/{mine.pk}/queue-action/", {"action": "cancel"})

@@ -1,0 +1,68 @@
+"""Who may do what: the one access rule that every page, API call and
+WebSocket asks, so that the surfaces cannot disagree.
+
+Everything a team owns (jobs, datasets, artifacts) is seen by its members of
+any role and by nobody else; the surfaces answer 404 then, as if it did not
+exist. Acting on it needs more:
+
+| action | viewer | member | team admin |
+|---|---|---|---|
+| view (pages, downloads, the live stream) | yes | yes | yes |
+| create (upload, start a job, analyse, a diet step, use an artifact) | no | yes | yes |
+| cancel or resume a job | no | their own | any of the team |
+| reorder the queue, change priorities | no | no | yes |
+
+A user's API tokens and notifications are their own alone.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from studio.accounts.models import Membership
+from studio.accounts.selectors import membership_role
+
+
+class Action(StrEnum):
+    VIEW = "view"
+    CREATE = "create"
+    CANCEL = "cancel"
+    RESUME = "resume"
+    REORDER = "reorder"
+
+
+WRITERS = (Membership.Role.MEMBER, Membership.Role.ADMIN)
+OWNER_OR_ADMIN = (Action.CANCEL, Action.RESUME)
+
+
+def allows(*, user, action: Action, team_id: int, owner_id: int | None = None) -> bool:
+    """Whether ``user`` may do ``action`` to something of team ``team_id``
+    (owned by ``owner_id``, where ownership matters)."""
+    if user is None or not user.is_authenticated:
+        return False
+    role = membership_role(user=user, team_id=team_id)
+    if role is None:
+        return False
+    if action == Action.VIEW:
+        return True
+    if action == Action.CREATE:
+        return role in WRITERS
+    if action in OWNER_OR_ADMIN:
+        return role == Membership.Role.ADMIN or (role == Membership.Role.MEMBER and owner_id == user.pk)
+    if action == Action.REORDER:
+        return role == Membership.Role.ADMIN
+    raise ValueError(f"unknown action {action!r}")
+
+
+def job_allows(*, user, job, action: Action) -> bool:
+    return allows(user=user, action=action, team_id=job.team_id, owner_id=job.owner_id)
+
+
+def refusal(*, user, action: Action, team_id: int) -> str:
+    """Why ``action`` is refused, in words for the page or the API."""
+    role = membership_role(user=user, team_id=team_id)
+    if action in OWNER_OR_ADMIN and role == Membership.Role.MEMBER:
+        return f"Members can {action} only their own jobs; a team admin can {action} any job of the team"
+    if action == Action.REORDER:
+        return "Only a team admin can reorder the queue or change priorities"
+    return f"Your role in this team ({role or 'none'}) cannot {action} here; ask a team admin for the member role"
