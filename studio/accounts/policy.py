@@ -58,11 +58,12 @@ def job_allows(*, user, job, action: Action) -> bool:
     return allows(user=user, action=action, team_id=job.team_id, owner_id=job.owner_id)
 
 
-def refusal(*, user, action: Action, team_id: int) -> str:
-    """Why ``action`` is refused, in words for the page or the API."""
+def refusal(*, user, action: Action, team_id: int, doing: str = "") -> str:
+    """Why ``action`` is refused, in words for the page or the API (``doing``
+    names it more precisely: "upload datasets")."""
     role = membership_role(user=user, team_id=team_id)
     if action in OWNER_OR_ADMIN and role == Membership.Role.MEMBER:
         return f"Members can {action} only their own jobs; a team admin can {action} any job of the team"
     if action == Action.REORDER:
         return "Only a team admin can reorder the queue or change priorities"
-    return f"Your role in this team ({role or 'none'}) cannot {action} here; ask a team admin for the member role"
+    return f"Your role in this team ({role or 'none'}) cannot {doing or action}; ask a team admin for the member role"

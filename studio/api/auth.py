@@ -19,8 +19,9 @@ from django.template.defaultfilters import filesizeformat
 from django.http import Http404, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from studio.accounts.models import ApiToken, Membership, Team
-from studio.accounts.selectors import membership_role, team_ids_for_user, teams_for_user
+from studio.accounts.models import ApiToken, Team
+from studio.accounts.policy import Action, allows, refusal
+from studio.accounts.selectors import team_ids_for_user, teams_for_user
 from studio.accounts.services import api_token_authenticate
 from studio.api.errors import ApiError, error_response
 
@@ -57,16 +58,10 @@ class Caller:
                 return team
         raise ApiError(404, f"No team {str(requested)[:40]!r} among your teams", field="team")
 
-    def require_role(self, team_id: int, *roles: str, action: str) -> str:
-        """The caller's role in the team if it is one of ``roles``, else 403."""
-        role = membership_role(user=self.user, team_id=team_id)
-        if role not in roles:
-            raise ApiError(403, f"Your role in this team ({role or 'none'}) cannot {action}; "
-                                f"ask a team admin for the member role")
-        return role
-
-    def require_writer(self, team_id: int, *, action: str) -> str:
-        return self.require_role(team_id, Membership.Role.MEMBER, Membership.Role.ADMIN, action=action)
+    def require_writer(self, team_id: int, *, action: str) -> None:
+        """403 unless the access rule lets the caller create work in the team."""
+        if not allows(user=self.user, action=Action.CREATE, team_id=team_id):
+            raise ApiError(403, refusal(user=self.user, action=Action.CREATE, team_id=team_id, doing=action))
 
 
 def _caller(request) -> Caller:

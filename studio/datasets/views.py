@@ -11,8 +11,8 @@ from django.template.defaultfilters import filesizeformat
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from studio.audit.services import audit_record
-from studio.accounts.models import Membership
-from studio.accounts.selectors import membership_role, team_for_new_work
+from studio.accounts.policy import Action, allows
+from studio.accounts.selectors import team_for_new_work
 from studio.catalog.models import BaseModel
 from studio.datasets.forms import (AnalysisForm, DatasetUploadForm, column_mapping_form, diet_form,
                                    diet_parameters)
@@ -65,8 +65,7 @@ def dataset_list(request):
 
 
 def _can_write(request, dataset) -> bool:
-    return membership_role(user=request.user, team_id=dataset.team_id) in (Membership.Role.MEMBER,
-                                                                           Membership.Role.ADMIN)
+    return allows(user=request.user, action=Action.CREATE, team_id=dataset.team_id)
 
 
 def _default_base_model():

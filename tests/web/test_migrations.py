@@ -5,7 +5,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-BEFORE = [("datasets", "0003_versions_analysis_operations"), ("jobs", "0004_queue")]
+BEFORE = [("datasets", "0003_versions_analysis_operations"), ("jobs", "0004_queue"), ("catalog", "0002_upstream_id")]
 AFTER = [("datasets", "0004_work_as_jobs")]
 
 
