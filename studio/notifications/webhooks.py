@@ -23,8 +23,6 @@ import logging
 import secrets
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from urllib.parse import urlsplit
 
@@ -37,6 +35,7 @@ from studio.accounts.selectors import membership_role
 from studio.api.models import WEBHOOK_EVENT_TYPES, WebhookDelivery, WebhookEndpoint
 from studio.api.serializers import job_json
 from studio.jobs.models import Job
+from studio.notifications import outbound
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,9 @@ TIMEOUT_S = 10  # per attempt; a receiver should answer 2xx at once and work lat
 # setting so that tests can make it instant.
 DEFAULT_RETRY_DELAYS_S = (5, 30)
 SIGNATURE_TOLERANCE_S = 300
+REFUSED_MESSAGE = ("refused: the URL's host is not a public address (an admin can allow intranet receivers with "
+                   "WEBHOOK_ALLOWED_HOSTS)")
+UNREACHABLE_MESSAGE = "could not connect to the receiver (refused, timed out or unreachable)"
 
 
 class WebhookError(ValueError):
@@ -63,6 +65,11 @@ def webhook_endpoint_create(*, user, team, url: str, events: list[str]) -> Webho
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError("The URL must start with http:// or https:// and name a host", field="url")
+    try:
+        outbound.check_literal_host(parts.hostname)
+    except outbound.AddressRefused as exc:
+        raise WebhookError(f"{exc}: webhooks go to public addresses (an admin can allow intranet receivers with "
+                           f"WEBHOOK_ALLOWED_HOSTS)", field="url") from None
     unknown = sorted(set(events) - set(WEBHOOK_EVENT_TYPES))
     if unknown or not events:
         raise WebhookError(f"Pick at least one of {', '.join(WEBHOOK_EVENT_TYPES)}", field="events")
@@ -153,17 +160,6 @@ def webhooks_deliver_for_job(job_id: int) -> list[WebhookDelivery]:
     return deliveries
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is a failed delivery: following it would turn the POST into
-    a GET without the body, or send it somewhere the admin did not register."""
-
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
-
-
 def webhook_delivery_send(*, delivery: WebhookDelivery) -> WebhookDelivery:
     """POST the delivery's payload until a 2xx answer or the tries run out,
     recording each attempt. Each try is signed afresh (a new timestamp)."""
@@ -186,16 +182,22 @@ def webhook_delivery_send(*, delivery: WebhookDelivery) -> WebhookDelivery:
 
 
 def _post(url: str, body: bytes, *, secret: str, event_id: str) -> tuple[int | None, str]:
-    """(HTTP status or None, "" on a 2xx else why it failed)."""
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": "TuningStudio-Webhooks/1",
-        "Studio-Event-Id": event_id,
-        SIGNATURE_HEADER: webhook_signature(secret=secret, body=body, timestamp=int(time.time()))})
+    """(HTTP status or None, "" on a 2xx else why it failed). The admin sees
+    only a generic reason for a failed connection (which port or host
+    answered how is for the server log): the delivery log must not become a
+    scanner of the network the studio runs in."""
+    headers = {"Content-Type": "application/json", "User-Agent": "TuningStudio-Webhooks/1", "Studio-Event-Id": event_id,
+               SIGNATURE_HEADER: webhook_signature(secret=secret, body=body, timestamp=int(time.time()))}
     try:
-        with _opener.open(request, timeout=TIMEOUT_S) as response:
-            return response.status, ""
-    except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code} {exc.reason}"[:500]
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, f"{type(exc).__name__}: {reason}"[:500]
+        status = outbound.post(url, body, headers=headers, timeout=TIMEOUT_S)
+    except outbound.AddressRefused as exc:
+        log.warning("webhook to %s refused: %s", url, exc)
+        return None, REFUSED_MESSAGE
+    except OSError as exc:
+        log.warning("webhook to %s failed: %s: %s", url, type(exc).__name__, exc)
+        return None, UNREACHABLE_MESSAGE
+    if 200 <= status < 300:
+        return status, ""
+    # A redirect is a failure: following it would turn the POST into a GET
+    # without the body, or send it somewhere the admin did not register.
+    return status, f"the receiver answered HTTP {status}"

@@ -62,6 +62,13 @@ def instant_retries(settings):
     settings.WEBHOOK_RETRY_DELAYS_S = (0, 0)
 
 
+@pytest.fixture(autouse=True)
+def loopback_receivers_allowed(settings):
+    """The test receivers listen on 127.0.0.1, which webhooks refuse unless an admin allows it, as an intranet
+    receiver would be allowed."""
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+
+
 @pytest.fixture
 def admin(team):
     return user_create(username="ada", password="pw-ada-123456", team=team, role=Membership.Role.ADMIN)
@@ -241,3 +248,87 @@ def test_members_and_other_teams_cannot_manage_webhooks(client, member, admin, t
     assert "example.com/hook" not in client.get("/accounts/webhooks/").content.decode()
     assert client.post(f"/accounts/webhooks/{endpoint.pk}/delete/").status_code == 404
     assert WebhookEndpoint.objects.count() == 1
+
+
+# ---- no way into the studio's own network ----------------------------------------
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """A resolver stub: names map to the addresses given, and every connection attempt is recorded; nothing
+    leaves the machine (a refused address must be refused before any connection is made)."""
+    import socket
+
+    from studio.notifications import outbound
+
+    names, connections = {}, []
+    real_create_connection, real_getaddrinfo = socket.create_connection, socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "127.0.0.1":  # the connection to the checked address itself (no lookup is made for it)
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        if host not in names:
+            raise socket.gaierror(f"no such host {host} (stub)")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[host], port))]
+
+    def create_connection(address, *args, **kwargs):
+        connections.append(address)
+        assert address[0] == "127.0.0.1", f"a test connection must stay on loopback, not {address}"
+        return real_create_connection(address, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(outbound.socket, "create_connection", create_connection)
+    return names, connections
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "172.16.5.4", "192.168.1.10", "169.254.169.254", "127.0.0.1",
+                                     "100.64.0.1", "::1", "fd00::1", "0.0.0.0"])
+def test_a_name_that_resolves_inside_the_network_is_refused_before_connecting(admin, team, job, resolver, settings,
+                                                                             address):
+    settings.WEBHOOK_ALLOWED_HOSTS = []
+    names, connections = resolver
+    names["hooks.example.test"] = address
+    endpoint_for(admin, team, "http://hooks.example.test:8080/h")
+    job_finish(job_id=job.pk, status="succeeded")
+    webhooks_deliver_for_job(job.pk)
+    delivery = WebhookDelivery.objects.get()
+    assert connections == [] and delivery.status == "failed" and delivery.response_status is None
+    assert delivery.error.startswith("refused: the URL's host is not a public address")
+    assert address not in delivery.error and "8080" not in delivery.error  # nothing to learn about the network
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(admin, team, job, receiver, resolver, settings):
+    # An allowed intranet name: the only way to reach the receiver is the address the check resolved,
+    # since the name exists nowhere else (a second lookup, as a rebinding attack needs, would fail).
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.intranet.test"]
+    names, connections = resolver
+    names["hooks.intranet.test"] = "127.0.0.1"
+    port = receiver.url.split(":")[2].split("/")[0]
+    endpoint_for(admin, team, f"http://hooks.intranet.test:{port}/hooks/studio")
+    job_finish(job_id=job.pk, status="succeeded")
+    webhooks_deliver_for_job(job.pk)
+    assert WebhookDelivery.objects.get().status == "succeeded" and len(receiver.requests) == 1
+    assert connections == [("127.0.0.1", int(port))]
+    assert receiver.requests[0]["headers"]["Host"] == f"hooks.intranet.test:{port}"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/", "http://169.254.169.254/latest/meta-data/",
+                                 "http://localhost:8000/admin/", "http://[::1]/", "http://10.0.0.5/hook",
+                                 "http://api.localhost/hook"])
+def test_inside_addresses_are_refused_when_the_webhook_is_added(admin, team, settings, url):
+    settings.WEBHOOK_ALLOWED_HOSTS = []
+    with pytest.raises(WebhookError) as refused:
+        endpoint_for(admin, team, url)
+    assert refused.value.field == "url" and "WEBHOOK_ALLOWED_HOSTS" in str(refused.value)
+
+
+def test_a_connection_failure_is_reported_without_detail(admin, team, job):
+    closed = Receiver()
+    url = closed.url
+    closed.close()
+    endpoint_for(admin, team, url)
+    job_finish(job_id=job.pk, status="succeeded")
+    webhooks_deliver_for_job(job.pk)
+    delivery = WebhookDelivery.objects.get()
+    # The same words for a closed port, a timeout or an unreachable host: no port scanning through the log.
+    assert delivery.error == "could not connect to the receiver (refused, timed out or unreachable)"
