@@ -51,7 +51,7 @@ def job_events_page(*, job: Job, query) -> tuple[list[JobEvent], bool]:
     """Events after seq ``after`` (0: from the start), oldest first, at most ``limit``."""
     after = int_param(query, "after", default=0, minimum=0)
     limit = int_param(query, "limit", default=100, minimum=1, maximum=1000)
-    rows = list(JobEvent.objects.filter(job=job, seq__gt=after).order_by("seq")[:limit + 1])
+    rows = list(JobEvent.objects.filter(job=job, seq__gt=after, superseded=False).order_by("seq")[:limit + 1])
     return rows[:limit], len(rows) > limit
 
 
@@ -61,11 +61,12 @@ EVAL_FIELDS = ("eval_loss", "perplexity", "accuracy", "f1")
 def job_checkpoints(*, job: Job) -> list[dict]:
     """The job's checkpoints, oldest first, each with the training loss and
     the evaluation at its step (None where none ran at that step)."""
-    checkpoints = list(JobEvent.objects.filter(job=job, kind="checkpoint").order_by("seq"))
+    checkpoints = list(JobEvent.objects.filter(job=job, kind="checkpoint", superseded=False).order_by("seq"))
     steps = [event.data.get("step") for event in checkpoints]
     at_step: dict[tuple[str, int], dict] = {}
     # Later events of a step win (a resumed run may repeat a step).
-    for event in JobEvent.objects.filter(job=job, kind__in=["metrics", "eval"], data__step__in=steps).order_by("seq"):
+    for event in JobEvent.objects.filter(job=job, kind__in=["metrics", "eval"], data__step__in=steps,
+                                         superseded=False).order_by("seq"):
         at_step[(event.kind, event.data.get("step"))] = event.data
     result = []
     for event in checkpoints:

@@ -130,6 +130,10 @@ class JobEvent(models.Model):
     seq = models.PositiveIntegerField()
     kind = models.CharField(max_length=20)
     data = models.JSONField()
+    # Set on the events of steps after the checkpoint a lost worker's job
+    # resumed from: the resumed run records those steps again, and every
+    # reader shows each step once (the newer).
+    superseded = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

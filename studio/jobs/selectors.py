@@ -20,7 +20,7 @@ EVENT_PAGE_SIZE = 5000  # events read from the database per query
 
 
 def job_events_after(*, job_id: int, after: int, limit: int = EVENT_PAGE_SIZE) -> list[dict]:
-    events = JobEvent.objects.filter(job_id=job_id, seq__gt=after).order_by("seq")[:limit]
+    events = JobEvent.objects.filter(job_id=job_id, seq__gt=after, superseded=False).order_by("seq")[:limit]
     return [event.as_message() for event in events]
 
 

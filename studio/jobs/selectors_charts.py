@@ -27,7 +27,7 @@ def job_loss_sparklines(*, job_ids: list[int], points: int = SPARKLINE_POINTS) -
     floor(rank * points / n) steps up, so about ``points`` evenly spaced
     events per job come back, whatever n is.
     """
-    picked = (JobEvent.objects.filter(job_id__in=job_ids, kind="metrics")
+    picked = (JobEvent.objects.filter(job_id__in=job_ids, kind="metrics", superseded=False)
               .annotate(rank=Window(RowNumber(), partition_by=F("job_id"), order_by=F("seq").asc()),
                         total=Window(Count("id"), partition_by=F("job_id")))
               .annotate(rest=Mod(F("rank") * points, F("total")))
@@ -74,7 +74,8 @@ def compare_ids_parse(values: list[str]) -> tuple[list[int], str]:
 def job_compare_curves(*, jobs: list[Job]) -> list[dict]:
     """Per job: train and eval loss as [step, tokens seen, loss] triples (train
     thinned to ``CURVE_POINTS``), and its final figures. One query."""
-    rows = (JobEvent.objects.filter(job_id__in=[job.pk for job in jobs], kind__in=["metrics", "eval", "artifact"])
+    rows = (JobEvent.objects.filter(job_id__in=[job.pk for job in jobs], kind__in=["metrics", "eval", "artifact"],
+                                    superseded=False)
             .order_by("job_id", "seq")
             .values_list("job_id", "kind", "data__step", "data__loss", "data__eval_loss", "data__tokens_seen",
                          "data__tokens_per_s", "data__elapsed_s", "data__metadata__trainable_parameters"))

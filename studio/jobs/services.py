@@ -18,7 +18,7 @@ from studio.notifications.webhooks import webhooks_enqueue_for_job
 from studio.datasets.selectors import dataset_training_refusal
 from studio.jobs.events import job_event_record
 from studio.jobs.kinds import JOB_KINDS
-from studio.jobs.models import Job, job_output_dir
+from studio.jobs.models import Job, JobEvent, job_output_dir
 from studio.jobs.services_queue import queue_wake
 from studio.jobs.services_steps import job_release_dependents
 from studio.jobs.state import job_enqueue, job_set_status, job_submit
@@ -166,7 +166,8 @@ def jobs_recover_lost() -> list[int]:
         else:
             if resumes:  # training: from its last checkpoint, each step once in the events
                 where = f"resuming from {checkpoint.name}" if checkpoint else "resuming from the start (no checkpoint yet)"
-                fields = {"config": {**job.config, "resume_from": str(checkpoint) if checkpoint else ""}}
+                fields = {"config": {**job.config, "resume_from": str(checkpoint) if checkpoint else ""},
+                          "supersede_after": checkpoint}
             else:  # dataset work, merges, exports: their results are written only at the end
                 where, fields = "starting again", {}
             taken = _take_back(job, Job.Status.QUEUED,
@@ -178,13 +179,29 @@ def jobs_recover_lost() -> list[int]:
     return recovered
 
 
-def _take_back(job: Job, status: str, message: str, **fields) -> bool:
+# Events that belong to one training step: a resumed run records them again for the steps after its checkpoint.
+STEP_EVENT_KINDS = ("metrics", "eval", "samples", "checkpoint")
+
+
+def _supersede_steps_after(job: Job, checkpoint) -> None:
+    """Mark the recorded steps after ``checkpoint`` (all of them without one) as superseded: the resumed
+    run records them again, and readers show each step once."""
+    step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    JobEvent.objects.filter(job_id=job.pk, kind__in=STEP_EVENT_KINDS, data__step__gt=step).update(superseded=True)
+
+
+def _take_back(job: Job, status: str, message: str, *, supersede_after=False, **fields) -> bool:
     """Move a lost job to ``status`` unless another worker got there first
-    (its status or heartbeat changed since we read it)."""
+    (its status or heartbeat changed since we read it). With
+    ``supersede_after`` (a checkpoint, or None for none) the steps recorded
+    after it are superseded in the same transaction, before any worker can
+    resume the job and record them again."""
     with transaction.atomic():
         if not Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
                 status=status, **fields):
             return False
+        if supersede_after is not False:
+            _supersede_steps_after(job, supersede_after)
         data = {"status": status, "message": message}
         if "failure_kind" in fields:
             data["failure_kind"] = fields["failure_kind"]

@@ -53,3 +53,36 @@ def test_an_unknown_kind_is_refused_by_name(member, team):
     with pytest.raises(ConfigError) as refused:
         job_create(kind="no-such-kind", team=team, owner=member, config={})
     assert "unknown job kind 'no-such-kind'" in str(refused.value) and not Job.objects.exists()
+
+
+def test_steps_a_resumed_run_records_again_are_shown_once(member_client, member, team, settings):
+    """A worker died after step 5 with its last checkpoint at step 3: the run resumes from step 3 and records
+    steps 4 and 5 again. The events API, the job page's history and the socket's catch-up show each step once,
+    the newer record."""
+    from studio.jobs.events import job_event_record
+    from studio.jobs.selectors import job_events_after
+
+    job = job_create(kind="train", team=team, owner=member, config={})
+    for step in range(1, 6):
+        job_event_record(job_id=job.pk, kind="metrics", data={"step": step, "loss": 1.0})
+        if step == 3:
+            job_event_record(job_id=job.pk, kind="checkpoint", data={"step": 3, "path": "checkpoints/step-0000003"})
+    checkpoint = settings.MEDIA_ROOT / "jobs" / str(job.pk) / "checkpoints" / "step-0000003"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    long_ago = timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S + 60)
+    Job.objects.filter(pk=job.pk).update(status="running", heartbeat_at=long_ago, attempts=1)
+    assert jobs_recover_lost() == [job.pk]
+    for step in (4, 5):  # what the resumed run records
+        job_event_record(job_id=job.pk, kind="metrics", data={"step": step, "loss": 0.5})
+
+    def steps(events):
+        return [(e["data"]["step"], e["data"]["loss"]) for e in events if e["kind"] == "metrics"]
+
+    expected = [(1, 1.0), (2, 1.0), (3, 1.0), (4, 0.5), (5, 0.5)]
+    assert steps(job_events_after(job_id=job.pk, after=0)) == expected  # the socket's catch-up and the page
+    page = member_client.get(f"/jobs/{job.pk}/events/").json()["events"]
+    assert steps(page) == expected
+    api = member_client.get(f"/api/v1/fine_tuning/jobs/{job.pk}/events").json()["data"]
+    assert steps(api) == expected
+    assert [e["data"]["step"] for e in job_events_after(job_id=job.pk, after=0) if e["kind"] == "checkpoint"] == [3]
