@@ -83,9 +83,27 @@ def pytest_collection_modifyitems(config, items):
         if misplaced:
             raise pytest.UsageError(f"tests using the stack fixture belong under {' or '.join(STACK_DIRS)} "
                                     f"(they share one stack on one xdist worker): {misplaced}")
+        items[:] = _same_order_in_every_worker(items)
         ours = [item for item in items if item.nodeid.startswith(STACK_DIRS)]
         items[:] = ours + [item for item in items if not item.nodeid.startswith(STACK_DIRS)]
     return result
+
+
+def _same_order_in_every_worker(items):
+    """Each test function's parametrized cases sorted by id. xdist needs
+    every worker to collect the same tests in the same order, and a
+    parametrization over a set of classes (hashed by address) comes out in
+    another order in each process."""
+    ordered, start = [], 0
+    while start < len(items):
+        function = (items[start].parent.nodeid, getattr(items[start], "originalname", items[start].name))
+        end = start + 1
+        while end < len(items) and (items[end].parent.nodeid, getattr(items[end], "originalname", items[end].name)) \
+                == function:
+            end += 1
+        ordered += sorted(items[start:end], key=lambda item: item.nodeid)
+        start = end
+    return ordered
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist starts its workers

@@ -20,6 +20,15 @@ REPO = Path(__file__).resolve().parent.parent
 ADMIN = ("admin", "admin-pass-123")
 OUTSIDER = ("mallory", "mallory-pass-123")
 
+SET_UP = """
+import io, re
+from django.core.management import call_command
+call_command("migrate", interactive=False)
+call_command("studio_setup", skip_bundled_model=True)
+out = io.StringIO()
+call_command("register_base_model", "Tiny Llama (test)", {tiny_model!r}, stdout=out)
+print("tiny model #" + re.search(r"#(\\d+)", out.getvalue()).group(1))
+"""
 MAKE_OUTSIDER = f"""
 from studio.accounts.models import Team, Membership
 from studio.accounts.services import user_create
@@ -88,27 +97,33 @@ class Stack:
         return self.base_url.replace("http://", "ws://") + f"/ws/jobs/{job_id}/"
 
     def start_worker(self, name: str | None = None):
+        proc = self._spawn_worker(name)
+        self._wait_for_worker(proc, self.worker_name, "worker")
+        return proc
+
+    def start_playground_worker(self):
+        proc = self._spawn_playground_worker()
+        self._wait_for_worker(proc, "playground@%h", "playground")
+        return proc
+
+    def _spawn_worker(self, name: str | None = None):
         self.worker_name = name or self.worker_name
         proc = launcher.start_worker(self.env, name=self.worker_name, **_quiet(self.data_dir, "worker"))
         self.worker = proc
         self.procs.append(proc)
-        deadline = time.monotonic() + launcher.WORKER_START_TIMEOUT_S
-        while not launcher.worker_answers(self.env["REDIS_URL"], self.worker_name):
-            assert proc.poll() is None, f"the worker died: {self.log('worker')[-3000:]}"
-            assert time.monotonic() < deadline, "the worker did not start"
-            time.sleep(0.5)
         return proc
 
-    def start_playground_worker(self):
-        name = "playground@%h"
-        proc = launcher.start_worker(self.env, "interactive", name=name, **_quiet(self.data_dir, "playground"))
+    def _spawn_playground_worker(self):
+        proc = launcher.start_worker(self.env, "interactive", name="playground@%h", **_quiet(self.data_dir, "playground"))
         self.procs.append(proc)
+        return proc
+
+    def _wait_for_worker(self, proc, name: str, log: str) -> None:
         deadline = time.monotonic() + launcher.WORKER_START_TIMEOUT_S
         while not launcher.worker_answers(self.env["REDIS_URL"], name):
-            assert proc.poll() is None, f"the playground worker died: {self.log('playground')[-3000:]}"
-            assert time.monotonic() < deadline, "the playground worker did not start"
-            time.sleep(0.5)
-        return proc
+            assert proc.poll() is None, f"the {log} worker died: {self.log(log)[-3000:]}"
+            assert time.monotonic() < deadline, f"the {log} worker did not start"
+            time.sleep(0.2)
 
     def log(self, name: str) -> str:
         return (self.data_dir / f"{name}.log").read_text(errors="replace")
@@ -136,18 +151,18 @@ def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
         env.pop(variable, None)
     stack = Stack(data_dir=data_dir, env=env, procs=[redis_proc])
     try:
-        stack.manage("migrate", "--noinput")
-        stack.manage("studio_setup", "--skip-bundled-model")
-        registered = stack.manage("register_base_model", "Tiny Llama (test)", str(tiny_model))
+        # One Django process runs the four set-up commands (each used to start its own).
+        registered = stack.manage("shell", "-c", SET_UP.format(tiny_model=str(tiny_model)) + MAKE_OUTSIDER)
         stack.tiny_model_path = str(tiny_model)
-        stack.tiny_model_id = int(re.search(r"#(\d+)", registered).group(1))
-        stack.manage("shell", "-c", MAKE_OUTSIDER)
+        stack.tiny_model_id = int(re.search(r"tiny model #(\d+)", registered).group(1))
+        # The web server and both workers start together and are waited for after.
         port = launcher.free_port()
         stack.procs.append(launcher.start_web(env, "127.0.0.1", port, **_quiet(data_dir, "web")))
+        worker, playground = stack._spawn_worker(), stack._spawn_playground_worker()
         launcher.wait_for_port("127.0.0.1", port, launcher.WEB_START_TIMEOUT_S)
         stack.base_url = f"http://127.0.0.1:{port}"
-        stack.start_worker()
-        stack.start_playground_worker()
+        stack._wait_for_worker(worker, stack.worker_name, "worker")
+        stack._wait_for_worker(playground, "playground@%h", "playground")
     except BaseException:
         launcher.stop_all(stack.procs)
         raise
