@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from django.contrib.auth.decorators import login_not_required
+from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.template.defaultfilters import filesizeformat
@@ -64,14 +65,24 @@ class Caller:
             raise ApiError(403, refusal(user=self.user, action=Action.CREATE, team_id=team_id, doing=action))
 
 
+# The "user name" failed token attempts are counted under (with the address).
+TOKEN_CREDENTIALS = {"username": "(api token)"}
+
+
 def _caller(request) -> Caller:
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, raw = header.partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
             raise ApiError(401, "Authorization must be 'Bearer <token>'")
+        # Bad tokens count like failed logins (django-axes): an address that keeps guessing is locked out.
+        if AxesProxyHandler.is_locked(request, credentials=TOKEN_CREDENTIALS):
+            raise ApiError(429, f"Too many unknown API tokens from your address; try again in "
+                                f"{settings.AXES_COOLOFF_TIME}")
         token = api_token_authenticate(raw=raw.strip())
         if token is None:
+            AxesProxyHandler.user_login_failed(sender=_caller, credentials=TOKEN_CREDENTIALS, request=request)
+            request.axes_locked_out = False  # the API answers its own JSON 429 from the next request on
             raise ApiError(401, "Unknown or revoked API token")
         return Caller(user=token.user, token=token)
     if request.user.is_authenticated and request.method in SAFE_METHODS:

@@ -30,8 +30,11 @@ def browser():
         browser.close()
 
 
-def logged_in_page(browser, stack):
-    page = browser.new_context(accept_downloads=True).new_page()
+def logged_in_page(browser, stack, *, enforce_csp: bool = False):
+    """A logged-in page. The tests' own waits (wait_for_function) evaluate strings in the page, which the
+    studio's Content-Security-Policy forbids, so they run with it bypassed; test_the_pages_run_under_the_csp
+    (tests/e2e/test_datasets_browser.py) proves the studio's own scripts run with it enforced."""
+    page = browser.new_context(accept_downloads=True, bypass_csp=not enforce_csp).new_page()
     page.set_default_timeout(60_000)
     page.goto(stack.base_url + "/")
     assert "/accounts/login/" in page.url  # every page needs a login
