@@ -4,7 +4,10 @@ Runs inside the virtual environment (``python3 run.py`` gets it there).
 Without REDIS_URL it starts an embedded Redis-protocol server first, then
 migrates, runs ``studio_setup``, and starts the web server (uvicorn) and one
 Celery worker. It stays in the foreground: Ctrl-C or SIGTERM stops every
-process it started; if one of them dies, it stops the rest and fails.
+process it started. It supervises them: a child that dies (a worker killed,
+Redis crashing) is started again after a short back-off while the others
+keep running; only a crash loop (CRASH_LOOP_RESTARTS restarts of one child
+within CRASH_LOOP_WINDOW_S) stops the studio, with a message naming it.
 
 Tests import the ``start_*`` helpers, so this module imports neither torch
 nor Django's settings: the children load them in their own processes.
@@ -22,13 +25,19 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_S = 10.0  # how long a child may take to exit after SIGTERM before SIGKILL
 WEB_START_TIMEOUT_S = 120.0  # uvicorn imports Django and every app before it listens
 REDIS_START_TIMEOUT_S = 10.0
 WORKER_START_TIMEOUT_S = 120.0  # the worker imports Django, the task code and torch
+
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # before the 1st, 2nd, … restart of a child within the window
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_WINDOW_S = 300.0
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -247,17 +256,59 @@ def _manage(env: dict, *args: str) -> None:
         raise SystemExit(f"manage.py {' '.join(args)} failed (exit code {result.returncode})")
 
 
-def _first_dead(named: list[tuple[str, subprocess.Popen]]) -> tuple[str, int] | None:
-    for name, proc in named:
-        if proc.poll() is not None:
-            return name, proc.returncode
-    return None
+@dataclass
+class Child:
+    """A process the launcher keeps running: ``start`` starts it (again)."""
+
+    name: str
+    start: Callable[[], subprocess.Popen]
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
+
+    def launch(self) -> Child:
+        self.proc = self.start()
+        return self
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def supervise(children: list[Child], *, poll_s: float = 0.5, until: Callable[[], bool] = lambda: False) -> int:
+    """Keep the children running until ``until()`` is true (0) or one of them
+    crash-loops (1). A dead child is started again after a back-off that
+    grows with its recent restarts; the others keep running meanwhile."""
+    while not until():
+        for child in children:
+            code = child.proc.poll()
+            if code is None:
+                continue
+            now = time.monotonic()
+            child.restarts = [t for t in child.restarts if now - t < CRASH_LOOP_WINDOW_S]
+            if len(child.restarts) >= CRASH_LOOP_RESTARTS:
+                _say(f"Tuning Studio is stopping: the {child.name} process keeps exiting (exit code {code}, "
+                     f"{len(child.restarts)} restarts in {CRASH_LOOP_WINDOW_S:.0f} s); see its log above.")
+                return 1
+            delay = RESTART_BACKOFF_S[min(len(child.restarts), len(RESTART_BACKOFF_S) - 1)]
+            _say(f"The {child.name} process exited (exit code {code}); starting it again in {delay:.0f} s.")
+            time.sleep(delay)
+            child.launch()
+            child.restarts.append(time.monotonic())
+        time.sleep(poll_s)
+    return 0
 
 
 def _died(name: str, code: int) -> int:
-    print(f"Tuning Studio is stopping: the {name} process exited unexpectedly (exit code {code}).",
-          file=sys.stderr, flush=True)
+    """A child that dies while the studio starts is a set-up problem: stop and say which."""
+    _say(f"Tuning Studio is stopping: the {name} process exited while starting (exit code {code}).")
     return 1
+
+
+def _first_dead(children: list[Child]) -> tuple[str, int] | None:
+    for child in children:
+        if child.proc.poll() is not None:
+            return child.name, child.proc.returncode
+    return None
 
 
 def run(host: str, port: int) -> int:
@@ -280,24 +331,26 @@ def run(host: str, port: int) -> int:
     if port_is_open(host, port):  # fail before starting anything
         raise SystemExit(f"Port {port} on {host} is already in use; choose another with --port.")
 
-    named: list[tuple[str, subprocess.Popen]] = []
+    children: list[Child] = []
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         if not env.get("REDIS_URL"):
             proc, env["REDIS_URL"] = start_redis(data_dir)
-            named.append(("redis", proc))
+            redis_port = int(env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+            # Restarted where its clients expect it; its append-only file keeps the queue.
+            children.append(Child("redis", lambda: start_redis(data_dir, redis_port)[0], proc))
         _manage(env, "migrate", "--noinput")
         _manage(env, "studio_setup")
-        named.append(("web", start_web(env, host, port)))
-        named.append(("worker", start_worker(env, pool)))
+        children.append(Child("web", lambda: start_web(env, host, port)).launch())
+        children.append(Child("worker", lambda: start_worker(env, pool)).launch())
         # Playground chats get a worker of their own, so they answer while a job trains.
-        named.append(("playground worker", start_worker(env, env.get("PLAYGROUND_QUEUE") or "interactive",
-                                                        name=f"playground-{os.getpid()}@%h")))
+        children.append(Child("playground worker", lambda: start_worker(
+            env, env.get("PLAYGROUND_QUEUE") or "interactive", name=f"playground-{os.getpid()}@%h")).launch())
 
         deadline = time.monotonic() + WEB_START_TIMEOUT_S
         while not port_is_open(host, port):
-            if dead := _first_dead(named):
+            if dead := _first_dead(children):
                 return _died(*dead)
             if time.monotonic() > deadline:
                 raise SystemExit(f"The web server did not answer on {host}:{port} "
@@ -306,7 +359,7 @@ def run(host: str, port: int) -> int:
         # Print the address once jobs can run too, after the worker's banner.
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while not worker_answers(env["REDIS_URL"], worker_name()):
-            if dead := _first_dead(named):
+            if dead := _first_dead(children):
                 return _died(*dead)
             if time.monotonic() > deadline:
                 print(f"Warning: the worker did not answer within {WORKER_START_TIMEOUT_S:.0f} s; "
@@ -314,18 +367,16 @@ def run(host: str, port: int) -> int:
                 break
         print(f"Tuning Studio is running at http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
 
-        while not (dead := _first_dead(named)):
-            time.sleep(0.5)
-        return _died(*dead)
+        return supervise(children)
     except _Stop:
         return 0
     finally:
         # A second Ctrl-C must not interrupt the shutdown half-way.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if named:
+        if children:
             print("Stopping Tuning Studio ...", file=sys.stderr, flush=True)
-        stop_all([proc for _, proc in named])
+        stop_all([child.proc for child in children])
 
 
 def main(argv: list[str] | None = None) -> int:

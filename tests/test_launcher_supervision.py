@@ -1,0 +1,40 @@
+"""The launcher keeps the studio up: a child process that dies is started
+again after a back-off while the others keep running, and only a crash loop
+stops everything. Real child processes, killed with SIGKILL."""
+
+import signal
+import subprocess
+import sys
+import time
+
+from studio import launcher
+
+
+def sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def test_a_killed_child_is_started_again_and_the_others_keep_running(monkeypatch, capsys):
+    monkeypatch.setattr(launcher, "RESTART_BACKOFF_S", (0.1,))
+    worker, web = launcher.Child("worker", sleeper).launch(), launcher.Child("web", sleeper).launch()
+    first_worker, web_pid = worker.proc.pid, web.proc.pid
+    try:
+        worker.proc.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        code = launcher.supervise([worker, web], poll_s=0.05,
+                                  until=lambda: worker.proc.pid != first_worker or time.monotonic() > deadline)
+        assert code == 0 and worker.proc.pid != first_worker and worker.proc.poll() is None
+        assert web.proc.pid == web_pid and web.proc.poll() is None  # untouched
+        assert "The worker process exited (exit code -9); starting it again" in capsys.readouterr().err
+    finally:
+        launcher.stop_all([worker.proc, web.proc], grace=5)
+
+
+def test_a_crash_loop_stops_with_a_message_naming_the_process(monkeypatch, capsys):
+    monkeypatch.setattr(launcher, "RESTART_BACKOFF_S", (0.05,))
+    monkeypatch.setattr(launcher, "CRASH_LOOP_RESTARTS", 3)
+    broken = launcher.Child("worker", lambda: subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])).launch()
+    deadline = time.monotonic() + 60
+    assert launcher.supervise([broken], poll_s=0.05, until=lambda: time.monotonic() > deadline) == 1
+    assert len(broken.restarts) == 3
+    assert "the worker process keeps exiting (exit code 3, 3 restarts" in capsys.readouterr().err
