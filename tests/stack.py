@@ -140,7 +140,9 @@ def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
            "REDIS_URL": redis_url, "STUDIO_ADMIN_USERNAME": ADMIN[0], "STUDIO_ADMIN_PASSWORD": ADMIN[1],
            "ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1",
            # a lost worker's job is taken back within seconds, not minutes
-           "JOB_HEARTBEAT_S": "1", "JOB_LOST_AFTER_S": "5"}
+           "JOB_HEARTBEAT_S": "1", "JOB_LOST_AFTER_S": "5",
+           # the tests' webhook receivers listen on loopback, as an allowed intranet receiver would
+           "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
     if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
         # Other xdist workers train on the same cores: the stack's Celery
         # workers take their share of threads, no more (tests/conftest.py).

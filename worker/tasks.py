@@ -12,6 +12,7 @@ from worker.playground import playground_generate as playground_generate_now
 from worker.registry import start_registry, stop_registry
 from worker.runner import recover_lost_jobs_forever
 from worker.runner import run_job as run_job_now
+from worker.webhooks import deliver_for_job, retry as retry_webhook_now
 
 _stop_recovery = threading.Event()
 
@@ -24,6 +25,16 @@ def run_job(job_id: int) -> str:
 @shared_task(name="worker.tasks.base_model_facts")
 def base_model_facts(base_model_id: int) -> int:
     return base_model_facts_now(base_model_id)
+
+
+@shared_task(name="worker.tasks.deliver_webhooks", acks_late=True)
+def deliver_webhooks(job_id: int) -> int:
+    return deliver_for_job(job_id)
+
+
+@shared_task(name="worker.tasks.retry_webhook", acks_late=True)
+def retry_webhook(delivery_id: int) -> str:
+    return retry_webhook_now(delivery_id)
 
 
 @shared_task(name="worker.tasks.playground_generate")

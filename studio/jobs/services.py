@@ -121,7 +121,7 @@ def _after_end(job: Job, status: str, message: str, *, notify_owner: bool = True
         return
     if notify_owner:
         notification_create_for_job(job=job, status=status, message=message)
-    transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job.pk))  # signed, sent from a thread
+    transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job.pk))  # signed, sent by a worker
 
 
 def job_resume(*, job: Job, user) -> Job:

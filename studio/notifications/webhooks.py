@@ -9,9 +9,11 @@ signed like Stripe's: ``Studio-Signature: t=<unix>,v1=<hex>`` where hex is
 HMAC-SHA256(secret, f"{t}.{raw body}"). ``webhook_signature_verify`` is the
 reference check a receiver can copy.
 
-Delivery never blocks ``job_finish``: the hook enqueues
-``webhooks_enqueue_for_job`` on commit, which sends from a background
-thread, retrying with back-off, and records every delivery.
+Delivery never blocks ``job_finish``: once the job's end is committed,
+``webhooks_enqueue_for_job`` sends a Celery task to the interactive queue;
+its worker posts each delivery once and schedules every retry as a task of
+its own after the back-off (no worker waits through it), recording every
+attempt. Receivers must be public addresses (``outbound``).
 """
 
 from __future__ import annotations
@@ -21,25 +23,28 @@ import hmac
 import json
 import logging
 import secrets
-import threading
 import time
 import uuid
+from typing import Callable
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from studio.accounts.models import Membership
 from studio.accounts.selectors import membership_role
 from studio.api.models import WEBHOOK_EVENT_TYPES, WebhookDelivery, WebhookEndpoint
 from studio.api.serializers import job_json
+from studio.celery import app as celery_app
 from studio.jobs.models import Job
 from studio.notifications import outbound
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Studio-Signature"
+DELIVER_TASK = "worker.tasks.deliver_webhooks"  # sent by name: the web side never imports worker/
+RetryScheduler = Callable[[int, float], None]  # (delivery id, seconds from now)
 TIMEOUT_S = 10  # per attempt; a receiver should answer 2xx at once and work later
 # Seconds to wait before each retry (three tries in all by default); a
 # setting so that tests can make it instant.
@@ -115,28 +120,16 @@ def webhook_event_type(job: Job) -> str | None:
     return event_type if event_type in WEBHOOK_EVENT_TYPES else None
 
 
-def webhooks_enqueue_for_job(*, job_id: int) -> threading.Thread:
-    """Deliver in a background thread; returns it (tests join it). Called in
-    ``transaction.on_commit`` so the thread reads the committed job."""
-    thread = threading.Thread(target=_deliver_in_thread, args=(job_id,), name=f"webhooks-job-{job_id}", daemon=True)
-    thread.start()
-    return thread
+def webhooks_enqueue_for_job(*, job_id: int) -> None:
+    """Have a worker deliver the job's finished event (called on commit, so it reads the committed job)."""
+    celery_app.send_task(DELIVER_TASK, args=[job_id], queue=settings.PLAYGROUND_QUEUE)
 
 
-def _deliver_in_thread(job_id: int) -> None:
-    close_old_connections()
-    try:
-        webhooks_deliver_for_job(job_id)
-    except Exception:  # a background thread has nobody to raise to: log it for an admin
-        log.exception("webhook delivery for job %s failed", job_id)
-    finally:
-        connection.close()  # this thread's own database connection
-
-
-def webhooks_deliver_for_job(job_id: int) -> list[WebhookDelivery]:
+def webhooks_deliver_for_job(job_id: int, *, schedule_retry: RetryScheduler | None = None) -> list[WebhookDelivery]:
     """Send the job's finished event to every subscribed active endpoint of
-    its team, each with retries; returns the deliveries made by this call.
-    Calling it twice for one job sends nothing the second time."""
+    its team, each with retries (see ``webhook_delivery_send``); returns the
+    deliveries made by this call. Calling it twice for one job sends nothing
+    the second time."""
     job = Job.objects.select_related("team", "owner").prefetch_related("artifacts").filter(pk=job_id).first()
     event_type = webhook_event_type(job) if job else None
     if event_type is None:
@@ -155,30 +148,36 @@ def webhooks_deliver_for_job(job_id: int) -> list[WebhookDelivery]:
                                                           event_type=event_type, payload=payload)
         except IntegrityError:
             continue  # already sent (or being sent) for this job
-        webhook_delivery_send(delivery=delivery)
+        webhook_delivery_send(delivery=delivery, schedule_retry=schedule_retry)
         deliveries.append(delivery)
     return deliveries
 
 
-def webhook_delivery_send(*, delivery: WebhookDelivery) -> WebhookDelivery:
-    """POST the delivery's payload until a 2xx answer or the tries run out,
-    recording each attempt. Each try is signed afresh (a new timestamp)."""
+def webhook_delivery_send(*, delivery: WebhookDelivery,
+                          schedule_retry: RetryScheduler | None = None) -> WebhookDelivery:
+    """POST the delivery's payload (signed afresh, a new timestamp each try)
+    and record the attempt. After a failure the next try comes after the
+    back-off: ``schedule_retry(delivery_id, delay_s)`` books it (the worker
+    sends a task with that countdown, which calls this again); without it,
+    this waits and tries again here. The delivery fails after the last try."""
     delays = tuple(getattr(settings, "WEBHOOK_RETRY_DELAYS_S", DEFAULT_RETRY_DELAYS_S))
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     endpoint = delivery.endpoint
-    for attempt, delay_before in enumerate((0, *delays), start=1):
-        if delay_before:
-            time.sleep(delay_before)
+    while True:
+        attempt = delivery.attempts + 1
         status, error = _post(endpoint.url, body, secret=endpoint.secret, event_id=delivery.event_id)
         delivery.attempts, delivery.response_status, delivery.error = attempt, status, error
         if not error:
             delivery.status, delivery.delivered_at = WebhookDelivery.Status.SUCCEEDED, timezone.now()
-        elif attempt == len(delays) + 1:
+        elif attempt > len(delays):
             delivery.status = WebhookDelivery.Status.FAILED
         delivery.save(update_fields=["attempts", "response_status", "error", "status", "delivered_at"])
-        if not error:
-            break
-    return delivery
+        if delivery.status != WebhookDelivery.Status.PENDING:
+            return delivery
+        if schedule_retry is not None:
+            schedule_retry(delivery.pk, delays[attempt - 1])
+            return delivery
+        time.sleep(delays[attempt - 1])
 
 
 def _post(url: str, body: bytes, *, secret: str, event_id: str) -> tuple[int | None, str]:
