@@ -157,4 +157,9 @@ def stack(tmp_path_factory, tiny_model):
 
     running = start_stack(tmp_path_factory.mktemp("stack"), tiny_model)
     yield running
+    # Every process but Redis (the first) is asked to stop at once, not one
+    # after another; stop_all then waits for them and stops Redis last.
+    for proc in running.procs[1:]:
+        if proc.poll() is None:
+            proc.terminate()
     stop_all(running.procs)
