@@ -48,6 +48,23 @@ def _package_file(package: str, suffix: str) -> Path:
     raise ModelError(f"no {suffix} file found in the {package} package")
 
 
+def _partial_dir(dest: Path) -> Path:
+    """Where this process builds ``dest`` first: its own folder, so two processes preparing at once (two
+    workers, parallel tests) never write into each other's half-made copy."""
+    partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    return partial
+
+
+def _move_into_place(partial: Path, dest: Path, *, done: str) -> Path:
+    if (dest / done).exists():  # another process finished first: keep its copy
+        shutil.rmtree(partial, ignore_errors=True)
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)  # an incomplete earlier attempt
+    os.replace(partial, dest)
+    return dest
+
+
 def prepare_bundled_encoder(dest: str | Path) -> Path:
     """Copy the bundled all-MiniLM-L6-v2 (an encoder, for classification) to
     ``dest``, a directory every worker can read."""
@@ -55,12 +72,9 @@ def prepare_bundled_encoder(dest: str | Path) -> Path:
     if (dest / "model.safetensors").exists():
         return dest
     source = _package_file(BUNDLED_ENCODER_PACKAGE, "model/model.safetensors").parent
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = _partial_dir(dest)
     shutil.copytree(source, partial)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(partial, dest)
-    return dest
+    return _move_into_place(partial, dest, done="model.safetensors")
 
 
 def prepare_bundled_model(dest: str | Path) -> Path:
@@ -84,16 +98,13 @@ def prepare_bundled_model(dest: str | Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config.eos_token_id = tokenizer.eos_token_id
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = _partial_dir(dest)
     plain.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
     (partial / "SOURCE.txt").write_text(
         f"{BUNDLED_MODEL_ID}, converted from {gguf.name} (Q4_1, dequantized to fp32) "
         f"shipped in the {BUNDLED_PACKAGE} package. Apache-2.0.\n")
-    shutil.rmtree(dest, ignore_errors=True)  # an incomplete earlier attempt
-    os.replace(partial, dest)
-    return dest
+    return _move_into_place(partial, dest, done="tokenizer.json")
 
 
 def _check_ref(ref: str) -> None:

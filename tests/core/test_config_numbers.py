@@ -17,8 +17,10 @@ from tuning.methods import METHODS
 from tuning.quantize.config import QuantizeConfig
 from tuning.scoring import EvaluateConfig
 
-CONFIGS = [TrainConfig, MergeConfig, QuantizeConfig, EvaluateConfig,
-           *{method.params for method in METHODS.values()}, *{method.params for method in MERGE_METHODS.values()}]
+# In table order, once each (a set would order them differently in each xdist worker).
+CONFIGS = list(dict.fromkeys([TrainConfig, MergeConfig, QuantizeConfig, EvaluateConfig,
+                              *(method.params for method in METHODS.values()),
+                              *(method.params for method in MERGE_METHODS.values())]))
 NUMERIC_FIELDS = [(cls, spec) for cls in CONFIGS for spec in field_specs(cls) if spec.type in (int, float)]
 
 BAD_FLOATS = st.sampled_from([math.nan, math.inf, -math.inf, "nan", "NaN", "inf", "-Infinity", "1e400", "-1e999"])
