@@ -63,7 +63,8 @@ class TrainConfig:
     weight_decay: float = setting(0.0, help="AdamW weight decay.", min=0.0, max=1.0)
     max_grad_norm: float = setting(1.0, help="Clip gradients to this norm; 0 turns clipping off.", min=0.0,
                                    max=1000.0)
-    precision: str = setting("auto", help="Compute precision: auto picks bf16 where the device supports it.",
+    precision: str = setting("auto", help="Compute precision: auto picks bf16 where the device computes it "
+                                          "natively (else fp32 on a CPU).",
                              choices=("auto", "fp32", "bf16", "fp16"))
     gradient_checkpointing: bool = setting(False, help="Recompute activations in the backward pass: less "
                                                        "memory, about a third slower.")
