@@ -238,6 +238,8 @@ PLAYGROUND_IDLE_UNLOAD_S = env_int("PLAYGROUND_IDLE_UNLOAD_S", 300, minimum=1)
 JOB_HEARTBEAT_S = env_int("JOB_HEARTBEAT_S", 30, minimum=1)
 JOB_LOST_AFTER_S = env_int("JOB_LOST_AFTER_S", 180, minimum=2)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+# Workers stopped, or lost, longer ago than this leave the workers page (studio.workers.services).
+WORKER_HISTORY_HOURS = env_int("WORKER_HISTORY_HOURS", 24, minimum=1)
 
 LOGGING = {
     "version": 1,

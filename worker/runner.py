@@ -14,6 +14,7 @@ from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
 from studio.jobs.services import job_finish, job_heartbeat, jobs_recover_lost
 from studio.jobs.services_queue import job_claim_next, queue_nudge
+from studio.workers.services import workers_purge_gone
 from tuning.errors import TuningError
 from worker.sink import JobSink
 
@@ -60,6 +61,7 @@ def recover_lost_jobs_forever(stop: threading.Event) -> None:
             woken = queue_nudge()
             if woken:
                 log.info("woke idle pools with queued jobs: %s", woken)
+            workers_purge_gone()
         except Exception:  # the next round tries again; never kill the worker over it
             log.exception("recovering lost jobs failed")
         finally:

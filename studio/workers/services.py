@@ -3,6 +3,8 @@ thread (worker/registry.py), never by the web side."""
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from studio.jobs.models import Job
@@ -31,6 +33,15 @@ def worker_heartbeat(*, name: str, current_job_id: int | None, memory_used_mib: 
     return bool(WorkerNode.objects.filter(name=name, stopped_at__isnull=True).update(
         current_job_id=current_job_id, memory_used_mib=max(0, int(memory_used_mib)),
         last_heartbeat_at=timezone.now()))
+
+
+def workers_purge_gone(*, now=None) -> int:
+    """Forget workers stopped, or lost (no heartbeat), more than
+    WORKER_HISTORY_HOURS ago: the workers page keeps the live ones and recent
+    history. Called by every worker's housekeeping loop; how many went."""
+    before = (now or timezone.now()) - timezone.timedelta(hours=settings.WORKER_HISTORY_HOURS)
+    gone = Q(stopped_at__lt=before) | Q(stopped_at__isnull=True, last_heartbeat_at__lt=before)
+    return WorkerNode.objects.filter(gone).delete()[0]
 
 
 def worker_stopped(*, name: str) -> None:

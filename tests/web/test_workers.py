@@ -197,3 +197,20 @@ def test_nav_link_for_admins_only(client, admin, member):
     assert 'href="/workers/"' in client.get("/").content.decode()
     client.force_login(member)
     assert 'href="/workers/"' not in client.get("/").content.decode()
+
+
+def test_workers_gone_longer_than_the_history_setting_are_forgotten(db, settings):
+    from studio.workers.services import workers_purge_gone
+
+    settings.WORKER_HISTORY_HOURS = 24
+    now = timezone.now()
+    for name in ("alive@box", "stopped-recently@box", "stopped-long-ago@box", "lost-recently@box",
+                 "lost-long-ago@box"):
+        worker_register(name=name, pool="default", hostname="box", pid=1, device="CPU: test", device_memory_mib=1)
+    WorkerNode.objects.filter(name="stopped-recently@box").update(stopped_at=now - timezone.timedelta(hours=2))
+    WorkerNode.objects.filter(name="stopped-long-ago@box").update(stopped_at=now - timezone.timedelta(hours=30))
+    WorkerNode.objects.filter(name="lost-recently@box").update(last_heartbeat_at=now - timezone.timedelta(hours=3))
+    WorkerNode.objects.filter(name="lost-long-ago@box").update(last_heartbeat_at=now - timezone.timedelta(days=3))
+    assert workers_purge_gone() == 2
+    assert sorted(WorkerNode.objects.values_list("name", flat=True)) == [
+        "alive@box", "lost-recently@box", "stopped-recently@box"]
