@@ -26,6 +26,7 @@ from tuning import checkpoints
 from tuning.config import TrainConfig, check_against_model
 from tuning.data.cache import default_cache_dir, load_task_data_cached
 from tuning.data.splits import split_validation
+from tuning.data.stats import sink_progress
 from tuning.data.tasks import batches, collate_for_task
 from tuning.errors import DatasetError, ResourceError
 from tuning.events import ArtifactEvent, CheckpointEvent, EventSink, LogEvent, MetricsEvent
@@ -92,7 +93,9 @@ def load_data(config: TrainConfig, sink: EventSink, output_dir: Path) -> TrainDa
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(output_dir)
     data, cached = load_task_data_cached(config.task, config.dataset_path, name=dataset_name, tokenizer=tokenizer,
                                          max_length=config.max_length, loss_on_prompt=config.loss_on_prompt,
-                                         cache_dir=cache_dir)
+                                         cache_dir=cache_dir,
+                                         # a bar on the job page: rows done, ETA (at most two events a second)
+                                         progress=sink_progress(sink, phase="Tokenizing rows", unit="rows"))
     if cached == "hit":
         sink.emit(LogEvent(message=f"Using tokenized data from cache ({cache_dir})"))
     elif cached != "stored":

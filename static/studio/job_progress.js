@@ -19,7 +19,9 @@
   // What each kind of event shows: [value, max, text]; null leaves the bar as it is.
   const VIEWS = {
     progress: (d) => [d.done, Math.max(d.total, 1), d.phase + (d.total > 1 ? `: ${d.done} / ${d.total}` +
-      (d.unit ? " " + d.unit : "") : "") + (d.eta_s != null ? ` · ETA ${formatSeconds(d.eta_s)}` : "")],
+      (d.unit ? " " + d.unit : "") : "") +
+      (d.elapsed_s && d.done ? ` · ${Math.round(d.done / d.elapsed_s)} ${d.unit || "items"}/s` : "") +
+      (d.eta_s != null ? ` · ETA ${formatSeconds(d.eta_s)}` : "")],
     metrics: (d) => [d.step, d.total_steps, `step ${d.step} / ${d.total_steps} · loss ${d.loss.toFixed(4)} · ` +
       `elapsed ${formatSeconds(d.elapsed_s)} · ETA ${formatSeconds(d.eta_s)}` +
       (d.tokens_per_s ? ` · ${Math.round(d.tokens_per_s)} tok/s` : "")],

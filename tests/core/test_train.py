@@ -185,3 +185,17 @@ def test_the_second_run_reads_tokenized_data_from_the_cache(tiny_model, memorisa
     assert list((tmp_path / ".token-cache").glob("sft-*.safetensors"))  # beside the output directories
     assert [e.loss for e in second.of_kind("metrics")] == pytest.approx(
         [e.loss for e in first.of_kind("metrics")], rel=1e-6)
+
+
+def test_tokenizing_reports_progress_before_the_first_step_and_not_from_the_cache(tiny_model, memorisable_jsonl,
+                                                                                  tmp_path):
+    rows = sum(1 for line in Path(memorisable_jsonl).read_text().splitlines() if line.strip())
+    first = MemorySink()
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=1, cache_dir=str(tmp_path / "c")), first)
+    tokenizing = [e for e in first.events if e.kind == "progress" and e.phase == "Tokenizing rows"]
+    assert tokenizing and tokenizing[-1].done == tokenizing[-1].total == rows and tokenizing[-1].unit == "rows"
+    kinds = [e.kind for e in first.events]
+    assert kinds.index("progress") < kinds.index("metrics")  # the bar fills before training starts
+    again = MemorySink()  # the same data tokenized the same way: read from the cache, nothing to report
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=1, cache_dir=str(tmp_path / "c")), again)
+    assert not [e for e in again.events if e.kind == "progress" and e.phase == "Tokenizing rows"]

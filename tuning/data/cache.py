@@ -136,7 +136,7 @@ def _evict(cache_dir: Path) -> None:
 
 def load_task_data_cached(task: str, path: str | Path, *, name: str | None = None, tokenizer, max_length: int,
                           loss_on_prompt: bool = False, text_split: str = "paragraphs",
-                          cache_dir: str | Path) -> tuple[TaskData, str]:
+                          cache_dir: str | Path, progress=None) -> tuple[TaskData, str]:
     """``tasks.load_task_data``, served from ``cache_dir`` when the same data
     was tokenized the same way before. Returns the data and what the cache
     did: "hit", "stored", or "not stored: <why>" (a cache that cannot be
@@ -159,7 +159,7 @@ def load_task_data_cached(task: str, path: str | Path, *, name: str | None = Non
                 sft.ensure_chat_template(tokenizer)  # as tokenizing would have (the output saves the tokenizer)
             return data, "hit"
     data = load_task_data(task, path, name=name, tokenizer=tokenizer, max_length=max_length,
-                          loss_on_prompt=loss_on_prompt, text_split=text_split)
+                          loss_on_prompt=loss_on_prompt, text_split=text_split, progress=progress)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         _save(data, file)

@@ -53,6 +53,8 @@ TASKS = ("sft", "pretrain", "classify", "preference")
 TRAINABLE = ("sft", "pretrain", "classify")  # preference data is stored for a later method
 PREVIEW_CHARS = 2000  # a preview shows the start of a long document, not all of it
 
+Progress = Callable[[int, int], None]  # (rows done, rows in all)
+
 
 @dataclass(frozen=True)
 class TaskData:
@@ -84,11 +86,14 @@ def _check_schema(task: str, schema: str | None, name: str) -> str | None:
 
 
 def _load_sft(path: Paths, name: str | None, tokenizer, max_length: int, loss_on_prompt: bool, schema: str | None,
-              mapping: dict | None) -> TaskData:
+              mapping: dict | None, progress: Progress) -> TaskData:
     examples = readers.read_examples(path, name=name, schema=schema, mapping=mapping)
     name = dataset_files(path, name)[2]
-    tokenized = [sft.tokenize_example(e, tokenizer, max_length=max_length, loss_on_prompt=loss_on_prompt,
-                                      file=name) for e in examples]
+    tokenized = []
+    for done, example in enumerate(examples, start=1):
+        tokenized.append(sft.tokenize_example(example, tokenizer, max_length=max_length,
+                                              loss_on_prompt=loss_on_prompt, file=name))
+        progress(done, len(examples))
     kept = [t for t in tokenized if sft.has_labels(t)]
     dropped = tuple(t.row for t in tokenized if not sft.has_labels(t))
     if not kept:
@@ -100,18 +105,20 @@ def _load_sft(path: Paths, name: str | None, tokenizer, max_length: int, loss_on
 
 def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer, max_length: int,
                    loss_on_prompt: bool = False, text_split: str = "paragraphs", schema: str | None = None,
-                   mapping: dict[str, str] | None = None) -> TaskData:
+                   mapping: dict[str, str] | None = None, progress: Progress | None = None) -> TaskData:
     """Read, check and tokenize the whole dataset (a path, or a list of paths) for ``task``.
 
     ``loss_on_prompt`` applies to sft only; ``text_split`` ("paragraphs" or
     "file") says how a .txt file is cut into documents for pretrain;
-    ``schema`` and ``mapping`` override the detected schema and columns.
+    ``schema`` and ``mapping`` override the detected schema and columns;
+    ``progress(done, total)`` hears how many rows are tokenized (sft).
     """
     _check_task(task, training=True)
     label = dataset_files(path, name)[2]
     schema = _check_schema(task, schema, label)
     if task == "sft":
-        return _load_sft(path, name, tokenizer, max_length, loss_on_prompt, schema, mapping)
+        return _load_sft(path, name, tokenizer, max_length, loss_on_prompt, schema, mapping,
+                         progress or (lambda done, total: None))
     if task == "pretrain":
         documents = pretrain.read_documents(path, name=name, split=text_split, schema=schema, mapping=mapping)
         blocks = pretrain.make_blocks(documents, tokenizer, max_length=max_length, file=label)
