@@ -63,7 +63,9 @@ async def watch(url: str, headers: dict, after: int, window: dict, arrivals: lis
                 message = await asyncio.wait_for(socket.recv(), min(left, 1.0))
             except asyncio.TimeoutError:
                 continue
-            arrivals.append((json.loads(message)["seq"], time.time()))
+            arrived, decoded = time.time(), json.loads(message)
+            for event in decoded if isinstance(decoded, list) else [decoded]:  # a catch-up list, or one event
+                arrivals.append((event["seq"], arrived))
 
 
 async def watch_all(stack, session, job_id: int, clients: int, seconds: float) -> list[tuple[int, float]]:

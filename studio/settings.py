@@ -240,6 +240,8 @@ JOB_LOST_AFTER_S = env_int("JOB_LOST_AFTER_S", 180, minimum=2)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
 # Workers stopped, or lost, longer ago than this leave the workers page (studio.workers.services).
 WORKER_HISTORY_HOURS = env_int("WORKER_HISTORY_HOURS", 24, minimum=1)
+# Stored events a WebSocket sends per message when a client catches up (studio.live.consumers).
+EVENT_REPLAY_BATCH = env_int("EVENT_REPLAY_BATCH", 500, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -175,7 +175,8 @@
       liveState.textContent = finished ? "Finished" : "Live";
       socket.send(JSON.stringify({ after: lastSeq }));
     };
-    socket.onmessage = (message) => handle(JSON.parse(message.data));
+    // A catch-up comes as lists of events, a live event as one (studio/live/consumers.py).
+    socket.onmessage = (message) => [].concat(JSON.parse(message.data)).forEach(handle);
     socket.onclose = async (close) => {
       if (close.code === 4401 || close.code === 4404) {
         liveState.textContent = "Not allowed to watch this job (log in again).";

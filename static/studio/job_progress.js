@@ -72,13 +72,15 @@
       };
       socket.onmessage = (message) => {
         if (!document.contains(el)) { socket.close(); return; }
-        const event = JSON.parse(message.data);
-        if (event.seq <= lastSeq) return;
-        lastSeq = event.seq;
-        if (show(el, event)) {
-          done = true;
-          socket.close();
-          refresh();
+        for (const event of [].concat(JSON.parse(message.data))) {  // a catch-up list, or one live event
+          if (event.seq <= lastSeq) continue;
+          lastSeq = event.seq;
+          if (show(el, event)) {
+            done = true;
+            socket.close();
+            refresh();
+            return;
+          }
         }
       };
       socket.onclose = (close) => {

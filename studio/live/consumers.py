@@ -3,11 +3,15 @@
 Protocol: after connecting, the client sends {"after": N}, the last seq it
 has (0 for none). The server sends every stored event after N, then each
 new one as it happens, as {"seq", "kind", "data"}, in order without gaps.
+Stored events go out as JSON lists of up to ``settings.EVENT_REPLAY_BATCH``
+events (one message each would make a long job's history slow to replay);
+a live event is one object. A client accepts both.
 """
 
 from __future__ import annotations
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from studio.jobs.events import job_group_name
@@ -58,10 +62,13 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         await self._send(message)
 
     async def _send_stored(self):
+        batch = max(1, settings.EVENT_REPLAY_BATCH)
         while True:
             events = await database_sync_to_async(job_events_after)(job_id=self.job_id, after=self.last_seq)
-            for event in events:
-                await self._send(event)
+            for start in range(0, len(events), batch):
+                part = [{"seq": e["seq"], "kind": e["kind"], "data": e["data"]} for e in events[start:start + batch]]
+                await self.send_json(part)
+                self.last_seq = part[-1]["seq"]
             if len(events) < EVENT_PAGE_SIZE:
                 return
 

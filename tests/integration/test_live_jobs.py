@@ -23,12 +23,13 @@ async def read_events(url, cookie, *, after=0, stop_after=None, until_finished=T
                                   open_timeout=20) as socket:
         await socket.send(json.dumps({"after": after}))
         while True:
-            event = json.loads(await asyncio.wait_for(socket.recv(), timeout))
-            events.append(event)
-            if stop_after and len(events) >= stop_after:
-                return events
-            if until_finished and event["kind"] == "status" and event["data"]["status"] in FINISHED:
-                return events
+            message = json.loads(await asyncio.wait_for(socket.recv(), timeout))
+            for event in message if isinstance(message, list) else [message]:  # a catch-up list, or one event
+                events.append(event)
+                if stop_after and len(events) >= stop_after:
+                    return events
+                if until_finished and event["kind"] == "status" and event["data"]["status"] in FINISHED:
+                    return events
 
 
 async def close_code(url, cookie=""):
