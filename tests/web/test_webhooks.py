@@ -176,7 +176,9 @@ def test_unreachable_url_is_recorded(admin, team, job):
     job_finish(job_id=job.pk, status="succeeded")
     webhooks_deliver_for_job(job.pk)
     delivery = WebhookDelivery.objects.get()
-    assert delivery.status == "failed" and delivery.response_status is None and "refused" in delivery.error.lower()
+    assert delivery.status == "failed" and delivery.response_status is None
+    # The same words for a closed port, a timeout or an unreachable host: no port scanning through the log.
+    assert delivery.error == "could not connect to the receiver (refused, timed out or unreachable)"
 
 
 def test_only_subscribed_active_endpoints_of_the_jobs_team_and_only_once(admin, team, job, receiver, outsider):
@@ -327,15 +329,3 @@ def test_inside_addresses_are_refused_when_the_webhook_is_added(admin, team, set
     with pytest.raises(WebhookError) as refused:
         endpoint_for(admin, team, url)
     assert refused.value.field == "url" and "WEBHOOK_ALLOWED_HOSTS" in str(refused.value)
-
-
-def test_a_connection_failure_is_reported_without_detail(admin, team, job):
-    closed = Receiver()
-    url = closed.url
-    closed.close()
-    endpoint_for(admin, team, url)
-    job_finish(job_id=job.pk, status="succeeded")
-    webhooks_deliver_for_job(job.pk)
-    delivery = WebhookDelivery.objects.get()
-    # The same words for a closed port, a timeout or an unreachable host: no port scanning through the log.
-    assert delivery.error == "could not connect to the receiver (refused, timed out or unreachable)"
