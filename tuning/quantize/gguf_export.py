@@ -29,6 +29,14 @@ from tuning.errors import ModelError
 from tuning.quantize.common import Cancelled
 
 GGUF_TYPES = ("f16", "q8_0", "q4_0")
+# llama.cpp's quantizer keeps the output head at more bits than a 4-bit file's
+# other matrices (Q6_K; with tied embeddings the head is token_embd): an error
+# there reaches every logit. The gguf package cannot write Q6_K, so it keeps Q8_0.
+OUTPUT_TYPE = {"q4_0": "Q8_0"}  # file type -> the output head's GGML type
+
+
+def _output_names(tied: bool) -> tuple[str, ...]:
+    return ("token_embd.weight",) if tied else ("output.weight",)
 SUPPORTED_MODEL_TYPES = ("llama",)
 
 
@@ -184,6 +192,8 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, gguf_type: str, 
                     kind = gguf.GGMLQuantizationType.F32  # norms stay f32, as llama.cpp keeps them
                 elif quant is not None and shape[-1] % block == 0:
                     kind = quant
+                    if target in _output_names(tied) and gguf_type in OUTPUT_TYPE:
+                        kind = gguf.GGMLQuantizationType[OUTPUT_TYPE[gguf_type]]
                 else:
                     kind = gguf.GGMLQuantizationType.F16
                 plan.append((file, hf_name, target, shape, kind))
