@@ -27,7 +27,7 @@ from django.db import transaction
 from studio.datasets.models import Dataset, dataset_upload_path
 from tuning.data import formats
 from tuning.data.records import file_sha256
-from tuning.data.schema import SCHEMAS, check_mapping, detect, schema_fields, tasks_for_schema
+from tuning.data.schema import detect, tasks_for_schema
 from tuning.data.tasks import TRAINABLE, summarize
 from tuning.errors import DatasetError
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from studio.notifications.webhooks import webhooks_enqueue_for_job
@@ -148,12 +147,13 @@ def job_heartbeat(*, job_id: int) -> None:
 def jobs_recover_lost() -> list[int]:
     """Take back running jobs whose worker stopped renewing the heartbeat
     (killed, machine lost): requeue each (a training job resumes from its
-    last checkpoint, other kinds start again, as their kind says), or fail it after JOB_MAX_ATTEMPTS starts. Safe to call from every worker
-    at once: each job is claimed by one conditional update."""
+    last checkpoint, other kinds start again, as their kind says), or fail
+    it after JOB_MAX_ATTEMPTS starts. Safe to call from every worker at
+    once: each job is claimed by one conditional update."""
     stale = timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S)
     recovered = []
     for job in Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.CANCELLING], heartbeat_at__lt=stale):
-        resumes = JOB_KINDS[job.kind].resumes_from_checkpoint if job.kind in JOB_KINDS else False
+        resumes = getattr(JOB_KINDS.get(job.kind), "resumes_from_checkpoint", False)
         checkpoint = latest(job_output_dir(job.pk) / "checkpoints") if resumes else None
         if job.status == Job.Status.CANCELLING:
             taken = _take_back(job, Job.Status.CANCELLED, "The worker was lost while stopping",
@@ -165,7 +165,8 @@ def jobs_recover_lost() -> list[int]:
                                failure_message=message, finished_at=timezone.now())
         else:
             if resumes:  # training: from its last checkpoint, each step once in the events
-                where = f"resuming from {checkpoint.name}" if checkpoint else "resuming from the start (no checkpoint yet)"
+                where = (f"resuming from {checkpoint.name}" if checkpoint
+                         else "resuming from the start (no checkpoint yet)")
                 fields = {"config": {**job.config, "resume_from": str(checkpoint) if checkpoint else ""},
                           "supersede_after": checkpoint}
             else:  # dataset work, merges, exports: their results are written only at the end

@@ -212,7 +212,7 @@ def job_release_dependents(*, job_id: int, status: str) -> None:
     for job in waiting:
         if status != Job.Status.SUCCEEDED:
             job_set_status(job.pk, Job.Status.CANCELLED, message=f"Not run: job #{job_id}, the step before, {status}",
-                        finished_at=timezone.now())
+                           finished_at=timezone.now())
             job_release_dependents(job_id=job.pk, status=Job.Status.CANCELLED)
             continue
         artifact = _output_of(Job.objects.get(pk=job_id))
@@ -223,7 +223,7 @@ def job_release_dependents(*, job_id: int, status: str) -> None:
         except ConfigError as exc:
             message = f"Cannot use the output of job #{job_id}: {exc}"
             job_set_status(job.pk, Job.Status.FAILED, message=message, failure_kind=Job.FailureKind.USER_ERROR,
-                        failure_message=message, finished_at=timezone.now())
+                           failure_message=message, finished_at=timezone.now())
             job_release_dependents(job_id=job.pk, status=Job.Status.FAILED)
             continue
         job_set_status(job.pk, Job.Status.QUEUED, message=f"Job #{job_id} finished; queued")
