@@ -35,12 +35,13 @@ WRITERS = (Membership.Role.MEMBER, Membership.Role.ADMIN)
 OWNER_OR_ADMIN = (Action.CANCEL, Action.RESUME)
 
 
-def allows(*, user, action: Action, team_id: int, owner_id: int | None = None) -> bool:
+def allows(*, user, action: Action, team_id: int, owner_id: int | None = None, roles: dict | None = None) -> bool:
     """Whether ``user`` may do ``action`` to something of team ``team_id``
-    (owned by ``owner_id``, where ownership matters)."""
+    (owned by ``owner_id``, where ownership matters). ``roles`` (from
+    ``team_roles_for_user``) saves the lookup where one page asks many times."""
     if user is None or not user.is_authenticated:
         return False
-    role = membership_role(user=user, team_id=team_id)
+    role = roles.get(team_id) if roles is not None else membership_role(user=user, team_id=team_id)
     if role is None:
         return False
     if action == Action.VIEW:
@@ -54,8 +55,8 @@ def allows(*, user, action: Action, team_id: int, owner_id: int | None = None) -
     raise ValueError(f"unknown action {action!r}")
 
 
-def job_allows(*, user, job, action: Action) -> bool:
-    return allows(user=user, action=action, team_id=job.team_id, owner_id=job.owner_id)
+def job_allows(*, user, job, action: Action, roles: dict | None = None) -> bool:
+    return allows(user=user, action=action, team_id=job.team_id, owner_id=job.owner_id, roles=roles)
 
 
 def refusal(*, user, action: Action, team_id: int, doing: str = "") -> str:

@@ -30,6 +30,13 @@ def membership_role(*, user, team_id: int) -> str | None:
     return Membership.objects.filter(user=user, team_id=team_id).values_list("role", flat=True).first()
 
 
+def team_roles_for_user(*, user) -> dict[int, str]:
+    """{team id: the user's role} for every team of the user (one query)."""
+    if not user.is_authenticated:
+        return {}
+    return dict(Membership.objects.filter(user=user).values_list("team_id", "role"))
+
+
 def admin_team_ids_for_user(*, user) -> list[int]:
     return list(Membership.objects.filter(user=user, role=Membership.Role.ADMIN).values_list("team_id", flat=True))
 
