@@ -11,8 +11,8 @@ a live event is one object. A client accepts both.
 from __future__ import annotations
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from studio.jobs.events import job_group_name
 from studio.accounts.policy import Action, allows
@@ -66,7 +66,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         while True:
             events = await database_sync_to_async(job_events_after)(job_id=self.job_id, after=self.last_seq)
             for start in range(0, len(events), batch):
-                part = [{"seq": e["seq"], "kind": e["kind"], "data": e["data"]} for e in events[start:start + batch]]
+                part = events[start:start + batch]  # already {seq, kind, data} (JobEvent.as_message)
                 await self.send_json(part)
                 self.last_seq = part[-1]["seq"]
             if len(events) < EVENT_PAGE_SIZE:
