@@ -31,22 +31,27 @@ def base_model_register(*, name: str, source: str, ref: str, upstream_id: str = 
 def base_model_facts_request(*, base_model: BaseModel, requests: list[tuple[str, dict, str]]) -> None:
     """Ask a worker (the interactive queue, which answers between playground
     chats) to count each (method, params, task) not counted or asked for yet."""
+    requests = {estimate_key(method, params, task): [method, params, task] for method, params, task in requests}
+    # The form asks again every second while it waits: answer those from the row it read, without a lock.
+    if not _to_ask(base_model.facts, requests):
+        return
     with transaction.atomic():
         model = BaseModel.objects.select_for_update().get(pk=base_model.pk)
         facts = {"counts": {}, "pending": {}, **model.facts}
-        now = time.time()
-        asked = {}
-        for method, params, task in requests:
-            key = estimate_key(method, params, task)
-            waiting = facts["pending"].get(key)
-            if key not in facts["counts"] and (waiting is None or now - waiting["at"] > RESEND_AFTER_S):
-                asked[key] = {"request": [method, params, task], "at": now}
+        asked = _to_ask(facts, requests)
         if not asked:
             return
         facts["pending"].update(asked)
         BaseModel.objects.filter(pk=model.pk).update(facts=facts)
         transaction.on_commit(lambda: _send(model.pk))
     base_model.facts = facts
+
+
+def _to_ask(facts: dict, requests: dict[str, list]) -> dict[str, dict]:
+    """The requests neither counted nor asked for recently, as pending entries."""
+    now, counted, pending = time.time(), facts.get("counts", {}), facts.get("pending", {})
+    return {key: {"request": request, "at": now} for key, request in requests.items()
+            if key not in counted and (key not in pending or now - pending[key]["at"] > RESEND_AFTER_S)}
 
 
 def _send(base_model_id: int) -> None:
