@@ -10,7 +10,7 @@
   const { lineChart, smoothInto, setLogScale, linkZoom, resetZoom, bindControls } = window.StudioCharts;
   const lossCanvas = document.getElementById("loss-chart");
   const progressBox = root.querySelector("[data-job-progress]");  // the shared component (job_progress.js)
-  const { show: showProgress } = window.StudioJobProgress;
+  const { show: showProgress, followStream } = window.StudioJobProgress;
   const logBox = document.getElementById("log");
   const liveState = document.getElementById("live-state");
   const MAX_LOG_LINES = 500;
@@ -18,7 +18,6 @@
 
   let lastSeq = 0;
   let finished = FINISHED.includes(document.getElementById("job-status").dataset.status);
-  let retryMs = 500;
 
   // Every point is kept here; the charts draw a decimated copy.
   const series = { train: [], smooth: [], eval: [], lr: [], grad_norm: [], tokens_per_s: [], memory_mib: [] };
@@ -166,27 +165,18 @@
   }
 
   function connect() {
-    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    const socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
-    let opened = false;
-    socket.onopen = () => {
-      opened = true;
-      retryMs = 500;
-      liveState.textContent = finished ? "Finished" : "Live";
-      socket.send(JSON.stringify({ after: lastSeq }));
-    };
-    // A catch-up comes as lists of events, a live event as one (studio/live/consumers.py).
-    socket.onmessage = (message) => [].concat(JSON.parse(message.data)).forEach(handle);
-    socket.onclose = async (close) => {
-      if (close.code === 4401 || close.code === 4404) {
-        liveState.textContent = "Not allowed to watch this job (log in again).";
-        return;
-      }
-      liveState.textContent = finished ? "Finished" : "Reconnecting…";
-      if (!opened) await catchUpOverHttp();
-      setTimeout(connect, retryMs);
-      retryMs = Math.min(retryMs * 2, 10000);
-    };
+    followStream(root.dataset.wsPath, {
+      lastSeq: () => lastSeq,
+      onEvent: handle,
+      async onState(state) {
+        if (state === "refused") {
+          liveState.textContent = "Not allowed to watch this job (log in again).";
+          return;
+        }
+        liveState.textContent = finished ? "Finished" : state === "open" ? "Live" : "Reconnecting…";
+        if (state === "unopened") await catchUpOverHttp();  // the socket will not open: read the rest as JSON
+      },
+    });
   }
 
   // For tests and the curious: every train-loss step the page holds.

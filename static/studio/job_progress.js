@@ -48,12 +48,48 @@
     return FINISHED.includes(status);
   }
 
+  // A job's event stream (studio/live/consumers.py), kept open: it (re)connects
+  // with back-off, says the last seq the page has, and hands on each newer
+  // event (a catch-up arrives as lists, a live event alone). onState hears
+  // "open", "refused" (4401/4404: nothing more to try) or "lost"/"unopened"
+  // (it may return a promise, awaited before the next try).
+  function followStream(wsPath, { lastSeq, onEvent, onState = () => {} }) {
+    let retryMs = 500, stopped = false;
+    function connect() {
+      if (stopped) return;
+      const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      const socket = new WebSocket(scheme + location.host + wsPath);
+      let opened = false;
+      socket.onopen = () => {
+        opened = true;
+        retryMs = 500;
+        onState("open");
+        socket.send(JSON.stringify({ after: lastSeq() }));
+      };
+      socket.onmessage = (message) => {
+        for (const event of [].concat(JSON.parse(message.data))) {
+          if (stopped) break;
+          if (event.seq > lastSeq()) onEvent(event);
+        }
+        if (stopped) socket.close();
+      };
+      socket.onclose = async (close) => {
+        if (stopped) return;
+        if (close.code === 4401 || close.code === 4404) { onState("refused"); return; }
+        await onState(opened ? "lost" : "unopened");
+        setTimeout(connect, retryMs);
+        retryMs = Math.min(retryMs * 2, 10000);
+      };
+    }
+    connect();
+    return { stop() { stopped = true; } };
+  }
+
   function follow(el) {
     if (el.dataset.bound || el.hasAttribute("data-passive")) return;
     el.dataset.bound = "1";
     let lastSeq = parseInt(el.dataset.after || "0", 10);
-    let retryMs = 500;
-    let done = FINISHED.includes(el.dataset.status);
+    if (FINISHED.includes(el.dataset.status)) return;
 
     function refresh() {
       const container = el.closest("[data-refresh-url]");
@@ -62,41 +98,24 @@
       }
     }
 
-    function connect() {
-      if (!document.contains(el) || done) return;
-      const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-      const socket = new WebSocket(scheme + location.host + el.dataset.wsPath);
-      socket.onopen = () => {
-        retryMs = 500;
-        socket.send(JSON.stringify({ after: lastSeq }));
-      };
-      socket.onmessage = (message) => {
-        if (!document.contains(el)) { socket.close(); return; }
-        for (const event of [].concat(JSON.parse(message.data))) {  // a catch-up list, or one live event
-          if (event.seq <= lastSeq) continue;
-          lastSeq = event.seq;
-          if (show(el, event)) {
-            done = true;
-            socket.close();
-            refresh();
-            return;
-          }
+    const stream = followStream(el.dataset.wsPath, {
+      lastSeq: () => lastSeq,
+      onEvent(event) {
+        if (!document.contains(el)) { stream.stop(); return; }  // swapped away: nobody watches
+        lastSeq = event.seq;
+        if (show(el, event)) {
+          stream.stop();
+          refresh();
         }
-      };
-      socket.onclose = (close) => {
-        if (done || close.code === 4401 || close.code === 4404) return;
-        setTimeout(connect, retryMs);  // a restarting server or Redis: catch up from lastSeq
-        retryMs = Math.min(retryMs * 2, 10000);
-      };
-    }
-    connect();
+      },
+    });
   }
 
   function followAll(root) {
     if (root.matches && root.matches("[data-job-progress]")) follow(root);
     if (root.querySelectorAll) root.querySelectorAll("[data-job-progress]").forEach(follow);
   }
-  window.StudioJobProgress = { show, formatSeconds };
+  window.StudioJobProgress = { show, formatSeconds, followStream };
   document.addEventListener("DOMContentLoaded", () => followAll(document));
   document.addEventListener("htmx:load", (event) => followAll(event.target));
 })();
