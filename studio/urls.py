@@ -45,6 +45,7 @@ urlpatterns = [
     path("notifications/", include("studio.notifications.urls")),
     path("audit/", include("studio.audit.urls")),
     path("workers/", include("studio.workers.urls")),
+    path("storage/", include("studio.storage.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("studio.api.urls")),
     path("accounts/webhooks/", include("studio.notifications.urls_webhooks")),

@@ -14,6 +14,7 @@ from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
 from studio.jobs.services import job_finish, job_heartbeat, jobs_recover_lost
 from studio.jobs.services_queue import job_claim_next, queue_nudge
+from studio.storage.services import storage_purge_due
 from studio.workers.services import workers_purge_gone
 from tuning.errors import TuningError
 from worker.sink import JobSink
@@ -52,7 +53,9 @@ class Heartbeat:
 
 
 def recover_lost_jobs_forever(stop: threading.Event) -> None:
-    """Every worker looks for jobs whose worker died (see jobs_recover_lost)."""
+    """Every worker's housekeeping: take back jobs whose worker died (see
+    jobs_recover_lost), wake pools with queued jobs, forget long-gone workers,
+    and purge deletions whose retention window has passed."""
     while not stop.wait(settings.JOB_HEARTBEAT_S):
         try:
             recovered = jobs_recover_lost()
@@ -62,6 +65,9 @@ def recover_lost_jobs_forever(stop: threading.Event) -> None:
             if woken:
                 log.info("woke idle pools with queued jobs: %s", woken)
             workers_purge_gone()
+            purged = storage_purge_due()
+            if purged:
+                log.info("purged deleted things whose retention ended: deletions %s", purged)
         except Exception:  # the next round tries again; never kill the worker over it
             log.exception("recovering lost jobs failed")
         finally:

@@ -10,6 +10,7 @@ exist. Acting on it needs more:
 | view (pages, downloads, the live stream) | yes | yes | yes |
 | create (upload, start a job, analyse, a diet step, use an artifact) | no | yes | yes |
 | cancel or resume a job | no | their own | any of the team |
+| delete a job, dataset or artifact | no | what they made | anything of the team |
 | reorder the queue, change priorities | no | no | yes |
 
 A user's API tokens and notifications are their own alone.
@@ -29,10 +30,11 @@ class Action(StrEnum):
     CANCEL = "cancel"
     RESUME = "resume"
     REORDER = "reorder"
+    DELETE = "delete"
 
 
 WRITERS = (Membership.Role.MEMBER, Membership.Role.ADMIN)
-OWNER_OR_ADMIN = (Action.CANCEL, Action.RESUME)
+OWNER_OR_ADMIN = (Action.CANCEL, Action.RESUME, Action.DELETE)
 
 
 def allows(*, user, action: Action, team_id: int, owner_id: int | None = None, roles: dict | None = None) -> bool:
@@ -63,6 +65,8 @@ def refusal(*, user, action: Action, team_id: int, doing: str = "") -> str:
     """Why ``action`` is refused, in words for the page or the API (``doing``
     names it more precisely: "upload datasets")."""
     role = membership_role(user=user, team_id=team_id)
+    if action == Action.DELETE and role == Membership.Role.MEMBER:
+        return "Members can delete only what they made; a team admin can delete anything of the team"
     if action in OWNER_OR_ADMIN and role == Membership.Role.MEMBER:
         return f"Members can {action} only their own jobs; a team admin can {action} any job of the team"
     if action == Action.REORDER:

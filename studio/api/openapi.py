@@ -150,7 +150,15 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type
     "errors": {"type": "array", "description": "Every bad field, when there are several.", "items": {
         "type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
     "row": {"type": ["integer", "null"], "description": "Uploads: the bad row of the data file (1-based)."},
-    "column": {"type": ["string", "null"], "description": "Uploads: the bad column."}}}}}
+    "column": {"type": ["string", "null"], "description": "Uploads: the bad column."},
+    "blocking": {"type": "array", "items": {"type": "string"},
+                 "description": "Deletes: what depends on it, or the jobs still running, or what you may not delete."}}}}}
+
+DELETION = {"type": "object", "properties": {
+    "object": {"const": "deletion"}, "id": {"type": "integer"},
+    "deleted": {"type": "array", "items": {"type": "string"}, "description": "Everything removed, the target first."},
+    "bytes": {"type": "integer", "description": "Disk space freed when the files are purged."},
+    "restorable_until": {"type": "string", "format": "date-time"}}}
 
 UPLOAD = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
@@ -166,6 +174,18 @@ with type one of {", ".join(WEBHOOK_EVENT_TYPES)} and the header
 To verify: split the header on ",", recompute the HMAC over the raw body bytes prefixed by t and ".",
 compare in constant time with v1, and refuse a t older than 5 minutes (replays). Dedupe on the payload's id.
 Failed deliveries (no 2xx within 10 s) are retried a few times with back-off."""
+
+DELETE_PARAMS = [_param("chain", "query", {"type": "boolean", "default": False},
+                        "Also delete what depends on it (made from it or using it); without it such a delete "
+                        "is refused with 409 and the list in error.blocking.")]
+
+
+def _delete_op(operation_id: str, what: str, id_param: dict) -> dict:
+    return _op(operation_id, f"Delete {what}", _json(_ref("Deletion"), "What was deleted, restorable until a time"),
+               params=[id_param, *DELETE_PARAMS], errors=("401", "403", "404"),
+               more={"409": _json(_ref("Error"), "Something depends on it, or a job in the chain has not ended")},
+               description="Soft delete: gone from every page and list at once; the files stay until the "
+                           "retention window ends, and the Storage page can restore it until then.")
 
 
 def openapi_schema(*, server_url: str = "/api/v1") -> dict:
@@ -188,7 +208,8 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
                             body={"required": True, "content": {"application/json": {"schema": _ref("JobCreate")}}}),
             },
             "/fine_tuning/jobs/{job_id}": {"get": _op("retrieveJob", "A job", _json(_ref("Job"), "The job"),
-                                                      params=[job_id])},
+                                                      params=[job_id]),
+                                           "delete": _delete_op("deleteJob", "a job and its artifacts", job_id)},
             "/fine_tuning/jobs/{job_id}/cancel": {"post": _op(
                 "cancelJob", "Cancel a job", _json(_ref("Job"), "The job, cancelled or stopping"), params=[job_id],
                 errors=("401", "403", "404"), more={"409": _json(_ref("Error"), "The job had already finished")},
@@ -210,7 +231,8 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
                                                                             "Only this job's artifacts.")],
                                       errors=("400", "401", "404"))},
             "/artifacts/{artifact_id}": {"get": _op("retrieveArtifact", "An artifact",
-                                                    _json(_ref("Artifact"), "The artifact"), params=[artifact_id])},
+                                                    _json(_ref("Artifact"), "The artifact"), params=[artifact_id]),
+                                         "delete": _delete_op("deleteArtifact", "an artifact", artifact_id)},
             "/artifacts/{artifact_id}/content": {"get": _op(
                 "downloadArtifact", "The artifact's files as a zip",
                 {"description": "A zip stream", "content": {"application/zip": {
@@ -226,7 +248,8 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
                             more={"413": _json(_ref("Error"), "Larger than the upload limit")}),
             },
             "/datasets/{dataset_id}": {"get": _op("retrieveDataset", "A dataset", _json(_ref("Dataset"), "The dataset"),
-                                                  params=[dataset_id])},
+                                                  params=[dataset_id]),
+                                       "delete": _delete_op("deleteDataset", "a dataset version", dataset_id)},
             "/openapi.json": {"get": _op("openapi", "This document", _json({"type": "object"}, "OpenAPI 3.1"),
                                          errors=("401",))},
         },
@@ -234,7 +257,8 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "An API token: tst_<prefix>_<secret>"}},
             "schemas": {"Job": JOB, "JobCreate": JOB_CREATE, "Event": EVENT, "Checkpoint": CHECKPOINT,
-                        "Artifact": ARTIFACT, "Dataset": DATASET, "Model": MODEL, "Error": ERROR},
+                        "Artifact": ARTIFACT, "Dataset": DATASET, "Model": MODEL, "Error": ERROR,
+                        "Deletion": DELETION},
             "responses": {
                 "BadRequest": _json(_ref("Error"), "Invalid request; error.field names the field"),
                 "Unauthorized": _json(_ref("Error"), "No token, or an unknown or revoked one"),

@@ -9,6 +9,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from studio.audit.services import audit_record
 from studio.api.auth import api_view
+from studio.api.deletes import delete_json
 from studio.api.errors import ApiError, error_response
 from studio.api.openapi import openapi_schema
 from studio.api.selectors import (artifact_get_in_teams, artifact_list_in_team, dataset_get_in_teams,
@@ -33,9 +34,11 @@ def artifacts_collection(request):
     return page_json([artifact_json(artifact, request=request) for artifact in rows], has_more=has_more)
 
 
-@api_view("GET")
+@api_view("GET", "DELETE")
 def artifact_retrieve(request, artifact_id: int):
     artifact = artifact_get_in_teams(team_ids=request.caller.team_ids, artifact_id=artifact_id)
+    if request.method == "DELETE":
+        return delete_json(request, artifact)
     return artifact_json(artifact, request=request)
 
 
@@ -87,9 +90,12 @@ def datasets_collection(request):
     return page_json([dataset_json(dataset) for dataset in rows], has_more=has_more)
 
 
-@api_view("GET")
+@api_view("GET", "DELETE")
 def dataset_retrieve(request, dataset_id: int):
-    return dataset_json(dataset_get_in_teams(team_ids=request.caller.team_ids, dataset_id=dataset_id))
+    dataset = dataset_get_in_teams(team_ids=request.caller.team_ids, dataset_id=dataset_id)
+    if request.method == "DELETE":
+        return delete_json(request, dataset)
+    return dataset_json(dataset)
 
 
 @api_view("GET")

@@ -10,6 +10,7 @@ import json
 from studio.audit.services import audit_record
 from studio.accounts.policy import Action, job_allows, refusal
 from studio.api.auth import api_view
+from studio.api.deletes import delete_json
 from studio.api.errors import ApiError
 from studio.api.selectors import (dataset_get_in_teams, int_param, job_checkpoints, job_events_page,
                                   job_get_in_teams, job_list_in_team, page_newest_first)
@@ -59,13 +60,17 @@ def _method(body: dict) -> tuple[str, dict]:
     return method["type"], params
 
 
+REQUEST_FIELDS = {"dataset": "training_file", "base_model": "model", "storage": "storage"}
+
+
 def _api_field(config_key: str) -> str:
     """A TrainConfig error key as the request field that caused it."""
     if config_key.startswith("method_params."):
         return "method.params." + config_key.removeprefix("method_params.")
     if config_key == "method":
         return "method.type"
-    return f"hyperparameters.{config_key}"
+    # What the request names elsewhere than in its hyperparameters (or not at all: the team's storage).
+    return REQUEST_FIELDS.get(config_key) or f"hyperparameters.{config_key}"
 
 
 def _config_error(exc: ConfigError) -> ApiError:
@@ -121,9 +126,12 @@ def jobs_collection(request):
     return page_json([job_json(job, request=request) for job in jobs], has_more=has_more)
 
 
-@api_view("GET")
+@api_view("GET", "DELETE")
 def job_retrieve(request, job_id: int):
-    return job_json(job_get_in_teams(team_ids=request.caller.team_ids, job_id=job_id), request=request)
+    job = job_get_in_teams(team_ids=request.caller.team_ids, job_id=job_id)
+    if request.method == "DELETE":
+        return delete_json(request, job)
+    return job_json(job, request=request)
 
 
 @api_view("POST")

@@ -4,8 +4,10 @@ each with its lineage (the artifacts it was made from, the job, the data)."""
 from django.db import models
 from django.urls import reverse
 
+from studio.storage.models import Deletable
 
-class Artifact(models.Model):
+
+class Artifact(Deletable):
     class Kind(models.TextChoices):
         ADAPTER = "adapter"
         MODEL = "model"

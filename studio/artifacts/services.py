@@ -5,9 +5,7 @@ from django.db import transaction
 from django.urls import reverse
 
 from studio.artifacts.models import Artifact
-
-def directory_size(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+from studio.storage.files import directory_size
 
 
 def artifact_create(*, job, kind: str, path: str, metadata: dict) -> Artifact:

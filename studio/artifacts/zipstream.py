@@ -27,13 +27,25 @@ class _Pipe:
 
 
 def zip_directory(directory: Path, *, prefix: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The zip of ``directory``, as chunks. Every file is opened here, before
+    the first chunk is asked for: a download that has begun is not broken by
+    the artifact's deletion and purge (an open file outlives its unlinking)."""
+    sources = [(path.relative_to(directory), path.stat().st_size, open(path, "rb"))
+               for path in sorted(p for p in directory.rglob("*") if p.is_file())]
+    return _zip_chunks(sources, prefix=prefix, chunk_size=chunk_size)
+
+
+def _zip_chunks(sources: list, *, prefix: str, chunk_size: int) -> Iterator[bytes]:
     pipe = _Pipe()
-    with zipfile.ZipFile(pipe, mode="w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            with open(path, "rb") as source, archive.open(f"{prefix}/{path.relative_to(directory)}", "w",
-                                                          force_zip64=path.stat().st_size > 2**30) as target:
-                for block in iter(lambda: source.read(chunk_size), b""):
-                    target.write(block)
-                    yield pipe.drain()
-            yield pipe.drain()
-    yield pipe.drain()
+    try:
+        with zipfile.ZipFile(pipe, mode="w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, size, source in sources:
+                with source, archive.open(f"{prefix}/{name}", "w", force_zip64=size > 2**30) as target:
+                    for block in iter(lambda: source.read(chunk_size), b""):
+                        target.write(block)
+                        yield pipe.drain()
+                yield pipe.drain()
+        yield pipe.drain()
+    finally:  # a client that went away mid-download leaves no file open
+        for _, _, source in sources:
+            source.close()

@@ -24,9 +24,14 @@ class AuditEntry(models.Model):
         MEMBER_REMOVED = "member.removed", "Member removed"
         MEMBER_ROLE_CHANGED = "member.role_changed", "Member role changed"
         QUOTA_CHANGED = "quota.changed", "Team quota changed"
+        MODEL_DELETED = "model.deleted", "Base model deleted"
+        STORAGE_RESTORED = "storage.restored", "Deleted things restored"
+        STORAGE_PURGED = "storage.purged", "Deleted things purged"
 
     # The log goes with its team (a deleted team has no one left to read it).
-    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="audit_entries")
+    # Empty for what concerns every team (a base model deleted by a staff user).
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="audit_entries", null=True,
+                             blank=True)
     # SET_NULL keeps the entry when the account goes; ``username`` keeps the name.
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                              related_name="audit_entries")

@@ -2,8 +2,10 @@
 
 from django.db import models
 
+from studio.storage.models import Deletable
 
-class BaseModel(models.Model):
+
+class BaseModel(Deletable):
     class Source(models.TextChoices):
         BUNDLED = "bundled", "Bundled with the studio"
         LOCAL = "local", "Local directory"
@@ -24,7 +26,9 @@ class BaseModel(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["ref"], name="one_base_model_per_ref")]
+        # A deleted model waiting for its purge does not block adding the same ref again.
+        constraints = [models.UniqueConstraint(fields=["ref"], condition=models.Q(deletion__isnull=True),
+                                               name="one_base_model_per_ref")]
         ordering = ["name"]
 
     def __str__(self):

@@ -11,12 +11,14 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from studio.storage.models import Deletable
+
 
 def dataset_upload_path(instance, filename):
     return f"datasets/{instance.team_id}/{instance.sha256[:16]}/{filename}"
 
 
-class Dataset(models.Model):
+class Dataset(Deletable):
     class Confidence(models.TextChoices):
         SURE = "sure"
         UNSURE = "unsure"

@@ -25,6 +25,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from studio.datasets.models import Dataset, dataset_upload_path
+from studio.storage.selectors import storage_quota_refusal
 from tuning.data import formats
 from tuning.data.records import file_sha256
 from tuning.data.schema import detect, tasks_for_schema
@@ -172,6 +173,8 @@ def dataset_create_from_uploads(*, team, user, uploads: list, name: str = "") ->
     Raises DatasetError (naming the file, row and field) and stores nothing if any row cannot be read.
     """
     filenames = _unique([safe_filename(upload.name) for upload in uploads])
+    if refusal := storage_quota_refusal(team_id=team.pk, adding_bytes=sum(upload.size for upload in uploads)):
+        raise DatasetError(refusal)
     try:
         paths = [_upload_path(upload) for upload in uploads]
         for path, filename in zip(paths, filenames):

@@ -29,6 +29,9 @@ class JobKind:
     # The owner hears how it ended (bell, e-mail) and webhooks fire. Dataset
     # work shows its result on the page the user is looking at instead.
     notifies: bool = True
+    # It writes files (checkpoints, artifacts, dataset versions): refused while
+    # its team is over its storage quota. An analysis stores only a report.
+    stores_files: bool = True
 
 
 JOB_KINDS: dict[str, JobKind] = {}
@@ -43,8 +46,9 @@ register_job_kind(JobKind(name="train", label="Training", run="worker.kind_runs.
                           resumes_from_checkpoint=True))
 register_job_kind(JobKind(name="merge", label="Merge", run="worker.kind_runs.run_merge"))
 register_job_kind(JobKind(name="quantize", label="Quantize", run="worker.kind_runs.run_quantize"))
-register_job_kind(JobKind(name="evaluate", label="Evaluate", run="worker.kind_runs.run_evaluate"))
+register_job_kind(JobKind(name="evaluate", label="Evaluate", run="worker.kind_runs.run_evaluate",
+                          stores_files=False))
 register_job_kind(JobKind(name="analyse", label="Dataset analysis", run="worker.dataset_runs.run_analysis",
-                          notifies=False))
+                          notifies=False, stores_files=False))
 register_job_kind(JobKind(name="diet", label="Dataset step", run="worker.dataset_runs.run_operation",
                           notifies=False))

@@ -9,6 +9,7 @@ from django.db import models
 from django.urls import reverse
 
 from studio.jobs.kinds import JOB_KINDS
+from studio.storage.models import Deletable
 from tuning.checkpoints import latest  # standard library only: no torch in the web process
 
 
@@ -21,7 +22,7 @@ def job_output_dir(job_id: int) -> Path:
     return Path(settings.MEDIA_ROOT) / "jobs" / str(job_id)
 
 
-class Job(models.Model):
+class Job(Deletable):
     class Kind(models.TextChoices):
         """Names of the built-in kinds, for code that refers to one; what a kind
         is and does is declared in ``studio.jobs.kinds`` (the field takes any
@@ -82,6 +83,8 @@ class Job(models.Model):
     progress_total = models.PositiveIntegerField(default=0)
     last_loss = models.FloatField(null=True, blank=True)
     last_seq = models.PositiveIntegerField(default=0, help_text="Seq of the newest event.")
+    disk_bytes = models.PositiveBigIntegerField(default=0, help_text="Size of the job's directory (checkpoints and "
+                                                                     "artifacts), measured when it ends.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -151,6 +154,8 @@ class TeamQuota(models.Model):
     team = models.OneToOneField("accounts.Team", on_delete=models.CASCADE, related_name="quota")
     max_running_jobs = models.PositiveIntegerField(default=0, help_text="Jobs of the team running at once.")
     gpu_hours_per_month = models.FloatField(default=0, help_text="Hours of GPU-pool jobs per calendar month.")
+    storage_gb = models.FloatField(default=0, help_text="Disk space for datasets, checkpoints and artifacts (GB); "
+                                                        "uploads and new jobs are refused over it.")
 
     def __str__(self):
         return f"quota of {self.team}"

@@ -21,6 +21,7 @@ from studio.jobs.models import Job, JobEvent, job_output_dir
 from studio.jobs.services_queue import queue_wake
 from studio.jobs.services_steps import job_release_dependents
 from studio.jobs.state import job_enqueue, job_set_status, job_submit
+from studio.storage.files import directory_size
 from studio.notifications.services import notification_create_for_job
 from tuning.checkpoints import latest
 from tuning.config import TrainConfig, check_against_model, config_to_dict
@@ -104,7 +105,7 @@ def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str
     assert status in Job.FINISHED, status
     with transaction.atomic():
         job_set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
-                       finished_at=timezone.now())
+                       finished_at=timezone.now(), disk_bytes=directory_size(job_output_dir(job_id)))
         job = Job.objects.select_related("owner").get(pk=job_id)
         _after_end(job, status, message)
         # A job held back by its team's quota may start now that this one ended.

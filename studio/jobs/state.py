@@ -18,6 +18,7 @@ from studio.celery import app as celery_app
 from studio.jobs.events import job_event_record
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
+from studio.storage.selectors import storage_quota_refusal
 from tuning.errors import ConfigError
 
 RUN_JOB_TASK = "worker.tasks.run_job"  # sent by name: the web side never imports worker/
@@ -53,7 +54,12 @@ def job_create(*, kind: str, team, owner, config: dict, name: str = "", dataset=
 
 def job_submit(*, job: Job, **fields) -> None:
     """Move a stored job (validating) to queued and wake its pool after the
-    commit, or, for a chain step, leave it waiting for the step before."""
+    commit, or, for a chain step, leave it waiting for the step before.
+    Raises ConfigError ("storage") when the job would write files and its
+    team is over its storage quota (the caller's transaction rolls back)."""
+    kind = JOB_KINDS.get(job.kind)
+    if kind is not None and kind.stores_files and (refusal := storage_quota_refusal(team_id=job.team_id)):
+        raise ConfigError({"storage": refusal})
     if job.depends_on_id is None:
         job_set_status(job.pk, Job.Status.QUEUED, **fields)
         transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))

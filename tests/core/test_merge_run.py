@@ -253,3 +253,13 @@ def test_cancel_removes_the_partial_output(tiny_model, adapters, tmp_path, metho
     result = run_merge(config, sink)
     assert result.status == "cancelled" and result.output_path == ""
     assert list(tmp_path.iterdir()) == [] and not sink.of_kind("artifact")
+
+
+def test_a_damaged_safetensors_header_is_a_clear_error_not_an_exabyte_read(tmp_path):
+    from tuning.errors import ModelError
+    from tuning.merge.tensors import read_header
+
+    damaged = tmp_path / "adapter_model.safetensors"
+    damaged.write_bytes(b"w" * 3000)  # the first 8 bytes claim a header of 8.6e18 bytes
+    with pytest.raises(ModelError, match="damaged"):
+        read_header(damaged)

@@ -130,7 +130,7 @@ def test_session_may_read_but_not_write(member_client, dataset, tiny_base_model)
 def test_unknown_path_and_wrong_method_answer_json(api, ids):
     assert_error(api.get("/api/v1/nope"), 404)
     assert "trailing slash" in assert_error(api.get("/api/v1/fine_tuning/jobs/"), 404)["message"]
-    response = api.delete(f"/api/v1/fine_tuning/jobs/{ids['job']}")
+    response = api.put(f"/api/v1/fine_tuning/jobs/{ids['job']}")
     assert_error(response, 405)
     assert "GET" in response["Allow"]
 

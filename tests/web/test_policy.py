@@ -24,6 +24,7 @@ RULE = {
     "cancel":  {"owner": ALLOWED, "teammate": REFUSED, "admin": ALLOWED, "viewer": REFUSED},
     "resume":  {"owner": ALLOWED, "teammate": REFUSED, "admin": ALLOWED, "viewer": REFUSED},
     "reorder": {"owner": REFUSED, "teammate": REFUSED, "admin": ALLOWED, "viewer": REFUSED},
+    "delete":  {"owner": ALLOWED, "teammate": REFUSED, "admin": ALLOWED, "viewer": REFUSED},
 }
 
 
@@ -61,10 +62,15 @@ def job_page(users, role, job, action):
     client = page_client(users, role)
     if action == "view":
         return outcome_of_page(client.get(f"/jobs/{job.pk}/"))
-    response = client.post(f"/jobs/{job.pk}/{action}/", HTTP_HX_REQUEST="true")
+    if action == "delete":  # the job page's Delete… link leads to the Storage page's confirmation
+        response = client.post(f"/storage/delete/job/{job.pk}/")
+    else:
+        response = client.post(f"/jobs/{job.pk}/{action}/", HTTP_HX_REQUEST="true")
     outcome = outcome_of_page(response)
     if outcome == ALLOWED and action == "resume":
         assert response.status_code == 400 and "left no checkpoint" in response.content.decode()  # allowed, impossible
+    if outcome == ALLOWED and action == "delete":
+        assert response.status_code == 409 and "cancel them first" in response.content.decode()  # allowed, queued
     return outcome
 
 
@@ -91,6 +97,10 @@ def api(users, role, job, action):
         client.defaults["HTTP_AUTHORIZATION"] = "Bearer " + api_token_create(user=users[role], name="t")[1]
     if action == "view":
         response = client.get(f"/api/v1/fine_tuning/jobs/{job.pk}")
+    elif action == "delete":
+        response = client.delete(f"/api/v1/fine_tuning/jobs/{job.pk}")
+        if response.status_code == 409:  # allowed, but the job is still queued
+            assert "cancel them first" in response.json()["error"]["message"]
     else:
         response = client.post(f"/api/v1/fine_tuning/jobs/{job.pk}/cancel", content_type="application/json")
     return {401: LOGIN, 403: REFUSED, 404: HIDDEN}.get(response.status_code, ALLOWED)
@@ -120,8 +130,8 @@ def socket(users, role, job, action):
 
 
 # Each surface with the actions it offers (the job page has no reordering, the API no resume yet).
-SURFACES = {"job page": (job_page, ["view", "cancel", "resume"]), "queue page": (queue_page, ["view", "cancel", "reorder"]),
-            "api": (api, ["view", "cancel"])}
+SURFACES = {"job page": (job_page, ["view", "cancel", "resume", "delete"]),
+            "queue page": (queue_page, ["view", "cancel", "reorder"]), "api": (api, ["view", "cancel", "delete"])}
 CASES = [(surface, action, role) for surface, (_, actions) in SURFACES.items() for action in actions for role in ROLES]
 
 

@@ -32,6 +32,9 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     try:
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
+            # A damaged file's first 8 bytes can claim a header of exabytes: check before reading it.
+            if length > path.stat().st_size - 8:
+                raise ValueError(f"the header claims {length} bytes, more than the file holds; the file is damaged")
             header = json.loads(handle.read(length))
     except (OSError, struct.error, ValueError) as exc:
         raise ModelError(f"cannot read the safetensors header of {path}: {exc}") from None
