@@ -152,7 +152,8 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type
     "row": {"type": ["integer", "null"], "description": "Uploads: the bad row of the data file (1-based)."},
     "column": {"type": ["string", "null"], "description": "Uploads: the bad column."},
     "blocking": {"type": "array", "items": {"type": "string"},
-                 "description": "Deletes: what depends on it, or the jobs still running, or what you may not delete."}}}}}
+                 "description": "Deletes: what depends on it, the jobs still running, or what you may not "
+                                "delete."}}}}}
 
 DELETION = {"type": "object", "properties": {
     "object": {"const": "deletion"}, "id": {"type": "integer"},
