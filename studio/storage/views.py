@@ -17,7 +17,7 @@ from studio.catalog.models import BaseModel
 from studio.datasets.selectors import dataset_get_for_user
 from studio.jobs.selectors import job_get_for_user
 from studio.storage.models import Deletion
-from studio.storage.selectors import (deletions_for_teams, describe, item_bytes, largest_items, removal_bytes,
+from studio.storage.selectors import (base_models_in_use, deletions_for_teams, describe, item_bytes, largest_items, removal_bytes,
                                       removal_plan, team_storage_usage)
 from studio.storage.services import StorageRefusal, may_delete, may_restore, storage_delete, storage_restore
 
@@ -47,6 +47,7 @@ def storage_page(request):
                       "largest": largest_items(team_id=team.pk), "deletions": deletions})
     return render(request, "storage/page.html", {
         "teams": teams, "retention_hours": settings.DELETED_RETENTION_HOURS,
+        "base_models": base_models_in_use() if request.user.is_staff else None,
         "just_deleted": request.GET.get("deleted", "")})
 
 
