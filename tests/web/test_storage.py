@@ -4,7 +4,6 @@ directories (no worker): what is under test is what a delete removes, when
 its files go, and who may do it."""
 
 import io
-import json
 import zipfile
 from datetime import timedelta
 
@@ -20,23 +19,15 @@ from studio.artifacts.services import artifact_create
 from studio.audit.models import AuditEntry
 from studio.catalog.models import BaseModel
 from studio.datasets.models import Dataset
-from studio.datasets.services import dataset_create_from_file
 from studio.datasets.services_work import dataset_analysis_request
 from studio.jobs.models import Job, TeamQuota, job_output_dir
-from studio.jobs.services import job_create_train, job_finish
+from studio.jobs.services import job_finish
 from studio.jobs.state import job_create
 from studio.storage.models import Deletion
 from studio.storage.selectors import team_storage_usage
 from studio.storage.services import StorageRefusal, storage_delete, storage_purge_due, storage_restore
+from tests.web.test_steps import dataset, train  # noqa: F401 (dataset is a fixture: four instruction rows)
 from tuning.errors import ConfigError
-
-
-@pytest.fixture
-def dataset(member, team, tmp_path):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"Say {w}.", "output": f"{w}!"}) + "\n"
-                            for w in ("hello", "yes", "blue", "green")))
-    return dataset_create_from_file(team=team, user=member, source_path=data, filename="pairs.jsonl")
 
 
 def finished_with_files(job: Job, *, artifact_kind: str = "adapter", size: int = 3000) -> Artifact:
@@ -51,12 +42,6 @@ def finished_with_files(job: Job, *, artifact_kind: str = "adapter", size: int =
     artifact = artifact_create(job=job, kind=artifact_kind, path=str(out / artifact_kind), metadata={})
     job_finish(job_id=job.pk, status=Job.Status.SUCCEEDED, message="done")
     return artifact
-
-
-def train(member, team, dataset, base_model) -> Job:
-    return job_create_train(user=member, team=team, dataset=dataset, base_model=base_model,
-                            settings_values={"max_steps": 2, "batch_size": 2, "precision": "fp32"},
-                            method_params={"rank": 4})
 
 
 @pytest.fixture
