@@ -115,9 +115,10 @@ def dataset_version_create(*, parents: list[Dataset], user, rows_path, operation
     # The schema is the confirmed one: the rows now carry its canonical column names.
     described = dataset_describe_file([rows_path], names=[filename], schema=schema)
     with transaction.atomic():
-        # Numbers are per family; the lock keeps two operations finishing at once from taking the same one.
+        # Numbers are per family (deleted versions count: a restored one keeps its number); the lock keeps
+        # two operations finishing at once from taking the same one.
         Dataset.objects.select_for_update().filter(pk=root.pk).first()
-        number = (Dataset.objects.filter(root=root).aggregate(n=Max("version"))["n"] or root.version) + 1
+        number = (Dataset.everything.filter(root=root).aggregate(n=Max("version"))["n"] or root.version) + 1
         dataset = Dataset(team=first.team, created_by=user, name=root.name, root=root, version=number,
                           operation=operation, parameters=parameters, report=report, **described)
         dataset_store_file(dataset=dataset, source_path=rows_path, filename=filename)

@@ -292,3 +292,18 @@ def test_staff_see_the_base_models_with_their_use_and_delete_unused_ones(client,
 
 def test_members_do_not_see_the_base_models_section(member_client, chain):
     assert 'id="base-models"' not in member_client.get("/storage/").content.decode()
+
+
+def test_a_new_version_does_not_take_the_number_of_a_deleted_one(member, dataset, tmp_path):
+    from studio.datasets.services_work import dataset_version_create
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"instruction": "Say hi.", "output": "hi!"}\n')
+
+    def new_version():
+        return dataset_version_create(parents=[dataset], user=member, rows_path=rows, operation="subsample",
+                                      parameters={}, report={}, schema="alpaca")
+
+    second = new_version()
+    storage_delete(user=member, target=second)
+    assert new_version().version == 3
