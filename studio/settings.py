@@ -174,6 +174,14 @@ FILE_UPLOAD_TEMP_DIR = None
 
 # Model code shipped with a model runs only if an admin turns this on.
 TRUST_REMOTE_CODE = env_bool("TRUST_REMOTE_CODE", False)
+# Models from a hub: huggingface_hub's own variables (HF_ENDPOINT for a mirror
+# or a self-hosted hub, HF_HUB_OFFLINE, HTTPS_PROXY) apply to the download
+# jobs; the files go under MEDIA_ROOT/models. Folders on the server can be
+# added only under MODEL_FOLDER_ROOTS (comma-separated absolute paths).
+HF_ENDPOINT = env_str("HF_ENDPOINT") or None
+MODEL_FOLDER_ROOTS = env_list("MODEL_FOLDER_ROOTS", [])
+# The key team secrets (hub tokens) are encrypted with; SECRET_KEY when unset.
+SECRETS_KEY = env_str("SECRETS_KEY")
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from studio.artifacts import views as artifacts
+from studio.catalog import views as catalog
 from studio.datasets import views as datasets
 from studio.jobs import views as jobs
 from studio.jobs import views_compare, views_queue, views_steps
@@ -46,6 +47,7 @@ urlpatterns = [
     path("audit/", include("studio.audit.urls")),
     path("workers/", include("studio.workers.urls")),
     path("storage/", include("studio.storage.urls")),
+    path("models/", catalog.model_list, name="model-list"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("studio.api.urls")),
     path("accounts/webhooks/", include("studio.notifications.urls_webhooks")),

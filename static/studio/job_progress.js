@@ -16,11 +16,28 @@
     return (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
   }
 
+  function formatBytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : Math.round(n)) + " " + units[i];
+  }
+
+  // "3 / 8 rows", or for a download "1.2 MiB / 6.1 MiB".
+  function amounts(d) {
+    if (d.unit === "bytes") return `${formatBytes(d.done)} / ${formatBytes(d.total)}`;
+    return `${d.done} / ${d.total}` + (d.unit ? " " + d.unit : "");
+  }
+
+  function rate(d) {
+    const perSecond = d.done / d.elapsed_s;
+    return d.unit === "bytes" ? `${formatBytes(perSecond)}/s` : `${Math.round(perSecond)} ${d.unit || "items"}/s`;
+  }
+
   // What each kind of event shows: [value, max, text]; null leaves the bar as it is.
   const VIEWS = {
-    progress: (d) => [d.done, Math.max(d.total, 1), d.phase + (d.total > 1 ? `: ${d.done} / ${d.total}` +
-      (d.unit ? " " + d.unit : "") : "") +
-      (d.elapsed_s && d.done ? ` · ${Math.round(d.done / d.elapsed_s)} ${d.unit || "items"}/s` : "") +
+    progress: (d) => [d.done, Math.max(d.total, 1), d.phase + (d.total > 1 ? `: ${amounts(d)}` : "") +
+      (d.elapsed_s && d.done ? ` · ${rate(d)}` : "") +
       (d.eta_s != null ? ` · ETA ${formatSeconds(d.eta_s)}` : "")],
     metrics: (d) => [d.step, d.total_steps, `step ${d.step} / ${d.total_steps} · loss ${d.loss.toFixed(4)} · ` +
       `elapsed ${formatSeconds(d.elapsed_s)} · ETA ${formatSeconds(d.eta_s)}` +

@@ -58,3 +58,23 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class TeamSecret(models.Model):
+    """A credential the team's jobs use (a hub access token …). The value is
+    stored encrypted (``studio.accounts.secrets``), never shown back and never
+    logged; a worker decrypts it for the job that names it."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=100)
+    ciphertext = models.TextField()
+    hint = models.CharField(max_length=12, blank=True, help_text="The last characters, to tell tokens apart.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name", "pk"]
+
+    def __str__(self):
+        return f"{self.name} (…{self.hint})" if self.hint else self.name

@@ -52,8 +52,9 @@ def artifact_content(request, artifact_id: int):
 
 @api_view("GET")
 def models_collection(request):
-    """Base models are shared by every team of the studio."""
-    return page_json([base_model_json(model) for model in base_model_list()], has_more=False)
+    """Base models every team shares, and those the caller's teams added."""
+    return page_json([base_model_json(model) for model in base_model_list(team_ids=request.caller.team_ids)],
+                     has_more=False)
 
 
 def _dataset_upload(request):

@@ -15,7 +15,7 @@ from studio.api.errors import ApiError
 from studio.api.selectors import (dataset_get_in_teams, int_param, job_checkpoints, job_events_page,
                                   job_get_in_teams, job_list_in_team, page_newest_first)
 from studio.api.serializers import event_json, job_json, page_json
-from studio.catalog.models import BaseModel
+from studio.catalog.selectors import base_model_list
 from studio.jobs.forms import SYSTEM_FIELDS
 from studio.jobs.models import Job
 from studio.jobs.services import job_cancel, job_create_train
@@ -95,7 +95,7 @@ def _job_create(request):
     if reserved:
         raise ApiError(400, f"hyperparameters cannot set {reserved}", field=f"hyperparameters.{reserved[0]}")
     method, params = _method(body)
-    base_model = BaseModel.objects.filter(pk=_id(body, "model")).first()
+    base_model = base_model_list(team_ids=[team.pk]).filter(pk=_id(body, "model")).first()
     if base_model is None:
         raise ApiError(404, f"No base model with id {body['model']}; GET /api/v1/models lists them", field="model")
     dataset = dataset_get_in_teams(team_ids=[team.pk], dataset_id=_id(body, "training_file"), field="training_file")

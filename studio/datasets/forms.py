@@ -4,6 +4,7 @@ live in tuning.data and run in services (upload) or on workers (the rest)."""
 from django import forms
 
 from studio.catalog.models import BaseModel
+from studio.catalog.selectors import base_model_list
 from tuning.data.diet import DIET_OPERATIONS
 
 UPLOAD_HELP = "JSONL, JSON, CSV/TSV, Parquet, plain text or a .zip of those; pick several files to make one dataset."
@@ -56,6 +57,11 @@ class AnalysisForm(forms.Form):
                                     help_text="Tokens per row in training; longer rows are cut.")
     loss_on_prompt = forms.BooleanField(required=False, label="Loss on everything",
                                         help_text="Train on the prompt too, not only the responses.")
+
+    def __init__(self, *args, dataset, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The models the dataset's team may use (shared ones and its own).
+        self.fields["base_model"].queryset = base_model_list(team_ids=[dataset.team_id])
 
 
 def diet_form(operation_name: str, data=None, *, merge_choices=None, base_models=None):

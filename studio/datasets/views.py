@@ -14,6 +14,7 @@ from studio.audit.services import audit_record
 from studio.accounts.policy import Action, allows
 from studio.accounts.selectors import team_for_new_work
 from studio.catalog.models import BaseModel
+from studio.catalog.selectors import base_model_list
 from studio.datasets.forms import (AnalysisForm, DatasetUploadForm, column_mapping_form, diet_form,
                                    diet_parameters)
 from studio.datasets.selectors import (dataset_analysis_get, dataset_get_for_user, dataset_latest_analysis,
@@ -68,9 +69,9 @@ def _can_write(request, dataset) -> bool:
     return allows(user=request.user, action=Action.CREATE, team_id=dataset.team_id)
 
 
-def _default_base_model():
+def _default_base_model(dataset):
     """The bundled chat model if there is one (not the bundled sentence encoder), else the first."""
-    models = list(BaseModel.objects.all())
+    models = list(base_model_list(team_ids=[dataset.team_id]))
     for model in models:
         if model.source == BaseModel.Source.BUNDLED and "encoder" not in model.name.lower():
             return model
@@ -87,7 +88,7 @@ def _mapping_context(dataset, schema: str | None = None, data=None) -> dict:
 
 
 def _diet_forms(dataset, data_for: str | None = None, data=None) -> list:
-    base_models = BaseModel.objects.all()
+    base_models = base_model_list(team_ids=[dataset.team_id])
     return [(name, op, diet_form(name, data if name == data_for else None, base_models=base_models,
                                   merge_choices=dataset_merge_candidates(dataset)))
             for name, op in DIET_OPERATIONS.items()]
@@ -96,9 +97,11 @@ def _diet_forms(dataset, data_for: str | None = None, data=None) -> list:
 def _detail_context(request, dataset) -> dict:
     analysis = dataset_latest_analysis(dataset)
     initial = ({"base_model": analysis.base_model_id, "max_length": analysis.max_length,
-                "loss_on_prompt": analysis.loss_on_prompt} if analysis else {"base_model": _default_base_model()})
+                "loss_on_prompt": analysis.loss_on_prompt} if analysis
+               else {"base_model": _default_base_model(dataset)})
     return {"dataset": dataset, "tree": dataset_version_tree(dataset), "analysis": analysis,
-            "analysis_form": AnalysisForm(initial=initial), "operations": dataset_operation_list(dataset)[:10],
+            "analysis_form": AnalysisForm(initial=initial, dataset=dataset),
+            "operations": dataset_operation_list(dataset)[:10],
             "diet_forms": _diet_forms(dataset), "can_write": _can_write(request, dataset),
             **(_mapping_context(dataset) if not dataset.confirmed else {})}
 
@@ -134,7 +137,7 @@ def dataset_mapping(request, dataset_id: int):
 @require_POST
 def dataset_analyse(request, dataset_id: int):
     dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
-    form = AnalysisForm(request.POST)
+    form = AnalysisForm(request.POST, dataset=dataset)
     analysis = None
     if not _can_write(request, dataset):
         form.add_error(None, READ_ONLY)
@@ -153,7 +156,7 @@ def dataset_analysis(request, dataset_id: int, analysis_id: int):
     dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
     analysis = dataset_analysis_get(dataset=dataset, analysis_id=analysis_id)
     form = AnalysisForm(initial={"base_model": analysis.base_model_id, "max_length": analysis.max_length,
-                                 "loss_on_prompt": analysis.loss_on_prompt})
+                                 "loss_on_prompt": analysis.loss_on_prompt}, dataset=dataset)
     return render(request, "datasets/_analysis.html", {"dataset": dataset, "analysis": analysis,
                                                        "analysis_form": form,
                                                        "can_write": _can_write(request, dataset)})

@@ -52,3 +52,4 @@ register_job_kind(JobKind(name="analyse", label="Dataset analysis", run="worker.
                           notifies=False, stores_files=False))
 register_job_kind(JobKind(name="diet", label="Dataset step", run="worker.dataset_runs.run_operation",
                           notifies=False))
+register_job_kind(JobKind(name="model_add", label="Adding a model", run="worker.model_runs.run_model_add"))

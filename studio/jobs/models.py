@@ -79,8 +79,9 @@ class Job(Deletable):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker has started this job.")
     # Denormalised from the latest metrics event, for lists and the progress bar.
-    progress_step = models.PositiveIntegerField(default=0)
-    progress_total = models.PositiveIntegerField(default=0)
+    # Big integers: a download counts bytes.
+    progress_step = models.PositiveBigIntegerField(default=0)
+    progress_total = models.PositiveBigIntegerField(default=0)
     last_loss = models.FloatField(null=True, blank=True)
     last_seq = models.PositiveIntegerField(default=0, help_text="Seq of the newest event.")
     disk_bytes = models.PositiveBigIntegerField(default=0, help_text="Size of the job's directory (checkpoints and "

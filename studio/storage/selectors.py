@@ -180,12 +180,3 @@ def largest_items(*, team_id: int, count: int = 10) -> list[tuple[str, int, mode
     rows = [(describe(obj), item_bytes(obj), obj, kind) for obj, kind in datasets + jobs]
     return sorted((row for row in rows if row[1]), key=lambda row: -row[1])[:count]
 
-
-def base_models_in_use() -> list[tuple[BaseModel, int]]:
-    """Every base model with how many jobs and artifacts of all teams use it (staff see this)."""
-    jobs = Job.objects.exclude(kind__in=DATASET_WORK_KINDS).values("base_model_id").annotate(n=models.Count("pk"))
-    artifacts = Artifact.objects.values("base_model_id").annotate(n=models.Count("pk"))
-    uses: dict[int, int] = {}
-    for row in [*jobs, *artifacts]:
-        uses[row["base_model_id"]] = uses.get(row["base_model_id"], 0) + row["n"]
-    return [(model, uses.get(model.pk, 0)) for model in BaseModel.objects.all()]

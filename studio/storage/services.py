@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -48,12 +49,15 @@ def _owner_id(obj: models.Model) -> int | None:
         return obj.owner_id
     if isinstance(obj, Artifact):
         return obj.job.owner_id
+    if isinstance(obj, BaseModel):
+        return obj.added_by_id
     return None
 
 
 def may_delete(*, user, obj: models.Model, roles: dict | None = None) -> bool:
-    """Team things: their maker or a team admin. Base models, shared by every team: staff only."""
-    if isinstance(obj, BaseModel):
+    """Team things (a team's own base models too): their maker or a team admin. Base models shared by
+    every team: staff only."""
+    if isinstance(obj, BaseModel) and obj.team_id is None:
         return bool(user and user.is_authenticated and user.is_staff)
     return allows(user=user, action=Action.DELETE, team_id=obj.team_id, owner_id=_owner_id(obj), roles=roles)
 
@@ -145,6 +149,10 @@ def _files_of(deletion: Deletion) -> list[str]:
         still_named.update(name for name in [other.file.name, *(e.get("stored") for e in other.source_files)]
                            if name in names)
     paths += [default_storage.path(name) for name in sorted(names - still_named)]
+    # A downloaded model's files are the studio's; a folder model's (or the bundled one's) are not.
+    models_dir = Path(settings.MEDIA_ROOT).resolve() / "models"
+    paths += [model.ref for model in BaseModel.everything.filter(deletion=deletion, source=BaseModel.Source.HUB)
+              if Path(model.ref).resolve().is_relative_to(models_dir)]
     return paths
 
 

@@ -13,19 +13,19 @@ from django.views.decorators.http import require_POST
 from studio.accounts.models import Team
 from studio.accounts.selectors import team_roles_for_user
 from studio.artifacts.selectors import artifact_get_for_user
-from studio.catalog.models import BaseModel
+from studio.catalog.selectors import base_model_get_for_user
 from studio.datasets.selectors import dataset_get_for_user
 from studio.jobs.selectors import job_get_for_user
 from studio.storage.models import Deletion
-from studio.storage.selectors import (base_models_in_use, deletions_for_teams, describe, item_bytes, largest_items, removal_bytes,
-                                      removal_plan, team_storage_usage)
+from studio.storage.selectors import (deletions_for_teams, describe, item_bytes, largest_items,
+                                      removal_bytes, removal_plan, team_storage_usage)
 from studio.storage.services import StorageRefusal, may_delete, may_restore, storage_delete, storage_restore
 
 TARGETS = {
     "dataset": lambda user, pk: dataset_get_for_user(user=user, dataset_id=pk),
     "job": lambda user, pk: job_get_for_user(user=user, job_id=pk),
     "artifact": lambda user, pk: artifact_get_for_user(user=user, artifact_id=pk),
-    "model": lambda user, pk: get_object_or_404(BaseModel.objects, pk=pk),
+    "model": lambda user, pk: base_model_get_for_user(user=user, base_model_id=pk),
 }
 
 
@@ -47,7 +47,6 @@ def storage_page(request):
                       "largest": largest_items(team_id=team.pk), "deletions": deletions})
     return render(request, "storage/page.html", {
         "teams": teams, "retention_hours": settings.DELETED_RETENTION_HOURS,
-        "base_models": base_models_in_use() if request.user.is_staff else None,
         "just_deleted": request.GET.get("deleted", "")})
 
 

@@ -277,23 +277,6 @@ def test_a_team_over_its_quota_cannot_upload_or_start_jobs_but_can_analyse_and_d
     assert train(member, team, chain["dataset"], tiny_base_model).status == Job.Status.QUEUED
 
 
-def test_staff_see_the_base_models_with_their_use_and_delete_unused_ones(client, chain, tiny_base_model, tiny_model):
-    staff = user_create(username="root", password="pw-root-123")
-    staff.is_staff = True
-    staff.save()
-    spare = BaseModel.objects.create(name="spare", source="local", ref=str(tiny_model) + "-copy")
-    client.force_login(staff)
-    page = client.get("/storage/").content.decode()
-    assert 'id="base-models"' in page and f"/storage/delete/model/{spare.pk}/" in page
-    assert f"/storage/delete/model/{tiny_base_model.pk}/" not in page  # in use: no link
-    assert client.post(f"/storage/delete/model/{spare.pk}/").status_code == 302
-    assert not BaseModel.objects.filter(pk=spare.pk).exists()
-
-
-def test_members_do_not_see_the_base_models_section(member_client, chain):
-    assert 'id="base-models"' not in member_client.get("/storage/").content.decode()
-
-
 def test_a_new_version_does_not_take_the_number_of_a_deleted_one(member, dataset, tmp_path):
     from studio.datasets.services_work import dataset_version_create
 

@@ -41,5 +41,7 @@ class Migration(migrations.Migration):
             name='storage_gb',
             field=models.FloatField(default=0, help_text='Disk space for datasets, checkpoints and artifacts (GB); uploads and new jobs are refused over it.'),
         ),
+        migrations.AlterField(model_name='job', name='progress_step', field=models.PositiveBigIntegerField(default=0)),
+        migrations.AlterField(model_name='job', name='progress_total', field=models.PositiveBigIntegerField(default=0)),
         migrations.RunPython(measure_finished_jobs, migrations.RunPython.noop),
     ]
