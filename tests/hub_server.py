@@ -9,7 +9,8 @@ tests and benchmarks of the studio's downloads through huggingface_hub
 Errors carry the hub's X-Error-Code header (RepoNotFound,
 RevisionNotFound, GatedRepo) so the library raises its own errors.
 ``drop_once`` names files whose first GET stops halfway (a dropped
-connection); ``requests`` records what was asked.
+connection); ``requests`` records what was asked. The integration stack
+runs one (``stack.hub``) and points its processes' HF_ENDPOINT at it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +39,7 @@ class HubServer:
     repos: dict[str, Repo] = field(default_factory=dict)
     drop_once: set[str] = field(default_factory=set)
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, Range header)
+    bytes_per_s: float = 0  # > 0: files are sent at this pace (a browser test watches the bar move)
 
     def start(self) -> str:
         hub = self
@@ -150,7 +153,13 @@ class HubServer:
             handler.close_connection = True
             handler.connection.shutdown(2)  # the connection drops halfway
             return
-        handler.wfile.write(data[start:])
+        if not self.bytes_per_s:
+            handler.wfile.write(data[start:])
+            return
+        step = 1 << 18
+        for offset in range(start, len(data), step):
+            handler.wfile.write(data[offset:offset + step])
+            time.sleep(step / self.bytes_per_s)
 
 
 def model_repo_files(model_dir: Path) -> dict[str, bytes]:

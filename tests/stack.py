@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from studio import launcher
+from tests.hub_server import HubServer
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = ("admin", "admin-pass-123")
@@ -46,6 +47,7 @@ class Stack:
     worker_name: str = "test-worker@%h"
     tiny_model_id: int = 0
     tiny_model_path: str = ""
+    hub: HubServer | None = None
 
     def manage(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=self.env, capture_output=True,
@@ -151,7 +153,9 @@ def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
         env["OMP_NUM_THREADS"] = str(threads_per_process())
     for variable in ("DATABASE_URL", "MEDIA_ROOT", "SECRET_KEY"):
         env.pop(variable, None)
-    stack = Stack(data_dir=data_dir, env=env, procs=[redis_proc])
+    hub = HubServer()  # the stack's model hub (tests add repos to stack.hub.repos)
+    env["HF_ENDPOINT"] = hub.start()
+    stack = Stack(data_dir=data_dir, env=env, procs=[redis_proc], hub=hub)
     try:
         # One Django process runs the four set-up commands (each used to start its own).
         registered = stack.manage("shell", "-c", SET_UP.format(tiny_model=str(tiny_model)) + MAKE_OUTSIDER)
