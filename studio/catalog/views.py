@@ -8,12 +8,13 @@ from django.conf import settings
 from django.shortcuts import redirect, render
 
 from studio.accounts.policy import Action, allows
-from studio.accounts.selectors import team_for_new_work, team_ids_for_user
+from studio.accounts.selectors import team_for_new_work, team_ids_for_user, team_roles_for_user
 from studio.catalog.forms import FolderModelForm, HubModelForm
 from studio.catalog.selectors import base_model_list, base_model_usage, team_secrets
 from studio.catalog.services import MODEL_ADD_KIND, model_download_request, model_folder_request
 from studio.jobs.models import Job
 from studio.jobs.pages import job_start
+from studio.storage.services import may_delete
 
 READ_ONLY = "You have view-only access to this team; ask a team admin for the member role."
 
@@ -49,7 +50,9 @@ def model_list(request):
     models = list(base_model_list(team_ids=team_ids).select_related("team").order_by("name"))
     usage = base_model_usage(team_ids=team_ids)
     adding = Job.objects.filter(team_id__in=team_ids, kind=MODEL_ADD_KIND).exclude(status__in=Job.FINISHED)
+    roles = team_roles_for_user(user=request.user)  # one lookup for every row's Delete… link
     return render(request, "catalog/models.html", {
-        "rows": [(model, usage.get(model.pk, {})) for model in models], "hub_form": hub_form,
+        "rows": [(model, usage.get(model.pk, {}), may_delete(user=request.user, obj=model, roles=roles))
+                 for model in models], "hub_form": hub_form,
         "folder_form": folder_form, "folders_allowed": bool(settings.MODEL_FOLDER_ROOTS), "adding": adding,
         "hub_endpoint": settings.HF_ENDPOINT or "https://huggingface.co"}, status=status)
