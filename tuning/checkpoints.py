@@ -5,6 +5,9 @@ full model for methods that train the model itself), ``optimizer.pt``
 (optimizer and scheduler state, RNG state; read back with
 ``weights_only=True``, so loading never runs pickled code) and
 ``trainer_state.json`` (step, epoch, position in the epoch, best eval loss).
+A method that keeps training state outside its weights (AdaLoRA's rank
+allocator) adds ``method_state.safetensors``: its ``training_state``
+tensors, with the rest of that state as JSON in the file's metadata.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
+
+from tuning.errors import ConfigError
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+METHOD_STATE_FILE = "method_state.safetensors"  # not weights: load_weights skips it
 
 
 @dataclass
@@ -35,12 +42,17 @@ def save_weights(model, directory: Path, *, tokenizer=None) -> None:
         tokenizer.save_pretrained(directory)
 
 
-def save_checkpoint(directory: Path, *, model, optimizer, scheduler, state: TrainerState) -> Path:
+def save_checkpoint(directory: Path, *, model, optimizer, scheduler, state: TrainerState,
+                    training_state: Callable[[Any], tuple[dict, dict]] | None = None) -> Path:
+    """Write a checkpoint; ``training_state`` is the method's hook of that
+    name, where it has one."""
     import torch
 
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     save_weights(model, partial)
+    if training_state is not None:  # after save_weights, which may rewrite the adapter's config (AdaLoRA)
+        _save_method_state(partial / METHOD_STATE_FILE, *training_state(model))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state()}, partial / OPTIMIZER_FILE)
     (partial / STATE_FILE).write_text(json.dumps(asdict(state)))
@@ -64,7 +76,7 @@ def load_weights(model, directory: Path) -> None:
     the same base), for resuming or for loading the best checkpoint."""
     from safetensors.torch import load_file
 
-    files = sorted(directory.glob("*.safetensors"))
+    files = sorted(file for file in directory.glob("*.safetensors") if file.name != METHOD_STATE_FILE)
     if not files:
         raise FileNotFoundError(f"no weights in checkpoint {directory}")
     state = {}
@@ -82,12 +94,36 @@ def load_weights(model, directory: Path) -> None:
         model.load_state_dict(state, strict=False)  # tied weights are saved once
 
 
-def load_checkpoint(directory: Path, *, model, optimizer, scheduler) -> TrainerState:
+def load_checkpoint(directory: Path, *, model, optimizer, scheduler,
+                    restore_training_state: Callable[[Any, dict, dict], None] | None = None) -> TrainerState:
+    """Put a checkpoint back into a freshly prepared run (the same config);
+    ``restore_training_state`` is the method's hook of that name, which
+    puts back the weights along with the rest of the method's state."""
     import torch
 
-    load_weights(model, directory)
+    if restore_training_state is None:
+        load_weights(model, directory)
+    elif not (directory / METHOD_STATE_FILE).exists():
+        raise ConfigError({"resume_from": f"{directory.name} has no {METHOD_STATE_FILE} (it was written before "
+                                          f"this method's training state was checkpointed); start a new run"})
+    else:
+        restore_training_state(model, *_load_method_state(directory / METHOD_STATE_FILE))
     saved = torch.load(directory / OPTIMIZER_FILE, weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
     return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
+
+
+def _save_method_state(path: Path, tensors: dict, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, path,
+              metadata={"info": json.dumps(info)})
+
+
+def _load_method_state(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as file:
+        return {key: file.get_tensor(key) for key in file.keys()}, json.loads(file.metadata()["info"])

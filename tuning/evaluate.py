@@ -7,10 +7,13 @@ import math
 
 def evaluate(model, batches, *, device: str, autocast, task: str) -> dict:
     """Mean loss over every label token (every row for classification), plus
-    perplexity, or accuracy and macro-F1 for classification."""
+    perplexity, or accuracy and macro-F1 for classification. The loss is the
+    task's alone, without a term a method adds in training (AdaLoRA's
+    orthogonality penalty), so every method's eval loss compares."""
     import torch
 
     from tuning.data.sft import IGNORE_INDEX
+    from tuning.loss import task_model
 
     was_training = model.training
     model.eval()
@@ -19,7 +22,7 @@ def evaluate(model, batches, *, device: str, autocast, task: str) -> dict:
         for batch in batches:
             inputs = {key: value.to(device) for key, value in batch.items()}
             with autocast():
-                output = model(**inputs)
+                output = task_model(model)(**inputs)
             labels = inputs["labels"]
             if task == "classify":
                 weight = labels.shape[0]

@@ -45,6 +45,9 @@ class MetricsEvent(Event):
     elapsed_s: float | None = None
     eta_s: float | None = None
     memory_mib: float | None = None
+    # A term the method adds to the loss it trains on (AdaLoRA's orthogonality
+    # penalty); ``loss`` is the task's loss without it.
+    penalty: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

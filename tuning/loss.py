@@ -36,6 +36,17 @@ def _unwrapped(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def task_model(model):
+    """The module whose forward with labels gives the task's own loss. An
+    adapter that injects its layers (every peft method but the prompt ones)
+    lives inside the transformers model peft wraps, and that model's loss is
+    the task's; peft's AdaLoRA wrapper adds its orthogonality penalty on top,
+    which is not the task's loss (see ``Method.penalty``). Prompt methods'
+    wrappers insert their virtual tokens, so they are called themselves."""
+    config = getattr(model, "active_peft_config", None)
+    return model.get_base_model() if config is not None and not config.is_prompt_learning else model
+
+
 def selects_logits(model) -> bool:
     """Whether ``model`` (or the model a peft wrapper holds) accepts ``logits_to_keep``."""
     return "logits_to_keep" in inspect.signature(_unwrapped(model).forward).parameters
@@ -134,7 +145,7 @@ def fused_loss_works(model, device: str) -> bool:
     model.eval()
     try:
         with torch.no_grad():
-            expected = float(model(**inputs, use_cache=False).loss)
+            expected = float(task_model(model)(**inputs, use_cache=False).loss)
             fused = float(fused_next_token_loss(model, inputs))
     except (TypeError, ValueError, RuntimeError, AttributeError):
         return False

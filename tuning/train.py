@@ -105,7 +105,8 @@ def load_data(config: TrainConfig, sink: EventSink, output_dir: Path) -> TrainDa
         raise DatasetError(f"no usable rows (every row is too long before its response starts at max length "
                            f"{config.max_length}); raise max length", file=dataset_name)
     sink.emit(LogEvent(message=f"{len(train_items)} training rows, {len(validation_items)} validation rows "
-                               f"({data.rows_dropped} dropped, {data.truncated} truncated to {config.max_length} tokens)"))
+                               f"({data.rows_dropped} dropped, {data.truncated} truncated to {config.max_length} "
+                               f"tokens)"))
     rows_per_step = config.batch_size * config.gradient_accumulation
     steps_per_epoch = math.ceil(len(train_items) / rows_per_step)
     return TrainData(tokenizer=tokenizer, data=data, train_items=train_items, validation_items=validation_items,
@@ -133,15 +134,15 @@ def train_loop(run: Run) -> LoopOutcome:
             if len(pending) < config.gradient_accumulation:
                 continue
             step_started = time.monotonic()
-            loss_sum, tokens, grad_norm = optimizer_step(run, pending)
+            loss_sum, tokens, grad_norm, penalty = optimizer_step(run, pending)
             state.batches_done_in_epoch = index + 1
             pending = []
             outcome.final_loss = float(loss_sum) / config.gradient_accumulation  # the mean over the micro-batches
             if not math.isfinite(outcome.final_loss):
                 raise ResourceError(f"the loss became {outcome.final_loss} at step {state.step}; lower the learning "
                                     f"rate (now {config.learning_rate}) or use fp32 precision")
-            _report_metrics(run, outcome, tokens=tokens, grad_norm=grad_norm, step_started=step_started,
-                            steps_done=state.step - first_step)
+            _report_metrics(run, outcome, tokens=tokens, grad_norm=grad_norm, penalty=penalty,
+                            step_started=step_started, steps_done=state.step - first_step)
             if run.data.validation_items and config.eval_every and state.step % config.eval_every == 0:
                 _evaluate_in_loop(run, outcome)
             if _checkpoint_or_stop(run, outcome):
@@ -153,9 +154,10 @@ def train_loop(run: Run) -> LoopOutcome:
     return outcome
 
 
-def optimizer_step(run: Run, micro_batches: list) -> tuple[Any, int, float | None]:
+def optimizer_step(run: Run, micro_batches: list) -> tuple[Any, int, float | None, float | None]:
     """Forward and backward over the step's micro-batches, then one optimizer
-    step: (summed loss as a tensor, real tokens seen, gradient norm or None)."""
+    step: (summed task loss as a tensor, real tokens seen, gradient norm or
+    None, the method's penalty or None)."""
     import torch
 
     config, state, prepared = run.config, run.state, run.prepared
@@ -168,6 +170,13 @@ def optimizer_step(run: Run, micro_batches: list) -> tuple[Any, int, float | Non
             (loss / len(micro_batches)).backward()
             loss_sum = loss_sum + loss.detach()  # read once per step: no device sync per micro-batch
             tokens += sum(len(example.input_ids) for example in micro)  # real tokens, not padding
+        penalty = None
+        if prepared.penalty:
+            # The same weights for every micro-batch: once a step is the mean
+            # of adding it to each micro-batch's loss.
+            penalty = prepared.penalty()
+            penalty.backward()
+            penalty = float(penalty.detach())
     except torch.OutOfMemoryError:
         raise ResourceError(f"out of memory at step {state.step + 1} with batch size {config.batch_size} "
                             f"and max length {config.max_length}; lower either, turn on gradient "
@@ -181,11 +190,11 @@ def optimizer_step(run: Run, micro_batches: list) -> tuple[Any, int, float | Non
     run.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     state.tokens_seen += tokens
-    return loss_sum, tokens, grad_norm
+    return loss_sum, tokens, grad_norm, penalty
 
 
-def _report_metrics(run: Run, outcome: LoopOutcome, *, tokens: int, grad_norm: float | None, step_started: float,
-                    steps_done: int) -> None:
+def _report_metrics(run: Run, outcome: LoopOutcome, *, tokens: int, grad_norm: float | None, penalty: float | None,
+                    step_started: float, steps_done: int) -> None:
     state, total_steps = run.state, run.data.total_steps
     now = time.monotonic()
     elapsed = now - outcome.started
@@ -195,7 +204,7 @@ def _report_metrics(run: Run, outcome: LoopOutcome, *, tokens: int, grad_norm: f
         grad_norm=None if grad_norm is None else round(grad_norm, 6),
         tokens_per_s=round(tokens / max(now - step_started, 1e-9), 1), tokens_seen=state.tokens_seen,
         elapsed_s=round(elapsed, 3), eta_s=round(elapsed / steps_done * (total_steps - state.step), 1),
-        memory_mib=round(memory_mib(run.device.name), 1)))
+        memory_mib=round(memory_mib(run.device.name), 1), penalty=None if penalty is None else round(penalty, 6)))
 
 
 def _evaluate_in_loop(run: Run, outcome: LoopOutcome) -> None:

@@ -3,8 +3,8 @@ precision, the base model loaded and wrapped by the method, and how its
 batches are laid out (packed or padded) and its loss computed.
 
 What differs between methods is read from the method's capability flags
-(``packs_rows``, ``predicts_each_token``, ``frozen_base_in_bf16``,
-``loss_from_model``), never from its name.
+(``packs_rows``, ``predicts_each_token``, ``frozen_base_in_bf16``) and
+hooks (``penalty``), never from its name.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tuning.data.packing import collate_packed, context_tokens_for, packing_work
 from tuning.data.tasks import batches
 from tuning.errors import ConfigError
 from tuning.events import EventSink, LogEvent
-from tuning.loss import fused_loss_works, fused_next_token_loss, next_token_loss, selects_logits
+from tuning.loss import fused_loss_works, fused_next_token_loss, next_token_loss, selects_logits, task_model
 from tuning.methods import Method, MethodContext
 from tuning.models import load_model_for_task
 
@@ -48,7 +48,8 @@ class PreparedModel:
     trainable_count: int
     total_count: int
     collate: Callable[[list], dict]  # a micro-batch of rows -> tensors, packed where possible
-    compute_loss: Callable[[dict], Any]  # tensors -> the mean loss of the micro-batch
+    compute_loss: Callable[[dict], Any]  # tensors -> the mean task loss of the micro-batch
+    penalty: Callable[[], Any] | None = None  # the method's term added to that loss once a step (Method.penalty)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -130,7 +131,8 @@ def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, param
     if how:
         sink.emit(LogEvent(message=f"Loss computed {how}"))
     return PreparedModel(model=model, trainable=trainable, trainable_count=trainable_count, total_count=total_count,
-                         collate=train_collate, compute_loss=compute_loss)
+                         collate=train_collate, compute_loss=compute_loss,
+                         penalty=partial(method.penalty, model) if method.penalty else None)
 
 
 def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model, device: Device, tokenizer,
@@ -204,14 +206,17 @@ def predicts_each_token(config: TrainConfig, method: Method) -> bool:
 
 
 def _loss_function(config: TrainConfig, method: Method, model, packed: bool, device: Device):
-    """The cheapest way to get the loss ``model(**inputs).loss`` would give
-    (``tuning.loss``), and how it is computed (None: the model's own loss)."""
-    if predicts_each_token(config, method) and not method.loss_from_model:
+    """The cheapest way to get the task's loss, which ``model(**inputs).loss``
+    gives for every method but AdaLoRA (``tuning.loss``), and how it is
+    computed (None: the model's own loss)."""
+    if predicts_each_token(config, method):
         with device.autocast():  # probed as training runs
             if fused_loss_works(model, device.name):
                 return partial(fused_next_token_loss, model), "with the output head, a chunk of tokens at a time"
         if selects_logits(model):
             return partial(next_token_loss, model), "from the logits of labelled positions only"
     # Without a cache object transformers sees the packed layout in position_ids.
-    plain = (lambda inputs: model(**inputs, use_cache=False).loss) if packed else (lambda inputs: model(**inputs).loss)
+    forward = task_model(model)
+    plain = ((lambda inputs: forward(**inputs, use_cache=False).loss) if packed
+             else (lambda inputs: forward(**inputs).loss))
     return plain, None

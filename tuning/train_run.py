@@ -51,7 +51,8 @@ class Run:
 
     def save_checkpoint(self, name: str) -> Path:
         path = checkpoints.save_checkpoint(self.output_dir / "checkpoints" / name, model=self.model,
-                                           optimizer=self.optimizer, scheduler=self.scheduler, state=self.state)
+                                           optimizer=self.optimizer, scheduler=self.scheduler, state=self.state,
+                                           training_state=self.method.training_state)
         checkpoints.rotate(self.output_dir / "checkpoints", self.config.keep_checkpoints)
         return path
 
@@ -104,7 +105,8 @@ def start_run(config: TrainConfig, sink: EventSink, *, method: Method, params, d
         raise ConfigError({"resume_from": f"{method.label} runs cannot be resumed from a checkpoint (its training "
                                           f"state is not all in the weights); start a new run"})
     if resume is not None:
-        state = checkpoints.load_checkpoint(resume, model=prepared.model, optimizer=optimizer, scheduler=scheduler)
+        state = checkpoints.load_checkpoint(resume, model=prepared.model, optimizer=optimizer, scheduler=scheduler,
+                                            restore_training_state=method.restore_training_state)
         sink.emit(LogEvent(message=f"Resumed from {resume.name} at step {state.step}"))
     sink.emit(LogEvent(message=f"Training {data.total_steps} steps of {data.rows_per_step} rows "
                                f"({data.steps_per_epoch} steps per epoch)"))

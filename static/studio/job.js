@@ -20,7 +20,9 @@
   let finished = FINISHED.includes(document.getElementById("job-status").dataset.status);
 
   // Every point is kept here; the charts draw a decimated copy.
-  const series = { train: [], smooth: [], eval: [], lr: [], grad_norm: [], tokens_per_s: [], memory_mib: [] };
+  // penalty: a term the method adds to the loss it trains on (AdaLoRA), charted on its own
+  const series = { train: [], smooth: [], eval: [], lr: [], grad_norm: [], tokens_per_s: [], memory_mib: [],
+    penalty: [] };
   const lossChart = lineChart(lossCanvas, { yTitle: "loss", datasets: [
     // order: lower is drawn on top
     { label: "train loss", data: series.train, borderColor: "rgba(37, 99, 235, 0.3)", borderWidth: 1, order: 2 },
@@ -77,7 +79,7 @@
       if (last && d.step <= last.x) dropFromStep(d.step);
       series.train.push({ x: d.step, y: d.loss });
       series.smooth.push({ x: d.step, y: nextSmooth(d.loss) });
-      for (const key of ["lr", "grad_norm", "tokens_per_s", "memory_mib"]) {
+      for (const key of ["lr", "grad_norm", "tokens_per_s", "memory_mib", "penalty"]) {
         if (d[key] != null) series[key].push({ x: d.step, y: d[key] });
       }
       lossCanvas.dataset.points = series.train.length;

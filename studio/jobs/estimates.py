@@ -8,7 +8,7 @@ asks, ``worker/estimates.py`` counts). Until they are there, the estimate
 is pending and the view asks for them.
 
 Everything about the method comes from its capability flags (needs_cuda,
-predicts_each_token, loss_from_model, four_bit_base), never its name.
+predicts_each_token, four_bit_base), never its name.
 """
 
 from __future__ import annotations
@@ -72,12 +72,13 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
     shape = {"batch_size": values["batch_size"], "max_length": values["max_length"],
              "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"],
              # The trainer fuses the head and the loss for these methods (tuning.loss).
-             "fused_loss": method.predicts_each_token and not method.loss_from_model}
+             "fused_loss": method.predicts_each_token}
     config = shape_config(base_model.facts["shape"])
     need = estimate_training_memory(config, trainable=trainable, total=total, task=task,
                                     four_bit_base=method.four_bit_base, **shape)
     available = pool_memory_bytes(pool)
-    result = {"need_gib": need.total / 2**30, "parts": {k: v / 2**30 for k, v in need.to_dict().items() if k != "total"},
+    result = {"need_gib": need.total / 2**30,
+              "parts": {k: v / 2**30 for k, v in need.to_dict().items() if k != "total"},
               "pool": pool, "available_gib": available / 2**30 if available else None, "fits": True}
     if available and need.total > available:
         result["fits"] = False

@@ -50,6 +50,9 @@ def quantize_schemes() -> list[tuple[dict, str]]:
 
 def chain_form_context(job) -> dict:
     """What the next-steps form of a training job offers: folding (only where
-    the method's output folds into the base model) and the schemes."""
+    the method's output folds into the base model) and the schemes; and the
+    name of the method's loss penalty, which the job page charts."""
     method = METHODS.get(job.config.get("method", "")) if job.kind == "train" else None
-    return {"job": job, "schemes": quantize_schemes(), "folds_into_base": bool(method and method.folds_into_base)}
+    return {"job": job, "schemes": quantize_schemes(), "folds_into_base": bool(method and method.folds_into_base),
+            # the job page charts the term the method adds to its training loss (AdaLoRA), beside the loss
+            "penalty_label": method.penalty_label if method else ""}

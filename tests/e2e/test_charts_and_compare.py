@@ -68,3 +68,18 @@ def test_compare_two_finished_jobs(browser, stack, admin_and_dataset):  # noqa: 
     assert tokens == sorted(tokens) and tokens[0] > 1  # cumulative tokens, not steps
     assert "learning_rate" in page.inner_text("table.config-diff")
     assert page.locator("table.compare-table tbody tr").count() == 2
+
+
+def test_adalora_charts_its_penalty_apart_from_the_loss(browser, stack, admin_and_dataset):  # noqa: F811
+    admin, dataset_id = admin_and_dataset
+    job_id = stack.start_job(admin, dataset_id, max_steps=6, method="adalora", method__initial_rank=6,
+                             method__target_rank=2)
+    metrics = [e["data"] for e in stack.wait_for_status(admin, job_id, {"succeeded"})["events"]
+               if e["kind"] == "metrics"]
+    page = logged_in_page(browser, stack)
+    page.goto(f"{stack.base_url}/jobs/{job_id}/")
+    wait_for_points(page, 6)
+    assert "orthogonality penalty" in page.get_attribute("#penalty-chart", "data-label")
+    points = "Chart.getChart(document.querySelector('#penalty-chart')).data.datasets[0].data.map(p => p.y)"
+    assert page.evaluate(points) == [m["penalty"] for m in metrics] and all(m["penalty"] > 0 for m in metrics)
+    assert page.evaluate("studioJob.charts[0].data.datasets[0].data.map(p => p.y)") == [m["loss"] for m in metrics]

@@ -128,14 +128,20 @@ def test_a_cancelled_job_resumes_from_its_checkpoint(stack, admin, dataset_id):
     assert any(f"Resumed from step-{stopped_at:07d}" in e["data"].get("message", "") for e in state["events"])
 
 
-def test_a_job_whose_worker_is_killed_resumes_on_the_next_worker(stack, admin, dataset_id):
-    job_id = stack.start_job(admin, dataset_id, max_steps=30, save_every=3)
+# AdaLoRA prunes ranks from step 4 to 24 of 30, from importance scores that the checkpoint must carry.
+METHOD_SETTINGS = {"lora": {}, "adalora": {"method": "adalora", "method__initial_rank": 6, "method__target_rank": 2,
+                                           "method__reallocate_every": 1, "method__dropout": 0.0}}
+
+
+@pytest.mark.parametrize("method", METHOD_SETTINGS)
+def test_a_job_whose_worker_is_killed_resumes_on_the_next_worker(method, stack, admin, dataset_id):
+    job_id = stack.start_job(admin, dataset_id, max_steps=30, save_every=3, **METHOD_SETTINGS[method])
     url, cookie = stack.ws_url(job_id), stack.cookie_header(admin)
     seen = asyncio.run(read_events(url, cookie, until_finished=False, stop_after=14))
     assert any(e["kind"] == "checkpoint" for e in seen)
     stack.worker.kill()  # kill -9: no goodbye, no status update
     stack.worker.wait()
-    stack.start_worker(name="second-worker@%h")
+    stack.start_worker(name=f"second-worker-{method}@%h")
 
     state = stack.wait_for_status(admin, job_id, FINISHED, timeout=180)
     events = state["events"]
@@ -147,7 +153,18 @@ def test_a_job_whose_worker_is_killed_resumes_on_the_next_worker(stack, admin, d
     steps = [e["data"]["step"] for e in after if e["kind"] == "metrics"]
     assert steps == list(range(resumed_from + 1, 31))  # continued from the checkpoint, no step run twice after it
     workers = [e["data"]["worker"] for e in events if e["kind"] == "status" and e["data"]["status"] == "running"]
-    assert workers[-1].startswith("second-worker@")
+    assert workers[-1].startswith(f"second-worker-{method}@")
+    if method == "adalora":  # the same losses as a run never interrupted
+        uninterrupted = stack.start_job(admin, dataset_id, max_steps=30, save_every=3, **METHOD_SETTINGS[method])
+        straight = stack.wait_for_status(admin, uninterrupted, FINISHED, timeout=180)["events"]
+        assert losses_by_step(events) == pytest.approx(losses_by_step(straight), rel=1e-4)
+        assert all(e["data"]["penalty"] > 0 for e in events if e["kind"] == "metrics")
+
+
+def losses_by_step(events) -> list:
+    """The loss of each step, a resumed run's record of a step replacing the one it repeats."""
+    by_step = {e["data"]["step"]: e["data"]["loss"] for e in events if e["kind"] == "metrics"}
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def test_training_goes_on_through_a_redis_restart(stack, admin, dataset_id):

@@ -20,6 +20,17 @@ the plain model with some parameters frozen). Optional hooks:
   ``model.save_pretrained(directory)``. LoRA uses it to turn PiSSA, OLoRA
   and CorDA adapters (trained against a modified base) into plain LoRA
   adapters that load on the unmodified base model.
+- ``penalty(model)``: a term the method adds to the loss it trains on
+  (AdaLoRA's orthogonality penalty), as a tensor with a gradient. The loop
+  adds it once per optimizer step and reports it as its own metric
+  (named by the row's ``penalty_label``); the reported train loss and the
+  eval loss stay the task's own loss, comparable across methods.
+- ``training_state(model)`` → ``(tensors, info)`` and
+  ``restore_training_state(model, tensors, info)``: state a checkpoint
+  must hold beyond the saved weights to continue exactly (AdaLoRA's rank
+  allocator). ``tensors`` go to a safetensors file, ``info`` (plain data)
+  to its metadata; restoring puts back the trainable weights too, since a
+  method with such state may save its weights in a cut-down form.
 
 ``produces`` says what the run saves: "adapter" (peft ``save_pretrained``,
 reloaded with ``PeftModel.from_pretrained``) or "model" (a full
@@ -56,6 +67,10 @@ def register_method(module, **row) -> Method:
         raise ValueError(f"a method named {method.name!r} is registered already")
     if method.group not in GROUPS:
         raise ValueError(f"{method.name}: group {method.group!r} is not one of {', '.join(GROUPS)}")
+    if bool(method.penalty) != bool(method.penalty_label):
+        raise ValueError(f"{method.name}: a penalty hook and a penalty_label go together")
+    if bool(method.training_state) != bool(method.restore_training_state):
+        raise ValueError(f"{method.name}: training_state and restore_training_state go together")
     METHODS[method.name] = method
     return method
 
@@ -76,8 +91,7 @@ register_method(adalora, name="adalora", label="AdaLoRA", group="low-rank", fold
                 description="LoRA in SVD form that moves rank from unimportant layers to important ones while "
                             "training.",
                 paper="https://arxiv.org/abs/2303.10512", params=adalora.AdaloraParams,
-                resumable=False,  # its rank allocator's importance scores are not checkpointed
-                loss_from_model=True)
+                penalty_label="orthogonality penalty")
 register_method(loha, name="loha", label="LoHa", group="low-rank", folds_into_base=True,
                 description="Low-rank Hadamard product: two low-rank pairs multiplied elementwise, higher "
                             "effective rank.",
@@ -150,4 +164,5 @@ def describe(method: Method) -> dict:
     """The catalogue entry of a method as plain data (CLI, API, UI)."""
     return {"name": method.name, "label": method.label, "group": method.group, "description": method.description,
             "paper": method.paper, "produces": method.produces, "tasks": list(method.tasks),
-            **{flag: getattr(method, flag) for flag in CAPABILITIES}, "params": describe_fields(method.params), "presets": method.presets}
+            **{flag: getattr(method, flag) for flag in CAPABILITIES}, "params": describe_fields(method.params),
+            "presets": method.presets}

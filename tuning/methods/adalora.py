@@ -7,6 +7,14 @@ average rank is ``target_rank``, which then stays fixed for the final
 part. peft needs the run length up front (``context.total_steps``) and a
 call after every optimizer step (``on_step``). Pruned ranks are masked in
 training and cut out of the saved adapter.
+
+peft's wrapper adds an orthogonality penalty to the loss its forward
+returns. The training loop computes the task's loss without it and adds
+``penalty`` itself, so the loss and eval loss it reports are the plain
+cross-entropy (comparable with other methods) and the penalty is a metric
+of its own. A checkpoint also holds ``training_state``: the adapter at its
+full initial rank and the rank allocator's importance averages, which a
+resumed run needs to prune the same ranks an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -71,6 +79,65 @@ def on_step(model, step: int) -> None:
     """Score importance from this step's gradients and prune to the budget;
     must run before the gradients are zeroed."""
     model.base_model.update_and_allocate(step)
+
+
+def penalty(model):
+    """The weighted orthogonality penalty, as ``AdaLoraModel.forward`` adds it
+    to the loss: the mean over the adapter's A and B matrices of
+    ‖AAᵀ − I‖_F (‖BᵀB − I‖_F), times ``orthogonality_weight``."""
+    import torch
+
+    adalora = model.base_model
+    adapter = adalora.trainable_adapter_name
+    terms = []
+    for name, matrix in adalora.model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and adapter in name:
+            gram = matrix @ matrix.T if "lora_A" in name else matrix.T @ matrix
+            eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+            terms.append(torch.linalg.matrix_norm(gram - eye, ord="fro"))
+    weight = adalora.peft_config[adapter].orth_reg_weight
+    return weight * torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+ALLOCATOR_AVERAGES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # peft's RankAllocator dicts, by parameter name
+
+
+def training_state(model) -> tuple[dict, dict]:
+    """What a checkpoint needs beyond the saved adapter: every trainable
+    tensor at its full initial rank (the saved adapter is cut to the ranks
+    kept, but a pruned triplet can come back at the next reallocation), the
+    rank allocator's importance averages, and the current rank pattern."""
+    adalora = model.base_model
+    tensors = {f"weight/{name}": parameter.detach()
+               for name, parameter in adalora.model.named_parameters() if parameter.requires_grad}
+    for average in ALLOCATOR_AVERAGES:
+        tensors.update({f"{average}/{name}": value for name, value in
+                        getattr(adalora.rankallocator, average).items()})
+    return tensors, {"rank_pattern": adalora.peft_config[adalora.trainable_adapter_name].rank_pattern}
+
+
+def restore_training_state(model, tensors: dict, info: dict) -> None:
+    """Put back what ``training_state`` returned, into a model prepared with
+    the same settings; the parameters are updated in place, so an optimizer
+    built on them keeps them."""
+    import torch
+
+    adalora = model.base_model
+    parameters = dict(adalora.model.named_parameters())
+    saved = {key.split("/", 1)[1] for key in tensors if key.startswith("weight/")}
+    expected = {name for name, parameter in parameters.items() if parameter.requires_grad}
+    if saved != expected:
+        raise ConfigError({"resume_from": "the checkpoint was written by an AdaLoRA run with other settings "
+                                          "(initial rank or target modules); resume it with its own settings"})
+    with torch.no_grad():
+        for name in saved:
+            parameters[name].copy_(tensors[f"weight/{name}"])
+    allocator = adalora.rankallocator
+    for average in ALLOCATOR_AVERAGES:
+        prefix = f"{average}/"
+        setattr(allocator, average, {key[len(prefix):]: value.to(parameters[key[len(prefix):]].device)
+                                     for key, value in tensors.items() if key.startswith(prefix)})
+    adalora.peft_config[adalora.trainable_adapter_name].rank_pattern = info.get("rank_pattern")
 
 
 def check(params: AdaloraParams, model_config, task: str) -> dict[str, str]:

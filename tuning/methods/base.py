@@ -65,23 +65,28 @@ class Method:
     # False where peft refuses gradient checkpointing (prefix tuning), so a
     # run asking for both can be refused on the form.
     gradient_checkpointing: bool = True
-    resumable: bool = True  # False where the method keeps state outside its weights that checkpoints lack
-    # True where the wrapped model adds a term of its own to the loss it
-    # returns (AdaLoRA's orthogonality penalty), so the loss must come from
-    # the model's forward with labels.
-    loss_from_model: bool = False
+    # False where the method keeps state outside its weights that checkpoints
+    # lack; a method with such state declares the ``training_state`` and
+    # ``restore_training_state`` hooks instead.
+    resumable: bool = True
+    # What the ``penalty`` hook's term is called on the job page's chart.
+    penalty_label: str = ""
     param_groups: Callable[[Any, Any, float], list[dict]] | None = None
     check: Callable[[Any, Any, str], dict[str, str]] | None = None
     load_kwargs: Callable[[Any], dict] | None = None
     on_step: Callable[[Any, int], None] | None = None
     export: Callable[[Any, Any], None] | None = None
+    penalty: Callable[[Any], Any] | None = None
+    training_state: Callable[[Any], tuple[dict, dict]] | None = None
+    restore_training_state: Callable[[Any, dict, dict], None] | None = None
     # Named settings that work on the bundled model: {"quick": {...}, ...};
     # keys are TrainConfig fields, or "method_params" with a dict.
     presets: dict[str, dict] = field(default_factory=dict)
 
 CAPABILITIES = ("needs_cuda", "packs_rows", "predicts_each_token", "folds_into_base", "needs_reference_model",
-                "four_bit_base", "frozen_base_in_bf16", "gradient_checkpointing", "resumable", "loss_from_model")
-HOOKS = ("prepare", "param_groups", "check", "load_kwargs", "on_step", "export")
+                "four_bit_base", "frozen_base_in_bf16", "gradient_checkpointing", "resumable")
+HOOKS = ("prepare", "param_groups", "check", "load_kwargs", "on_step", "export", "penalty", "training_state",
+         "restore_training_state")
 
 
 def method_row(module, **row) -> Method:
