@@ -53,8 +53,11 @@ def save_checkpoint(directory: Path, *, model, optimizer, scheduler, state: Trai
     save_weights(model, partial)
     if training_state is not None:  # after save_weights, which may rewrite the adapter's config (AdaLoRA)
         _save_method_state(partial / METHOD_STATE_FILE, *training_state(model))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}, partial / OPTIMIZER_FILE)
+    rng = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
+        rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng},
+               partial / OPTIMIZER_FILE)
     (partial / STATE_FILE).write_text(json.dumps(asdict(state)))
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)  # a checkpoint is either whole or absent
@@ -112,6 +115,8 @@ def load_checkpoint(directory: Path, *, model, optimizer, scheduler,
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
+    if "cuda_rng" in saved and torch.cuda.is_available() and len(saved["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
     return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
 
 
