@@ -76,8 +76,8 @@ def write_table(rows: list[dict], steps: int, path: Path) -> None:
         eval_loss = f"{r['eval_loss']:.4f}" if r["eval_loss"] is not None else "n/a"
         lines.append(f"| {r['label']} | {r['group']} | {r['trainable_pct']:.3f} | {r['tokens_per_s']:.0f} | {ratio} "
                      f"| {r['peak_mib']:.0f} | {r['first_loss']:.4f} | {r['final_loss']:.4f} | {eval_loss} |")
-    lines += ["", "GPU-only methods (QLoRA) are not run on a CPU. AdaLoRA's losses include its orthogonality "
-                  "penalty, so they are not comparable with the others'.", ""]
+    lines += ["", "GPU-only methods (QLoRA) are not run on a CPU. AdaLoRA's losses are the task's cross-entropy, "
+                  "like the others'; its orthogonality penalty is reported apart (the metrics' `penalty`).", ""]
     path.write_text("\n".join(lines))
 
 
