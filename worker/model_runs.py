@@ -92,6 +92,10 @@ def _add_from_hub(job: Job, sink) -> tuple[str, str]:
     except SecretUnreadable as exc:
         raise TuningError(str(exc)) from None
     staging = models_dir() / "downloads" / f"job-{job.pk}"
+    # A worker killed mid-file leaves that file's partial copy under a name no later try reuses
+    # (huggingface_hub starts such a file again); the files it finished are kept and not fetched again.
+    for partial in staging.rglob("*.incomplete"):
+        partial.unlink()
     try:
         sink.emit(ProgressEvent(phase=f"Checking {repo_id} on the hub", done=0, total=1, unit="steps"))
         plan = hub_plan(repo_id, revision=config["revision"], token=token, endpoint=settings.HF_ENDPOINT,
