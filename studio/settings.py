@@ -89,6 +89,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "studio.notifications.context.unread_notifications",
+                "studio.accounts.context.teams",
             ],
         },
     },

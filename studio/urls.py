@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from studio.accounts import views_teams as teams
 from studio.artifacts import views as artifacts
 from studio.catalog import views as catalog
 from studio.datasets import views as datasets
@@ -48,6 +49,15 @@ urlpatterns = [
     path("workers/", include("studio.workers.urls")),
     path("storage/", include("studio.storage.urls")),
     path("models/", catalog.model_list, name="model-list"),
+    path("team/", teams.team_page, name="team-current"),
+    path("teams/switch/", teams.team_switch_view, name="team-switch"),
+    path("teams/<slug:slug>/", teams.team_page, name="team-page"),
+    path("teams/<slug:slug>/invite/", teams.team_invite, name="team-invite"),
+    path("teams/<slug:slug>/invitations/<int:invitation_id>/revoke/", teams.team_invitation_revoke,
+         name="team-invitation-revoke"),
+    path("teams/<slug:slug>/members/<int:user_id>/role/", teams.team_member_role, name="team-member-role"),
+    path("teams/<slug:slug>/members/<int:user_id>/remove/", teams.team_member_remove, name="team-member-remove"),
+    path("join/<str:token>/", teams.team_join, name="team-join"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("studio.api.urls")),
     path("accounts/webhooks/", include("studio.notifications.urls_webhooks")),

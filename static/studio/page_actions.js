@@ -17,6 +17,11 @@
     navigator.clipboard.writeText(input.value).then(() => { button.textContent = "Copied"; });
   });
 
+  // <select data-submit-on-change>: picking a value sends its form (the header's team switcher).
+  document.addEventListener("change", (event) => {
+    if (event.target.matches && event.target.matches("[data-submit-on-change]")) event.target.form.submit();
+  });
+
   // <div data-pause-while-editing hx-trigger="every 3s">: a poll skips its turn
   // while the user types in a field inside (a priority being changed).
   document.addEventListener("htmx:confirm", (event) => {

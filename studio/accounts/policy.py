@@ -12,6 +12,7 @@ exist. Acting on it needs more:
 | cancel or resume a job | no | their own | any of the team |
 | delete a job, dataset or artifact | no | what they made | anything of the team |
 | reorder the queue, change priorities | no | no | yes |
+| manage the team (invite, change roles, remove members) | no | no | yes |
 
 A user's API tokens and notifications are their own alone.
 """
@@ -31,6 +32,7 @@ class Action(StrEnum):
     RESUME = "resume"
     REORDER = "reorder"
     DELETE = "delete"
+    MANAGE = "manage"
 
 
 WRITERS = (Membership.Role.MEMBER, Membership.Role.ADMIN)
@@ -52,7 +54,7 @@ def allows(*, user, action: Action, team_id: int, owner_id: int | None = None, r
         return role in WRITERS
     if action in OWNER_OR_ADMIN:
         return role == Membership.Role.ADMIN or (role == Membership.Role.MEMBER and owner_id == user.pk)
-    if action == Action.REORDER:
+    if action in (Action.REORDER, Action.MANAGE):
         return role == Membership.Role.ADMIN
     raise ValueError(f"unknown action {action!r}")
 

@@ -9,12 +9,33 @@ def team_ids_for_user(*, user) -> list[int]:
     return list(Membership.objects.filter(user=user).values_list("team_id", flat=True))
 
 
+WRITERS = (Membership.Role.MEMBER, Membership.Role.ADMIN)
+
+
+def memberships_for_user(*, user) -> list[Membership]:
+    """The user's memberships with their teams, first joined first (one query)."""
+    return list(Membership.objects.filter(user=user).select_related("team").order_by("created_at", "pk"))
+
+
+def pick_current(memberships: list[Membership]) -> Membership | None:
+    """The one the user picked in the header, else the first they joined where they may write, else
+    the first they joined."""
+    return (next((m for m in memberships if m.is_current), None)
+            or next((m for m in memberships if m.role in WRITERS), None) or next(iter(memberships), None))
+
+
+def current_team(*, user) -> Team | None:
+    chosen = pick_current(memberships_for_user(user=user)) if user.is_authenticated else None
+    return chosen.team if chosen else None
+
+
 def team_for_new_work(*, user) -> Team | None:
-    """The team a user's new uploads and jobs go to: their first team where
-    they may write (member or admin). Team switching comes with teams UI."""
-    membership = (Membership.objects.filter(user=user, role__in=[Membership.Role.MEMBER, Membership.Role.ADMIN])
-                  .select_related("team").order_by("created_at").first())
-    return membership.team if membership else None
+    """The team a user's new uploads and jobs go to: the current team (see current_team), when the
+    user may write there; None when they may only read it (the pages then say so)."""
+    team = current_team(user=user)
+    if team is None or membership_role(user=user, team_id=team.pk) not in WRITERS:
+        return None
+    return team
 
 
 def teams_for_user(*, user) -> list[Team]:

@@ -161,6 +161,16 @@ DELETION = {"type": "object", "properties": {
     "bytes": {"type": "integer", "description": "Disk space freed when the files are purged."},
     "restorable_until": {"type": "string", "format": "date-time"}}}
 
+TEAM_PATH = _param("team", "path", {"type": "string"}, "The team's slug or id (one of your teams; else 404).")
+USER_ID = _param("user_id", "path", {"type": "integer"}, "The member's user id.")
+MEMBER = {"type": "object", "properties": {
+    "object": {"const": "member"}, "user_id": {"type": "integer"}, "username": {"type": "string"},
+    "role": {"enum": ["viewer", "member", "admin"]}, "joined_at": {"type": "integer"}}}
+INVITATION = {"type": "object", "properties": {
+    "object": {"const": "invitation"}, "id": {"type": "integer"}, "role": {"type": "string"},
+    "email": {"type": ["string", "null"]}, "expires_at": {"type": "integer"},
+    "url": {"type": "string", "description": "The join link; it is shown here only, and works once."}}}
+
 UPLOAD = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
         "file": {"type": "array", "items": {"type": "string", "contentMediaType": "application/octet-stream"},
@@ -251,6 +261,29 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
             "/datasets/{dataset_id}": {"get": _op("retrieveDataset", "A dataset", _json(_ref("Dataset"), "The dataset"),
                                                   params=[dataset_id]),
                                        "delete": _delete_op("deleteDataset", "a dataset version", dataset_id)},
+            "/teams/{team}/members": {"get": _op(
+                "listMembers", "The team's members with their roles", _json(_list_of("Member"), "Members"),
+                params=[TEAM_PATH])},
+            "/teams/{team}/members/{user_id}": {
+                "patch": _op("changeMemberRole", "Change a member's role (team admins)",
+                             _json(_ref("Member"), "The member"),
+                             params=[TEAM_PATH, USER_ID], errors=("400", "401", "403", "404"),
+                             body={"required": True, "content": {"application/json": {"schema": {
+                                 "type": "object", "required": ["role"],
+                                 "properties": {"role": {"enum": ["viewer", "member", "admin"]}}}}}},
+                             more={"409": _json(_ref("Error"), "The team's last admin")}),
+                "delete": _op("removeMember", "Remove a member (team admins), or leave (your own id)",
+                              _json({"type": "object"}, "Removed"), params=[TEAM_PATH, USER_ID],
+                              errors=("401", "403", "404"), more={"409": _json(_ref("Error"), "The team's last admin")},
+                              description="Their jobs stay and keep running; their tokens for the team stop at once."),
+            },
+            "/teams/{team}/invitations": {"post": _op(
+                "createInvitation", "A single-use invitation link (team admins)", _json(_ref("Invitation"), "It"),
+                ok_code="201", params=[TEAM_PATH], errors=("400", "401", "403", "404"),
+                body={"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "role": {"enum": ["viewer", "member", "admin"], "default": "member"},
+                    "email": {"type": "string", "format": "email", "description": "The link is e-mailed there too."},
+                    "days": {"type": "integer", "minimum": 1, "maximum": 30, "default": 7}}}}}})},
             "/openapi.json": {"get": _op("openapi", "This document", _json({"type": "object"}, "OpenAPI 3.1"),
                                          errors=("401",))},
         },
@@ -259,7 +292,7 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
                                            "description": "An API token: tst_<prefix>_<secret>"}},
             "schemas": {"Job": JOB, "JobCreate": JOB_CREATE, "Event": EVENT, "Checkpoint": CHECKPOINT,
                         "Artifact": ARTIFACT, "Dataset": DATASET, "Model": MODEL, "Error": ERROR,
-                        "Deletion": DELETION},
+                        "Deletion": DELETION, "Member": MEMBER, "Invitation": INVITATION},
             "responses": {
                 "BadRequest": _json(_ref("Error"), "Invalid request; error.field names the field"),
                 "Unauthorized": _json(_ref("Error"), "No token, or an unknown or revoked one"),

@@ -5,6 +5,7 @@ from django.urls import path, re_path
 
 from studio.api import views_files as files
 from studio.api import views_jobs as jobs
+from studio.api import views_teams as teams
 
 urlpatterns = [
     path("fine_tuning/jobs", jobs.jobs_collection, name="api-jobs"),
@@ -18,6 +19,9 @@ urlpatterns = [
     path("models", files.models_collection, name="api-models"),
     path("datasets", files.datasets_collection, name="api-datasets"),
     path("datasets/<int:dataset_id>", files.dataset_retrieve, name="api-dataset"),
+    path("teams/<str:team>/members", teams.members_collection, name="api-team-members"),
+    path("teams/<str:team>/members/<int:user_id>", teams.member_detail, name="api-team-member"),
+    path("teams/<str:team>/invitations", teams.invitations_collection, name="api-team-invitations"),
     path("openapi.json", files.openapi_json, name="api-openapi"),
     re_path(r"^(?P<rest>.*)$", files.api_not_found, name="api-not-found"),  # last: JSON 404 for the rest
 ]

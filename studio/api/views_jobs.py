@@ -5,11 +5,11 @@ Thin: parse, check the role, call the jobs service or a selector, shape JSON.
 
 from __future__ import annotations
 
-import json
 
 from studio.audit.services import audit_record
 from studio.accounts.policy import Action, job_allows, refusal
 from studio.api.auth import api_view
+from studio.api.bodies import json_body
 from studio.api.deletes import delete_json
 from studio.api.errors import ApiError
 from studio.api.selectors import (dataset_get_in_teams, int_param, job_checkpoints, job_events_page,
@@ -22,18 +22,6 @@ from studio.jobs.services import job_cancel, job_create_train
 from tuning.errors import ConfigError, ModelError, TuningError
 
 CREATE_FIELDS = {"model", "training_file", "method", "hyperparameters", "name", "team"}
-
-
-def _json_body(request) -> dict:
-    try:
-        body = json.loads(request.body or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"The body must be a JSON object ({exc})") from None
-    except RecursionError:
-        raise ApiError(400, "The body must be a JSON object; this one is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The body must be a JSON object")
-    return body
 
 
 def _id(body: dict, name: str) -> int:
@@ -80,7 +68,7 @@ def _config_error(exc: ConfigError) -> ApiError:
 
 
 def _job_create(request):
-    body = _json_body(request)
+    body = json_body(request)
     team = request.caller.team(body.get("team"))
     request.caller.require_writer(team.pk, action="create fine-tuning jobs")
     unknown = sorted(set(body) - CREATE_FIELDS)

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from studio.jobs.events import job_group_name
 from studio.accounts.policy import Action, allows
+from studio.accounts.teams import user_group_name
 from studio.jobs.models import Job
 from studio.jobs.selectors import EVENT_PAGE_SIZE, job_events_after
 
@@ -39,12 +40,21 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)  # same answer for "other team" and "no such job"
             return
         self.group = job_group_name(self.job_id)
+        # The user's own group: told when their access changes (removed from a team), this socket
+        # checks again at once rather than streaming on until it closes.
+        self.user_group = user_group_name(user.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+
+    async def access_changed(self, message):
+        if not await database_sync_to_async(_may_watch)(self.scope["user"], self.job_id):
+            await self.close(code=CLOSE_NOT_FOUND)
 
     async def receive_json(self, content, **kwargs):
         after = content.get("after", 0) if isinstance(content, dict) else 0

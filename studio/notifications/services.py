@@ -30,6 +30,20 @@ def notification_create_for_job(*, job, status: str, message: str = "") -> Notif
     return notice
 
 
+def notification_create(*, user, message: str, level: str = "info", email_link: str = "") -> Notification:
+    """A notice to ``user`` about something that concerns them (a team invitation, a role change);
+    e-mailed too when mail is set up and they have an address."""
+    notice = Notification.objects.create(user=user, level=level, message=message[:500])
+    if settings.EMAIL_NOTIFICATIONS and user.email:
+        transaction.on_commit(lambda: _send(user.email, message, email_link))
+    return notice
+
+
+def send_link_by_email(*, address: str, text: str, link: str) -> None:
+    """A message with a link to an address that may have no account yet (an invitation), after the commit."""
+    transaction.on_commit(lambda: _send(address, text, link))
+
+
 def _send(address: str, text: str, link: str) -> None:
     try:
         send_mail(subject=f"[Tuning Studio] {text[:120]}", message=f"{text}\n\n{link}".strip(),
