@@ -2,8 +2,10 @@
 
 Runs inside the virtual environment (``python3 run.py`` gets it there).
 Without REDIS_URL it starts an embedded Redis-protocol server first, then
-migrates, runs ``studio_setup``, and starts the web server (uvicorn) and one
-Celery worker. It stays in the foreground: Ctrl-C or SIGTERM stops every
+migrates, runs ``studio_setup``, and starts the web server (uvicorn) and the
+Celery workers: one for jobs, one for dataset work (analyses and diet
+steps, so they never wait behind a training job), one for the interactive
+queue (playground chats, the form's counts, webhooks). It stays in the foreground: Ctrl-C or SIGTERM stops every
 process it started. It supervises them: a child that dies (a worker killed,
 Redis crashing) is started again after a short back-off while the others
 keep running; only a crash loop (CRASH_LOOP_RESTARTS restarts of one child
@@ -206,6 +208,27 @@ def start_worker(env: dict, pool: str = "default", *, name: str | None = None, *
     )
 
 
+def worker_layout(env: dict) -> list[tuple[str, str, str]]:
+    """The Celery workers of one machine, as (what it is, the queue it
+    consumes, its node name), each running one task at a time:
+
+    - the job worker, on the device pool jobs go to unless they name one;
+    - the interactive queue's, so playground chats, the form's counts and
+      webhooks answer while a job trains;
+    - the dataset pool's (analyses, diet steps), so a new upload is analysed
+      while a job trains. Apart from the interactive worker: an analysis or
+      a dedupe of a large upload takes minutes, which a chat should not wait
+      behind. Not started where settings send dataset work to either queue.
+    """
+    pool = env.get("DEVICE_POOL") or env.get("DEFAULT_DEVICE_POOL") or "default"
+    interactive = env.get("PLAYGROUND_QUEUE") or "interactive"
+    dataset = env.get("DATASET_POOL") or "dataset"
+    layout = [("worker", pool, worker_name()), ("playground worker", interactive, f"playground-{os.getpid()}@%h")]
+    if dataset not in (pool, interactive):
+        layout.append(("dataset worker", dataset, f"dataset-{os.getpid()}@%h"))
+    return layout
+
+
 def worker_answers(broker_url: str, name: str) -> bool:
     """Whether the worker called name (%h allowed) answers a Celery ping.
 
@@ -317,9 +340,6 @@ def run(host: str, port: int) -> int:
     data_dir = Path(env.get("DATA_DIR") or REPO_DIR / "data").resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env["DATA_DIR"] = str(data_dir)
-    # Jobs go to DEFAULT_DEVICE_POOL unless they name one, so by default the
-    # only worker on this machine listens there.
-    pool = env.get("DEVICE_POOL") or env.get("DEFAULT_DEVICE_POOL") or "default"
 
     # Two launchers on one DATA_DIR would share one Redis append-only file.
     # The lock is held until this process exits (the file stays open).
@@ -343,10 +363,8 @@ def run(host: str, port: int) -> int:
         _manage(env, "migrate", "--noinput")
         _manage(env, "studio_setup")
         children.append(Child("web", lambda: start_web(env, host, port)).launch())
-        children.append(Child("worker", lambda: start_worker(env, pool)).launch())
-        # Playground chats get a worker of their own, so they answer while a job trains.
-        children.append(Child("playground worker", lambda: start_worker(
-            env, env.get("PLAYGROUND_QUEUE") or "interactive", name=f"playground-{os.getpid()}@%h")).launch())
+        for what, queue, node in worker_layout(env):
+            children.append(Child(what, lambda queue=queue, node=node: start_worker(env, queue, name=node)).launch())
 
         deadline = time.monotonic() + WEB_START_TIMEOUT_S
         while not port_is_open(host, port):

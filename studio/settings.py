@@ -217,6 +217,11 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Which device pool (Celery queue) jobs go to unless they name one.
 DEFAULT_DEVICE_POOL = env_str("DEFAULT_DEVICE_POOL", "default")
+# Dataset analyses and diet steps go to this pool, which training never
+# occupies: short work a user waits for on the dataset page, not held up
+# behind a job that trains for hours. The run command starts a small worker
+# for it; a team deployment runs one beside the GPU workers (docker-compose.yml).
+DATASET_POOL = env_str("DATASET_POOL", "dataset")
 # Pools whose workers have a CUDA GPU; GPU-only methods (QLoRA …) are
 # offered only when there is one.
 GPU_POOLS = env_list("GPU_POOLS", [])

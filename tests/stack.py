@@ -1,5 +1,6 @@
 """A real studio for integration and browser tests: the embedded Redis
-server, uvicorn and a Celery worker as separate processes, on 127.0.0.1,
+server, uvicorn and the launcher's Celery workers (jobs, dataset work, the
+interactive queue) as separate processes, on 127.0.0.1,
 with their own DATA_DIR and SQLite database, and the tiny model registered."""
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Stack:
     base_url: str = ""
     procs: list = field(default_factory=list)
     worker_name: str = "test-worker@%h"
+    dataset_worker_name: str = "dataset@%h"  # the worker of DATASET_POOL (analyses, diet steps), as the launcher has
     tiny_model_id: int = 0
     tiny_model_path: str = ""
     hub: HubServer | None = None
@@ -103,6 +105,11 @@ class Stack:
         self._wait_for_worker(proc, self.worker_name, "worker")
         return proc
 
+    def start_dataset_worker(self, name: str | None = None):
+        proc = self._spawn_dataset_worker(name)
+        self._wait_for_worker(proc, self.dataset_worker_name, "dataset")
+        return proc
+
     def start_playground_worker(self):
         proc = self._spawn_playground_worker()
         self._wait_for_worker(proc, "playground@%h", "playground")
@@ -110,15 +117,29 @@ class Stack:
 
     def _spawn_worker(self, name: str | None = None):
         self.worker_name = name or self.worker_name
-        proc = launcher.start_worker(self.env, name=self.worker_name, **_quiet(self.data_dir, "worker"))
+        proc = launcher.start_worker(self.env, self.queue_of("worker"), name=self.worker_name,
+                                     **_quiet(self.data_dir, "worker"))
         self.worker = proc
         self.procs.append(proc)
         return proc
 
-    def _spawn_playground_worker(self):
-        proc = launcher.start_worker(self.env, "interactive", name="playground@%h", **_quiet(self.data_dir, "playground"))
+    def _spawn_dataset_worker(self, name: str | None = None):
+        self.dataset_worker_name = name or self.dataset_worker_name
+        proc = launcher.start_worker(self.env, self.queue_of("dataset worker"), name=self.dataset_worker_name,
+                                     **_quiet(self.data_dir, "dataset"))
+        self.dataset_worker = proc
         self.procs.append(proc)
         return proc
+
+    def _spawn_playground_worker(self):
+        proc = launcher.start_worker(self.env, self.queue_of("playground worker"), name="playground@%h",
+                                     **_quiet(self.data_dir, "playground"))
+        self.procs.append(proc)
+        return proc
+
+    def queue_of(self, what: str) -> str:
+        """The queue the launcher's worker called ``what`` consumes (launcher.worker_layout)."""
+        return next(queue for name, queue, _ in launcher.worker_layout(self.env) if name == what)
 
     def _wait_for_worker(self, proc, name: str, log: str) -> None:
         deadline = time.monotonic() + launcher.WORKER_START_TIMEOUT_S
@@ -161,14 +182,16 @@ def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
         registered = stack.manage("shell", "-c", SET_UP.format(tiny_model=str(tiny_model)) + MAKE_OUTSIDER)
         stack.tiny_model_path = str(tiny_model)
         stack.tiny_model_id = int(re.search(r"tiny model #(\d+)", registered).group(1))
-        # The web server and both workers start together and are waited for after.
+        # The web server and the three workers start together and are waited for after.
         port = launcher.free_port()
         stack.procs.append(launcher.start_web(env, "127.0.0.1", port, **_quiet(data_dir, "web")))
         worker, playground = stack._spawn_worker(), stack._spawn_playground_worker()
+        dataset_worker = stack._spawn_dataset_worker()
         launcher.wait_for_port("127.0.0.1", port, launcher.WEB_START_TIMEOUT_S)
         stack.base_url = f"http://127.0.0.1:{port}"
         stack._wait_for_worker(worker, stack.worker_name, "worker")
         stack._wait_for_worker(playground, "playground@%h", "playground")
+        stack._wait_for_worker(dataset_worker, stack.dataset_worker_name, "dataset")
     except BaseException:
         launcher.stop_all(stack.procs)
         raise

@@ -76,6 +76,20 @@ def test_an_interactive_worker_answers_the_playground_and_the_form(services):
     assert any(volume.startswith("media:") for volume in interactive["volumes"])
 
 
+def test_a_dataset_worker_consumes_the_dataset_pool(services):
+    # Analyses and diet steps go to DATASET_POOL ("dataset" unless set), a queue no GPU worker consumes, so
+    # they never wait behind training; the deployment needs a worker on it, sharing the settings and media.
+    dataset = services["dataset"]
+    command = [str(part) for part in dataset["command"]]
+    assert command[command.index("-Q") + 1] == dataset["environment"].get("DATASET_POOL", "dataset")
+    assert command[command.index("--pool") + 1] == "solo" and "worker.tasks" in command
+    assert "deploy" not in dataset  # CPU is enough: no GPU reserved for it
+    assert STUDIO_ENV <= set(dataset["environment"])
+    assert any(volume.startswith("media:") for volume in dataset["volumes"])
+    gpu_queue = services["worker"]["command"][services["worker"]["command"].index("-Q") + 1]
+    assert gpu_queue != "dataset"
+
+
 def test_docker_compose_config_accepts_the_file():
     binary = shutil.which("docker-compose")
     if binary is None:

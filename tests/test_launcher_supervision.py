@@ -1,6 +1,7 @@
 """The launcher keeps the studio up: a child process that dies is started
 again after a back-off while the others keep running, and only a crash loop
-stops everything. Real child processes, killed with SIGKILL."""
+stops everything. Real child processes, killed with SIGKILL. And which
+workers it starts: dataset work gets one of its own."""
 
 import signal
 import subprocess
@@ -38,3 +39,14 @@ def test_a_crash_loop_stops_with_a_message_naming_the_process(monkeypatch, capsy
     assert launcher.supervise([broken], poll_s=0.05, until=lambda: time.monotonic() > deadline) == 1
     assert len(broken.restarts) == 3
     assert "the worker process keeps exiting (exit code 3, 3 restarts" in capsys.readouterr().err
+
+
+def test_the_launcher_starts_a_worker_for_dataset_work_apart_from_the_others():
+    queues = {what: queue for what, queue, _ in launcher.worker_layout({})}
+    assert queues == {"worker": "default", "playground worker": "interactive", "dataset worker": "dataset"}
+    assert len({node for _, _, node in launcher.worker_layout({})}) == 3  # three node names: none replaces another
+    moved = {queue for _, queue, _ in launcher.worker_layout({"DATASET_POOL": "cpu", "DEFAULT_DEVICE_POOL": "gpu"})}
+    assert moved == {"gpu", "interactive", "cpu"}
+    # Settings that send dataset work to a queue a worker already consumes start no worker for it.
+    assert [what for what, _, _ in launcher.worker_layout({"DATASET_POOL": "interactive"})] == [
+        "worker", "playground worker"]

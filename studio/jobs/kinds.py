@@ -1,7 +1,9 @@
 """Every kind of work the studio runs is a kind of Job, declared here.
 
 A row names the worker function that runs it (by dotted path: the web side
-never imports ``worker``), and how the one job system treats it. Adding a
+never imports ``worker``), and how the one job system treats it: the pool
+it goes to (short dataset work to one that training never occupies), what
+happens after a lost worker, who hears how it ended. Adding a
 kind is one function on the worker side and one ``register_job_kind`` line;
 the queue, the claim, the heartbeat, recovery after a lost worker, the event
 stream and the progress component are the same for every kind.
@@ -16,6 +18,8 @@ user can fix (the job fails as ``user_error`` with that message).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from django.conf import settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +36,10 @@ class JobKind:
     # It writes files (checkpoints, artifacts, dataset versions): refused while
     # its team is over its storage quota. An analysis stores only a report.
     stores_files: bool = True
+    # The setting that names the pool (Celery queue) its jobs go to unless a
+    # job names one. Device work shares the device pools; short dataset work
+    # has DATASET_POOL, which no training job occupies.
+    pool_setting: str = "DEFAULT_DEVICE_POOL"
 
 
 JOB_KINDS: dict[str, JobKind] = {}
@@ -42,6 +50,11 @@ def register_job_kind(kind: JobKind) -> JobKind:
     return kind
 
 
+def job_kind_pool(name: str) -> str:
+    """The pool a job of kind ``name`` goes to when it names none."""
+    return getattr(settings, JOB_KINDS[name].pool_setting)
+
+
 register_job_kind(JobKind(name="train", label="Training", run="worker.kind_runs.run_train",
                           resumes_from_checkpoint=True))
 register_job_kind(JobKind(name="merge", label="Merge", run="worker.kind_runs.run_merge"))
@@ -49,7 +62,7 @@ register_job_kind(JobKind(name="quantize", label="Quantize", run="worker.kind_ru
 register_job_kind(JobKind(name="evaluate", label="Evaluate", run="worker.kind_runs.run_evaluate",
                           stores_files=False))
 register_job_kind(JobKind(name="analyse", label="Dataset analysis", run="worker.dataset_runs.run_analysis",
-                          notifies=False, stores_files=False))
+                          notifies=False, stores_files=False, pool_setting="DATASET_POOL"))
 register_job_kind(JobKind(name="diet", label="Dataset step", run="worker.dataset_runs.run_operation",
-                          notifies=False))
+                          notifies=False, pool_setting="DATASET_POOL"))
 register_job_kind(JobKind(name="model_add", label="Adding a model", run="worker.model_runs.run_model_add"))

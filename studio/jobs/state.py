@@ -11,12 +11,11 @@ the job's fields in one transaction and pushed live after the commit.
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import transaction
 
 from studio.celery import app as celery_app
 from studio.jobs.events import job_event_record
-from studio.jobs.kinds import JOB_KINDS
+from studio.jobs.kinds import JOB_KINDS, job_kind_pool
 from studio.jobs.models import Job
 from studio.storage.selectors import storage_quota_refusal
 from tuning.errors import ConfigError
@@ -38,14 +37,14 @@ def job_enqueue(*, job_id: int, pool: str) -> None:
 
 def job_create(*, kind: str, team, owner, config: dict, name: str = "", dataset=None, base_model=None,
                pool: str = "", input_artifacts=(), depends_on: Job | None = None, progress_total: int = 0) -> Job:
-    """Store a job of ``kind`` as queued and send it to its pool once the
-    transaction commits; with ``depends_on`` it waits for that job instead
+    """Store a job of ``kind`` as queued and send it to its pool (``pool``, or
+    the one its kind names) once the transaction commits; with ``depends_on`` it waits for that job instead
     (``services_steps.job_release_dependents`` sends it on)."""
     if kind not in JOB_KINDS:
         raise ConfigError({"kind": f"unknown job kind '{kind}'; known: {', '.join(JOB_KINDS)}"})
     job = Job.objects.create(team=team, owner=owner, kind=kind, name=(name or JOB_KINDS[kind].label)[:200],
                              config=config, dataset=dataset, base_model=base_model,
-                             device_pool=pool or settings.DEFAULT_DEVICE_POOL,
+                             device_pool=pool or job_kind_pool(kind),
                              input_artifact_ids=[a.pk for a in input_artifacts], depends_on=depends_on)
     job_submit(job=job, progress_total=progress_total)
     job.refresh_from_db()  # the status and seq written by job_submit

@@ -1,7 +1,9 @@
 """Dataset work on a real Celery worker: confirm a column mapping, analyse a
 version with the tiny model, then dedupe and take a diverse subsample over
-the bundled MiniLM encoder; and an analysis whose worker is killed is taken
-back and finished by the next worker, like any job."""
+the bundled MiniLM encoder; an analysis whose worker is killed is taken
+back and finished by the next worker, like any job; and dataset work runs
+on its own worker (the dataset pool), so it finishes while a training job
+occupies the job worker."""
 
 import asyncio
 import json
@@ -86,9 +88,11 @@ def test_an_analysis_whose_worker_is_killed_is_finished_by_the_next_worker(stack
     url, cookie = stack.ws_url(job_id), stack.cookie_header(session)
     seen = asyncio.run(read_events(url, cookie, until_finished=False, stop_after=3))  # queued, running, a phase
     assert [e["data"].get("status") for e in seen[:2]] == ["queued", "running"] and seen[2]["kind"] == "progress"
-    stack.worker.kill()  # kill -9: no goodbye, no status update
-    stack.worker.wait()
-    stack.start_worker(name="dataset-second-worker@%h")
+    running_on = stack.job_state(session, job_id)["events"][1]["data"]["worker"]
+    assert running_on.startswith(stack.dataset_worker_name.split("@")[0] + "@")  # the dataset pool's worker
+    stack.dataset_worker.kill()  # kill -9: no goodbye, no status update
+    stack.dataset_worker.wait()
+    stack.start_dataset_worker(name="dataset-second-worker@%h")
 
     events = asyncio.run(read_events(url, cookie, timeout=300))
     statuses = [e["data"]["status"] for e in events if e["kind"] == "status"]
@@ -100,3 +104,29 @@ def test_an_analysis_whose_worker_is_killed_is_finished_by_the_next_worker(stack
     page = session.get(f"{stack.base_url}/datasets/{dataset}/").text
     assert '<figure class="histogram" id="histogram"><svg' in page and 'data-status="succeeded"' in page
     assert events[-1]["data"]["status"] in FINISHED
+
+
+def test_an_upload_is_analysed_while_a_training_job_holds_the_job_worker(stack):
+    session = stack.login()
+    training_data = stack.upload(session, "train.jsonl", "".join(
+        json.dumps({"instruction": f"Say {word}.", "output": f"{word}!"}) + "\n" for word in ["a", "b", "c", "d"]))
+    training = stack.start_job(session, training_data, max_steps=100000, save_every=100000)
+    deadline = time.monotonic() + 120
+    while not any(e["kind"] == "metrics" for e in stack.job_state(session, training)["events"]):
+        assert time.monotonic() < deadline, "the training job did not start"
+        time.sleep(0.3)
+    assert stack.job_state(session, training)["status"] == "running"  # it trains on the job worker
+
+    upload = stack.upload(session, "new.jsonl", "".join(
+        json.dumps({"instruction": f"Name the colour {c}.", "output": c}) + "\n" for c in ["red", "blue", "green"]))
+    started = stack.post(session, f"/datasets/{upload}/analyse/", data={"base_model": stack.tiny_model_id,
+                                                                        "max_length": 48})
+    poll = re.search(r'data-refresh-url="(/datasets/\d+/analyses/\d+/)"', started.text).group(1)
+    analysis = wait_for(stack, session, poll, timeout=120)
+    assert '<figure class="histogram" id="histogram"><svg' in analysis
+    training_state = stack.job_state(session, training)
+    assert training_state["status"] == "running"  # the analysis did not wait for it
+    assert any(e["kind"] == "metrics" for e in training_state["events"])
+
+    stack.post(session, f"/jobs/{training}/cancel/")
+    assert stack.wait_for_status(session, training, FINISHED, timeout=60)["status"] == "cancelled"

@@ -48,7 +48,8 @@ def wait_for_row(stack, session, name: str, predicate, what: str, timeout: float
 
 
 def test_stack_workers_register_with_their_device(stack, admin):
-    for name, pool in ((stack.worker_name, "default"), ("playground@%h", "interactive")):
+    for name, pool in ((stack.worker_name, "default"), ("playground@%h", "interactive"),
+                       (stack.dataset_worker_name, "dataset")):
         current = wait_for_row(stack, admin, name, lambda r: 'data-state="alive"' in r, "alive")
         assert f"<td>{pool}</td>" in current
         assert re.search(r"<td>(CPU: \d+ cores|CUDA: )", current), current

@@ -49,6 +49,24 @@ def test_a_job_of_a_registered_kind_whose_worker_was_lost_starts_again(countdown
     assert run_job(job.pk, worker_name="second-worker", pool=job.device_pool) == "succeeded"
 
 
+def test_a_kind_names_the_pool_its_jobs_go_to(countdown_kind, member, team, settings):
+    """Dataset work goes to DATASET_POOL, which training never occupies; other kinds to the device pool; a job
+    that names a pool keeps it. The setting is read when the job is made, so a deployment can move either."""
+    settings.DATASET_POOL, settings.DEFAULT_DEVICE_POOL = "quick-cpu", "gpu"
+    assert JOB_KINDS["analyse"].pool_setting == JOB_KINDS["diet"].pool_setting == "DATASET_POOL"
+    assert JOB_KINDS["train"].pool_setting == "DEFAULT_DEVICE_POOL"
+    assert job_create(kind="analyse", team=team, owner=member, config={}).device_pool == "quick-cpu"
+    assert job_create(kind="countdown", team=team, owner=member, config={"start": 1}).device_pool == "gpu"
+    assert job_create(kind="analyse", team=team, owner=member, config={}, pool="other").device_pool == "other"
+
+    register_job_kind(JobKind(name="countdown", label="Countdown", run="tests.web.fake_job_kind.run_countdown",
+                              pool_setting="DATASET_POOL"))  # a kind moves with one word
+    Job.objects.all().delete()  # the analyses above have no dataset to analyse
+    job = job_create(kind="countdown", team=team, owner=member, config={"start": 2})
+    assert job.device_pool == "quick-cpu"
+    assert run_job(job.pk, worker_name="dataset-worker", pool="quick-cpu") == "succeeded"
+
+
 def test_an_unknown_kind_is_refused_by_name(member, team):
     with pytest.raises(ConfigError) as refused:
         job_create(kind="no-such-kind", team=team, owner=member, config={})
