@@ -117,23 +117,20 @@ class Stack:
 
     def _spawn_worker(self, name: str | None = None):
         self.worker_name = name or self.worker_name
-        proc = launcher.start_worker(self.env, self.queue_of("worker"), name=self.worker_name,
-                                     **_quiet(self.data_dir, "worker"))
-        self.worker = proc
-        self.procs.append(proc)
-        return proc
+        self.worker = self._spawn("worker", self.worker_name, "worker")
+        return self.worker
 
     def _spawn_dataset_worker(self, name: str | None = None):
         self.dataset_worker_name = name or self.dataset_worker_name
-        proc = launcher.start_worker(self.env, self.queue_of("dataset worker"), name=self.dataset_worker_name,
-                                     **_quiet(self.data_dir, "dataset"))
-        self.dataset_worker = proc
-        self.procs.append(proc)
-        return proc
+        self.dataset_worker = self._spawn("dataset worker", self.dataset_worker_name, "dataset")
+        return self.dataset_worker
 
     def _spawn_playground_worker(self):
-        proc = launcher.start_worker(self.env, self.queue_of("playground worker"), name="playground@%h",
-                                     **_quiet(self.data_dir, "playground"))
+        return self._spawn("playground worker", "playground@%h", "playground")
+
+    def _spawn(self, what: str, name: str, log: str):
+        """Start the launcher's worker called ``what`` (on its queue) as node ``name``, logging to ``log``.log."""
+        proc = launcher.start_worker(self.env, self.queue_of(what), name=name, **_quiet(self.data_dir, log))
         self.procs.append(proc)
         return proc
 
