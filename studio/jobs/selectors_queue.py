@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from studio.accounts.selectors import team_ids_for_user
 from studio.jobs.models import Job, JobEvent, TeamQuota
-from studio.workers.selectors import pool_device_memory_mib
+from studio.workers.selectors import pool_device_memory_mib, pools_with_live_workers
 
 ACTIVE = (Job.Status.RUNNING, Job.Status.CANCELLING)
 QUEUE_ORDER = ("-priority", "queue_order", "pk")
@@ -72,6 +72,11 @@ def job_wait_reason(job: Job) -> str:
     return quota_wait_reason(job.team_id, gpu_pool=job.device_pool in settings.GPU_POOLS)
 
 
+def no_worker_reason(pool: str) -> str:
+    return (f"no worker consumes the pool '{pool}' now; the run command starts one for each pool it knows, "
+            f"a team deployment needs a worker with -Q {pool} (the Workers page lists who is alive)")
+
+
 def _seconds_per_step(pool: str) -> float | None:
     """Median seconds per training step of the pool's recent finished jobs."""
     recent = Job.objects.filter(device_pool=pool, kind=Job.Kind.TRAIN, status=Job.Status.SUCCEEDED,
@@ -108,6 +113,7 @@ def queue_rows_for_user(*, user) -> list[QueueRow]:
     team_ids = set(team_ids_for_user(user=user))
     rows: list[QueueRow] = []
     pools = Job.objects.filter(status__in=(*ACTIVE, Job.Status.QUEUED)).values_list("device_pool", flat=True)
+    served = pools_with_live_workers()
     for pool in sorted(set(pools)):
         running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE).select_related("owner", "team"))
         free_at = []
@@ -124,7 +130,7 @@ def queue_rows_for_user(*, user) -> list[QueueRow]:
             "owner", "team", "depends_on").order_by(*QUEUE_ORDER)
         position = 0
         for job in queued:
-            reason = job_wait_reason(job)
+            reason = job_wait_reason(job) or ("" if pool in served else no_worker_reason(pool))
             position += 1
             starts = None if reason else free_at[0] if free_at[0] is None else max(free_at[0], now)
             duration = step_s * job.progress_total if step_s and job.progress_total else None

@@ -25,6 +25,11 @@ def workers_lost() -> QuerySet[WorkerNode]:
     return WorkerNode.objects.filter(stopped_at__isnull=True, last_heartbeat_at__lt=_lost_before())
 
 
+def pools_with_live_workers() -> set[str]:
+    """The queues some alive worker consumes (a worker's ``pool`` lists its queues, comma-separated)."""
+    return {queue for pools in workers_alive().values_list("pool", flat=True) for queue in pools.split(",") if queue}
+
+
 def worker_state(node: WorkerNode, *, now: datetime | None = None) -> str:
     if node.stopped_at is not None:
         return WorkerNode.State.STOPPED

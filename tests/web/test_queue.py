@@ -128,3 +128,23 @@ def test_members_cancel_only_their_own_jobs(submit, team, member):
     mine = submit()
     client.post(f"/jobs/{mine.pk}/queue-action/", {"action": "cancel"})
     assert Job.objects.get(pk=mine.pk).status == Job.Status.CANCELLED
+
+
+def test_a_job_in_a_pool_no_live_worker_consumes_says_so(submit, member):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from studio.workers.models import WorkerNode
+
+    waiting = submit(name="nobody takes me")
+    client = Client()
+    client.force_login(member)
+    page = client.get("/jobs/queue/").content.decode()
+    assert f"no worker consumes the pool &#x27;{waiting.device_pool}&#x27; now" in page
+    now = timezone.now()
+    WorkerNode.objects.create(name="w@box", pool=f"interactive,{waiting.device_pool}", hostname="box", pid=1,
+                              device="CPU", started_at=now, last_heartbeat_at=now)
+    assert "no worker consumes" not in client.get("/jobs/queue/").content.decode()
+    WorkerNode.objects.filter(name="w@box").update(last_heartbeat_at=now - timedelta(hours=1))  # lost
+    assert "no worker consumes" in client.get("/jobs/queue/").content.decode()
