@@ -14,6 +14,7 @@ from tuning.errors import ConfigError
 from tuning.fields import FieldSpec, coerce, config_from_dict, config_to_dict, field_specs, setting
 from tuning.methods import METHODS
 from tuning.models import MODEL_CODE_LOCK, load_model_config
+from tuning.preference import PREFERENCE_LOSSES
 
 # Re-exported: the studio's services build and dump configs through this module.
 __all__ = ["MAX_GOLDEN_PROMPTS", "FieldSpec", "TrainConfig", "check_against_model", "config_from_dict",
@@ -36,10 +37,31 @@ class TrainConfig:
     dataset_sha256: str = setting("", help="Content hash recorded in the model card.")
     output_dir: str = setting(help="Directory for checkpoints and the final adapter.")
     task: str = setting("sft", help="What to train: sft (instruction/chat data, loss on responses), pretrain "
-                                    "(continued pre-training on plain text) or classify (text + label).",
-                        choices=("sft", "pretrain", "classify"), basic=True)
+                                    "(continued pre-training on plain text), classify (text + label) or "
+                                    "preference (prompt, chosen and rejected replies: DPO and the like).",
+                        choices=("sft", "pretrain", "classify", "preference"), basic=True)
     method: str = setting("lora", help="Fine-tuning method (see `python -m tuning methods`).", basic=True)
     method_params: dict = field(default_factory=dict)
+    # Preference task only (tuning.preference); refused with another task where changed from the default.
+    preference_loss: str = setting("dpo", help="Preference task: the loss. dpo (sigmoid), ipo, cdpo (conservative "
+                                               "DPO, with label smoothing) and the reference-free orpo, simpo, cpo.",
+                                   choices=tuple(PREFERENCE_LOSSES), basic=True, label="Preference loss")
+    beta: float = setting(0.1, help="Preference task: how strongly the loss acts. DPO/cDPO: the KL penalty's weight "
+                                    "(0.1 usual; lower strays further from the reference); IPO: τ; ORPO: λ, the "
+                                    "odds-ratio term's weight; SimPO: the reward scale (2 to 2.5 in the paper); "
+                                    "CPO: the temperature.", min=0.001, max=100.0, basic=True, label="Beta")
+    label_smoothing: float = setting(0.0, help="Preference task, cdpo/simpo/cpo: the assumed share of pairs whose "
+                                               "labels are flipped (0.1 is usual for cdpo).", min=0.0, max=0.49)
+    simpo_gamma: float = setting(0.5, help="Preference task, simpo: the target reward margin γ (TRL's default 0.5).",
+                                 min=0.0, max=100.0, label="SimPO gamma")
+    cpo_alpha: float = setting(1.0, help="Preference task, cpo: the weight of the supervised loss on the chosen "
+                                         "reply (0: the preference loss alone).", min=0.0, max=100.0,
+                               label="CPO alpha")
+    reference: str = setting("base", help="Preference task, dpo/ipo/cdpo: where the reference model's scores come "
+                                          "from. base: the base model scores every batch (adapters switched off, no "
+                                          "second copy; a frozen copy for full fine-tuning); precomputed: it scores "
+                                          "every pair once before training (no copy and no extra forward per step).",
+                             choices=("base", "precomputed"), label="Reference model")
     # Prompts answered at the start and at every checkpoint, so a user sees
     # how the answers change; a list, checked in from_dict (like method_params).
     golden_prompts: list = field(default_factory=list)
@@ -115,6 +137,7 @@ class TrainConfig:
         elif data.get("task", "sft") not in method.tasks:
             errors["task"] = (f"{method.label} does not support the task '{data.get('task')}'; it supports: "
                               f"{', '.join(method.tasks)}")
+        errors.update(_preference_problems(data))
         if method is not None:
             try:
                 params = config_from_dict(method.params, method_params, prefix="method_params.")
@@ -125,6 +148,42 @@ class TrainConfig:
             raise ConfigError(errors)
         return dataclasses.replace(config, method_params=method_params,
                                    golden_prompts=[p.strip() for p in golden_prompts])
+
+
+PREFERENCE_FIELDS = ("preference_loss", "beta", "label_smoothing", "simpo_gamma", "cpo_alpha", "reference")
+
+
+def _preference_problems(data: dict) -> dict[str, str]:
+    """Preference settings that cannot apply: set for another task, or for a loss that does not read them."""
+    defaults = {spec.name: spec.default for spec in field_specs(TrainConfig)}
+    changed = {name for name in PREFERENCE_FIELDS
+               if data.get(name) not in (None, "") and _same(data[name], defaults[name]) is False}
+    task = data.get("task") or "sft"
+    if task != "preference":
+        return {name: f"applies to the preference task only (this job's task is {task})" for name in changed}
+    loss = PREFERENCE_LOSSES.get(data.get("preference_loss") or "dpo")
+    if loss is None:
+        return {}  # reported by config_from_dict
+    problems = {}
+    if "label_smoothing" in changed and not loss.label_smoothing:
+        problems["label_smoothing"] = (f"{loss.label} has no label smoothing; choose cdpo (conservative DPO), simpo "
+                                       f"or cpo, or set it to 0")
+    elif loss.name == "cdpo" and "label_smoothing" not in changed:
+        problems["label_smoothing"] = "conservative DPO needs a label smoothing above 0 (0.1 is usual)"
+    if "reference" in changed and not loss.needs_reference:
+        problems["reference"] = f"{loss.label} uses no reference model; leave it at base"
+    for name, owner in (("simpo_gamma", "simpo"), ("cpo_alpha", "cpo")):
+        if name in changed and loss.name != owner:
+            problems[name] = f"applies to the {owner} loss only (the loss is {loss.name})"
+    return problems
+
+
+def _same(value, default) -> bool | None:
+    """Whether a sent value equals the default (None where it is not even valid: config_from_dict says why)."""
+    try:
+        return coerce(value, type(default)) == default
+    except ValueError:
+        return None
 
 
 def _truthy(value) -> bool:
@@ -150,7 +209,7 @@ def _check_against_model(config: TrainConfig, *, on_worker: bool) -> None:
     method = METHODS[config.method]
     model_config = load_model_config(config.base_model, trust_remote_code=config.trust_remote_code)
     architectures = getattr(model_config, "architectures", None) or []
-    if config.task in ("sft", "pretrain") and architectures and not any(
+    if config.task in ("sft", "pretrain", "preference") and architectures and not any(
             name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         raise ConfigError({"base_model": f"{architectures[0]} is not a generative (causal) language model; use it "
                                          f"for the classify task, or pick a causal LM for {config.task}"})

@@ -48,6 +48,12 @@ class MetricsEvent(Event):
     # A term the method adds to the loss it trains on (AdaLoRA's orthogonality
     # penalty); ``loss`` is the task's loss without it.
     penalty: float | None = None
+    # Preference task (tuning.preference): the step's mean implicit rewards of the chosen and
+    # rejected replies, their margin, and the share of pairs whose chosen reward is higher.
+    rewards_chosen: float | None = None
+    rewards_rejected: float | None = None
+    reward_margin: float | None = None
+    reward_accuracy: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +68,7 @@ class EvalEvent(Event):
     f1: float | None = None
     exact_match: float | None = None  # share of generated answers equal to the expected ones
     rouge_l: float | None = None  # mean ROUGE-L F-measure of generated answers
+    reward_margin: float | None = None  # preference: mean chosen - rejected reward (accuracy: share above 0)
     rows: int | None = None  # rows scored
     samples: list | None = None  # a few {"expected", "generated"} pairs
     best: bool = False  # the lowest eval loss so far

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     prepared = prepare_model(config, sink, method=method, params=params, device=device, tokenizer=data.tokenizer,
                              data=data.data, train_items=data.train_items, collate=data.collate,
                              total_steps=data.total_steps)
+    if config.task == "preference" and prepared.objective.settings.needs_reference and config.reference == "precomputed":
+        data = with_reference_logps(data, prepared, device, sink, batch_size=config.batch_size)
     run = start_run(config, sink, method=method, params=params, device=device, output_dir=output_dir, data=data,
                     prepared=prepared)
     outcome = train_loop(run)
@@ -115,6 +118,21 @@ def load_data(config: TrainConfig, sink: EventSink, output_dir: Path) -> TrainDa
                      total_steps=config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs)))
 
 
+def with_reference_logps(data: TrainData, prepared, device, sink: EventSink, *, batch_size: int) -> TrainData:
+    """The pairs with the reference model's log-probabilities attached,
+    scored once before any step (and before a checkpoint is loaded, so the
+    weights are still the base's)."""
+    from dataclasses import replace
+
+    from tuning.preference import precompute_reference
+
+    sink.emit(LogEvent(message=f"Scoring {len(data.train_items) + len(data.validation_items)} pairs with the "
+                               f"reference model once"))
+    score = partial(precompute_reference, model=prepared.model, collate=data.collate, batch_size=batch_size,
+                    device=device.name, autocast=device.autocast)
+    return replace(data, train_items=score(data.train_items), validation_items=score(data.validation_items))
+
+
 def train_loop(run: Run) -> LoopOutcome:
     """Optimizer steps until the run's length, an early stop or a cancel.
     The rows of every step depend only on (seed, epoch), so a resumed run
@@ -135,6 +153,7 @@ def train_loop(run: Run) -> LoopOutcome:
                 continue
             step_started = time.monotonic()
             loss_sum, tokens, grad_norm, penalty = optimizer_step(run, pending)
+            task_metrics = run.prepared.step_metrics() if run.prepared.step_metrics else {}
             state.batches_done_in_epoch = index + 1
             pending = []
             outcome.final_loss = float(loss_sum) / config.gradient_accumulation  # the mean over the micro-batches
@@ -142,7 +161,7 @@ def train_loop(run: Run) -> LoopOutcome:
                 raise ResourceError(f"the loss became {outcome.final_loss} at step {state.step}; lower the learning "
                                     f"rate (now {config.learning_rate}) or use fp32 precision")
             _report_metrics(run, outcome, tokens=tokens, grad_norm=grad_norm, penalty=penalty,
-                            step_started=step_started, steps_done=state.step - first_step)
+                            step_started=step_started, steps_done=state.step - first_step, task_metrics=task_metrics)
             if run.data.validation_items and config.eval_every and state.step % config.eval_every == 0:
                 _evaluate_in_loop(run, outcome)
             if _checkpoint_or_stop(run, outcome):
@@ -194,7 +213,7 @@ def optimizer_step(run: Run, micro_batches: list) -> tuple[Any, int, float | Non
 
 
 def _report_metrics(run: Run, outcome: LoopOutcome, *, tokens: int, grad_norm: float | None, penalty: float | None,
-                    step_started: float, steps_done: int) -> None:
+                    step_started: float, steps_done: int, task_metrics: dict) -> None:
     state, total_steps = run.state, run.data.total_steps
     now = time.monotonic()
     elapsed = now - outcome.started
@@ -204,7 +223,8 @@ def _report_metrics(run: Run, outcome: LoopOutcome, *, tokens: int, grad_norm: f
         grad_norm=None if grad_norm is None else round(grad_norm, 6),
         tokens_per_s=round(tokens / max(now - step_started, 1e-9), 1), tokens_seen=state.tokens_seen,
         elapsed_s=round(elapsed, 3), eta_s=round(elapsed / steps_done * (total_steps - state.step), 1),
-        memory_mib=round(memory_mib(run.device.name), 1), penalty=None if penalty is None else round(penalty, 6)))
+        memory_mib=round(memory_mib(run.device.name), 1), penalty=None if penalty is None else round(penalty, 6),
+        **task_metrics))
 
 
 def _evaluate_in_loop(run: Run, outcome: LoopOutcome) -> None:

@@ -25,6 +25,7 @@ from tuning.events import EventSink, LogEvent
 from tuning.loss import fused_loss_works, fused_next_token_loss, next_token_loss, selects_logits, task_model
 from tuning.methods import Method, MethodContext
 from tuning.models import load_model_for_task
+from tuning.preference import PREFERENCE_LOSSES, PreferenceObjective, PreferenceSettings
 
 CALIBRATION_BATCHES = 8  # batches shown to data-driven initialisations (EVA, CorDA)
 # Packed rows are padded to a multiple of this many tokens: every new matmul
@@ -50,6 +51,10 @@ class PreparedModel:
     collate: Callable[[list], dict]  # a micro-batch of rows -> tensors, packed where possible
     compute_loss: Callable[[dict], Any]  # tensors -> the mean task loss of the micro-batch
     penalty: Callable[[], Any] | None = None  # the method's term added to that loss once a step (Method.penalty)
+    # The step's task metrics beyond the loss (preference: rewards, margin,
+    # accuracy), averaged over the micro-batches since the last call.
+    step_metrics: Callable[[], dict] | None = None
+    objective: Any = None  # the preference objective (tuning.preference), which also evaluates
 
 
 def cpu_has_native_bf16() -> bool:
@@ -127,12 +132,39 @@ def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, param
                                f"({100 * trainable_count / total_count:.2f}%), precision {device.precision}"))
     train_collate, packed = _batch_layout(config, sink, method=method, model=model, device=device,
                                           tokenizer=tokenizer, collate=collate)
+    penalty = partial(method.penalty, model) if method.penalty else None
+    if config.task == "preference":
+        objective = preference_objective(config, sink, model)
+        return PreparedModel(model=model, trainable=trainable, trainable_count=trainable_count,
+                             total_count=total_count, collate=train_collate, compute_loss=objective, penalty=penalty,
+                             step_metrics=objective.take_metrics, objective=objective)
     compute_loss, how = _loss_function(config, method, model, packed, device)
     if how:
         sink.emit(LogEvent(message=f"Loss computed {how}"))
     return PreparedModel(model=model, trainable=trainable, trainable_count=trainable_count, total_count=total_count,
-                         collate=train_collate, compute_loss=compute_loss,
-                         penalty=partial(method.penalty, model) if method.penalty else None)
+                         collate=train_collate, compute_loss=compute_loss, penalty=penalty)
+
+
+def preference_objective(config: TrainConfig, sink: EventSink, model) -> PreferenceObjective:
+    """The preference loss, and its reference: none (ORPO, SimPO, CPO), the
+    model with its adapter switched off, numbers precomputed before the
+    first step, or else a frozen copy of the base (full fine-tuning)."""
+    import copy
+
+    settings = PreferenceSettings.from_config(config)
+    loss = PREFERENCE_LOSSES[settings.loss]
+    reference = None
+    if not loss.needs_reference:
+        how = "needs no reference model"
+    elif config.reference == "precomputed":
+        how = "against reference log-probabilities computed once before the first step"
+    elif hasattr(model, "disable_adapter"):
+        how = "against the base model: the same weights with the adapter switched off"
+    else:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        how = "against a frozen copy of the base model (full fine-tuning keeps no base weights of its own)"
+    sink.emit(LogEvent(message=f"{loss.label} (beta {settings.beta}) {how}"))
+    return PreferenceObjective(model, settings, reference=reference)
 
 
 def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model, device: Device, tokenizer,
@@ -164,6 +196,8 @@ def why_not_packed(config: TrainConfig, method: Method, model, device: Device) -
     """None where the run can use padding-free (packed) batches, else why not."""
     if config.task == "classify":
         return "classification predicts one label per row"
+    if config.task == "preference":
+        return "preference pairs are scored as padded rows, chosen and rejected side by side"
     if not method.packs_rows:
         if not method.predicts_each_token:
             return f"{method.label} prepends virtual tokens to every row, which packed rows cannot share"

@@ -16,6 +16,7 @@ from tuning.errors import ConfigError
 from tuning.evaluate import evaluate
 from tuning.events import EvalEvent, EventSink, LogEvent, SamplesEvent
 from tuning.methods import Method
+from tuning.preference import evaluate_pairs
 from tuning.train_model import Device, PreparedModel
 
 
@@ -60,8 +61,13 @@ class Run:
         """Evaluate on the validation rows; the best result so far is kept as the "best" checkpoint."""
         config, state, items = self.config, self.state, self.data.validation_items
         in_order = (items[i:i + config.batch_size] for i in range(0, len(items), config.batch_size))
-        result = evaluate(self.model, (self.data.collate(b) for b in in_order), device=self.device.name,
-                          autocast=self.device.autocast, task=config.task)
+        batches = (self.data.collate(b) for b in in_order)
+        if self.prepared.objective is not None:  # preference pairs: loss, reward accuracy and margin
+            result = evaluate_pairs(self.prepared.objective, batches, device=self.device.name,
+                                    autocast=self.device.autocast)
+        else:
+            result = evaluate(self.model, batches, device=self.device.name, autocast=self.device.autocast,
+                              task=config.task)
         improved = state.best_eval_loss is None or result["eval_loss"] < state.best_eval_loss
         if improved:
             state.best_eval_loss, state.best_step, state.evals_without_improvement = result["eval_loss"], state.step, 0

@@ -27,12 +27,12 @@ import json
 import os
 from pathlib import Path
 
-from tuning.data import classify, sft
+from tuning.data import classify, preference, sft
 from tuning.data.records import file_sha256
 from tuning.data.tasks import TaskData, load_task_data
 
 MAX_ENTRIES = 32
-FORMAT = "tuning-token-cache/1"  # bump when the file layout below changes
+FORMAT = "tuning-token-cache/2"  # bump when the file layout below changes
 # Every module that reads rows or tokenizes them: a change to any of them may change the cached items.
 _SOURCES = ("sft.py", "tasks.py", "pretrain.py", "classify.py", "readers.py", "records.py", "formats.py", "schema.py",
             "preference.py", "sources.py", "parsers.py", "schemas/__init__.py", "schemas/conversation.py",
@@ -83,7 +83,9 @@ def _save(data: TaskData, file: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    items = data.items
+    pairs = bool(data.items) and isinstance(data.items[0], preference.PreferenceExample)
+    # A pair is stored as two sft items in a row, chosen then rejected.
+    items = [side for pair in data.items for side in (pair.chosen, pair.rejected)] if pairs else data.items
     lengths = [len(item.input_ids) for item in items]
     offsets = [0]
     for n in lengths:
@@ -97,7 +99,7 @@ def _save(data: TaskData, file: Path) -> None:
         tensors["label"] = torch.tensor([item.label for item in items], dtype=torch.int64)
     else:
         tensors["labels"] = torch.tensor([t for item in items for t in item.labels], dtype=torch.int64)
-    meta = {"format": FORMAT, "label2id": data.label2id, "rows_read": data.rows_read,
+    meta = {"format": FORMAT, "pairs": pairs, "label2id": data.label2id, "rows_read": data.rows_read,
             "rows_dropped": data.rows_dropped, "truncated": data.truncated, "dropped_rows": list(data.dropped_rows)}
     partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
     save_file(tensors, partial, metadata={"task_data": json.dumps(meta)})
@@ -123,6 +125,8 @@ def _load(file: Path) -> TaskData:
         else:
             items.append(sft.TokenizedExample(input_ids=ids[start:end], labels=lists["labels"][start:end],
                                               truncated=bool(truncated[i]), row=row))
+    if meta["pairs"]:
+        items = [preference.PreferenceExample(chosen=c, rejected=r, row=c.row) for c, r in zip(items[::2], items[1::2])]
     return TaskData(items=items, label2id=meta["label2id"], rows_read=meta["rows_read"],
                     rows_dropped=meta["rows_dropped"], truncated=meta["truncated"],
                     dropped_rows=tuple(meta["dropped_rows"]))

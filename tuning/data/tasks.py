@@ -3,8 +3,8 @@
 Tasks: ``sft`` (instruction, chat or prompt/completion rows; see
 ``readers``), ``pretrain`` (plain text; see ``pretrain``), ``classify``
 (text + label; see ``classify``) and ``preference`` (prompt, chosen,
-rejected; see ``preference``: checked and stored for a later preference
-method, not trained on yet). Any format of ``formats`` is read (JSONL,
+rejected; see ``preference``: trained on by DPO and the other
+preference losses of ``tuning.preference``). Any format of ``formats`` is read (JSONL,
 JSON, CSV, TSV, Parquet, text, zip), from one path or a list of paths.
 ``schema=`` (a name from ``schema.SCHEMAS``) and ``mapping=`` ({canonical
 field: column}) override what is detected.
@@ -18,8 +18,9 @@ Trainer (worker process)::
         tensors = collate(batch)    # input_ids, attention_mask, labels
 
 ``data.items`` are ``sft.TokenizedExample`` (sft, pretrain: labels per token,
--100 where no loss) or ``classify.ClassificationExample`` (classify: one
-label id per row); ``data.label2id`` is set for classify only.
+-100 where no loss), ``classify.ClassificationExample`` (classify: one
+label id per row) or ``preference.PreferenceExample`` (preference: a chosen
+and a rejected ``TokenizedExample``); ``data.label2id`` is set for classify only.
 
 Web side (no torch, no tokenizer)::
 
@@ -50,7 +51,7 @@ from tuning.errors import ConfigError, DatasetError
 __all__ = ["TASKS", "TaskData", "load_task_data", "summarize", "collate_for_task", "batches"]
 
 TASKS = ("sft", "pretrain", "classify", "preference")
-TRAINABLE = ("sft", "pretrain", "classify")  # preference data is stored for a later method
+TRAINABLE = TASKS
 PREVIEW_CHARS = 2000  # a preview shows the start of a long document, not all of it
 
 Progress = Callable[[int, int], None]  # (rows done, rows in all)
@@ -58,20 +59,17 @@ Progress = Callable[[int, int], None]  # (rows done, rows in all)
 
 @dataclass(frozen=True)
 class TaskData:
-    items: list  # sft.TokenizedExample, or classify.ClassificationExample for classify
+    items: list  # sft.TokenizedExample, classify.ClassificationExample or preference.PreferenceExample
     label2id: dict[str, int] | None  # classify only
     rows_read: int  # rows (documents for pretrain) in the file
-    rows_dropped: int  # rows left out: nothing to learn from within max_length
+    rows_dropped: int  # rows left out: nothing to learn from (or compare) within max_length
     truncated: int  # rows cut to max_length
     dropped_rows: tuple[int, ...] = ()  # their 1-based row numbers
 
 
 def _check_task(task: str, *, training: bool = False) -> None:
-    if task not in TASKS:
+    if task not in (TRAINABLE if training else TASKS):
         raise ConfigError({"task": f"unknown task '{task}'; choose one of {', '.join(TASKS)}"})
-    if training and task not in TRAINABLE:
-        raise ConfigError({"task": f"no training method uses {task} data yet; it is stored for when one does. "
-                                   f"Choose one of {', '.join(TRAINABLE)}"})
 
 
 def _check_schema(task: str, schema: str | None, name: str) -> str | None:
@@ -119,6 +117,12 @@ def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer
     if task == "sft":
         return _load_sft(path, name, tokenizer, max_length, loss_on_prompt, schema, mapping,
                          progress or (lambda done, total: None))
+    if task == "preference":
+        pairs = preference.read_pairs(path, name=name, schema=schema, mapping=mapping)
+        items, dropped = preference.tokenize_pairs(pairs, tokenizer, max_length=max_length, file=label,
+                                                   progress=progress or (lambda done, total: None))
+        return TaskData(items=items, label2id=None, rows_read=len(pairs), rows_dropped=len(dropped),
+                        truncated=sum(i.truncated for i in items), dropped_rows=dropped)
     if task == "pretrain":
         documents = pretrain.read_documents(path, name=name, split=text_split, schema=schema, mapping=mapping)
         blocks = pretrain.make_blocks(documents, tokenizer, max_length=max_length, file=label)
@@ -133,8 +137,8 @@ def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer
 def collate_for_task(task: str, *, pad_token_id: int) -> Callable[[list], dict]:
     """The function that turns a batch of ``items`` into tensors for ``task``."""
     _check_task(task, training=True)
-    return partial(classify.collate_classification if task == "classify" else sft.collate,
-                   pad_token_id=pad_token_id)
+    collate = {"classify": classify.collate_classification, "preference": preference.collate_pairs}
+    return partial(collate.get(task, sft.collate), pad_token_id=pad_token_id)
 
 
 def _shorten(row):

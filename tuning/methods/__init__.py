@@ -52,7 +52,7 @@ from tuning.fields import describe_fields
 from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia3, llrd, ln_tuning, loha, lokr, lora,
                             oft, p_tuning, prefix_tuning, prompt_tuning, qlora, randlora, road, top_k, vblora,
                             vera)
-from tuning.methods.base import CAPABILITIES, GROUPS, TASKS, Method, MethodContext, method_row
+from tuning.methods.base import CAPABILITIES, GROUPS, NOT_PREFERENCE, TASKS, Method, MethodContext, method_row
 
 __all__ = ["CAPABILITIES", "GROUPS", "METHODS", "TASKS", "Method", "MethodContext", "describe", "register_method"]
 
@@ -133,15 +133,15 @@ register_method(fourierft, name="fourierft", label="FourierFT", group="scaling",
 register_method(ln_tuning, name="ln_tuning", label="LN tuning", group="scaling", folds_into_base=True,
                 description="Trains only the normalisation layers' scales (and biases).",
                 paper="https://arxiv.org/abs/2312.11420", params=ln_tuning.LnTuningParams)
-register_method(prompt_tuning, name="prompt_tuning", label="Prompt tuning", group="prompts",
+register_method(prompt_tuning, name="prompt_tuning", tasks=NOT_PREFERENCE, label="Prompt tuning", group="prompts",
                 packs_rows=False, predicts_each_token=False,
                 description="Learns soft prompt embeddings prepended to every input; the model stays frozen.",
                 paper="https://arxiv.org/abs/2104.08691", params=prompt_tuning.PromptTuningParams)
-register_method(prefix_tuning, name="prefix_tuning", label="Prefix tuning", group="prompts",
+register_method(prefix_tuning, name="prefix_tuning", tasks=NOT_PREFERENCE, label="Prefix tuning", group="prompts",
                 packs_rows=False, predicts_each_token=False, gradient_checkpointing=False,
                 description="Learns key/value prefixes for every attention layer.",
                 paper="https://arxiv.org/abs/2101.00190", params=prefix_tuning.PrefixTuningParams)
-register_method(p_tuning, name="p_tuning", label="P-tuning", group="prompts",
+register_method(p_tuning, name="p_tuning", tasks=NOT_PREFERENCE, label="P-tuning", group="prompts",
                 packs_rows=False, predicts_each_token=False,
                 description="Soft prompts produced by a small trained encoder (MLP or LSTM).",
                 paper="https://arxiv.org/abs/2103.10385", params=p_tuning.PTuningParams)

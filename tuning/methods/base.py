@@ -17,7 +17,10 @@ GROUPS = {
     "prompts": "Prompt and prefix tuning",
     "selective": "Selective fine-tuning",
 }
-TASKS = ("sft", "pretrain", "classify")
+TASKS = ("sft", "pretrain", "classify", "preference")
+# Methods that cannot score preference pairs: virtual tokens shift every position the
+# reply log-probabilities are read from.
+NOT_PREFERENCE = ("sft", "pretrain", "classify")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,6 @@ class Method:
     # rules out the fused head+loss and segment attention.
     predicts_each_token: bool = True
     folds_into_base: bool = False  # its adapter can be merged into the base weights (the "fold" step)
-    needs_reference_model: bool = False  # a frozen copy of the base scores each batch too (preference methods)
     four_bit_base: bool = False  # the frozen base is loaded in 4 bits (memory estimate, load_kwargs)
     # The frozen linear weights are only ever read inside a matmul, so under
     # bf16 autocast they may be stored in bf16 once (see tuning.train_model).
@@ -83,8 +85,8 @@ class Method:
     # keys are TrainConfig fields, or "method_params" with a dict.
     presets: dict[str, dict] = field(default_factory=dict)
 
-CAPABILITIES = ("needs_cuda", "packs_rows", "predicts_each_token", "folds_into_base", "needs_reference_model",
-                "four_bit_base", "frozen_base_in_bf16", "gradient_checkpointing", "resumable")
+CAPABILITIES = ("needs_cuda", "packs_rows", "predicts_each_token", "folds_into_base", "four_bit_base",
+                "frozen_base_in_bf16", "gradient_checkpointing", "resumable")
 HOOKS = ("prepare", "param_groups", "check", "load_kwargs", "on_step", "export", "penalty", "training_state",
          "restore_training_state")
 

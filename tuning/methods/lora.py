@@ -163,4 +163,8 @@ def check(params: LoraParams, model_config, task: str) -> dict[str, str]:
     if params.use_dora and params.init in RESIDUAL_INITS:
         return {"use_dora": f"DoRA cannot be combined with the {params.init} initialisation: its adapter is saved "
                             f"as plain LoRA for the unmodified base, which has no place for DoRA's magnitudes"}
+    if task == "preference" and params.init in RESIDUAL_INITS:
+        return {"init": f"the {params.init} initialisation subtracts the adapter from the base weights, so switching "
+                        f"the adapter off no longer gives the base model the preference loss compares with; use the "
+                        f"default initialisation"}
     return rank_problems(prepare, params, model_config, task, rank=params.rank, field="rank")

@@ -1,0 +1,254 @@
+"""Preference tuning's losses, computed the way TRL computes them, inside
+the studio's own training loop (``tuning.train``).
+
+A batch holds the chosen replies first and the rejected replies second
+(``tuning.data.preference.collate_pairs``). One forward pass over both
+gives each reply's summed log-probability of its labelled tokens (the reply
+and its end-of-turn token); the reference model's come from the same
+forward with the adapter switched off (LoRA and the other peft adapters: no
+second copy in memory), from a frozen copy of the base (full fine-tuning
+and the selective methods), or from numbers computed once before training
+(``reference = precomputed``). ORPO, SimPO and CPO need no reference.
+
+The losses themselves are TRL's: ``CPOTrainer.cpo_loss`` (sigmoid with
+label smoothing, IPO, SimPO) and ``ORPOTrainer.odds_ratio_loss``, called
+with the few settings they read (``_trl``). DPO's, IPO's and conservative
+DPO's losses are ``cpo_loss`` applied to the log-ratios against the
+reference instead of the log-probabilities: that is exactly TRL's
+DPOTrainer loss (its IPO divides each log-ratio by the reply's token count
+first), which ``tests/core/test_preference_parity.py`` checks against the
+trainers themselves, loss and LoRA gradients. TRL's DPOTrainer computes its
+loss inline, so it has no function to call.
+
+Nothing here imports torch or TRL at import time: the web process reads
+``PREFERENCE_LOSSES`` to draw the form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tuning.data.sft import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    name: str
+    label: str
+    paper: str
+    description: str
+    needs_reference: bool  # scores the replies against a frozen reference model
+    label_smoothing: bool = False  # reads label_smoothing
+
+
+PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {loss.name: loss for loss in (
+    PreferenceLoss("dpo", "DPO", "https://arxiv.org/abs/2305.18290",
+                   "Direct preference optimisation: raise the chosen reply's likelihood ratio against the reference "
+                   "above the rejected one's (sigmoid loss).", needs_reference=True),
+    PreferenceLoss("ipo", "IPO", "https://arxiv.org/abs/2310.12036",
+                   "Identity preference optimisation: a squared loss that keeps the per-token margin near 1/(2β) "
+                   "instead of pushing it without bound; beta is the paper's τ.", needs_reference=True),
+    PreferenceLoss("cdpo", "Conservative DPO", "https://ericmitchell.ai/cdpo.pdf",
+                   "DPO assuming a share of the labels (label smoothing) is flipped: noisy preferences hurt less.",
+                   needs_reference=True, label_smoothing=True),
+    PreferenceLoss("orpo", "ORPO", "https://arxiv.org/abs/2403.07691",
+                   "Odds-ratio preference optimisation: supervised loss on the chosen reply plus an odds-ratio term "
+                   "(weighted by beta, the paper's λ); no reference model.", needs_reference=False),
+    PreferenceLoss("simpo", "SimPO", "https://arxiv.org/abs/2405.14734",
+                   "Simple preference optimisation: the mean log-probability per token is the reward, with a target "
+                   "margin (simpo gamma); no reference model. The paper uses beta 2 to 2.5.",
+                   needs_reference=False, label_smoothing=True),
+    PreferenceLoss("cpo", "CPO", "https://arxiv.org/abs/2401.08417",
+                   "Contrastive preference optimisation: DPO's loss without a reference, plus a supervised loss on the "
+                   "chosen reply (weighted by cpo alpha).", needs_reference=False, label_smoothing=True),
+)}
+
+
+@dataclass(frozen=True)
+class PreferenceSettings:
+    """The settings of ``TrainConfig`` a preference loss reads."""
+
+    loss: str = "dpo"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5
+    cpo_alpha: float = 1.0
+
+    @classmethod
+    def from_config(cls, config) -> "PreferenceSettings":
+        return cls(loss=config.preference_loss, beta=config.beta, label_smoothing=config.label_smoothing,
+                   simpo_gamma=config.simpo_gamma, cpo_alpha=config.cpo_alpha)
+
+    @property
+    def needs_reference(self) -> bool:
+        return PREFERENCE_LOSSES[self.loss].needs_reference
+
+
+def token_logps(model, inputs: dict):
+    """(log-probability of every next token, (rows, length - 1); which of
+    them are labelled). A padded position scores 0 where it is not labelled."""
+    from trl.trainer.utils import selective_log_softmax
+
+    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+    labelled = inputs["labels"][:, 1:] != IGNORE_INDEX
+    return selective_log_softmax(logits[:, :-1], inputs["input_ids"][:, 1:]), labelled
+
+
+def reference_logps(model, inputs: dict, *, reference=None):
+    """Each row's summed log-probability of its labelled tokens under the
+    reference: ``reference`` (a frozen copy) where given, else ``model`` with
+    its adapter switched off."""
+    import contextlib
+
+    import torch
+
+    # Without an adapter to switch off (a full fine-tune scoring before its first step) the model is the base.
+    adapter = reference is None and hasattr(model, "disable_adapter")
+    off = model.disable_adapter() if adapter else contextlib.nullcontext()
+    with torch.no_grad(), off:
+        logps, labelled = token_logps(reference if reference is not None else model, inputs)
+    return (logps * labelled).sum(dim=1)
+
+
+def _trl(device, **settings):
+    """What TRL's loss methods read from their trainer (``self``): the
+    settings given and the device; ``alpha`` 0 is CPO without AlphaPO's
+    reward transform."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(accelerator=SimpleNamespace(device=device), alpha=0.0, **settings)
+
+
+def _trl_trainers():
+    """TRL's CPO and ORPO trainer classes (under ``trl.experimental``, whose import warns that its API may
+    change: the version is pinned, and the parity tests catch a change)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are importing from 'trl.experimental'")
+        from trl.experimental.cpo import CPOTrainer
+        from trl.experimental.orpo import ORPOTrainer
+    return CPOTrainer, ORPOTrainer
+
+
+def _cpo_loss(chosen, rejected, *, loss_type: str, beta: float, label_smoothing: float = 0.0,
+              simpo_gamma: float = 0.0):
+    CPOTrainer, _ = _trl_trainers()
+    settings = _trl(chosen.device, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing,
+                    simpo_gamma=simpo_gamma)
+    return CPOTrainer.cpo_loss(settings, chosen, rejected)
+
+
+def pair_loss(settings: PreferenceSettings, logps, labelled, attention_mask, ref_logps=None) -> tuple[Any, dict]:
+    """(the mean loss of the batch's pairs, its metrics as detached tensors:
+    rewards of the chosen and rejected replies, their margin and how often
+    the chosen one's is higher). ``logps``/``labelled`` come from
+    ``token_logps``; ``ref_logps`` (2 × pairs) from ``reference_logps``."""
+    import torch
+
+    pairs = logps.shape[0] // 2
+    summed = (logps * labelled).sum(dim=1)
+    counts = labelled.sum(dim=1)
+    mean = summed / counts  # per token, as TRL's get_batch_logps(average_log_prob=True)
+    beta, kind = settings.beta, settings.loss
+    if settings.needs_reference:
+        ratios = summed - ref_logps
+        scores = ratios / counts if kind == "ipo" else ratios  # TRL's DPO IPO: the log-ratio per reply token
+        losses, _, _ = _cpo_loss(*scores.chunk(2), loss_type="ipo" if kind == "ipo" else "sigmoid", beta=beta,
+                                 label_smoothing=settings.label_smoothing if kind == "cdpo" else 0.0)
+        loss = losses.mean()
+        chosen_rewards, rejected_rewards = (beta * ratios.detach()).chunk(2)
+    elif kind == "orpo":
+        ratio_losses, chosen_rewards, rejected_rewards, _, _ = _trl_trainers()[1].odds_ratio_loss(
+            _trl(logps.device, beta=beta), *mean.chunk(2))
+        # As TRL's ORPOTrainer: the supervised term covers the chosen row's prompt and reply alike.
+        seen = attention_mask[:pairs, 1:].to(logps.dtype)
+        loss = -(logps[:pairs] * seen).sum() / seen.sum() - ratio_losses.mean()
+    else:
+        simpo = kind == "simpo"
+        losses, chosen_rewards, rejected_rewards = _cpo_loss(
+            *(mean if simpo else summed).chunk(2), loss_type=kind if simpo else "sigmoid", beta=beta,
+            label_smoothing=settings.label_smoothing, simpo_gamma=settings.simpo_gamma)
+        loss = losses.mean()
+        if not simpo and settings.cpo_alpha:
+            loss = loss + settings.cpo_alpha * -(logps[:pairs] * labelled[:pairs]).sum() / labelled[:pairs].sum()
+    with torch.no_grad():
+        metrics = {"rewards_chosen": chosen_rewards.mean(), "rewards_rejected": rejected_rewards.mean(),
+                   "reward_margin": (chosen_rewards - rejected_rewards).mean(),
+                   "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean()}
+    return loss, metrics
+
+
+class PreferenceObjective:
+    """The training loop's ``compute_loss`` for preference pairs: the loss
+    of a micro-batch, with its metrics kept until ``take_metrics`` reads the
+    step's mean (one device sync per step, not per micro-batch)."""
+
+    def __init__(self, model, settings: PreferenceSettings, *, reference=None):
+        self.model, self.settings, self.reference = model, settings, reference
+        self._pending: list[dict] = []
+
+    def scores(self, inputs: dict) -> tuple[Any, dict]:
+        ref = None
+        if self.settings.needs_reference:
+            ref = inputs.get("ref_logps")
+            if ref is None:
+                ref = reference_logps(self.model, inputs, reference=self.reference)
+        logps, labelled = token_logps(self.model, inputs)
+        return pair_loss(self.settings, logps, labelled, inputs["attention_mask"], ref)
+
+    def __call__(self, inputs: dict):
+        loss, metrics = self.scores(inputs)
+        self._pending.append(metrics)
+        return loss
+
+    def take_metrics(self) -> dict[str, float]:
+        """The mean of each metric over the micro-batches since the last call, rounded."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return {}
+        return {key: round(sum(float(m[key]) for m in pending) / len(pending), 6) for key in pending[0]}
+
+
+def evaluate_pairs(objective: PreferenceObjective, batches, *, device: str, autocast) -> dict:
+    """Mean loss and reward accuracy and margin over the validation pairs."""
+    import torch
+
+    model = objective.model
+    was_training = model.training
+    model.eval()
+    totals, rows = {"eval_loss": 0.0, "accuracy": 0.0, "reward_margin": 0.0}, 0
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {key: value.to(device) for key, value in batch.items()}
+            with autocast():
+                loss, metrics = objective.scores(inputs)
+            pairs = inputs["input_ids"].shape[0] // 2
+            totals["eval_loss"] += float(loss) * pairs
+            totals["accuracy"] += float(metrics["reward_accuracy"]) * pairs
+            totals["reward_margin"] += float(metrics["reward_margin"]) * pairs
+            rows += pairs
+    model.train(was_training)
+    return {key: round(value / max(rows, 1), 6) for key, value in totals.items()} | {"rows": rows}
+
+
+def precompute_reference(items: list, *, model, collate, batch_size: int, device: str, autocast,
+                         reference=None) -> list:
+    """``items`` (PreferenceExample) with the reference's log-probabilities
+    attached, scored once in batches; the model must still hold the base weights."""
+    import dataclasses
+
+    out = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        inputs = {key: value.to(device) for key, value in collate(batch).items() if key != "ref_logps"}
+        with autocast():
+            logps = reference_logps(model, inputs, reference=reference).float().cpu()
+        chosen, rejected = logps.chunk(2)
+        out += [dataclasses.replace(item, ref_logps=(float(c), float(r)))
+                for item, c, r in zip(batch, chosen, rejected)]
+    model.train(was_training)
+    return out
