@@ -27,6 +27,12 @@ missing_eos               warning   no       the model never learns to stop; a t
                                              or data fix, not a row to drop
 over_max_length           warning   yes      the end of the row is cut off in training
 no_response_within_max    warning   yes      only prompt fits: training skips the row
+empty_rejected            blocking  yes      preference pairs: nothing to compare the chosen
+                                             reply with (an empty chosen one is empty_response)
+identical_pair            blocking  yes      preference pairs: chosen and rejected are the
+                                             same reply, so the pair teaches nothing
+identical_within_max      warning   yes      preference pairs: the replies differ only after
+                                             max length, so training drops the pair
 ========================  ========  =======  ==============================================
 
 "fixable" means dropping the listed rows removes the finding (``drop_rows``).
@@ -57,7 +63,9 @@ CHECKS = {"empty_row": (BLOCKING, True), "empty_prompt": (BLOCKING, True), "empt
           "roles_out_of_order": (BLOCKING, True), "ends_on_user": (BLOCKING, True),
           "template_error": (BLOCKING, True), "exact_duplicates": (WARNING, True),
           "near_duplicates": (WARNING, True), "validation_overlap": (WARNING, True), "missing_eos": (WARNING, False),
-          "over_max_length": (WARNING, True), "no_response_within_max": (WARNING, True)}
+          "over_max_length": (WARNING, True), "no_response_within_max": (WARNING, True),
+          "empty_rejected": (BLOCKING, True), "identical_pair": (BLOCKING, True),
+          "identical_within_max": (WARNING, True)}
 
 
 @dataclass(frozen=True)
@@ -107,10 +115,19 @@ class _Row:
     row: int
     turns: tuple[Message, ...] | None  # None: a row without conversation (text, text+label)
     text: str  # everything in it, for duplicate checks
+    rejected: str | None = None  # a preference row's rejected reply (its turns end with the chosen one)
 
 
 def _content(value) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _reply(value) -> str:
+    """A preference reply: text, or a conversation whose last assistant turn is the reply (as the reader reads it)."""
+    if isinstance(value, list):
+        turns = [t for t in value if isinstance(t, dict) and t.get("role") in ("assistant", "gpt")]
+        return _content(turns[-1].get("content")) if turns else ""
+    return _content(value)
 
 
 def _lenient(record: dict, row: int) -> _Row:
@@ -141,8 +158,12 @@ def _lenient(record: dict, row: int) -> _Row:
         extra = _content(record.get(pick_column(("input",), record) or "input"))
         prompt = f"{prompt}\n\n{extra}" if extra.strip() and prompt.strip() else prompt or extra
         system = _content(record.get(pick_column(("system",), record) or "system"))
+        rejected_key = pick_column(("rejected",), record) if response_key == "chosen" else None
+        rejected = _reply(record.get(rejected_key)) if rejected_key else None
         turns = ([Message("system", system)] if system.strip() else []) + [
-            Message("user", prompt), Message("assistant", _content(record.get(response_key)))]
+            Message("user", prompt), Message("assistant", _reply(record.get(response_key)))]
+        text = "\n".join([m.content for m in turns] + ([rejected] if rejected is not None else []))
+        return _Row(row, tuple(turns), text, rejected)
     return _Row(row, tuple(turns), "\n".join(m.content for m in turns))
 
 
@@ -247,6 +268,7 @@ def lint(examples, *, tokenizer=None, max_length: int | None = None, validation=
     for done, row in enumerate(rows, start=1):
         problem = _structure(row.turns) if row.turns is not None else (
             None if row.text.strip() else ("empty_row", "no text"))
+        problem = problem or _pair_problem(row)
         if problem:
             found[problem[0]].append(row.row)
             details[problem[0]][row.row] = problem[1]
@@ -267,6 +289,16 @@ def lint(examples, *, tokenizer=None, max_length: int | None = None, validation=
                                       "num_perm": NUM_PERM, "shingle_words": SHINGLE_WORDS, "bands": bands,
                                       "rows_per_band": per_band}, "max_length": max_length}
     return LintReport(tuple(findings), len(rows), parameters)
+
+
+def _pair_problem(row: _Row) -> tuple[str, str] | None:
+    if row.rejected is None:
+        return None
+    if not row.rejected.strip():
+        return "empty_rejected", "the rejected reply is empty"
+    if text_key(row.rejected) == text_key(row.turns[-1].content):
+        return "identical_pair", "chosen and rejected are the same reply"
+    return None
 
 
 def _tokenizer_checks(row: _Row, tokenizer, max_length, closers, found, details) -> None:
@@ -290,6 +322,11 @@ def _tokenizer_checks(row: _Row, tokenizer, max_length, closers, found, details)
         found["over_max_length"].append(row.row)
         if not has_labels(tokenized):
             found["no_response_within_max"].append(row.row)
+    if row.rejected is not None and max_length is not None and has_labels(tokenized):
+        rejected = Example(row.turns[:-1] + (Message("assistant", row.rejected),), row.row)
+        other = tokenize_example(rejected, tokenizer, max_length=max_length, loss_on_prompt=False)
+        if other.labels == tokenized.labels:
+            found["identical_within_max"].append(row.row)
 
 
 def _duplicates(rows: list[_Row], threshold: float, found) -> None:
@@ -353,6 +390,12 @@ def _describe(code: str, rows: list[int], details: dict, tokenizer, max_length, 
                            f"shorten them, or drop them",
         "no_response_within_max": f"{has} no reply token within max length {max_length}: training skips them; "
                                   f"raise max length or shorten their prompts",
+        "empty_rejected": f"{has} an empty rejected reply, so there is nothing to prefer the chosen one to; write "
+                          f"the rejected reply or drop the rows",
+        "identical_pair": f"{has} the same chosen and rejected reply (ignoring case and spacing), so the pair "
+                          f"teaches nothing; fix one of the replies or drop the rows",
+        "identical_within_max": f"{has} chosen and rejected replies that differ only after max length {max_length} "
+                                f"tokens, so training drops them; raise max length or shorten the prompts",
     }
     return _finding(code, rows, messages[code], details)
 
