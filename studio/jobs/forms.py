@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from django import forms
 
-from tuning.config import TrainConfig
+from tuning.config import PREFERENCE_FIELDS, TrainConfig
 from tuning.fields import field_specs
 from tuning.methods import GROUPS, METHODS, Method
+from tuning.preference import PREFERENCE_LOSSES
 
 # Settings the studio fills in itself, never typed by a user.
 SYSTEM_FIELDS = {"base_model", "base_model_name", "dataset_path", "dataset_name", "dataset_sha256", "output_dir",
@@ -15,7 +16,7 @@ SYSTEM_FIELDS = {"base_model", "base_model_name", "dataset_path", "dataset_name"
 # Drawn beside the dataset and base model rather than with the settings: the task decides which methods apply.
 TOP_FIELDS = ("task",)
 TASK_LABELS = {"sft": "Instructions / chat (SFT)", "pretrain": "Continued pre-training",
-               "classify": "Classification"}
+               "classify": "Classification", "preference": "Preference pairs (DPO, IPO, ORPO, SimPO, CPO)"}
 METHOD_PREFIX = "method__"
 DEFAULT_METHOD = "lora"
 NO_GPU = "needs a CUDA GPU worker; none is registered"
@@ -81,18 +82,21 @@ class TrainJobForm(forms.Form):
         self.fields["method"].choices = [(m.name, m.label) for m in METHODS.values()]
         self.chosen = METHODS.get(method) or METHODS[DEFAULT_METHOD]
         self.chosen_task, self.gpu_pools = task, gpu_pools
-        self.basic_names, self.advanced_names, self.setting_names = [], [], []
+        self.basic_names, self.advanced_names, self.setting_names, self.preference_names = [], [], [], []
         for spec in field_specs(self.chosen.params):
             self._add(METHOD_PREFIX + spec.name, spec)
         for spec in field_specs(TrainConfig):
-            if spec.name not in SYSTEM_FIELDS:
+            # The preference settings are drawn in their own section, for the preference task only.
+            if spec.name not in SYSTEM_FIELDS and (spec.name not in PREFERENCE_FIELDS or task == "preference"):
                 self._add(spec.name, spec)
         self.fields["task"].choices = [(key, TASK_LABELS.get(key, key)) for key, _ in self.fields["task"].choices]
 
     def _add(self, name, spec):
         self.fields[name] = form_field(spec)
         self.setting_names.append(name)
-        if name not in TOP_FIELDS:
+        if name in PREFERENCE_FIELDS:
+            self.preference_names.append(name)
+        elif name not in TOP_FIELDS:
             (self.basic_names if spec.basic else self.advanced_names).append(name)
 
     def unavailable(self, method: Method) -> str:
@@ -109,6 +113,12 @@ class TrainJobForm(forms.Form):
 
     def advanced_fields(self):
         return [self[name] for name in self.advanced_names]
+
+    def preference_fields(self):
+        return [self[name] for name in self.preference_names]
+
+    def preference_losses(self):
+        return list(PREFERENCE_LOSSES.values())
 
     def clean_method(self):
         method = METHODS[self.cleaned_data["method"]]

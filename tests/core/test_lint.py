@@ -159,3 +159,29 @@ def test_text_rows_are_checked_for_emptiness_duplicates_and_length(tokenizer):
     found = by_code(lint(rows, tokenizer=tokenizer, max_length=100))
     assert {code: list(f.rows) for code, f in found.items()} == {"empty_row": [2], "exact_duplicates": [3],
                                                                   "over_max_length": [4]}
+
+
+def test_preference_pairs_with_an_empty_or_identical_side_are_flagged(tokenizer):
+    rows = [{"prompt": "Hi", "chosen": "Hello there.", "rejected": "Go away."},                       # 1 clean
+            {"prompt": "Hi", "chosen": "Hello there.", "rejected": "  hello THERE. "},               # 2 identical
+            {"prompt": "Bye", "chosen": "Goodbye.", "rejected": ""},                                  # 3 empty rejected
+            {"prompt": "Yo", "chosen": "", "rejected": "Whatever."},                                  # 4 empty chosen
+            {"prompt": "Chat", "chosen": [user("Chat"), assistant("Sure, happy to.")],               # 5 conversations
+             "rejected": [user("Chat"), assistant("Sure, happy to.")]},
+            {"prompt": "Chat", "chosen": [user("Chat"), assistant("Gladly.")],                        # 6 clean
+             "rejected": [user("Chat"), assistant("No.")]},
+            {"prompt": "Count", "chosen": "one two three four five six seven eight nine ten A",      # 7 same start
+             "rejected": "one two three four five six seven eight nine ten B"}]
+    found = {f.code: f for f in lint(rows).findings}
+    assert {code: list(f.rows) for code, f in found.items()} == {
+        "identical_pair": [2, 5], "empty_rejected": [3], "empty_response": [4]}
+    assert found["identical_pair"].severity == BLOCKING and "teaches nothing" in found["identical_pair"].message
+    assert found["empty_rejected"].severity == BLOCKING and found["empty_rejected"].fixable
+
+    from tuning.data.sft import tokenize_example
+
+    prompt_end = len(tokenize_example(Example.from_pair("Count", "one"), tokenizer, max_length=999,
+                                      loss_on_prompt=False).input_ids)
+    cut = {f.code: f for f in lint(rows, tokenizer=tokenizer, max_length=prompt_end + 4).findings}  # "one two …" only
+    assert list(cut["identical_within_max"].rows) == [7] and cut["identical_within_max"].severity == WARNING
+    assert "identical_within_max" not in {f.code for f in lint(rows, tokenizer=tokenizer, max_length=512).findings}

@@ -1,0 +1,112 @@
+"""Preference tuning from the new-job form and the JSON API: the same
+settings as the CLI's YAML, and impossible combinations refused naming the
+field (a preference loss on SFT data, SFT on preference pairs, a setting
+the chosen loss does not read)."""
+
+import json
+
+import pytest
+
+from studio.accounts.services import api_token_create
+from studio.datasets.services import dataset_create_from_file
+from studio.jobs.models import Job
+from tests.web.test_job_form import FIELDS, FormValues
+from tuning.config import PREFERENCE_FIELDS
+from tuning.methods import METHODS
+from tuning.preference import PREFERENCE_LOSSES
+
+PAIRS = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},
+         {"prompt": "Add 2 and 2.", "chosen": "4.", "rejected": "5."}]
+
+
+@pytest.fixture
+def pairs(member, team, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in PAIRS) + "\n")
+    return dataset_create_from_file(team=team, user=member, source_path=data, filename="pairs.jsonl")
+
+
+@pytest.fixture
+def instructions(member, team, tmp_path):
+    data = tmp_path / "sft.csv"
+    data.write_text("instruction,output\nq1,a1\nq2,a2\n")
+    return dataset_create_from_file(team=team, user=member, source_path=data, filename="sft.csv")
+
+
+def test_the_form_shows_the_preference_settings_for_the_preference_task_only(member_client):
+    page = member_client.get(FIELDS, {"task": "preference", "method": "lora"}).content.decode()
+    drawn = FormValues(page)
+    assert set(PREFERENCE_FIELDS) <= drawn.names and drawn.values["preference_loss"] == "dpo"
+    for loss in PREFERENCE_LOSSES.values():
+        assert f'href="{loss.paper}"' in page
+    # Methods that cannot score pairs are disabled, with the reason.
+    assert {"prefix_tuning", "prompt_tuning", "p_tuning", "adalora"} <= drawn.disabled
+    assert "Not for the preference task" in page and "lora" not in drawn.disabled and "full" not in drawn.disabled
+    sft = FormValues(member_client.get(FIELDS, {"task": "sft", "method": "lora"}).content.decode())
+    assert not set(PREFERENCE_FIELDS) & sft.names
+
+
+def test_posting_the_form_queues_a_dpo_job(member_client, pairs, tiny_base_model):
+    assert pairs.tasks == ["preference"]
+    response = member_client.post("/jobs/new/", {
+        "dataset": pairs.pk, "base_model": tiny_base_model.pk, "method": "lora", "task": "preference",
+        "fields_for": "lora", "max_steps": 3, "preference_loss": "cdpo", "beta": 0.2, "label_smoothing": 0.1,
+        "reference": "precomputed", "method__rank": 4})
+    job = Job.objects.get()
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert (job.config["task"], job.config["preference_loss"], job.config["beta"], job.config["label_smoothing"],
+            job.config["reference"]) == ("preference", "cdpo", 0.2, 0.1, "precomputed")
+
+
+@pytest.mark.parametrize("task, data, field, words", [
+    ("sft", "pairs", "task", "usable for preference"),
+    ("preference", "instructions", "task", "usable for sft"),
+])
+def test_the_form_refuses_a_task_the_data_cannot_train(member_client, request, tiny_base_model, task, data, field,
+                                                       words):
+    dataset = request.getfixturevalue(data)
+    response = member_client.post("/jobs/new/", {"dataset": dataset.pk, "base_model": tiny_base_model.pk,
+                                                 "method": "lora", "task": task, "fields_for": "lora"})
+    assert response.status_code == 400 and not Job.objects.exists()
+    assert words in " ".join(response.context["form"].errors[field])
+
+
+def test_the_form_names_a_setting_the_loss_does_not_read(member_client, pairs, tiny_base_model):
+    response = member_client.post("/jobs/new/", {"dataset": pairs.pk, "base_model": tiny_base_model.pk,
+                                                 "method": "lora", "task": "preference", "fields_for": "lora",
+                                                 "preference_loss": "ipo", "label_smoothing": 0.2})
+    assert response.status_code == 400 and not Job.objects.exists()
+    assert "IPO has no label smoothing" in " ".join(response.context["form"].errors["label_smoothing"])
+
+
+@pytest.fixture
+def api(client, member):
+    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {api_token_create(user=member, name='script')[1]}"
+    return client
+
+
+def create(api, dataset, base_model, **hyperparameters):
+    return api.post("/api/v1/fine_tuning/jobs", {
+        "model": base_model.pk, "training_file": dataset.pk, "method": {"type": "full"},
+        "hyperparameters": {"max_steps": 2, **hyperparameters}}, content_type="application/json")
+
+
+def test_the_api_takes_the_same_settings(api, pairs, tiny_base_model):
+    response = create(api, pairs, tiny_base_model, task="preference", preference_loss="simpo", beta=2.0,
+                      simpo_gamma=0.8)
+    assert response.status_code == 201, response.content
+    hyperparameters = response.json()["hyperparameters"]
+    assert (hyperparameters["task"], hyperparameters["preference_loss"], hyperparameters["simpo_gamma"]) == (
+        "preference", "simpo", 0.8)
+    assert METHODS[response.json()["method"]["type"]].produces == "model"
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"task": "sft"}, "hyperparameters.task"),
+    ({"task": "preference", "preference_loss": "orpo", "reference": "precomputed"}, "hyperparameters.reference"),
+    ({"task": "preference", "cpo_alpha": 0.5}, "hyperparameters.cpo_alpha"),
+])
+def test_the_api_refuses_impossible_combinations_naming_the_field(api, pairs, tiny_base_model, values, field):
+    response = create(api, pairs, tiny_base_model, **values)
+    assert response.status_code == 400 and response.json()["error"]["field"] == field, response.content
+    assert not Job.objects.exists()
