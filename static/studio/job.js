@@ -22,7 +22,9 @@
   // Every point is kept here; the charts draw a decimated copy.
   // penalty: a term the method adds to the loss it trains on (AdaLoRA), charted on its own
   const series = { train: [], smooth: [], eval: [], lr: [], grad_norm: [], tokens_per_s: [], memory_mib: [],
-    penalty: [] };
+    penalty: [], rewards_chosen: [], rewards_rejected: [], reward_margin: [], reward_accuracy: [] };
+  const STEP_METRICS = ["lr", "grad_norm", "tokens_per_s", "memory_mib", "penalty", "rewards_chosen",
+                        "rewards_rejected", "reward_margin", "reward_accuracy"];
   const lossChart = lineChart(lossCanvas, { yTitle: "loss", datasets: [
     // order: lower is drawn on top
     { label: "train loss", data: series.train, borderColor: "rgba(37, 99, 235, 0.3)", borderWidth: 1, order: 2 },
@@ -34,7 +36,14 @@
     legend: false, yTitle: canvas.dataset.label,
     datasets: [{ label: canvas.dataset.label, data: series[canvas.dataset.metric], borderColor: canvas.dataset.color }],
   }));
-  const charts = [lossChart, ...metricCharts];
+  // Preference jobs: the implicit rewards of the chosen and rejected replies and their margin.
+  const rewardsCanvas = document.getElementById("rewards-chart");
+  const rewardsChart = rewardsCanvas && lineChart(rewardsCanvas, { yTitle: "reward", datasets: [
+    { label: "reward margin", data: series.reward_margin, borderColor: "#7c3aed", borderWidth: 2 },
+    { label: "chosen", data: series.rewards_chosen, borderColor: "#16a34a", borderWidth: 1 },
+    { label: "rejected", data: series.rewards_rejected, borderColor: "#dc2626", borderWidth: 1 },
+  ] });
+  const charts = [lossChart, ...(rewardsChart ? [rewardsChart] : []), ...metricCharts];
   linkZoom(charts);
 
   const smoothing = bindControls(root.querySelector(".chart-controls"), {
@@ -79,14 +88,17 @@
       if (last && d.step <= last.x) dropFromStep(d.step);
       series.train.push({ x: d.step, y: d.loss });
       series.smooth.push({ x: d.step, y: nextSmooth(d.loss) });
-      for (const key of ["lr", "grad_norm", "tokens_per_s", "memory_mib", "penalty"]) {
+      for (const key of STEP_METRICS) {
         if (d[key] != null) series[key].push({ x: d.step, y: d[key] });
       }
       lossCanvas.dataset.points = series.train.length;
+      if (rewardsCanvas) rewardsCanvas.dataset.points = series.reward_margin.length;
     },
     eval(d) {
       series.eval.push({ x: d.step, y: d.eval_loss });
-      const extra = d.accuracy != null ? ` · accuracy ${d.accuracy.toFixed(3)} · F1 ${d.f1.toFixed(3)}`
+      const extra = d.reward_margin != null
+        ? ` · reward accuracy ${d.accuracy.toFixed(3)} · margin ${d.reward_margin.toFixed(3)}`
+        : d.accuracy != null ? ` · accuracy ${d.accuracy.toFixed(3)} · F1 ${d.f1.toFixed(3)}`
         : (d.perplexity != null ? ` · perplexity ${d.perplexity.toFixed(2)}` : "");
       addLog(`eval at step ${d.step}: loss ${d.eval_loss.toFixed(4)}${extra}${d.best ? " (best so far)" : ""}`);
     },
@@ -182,7 +194,8 @@
   }
 
   // For tests and the curious: every train-loss step the page holds.
-  window.studioJob = { charts, trainSteps: () => series.train.map((p) => p.x) };
+  window.studioJob = { charts, trainSteps: () => series.train.map((p) => p.x),
+                       rewardMargins: () => series.reward_margin.map((p) => p.y) };
   // The stored history comes faster as JSON pages (5000 events a request)
   // than as one socket message per event; the socket then sends the rest.
   catchUpOverHttp().then(connect);

@@ -1,0 +1,47 @@
+"""Preference tuning in headless Chromium: upload a small pairwise file,
+pick DPO with LoRA, watch the job finish with its reward-margin curve."""
+
+import json
+
+import pytest
+
+from tests.e2e.test_browser_flow import browser, logged_in_page  # noqa: F401 (browser is a fixture)
+
+pytestmark = pytest.mark.e2e
+
+PAIRS = [{"prompt": f"What is {a} plus {b}?", "chosen": f"{a + b}.", "rejected": f"I cannot add {a} and {b}."}
+         for a in range(3) for b in range(2)]
+STEPS = 5
+
+
+def test_upload_pairs_train_dpo_with_lora_and_watch_the_margin(browser, stack, tmp_path):  # noqa: F811
+    page = logged_in_page(browser, stack)
+    data = tmp_path / "arithmetic-pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in PAIRS))
+    page.goto(stack.base_url + "/datasets/")
+    page.set_input_files("input[name=file]", str(data))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_url("**/datasets/*/")
+    assert page.inner_text("#row-count") == f"{len(PAIRS)} rows"
+
+    page.click("text=Train on this dataset")
+    assert page.input_value("select[name=task]") == "preference"  # the dataset's own task
+    page.wait_for_selector("#preference-title")
+    assert page.is_checked("#id_method_lora") and page.is_disabled("#id_method_prefix_tuning")
+    page.select_option("select[name=base_model]", label="Tiny Llama (test)")
+    page.select_option("select[name=preference_loss]", "dpo")
+    page.fill("input[name=beta]", "0.1")
+    page.fill("input[name=max_steps]", str(STEPS))
+    page.fill("input[name=batch_size]", "2")
+    page.fill("input[name=learning_rate]", "0.01")
+    page.fill("input[name=method__rank]", "4")
+    page.click("text=Start training")
+    page.wait_for_url("**/jobs/*/")
+
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=180_000)
+    page.wait_for_function(f"Number(document.querySelector('#rewards-chart').dataset.points) === {STEPS}")
+    margins = page.evaluate("window.studioJob.rewardMargins()")
+    assert len(margins) == STEPS and margins[0] == 0 and margins[-1] > margins[0], margins
+    log = page.inner_text("#log")
+    assert "DPO (beta 0.1) against the base model" in log and "adapter ready" in log
+    assert page.is_visible("text=Download adapter")
