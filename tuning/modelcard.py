@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuning.config import TrainConfig
+from tuning.preference import PREFERENCE_LOSSES
 
 AUTO_CLASS = {"classify": "AutoModelForSequenceClassification"}
 
@@ -31,6 +32,13 @@ def write_model_card(directory: str | Path, *, config: TrainConfig, method, fina
         "scheduler": config.scheduler, "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
         "seed": config.seed, "loss_on_prompt": config.loss_on_prompt, **config.method_params,
     }
+    if config.task == "preference":
+        hyper.pop("loss_on_prompt")
+        hyper |= {"preference_loss": config.preference_loss, "beta": config.beta}
+        hyper |= {key: getattr(config, key) for key, used in (
+            ("label_smoothing", config.label_smoothing > 0), ("simpo_gamma", config.preference_loss == "simpo"),
+            ("cpo_alpha", config.preference_loss == "cpo"),
+            ("reference", PREFERENCE_LOSSES[config.preference_loss].needs_reference)) if used}
     rows = "\n".join(f"| {key} | {value} |" for key, value in hyper.items())
     loss = f"{final_loss:.4f}" if final_loss is not None else "n/a"
     evaluated = "".join(f"\n- **{key.replace('_', ' ').capitalize()}:** {value}" for key, value in (evaluation or {}).items())
@@ -40,7 +48,7 @@ base_model: {base}
 library_name: {"peft" if kind == "adapter" else "transformers"}
 tags:
 - tuning-studio
-- {config.method}
+- {config.method}{f"{chr(10)}- {config.preference_loss}" if config.task == "preference" else ""}
 ---
 
 # {method.label} {kind} for {base}

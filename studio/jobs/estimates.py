@@ -25,6 +25,7 @@ from tuning.fields import field_specs
 from tuning.methods import Method
 from tuning.methods.estimate import estimate_key, shape_config
 from tuning.methods.memory import changes_that_fit, estimate_training_memory
+from tuning.preference import PREFERENCE_LOSSES
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,10 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
     shape = {"batch_size": values["batch_size"], "max_length": values["max_length"],
              "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"],
              # The trainer fuses the head and the loss for these methods (tuning.loss).
-             "fused_loss": method.predicts_each_token}
+             "fused_loss": method.predicts_each_token,
+             # A full fine-tune scored against a live reference keeps a frozen copy of the base.
+             "reference_copy": (task == "preference" and method.produces == "model" and values["reference"] == "base"
+                                and PREFERENCE_LOSSES[values["preference_loss"]].needs_reference)}
     config = shape_config(base_model.facts["shape"])
     need = estimate_training_memory(config, trainable=trainable, total=total, task=task,
                                     four_bit_base=method.four_bit_base, **shape)
@@ -89,8 +93,9 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
     steps = values.get("max_steps") or (math.ceil(dataset.row_count / rows_per_step) * values["epochs"]
                                         if dataset else None)
     if speed and steps:
-        # An upper bound: every row counted at max length.
-        result["minutes"] = steps * rows_per_step * values["max_length"] / speed / 60
+        # An upper bound: every row counted at max length (a preference row is two sequences).
+        sequences = rows_per_step * (2 if task == "preference" else 1)
+        result["minutes"] = steps * sequences * values["max_length"] / speed / 60
         result["tokens_per_s"] = speed
     return result
 

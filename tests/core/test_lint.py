@@ -171,10 +171,12 @@ def test_preference_pairs_with_an_empty_or_identical_side_are_flagged(tokenizer)
             {"prompt": "Chat", "chosen": [user("Chat"), assistant("Gladly.")],                        # 6 clean
              "rejected": [user("Chat"), assistant("No.")]},
             {"prompt": "Count", "chosen": "one two three four five six seven eight nine ten A",      # 7 same start
-             "rejected": "one two three four five six seven eight nine ten B"}]
+             "rejected": "one two three four five six seven eight nine ten B"},
+            {"chosen": [user("Q"), assistant("Same.")], "rejected": [user("Q"), assistant("same. ")]},  # 8 no prompt
+            {"chosen": [user("Q"), assistant("Yes.")], "rejected": [user("Q"), assistant("No.")]}]      # 9 clean
     found = {f.code: f for f in lint(rows).findings}
     assert {code: list(f.rows) for code, f in found.items()} == {
-        "identical_pair": [2, 5], "empty_rejected": [3], "empty_response": [4]}
+        "identical_pair": [2, 5, 8], "empty_rejected": [3], "empty_response": [4]}
     assert found["identical_pair"].severity == BLOCKING and "teaches nothing" in found["identical_pair"].message
     assert found["empty_rejected"].severity == BLOCKING and found["empty_rejected"].fixable
 

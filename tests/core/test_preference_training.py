@@ -108,6 +108,26 @@ def test_cancel_stops_within_a_step_and_resume_continues_exactly(tiny_model, pai
                                                                abs=1e-6)
 
 
+def test_pairs_given_as_whole_conversations_train_on_their_last_reply(tiny_model, tmp_path):
+    from tuning.data.tasks import load_task_data
+    from tuning.models import load_tokenizer
+
+    def conversation(reply):
+        return [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "And 2 + 2?"}, {"role": "assistant", "content": reply}]
+
+    data = tmp_path / "conversations.jsonl"
+    data.write_text("\n".join(json.dumps({"chosen": conversation(f"{n}."), "rejected": conversation(f"{n + 1}?")})
+                              for n in range(4)) + "\n")
+    tokenizer = load_tokenizer(str(tiny_model))
+    item = load_task_data("preference", data, tokenizer=tokenizer, max_length=256).items[0]
+    text = tokenizer.decode(item.chosen.input_ids)
+    assert "Hello." in text and "And 2 + 2?" in text  # the earlier turns are the prompt …
+    assert tokenizer.decode([t for t in item.chosen.labels if t != -100]).startswith("0.")  # … the reply is trained
+    result = run_train(config(tiny_model, data, tmp_path / "out", max_steps=2), MemorySink())
+    assert result.status == "succeeded"
+
+
 def test_the_second_run_reads_the_pairs_from_the_token_cache(tiny_model, pairs_jsonl, tmp_path):
     first, second = MemorySink(), MemorySink()
     run_train(config(tiny_model, pairs_jsonl, tmp_path / "a", max_steps=2), first)

@@ -92,9 +92,10 @@ def test_schema_names_tasks_and_fields():
     assert set(schemas_for_task("sft")) == {"alpaca", "prompt_completion", "chat", "sharegpt"}
     assert "text" not in schemas_for_task("sft")
     assert schema_fields("preference")[:3] == [
-        {"name": "prompt", "required": True, "help": "what the model is asked"},
         {"name": "chosen", "required": True, "help": "the preferred reply"},
-        {"name": "rejected", "required": True, "help": "the reply to avoid"}]
+        {"name": "rejected", "required": True, "help": "the reply to avoid"},
+        {"name": "prompt", "required": False,
+         "help": "what the model is asked (leave it out where chosen and rejected are whole conversations)"}]
     assert schema_fields("alpaca")[-1]["required"] is False
 
 
@@ -160,7 +161,7 @@ def test_a_schema_that_does_not_suit_the_task_is_refused(tmp_path):
         read_examples(path, schema="text")
 
 
-def test_preference_pairs_are_stored_not_trained(tmp_path):
+def test_preference_pairs_are_read_and_tokenized_for_training(tmp_path, tiny_model):
     path = write(tmp_path, "p.jsonl", json.dumps({"prompt": "q", "chosen": "good", "rejected": "bad"}) + "\n" +
                  json.dumps({"prompt": "q2", "chosen": [{"role": "user", "content": "q2"},
                                                         {"role": "assistant", "content": "fine"}],
@@ -171,10 +172,40 @@ def test_preference_pairs_are_stored_not_trained(tmp_path):
     with pytest.raises(DatasetError) as caught:
         summarize(path, task="sft")
     assert "missing the output" in caught.value.reason
-    with pytest.raises(ConfigError, match="no training method uses preference data yet"):
-        load_task_data("preference", path, tokenizer=None, max_length=8)
+    from tuning.models import load_tokenizer
+
+    data = load_task_data("preference", path, tokenizer=load_tokenizer(str(tiny_model)), max_length=256)
+    assert [item.row for item in data.items] == [1, 2] and data.rows_read == 2
+    for item in data.items:  # the same prompt tokens, then each reply with labels on it alone
+        shared = next(i for i, (a, b) in enumerate(zip(item.chosen.input_ids, item.rejected.input_ids)) if a != b)
+        assert set(item.chosen.labels[:shared]) == set(item.rejected.labels[:shared]) == {-100}
+        assert item.chosen.labels[shared] == item.chosen.input_ids[shared]
     bad = write(tmp_path, "b.jsonl", json.dumps({"prompt": "q", "chosen": [{"role": "user", "content": "q"}],
                                                  "rejected": "x"}) + "\n")
     with pytest.raises(DatasetError) as caught:
         preference.read_pairs(bad)
     assert (caught.value.row, caught.value.field) == (1, "chosen") and "no assistant turn" in caught.value.reason
+
+
+def test_preference_conversations_without_a_prompt_column_carry_the_prompt(tmp_path):
+    def conversation(reply):
+        return [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "How are you?"},
+                {"role": "assistant", "content": reply}]
+
+    path = write(tmp_path, "c.jsonl", json.dumps({"chosen": conversation("Well, thanks!"),
+                                                  "rejected": conversation("Go away.")}) + "\n")
+    (pair,) = preference.read_pairs(path)
+    assert (pair.prompt, pair.chosen, pair.rejected, pair.system) == ("How are you?", "Well, thanks!", "Go away.",
+                                                                      "Be kind.")
+    assert [m.role for m in pair.context] == ["system", "user", "assistant", "user"]
+    other_prompt = conversation("No.")
+    other_prompt[3] = {"role": "user", "content": "Who are you?"}
+    differ = write(tmp_path, "d.jsonl", json.dumps({"chosen": conversation("Fine."), "rejected": other_prompt}) + "\n")
+    with pytest.raises(DatasetError) as caught:
+        preference.read_pairs(differ)
+    assert caught.value.field == "rejected" and "share the prompt" in caught.value.reason
+    text_only = write(tmp_path, "t.jsonl", json.dumps({"chosen": "Fine.", "rejected": "No."}) + "\n")
+    with pytest.raises(DatasetError) as caught:
+        preference.read_pairs(text_only, schema="preference")
+    assert caught.value.field == "prompt" and "conversations" in caught.value.reason

@@ -130,19 +130,24 @@ def _reply(value) -> str:
     return _content(value)
 
 
+def _lenient_turns(items: list) -> list[Message]:
+    turns = []
+    for item in items:
+        item = item if isinstance(item, dict) else {}
+        raw = item.get("role", item.get("from"))
+        role = ROLE_ALIASES.get(raw.strip().lower(), raw) if isinstance(raw, str) else repr(raw)
+        content = _content(item.get("content", item.get("value")))
+        if role == "system" and not content.strip():
+            continue  # an empty system message counts as absent, as in the reader
+        turns.append(Message(role, content, train=item.get("weight", 1) != 0))
+    return turns
+
+
 def _lenient(record: dict, row: int) -> _Row:
     """A raw row as turns, without refusing anything: the checks below say what is wrong."""
     key = pick_column(tuple(CHAT_KEYS), record)
     if key is not None and isinstance(record[key], list):
-        turns = []
-        for item in record[key]:
-            item = item if isinstance(item, dict) else {}
-            raw = item.get("role", item.get("from"))
-            role = ROLE_ALIASES.get(raw.strip().lower(), raw) if isinstance(raw, str) else repr(raw)
-            content = _content(item.get("content", item.get("value")))
-            if role == "system" and not content.strip():
-                continue  # an empty system message counts as absent, as in the reader
-            turns.append(Message(role, content, train=item.get("weight", 1) != 0))
+        turns = _lenient_turns(record[key])
         system = _content(record.get("system"))
         if system.strip() and not (turns and turns[0].role == "system"):
             turns.insert(0, Message("system", system))
@@ -160,8 +165,12 @@ def _lenient(record: dict, row: int) -> _Row:
         system = _content(record.get(pick_column(("system",), record) or "system"))
         rejected_key = pick_column(("rejected",), record) if response_key == "chosen" else None
         rejected = _reply(record.get(rejected_key)) if rejected_key else None
-        turns = ([Message("system", system)] if system.strip() else []) + [
-            Message("user", prompt), Message("assistant", _reply(record.get(response_key)))]
+        if prompt_key is None and rejected_key and isinstance(record[response_key], list):
+            # Whole conversations without a prompt column: the chosen one's turns hold the prompt.
+            turns = _lenient_turns(record[response_key])
+        else:
+            turns = ([Message("system", system)] if system.strip() else []) + [
+                Message("user", prompt), Message("assistant", _reply(record.get(response_key)))]
         text = "\n".join([m.content for m in turns] + ([rejected] if rejected is not None else []))
         return _Row(row, tuple(turns), text, rejected)
     return _Row(row, tuple(turns), "\n".join(m.content for m in turns))

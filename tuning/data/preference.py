@@ -13,12 +13,12 @@ in the same order, right-padded.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tuning.data import sft
 from tuning.data.records import Paths, dataset_files, read_all
 from tuning.data.schema import Rows, task_rows
-from tuning.data.schemas.conversation import Example
+from tuning.data.schemas.conversation import Example, Message
 from tuning.data.schemas.preference import PreferencePair
 from tuning.data.sft import TokenizedExample
 from tuning.errors import DatasetError
@@ -67,8 +67,13 @@ def read_pairs(path: Paths, *, name: str | None = None, schema: str | None = Non
 
 
 def tokenize_pair(pair: PreferencePair, tokenizer, *, max_length: int, file: str = "") -> PreferenceExample:
+    # Earlier assistant turns are prompt, shared by both sides: only the judged reply carries labels (as TRL's
+    # completion mask).
+    context = tuple(replace(m, train=False) for m in pair.context)
+
     def side(reply: str) -> TokenizedExample:
-        example = Example.from_pair(pair.prompt, reply, system=pair.system, row=pair.row)
+        example = (Example(context + (Message("assistant", reply),), pair.row) if context
+                   else Example.from_pair(pair.prompt, reply, system=pair.system, row=pair.row))
         return sft.tokenize_example(example, tokenizer, max_length=max_length, loss_on_prompt=False, file=file)
 
     return PreferenceExample(chosen=side(pair.chosen), rejected=side(pair.rejected), row=pair.row)

@@ -13,7 +13,10 @@ Parts, in bytes:
   only each layer's input (2·s·b·h) is kept, plus one layer recomputed; plus
   the logits and their fp32 loss copy, b·s·V·(2 + 4) bytes (large for big
   vocabularies), or, where the head and the loss are fused
-  (``tuning.loss``), one chunk of those and the hidden states' gradient.
+  (``tuning.loss``), one chunk of those and the hidden states' gradient;
+- preference pairs: a row is two sequences (chosen and rejected) with
+  their full logits, and a full fine-tune scored against a live reference
+  keeps a frozen fp32 copy of the weights (``reference_copy``).
 The sum is a planning figure (±30 %), not a promise: allocator slack and
 sequence lengths below max_length move it.
 """
@@ -56,9 +59,10 @@ def model_dims(model_config) -> tuple[int, int, int, int]:
 def estimate_training_memory(model_config, *, trainable: int, total: int, batch_size: int, max_length: int,
                              precision: str = "bf16", gradient_checkpointing: bool = False,
                              four_bit_base: bool = False, task: str = "sft",
-                             fused_loss: bool = False) -> MemoryEstimate:
+                             fused_loss: bool = False, reference_copy: bool = False) -> MemoryEstimate:
     hidden, layers, heads, vocab = model_dims(model_config)
-    s, b = max_length, batch_size
+    s, b = max_length, batch_size * (2 if task == "preference" else 1)
+    fused_loss = fused_loss and task != "preference"  # pairs need every labelled token's log-probability
     bytes_per_activation_unit = 1 if precision in ("bf16", "fp16", "auto") else 2  # the formula is in 16-bit units
     if gradient_checkpointing:
         per_layer = 2 * s * b * hidden
@@ -73,19 +77,20 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
         activations += b * s * vocab * (2 + 4)
     frozen = total - trainable
     weights = trainable * 4 + (frozen * FOUR_BIT_BYTES_PER_PARAMETER if four_bit_base else frozen * 4)
+    weights += total * 4 if reference_copy else 0
     return MemoryEstimate(weights=int(weights), gradients=trainable * 4, optimizer=trainable * 8,
                           activations=int(activations), overhead=RUNTIME_OVERHEAD_BYTES)
 
 
 def changes_that_fit(model_config, *, available: int, trainable: int, total: int, batch_size: int,
                      max_length: int, precision: str, gradient_checkpointing: bool, gpu: bool,
-                     task: str = "sft", fused_loss: bool = False) -> list[str]:
+                     task: str = "sft", fused_loss: bool = False, reference_copy: bool = False) -> list[str]:
     """Changes (each alone, then together) that bring the estimate under ``available`` bytes."""
     def fits(**change) -> bool:
         settings = {"batch_size": batch_size, "max_length": max_length, "precision": precision,
                     "gradient_checkpointing": gradient_checkpointing, "four_bit_base": False, **change}
         return estimate_training_memory(model_config, trainable=trainable, total=total, task=task,
-                                        fused_loss=fused_loss,
+                                        fused_loss=fused_loss, reference_copy=reference_copy,
                                         **settings).total <= available
 
     options = []

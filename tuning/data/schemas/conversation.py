@@ -106,7 +106,7 @@ def pair_parser(schema: Schema, first: dict, file: str, row: int, mapping: dict 
     return parse
 
 
-def _message(item, name: str, row: int, where: str) -> Message | None:
+def parse_message(item, name: str, row: int, where: str) -> Message | None:
     """One turn of a chat row; None for an empty system message (treated as absent)."""
     if not isinstance(item, dict):
         raise DatasetError("each turn must be an object like {\"role\": \"user\", \"content\": \"...\"}",
@@ -133,7 +133,7 @@ def _message(item, name: str, row: int, where: str) -> Message | None:
     return Message(role, content, train=weight == 1)
 
 
-def _check_order(messages: list[tuple[int, Message]], name: str, row: int, key: str) -> None:
+def check_order(messages: list[tuple[int, Message]], name: str, row: int, key: str) -> None:
     """An optional system message first, then a user turn; the last turn is the assistant's."""
     def error(index: int, message: str) -> DatasetError:
         # index -1: the conversation as a whole (or a system prompt given beside it)
@@ -167,12 +167,12 @@ def turns_parser(schema: Schema, first: dict, file: str, row: int, mapping: dict
                                file=name, row=row, field=key)
         if not isinstance(turns, list) or not turns:
             raise DatasetError("must be a non-empty list of turns", file=name, row=row, field=key)
-        parsed = [(i, _message(item, name, row, f"{key}[{i}]")) for i, item in enumerate(turns)]
+        parsed = [(i, parse_message(item, name, row, f"{key}[{i}]")) for i, item in enumerate(turns)]
         messages = [(i, m) for i, m in parsed if m is not None]
         system = optional_text(record, SYSTEM, mapping)  # some exports keep the system prompt beside the turns
         if system and not (messages and messages[0][1].role == "system"):
             messages.insert(0, (-1, Message("system", system)))
-        _check_order(messages, name, row, key)
+        check_order(messages, name, row, key)
         return Example(tuple(m for _, m in messages), row)
 
     return parse
