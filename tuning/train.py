@@ -74,7 +74,8 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     prepared = prepare_model(config, sink, method=method, params=params, device=device, tokenizer=data.tokenizer,
                              data=data.data, train_items=data.train_items, collate=data.collate,
                              total_steps=data.total_steps)
-    if config.task == "preference" and prepared.objective.settings.needs_reference and config.reference == "precomputed":
+    if (config.task == "preference" and prepared.objective.settings.needs_reference
+            and config.reference == "precomputed"):
         data = with_reference_logps(data, prepared, device, sink, batch_size=config.batch_size)
     run = start_run(config, sink, method=method, params=params, device=device, output_dir=output_dir, data=data,
                     prepared=prepared)

@@ -75,7 +75,8 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
              # The trainer fuses the head and the loss for these methods (tuning.loss).
              "fused_loss": method.predicts_each_token,
              # A full fine-tune scored against a live reference keeps a frozen copy of the base.
-             "reference_copy": (task == "preference" and method.produces == "model" and values["reference"] == "base"
+             "reference_copy": (task == "preference" and method.produces == "model"
+                                and values["reference"] == "base"
                                 and PREFERENCE_LOSSES[values["preference_loss"]].needs_reference)}
     config = shape_config(base_model.facts["shape"])
     need = estimate_training_memory(config, trainable=trainable, total=total, task=task,

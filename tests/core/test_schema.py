@@ -9,7 +9,7 @@ from tuning.data.readers import read_examples
 from tuning.data.schema import (SCHEMAS, apply_mapping, canonical_schema, check_mapping, detect, detect_schema,
                                 schema_fields, schemas_for_task, tasks_for_schema)
 from tuning.data.tasks import load_task_data, summarize
-from tuning.errors import ConfigError, DatasetError
+from tuning.errors import DatasetError
 
 TURNS = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
 
