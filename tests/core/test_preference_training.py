@@ -63,6 +63,25 @@ def test_dpo_with_lora_widens_the_margin_and_the_adapter_loads_in_stock_peft(tin
     assert artifact.artifact_kind == "adapter" and artifact.metadata["task"] == "preference"
 
 
+def test_the_dpo_adapter_folds_and_quantizes_like_any_other(tiny_model, pairs_jsonl, memorisable_jsonl, tmp_path):
+    from tuning.merge import run_merge
+    from tuning.merge.config import MergeConfig
+    from tuning.quantize.config import QuantizeConfig
+    from tuning.quantize.run import run_quantize
+
+    adapter = run_train(config(tiny_model, pairs_jsonl, tmp_path / "dpo", max_steps=2), MemorySink()).output_path
+    folded = run_merge(MergeConfig.from_dict({"method": "fold", "base_model": str(tiny_model),
+                                              "output_dir": str(tmp_path / "folded"), "sources": [adapter]}),
+                       MemorySink())
+    assert folded.status == "succeeded" and (Path(folded.output_path) / "model.safetensors").exists()
+    quantized = run_quantize(QuantizeConfig.from_dict({
+        "scheme": "safetensors_bf16", "source_path": folded.output_path, "output_dir": str(tmp_path / "bf16"),
+        "eval_dataset_path": str(memorisable_jsonl), "eval_rows": 2, "prompts": ["Hi"], "max_new_tokens": 2}),
+        MemorySink())
+    assert quantized.status == "succeeded" and quantized.report["size_bytes_after"] < quantized.report[
+        "size_bytes_before"]
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_a_precomputed_reference_trains_exactly_as_the_live_one(method, tiny_model, pairs_jsonl, tmp_path):
     """Live: the adapter switched off (LoRA) or a frozen copy of the base (full

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.e2e.test_browser_flow import browser, logged_in_page  # noqa: F401 (browser is a fixture)
+from tests.e2e.test_browser_flow import browser, logged_in_page, start_job  # noqa: F401 (browser is a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -24,19 +24,13 @@ def test_upload_pairs_train_dpo_with_lora_and_watch_the_margin(browser, stack, t
     page.wait_for_url("**/datasets/*/")
     assert page.inner_text("#row-count") == f"{len(PAIRS)} rows"
 
+    dataset_url = page.url.removeprefix(stack.base_url)
     page.click("text=Train on this dataset")
     assert page.input_value("select[name=task]") == "preference"  # the dataset's own task
     page.wait_for_selector("#preference-title")
     assert page.is_checked("#id_method_lora") and page.is_disabled("#id_method_prefix_tuning")
-    page.select_option("select[name=base_model]", label="Tiny Llama (test)")
-    page.select_option("select[name=preference_loss]", "dpo")
-    page.fill("input[name=beta]", "0.1")
-    page.fill("input[name=max_steps]", str(STEPS))
-    page.fill("input[name=batch_size]", "2")
-    page.fill("input[name=learning_rate]", "0.01")
-    page.fill("input[name=method__rank]", "4")
-    page.click("text=Start training")
-    page.wait_for_url("**/jobs/*/")
+    assert page.input_value("select[name=preference_loss]") == "dpo" and page.input_value("input[name=beta]") == "0.1"
+    start_job(page, stack, dataset_url, max_steps=STEPS)  # LoRA rank 4, DPO with beta 0.1
 
     page.wait_for_selector("#job-status[data-status=succeeded]", timeout=180_000)
     page.wait_for_function(f"Number(document.querySelector('#rewards-chart').dataset.points) === {STEPS}")
