@@ -92,7 +92,8 @@ def token_logps(model, inputs: dict):
 
     logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
     labelled = inputs["labels"][:, 1:] != IGNORE_INDEX
-    return selective_log_softmax(logits[:, :-1], inputs["input_ids"][:, 1:]), labelled
+    # In fp32: a sequence's log-probability sums hundreds of tokens' terms, which bf16 logits would blur.
+    return selective_log_softmax(logits[:, :-1].float(), inputs["input_ids"][:, 1:]), labelled
 
 
 def reference_logps(model, inputs: dict, *, reference=None):

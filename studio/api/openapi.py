@@ -103,8 +103,9 @@ JOB_CREATE = {
             "type": {"type": "string", "description": "lora, qlora, dora, full …", "default": "lora"},
             "params": {"type": "object", "description": "The method's parameters (rank, alpha …)."}}}]},
         "hyperparameters": {"type": "object", "description": (
-            "Training settings (learning_rate, max_steps, epochs, batch_size, task …); unknown or invalid "
-            "ones answer 400 listing every bad field.")},
+            "Training settings (learning_rate, max_steps, epochs, batch_size, task …; for task preference "
+            "also preference_loss, beta, label_smoothing, simpo_gamma, cpo_alpha, reference); unknown or "
+            "invalid ones answer 400 listing every bad field.")},
         "name": {"type": "string"}, "team": {"type": "string"},
     },
 }

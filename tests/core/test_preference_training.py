@@ -200,3 +200,18 @@ def test_sft_data_for_the_preference_task_names_the_missing_columns(tiny_model, 
 
     with pytest.raises(DatasetError, match="chosen"):
         run_train(config(tiny_model, memorisable_jsonl, tmp_path), MemorySink())
+
+
+def test_the_memory_estimate_counts_two_sequences_a_pair_and_a_reference_copy():
+    from types import SimpleNamespace
+
+    from tuning.methods.memory import estimate_training_memory
+
+    shape = SimpleNamespace(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000)
+
+    def estimate(**settings):
+        return estimate_training_memory(shape, trainable=1000, total=50_000, batch_size=4, max_length=128, **settings)
+
+    sft, pairs = estimate(task="sft"), estimate(task="preference", fused_loss=True)  # pairs need every log-prob
+    assert pairs.activations == 2 * sft.activations and pairs.weights == sft.weights
+    assert estimate(task="preference", reference_copy=True).weights == pairs.weights + 50_000 * 4
