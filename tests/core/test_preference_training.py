@@ -112,6 +112,15 @@ def test_reference_free_losses_train_without_a_reference(loss, tiny_model, pairs
     assert any("needs no reference model" in e.message for e in sink.of_kind("log"))
 
 
+@pytest.mark.parametrize("method", ["loha", "adalora"])
+def test_other_adapters_train_against_themselves_switched_off(method, tiny_model, pairs_jsonl, tmp_path):
+    sink = MemorySink()
+    result = run_train(config(tiny_model, pairs_jsonl, tmp_path, method=method, max_steps=2, method_params={}), sink)
+    assert result.status == "succeeded" and any("adapter switched off" in e.message for e in sink.of_kind("log"))
+    assert sink.of_kind("metrics")[0].reward_margin == 0.0  # a fresh adapter starts as the reference
+    assert (Path(result.output_path) / "adapter_config.json").exists()
+
+
 def test_cancel_stops_within_a_step_and_resume_continues_exactly(tiny_model, pairs_jsonl, tmp_path):
     straight = MemorySink()
     run_train(config(tiny_model, pairs_jsonl, tmp_path / "a", batch_size=2), straight)
@@ -180,7 +189,7 @@ BASE = {"base_model": "m", "dataset_path": "d.jsonl", "output_dir": "o"}
     ({"task": "preference", "preference_loss": "orpo", "reference": "precomputed"}, "reference", "no reference"),
     ({"task": "preference", "simpo_gamma": 1.0}, "simpo_gamma", "simpo loss only"),
     ({"task": "preference", "method": "prefix_tuning"}, "task", "does not support"),
-    ({"task": "preference", "method": "adalora"}, "task", "does not support"),
+    ({"task": "preference", "method": "p_tuning"}, "task", "does not support"),
     ({"task": "preference", "preference_loss": "kto"}, "preference_loss", "must be one of"),
 ])
 def test_impossible_preference_settings_are_refused_naming_the_field(settings, field, words):

@@ -40,8 +40,8 @@ def test_the_form_shows_the_preference_settings_for_the_preference_task_only(mem
     for loss in PREFERENCE_LOSSES.values():
         assert f'href="{loss.paper}"' in page
     # Methods that cannot score pairs are disabled, with the reason.
-    assert {"prefix_tuning", "prompt_tuning", "p_tuning", "adalora"} <= drawn.disabled
-    assert "Not for the preference task" in page and "lora" not in drawn.disabled and "full" not in drawn.disabled
+    assert {"prefix_tuning", "prompt_tuning", "p_tuning"} <= drawn.disabled
+    assert "Not for the preference task" in page and not {"lora", "full", "adalora", "ia3"} & drawn.disabled
     sft = FormValues(member_client.get(FIELDS, {"task": "sft", "method": "lora"}).content.decode())
     assert not set(PREFERENCE_FIELDS) & sft.names
 
