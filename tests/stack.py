@@ -154,7 +154,7 @@ def _quiet(data_dir: Path, name: str) -> dict:
     return {"stdout": handle, "stderr": subprocess.STDOUT}
 
 
-def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
+def start_stack(data_dir: Path, tiny_model: Path, **extra_env: str) -> Stack:
     redis_proc, redis_url = launcher.start_redis(data_dir)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "studio.settings", "DATA_DIR": str(data_dir),
            "REDIS_URL": redis_url, "STUDIO_ADMIN_USERNAME": ADMIN[0], "STUDIO_ADMIN_PASSWORD": ADMIN[1],
@@ -162,7 +162,7 @@ def start_stack(data_dir: Path, tiny_model: Path) -> Stack:
            # a lost worker's job is taken back within seconds, not minutes
            "JOB_HEARTBEAT_S": "1", "JOB_LOST_AFTER_S": "5",
            # the tests' webhook receivers listen on loopback, as an allowed intranet receiver would
-           "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
+           "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", **extra_env}
     if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
         # Other xdist workers train on the same cores: the stack's Celery
         # workers take their share of threads, no more (tests/conftest.py).

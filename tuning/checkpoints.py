@@ -13,6 +13,7 @@ tensors, with the rest of that state as JSON in the file's metadata.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from tuning.errors import ConfigError
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 METHOD_STATE_FILE = "method_state.safetensors"  # not weights: load_weights skips it
+# "step-0000040"; a checkpoint being written is "step-0000040.partial" until it is whole.
+CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
 
 @dataclass
@@ -64,13 +67,26 @@ def save_checkpoint(directory: Path, *, model, optimizer, scheduler, state: Trai
     return directory
 
 
+def _complete(root: Path) -> list[Path]:
+    """The whole checkpoints under root, oldest first. A ``.partial`` directory is not one, even with
+    its state file written: a worker killed before the rename left it."""
+    return sorted(p for p in root.glob("step-*") if CHECKPOINT_NAME.fullmatch(p.name) and (p / STATE_FILE).exists())
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a checkpoint directory was written at."""
+    return int(CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1))
+
+
 def rotate(root: Path, keep: int) -> None:
-    for old in sorted(root.glob("step-*"))[:-keep]:
+    """Keep the newest ``keep`` checkpoints. Called after a save, when this run writes none: any
+    ``.partial`` directory left is an earlier attempt's, killed mid-save, and goes too."""
+    for old in [*_complete(root)[:-keep], *root.glob("step-*.partial")]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def latest(root: Path) -> Path | None:
-    candidates = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).exists())
+    candidates = _complete(root)
     return candidates[-1] if candidates else None
 
 

@@ -20,7 +20,7 @@ from django.conf import settings
 from studio.datasets.models import Dataset, DatasetAnalysis, DatasetOperation
 from studio.datasets.selectors import dataset_data_files
 from studio.datasets.services import dataset_describe_file
-from studio.datasets.services_work import dataset_analysis_save, dataset_operation_save, dataset_version_create
+from studio.datasets.services_work import dataset_analysis_save, dataset_operation_store
 from studio.jobs.models import Job
 from tuning.data.stats import sink_progress
 from tuning.errors import DatasetError
@@ -63,8 +63,11 @@ def run_analysis(job: Job, sink) -> tuple[str, str]:
 
 def run_operation(job: Job, sink) -> tuple[str, str]:
     run = DatasetOperation.objects.select_related("dataset", "base_model", "created_by").get(job=job)
+    # An earlier attempt stored its versions, then its worker was lost before the job ended: they are the
+    # result (making them again would leave the first ones behind, made by no operation).
+    versions = list(run.results.order_by("pk"))
     try:
-        versions = _operate(run, Phases(sink))
+        versions = versions or _operate(run, Phases(sink))
     except Cancelled:
         return "cancelled", "Cancelled; nothing was kept"
     made = ", ".join(f"{v.name} v{v.version} ({v.row_count} rows)" for v in versions)
@@ -191,10 +194,9 @@ def _operate(run: DatasetOperation, progress: Phases) -> list[Dataset]:
                                   schema=params["schema"], allow_bad_rows=False)
             path = _write(rows, tmp, "mapped.jsonl")
             progress.set_phase("checking the mapped rows")
-            version = dataset_version_create(parents=[dataset], user=user, rows_path=path, operation="map_columns",
-                                             parameters=params, report={"rows": len(rows)}, schema=params["schema"])
-            dataset_operation_save(operation_id=run.pk, results=[version])
-            return [version]
+            return dataset_operation_store(operation_id=run.pk, versions=[dict(
+                parents=[dataset], user=user, rows_path=path, operation="map_columns", parameters=params,
+                report={"rows": len(rows)}, schema=params["schema"])])
         progress.set_phase("reading rows")
         rows, file_rows = version_rows(dataset)
         if run.operation == "drop_rows":
@@ -202,10 +204,9 @@ def _operate(run: DatasetOperation, progress: Phases) -> list[Dataset]:
             report = {"rows_before": len(rows), "rows_after": len(kept), "dropped": len(rows) - len(kept),
                       "finding": params.get("code", "")}
             path = _write(kept, tmp, "kept.jsonl")
-            version = dataset_version_create(parents=[dataset], user=user, rows_path=path, operation="drop_rows",
-                                             parameters=params, report=report, schema=dataset.schema)
-            dataset_operation_save(operation_id=run.pk, results=[version])
-            return [version]
+            return dataset_operation_store(operation_id=run.pk, versions=[dict(
+                parents=[dataset], user=user, rows_path=path, operation="drop_rows", parameters=params,
+                report=report, schema=dataset.schema)])
         data, parents = rows, [dataset]
         if run.operation == "merge":
             parents = [dataset, *run.others.order_by("pk")]
@@ -225,9 +226,8 @@ def _operate(run: DatasetOperation, progress: Phases) -> list[Dataset]:
                 continue  # an empty side of a split is not a dataset
             suffix = getattr(lineage, "part", "")
             path = _write(part, tmp, f"{suffix or 'rows'}.jsonl")
-            versions.append(dataset_version_create(
+            versions.append(dict(
                 parents=parents, user=user, rows_path=path, operation=run.operation, parameters=params,
                 report={**report, "lineage": lineage.to_dict()}, name_suffix=f"-{suffix}" if suffix else "",
                 schema=dataset.schema))
-        dataset_operation_save(operation_id=run.pk, results=versions)
-        return versions
+        return dataset_operation_store(operation_id=run.pk, versions=versions)

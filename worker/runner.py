@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 
@@ -15,6 +16,7 @@ from studio.jobs.models import Job
 from studio.jobs.services import job_finish, job_heartbeat, jobs_recover_lost
 from studio.jobs.services_queue import job_claim_next, queue_nudge
 from studio.storage.services import storage_purge_due
+from studio.workers.models import WorkerNode
 from studio.workers.services import workers_purge_gone
 from tuning.errors import TuningError
 from worker.sink import JobSink
@@ -72,6 +74,33 @@ def recover_lost_jobs_forever(stop: threading.Event) -> None:
             log.exception("recovering lost jobs failed")
         finally:
             connection.close()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process is there
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, under another user
+        return True
+    return True
+
+
+def take_back_from_dead_namesake(name: str) -> list[int]:
+    """Called as a worker starts, before it takes a job: if the worker last
+    registered under ``name`` ran on this machine in a process that no
+    longer exists (the launcher restarts a killed worker under the same
+    name), its jobs are taken back now. Waiting JOB_LOST_AFTER_S for their
+    heartbeat to go stale would let this worker start the next queued job
+    first, and the lost one would wait behind it."""
+    node = WorkerNode.objects.filter(name=name).values("hostname", "pid").first()
+    if (node is None or node["hostname"] != socket.gethostname() or node["pid"] == os.getpid()
+            or _process_exists(node["pid"])):
+        return []
+    recovered = jobs_recover_lost(worker_name=name)
+    if recovered:
+        log.warning("took back the jobs of the dead worker %s (pid %s): %s", name, node["pid"], recovered)
+    return recovered
 
 
 def _run(job: Job) -> tuple[str, str]:

@@ -2,18 +2,21 @@
 (training, merging, dataset analysis …) arrives as the one ``run_job``
 wake-up; the kind table (``studio.jobs.kinds``) says which function runs it."""
 
+import logging
 import threading
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
+from django.db import connection
 
 from worker.estimates import base_model_facts as base_model_facts_now
 from worker.playground import playground_generate as playground_generate_now
 from worker.registry import start_registry, stop_registry
-from worker.runner import recover_lost_jobs_forever
+from worker.runner import recover_lost_jobs_forever, take_back_from_dead_namesake
 from worker.runner import run_job as run_job_now
 from worker.webhooks import deliver_for_job, retry as retry_webhook_now
 
+log = logging.getLogger(__name__)
 _stop_recovery = threading.Event()
 
 
@@ -43,7 +46,15 @@ def playground_generate(reply_channel: str, request: dict) -> None:
 
 
 @worker_ready.connect
-def start_recovering_lost_jobs(**kwargs):
+def start_recovering_lost_jobs(sender, **kwargs):
+    # Before this worker consumes anything (and before its registry thread
+    # takes over its name's row): the jobs of the dead worker it replaces.
+    try:
+        take_back_from_dead_namesake(sender.hostname)
+    except Exception:  # the periodic recovery below takes them back later
+        log.exception("taking back the jobs of this worker's dead namesake failed")
+    finally:
+        connection.close()
     threading.Thread(target=recover_lost_jobs_forever, args=(_stop_recovery,), name="recover-lost-jobs",
                      daemon=True).start()
 

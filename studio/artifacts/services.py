@@ -20,10 +20,12 @@ def artifact_create(*, job, kind: str, path: str, metadata: dict) -> Artifact:
         dataset_sha256 = parents[0].dataset_sha256  # a merged or quantized adapter still stems from that data
     what = metadata.get("scheme") or metadata.get("method") or kind
     with transaction.atomic():
-        artifact = Artifact.objects.create(
-            team_id=job.team_id, job=job, kind=kind, path=str(directory), name=f"{job.name} ({what})"[:200],
-            metadata=metadata, base_model_id=job.base_model_id, dataset_sha256=dataset_sha256,
-            format=metadata.get("format", "safetensors")[:20], size_bytes=directory_size(directory))
+        # A job taken back from a lost worker after it recorded its output makes it again, in the same
+        # directory: the row is updated, so the job keeps one artifact and its id stays valid.
+        artifact, _ = Artifact.objects.update_or_create(job=job, path=str(directory), defaults=dict(
+            team_id=job.team_id, kind=kind, name=f"{job.name} ({what})"[:200], metadata=metadata,
+            base_model_id=job.base_model_id, dataset_sha256=dataset_sha256,
+            format=metadata.get("format", "safetensors")[:20], size_bytes=directory_size(directory)))
         artifact.parents.set(parents)
     return artifact
 

@@ -104,16 +104,22 @@ def dataset_analysis_save(*, analysis_id: int, preview: list, stats: dict, histo
                                                           findings=findings, notice=notice)
 
 
-def dataset_version_create(*, parents: list[Dataset], user, rows_path, operation: str, parameters: dict,
-                           report: dict, schema: str, name_suffix: str = "") -> Dataset:
-    """Store the rows written at ``rows_path`` (JSON lines, by the worker) as the next version of the
-    first parent's family, with lineage to every parent. The file is checked like an upload, so a version
-    is exactly as usable for training as an uploaded file of the same rows."""
+def _version_filename(parents: list[Dataset], operation: str, name_suffix: str) -> str:
+    root = parents[0].root or parents[0]
+    return safe_filename(f"{root.name[:80]}-{operation}{name_suffix}.jsonl".replace(" ", "_"))
+
+
+def _describe_version(*, parents: list[Dataset], rows_path, operation: str, schema: str, name_suffix: str = "",
+                      **_) -> dict:
+    # The schema is the confirmed one: the rows now carry its canonical column names.
+    return dataset_describe_file([rows_path], names=[_version_filename(parents, operation, name_suffix)],
+                                 schema=schema)
+
+
+def _store_version(*, parents: list[Dataset], user, rows_path, operation: str, parameters: dict, report: dict,
+                   described: dict, name_suffix: str = "", **_) -> Dataset:
     first = parents[0]
     root = first.root or first
-    filename = safe_filename(f"{root.name[:80]}-{operation}{name_suffix}.jsonl".replace(" ", "_"))
-    # The schema is the confirmed one: the rows now carry its canonical column names.
-    described = dataset_describe_file([rows_path], names=[filename], schema=schema)
     with transaction.atomic():
         # Numbers are per family (deleted versions count: a restored one keeps its number); the lock keeps
         # two operations finishing at once from taking the same one.
@@ -121,11 +127,22 @@ def dataset_version_create(*, parents: list[Dataset], user, rows_path, operation
         number = (Dataset.everything.filter(root=root).aggregate(n=Max("version"))["n"] or root.version) + 1
         dataset = Dataset(team=first.team, created_by=user, name=root.name, root=root, version=number,
                           operation=operation, parameters=parameters, report=report, **described)
-        dataset_store_file(dataset=dataset, source_path=rows_path, filename=filename)
+        dataset_store_file(dataset=dataset, source_path=rows_path,
+                           filename=_version_filename(parents, operation, name_suffix))
         dataset.parents.set(parents)
     return dataset
 
 
-def dataset_operation_save(*, operation_id: int, results: list[Dataset]) -> None:
-    """The versions an operation made; the job's end is recorded by the job system."""
-    DatasetOperation.objects.get(pk=operation_id).results.set(results)
+def dataset_operation_store(*, operation_id: int, versions: list[dict]) -> list[Dataset]:
+    """Store the rows files an operation wrote (JSON lines, by the worker) as the next versions of the first
+    parent's family, with lineage to every parent, and record them as the operation's results, in one
+    transaction: a worker lost half-way leaves no version that no operation made, and the next attempt
+    makes them once. Each of ``versions`` is a dict of ``parents``, ``user``, ``rows_path``, ``operation``,
+    ``parameters``, ``report``, ``schema`` and optionally ``name_suffix``. Each file is checked like an
+    upload, before the transaction, so a version is exactly as usable for training as an uploaded file of
+    the same rows."""
+    described = [_describe_version(**version) for version in versions]
+    with transaction.atomic():
+        made = [_store_version(**version, described=d) for version, d in zip(versions, described)]
+        DatasetOperation.objects.get(pk=operation_id).results.set(made)
+    return made

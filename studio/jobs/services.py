@@ -11,6 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from studio.notifications.webhooks import webhooks_enqueue_for_job
@@ -23,7 +24,7 @@ from studio.jobs.services_steps import job_release_dependents
 from studio.jobs.state import job_enqueue, job_set_status, job_submit
 from studio.storage.files import directory_size
 from studio.notifications.services import notification_create_for_job
-from tuning.checkpoints import latest
+from tuning.checkpoints import checkpoint_step, latest
 from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.errors import ConfigError
 from tuning.methods import METHODS
@@ -137,7 +138,7 @@ def job_resume(*, job: Job, user) -> Job:
     return job_create_train(user=user, team=job.team, dataset=job.dataset, base_model=job.base_model,
                             settings_values={**settings_values, "resume_from": str(checkpoint)},
                             method_params=job.config["method_params"],
-                            name=f"{job.name} (resumed from step {int(checkpoint.name.split('-')[-1])})")
+                            name=f"{job.name} (resumed from step {checkpoint_step(checkpoint)})")
 
 
 def job_heartbeat(*, job_id: int) -> None:
@@ -145,15 +146,20 @@ def job_heartbeat(*, job_id: int) -> None:
         heartbeat_at=timezone.now())
 
 
-def jobs_recover_lost() -> list[int]:
+def jobs_recover_lost(*, worker_name: str = "") -> list[int]:
     """Take back running jobs whose worker stopped renewing the heartbeat
-    (killed, machine lost): requeue each (a training job resumes from its
+    (killed, machine lost), or, with ``worker_name``, the jobs of that
+    worker, known to be dead: requeue each (a training job resumes from its
     last checkpoint, other kinds start again, as their kind says), or fail
     it after JOB_MAX_ATTEMPTS starts. Safe to call from every worker at
     once: each job is claimed by one conditional update."""
-    stale = timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S)
+    lost = Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.CANCELLING])
+    if worker_name:
+        lost = lost.filter(worker_name=worker_name[:200])
+    else:
+        lost = lost.filter(heartbeat_at__lt=timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S))
     recovered = []
-    for job in Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.CANCELLING], heartbeat_at__lt=stale):
+    for job in lost:
         resumes = getattr(JOB_KINDS.get(job.kind), "resumes_from_checkpoint", False)
         checkpoint = latest(job_output_dir(job.pk) / "checkpoints") if resumes else None
         if job.status == Job.Status.CANCELLING:
@@ -168,12 +174,13 @@ def jobs_recover_lost() -> list[int]:
             if resumes:  # training: from its last checkpoint, each step once in the events
                 where = (f"resuming from {checkpoint.name}" if checkpoint
                          else "resuming from the start (no checkpoint yet)")
-                fields = {"config": {**job.config, "resume_from": str(checkpoint) if checkpoint else ""},
-                          "supersede_after": checkpoint}
+                fields = {"config": {**job.config, "resume_from": str(checkpoint) if checkpoint else ""}}
+                redo_from = checkpoint_step(checkpoint) + 1 if checkpoint else 0
             else:  # dataset work, merges, exports: their results are written only at the end
-                where, fields = "starting again", {}
+                where, fields, redo_from = "starting again", {}, 0
             taken = _take_back(job, Job.Status.QUEUED,
-                               f"Worker {job.worker_name or '?'} lost; {where} on the next free worker", **fields)
+                               f"Worker {job.worker_name or '?'} lost; {where} on the next free worker",
+                               redo_from=redo_from, **fields)
             if taken:
                 transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=job.device_pool))
         if taken:
@@ -183,27 +190,31 @@ def jobs_recover_lost() -> list[int]:
 
 # Events that belong to one training step: a resumed run records them again for the steps after its checkpoint.
 STEP_EVENT_KINDS = ("metrics", "eval", "samples", "checkpoint")
+# What a run reports once, when its work is done: a run taken back from a lost worker makes it again.
+RESULT_EVENT_KINDS = ("artifact",)
 
 
-def _supersede_steps_after(job: Job, checkpoint) -> None:
-    """Mark the recorded steps after ``checkpoint`` (all of them without one) as superseded: the resumed
-    run records them again, and readers show each step once."""
-    step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    JobEvent.objects.filter(job_id=job.pk, kind__in=STEP_EVENT_KINDS, data__step__gt=step).update(superseded=True)
+def _supersede_redone(job: Job, from_step: int) -> None:
+    """Mark as superseded what the next attempt records again: the step events from ``from_step`` on (all of
+    them for work that starts again) and the results of the lost attempt. Readers then show each step and
+    each result once, the newer."""
+    JobEvent.objects.filter(job_id=job.pk).filter(
+        Q(kind__in=STEP_EVENT_KINDS, data__step__gte=from_step) | Q(kind__in=RESULT_EVENT_KINDS)
+    ).update(superseded=True)
 
 
-def _take_back(job: Job, status: str, message: str, *, supersede_after=False, **fields) -> bool:
+def _take_back(job: Job, status: str, message: str, *, redo_from: int | None = None, **fields) -> bool:
     """Move a lost job to ``status`` unless another worker got there first
-    (its status or heartbeat changed since we read it). With
-    ``supersede_after`` (a checkpoint, or None for none) the steps recorded
-    after it are superseded in the same transaction, before any worker can
-    resume the job and record them again."""
+    (its status or heartbeat changed since we read it). With ``redo_from``
+    (the first step the next attempt runs) what that attempt records again
+    is superseded in the same transaction, before any worker can pick the
+    job up and record it."""
     with transaction.atomic():
         if not Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
                 status=status, **fields):
             return False
-        if supersede_after is not False:
-            _supersede_steps_after(job, supersede_after)
+        if redo_from is not None:
+            _supersede_redone(job, redo_from)
         data = {"status": status, "message": message}
         if "failure_kind" in fields:
             data["failure_kind"] = fields["failure_kind"]

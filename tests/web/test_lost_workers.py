@@ -1,0 +1,127 @@
+"""A worker killed at the worst moments (what tests/integration/test_chaos.py
+does at random, here at the exact instant): while writing a checkpoint, and
+after recording a job's output but before recording its end; and restarted
+under the same name. The next attempt resumes from a whole checkpoint, each
+output is kept once, and the restarted worker takes its job back at once."""
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+
+from studio.artifacts.models import Artifact
+from studio.datasets.models import Dataset, DatasetOperation
+from studio.jobs.kinds import JOB_KINDS, JobKind, register_job_kind
+from studio.jobs.models import Job, job_output_dir
+from studio.jobs.services import jobs_recover_lost
+from studio.jobs.services_queue import job_claim_next
+from studio.jobs.state import job_create
+from studio.workers.models import WorkerNode
+from tuning.checkpoints import latest, rotate
+from tuning.events import ArtifactEvent, EvalEvent
+from worker.dataset_runs import run_operation
+from worker.runner import run_job, take_back_from_dead_namesake
+from worker.sink import JobSink
+
+
+def run_maker(job, sink) -> tuple[str, str]:
+    """A job that writes an output directory and reports it and its scores, as merges, exports and
+    evaluations do at their end."""
+    out = job_output_dir(job.pk) / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "weights.safetensors").write_bytes(b"weights")
+    sink.emit(ArtifactEvent(artifact_kind="model", path=str(out), metadata={"format": "safetensors"}))
+    sink.emit(EvalEvent(step=0, eval_loss=1.5))
+    return "succeeded", "Made"
+
+
+@pytest.fixture(params=[False, True], ids=["starts-again", "resumes"])
+def maker_kind(request):
+    register_job_kind(JobKind(name="maker", label="Maker", run=f"{__name__}.run_maker",
+                              resumes_from_checkpoint=request.param))
+    yield JOB_KINDS["maker"]
+    del JOB_KINDS["maker"]
+
+
+def claimed_then_lost(job: Job, settings) -> Job:
+    """Claim the job as a worker does; the caller then does part of its work and the worker dies (its
+    heartbeat stops long enough ago to count as lost)."""
+    claimed = job_claim_next(pool=job.device_pool, worker_name="doomed@box")
+    assert claimed.pk == job.pk
+    long_ago = timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S + 60)
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=long_ago)
+    return claimed
+
+
+def shown(job: Job, kind: str) -> list[dict]:
+    return [e.data for e in job.events.filter(kind=kind, superseded=False).order_by("seq")]
+
+
+def test_a_checkpoint_half_written_when_the_worker_died_is_passed_over(member, team, settings, tmp_path):
+    job = job_create(kind="train", team=team, owner=member, config={"max_steps": 12})
+    root = job_output_dir(job.pk) / "checkpoints"
+    # Killed after writing step 8's state file, before renaming step-0000008.partial into place.
+    for name in ("step-0000004", "step-0000008.partial"):
+        (root / name).mkdir(parents=True)
+        (root / name / "trainer_state.json").write_text("{}")
+    assert latest(root).name == "step-0000004"
+    claimed_then_lost(job, settings)
+
+    assert jobs_recover_lost() == [job.pk]
+    job.refresh_from_db()
+    assert job.status == "queued" and job.config["resume_from"] == str(root / "step-0000004")
+    rotate(root, keep=2)  # after the resumed run's next save: the dead attempt's partial goes
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000004"]
+
+
+def test_an_output_recorded_just_before_the_worker_died_is_kept_once(maker_kind, member, team, settings):
+    job = job_create(kind="maker", team=team, owner=member, config={})
+    claimed = claimed_then_lost(job, settings)
+    run_maker(claimed, JobSink(claimed))  # ... and the worker is killed before it records the job's end
+
+    assert jobs_recover_lost() == [job.pk]
+    assert run_job(job.pk, worker_name="second@box", pool=job.device_pool) == "succeeded"
+    [artifact] = Artifact.objects.filter(job=job)
+    assert [e["artifact_id"] for e in shown(job, "artifact")] == [artifact.pk]
+    assert [e["eval_loss"] for e in shown(job, "eval")] == [1.5]
+
+
+def test_a_diet_step_whose_worker_died_after_storing_its_version_makes_it_once(member_client, settings):
+    rows = "".join(json.dumps({"instruction": f"Say {w}.", "output": f"{w}!"}) + "\n" for w in ["a", "b", "a"])
+    response = member_client.post("/datasets/", {"file": SimpleUploadedFile("rows.jsonl", rows.encode())})
+    upload = Dataset.objects.get(pk=int(response.url.rstrip("/").split("/")[-1]))
+    member_client.post(f"/datasets/{upload.pk}/diet/dedupe/", {"dedupe-threshold": "0.8"}, HTTP_HX_REQUEST="true")
+    operation = DatasetOperation.objects.get(dataset=upload)
+    claimed = claimed_then_lost(operation.job, settings)
+    run_operation(claimed, JobSink(claimed))  # stores the version, then the worker is killed
+
+    assert jobs_recover_lost() == [claimed.pk]
+    assert run_job(claimed.pk, worker_name="second@box", pool=claimed.device_pool) == "succeeded"
+    [version] = Dataset.objects.filter(operation="dedupe")
+    assert list(operation.results.all()) == [version] and version.row_count == 2
+    stored = [str(p) for p in (settings.MEDIA_ROOT / "datasets").rglob("*") if p.is_file()]
+    assert sorted(stored) == sorted({upload.file.path, version.file.path})
+
+
+@pytest.mark.parametrize("holder", ["dead here", "alive here", "dead on another machine"])
+def test_a_worker_restarted_under_a_dead_workers_name_takes_its_job_back_at_once(holder, member, team):
+    """The launcher restarts a killed worker under the same name within seconds; the job the dead one ran
+    is taken back then, before the new one claims another, not JOB_LOST_AFTER_S later. Only where the
+    name's last process is certainly gone: on this machine, and no longer there."""
+    job = job_create(kind="train", team=team, owner=member, config={})
+    job_claim_next(pool=job.device_pool, worker_name="worker-7@box")  # its heartbeat is still fresh
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    WorkerNode.objects.create(name="worker-7@box", pool="default", pid=os.getpid() if holder == "alive here"
+                              else gone.pid, hostname="other" if "another" in holder else socket.gethostname(),
+                              started_at=timezone.now(), last_heartbeat_at=timezone.now())
+    assert jobs_recover_lost() == []  # by its heartbeat it is not lost yet
+
+    expected = [job.pk] if holder == "dead here" else []
+    assert take_back_from_dead_namesake("worker-7@box") == expected
+    job.refresh_from_db()
+    assert job.status == ("queued" if expected else "running")
