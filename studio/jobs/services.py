@@ -122,7 +122,9 @@ def _after_end(job: Job, status: str, message: str, *, notify_owner: bool = True
         return
     if notify_owner:
         notification_create_for_job(job=job, status=status, message=message)
-    transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job.pk))  # signed, sent by a worker
+    # Signed, sent by a worker. robust: the job's end is committed by now, and a broker that is down must not
+    # turn it into an error (a 500 for a cancel, a failed task on the worker); Django logs the lost send.
+    transaction.on_commit(lambda: webhooks_enqueue_for_job(job_id=job.pk), robust=True)
 
 
 def job_resume(*, job: Job, user) -> Job:

@@ -11,6 +11,8 @@ the job's fields in one transaction and pushed live after the commit.
 
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 
 from studio.celery import app as celery_app
@@ -20,6 +22,7 @@ from studio.jobs.models import Job
 from studio.storage.selectors import storage_quota_refusal
 from tuning.errors import ConfigError
 
+log = logging.getLogger(__name__)
 RUN_JOB_TASK = "worker.tasks.run_job"  # sent by name: the web side never imports worker/
 
 
@@ -31,8 +34,18 @@ def job_set_status(job_id: int, status: str, *, message: str = "", **fields) -> 
 
 
 def job_enqueue(*, job_id: int, pool: str) -> None:
-    """One wake-up for the pool's workers (the database holds the queue)."""
-    celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=pool)
+    """One wake-up for the pool's workers (the database holds the queue).
+
+    Best effort, like the live push of events: it runs after the job was
+    committed, so a broker that is down (Redis restarting) must not turn the
+    request into an error the user would answer by submitting the job again.
+    The queued job is not lost: the workers' periodic nudge
+    (``services_queue.queue_nudge``) and the end of the job before it wake
+    the pool."""
+    try:
+        celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=pool)
+    except Exception as exc:  # kombu's OperationalError, or whatever the broker's client raises
+        log.warning("could not wake pool %s for job %s (the queue will be nudged): %s", pool, job_id, exc)
 
 
 def job_create(*, kind: str, team, owner, config: dict, name: str = "", dataset=None, base_model=None,

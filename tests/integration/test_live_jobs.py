@@ -194,3 +194,19 @@ def test_training_goes_on_through_a_redis_restart(stack, admin, dataset_id):
             time.sleep(0.5)
     assert streamed is not None, "the stream did not come back after Redis restarted"
     assert [e["seq"] for e in streamed] == [e["seq"] for e in state["events"]]
+
+
+def test_a_job_submitted_while_redis_is_down_is_taken_once_and_runs_when_it_is_back(stack, admin, dataset_id):
+    """The wake-up a new job sends cannot reach a Redis that is down. The job is stored by then: the
+    page must say so (not answer 500, which a user answers by submitting it again), and the job runs
+    once Redis is back (the workers' nudge wakes the pool)."""
+    from studio import launcher
+
+    port = int(stack.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    stack.procs[0].kill()  # crashed, as the chaos test does it
+    stack.procs[0].wait()
+    try:
+        job_id = stack.start_job(admin, dataset_id, max_steps=2)  # asserts the redirect to the new job
+    finally:
+        stack.procs[0], _ = launcher.start_redis(stack.data_dir, port=port)
+    assert stack.wait_for_status(admin, job_id, FINISHED)["status"] == "succeeded"
