@@ -139,6 +139,8 @@ class Rampage:
     first_when: object = None
     pause_s: tuple[float, float] = (1.0, 4.0)
     log: list[str] = field(default_factory=list)
+    hit: set = field(default_factory=set)  # the jobs a worker kill interrupted
+    waited_since: float = 0.0
     stopped: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -163,19 +165,27 @@ class Rampage:
                     return
                 if self.stopped.wait(self.rng.uniform(*self.pause_s)):
                     return
+                self.waited_since = time.monotonic()
                 running = []
-                if target == "worker":
-                    def some_running():
-                        running[:] = [i for i, s in self.peek.statuses().items() if s == "running"]
-                        return bool(running)
-                    if not self._wait(some_running, timeout=60):
-                        return
+                if target == "worker" and not self._wait(lambda: self._pick_running(running), timeout=60):
+                    return
                 killed = self.supervised.kill(target)
+                self.hit.update(running)
                 self.log.append(f"{time.monotonic() - self.started:6.1f} s  kill -9 {target}"
                                 + (f" (running job {running[0]})" if running else "") + ("" if killed else ": dead"))
             self.supervised.wait_up()
         except BaseException as exc:  # reported by the test, never lost in this thread
             self.error = exc
+
+    def _pick_running(self, picked: list) -> bool:
+        """A running job for a worker kill: one no kill has hit yet if one comes within a few seconds,
+        so that the kills spread over the kinds of job rather than all land on the longest."""
+        running = [i for i, s in self.peek.statuses().items() if s == "running"]
+        fresh = [i for i in running if i not in self.hit]
+        if fresh or (running and time.monotonic() > self.waited_since + 8):
+            picked[:] = fresh or running
+            return True
+        return False
 
     def stop(self) -> None:
         self.stopped.set()

@@ -84,7 +84,7 @@ def test_every_job_ends_once_through_kills_of_worker_web_and_redis(chaos_stack):
     session = stack.login()
     dataset_id = stack.upload(session, "chaos.jsonl", PAIRS)
 
-    followed = _train(stack, session, dataset_id, max_steps=12, save_every=3)
+    followed = _train(stack, session, dataset_id, max_steps=24, save_every=4)
     chain = _retry(lambda: stack.post(session, f"/jobs/{followed}/chain/", data={"fold": "1"},
                                       headers={"HX-Request": "true"}), "chain")
     assert chain.status_code == 200, chain.text
@@ -92,8 +92,11 @@ def test_every_job_ends_once_through_kills_of_worker_web_and_redis(chaos_stack):
     follower = Follower(stack.ws_url(followed), stack.cookie_header(session), peek, followed)
     follower.start()
 
-    plan = ["worker"] + rng.sample([k for k, n in KILLS.items() for _ in range(n)][1:], sum(KILLS.values()) - 1)
-    # The first kill takes the worker from the followed job after its first checkpoint, so it resumes.
+    # The first kill takes the worker from the followed job after its first checkpoint, so it resumes; the
+    # web server and Redis go next, while it runs again, so its follower loses them too. Then the rest.
+    rest = [k for k, n in KILLS.items() for _ in range(n - 1)]
+    plan = ["worker", *rng.sample(["web", "redis"], 2), *rng.sample(rest, len(rest))]
+
     def followed_has_checkpoint():
         return peek.has_event(followed, "checkpoint") and peek.statuses()[followed] == "running"
 
@@ -158,6 +161,7 @@ def _report(seed, snapshot, supervised, rampage, follower, wall_s) -> str:
         kinds[job["kind"]] = kinds.get(job["kind"], 0) + 1
         ends[job["status"]] = ends.get(job["status"], 0) + 1
     events = [e for job in jobs for e in job["events"]]
+    kinds_by_id = {job["id"]: job["kind"] for job in jobs}
     resumed = sum(1 for e in events if e["kind"] == "status" and "lost" in e["data"].get("message", ""))
     lines = [
         f"chaos seed {seed}: {wall_s:.0f} s",
@@ -167,6 +171,7 @@ def _report(seed, snapshot, supervised, rampage, follower, wall_s) -> str:
         f"restarts by the supervisor: {', '.join(f'{k} {n}' for k, n in sorted(supervised.restarts().items()))}",
         f"events stored: {len(events)} ({sum(e['superseded'] for e in events)} superseded by resumes); "
         f"jobs taken back from a lost worker: {resumed}",
+        f"worker kills interrupted: {', '.join(f'job {j} ({kinds_by_id[j]})' for j in sorted(rampage.hit))}",
         f"followed job: {len(follower.received)} events over {follower.connections} connections",
     ]
     return "\n".join(lines)
