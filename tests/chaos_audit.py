@@ -2,7 +2,8 @@
 (``manage.py shell``) and printed as one JSON document for the test to judge
 (tests/chaos.py: ``violations``): every job with its stored events, the
 artifacts, dataset versions and dataset work, notices, worker rows, and the
-files under MEDIA_ROOT. It only reads."""
+files under MEDIA_ROOT. It only reads. Rows deleted but not yet purged count
+(the ``everything`` managers): their files are still there."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _jobs() -> list[dict]:
     return [{"id": job.pk, "kind": job.kind, "status": job.status, "attempts": job.attempts,
              "last_seq": job.last_seq, "finished": job.finished_at is not None, "owner": job.owner_id,
              "depends_on": job.depends_on_id, "config": job.config, "events": events.get(job.pk, [])}
-            for job in Job.objects.order_by("pk")]
+            for job in Job.everything.order_by("pk")]
 
 
 def _job_dirs() -> dict[str, list[str]]:
@@ -51,7 +52,7 @@ def _job_dirs() -> dict[str, list[str]]:
 
 def _datasets() -> list[dict]:
     rows = []
-    for dataset in Dataset.objects.order_by("pk"):
+    for dataset in Dataset.everything.order_by("pk"):
         stored = {dataset.file.name} | {e["stored"] for e in dataset.source_files if e.get("stored")}
         rows.append({"id": dataset.pk, "operation": dataset.operation, "files": sorted(stored),
                      "missing": sorted(name for name in stored if not _media(name).is_file())})
@@ -69,7 +70,7 @@ def snapshot() -> dict:
         "job_dirs": _job_dirs(),
         "artifacts": [{"id": a.pk, "job": a.job_id, "path": a.path,
                        "files": sum(1 for p in Path(a.path).rglob("*") if p.is_file()) if Path(a.path).is_dir() else 0}
-                      for a in Artifact.objects.order_by("pk")],
+                      for a in Artifact.everything.order_by("pk")],
         "datasets": _datasets(),
         "dataset_files": _dataset_files(),
         "operations": [{"id": o.pk, "job": o.job_id, "results": sorted(o.results.values_list("pk", flat=True))}

@@ -133,6 +133,12 @@ def _store_version(*, parents: list[Dataset], user, rows_path, operation: str, p
     return dataset
 
 
+def dataset_version_create(**version) -> Dataset:
+    """One version, as ``dataset_operation_store`` stores each (the same keyword arguments), without an
+    operation to record it in."""
+    return _store_version(**version, described=_describe_version(**version))
+
+
 def dataset_operation_store(*, operation_id: int, versions: list[dict]) -> list[Dataset]:
     """Store the rows files an operation wrote (JSON lines, by the worker) as the next versions of the first
     parent's family, with lineage to every parent, and record them as the operation's results, in one

@@ -40,6 +40,7 @@ def chaos_stack(tmp_path, tiny_model):
     supervised = Supervised(stack, Peek(stack))
     yield stack, supervised
     supervised.stop()
+    stack.hub.stop()
 
 
 SERVER_ERRORS: list[str] = []  # answers of 500 and above: each one a bug, whatever else was down
