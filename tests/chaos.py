@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import websockets
 
 from studio import launcher
+from studio.jobs.kinds import JOB_KINDS
 from tests.stack import Stack, _quiet
 
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -178,11 +179,11 @@ class Rampage:
             self.error = exc
 
     def _pick_running(self, picked: list) -> bool:
-        """A running job for a worker kill: one no kill has hit yet if one comes within a few seconds,
+        """A running job for a worker kill: one no kill has hit yet if one comes within 20 s,
         so that the kills spread over the kinds of job rather than all land on the longest."""
         running = [i for i, s in self.peek.statuses().items() if s == "running"]
         fresh = [i for i in running if i not in self.hit]
-        if fresh or (running and time.monotonic() > self.waited_since + 8):
+        if fresh or (running and time.monotonic() > self.waited_since + 20):
             picked[:] = fresh or running
             return True
         return False
@@ -259,7 +260,7 @@ def read_snapshot(stack: Stack) -> dict:
 
 # ------------------------------------------------------------- the verdict
 
-NOTIFYING_KINDS = ("train", "merge", "quantize", "evaluate")  # studio/jobs/kinds.py: notifies=True
+NOTIFYING_KINDS = {name for name, kind in JOB_KINDS.items() if kind.notifies}
 
 
 def _status_violations(name: str, job: dict) -> list[str]:
