@@ -183,17 +183,19 @@ def test_training_goes_on_through_a_redis_restart(stack, admin, dataset_id):
     state = stack.wait_for_status(admin, job_id, FINISHED)
     assert state["status"] == "succeeded"
     assert [e["data"]["step"] for e in state["events"] if e["kind"] == "metrics"] == list(range(1, 41))
-    # The live stream works again, with every event. Like the page's script,
-    # reconnect until the server's stale Redis connections are replaced.
-    streamed = None
+    # The live stream works again, with every event.
+    streamed = read_events_after_redis_restart(url, cookie)
+    assert [e["seq"] for e in streamed] == [e["seq"] for e in state["events"]]
+
+
+def read_events_after_redis_restart(url, cookie):
+    """Like the page's script, reconnect until the server's stale Redis connections are replaced."""
     for _attempt in range(10):
         try:
-            streamed = asyncio.run(read_events(url, cookie, timeout=10))
-            break
+            return asyncio.run(read_events(url, cookie, timeout=10))
         except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
             time.sleep(0.5)
-    assert streamed is not None, "the stream did not come back after Redis restarted"
-    assert [e["seq"] for e in streamed] == [e["seq"] for e in state["events"]]
+    raise AssertionError("the stream did not come back after Redis restarted")
 
 
 def test_a_job_submitted_while_redis_is_down_is_taken_once_and_runs_when_it_is_back(stack, admin, dataset_id):
@@ -209,4 +211,7 @@ def test_a_job_submitted_while_redis_is_down_is_taken_once_and_runs_when_it_is_b
         job_id = stack.start_job(admin, dataset_id, max_steps=2)  # asserts the redirect to the new job
     finally:
         stack.procs[0], _ = launcher.start_redis(stack.data_dir, port=port)
-    assert stack.wait_for_status(admin, job_id, FINISHED)["status"] == "succeeded"
+    state = stack.wait_for_status(admin, job_id, FINISHED)
+    assert state["status"] == "succeeded"
+    streamed = read_events_after_redis_restart(stack.ws_url(job_id), stack.cookie_header(admin))
+    assert [e["seq"] for e in streamed] == [e["seq"] for e in state["events"]]
