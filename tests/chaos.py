@@ -35,18 +35,23 @@ class Supervised:
 
     def __init__(self, stack: Stack, peek: "Peek"):
         self.stack, self.peek = stack, peek
-        redis, web, worker, playground = stack.procs
+        redis, web, worker, playground, dataset = stack.procs
         env, data_dir = stack.env, stack.data_dir
         self.redis_port = int(env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
         self.web_port = int(stack.base_url.rsplit(":", 1)[1])
+
+        def worker_start(what: str, name: str, log: str):
+            return lambda: launcher.start_worker(env, stack.queue_of(what), name=name, **_quiet(data_dir, log))
+
         self.children = {
             "redis": launcher.Child("redis", lambda: launcher.start_redis(data_dir, self.redis_port)[0], redis),
             "web": launcher.Child("web", lambda: launcher.start_web(env, "127.0.0.1", self.web_port,
                                                                     **_quiet(data_dir, "web")), web),
-            "worker": launcher.Child("worker", lambda: launcher.start_worker(env, name=stack.worker_name,
-                                                                             **_quiet(data_dir, "worker")), worker),
-            "playground": launcher.Child("playground worker", lambda: launcher.start_worker(
-                env, "interactive", name="playground@%h", **_quiet(data_dir, "playground")), playground),
+            "worker": launcher.Child("worker", worker_start("worker", stack.worker_name, "worker"), worker),
+            "playground": launcher.Child("playground worker", worker_start(
+                "playground worker", "playground@%h", "playground"), playground),
+            "dataset": launcher.Child("dataset worker", worker_start(
+                "dataset worker", stack.dataset_worker_name, "dataset"), dataset),
         }
         self.kills: Counter = Counter()
         self.stopping = threading.Event()
@@ -92,7 +97,7 @@ class Supervised:
         """Stop supervising, then every process (Redis last), as the launcher's shutdown does."""
         self.stopping.set()
         self.thread.join(timeout=60)
-        procs = [self.children[name].proc for name in ("redis", "web", "worker", "playground")]
+        procs = [child.proc for child in self.children.values()]  # Redis first: stopped last
         for proc in procs[1:]:
             if proc.poll() is None:
                 proc.terminate()
@@ -113,6 +118,11 @@ class Peek:
     def statuses(self) -> dict[int, str]:
         return dict(self._rows("SELECT id, status FROM jobs_job"))
 
+    def running_on(self, node: str) -> list[int]:
+        """The jobs running on the worker of that node name ("%h" matches any host)."""
+        return [row[0] for row in self._rows("SELECT id FROM jobs_job WHERE status = 'running' AND worker_name LIKE ?",
+                                             node.replace("%h", "%"))]
+
     def has_event(self, job_id: int, kind: str) -> bool:
         return bool(self._rows("SELECT 1 FROM jobs_jobevent WHERE job_id = ? AND kind = ? LIMIT 1", job_id, kind))
 
@@ -131,7 +141,8 @@ class Peek:
 class Rampage:
     """Kills at seeded-random points: each of ``plan`` in turn, once every
     process is back up and after a random pause; a worker only while it runs
-    a job. ``first_when`` holds the first kill back until it returns True."""
+    a job. ``first_when(picked)`` holds the first kill back until it
+    returns True, having put the job it will interrupt in ``picked``."""
 
     supervised: Supervised
     peek: Peek
@@ -143,6 +154,7 @@ class Rampage:
     hit: set = field(default_factory=set)  # the jobs a worker kill interrupted
     waited_since: float = 0.0
     stopped: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)  # the plan is done (or given up)
     error: BaseException | None = None
 
     def start(self) -> None:
@@ -162,13 +174,14 @@ class Rampage:
         try:
             for index, target in enumerate(self.plan):
                 self.supervised.wait_up()
-                if index == 0 and self.first_when and not self._wait(self.first_when):
-                    return
                 if self.stopped.wait(self.rng.uniform(*self.pause_s)):
                     return
                 self.waited_since = time.monotonic()
                 running = []
-                if target == "worker" and not self._wait(lambda: self._pick_running(running), timeout=60):
+                if index == 0 and self.first_when:  # at once when it holds: a fast machine finishes the job soon
+                    if not self._wait(lambda: self.first_when(running)):
+                        return
+                elif target == "worker" and not self._wait(lambda: self._pick_running(running), timeout=60):
                     return
                 killed = self.supervised.kill(target)
                 self.hit.update(running)
@@ -177,11 +190,13 @@ class Rampage:
             self.supervised.wait_up()
         except BaseException as exc:  # reported by the test, never lost in this thread
             self.error = exc
+        finally:
+            self.finished.set()
 
     def _pick_running(self, picked: list) -> bool:
         """A running job for a worker kill: one no kill has hit yet if one comes within 20 s,
         so that the kills spread over the kinds of job rather than all land on the longest."""
-        running = [i for i, s in self.peek.statuses().items() if s == "running"]
+        running = self.peek.running_on(self.supervised.stack.worker_name)
         fresh = [i for i in running if i not in self.hit]
         if fresh or (running and time.monotonic() > self.waited_since + 20):
             picked[:] = fresh or running
