@@ -123,6 +123,9 @@ class Peek:
         return [row[0] for row in self._rows("SELECT id FROM jobs_job WHERE status = 'running' AND worker_name LIKE ?",
                                              node.replace("%h", "%"))]
 
+    def progress_step(self, job_id: int) -> int:
+        return self._rows("SELECT progress_step FROM jobs_job WHERE id = ?", job_id)[0][0]
+
     def has_event(self, job_id: int, kind: str) -> bool:
         return bool(self._rows("SELECT 1 FROM jobs_jobevent WHERE job_id = ? AND kind = ? LIMIT 1", job_id, kind))
 
