@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from django.conf import settings
 from django.db import connection
@@ -15,7 +16,7 @@ from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
 from studio.jobs.services import job_finish, job_heartbeat, jobs_recover_lost
 from studio.jobs.services_queue import job_claim_next, queue_nudge
-from studio.storage.services import storage_purge_due
+from studio.storage.services import storage_purge_due, storage_sweep_orphans
 from studio.workers.models import WorkerNode
 from studio.workers.services import workers_purge_gone
 from tuning.errors import TuningError
@@ -54,10 +55,15 @@ class Heartbeat:
         self.thread.join()
 
 
+ORPHAN_SWEEP_EVERY_S = 3600  # it walks the media folders: not every round
+
+
 def recover_lost_jobs_forever(stop: threading.Event) -> None:
     """Every worker's housekeeping: take back jobs whose worker died (see
     jobs_recover_lost), wake pools with queued jobs, forget long-gone workers,
-    and purge deletions whose retention window has passed."""
+    purge deletions whose retention window has passed and, hourly, remove
+    files no row names (storage_sweep_orphans)."""
+    last_sweep = float("-inf")
     while not stop.wait(settings.JOB_HEARTBEAT_S):
         try:
             recovered = jobs_recover_lost()
@@ -70,6 +76,9 @@ def recover_lost_jobs_forever(stop: threading.Event) -> None:
             purged = storage_purge_due()
             if purged:
                 log.info("purged deleted things whose retention ended: deletions %s", purged)
+            if time.monotonic() - last_sweep > ORPHAN_SWEEP_EVERY_S:
+                last_sweep = time.monotonic()
+                storage_sweep_orphans()
         except Exception:  # the next round tries again; never kill the worker over it
             log.exception("recovering lost jobs failed")
         finally:

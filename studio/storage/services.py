@@ -197,3 +197,42 @@ def storage_purge_due(*, now=None) -> list[int]:
                                                           purge_blocked=f"still used by {blockers}")
             log.warning("purge of deletion %s postponed: still used by %s", deletion.pk, blockers)
     return purged
+
+
+ORPHAN_MIN_AGE = timedelta(hours=1)  # younger files may belong to a row still being written (an upload)
+
+
+def storage_sweep_orphans(*, now=None) -> list[str]:
+    """Remove what the studio's folders hold that no row names, older than ORPHAN_MIN_AGE: data files
+    of no dataset (a process killed between storing a file and its row), job folders of no job, and
+    the staging folders of model downloads whose job has ended. The paths removed."""
+    now = now or timezone.now()
+    cutoff = (now - ORPHAN_MIN_AGE).timestamp()
+    media = Path(settings.MEDIA_ROOT)
+    removed = []
+
+    def old(path: Path) -> bool:
+        return path.lstat().st_mtime < cutoff
+
+    named = {name for dataset in Dataset.everything.only("file", "source_files")
+             for name in [dataset.file.name, *(entry.get("stored") for entry in dataset.source_files)] if name}
+    datasets_dir = media / "datasets"
+    for path in sorted(datasets_dir.rglob("*")) if datasets_dir.is_dir() else []:
+        if path.is_file() and old(path) and str(path.relative_to(media)) not in named:
+            remove_under_media(path)
+            removed.append(str(path))
+    jobs_dir = media / "jobs"
+    job_ids = set(Job.everything.values_list("pk", flat=True))
+    for path in sorted(jobs_dir.iterdir()) if jobs_dir.is_dir() else []:
+        if path.is_dir() and path.name.isdigit() and int(path.name) not in job_ids and old(path):
+            remove_under_media(path)
+            removed.append(str(path))
+    downloads = media / "models" / "downloads"
+    unfinished = {f"job-{pk}" for pk in Job.everything.exclude(status__in=Job.FINISHED).values_list("pk", flat=True)}
+    for path in sorted(downloads.iterdir()) if downloads.is_dir() else []:
+        if path.name not in unfinished and old(path):
+            remove_under_media(path)
+            removed.append(str(path))
+    if removed:
+        log.warning("removed %d file(s) and folder(s) no row names: %s", len(removed), removed[:10])
+    return removed

@@ -290,3 +290,29 @@ def test_a_new_version_does_not_take_the_number_of_a_deleted_one(member, dataset
     second = new_version()
     storage_delete(user=member, target=second)
     assert new_version().version == 3
+
+
+def test_the_sweep_removes_old_files_no_row_names_and_keeps_the_rest(member, chain, media_root):
+    import os
+    import time
+
+    from studio.storage.services import storage_sweep_orphans
+
+    stray_file = media_root / "datasets" / "1" / "0123456789abcdef" / "killed-upload.jsonl"
+    stray_job = media_root / "jobs" / "9999"
+    stray_download = media_root / "models" / "downloads" / "job-9998"
+    fresh_file = media_root / "datasets" / "1" / "fedcba9876543210" / "upload-in-flight.jsonl"
+    for folder in (stray_file.parent, stray_job / "checkpoints", stray_download, fresh_file.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    stray_file.write_text("{}\n")
+    fresh_file.write_text("{}\n")
+    (stray_job / "checkpoints" / "x").write_text("x")
+    two_hours_ago = time.time() - 7200
+    for path in (stray_file, stray_job, stray_download, chain["dataset"].file.path,
+                 job_output_dir(chain["training"].pk)):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    removed = storage_sweep_orphans()
+    assert sorted(removed) == sorted(map(str, (stray_file, stray_job, stray_download)))
+    assert fresh_file.exists()  # young: its row may be on its way
+    assert os.path.exists(chain["dataset"].file.path) and job_output_dir(chain["training"].pk).is_dir()
