@@ -67,35 +67,95 @@ def generation_speed(model, tokenizer, prompt: str, max_new_tokens: int) -> floa
     return new_tokens / max(elapsed, 1e-9)
 
 
-def generate_stream(model, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
-                    top_p: float = 1.0, system_prompt: str | None = None) -> Iterator[str]:
-    """Yield the reply in text pieces as they are generated (generation runs
-    in a background thread; the pieces come through transformers'
-    TextIteratorStreamer). An error in generation is raised here, after the
-    pieces already produced."""
-    import torch
-    from transformers import TextIteratorStreamer
+# Tokens that open a chat turn in the common template families: a vocabulary
+# holding one of them belongs to a chat model, whose prompts need its template.
+CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<start_of_turn>", "[INST]", "<|user|>")
 
+
+def empty_reply_reason(tokenizer, new_token_ids: list[int], end_token_ids: set[int]) -> str:
+    """Why a reply decoded to no text: what the model produced, and what
+    about the prompt likely made it do so. Shown to the user in place of a
+    blank answer."""
+    if not new_token_ids:
+        return "the model produced no tokens"
+    first = new_token_ids[0]
+    spelled = tokenizer.convert_ids_to_tokens(new_token_ids[:8])
+    if first in end_token_ids:
+        reason = f"the model ended its turn at once: its first token was the end token {spelled[0]!r}"
+    elif not tokenizer.decode(new_token_ids, skip_special_tokens=True).strip():
+        reason = f"the model produced only special or blank tokens ({', '.join(map(repr, spelled))})"
+    else:
+        reason = "the reply was empty"
+    if not getattr(tokenizer, "chat_template", None):
+        vocab = tokenizer.get_vocab()
+        markers = [marker for marker in CHAT_MARKERS if marker in vocab]
+        if markers:
+            reason += (f"; the tokenizer has no chat template although its vocabulary has chat tokens "
+                       f"({markers[0]}), so the prompt went in as plain text: a template mismatch")
+        else:
+            reason += "; the tokenizer has no chat template, so the prompt went in as plain text"
+    return reason
+
+
+def _end_token_ids(model, tokenizer) -> set[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, (list, tuple)) else [] if ids is None else [ids])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+class ReplyStream:
+    """The reply in text pieces as they are generated (iterate it), then
+    ``empty_reason``: None when the reply has text, else why it has none.
+
+    Generation runs in a background thread; the pieces come through
+    transformers' TextIteratorStreamer. An error in generation is raised
+    from the iteration, after the pieces already produced."""
+
+    def __init__(self, model, tokenizer, inputs, kwargs):
+        self.model, self.tokenizer, self.inputs, self.kwargs = model, tokenizer, inputs, kwargs
+        self.new_token_ids: list[int] = []
+        self.text = ""
+
+    def __iter__(self) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        # timeout: a generation thread that died must not leave the caller waiting forever
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        failure: list[BaseException] = []
+        prompt_length = self.inputs["input_ids"].shape[1]
+
+        def work():
+            try:
+                with torch.no_grad():
+                    output = self.model.generate(**self.kwargs, streamer=streamer)
+                self.new_token_ids = output[0, prompt_length:].tolist()
+            except BaseException as exc:  # handed to the consuming thread below
+                failure.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        for piece in streamer:
+            if piece:
+                self.text += piece
+                yield piece
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    @property
+    def empty_reason(self) -> str | None:
+        if self.text.strip():
+            return None
+        return empty_reply_reason(self.tokenizer, self.new_token_ids, _end_token_ids(self.model, self.tokenizer))
+
+
+def generate_stream(model, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
+                    top_p: float = 1.0, system_prompt: str | None = None) -> ReplyStream:
+    """The reply as a ReplyStream: iterate it for the text pieces, then read
+    its ``empty_reason``."""
     inputs = _encode(tokenizer, prompt, system_prompt)
-    # timeout: a generation thread that died must not leave the caller waiting forever
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     kwargs = _generate_kwargs(model, tokenizer, inputs, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p)
-    failure: list[BaseException] = []
-
-    def work():
-        try:
-            with torch.no_grad():
-                model.generate(**kwargs, streamer=streamer)
-        except BaseException as exc:  # handed to the consuming thread below
-            failure.append(exc)
-            streamer.end()
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    for piece in streamer:
-        if piece:
-            yield piece
-    thread.join()
-    if failure:
-        raise failure[0]
+    return ReplyStream(model, tokenizer, inputs, kwargs)

@@ -37,9 +37,15 @@ def load_artifact(path: str | Path, *, base_model: str = "", task: str = "sft", 
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = next(path.glob("*.gguf"))
-        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf.name)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        if (path / "tokenizer.json").exists():
+            # The studio's GGUF outputs ship the source's tokenizer files beside the .gguf. Read those:
+            # given both, AutoTokenizer(gguf_file=) builds the vocabulary but drops the special tokens
+            # and the chat template, so a chat model got its prompt as plain text and answered nothing.
+            tokenizer = load_tokenizer(str(path))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf.name)
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf.name)
         return model.eval(), tokenizer
     has_tokenizer = (path / "tokenizer_config.json").exists()

@@ -78,9 +78,10 @@ def playground_generate(reply_channel: str, request: dict) -> None:
     started, pieces = time.monotonic(), 0
     try:
         model, tokenizer = WARM.get(request["path"], request["base_model"])
-        for piece in generate_stream(model, tokenizer, request["prompt"], max_new_tokens=request["max_new_tokens"],
-                                     temperature=request["temperature"], top_p=request["top_p"],
-                                     system_prompt=request["system_prompt"] or None):
+        reply = generate_stream(model, tokenizer, request["prompt"], max_new_tokens=request["max_new_tokens"],
+                                temperature=request["temperature"], top_p=request["top_p"],
+                                system_prompt=request["system_prompt"] or None)
+        for piece in reply:
             pieces += 1
             send(reply_channel, {"type": "playground.piece", **head, "text": piece})
     except TuningError as exc:
@@ -91,5 +92,6 @@ def playground_generate(reply_channel: str, request: dict) -> None:
         send(reply_channel, {"type": "playground.error", **head,
                              "message": f"generation failed ({type(exc).__name__}); see the worker log"})
         return
+    # empty_reason: why an answer has no text (None when it has), so the page never shows a blank bubble
     send(reply_channel, {"type": "playground.done", **head, "pieces": pieces,
-                         "seconds": round(time.monotonic() - started, 2)})
+                         "seconds": round(time.monotonic() - started, 2), "empty_reason": reply.empty_reason})

@@ -43,6 +43,7 @@
         col.hidden = false;
         col.querySelector(".answer-title").textContent = s.name;
         col.querySelector(".answer-text").textContent = "";
+        col.querySelector(".answer-text").classList.remove("answer-empty");
         col.querySelector(".answer-stats").textContent = "waiting for the worker…";
       }
       return;
@@ -55,6 +56,11 @@
     } else if (m.type === "done" || m.type === "error") {
       col.querySelector(".answer-stats").textContent = m.type === "done"
         ? `${m.pieces} pieces in ${m.seconds} s` : `failed: ${m.message}`;
+      // an empty answer says why (the worker's empty_reason), never a blank bubble
+      if (m.type === "done" && m.empty_reason) {
+        col.querySelector(".answer-text").textContent = `No answer: ${m.empty_reason}.`;
+        col.querySelector(".answer-text").classList.add("answer-empty");
+      }
       current.waiting.delete(m.side);
       if (!current.waiting.size) state.textContent = "Ready";
     }
