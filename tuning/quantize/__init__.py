@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuning.quantize import bnb_8bit, bnb_nf4, gguf_file, safetensors_cast, torchao_int4, torchao_int8
+from tuning.quantize.gguf_families import GGUF_FAMILIES, gguf_refusal
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,9 @@ class QuantScheme:
     load: Callable[..., Any]  # load(out_dir, trust_remote_code=False) -> model
     format: str  # what the output holds
     how_to_load: str  # one line of Python shown to users
-    llama_only: bool = False  # GGUF: the writer knows Llama's tensor layout only
+    # Why a model cannot be written in this format, from its config.json (None: it can); GGUF knows some families
+    model_refusal: Callable[[dict], str | None] = lambda config: None
+    families: tuple[str, ...] = ()  # the families the format is limited to (labels), () when any
     gguf_file: str = ""  # the file inside the output directory, for GGUF schemes
 
 
@@ -42,7 +45,8 @@ def _gguf(gguf_type: str, label: str, description: str) -> QuantScheme:
                        unavailable_reason=gguf_file.unavailable_reason,
                        run=partial(gguf_file.run, gguf_type=gguf_type),
                        load=partial(gguf_file.load, gguf_type=gguf_type), format=gguf_file.FORMAT,
-                       how_to_load=gguf_file.how_to_load(gguf_type), llama_only=True,
+                       how_to_load=gguf_file.how_to_load(gguf_type), model_refusal=gguf_refusal,
+                       families=tuple(dict.fromkeys(family.label for family in GGUF_FAMILIES.values())),
                        gguf_file=gguf_file.gguf_filename(gguf_type))
 
 
@@ -72,11 +76,11 @@ QUANT_SCHEMES: dict[str, QuantScheme] = {
                 description="LLM.int8() linear layers with 16-bit outliers, for serving on CUDA GPUs."),
         _module(bnb_nf4, name="bnb_nf4", label="4-bit NF4 (bitsandbytes)", needs_gpu=True,
                 description="4-bit NormalFloat weights with double quantization (QLoRA's format), for CUDA GPUs."),
-        _gguf("f16", "GGUF f16", "Unquantized 16-bit GGUF for llama.cpp, Ollama and LM Studio (Llama models)."),
+        _gguf("f16", "GGUF f16", "Unquantized 16-bit GGUF for llama.cpp, Ollama and LM Studio."),
         _gguf("q8_0", "GGUF q8_0", "8-bit GGUF (8.5 bits a weight), nearly lossless, for llama.cpp, Ollama and "
-                                   "LM Studio (Llama models)."),
+                                   "LM Studio."),
         _gguf("q4_0", "GGUF q4_0", "4-bit GGUF (4.5 bits a weight), the small CPU format, for llama.cpp, Ollama "
-                                   "and LM Studio (Llama models)."),
+                                   "and LM Studio."),
         _cast("fp16", "Safetensors fp16", "The whole model in float16: half of fp32, loads everywhere."),
         _cast("bf16", "Safetensors bf16", "The whole model in bfloat16: half of fp32 with fp32's range."),
     )
@@ -94,5 +98,17 @@ def describe(scheme: QuantScheme | str, *, check_machine: bool = True) -> dict:
     reason = scheme.unavailable_reason() if check_machine else None
     return {"name": scheme.name, "label": scheme.label, "description": scheme.description,
             "needs_gpu": scheme.needs_gpu, "format": scheme.format, "how_to_load": scheme.how_to_load,
-            "llama_only": scheme.llama_only, "available": (reason is None) if check_machine else None,
+            "families": list(scheme.families), "available": (reason is None) if check_machine else None,
             "unavailable_reason": reason}
+
+
+def export_support(model_config: dict | str) -> dict[str, str | None]:
+    """For every scheme, None when it can write this model, else why not:
+    what a form shows before queueing. ``model_config`` is the model's
+    config.json as a dict (or just its model_type). Reads no weights and
+    imports no torch; whether this machine can run a scheme (a CUDA GPU, a
+    package) is ``describe``'s ``unavailable_reason``."""
+    config = {"model_type": model_config} if isinstance(model_config, str) else model_config
+    if isinstance(model_config, str) and model_config in GGUF_FAMILIES:
+        return {name: None for name in QUANT_SCHEMES}  # the family alone: no shape to check
+    return {name: scheme.model_refusal(config) for name, scheme in QUANT_SCHEMES.items()}

@@ -1,5 +1,5 @@
 """GGUF files (f16, q8_0, q4_0) for llama.cpp, Ollama and LM Studio; the
-writer is ``gguf_export``. Llama-family models only.
+writer is ``gguf_export``; the families it knows are in ``gguf_families``.
 
 q8_0: blocks of 32 int8 weights with one f16 scale (8.5 bits a weight);
 q4_0: blocks of 32 4-bit weights with one f16 scale (4.5 bits a weight).

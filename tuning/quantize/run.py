@@ -26,7 +26,6 @@ from tuning.events import ArtifactEvent, EventSink, LogEvent, ProgressEvent
 from tuning.quantize import QUANT_SCHEMES, QuantScheme
 from tuning.quantize.common import Cancelled, SchemeContext, copy_tokenizer_files, weights_size
 from tuning.quantize.config import QuantizeConfig
-from tuning.quantize.gguf_export import check_gguf_source
 from tuning.quantize.modelcard import write_quantized_card
 from tuning.quantize.report import build_report
 
@@ -79,11 +78,8 @@ def check_quantize_source(config: QuantizeConfig, *, on_worker: bool = True) -> 
         model_config = _source_model_config(config)
     except ModelError as exc:
         raise ConfigError({"base_model" if _is_adapter(source) else "source_path": str(exc)}) from None
-    if scheme.llama_only:
-        try:
-            check_gguf_source(model_config)
-        except ModelError as exc:
-            raise ConfigError({"scheme": str(exc)}) from None
+    if reason := scheme.model_refusal(model_config):
+        raise ConfigError({"scheme": reason})
 
 
 def _merged_source(config: QuantizeConfig, dest: Path, sink: EventSink) -> Path:
