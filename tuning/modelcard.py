@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tuning.config import TrainConfig
@@ -10,12 +11,36 @@ from tuning.preference import PREFERENCE_LOSSES
 AUTO_CLASS = {"classify": "AutoModelForSequenceClassification"}
 
 
-def _load_snippet(produces: str, base: str, auto_class: str) -> str:
+def _is_local(ref: str) -> bool:
+    return ref.startswith(("/", ".", "~")) or Path(ref).expanduser().exists()
+
+
+def _looks_like_hub_id(ref: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", ref)) and not _is_local(ref)
+
+
+def base_model_refs(config: TrainConfig) -> tuple[str, str]:
+    """(local path, hub id) of the base model, either "" when unknown: a
+    folder model has no hub id, a hub model loaded from the hub no local copy."""
+    local = config.base_model if _is_local(config.base_model) else ""
+    hub = next((ref for ref in (config.base_model_name, config.base_model) if _looks_like_hub_id(ref)), "")
+    if not local and not hub:  # neither recognisable: the reference as given
+        hub = config.base_model
+    return local, hub
+
+
+def _load_snippet(produces: str, local: str, hub: str, auto_class: str) -> str:
     if produces == "adapter":
+        if local and hub:  # offline the hub id fails; elsewhere the local path may not exist
+            base = (f"# the base model: its copy where this was trained, or {hub} from the hub\n"
+                    f'base = {auto_class}.from_pretrained("{local}")\n'
+                    f'# base = {auto_class}.from_pretrained("{hub}")')
+        else:
+            base = f'base = {auto_class}.from_pretrained("{local or hub}")'
         return f"""from transformers import {auto_class}
 from peft import PeftModel
 
-base = {auto_class}.from_pretrained("{base}")
+{base}
 model = PeftModel.from_pretrained(base, "path/to/this/folder")"""
     return f"""from transformers import {auto_class}
 
@@ -41,7 +66,8 @@ def write_model_card(directory: str | Path, *, config: TrainConfig, method, fina
             ("reference", PREFERENCE_LOSSES[config.preference_loss].needs_reference)) if used}
     rows = "\n".join(f"| {key} | {value} |" for key, value in hyper.items())
     loss = f"{final_loss:.4f}" if final_loss is not None else "n/a"
-    evaluated = "".join(f"\n- **{key.replace('_', ' ').capitalize()}:** {value}" for key, value in (evaluation or {}).items())
+    evaluated = "".join(f"\n- **{key.replace('_', ' ').capitalize()}:** {value}"
+                        for key, value in (evaluation or {}).items())
     kind = "adapter" if method.produces == "adapter" else "model"
     text = f"""---
 base_model: {base}
@@ -71,7 +97,7 @@ Fine-tuned with Tuning Studio.
 ## Load it
 
 ```python
-{_load_snippet(kind, base, AUTO_CLASS.get(config.task, "AutoModelForCausalLM"))}
+{_load_snippet(kind, *base_model_refs(config), AUTO_CLASS.get(config.task, "AutoModelForCausalLM"))}
 ```
 """
     path = Path(directory) / "README.md"

@@ -21,7 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.tiny_architectures import FAMILIES, tiny_family_dir
+from tests.tiny_architectures import tiny_family_dir
 from tests.tiny_model import tiny_model_dir
 from tuning.config import TrainConfig
 from tuning.events import MemorySink
