@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from tuning.data.chat_templates import AUTO, CHAT_TEMPLATE_CHOICES
 from tuning.errors import ConfigError
 from tuning.fields import FieldSpec, coerce, config_from_dict, config_to_dict, field_specs, setting
 from tuning.methods import METHODS
@@ -40,6 +41,10 @@ class TrainConfig:
                                     "(continued pre-training on plain text), classify (text + label) or "
                                     "preference (prompt, chosen and rejected replies: DPO and the like).",
                         choices=("sft", "pretrain", "classify", "preference"), basic=True)
+    chat_template: str = setting(AUTO, help="How rows are rendered for SFT: auto (the model's own chat template, "
+                                            "or Instruction/Response when it has none) or a named template "
+                                            "(tuning.data.chat_templates), which replaces the model's own.",
+                                 choices=CHAT_TEMPLATE_CHOICES, label="Chat template")
     method: str = setting("lora", help="Fine-tuning method (see `python -m tuning methods`).", basic=True)
     method_params: dict = field(default_factory=dict)
     # Preference task only (tuning.preference); refused with another task where changed from the default.

@@ -26,6 +26,7 @@ from typing import Any
 from tuning import checkpoints
 from tuning.config import TrainConfig, check_against_model
 from tuning.data.cache import default_cache_dir, load_task_data_cached
+from tuning.data.chat_templates import use_chat_template
 from tuning.data.splits import split_validation
 from tuning.data.stats import sink_progress
 from tuning.data.tasks import batches, collate_for_task
@@ -87,6 +88,13 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     return finish(run, outcome)
 
 
+def _template_differs_from_base(config: TrainConfig, tokenizer) -> bool:
+    if config.task != "sft":
+        return False
+    base = load_tokenizer(config.base_model, trust_remote_code=config.trust_remote_code)
+    return base.chat_template != tokenizer.chat_template
+
+
 def load_data(config: TrainConfig, sink: EventSink, output_dir: Path) -> TrainData:
     """Tokenized rows (from the cache when the same file was tokenized the
     same way before), split into training and validation, and the run's
@@ -94,6 +102,8 @@ def load_data(config: TrainConfig, sink: EventSink, output_dir: Path) -> TrainDa
     dataset_name = config.dataset_name or Path(config.dataset_path).name
     sink.emit(LogEvent(message=f"Reading {dataset_name} for task {config.task}"))
     tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.trust_remote_code)
+    if config.task == "sft":  # before the cache key is taken: it includes the template
+        sink.emit(LogEvent(message=f"Rendering rows with {use_chat_template(tokenizer, config.chat_template)}"))
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(output_dir)
     data, cached = load_task_data_cached(config.task, config.dataset_path, name=dataset_name, tokenizer=tokenizer,
                                          max_length=config.max_length, loss_on_prompt=config.loss_on_prompt,
@@ -271,7 +281,9 @@ def finish(run: Run, outcome: LoopOutcome) -> TrainResult:
         method.export(run.model, out_dir)  # e.g. PiSSA/OLoRA/CorDA adapters rewritten to load on the plain base
     else:
         checkpoints.save_weights(run.model, out_dir)
-    if method.produces == "model":
+    if method.produces == "model" or _template_differs_from_base(config, run.data.tokenizer):
+        # an adapter ships the tokenizer only when its chat template is not the base model's own
+        # (chosen, or the fallback): the playground and a fold then prompt it as it was trained
         run.data.tokenizer.save_pretrained(out_dir)
     trainable = run.prepared.trainable_count
     write_model_card(out_dir, config=config, method=method, final_loss=outcome.final_loss, steps=state.step,

@@ -20,20 +20,14 @@ import bisect
 import random
 from dataclasses import dataclass
 
+from tuning.data.chat_templates import AUTO, CHAT_TEMPLATES, FALLBACK, use_chat_template
 from tuning.data.readers import Example
 from tuning.errors import DatasetError
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
 
-# Used only when a tokenizer ships no chat template of its own.
-FALLBACK_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
-    "{% elif message['role'] == 'user' %}### Instruction:\n{{ message['content'] }}\n\n### Response:\n"
-    "{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{% endif %}"
-)
+# Used only when a tokenizer ships no chat template of its own (and none was chosen).
+FALLBACK_TEMPLATE = CHAT_TEMPLATES[FALLBACK].template
 
 
 @dataclass(frozen=True)
@@ -110,9 +104,7 @@ def _token_labels_by_prefix(tokenizer, text: str, spans: list[tuple[int, int]]) 
 
 
 def ensure_chat_template(tokenizer) -> None:
-    if not tokenizer.chat_template:
-        # Set on the tokenizer (not passed per call) so generation later uses the same format.
-        tokenizer.chat_template = FALLBACK_TEMPLATE
+    use_chat_template(tokenizer, AUTO)
 
 
 def tokenize_example(example: Example, tokenizer, *, max_length: int, loss_on_prompt: bool,

@@ -44,4 +44,6 @@ def run(job) -> dict:
     model = model.unload()  # the base layers now hold the folded weights
     model.to(torch_dtype(job.config.dtype, source.base)).save_pretrained(str(job.out), safe_serialization=True)
     copy_base_files(source.base, job.out, model=False)
+    # an adapter trained with another chat template than its base's ships its tokenizer: that one wins
+    copy_base_files(source.path, job.out, model=False)
     return {"folded_layers": len(layers)}
