@@ -226,3 +226,38 @@ def test_export_support_names_a_layout_gguf_cannot_hold():
     llama["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
     assert "rope scaling type 'yarn'" in export_support(llama)["gguf_q4_0"]
     assert export_support("qwen2") == {name: None for name in export_support("qwen2")}
+
+
+def test_llama3_rope_scaling_is_written_as_the_factors_llama_cpp_divides_by(tmp_path):
+    """Llama 3.1+: each rope frequency's divisor, by Meta's published rule
+    (1 for short wavelengths, ``factor`` for long ones, smoothed between)."""
+    import math
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.tiny_architectures import FAMILIES, build_tokenizer
+    from tuning.quantize.gguf_export import export_gguf
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    tokenizer = build_tokenizer(FAMILIES["llama"])
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, rope_parameters=rope)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert export_support(json.loads((tmp_path / "config.json").read_text()))["gguf_q8_0"] is None
+    reader = gguf.GGUFReader(export_gguf(tmp_path, tmp_path / "m.gguf", gguf_type="q8_0"))
+    [factors] = [t.data for t in reader.tensors if t.name == "rope_freqs.weight"]
+
+    expected = []
+    for i in range(0, 32, 2):
+        wavelength = 2 * math.pi * rope["rope_theta"] ** (i / 32)
+        if wavelength < 64 / rope["high_freq_factor"]:
+            expected.append(1.0)
+        elif wavelength > 64 / rope["low_freq_factor"]:
+            expected.append(rope["factor"])
+        else:
+            smooth = (64 / wavelength - rope["low_freq_factor"]) / (rope["high_freq_factor"] - rope["low_freq_factor"])
+            expected.append(1 / ((1 - smooth) / rope["factor"] + smooth))
+    assert factors.tolist() == pytest.approx(expected, rel=1e-5)
+    assert 1.0 in expected and rope["factor"] in expected and len(set(expected)) > 2  # all three regimes

@@ -45,3 +45,38 @@ def test_a_few_lora_steps_lower_the_loss(bundled_model, tmp_path):
     losses = [event.loss for event in sink.of_kind("metrics")]
     assert result.status == "succeeded" and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0] * 0.7, losses
+
+
+def test_its_gguf_exports_answer_in_the_playground_like_the_source(bundled_model, tmp_path):
+    """The bug behind an empty q8_0 answer in the playground: the GGUF output,
+    loaded as the playground loads it, answers through the chat template; f16
+    gives the source's 32 greedy tokens exactly, q8_0 nearly (measured with
+    bench/gguf_agreement.py)."""
+    from tuning.events import MemorySink
+    from tuning.generate import _encode, generate_stream
+    from tuning.loading import load_artifact
+    from tuning.quantize.config import QuantizeConfig
+    from tuning.quantize.run import run_quantize
+
+    prompt = "Explain in two sentences what a neural network is."
+
+    def greedy(model, tokenizer) -> list[int]:
+        inputs = _encode(tokenizer, prompt, None)
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+        return output[0, inputs["input_ids"].shape[1]:].tolist()
+
+    source, source_tokenizer = load_artifact(bundled_model)
+    expected = greedy(source, source_tokenizer)
+    for kind, least in (("f16", 32), ("q8_0", 24)):
+        out = tmp_path / kind
+        run_quantize(QuantizeConfig.from_dict({"scheme": f"gguf_{kind}", "source_path": str(bundled_model),
+                                               "output_dir": str(out), "report": False}), MemorySink())
+        model, tokenizer = load_artifact(out)
+        same = sum(a == b for a, b in zip(greedy(model, tokenizer), expected))
+        assert same >= least, (kind, same)
+        reply = generate_stream(model, tokenizer, "What is the capital of France?", max_new_tokens=12,
+                                temperature=0.7, top_p=0.95)  # the playground's defaults
+        assert "Paris" in "".join(reply) and reply.empty_reason is None
+        del model

@@ -94,6 +94,23 @@ def _family_metadata(writer, family, config: dict) -> None:
                 int(config.get("original_max_position_embeddings") or config["max_position_embeddings"]))
 
 
+def _llama3_rope_factors(config: dict):
+    """What llama.cpp divides each rope frequency by for Llama 3.1+'s "llama3"
+    scaling: the plain frequencies over the scaled ones, both from
+    transformers' own rope functions, so the file rotates as the source does."""
+    import numpy as np
+    import torch
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    settings = {key: value for key, value in config.items() if key != "model_type"}
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](AutoConfig.for_model(config["model_type"], **settings), "cpu")
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    theta = float(rope_settings(config)["rope_theta"])
+    plain = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    return np.ascontiguousarray((plain / scaled.to(torch.float64)).numpy(), dtype=np.float32)
+
+
 def gguf_filename(gguf_type: str) -> str:
     return f"model-{gguf_type}.gguf"
 
@@ -149,6 +166,11 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, gguf_type: str, 
                     kind = gguf.GGMLQuantizationType.F16
                 plan.append((file, hf_name, target, shape, kind))
 
+    if rope_settings(config).get("rope_type") == "llama3":
+        head_dim = config.get("head_dim") or hidden // n_heads
+        plan.append((None, "", gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", (head_dim // 2,),
+                     gguf.GGMLQuantizationType.F32))
+
     writer = gguf.GGUFWriter(out_file, family.arch)
     writer.add_type("model")
     writer.add_name(name or config.get("_name_or_path") or model_dir.name)
@@ -182,8 +204,11 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, gguf_type: str, 
         for done, (file, hf_name, target, shape, kind) in enumerate(plan):
             if should_stop():
                 raise Cancelled
-            with safe_open(file, framework="pt") as handle:
-                weight = handle.get_tensor(hf_name).to(torch.float32).numpy()
+            if file is None:
+                weight = _llama3_rope_factors(config)
+            else:
+                with safe_open(file, framework="pt") as handle:
+                    weight = handle.get_tensor(hf_name).to(torch.float32).numpy()
             if family.permute_rotary and hf_name.endswith("q_proj.weight"):
                 weight = _permute_rotary(weight, n_heads)
             elif family.permute_rotary and hf_name.endswith("k_proj.weight"):

@@ -32,7 +32,9 @@ class GGUFFamily:
 
 
 GGUF_FAMILIES: dict[str, GGUFFamily] = {
-    "llama": GGUFFamily("Llama", "llama", permute_rotary=True, metadata=("vocab_size", "rope_dimension_count")),
+    # Llama 3.1+ scale rope with "llama3": llama.cpp reads the per-frequency factors from a rope_freqs tensor
+    "llama": GGUFFamily("Llama", "llama", permute_rotary=True, metadata=("vocab_size", "rope_dimension_count"),
+                        rope_types=("default", "llama3")),
     "mistral": GGUFFamily("Mistral", "llama", permute_rotary=True, metadata=("vocab_size", "rope_dimension_count")),
     "qwen2": GGUFFamily("Qwen2 / Qwen2.5", "qwen2"),
     "qwen3": GGUFFamily("Qwen3", "qwen3", metadata=("head_dim",)),
