@@ -15,12 +15,10 @@ SmolLM2's real tokenizer and stands for the bundled model here).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.tiny_model import CACHE
+from tests.tiny_model import CACHE, save_once
 from tuning.quantize.gguf_vocab import PRE_TOKENIZER_SPLITS
 
 VERSION = "v1"  # bump when a recipe below changes
@@ -163,23 +161,7 @@ def tiny_family_dir(name: str) -> Path:
     if (dest / "model.safetensors").exists():
         return dest
     tokenizer = build_tokenizer(family)
-    model = build_model(family, tokenizer)
-    partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")  # parallel builders: see tests/tiny_model.py
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    if (dest / "model.safetensors").exists():
-        shutil.rmtree(partial, ignore_errors=True)
-        return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    try:
-        os.rename(partial, dest)
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)
-        if not (dest / "model.safetensors").exists():
-            raise
-    return dest
-
+    return save_once(build_model(family, tokenizer), tokenizer, dest)
 
 if __name__ == "__main__":
     for family_name in FAMILIES:

@@ -32,10 +32,15 @@ def tiny_model_dir() -> Path:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(config)
-    # Parallel test processes (pytest-xdist workers, or two runs at once) may
-    # build it together: each writes its own directory, the first to finish
-    # moves it into place and the others drop theirs.
+    return save_once(LlamaForCausalLM(config), tokenizer, dest)
+
+
+def save_once(model, tokenizer, dest: Path) -> Path:
+    """Write ``model`` and ``tokenizer`` to the cache directory ``dest``.
+
+    Parallel test processes (pytest-xdist workers, or two runs at once) may
+    build it together: each writes its own directory, the first to finish
+    moves it into place and the others drop theirs."""
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)
