@@ -157,7 +157,7 @@ def build_model(family: Family, tokenizer):
 def tiny_family_dir(name: str) -> Path:
     """The tiny model of family ``name`` (a key of FAMILIES), built once."""
     family = FAMILIES[name]
-    dest = CACHE / f"tiny-{name}-{VERSION}"
+    dest = CACHE / f"tiny-family-{name}-{VERSION}"  # not tiny-llama-*: that is tests/tiny_model.py's
     if (dest / "model.safetensors").exists():
         return dest
     tokenizer = build_tokenizer(family)
