@@ -4,9 +4,9 @@ For each prompt, greedy-decode 32 tokens (no early stop) with the source
 safetensors model and with the f16 and q8_0 GGUF files the studio writes
 (run_quantize, loaded as the playground loads them: tuning.loading.load_artifact),
 and print, side by side, how many of the 32 tokens agree position by position
-how long the identical prefix is, and how many of the source's 32 tokens
-each file also ranks first when fed the source's reply (teacher-forced: one
-near tie does not change every later token).
+how long the identical prefix is, and at how many of the 32 positions each
+file ranks first the same token as the source does, both fed the source's
+reply (teacher-forced: one near tie does not change every later token).
 
     python bench/gguf_agreement.py [work dir]
 """
@@ -35,8 +35,8 @@ def greedy(model, tokenizer, prompt: str) -> list[int]:
     return output[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-def forced(model, tokenizer, prompt: str, reply: list[int]) -> int:
-    """How many of ``reply``'s tokens ``model`` ranks first, fed the prompt and the reply so far."""
+def forced(model, tokenizer, prompt: str, reply: list[int]) -> list[int]:
+    """The token ``model`` ranks first at each position of ``reply``, fed the prompt and the reply so far."""
     import torch
 
     from tuning.generate import _encode
@@ -44,8 +44,7 @@ def forced(model, tokenizer, prompt: str, reply: list[int]) -> int:
     prompt_ids = _encode(tokenizer, prompt, None)["input_ids"]
     ids = torch.cat([prompt_ids, torch.tensor([reply])], dim=1)
     with torch.no_grad():
-        choices = model(ids).logits[0, prompt_ids.shape[1] - 1:-1].argmax(-1).tolist()
-    return sum(a == b for a, b in zip(choices, reply))
+        return model(ids).logits[0, prompt_ids.shape[1] - 1:-1].argmax(-1).tolist()
 
 
 def main(work: Path) -> None:
@@ -59,6 +58,7 @@ def main(work: Path) -> None:
     source_dir = prepare_bundled_model(CACHE / "smollm2-135m-instruct")
     source, tokenizer = load_artifact(source_dir)
     expected = {prompt: greedy(source, tokenizer, prompt) for prompt in PROMPTS}
+    choices = {prompt: forced(source, tokenizer, prompt, expected[prompt]) for prompt in PROMPTS}
     print(f"{'prompt':<40} {'kind':<5} {'same tokens':>11} {'same prefix':>11} {'teacher-forced':>14}")
     for kind in ("f16", "q8_0"):
         out = work / f"gguf-{kind}"
@@ -71,7 +71,8 @@ def main(work: Path) -> None:
             got = greedy(model, gguf_tokenizer, prompt)
             same = sum(a == b for a, b in zip(got, expected[prompt]))
             prefix = next((i for i, (a, b) in enumerate(zip(got, expected[prompt])) if a != b), TOKENS)
-            agree = forced(model, gguf_tokenizer, prompt, expected[prompt])
+            agree = sum(a == b for a, b in zip(forced(model, gguf_tokenizer, prompt, expected[prompt]),
+                                               choices[prompt]))
             same_total, forced_total = same_total + same, forced_total + agree
             print(f"{prompt[:40]:<40} {kind:<5} {same:>8}/{TOKENS} {prefix:>8}/{TOKENS} {agree:>11}/{TOKENS}")
         total = TOKENS * len(PROMPTS)
