@@ -50,8 +50,10 @@ def test_a_few_lora_steps_lower_the_loss(bundled_model, tmp_path):
 def test_its_gguf_exports_answer_in_the_playground_like_the_source(bundled_model, tmp_path):
     """The bug behind an empty q8_0 answer in the playground: the GGUF output,
     loaded as the playground loads it, answers through the chat template; f16
-    gives the source's 32 greedy tokens exactly, q8_0 nearly (measured with
-    bench/gguf_agreement.py)."""
+    gives the source's 32 greedy tokens exactly; q8_0 ranks first the same
+    token as the source at nearly every position along the source's reply
+    (free-running, one near tie changes every later token: see
+    bench/gguf_agreement.py for both measures on five prompts)."""
     from tuning.events import MemorySink
     from tuning.generate import _encode, generate_stream
     from tuning.loading import load_artifact
@@ -67,15 +69,24 @@ def test_its_gguf_exports_answer_in_the_playground_like_the_source(bundled_model
                                     pad_token_id=tokenizer.pad_token_id)
         return output[0, inputs["input_ids"].shape[1]:].tolist()
 
+    def choices(model, tokenizer, reply: list[int]) -> torch.Tensor:
+        prompt_ids = _encode(tokenizer, prompt, None)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.cat([prompt_ids, torch.tensor([reply])], dim=1)).logits
+        return logits[0, prompt_ids.shape[1] - 1:-1].argmax(-1)
+
     source, source_tokenizer = load_artifact(bundled_model)
     expected = greedy(source, source_tokenizer)
-    for kind, least in (("f16", 32), ("q8_0", 24)):
+    source_choices = choices(source, source_tokenizer, expected)
+    for kind in ("f16", "q8_0"):
         out = tmp_path / kind
         run_quantize(QuantizeConfig.from_dict({"scheme": f"gguf_{kind}", "source_path": str(bundled_model),
                                                "output_dir": str(out), "report": False}), MemorySink())
         model, tokenizer = load_artifact(out)
-        same = sum(a == b for a, b in zip(greedy(model, tokenizer), expected))
-        assert same >= least, (kind, same)
+        if kind == "f16":
+            assert greedy(model, tokenizer) == expected
+        same = int((choices(model, tokenizer, expected) == source_choices).sum())
+        assert same >= {"f16": 32, "q8_0": 29}[kind], (kind, same)
         torch.manual_seed(0)
         reply = generate_stream(model, tokenizer, "What is the capital of France?", max_new_tokens=12,
                                 temperature=0.7, top_p=0.95)  # the playground's defaults
