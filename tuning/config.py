@@ -41,9 +41,9 @@ class TrainConfig:
                                     "(continued pre-training on plain text), classify (text + label) or "
                                     "preference (prompt, chosen and rejected replies: DPO and the like).",
                         choices=("sft", "pretrain", "classify", "preference"), basic=True)
-    chat_template: str = setting(AUTO, help="How rows are rendered for SFT: auto (the model's own chat template, "
-                                            "or Instruction/Response when it has none) or a named template "
-                                            "(tuning.data.chat_templates), which replaces the model's own.",
+    chat_template: str = setting(AUTO, help="How rows are rendered for SFT and preference: auto (the model's own "
+                                            "chat template, or Instruction/Response when it has none) or a named "
+                                            "template (tuning.data.chat_templates), which replaces the model's own.",
                                  choices=CHAT_TEMPLATE_CHOICES, label="Chat template")
     method: str = setting("lora", help="Fine-tuning method (see `python -m tuning methods`).", basic=True)
     method_params: dict = field(default_factory=dict)

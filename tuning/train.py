@@ -88,8 +88,11 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     return finish(run, outcome)
 
 
+CHAT_TASKS = ("sft", "preference")  # the tasks whose rows are rendered through a chat template
+
+
 def _template_differs_from_base(config: TrainConfig, tokenizer) -> bool:
-    if config.task != "sft":
+    if config.task not in CHAT_TASKS:
         return False
     base = load_tokenizer(config.base_model, trust_remote_code=config.trust_remote_code)
     return base.chat_template != tokenizer.chat_template
@@ -102,7 +105,7 @@ def load_data(config: TrainConfig, sink: EventSink, output_dir: Path) -> TrainDa
     dataset_name = config.dataset_name or Path(config.dataset_path).name
     sink.emit(LogEvent(message=f"Reading {dataset_name} for task {config.task}"))
     tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.trust_remote_code)
-    if config.task == "sft":  # before the cache key is taken: it includes the template
+    if config.task in CHAT_TASKS:  # before the cache key is taken: it includes the template
         sink.emit(LogEvent(message=f"Rendering rows with {use_chat_template(tokenizer, config.chat_template)}"))
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(output_dir)
     data, cached = load_task_data_cached(config.task, config.dataset_path, name=dataset_name, tokenizer=tokenizer,
