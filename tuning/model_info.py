@@ -13,9 +13,10 @@ from pathlib import Path
 from tuning.errors import TuningError
 
 # Families the studio's tests take through training, adapters, folding, merging and export
-# (tests/core/test_architectures.py); other causal LMs that transformers knows also train.
+# (tests/core/test_architectures.py); other causal LMs that transformers knows also train. Gemma 3's
+# multimodal checkpoints (gemma3) are not among them: only its text model (gemma3_text) is.
 PROVEN_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral",
-                   "gemma2": "Gemma 2", "gemma3": "Gemma 3", "gemma3_text": "Gemma 3", "phi3": "Phi-3"}
+                   "gemma2": "Gemma 2", "gemma3_text": "Gemma 3", "phi3": "Phi-3"}
 
 
 def _causal_lm_types() -> set[str]:

@@ -4,6 +4,8 @@ and what the next-steps form of a training job offers."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 from django.conf import settings
@@ -35,17 +37,31 @@ def job_start(request, *, team, create: Callable[[], object], model_error_field:
     return jobs, {}
 
 
-def quantize_schemes() -> list[tuple[dict, str]]:
+def quantize_schemes(model_config: dict | None = None) -> list[tuple[dict, str]]:
     """[(scheme as described for the UI, why it is unavailable or "")].
 
     GPU schemes are unavailable without a GPU pool; the rest run on any
-    worker (their packages are in the requirements). The web process does
-    not ask the scheme about this machine: that imports torch, and jobs run
-    elsewhere."""
-    from tuning.quantize import QUANT_SCHEMES, describe
+    worker (their packages are in the requirements). With the model's
+    ``model_config`` (config.json), a scheme that cannot write its family
+    (a GGUF writer for it) says so before queueing. The web process does not ask the scheme about this
+    machine: that imports torch, and jobs run elsewhere."""
+    from tuning.quantize import QUANT_SCHEMES, describe, export_support
 
-    return [(describe(scheme, check_machine=False), NO_GPU if scheme.needs_gpu and not settings.GPU_POOLS else "")
-            for scheme in QUANT_SCHEMES.values()]
+    family = export_support(model_config) if model_config else {}
+    return [(describe(scheme, check_machine=False),
+             NO_GPU if scheme.needs_gpu and not settings.GPU_POOLS else family.get(name) or "")
+            for name, scheme in QUANT_SCHEMES.items()]
+
+
+def model_config_in(*directories) -> dict | None:
+    """The first readable config.json among ``directories`` (an artifact's own folder, then its base
+    model's: a merged model has one, an adapter's base does); None when none can be read."""
+    for directory in filter(None, directories):
+        try:
+            return json.loads((Path(directory) / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def chain_form_context(job) -> dict:
@@ -53,6 +69,7 @@ def chain_form_context(job) -> dict:
     the method's output folds into the base model) and the schemes; and the
     name of the method's loss penalty, which the job page charts."""
     method = METHODS.get(job.config.get("method", "")) if job.kind == "train" else None
-    return {"job": job, "schemes": quantize_schemes(), "folds_into_base": bool(method and method.folds_into_base),
+    base = model_config_in(job.base_model.ref if job.base_model else None)
+    return {"job": job, "schemes": quantize_schemes(base), "folds_into_base": bool(method and method.folds_into_base),
             # the job page charts the term the method adds to its training loss (AdaLoRA), beside the loss
             "penalty_label": method.penalty_label if method else ""}

@@ -10,7 +10,7 @@ from studio.accounts.selectors import team_for_new_work
 from studio.artifacts.selectors import artifact_list_for_user
 from studio.datasets.selectors import dataset_list_for_user
 from studio.jobs.forms import form_field
-from studio.jobs.pages import chain_form_context, job_start, quantize_schemes
+from studio.jobs.pages import chain_form_context, job_start, model_config_in, quantize_schemes
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.services_steps import job_create_chain, job_create_evaluate, job_create_merge, job_create_quantize
 from tuning.errors import ConfigError
@@ -128,7 +128,10 @@ def job_new_quantize(request):
                 return redirect(jobs[0])
     from tuning.quantize.config import DEFAULT_PROMPTS
 
-    context = {"schemes": quantize_schemes(), "artifacts": artifacts, "datasets": datasets, "errors": errors,
+    chosen = data.get("artifact", "")
+    shown = (artifacts.filter(pk=chosen).first() if chosen.isdigit() else None) or artifacts.first()
+    config = model_config_in(shown.path, shown.base_model and shown.base_model.ref) if shown else None
+    context = {"schemes": quantize_schemes(config), "artifacts": artifacts, "datasets": datasets, "errors": errors,
                "chosen_artifact": data.get("artifact", ""), "chosen_scheme": data.get("scheme", ""),
                "chosen_dataset": data.get("dataset", ""),
                "prompts": data.get("prompts") or "\n".join(DEFAULT_PROMPTS), "name": data.get("name", "")}

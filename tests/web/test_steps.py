@@ -2,6 +2,7 @@
 (Django's test client; no worker: jobs stay queued or are finished by hand)."""
 
 import json
+import re
 
 import pytest
 
@@ -172,3 +173,21 @@ def test_a_run_whose_output_does_not_fold_offers_no_fold_and_refuses_one(member_
     response = member_client.post(f"/jobs/{job.pk}/chain/", {"fold": "1"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 400 and "leaves nothing to fold" in response.content.decode()
     assert not Job.objects.filter(kind="merge").exists()
+
+
+def test_the_quantize_page_says_which_schemes_cannot_write_the_artifacts_family(member_client, member, team, dataset,
+                                                                              tiny_base_model, media_root):
+    import json
+
+    merged = media_root / "jobs" / "77" / "model"
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}))
+    job = train(member, team, dataset, tiny_base_model)
+    artifact = artifact_create(job=job, kind="model", path=str(merged), metadata={})
+    page = member_client.get(f"/jobs/new/quantize/?artifact={artifact.pk}").content.decode()
+    refusals = re.findall(r'id="scheme-(gguf[^"]*)" value="[^"]+" disabled', page)
+    assert set(refusals) >= {"gguf_f16", "gguf_q8_0"} and "gpt_neox" in page
+    adapter = artifact_create(job=train(member, team, dataset, tiny_base_model), kind="adapter",
+                              path=str(media_root / "jobs" / "78"), metadata={})
+    page = member_client.get(f"/jobs/new/quantize/?artifact={adapter.pk}").content.decode()
+    assert not re.findall(r'id="scheme-gguf_q8_0" value="[^"]+" disabled', page)  # a Llama: its base's config
