@@ -22,6 +22,7 @@ from studio.datasets.selectors import dataset_data_files
 from studio.datasets.services import dataset_describe_file
 from studio.datasets.services_work import dataset_analysis_save, dataset_operation_store
 from studio.jobs.models import Job
+from tuning.data.chat_templates import use_chat_template
 from tuning.data.stats import sink_progress
 from tuning.errors import DatasetError
 
@@ -115,6 +116,7 @@ def _analyse(analysis: DatasetAnalysis, progress: Phases) -> None:
     target, name = (paths[0], names[0]) if len(paths) == 1 else (paths, None)
     progress.set_phase("loading the tokenizer")
     tokenizer = _tokenizer(analysis.base_model)
+    template = use_chat_template(tokenizer, analysis.chat_template)  # the template training would use
     progress.set_phase("reading rows")
     rows, file_rows = version_rows(dataset)
     progress.set_phase("checking rows (lint)", len(rows))
@@ -141,7 +143,7 @@ def _analyse(analysis: DatasetAnalysis, progress: Phases) -> None:
                                  loss_on_prompt=analysis.loss_on_prompt, file=name or "", progress=progress)
             stats, svg = result.to_dict(), histogram_svg(result)
     dataset_analysis_save(analysis_id=analysis.pk, preview=preview, stats=stats, histogram_svg=svg,
-                          findings=findings, notice=message)
+                          findings=findings, notice=message, template_in_effect=template if preview else "")
 
 
 # ---------------------------------------------------------------- operations

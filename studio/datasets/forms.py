@@ -5,6 +5,7 @@ from django import forms
 
 from studio.catalog.models import BaseModel
 from studio.catalog.selectors import base_model_list
+from tuning.data.chat_templates import AUTO, CHAT_TEMPLATES
 from tuning.data.diet import DIET_OPERATIONS
 
 UPLOAD_HELP = "JSONL, JSON, CSV/TSV, Parquet, plain text or a .zip of those; pick several files to make one dataset."
@@ -57,6 +58,14 @@ class AnalysisForm(forms.Form):
                                     help_text="Tokens per row in training; longer rows are cut.")
     loss_on_prompt = forms.BooleanField(required=False, label="Loss on everything",
                                         help_text="Train on the prompt too, not only the responses.")
+    chat_template = forms.ChoiceField(
+        choices=[(AUTO, "the model's own (or a plain instruction format when it has none)"),
+                 *((name, template.label) for name, template in CHAT_TEMPLATES.items())],
+        initial=AUTO, required=False, help_text="How rows become the model's prompt; a job's chat_template setting "
+                                                "picks the same.")
+
+    def clean_chat_template(self):
+        return self.cleaned_data.get("chat_template") or AUTO
 
     def __init__(self, *args, dataset, **kwargs):
         super().__init__(*args, **kwargs)

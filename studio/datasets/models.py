@@ -110,6 +110,9 @@ class DatasetAnalysis(DatasetWork):
     base_model = models.ForeignKey("catalog.BaseModel", on_delete=models.CASCADE, related_name="+")
     max_length = models.PositiveIntegerField()
     loss_on_prompt = models.BooleanField(default=False)
+    chat_template = models.CharField(max_length=20, default="auto",
+                                     help_text="auto (the model's own) or a name of tuning.data.chat_templates.")
+    template_in_effect = models.CharField(max_length=200, blank=True, help_text="What rendered the preview, in words.")
     preview = models.JSONField(default=list, help_text="tuning.data.preview.render_preview rows.")
     stats = models.JSONField(default=dict, help_text="Token statistics (tuning.data.stats).")
     histogram_svg = models.TextField(blank=True)

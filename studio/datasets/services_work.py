@@ -29,14 +29,16 @@ EXTRA_OPERATIONS = ("map_columns", "drop_rows")
 
 
 def dataset_analysis_request(*, dataset: Dataset, user, base_model, max_length: int,
-                             loss_on_prompt: bool) -> DatasetAnalysis:
+                             loss_on_prompt: bool, chat_template: str = "auto") -> DatasetAnalysis:
     """Queue an analysis of ``dataset`` for ``base_model`` and ``max_length`` on a worker."""
     with transaction.atomic():
         job = job_create(kind=Job.Kind.ANALYSE, team=dataset.team, owner=user, dataset=dataset,
                          base_model=base_model, name=f"Analyse {dataset}",
-                         config={"max_length": max_length, "loss_on_prompt": loss_on_prompt})
+                         config={"max_length": max_length, "loss_on_prompt": loss_on_prompt,
+                                 "chat_template": chat_template})
         return DatasetAnalysis.objects.create(job=job, dataset=dataset, base_model=base_model, max_length=max_length,
-                                              loss_on_prompt=loss_on_prompt, created_by=user)
+                                              loss_on_prompt=loss_on_prompt, chat_template=chat_template,
+                                              created_by=user)
 
 
 def _check_parameters(*, dataset: Dataset, operation: str, parameters: dict, others, base_model) -> None:
@@ -98,10 +100,11 @@ def dataset_confirm_mapping(*, dataset: Dataset, user, schema: str, mapping: dic
 
 
 def dataset_analysis_save(*, analysis_id: int, preview: list, stats: dict, histogram_svg: str, findings: list,
-                          notice: str = "") -> None:
+                          notice: str = "", template_in_effect: str = "") -> None:
     """The analysis's results; the job's end is recorded by the job system."""
     DatasetAnalysis.objects.filter(pk=analysis_id).update(preview=preview, stats=stats, histogram_svg=histogram_svg,
-                                                          findings=findings, notice=notice)
+                                                          findings=findings, notice=notice,
+                                                          template_in_effect=template_in_effect[:200])
 
 
 def _version_filename(parents: list[Dataset], operation: str, name_suffix: str) -> str:

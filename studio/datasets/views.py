@@ -97,7 +97,7 @@ def _diet_forms(dataset, data_for: str | None = None, data=None) -> list:
 def _detail_context(request, dataset) -> dict:
     analysis = dataset_latest_analysis(dataset)
     initial = ({"base_model": analysis.base_model_id, "max_length": analysis.max_length,
-                "loss_on_prompt": analysis.loss_on_prompt} if analysis
+                "loss_on_prompt": analysis.loss_on_prompt, "chat_template": analysis.chat_template} if analysis
                else {"base_model": _default_base_model(dataset)})
     return {"dataset": dataset, "tree": dataset_version_tree(dataset), "analysis": analysis,
             "analysis_form": AnalysisForm(initial=initial, dataset=dataset),
@@ -156,7 +156,8 @@ def dataset_analysis(request, dataset_id: int, analysis_id: int):
     dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
     analysis = dataset_analysis_get(dataset=dataset, analysis_id=analysis_id)
     form = AnalysisForm(initial={"base_model": analysis.base_model_id, "max_length": analysis.max_length,
-                                 "loss_on_prompt": analysis.loss_on_prompt}, dataset=dataset)
+                                 "loss_on_prompt": analysis.loss_on_prompt, "chat_template": analysis.chat_template},
+                        dataset=dataset)
     return render(request, "datasets/_analysis.html", {"dataset": dataset, "analysis": analysis,
                                                        "analysis_form": form,
                                                        "can_write": _can_write(request, dataset)})
