@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from pathlib import Path
 
 from tuning.errors import TuningError
+from tuning.merge.tensors import read_header  # headers only: no torch
 
 # Families the studio's tests take through training, adapters, folding, merging and export
 # (tests/core/test_architectures.py); other causal LMs that transformers knows also train. Gemma 3's
@@ -43,19 +43,12 @@ def _safetensors_parameters(files: list[Path]) -> tuple[int, str]:
     """Parameter count and the most common dtype, from the files' JSON headers only."""
     total, dtypes = 0, {}
     for path in files:
-        with open(path, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > path.stat().st_size - 8:
-                raise TuningError(f"{path.name} is damaged (its header claims more bytes than the file holds)")
-            header = json.loads(handle.read(length))
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
+        for dtype, shape in read_header(path).values():
             count = 1
-            for dim in entry["shape"]:
+            for dim in shape:
                 count *= dim
             total += count
-            dtypes[entry["dtype"]] = dtypes.get(entry["dtype"], 0) + count
+            dtypes[dtype] = dtypes.get(dtype, 0) + count
     return total, max(dtypes, key=dtypes.get) if dtypes else ""
 
 

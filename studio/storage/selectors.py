@@ -40,6 +40,11 @@ def describe(obj: models.Model) -> str:
     return f"{TYPE_WORDS[type(obj)]} “{obj}”"
 
 
+def stored_names(dataset: Dataset) -> set[str]:
+    """The storage names of a version's files: its data file and each upload stored beside it."""
+    return {name for name in [dataset.file.name, *(entry.get("stored") for entry in dataset.source_files)] if name}
+
+
 def item_bytes(obj: models.Model) -> int:
     """Disk space the object's own files take (an artifact's are inside its job's directory)."""
     if isinstance(obj, Dataset):

@@ -23,7 +23,7 @@ from studio.datasets.models import Dataset
 from studio.jobs.models import Job, job_output_dir
 from studio.storage.files import remove_under_media
 from studio.storage.models import Deletion
-from studio.storage.selectors import DELETABLE_MODELS, describe, removal_bytes, removal_plan
+from studio.storage.selectors import DELETABLE_MODELS, describe, removal_bytes, removal_plan, stored_names
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +142,10 @@ def _files_of(deletion: Deletion) -> list[str]:
     paths += [artifact.path for artifact in Artifact.everything.filter(deletion=deletion).exclude(
         job__deletion=deletion)]
     datasets = list(Dataset.everything.filter(deletion=deletion))
-    names = {name for dataset in datasets for name in
-             [dataset.file.name, *(entry.get("stored") for entry in dataset.source_files)] if name}
+    names = set().union(*map(stored_names, datasets))
     still_named = set()
     for other in Dataset.everything.exclude(deletion=deletion).filter(team_id__in={d.team_id for d in datasets}):
-        still_named.update(name for name in [other.file.name, *(e.get("stored") for e in other.source_files)]
-                           if name in names)
+        still_named |= stored_names(other) & names
     paths += [default_storage.path(name) for name in sorted(names - still_named)]
     # A downloaded model's files are the studio's; a folder model's (or the bundled one's) are not.
     models_dir = Path(settings.MEDIA_ROOT).resolve() / "models"
@@ -214,8 +212,7 @@ def storage_sweep_orphans(*, now=None) -> list[str]:
     def old(path: Path) -> bool:
         return path.lstat().st_mtime < cutoff
 
-    named = {name for dataset in Dataset.everything.only("file", "source_files")
-             for name in [dataset.file.name, *(entry.get("stored") for entry in dataset.source_files)] if name}
+    named = set().union(*map(stored_names, Dataset.everything.only("file", "source_files")))
     datasets_dir = media / "datasets"
     for path in sorted(datasets_dir.rglob("*")) if datasets_dir.is_dir() else []:
         if path.is_file() and old(path) and str(path.relative_to(media)) not in named:
