@@ -104,9 +104,10 @@ def job_cancel(*, job: Job) -> Job:
 def job_finish(*, job_id: int, status: str, failure_kind: str = "", message: str = "") -> None:
     """Called by the worker when the run ends."""
     assert status in Job.FINISHED, status
+    disk_bytes = directory_size(job_output_dir(job_id))  # walked before the write lock is taken, not under it
     with transaction.atomic():
         job_set_status(job_id, status, message=message, failure_kind=failure_kind, failure_message=message,
-                       finished_at=timezone.now(), disk_bytes=directory_size(job_output_dir(job_id)))
+                       finished_at=timezone.now(), disk_bytes=disk_bytes)
         job = Job.objects.select_related("owner").get(pk=job_id)
         _after_end(job, status, message)
         # A job held back by its team's quota may start now that this one ended.
