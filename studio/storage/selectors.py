@@ -155,7 +155,7 @@ def team_storage_usage(*, team_id: int) -> StorageUsage:
                   jobs.exclude(status__in=Job.FINISHED).values_list("pk", flat=True))
     pending = Deletion.objects.filter(team_id=team_id, restored_at=None, purged_at=None).aggregate(
         total=Sum("bytes"))["total"] or 0
-    quota_gb = TeamQuota.objects.filter(team_id=team_id).values_list("storage_gb", flat=True).first() or 0
+    quota_gb = _quota_gb(team_id)
     return StorageUsage(datasets_bytes=datasets, jobs_bytes=finished + running, awaiting_purge_bytes=pending,
                         quota_bytes=int(quota_gb * 2**30))  # GB as filesizeformat counts them
 
@@ -164,9 +164,17 @@ def deletions_for_teams(*, team_ids) -> models.QuerySet:
     return Deletion.objects.filter(team_id__in=team_ids).select_related("user")[:100]
 
 
+def _quota_gb(team_id: int) -> float:
+    return TeamQuota.objects.filter(team_id=team_id).values_list("storage_gb", flat=True).first() or 0
+
+
 def storage_quota_refusal(*, team_id: int, adding_bytes: int = 0) -> str:
     """Why the team may not store more now ("" when it may): its quota is
-    reached, or ``adding_bytes`` (an upload) would pass it."""
+    reached, or ``adding_bytes`` (an upload) would pass it. Every job submit
+    and upload asks: without a quota it answers from one query, not by
+    measuring the team's files."""
+    if not _quota_gb(team_id):
+        return ""
     usage = team_storage_usage(team_id=team_id)
     if not usage.quota_bytes or (usage.used_bytes < usage.quota_bytes
                                  and usage.used_bytes + adding_bytes <= usage.quota_bytes):
