@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tuning.data.chat_templates import AUTO, CHAT_TEMPLATE_CHOICES
+from tuning.data.system_prompts import CUSTOM, MAX_SYSTEM_PROMPT, SYSTEM_PROMPT_CHOICES, TEMPLATE
 from tuning.errors import ConfigError
 from tuning.fields import FieldSpec, coerce, config_from_dict, config_to_dict, field_specs, setting
 from tuning.methods import METHODS
@@ -45,6 +46,14 @@ class TrainConfig:
                                             "chat template, or Instruction/Response when it has none) or a named "
                                             "template (tuning.data.chat_templates), which replaces the model's own.",
                                  choices=CHAT_TEMPLATE_CHOICES, label="Chat template")
+    system_prompt: str = setting(TEMPLATE, help="SFT and preference: the system prompt of rows that have none. "
+                                                "template: whatever the chat template writes (SmolLM2's and Qwen's "
+                                                "write a default one); custom: the text below; none: no system "
+                                                "prompt (clears a template's default). Rows with their own keep it; "
+                                                "the saved model uses the same in the playground.",
+                                 choices=SYSTEM_PROMPT_CHOICES, label="System prompt")
+    system_prompt_text: str = setting("", help="The system prompt, when System prompt is custom.",
+                                      label="System prompt text", multiline=True)
     method: str = setting("lora", help="Fine-tuning method (see `python -m tuning methods`).", basic=True)
     method_params: dict = field(default_factory=dict)
     # Preference task only (tuning.preference); refused with another task where changed from the default.
@@ -143,6 +152,7 @@ class TrainConfig:
             errors["task"] = (f"{method.label} does not support the task '{data.get('task')}'; it supports: "
                               f"{', '.join(method.tasks)}")
         errors.update(_preference_problems(data))
+        errors.update(_system_prompt_problems(data))
         if method is not None:
             try:
                 params = config_from_dict(method.params, method_params, prefix="method_params.")
@@ -153,6 +163,21 @@ class TrainConfig:
             raise ConfigError(errors)
         return dataclasses.replace(config, method_params=method_params,
                                    golden_prompts=[p.strip() for p in golden_prompts])
+
+
+def _system_prompt_problems(data: dict) -> dict[str, str]:
+    choice, text = data.get("system_prompt") or TEMPLATE, str(data.get("system_prompt_text") or "")
+    task = data.get("task") or "sft"
+    if choice != TEMPLATE and task not in ("sft", "preference"):
+        return {"system_prompt": f"applies to the sft and preference tasks only (this job's task is {task})"}
+    if choice == CUSTOM and not text.strip():
+        return {"system_prompt_text": "write the system prompt, or choose template or none"}
+    if choice != CUSTOM and text.strip():
+        return {"system_prompt_text": f"is used only when System prompt is custom (it is {choice}); choose custom "
+                                      f"or clear the text"}
+    if len(text) > MAX_SYSTEM_PROMPT:
+        return {"system_prompt_text": f"is {len(text)} characters; keep it under {MAX_SYSTEM_PROMPT}"}
+    return {}
 
 
 PREFERENCE_FIELDS = ("preference_loss", "beta", "label_smoothing", "simpo_gamma", "cpo_alpha", "reference")

@@ -23,13 +23,14 @@ LARGEST_INT = 2**63 - 1
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, min=None, max=None, choices=None,
-            basic: bool = False, label: str = "") -> Any:
+            basic: bool = False, label: str = "", multiline: bool = False) -> Any:
     """A dataclass field with the metadata forms and validation read.
 
     ``basic`` settings are shown up front in the UI; the rest sit under
-    "Advanced".
+    "Advanced". ``multiline`` text gets a text area in forms.
     """
-    metadata = {"help": help, "min": min, "max": max, "choices": choices, "basic": basic, "label": label}
+    metadata = {"help": help, "min": min, "max": max, "choices": choices, "basic": basic, "label": label,
+                "multiline": multiline}
     return field(default=default, metadata=metadata)
 
 
@@ -45,6 +46,7 @@ class FieldSpec:
     max: Any = None
     choices: tuple | None = None
     basic: bool = False
+    multiline: bool = False
 
 
 def field_specs(cls) -> list[FieldSpec]:
@@ -62,6 +64,7 @@ def field_specs(cls) -> list[FieldSpec]:
             help=meta["help"], label=meta.get("label") or f.name.replace("_", " ").capitalize(),
             min=meta.get("min"), max=meta.get("max"),
             choices=tuple(meta["choices"]) if meta.get("choices") else None, basic=meta.get("basic", False),
+            multiline=meta.get("multiline", False),
         ))
     return specs
 

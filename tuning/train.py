@@ -27,10 +27,11 @@ from tuning import checkpoints
 from tuning.config import TrainConfig, check_against_model
 from tuning.data.cache import default_cache_dir, load_task_data_cached
 from tuning.data.chat_templates import use_chat_template
+from tuning.data.system_prompts import use_system_prompt
 from tuning.data.splits import split_validation
 from tuning.data.stats import sink_progress
 from tuning.data.tasks import batches, collate_for_task
-from tuning.errors import DatasetError, ResourceError
+from tuning.errors import ConfigError, DatasetError, ResourceError
 from tuning.events import ArtifactEvent, CheckpointEvent, EventSink, LogEvent, MetricsEvent
 from tuning.methods import METHODS
 from tuning.modelcard import write_model_card
@@ -106,7 +107,12 @@ def load_data(config: TrainConfig, sink: EventSink, output_dir: Path) -> TrainDa
     sink.emit(LogEvent(message=f"Reading {dataset_name} for task {config.task}"))
     tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.trust_remote_code)
     if config.task in CHAT_TASKS:  # before the cache key is taken: it includes the template
-        sink.emit(LogEvent(message=f"Rendering rows with {use_chat_template(tokenizer, config.chat_template)}"))
+        template = use_chat_template(tokenizer, config.chat_template)
+        try:
+            system = use_system_prompt(tokenizer, config.system_prompt, config.system_prompt_text)
+        except ValueError as exc:
+            raise ConfigError({"system_prompt": str(exc)}) from None
+        sink.emit(LogEvent(message=f"Rendering rows with {template}; {system}"))
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(output_dir)
     data, cached = load_task_data_cached(config.task, config.dataset_path, name=dataset_name, tokenizer=tokenizer,
                                          max_length=config.max_length, loss_on_prompt=config.loss_on_prompt,

@@ -23,6 +23,7 @@ from studio.datasets.services import dataset_describe_file
 from studio.datasets.services_work import dataset_analysis_save, dataset_operation_store
 from studio.jobs.models import Job
 from tuning.data.chat_templates import use_chat_template
+from tuning.data.system_prompts import describe_system_prompt
 from tuning.data.stats import sink_progress
 from tuning.errors import DatasetError
 
@@ -116,7 +117,8 @@ def _analyse(analysis: DatasetAnalysis, progress: Phases) -> None:
     target, name = (paths[0], names[0]) if len(paths) == 1 else (paths, None)
     progress.set_phase("loading the tokenizer")
     tokenizer = _tokenizer(analysis.base_model)
-    template = use_chat_template(tokenizer, analysis.chat_template)  # the template training would use
+    # the template training would use, and the system prompt it writes into rows without one
+    template = f"{use_chat_template(tokenizer, analysis.chat_template)}; {describe_system_prompt(tokenizer)}"
     progress.set_phase("reading rows")
     rows, file_rows = version_rows(dataset)
     progress.set_phase("checking rows (lint)", len(rows))

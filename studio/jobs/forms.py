@@ -55,6 +55,8 @@ def form_field(spec) -> forms.Field:
         field = forms.FloatField(min_value=spec.min, max_value=spec.max, **common)
         field.widget.attrs["step"] = "any"
         return field
+    if spec.multiline:
+        return forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), **common)
     return forms.CharField(**common)
 
 

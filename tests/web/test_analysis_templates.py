@@ -27,5 +27,7 @@ def test_the_preview_uses_the_picked_template_and_says_so(member_client, dataset
     own = DatasetAnalysis.objects.latest("pk")
     run_job(own.job_id, worker_name="test")
     own.refresh_from_db()
-    assert own.template_in_effect == "the model's own chat template"
+    assert own.template_in_effect == ("the model's own chat template; the template's default system prompt "
+                                      "“You are a helpful AI assistant named SmolLM, trained by Hugging Face” for "
+                                      "rows without one")
     assert "<|start_header_id|>" not in json.dumps(own.preview)
