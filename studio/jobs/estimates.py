@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from studio.jobs.selectors_queue import pool_memory_bytes, pool_tokens_per_s
-from tuning.config import TrainConfig
+from tuning.config import TrainConfig, config_to_dict
 from tuning.errors import ModelError
 from tuning.fields import field_specs
-from tuning.methods import Method
+from tuning.methods import METHODS, Method
 from tuning.methods.estimate import estimate_key, shape_config
 from tuning.methods.memory import changes_that_fit, estimate_training_memory
 from tuning.preference import PREFERENCE_LOSSES
@@ -107,3 +107,21 @@ def _count(n: int) -> str:
         if n >= unit:
             return f"{n / unit:.1f} {suffix}" if n < 10 * unit else f"{n / unit:.0f} {suffix}"
     return str(n)
+
+
+def memory_refusal(*, base_model, config: TrainConfig, dataset, gpu_pools) -> str:
+    """Why no alive worker of the run's pool can hold it, with what would fit
+    ("" when one can, and when that cannot be known yet: the counts are not
+    in, or no worker of the pool is alive, and the job may wait for one)."""
+    try:
+        estimate = train_estimate(base_model=base_model, method=METHODS[config.method], task=config.task,
+                                  method_params=config.method_params, run_values=config_to_dict(config),
+                                  dataset=dataset, gpu_pools=gpu_pools)
+    except ModelError:
+        return ""  # check_against_model reports an unreadable model
+    if estimate is None or estimate.preflight.get("fits", True):
+        return ""
+    preflight = estimate.preflight
+    changes = "; or ".join(preflight.get("changes") or []) or "a smaller model or a pool with larger devices"
+    return (f"needs ≈ {preflight['need_gib']:.1f} GiB, more than the {preflight['available_gib']:.0f} GiB of the "
+            f"largest worker of pool {preflight['pool']}; try: {changes}")

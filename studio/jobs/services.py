@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from studio.notifications.webhooks import webhooks_enqueue_for_job
 from studio.datasets.selectors import dataset_training_refusal
+from studio.jobs.estimates import memory_refusal
 from studio.jobs.events import job_event_record
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job, JobEvent, job_output_dir
@@ -67,6 +68,9 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
                                              f"registered (GPU_POOLS)"})
             job.device_pool = settings.GPU_POOLS[0]
         check_against_model(config, on_worker=False)  # impossible combinations are refused now, not after queueing
+        too_big = memory_refusal(base_model=base_model, config=config, dataset=dataset, gpu_pools=settings.GPU_POOLS)
+        if too_big:  # rather than failing out of memory after its wait in the queue
+            raise ConfigError({"batch_size": too_big})
         job.config = config_to_dict(config)
         job.name = job.name or f"{METHODS[config.method].label} on {dataset.name}"
         job.save(update_fields=["config", "name", "device_pool"])

@@ -231,6 +231,22 @@ def test_preflight_says_when_a_run_will_not_fit_the_pools_workers_and_what_would
     assert "Will not fit" not in member_client.get(ESTIMATE, roomy).content.decode()
 
 
+def test_a_run_no_worker_of_its_pool_can_hold_is_refused_with_what_would_fit(member_client, dataset,
+                                                                             tiny_base_model, settings):
+    from studio.workers.services import worker_register
+
+    big = {"dataset": dataset.pk, "base_model": tiny_base_model.pk, "method": "lora", "task": "sft",
+           "fields_for": "lora", "batch_size": 64, "max_length": 2048, "max_steps": 1}
+    estimate(member_client, {key: str(value) for key, value in big.items()})  # a worker counts the parameters
+    worker_register(name="small@box", pool=settings.DEFAULT_DEVICE_POOL, hostname="box", pid=1,
+                    device="CPU: test", device_memory_mib=4096)
+    refused = member_client.post("/jobs/new/", big)
+    assert refused.status_code == 400 and not Job.objects.exists()
+    page = refused.content.decode()
+    assert "more than the 4 GiB of the largest worker of pool default; try: batch size 16" in page
+    assert member_client.post("/jobs/new/", {**big, "batch_size": 16}).status_code == 302
+
+
 def test_the_estimate_of_a_cuda_method_is_for_the_gpu_pool(member_client, tiny_base_model, gpu_pool, settings):
     from studio.workers.services import worker_register
 
