@@ -15,6 +15,7 @@ from tuning.data.system_prompts import CUSTOM, MAX_SYSTEM_PROMPT, SYSTEM_PROMPT_
 from tuning.errors import ConfigError
 from tuning.fields import FieldSpec, coerce, config_from_dict, config_to_dict, field_specs, setting
 from tuning.methods import METHODS
+from tuning.model_info import multimodal_refusal
 from tuning.models import MODEL_CODE_LOCK, load_model_config
 from tuning.preference import PREFERENCE_LOSSES
 
@@ -239,6 +240,8 @@ def _check_against_model(config: TrainConfig, *, on_worker: bool) -> None:
     method = METHODS[config.method]
     model_config = load_model_config(config.base_model, trust_remote_code=config.trust_remote_code)
     architectures = getattr(model_config, "architectures", None) or []
+    if getattr(model_config, "vision_config", None) is not None:
+        raise ConfigError({"base_model": multimodal_refusal(architectures)})
     if config.task in ("sft", "pretrain", "preference") and architectures and not any(
             name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         raise ConfigError({"base_model": f"{architectures[0]} is not a generative (causal) language model; use it "

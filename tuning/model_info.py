@@ -25,6 +25,13 @@ def _causal_lm_types() -> set[str]:
     return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
+def multimodal_refusal(architectures: list[str]) -> str:
+    """Why an image-text checkpoint (a config with a vision tower) is refused, and what to use instead."""
+    name = architectures[0] if architectures else "this model"
+    return (f"{name} is an image-text model (its config has a vision tower); the studio trains text models: use "
+            f"the family's text-only checkpoint (for Gemma 3, gemma-3-1b or a text-only conversion)")
+
+
 def check_architecture(config: dict, *, trust_remote_code: bool = False) -> None:
     """Raise TuningError when the studio cannot train a model of this config."""
     model_type = config.get("model_type", "")
@@ -32,6 +39,8 @@ def check_architecture(config: dict, *, trust_remote_code: bool = False) -> None
         raise TuningError(f"this model's code lives in its repository (config.json has auto_map for "
                           f"{', '.join(sorted(config['auto_map']))}); the studio does not run a repository's code "
                           f"unless an admin sets TRUST_REMOTE_CODE")
+    if config.get("vision_config") is not None:
+        raise TuningError(multimodal_refusal(config.get("architectures") or []))
     if model_type not in _causal_lm_types():
         known = ", ".join(sorted(set(PROVEN_FAMILIES.values())))
         raise TuningError(f"architecture '{model_type or 'unknown'}' ({', '.join(config.get('architectures') or [])}) "

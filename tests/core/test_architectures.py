@@ -261,3 +261,17 @@ def test_llama3_rope_scaling_is_written_as_the_factors_llama_cpp_divides_by(tmp_
             expected.append(1 / ((1 - smooth) / rope["factor"] + smooth))
     assert factors.tolist() == pytest.approx(expected, rel=1e-5)
     assert 1.0 in expected and rope["factor"] in expected and len(set(expected)) > 2  # all three regimes
+
+
+def test_an_image_text_checkpoint_is_refused_by_name_before_training(tmp_path):
+    from transformers import Gemma3Config
+
+    from tuning.config import check_against_model
+    from tuning.errors import ConfigError
+
+    folder = tmp_path / "gemma-3-4b"
+    Gemma3Config(architectures=["Gemma3ForConditionalGeneration"]).save_pretrained(folder)
+    config = TrainConfig.from_dict({"base_model": str(folder), "dataset_path": "d", "output_dir": "o"})
+    with pytest.raises(ConfigError) as caught:
+        check_against_model(config)
+    assert caught.value.errors["base_model"].startswith("Gemma3ForConditionalGeneration is an image-text model")

@@ -97,6 +97,11 @@ def test_remote_code_unknown_architectures_and_pickles_are_refused(hub, tmp_path
         plan_for(hub, tmp_path, repo_id="acme/remote")
     with pytest.raises(TuningError, match="architecture 'vit'"):
         plan_for(hub, tmp_path / "b", repo_id="acme/vision")
+    # Gemma 3 4B and up: transformers lists gemma3 among causal LMs, but the checkpoint is an image-text model
+    hub.repos["acme/gemma3-4b"] = Repo(files=_with_config(files, model_type="gemma3", vision_config={
+        "model_type": "siglip_vision_model"}, architectures=["Gemma3ForConditionalGeneration"]))
+    with pytest.raises(TuningError, match="Gemma3ForConditionalGeneration is an image-text model .* gemma-3-1b"):
+        plan_for(hub, tmp_path / "e", repo_id="acme/gemma3-4b")
     with pytest.raises(TuningError, match="only pickled weights"):
         plan_for(hub, tmp_path / "c", repo_id="acme/pickled")
     assert "pytorch_model.bin" in plan_for(hub, tmp_path / "d", repo_id="acme/pickled", allow_pickle=True).files
