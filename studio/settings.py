@@ -257,6 +257,10 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
 WORKER_HISTORY_HOURS = env_int("WORKER_HISTORY_HOURS", 24, minimum=1)
 # Stored events a WebSocket sends per message when a client catches up (studio.live.consumers).
 EVENT_REPLAY_BATCH = env_int("EVENT_REPLAY_BATCH", 500, minimum=1)
+# Among queued jobs of equal priority, the team and person that used the pool least recently go first
+# (studio/jobs/fair_share.py); usage halves every FAIR_SHARE_HALF_LIFE_HOURS after a job ends. Off: first come.
+FAIR_SHARE = env_bool("FAIR_SHARE", True)
+FAIR_SHARE_HALF_LIFE_HOURS = env_int("FAIR_SHARE_HALF_LIFE_HOURS", 72, minimum=1)
 # Deleted datasets, jobs, artifacts and models can be restored for this long;
 # then a worker's purge removes their files and rows (0: at its next round).
 DELETED_RETENTION_HOURS = env_int("DELETED_RETENTION_HOURS", 7 * 24, minimum=0)

@@ -49,6 +49,7 @@ class Job(Deletable):
         ERROR = "error", "Internal error"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    HOLDING_WORKER = (Status.RUNNING, Status.CANCELLING)
 
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="jobs")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="jobs")

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Sum, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from studio.accounts.selectors import team_ids_for_user
+from studio.jobs.fair_share import fair_order, fair_share_note, pool_usage
 from studio.jobs.models import Job, JobEvent, TeamQuota
 from studio.workers.selectors import pool_device_memory_mib, pools_with_live_workers
 
-ACTIVE = (Job.Status.RUNNING, Job.Status.CANCELLING)
+ACTIVE = Job.HOLDING_WORKER
 QUEUE_ORDER = ("-priority", "queue_order", "pk")
 DEFAULT_STEP_S = None  # no history: the estimate is unknown rather than invented
 
@@ -37,14 +39,17 @@ def _month_start() -> datetime:
 
 
 def team_gpu_hours_this_month(team_id: int) -> float:
-    """Hours that the team's jobs on GPU pools ran this calendar month (running ones so far)."""
+    """Hours that the team's jobs on GPU pools ran this calendar month (running ones so far), summed by the
+    database."""
     if not settings.GPU_POOLS:
         return 0.0
     now, since = timezone.now(), _month_start()
-    jobs = Job.objects.filter(team_id=team_id, device_pool__in=settings.GPU_POOLS, started_at__isnull=False) \
-        .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=since))
-    seconds = sum(((job.finished_at or now) - max(job.started_at, since)).total_seconds() for job in jobs)
-    return max(seconds, 0) / 3600
+    end = Coalesce("finished_at", Value(now, output_field=DateTimeField()))
+    spent = Job.everything.filter(team_id=team_id, device_pool__in=settings.GPU_POOLS, started_at__isnull=False) \
+        .filter(Q(status__in=ACTIVE) | Q(finished_at__gte=since)) \
+        .aggregate(spent=Sum(ExpressionWrapper(end - Greatest(F("started_at"), Value(since)),
+                                               output_field=DurationField())))["spent"]
+    return max(spent.total_seconds(), 0) / 3600 if spent else 0.0
 
 
 def quota_wait_reason(team_id: int, *, gpu_pool: bool) -> str:
@@ -100,8 +105,9 @@ class QueueRow:
     job: Job
     position: int | None  # 1 = next to start in its pool; None for running jobs
     reason: str  # why it waits ("" when it is just next in line)
-    starts_at: datetime | None
-    finishes_at: datetime | None
+    order_note: str = ""  # why fair share puts it where it is
+    starts_at: datetime | None = None
+    finishes_at: datetime | None = None
 
 
 def queue_rows_for_user(*, user) -> list[QueueRow]:
@@ -126,8 +132,7 @@ def queue_rows_for_user(*, user) -> list[QueueRow]:
         workers = max(len(running), 1)
         free_at = sorted(free_at, key=lambda t: t or datetime.max.replace(tzinfo=now.tzinfo))[:workers] or [now]
         step_s = _seconds_per_step(pool)
-        queued = Job.objects.filter(device_pool=pool, status=Job.Status.QUEUED).select_related(
-            "owner", "team", "depends_on").order_by(*QUEUE_ORDER)
+        queued, notes = _queued_in_run_order(pool)
         position = 0
         for job in queued:
             reason = job_wait_reason(job) or ("" if pool in served else no_worker_reason(pool))
@@ -139,8 +144,27 @@ def queue_rows_for_user(*, user) -> list[QueueRow]:
                 free_at[0] = finishes  # that worker is busy until then (unknown when no estimate)
                 free_at.sort(key=lambda t: t or datetime.max.replace(tzinfo=now.tzinfo))
             if job.team_id in team_ids:
-                rows.append(QueueRow(job, position, reason, starts, finishes))
+                rows.append(QueueRow(job, position, reason, notes.get(job.pk, ""), starts, finishes))
     return rows
+
+
+def _queued_in_run_order(pool: str) -> tuple[list[Job], dict[int, str]]:
+    """The pool's queued jobs in the order they run (fair share within each priority; chain steps still
+    waiting keep their place in queue order after the others of their priority), and fair share's notes."""
+    queued = list(Job.objects.filter(device_pool=pool, status=Job.Status.QUEUED).select_related(
+        "owner", "team", "depends_on").order_by(*QUEUE_ORDER))
+    if not settings.FAIR_SHARE:
+        return queued, {}
+    usage = pool_usage(pool)
+    eligible = set(queued_in_order(pool).values_list("pk", flat=True))
+    rank = {pk: index for index, pk in enumerate(fair_order(
+        [(job.pk, job.priority, job.team_id, job.owner_id) for job in queued if job.pk in eligible], usage))}
+    queued.sort(key=lambda job: (-job.priority, rank.get(job.pk, len(rank)), job.queue_order, job.pk))
+    people = {(job.team_id, job.owner_id) for job in queued}
+    if len(people) < 2:
+        return queued, {}  # nobody to share with: first come, first served
+    teams = {job.team_id for job in queued}
+    return queued, {job.pk: fair_share_note(job, usage, teams) for job in queued}
 
 
 def pool_tokens_per_s(pool: str, *, base_model_id: int | None) -> float | None:

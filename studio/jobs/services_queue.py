@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from studio.accounts.policy import Action, job_allows, refusal
 from studio.jobs.events import job_event_record
+from studio.jobs.fair_share import queued_fair_order
 from studio.jobs.models import Job
 from studio.jobs.selectors_queue import ACTIVE, queued_in_order, quota_wait_reason
 from studio.jobs.state import job_enqueue
@@ -21,10 +22,16 @@ from tuning.errors import ConfigError
 
 
 def job_claim_next(*, pool: str, worker_name: str) -> Job | None:
-    """Claim the next job this pool should run, or None when none may start."""
+    """Claim the next job this pool should run (priority, then fair share), or None when none may start."""
     gpu_pool = pool in settings.GPU_POOLS
-    for job in queued_in_order(pool):
-        if quota_wait_reason(job.team_id, gpu_pool=gpu_pool):
+    held_back: dict[int, str] = {}  # team -> its quota's reason, asked once per claim
+    for pk in queued_fair_order(queued_in_order(pool), pool):
+        job = Job.objects.filter(pk=pk).first()
+        if job is None:
+            continue
+        if job.team_id not in held_back:
+            held_back[job.team_id] = quota_wait_reason(job.team_id, gpu_pool=gpu_pool)
+        if held_back[job.team_id]:
             continue
         with transaction.atomic():
             claimed = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
@@ -70,9 +77,12 @@ def job_set_priority(*, job: Job, priority: int, user) -> Job:
 
 
 def job_move(*, job: Job, direction: str, user) -> Job:
-    """Move a queued job to the front or the back of its priority level."""
+    """Move a queued job to the front or the back of its owner's jobs of its
+    priority level (as Slurm's ``scontrol top``): fair share decides between
+    people, a priority change lifts a job above everyone's."""
     _require_admin(user, job)
-    peers = Job.objects.filter(status=Job.Status.QUEUED, device_pool=job.device_pool, priority=job.priority)
+    peers = Job.objects.filter(status=Job.Status.QUEUED, device_pool=job.device_pool, priority=job.priority,
+                               team_id=job.team_id, owner_id=job.owner_id)
     if direction == "front":
         edge = peers.aggregate(value=Min("queue_order"))["value"]
         new_order = (edge or job.queue_order) - 1

@@ -1,5 +1,6 @@
 """The team queue page: running and queued jobs, live; admins reorder."""
 
+from django.conf import settings
 from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
@@ -14,7 +15,8 @@ from tuning.errors import ConfigError
 
 
 def _render(request, *, partial: bool, error: str = "", status: int = 200):
-    context = {"rows": queue_rows_for_user(user=request.user), "error": error}
+    context = {"rows": queue_rows_for_user(user=request.user), "error": error,
+               "fair_share": settings.FAIR_SHARE, "half_life": settings.FAIR_SHARE_HALF_LIFE_HOURS}
     template = "jobs/_queue_table.html" if partial else "jobs/queue.html"
     return render(request, template, context, status=status)
 

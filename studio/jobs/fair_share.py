@@ -1,0 +1,151 @@
+"""Fair share: which queued job of a pool runs next among jobs of equal
+priority.
+
+Priority still comes first (an admin's lever). Within a priority level, the
+team that has used the pool least recently goes first, and within the team
+the person who has; their oldest job is taken. "Recently" decays: an hour
+of device time counts fully while the job runs and half as much every
+``FAIR_SHARE_HALF_LIFE_HOURS`` after it ended (Slurm's fair-share decay), and
+jobs that ended more than ``USAGE_HALF_LIVES`` half-lives ago are not read.
+Ties (everyone unused, as on a fresh studio) go to whoever has fewer jobs
+running, then to the older job, so one person's fifty jobs are interleaved
+with a colleague's one rather than run before it.
+
+The order the page shows is the same round-robin the claims follow: the
+least-used team's least-used person's oldest job, then the next team's, and
+so on, each team's turns going through its people the same way.
+
+Reads only; the claim (``services_queue.job_claim_next``) walks this order.
+Usage is summed in the database per team, person and hour of the job's end
+(a few rows per person and hour, never one row per job).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import timedelta
+from itertools import groupby
+
+from django.conf import settings
+from django.db.models import Count, DateTimeField, DurationField, ExpressionWrapper, F, Q, Sum, Value
+from django.db.models.functions import Coalesce, Greatest, TruncHour
+from django.utils import timezone
+
+from studio.jobs.models import Job
+
+USAGE_HALF_LIVES = 6  # older usage weighs under 2 %: not read at all
+
+
+@dataclass
+class Usage:
+    hours: float = 0.0  # decayed device-hours
+    running: int = 0
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    teams: dict[int, Usage]
+    owners: dict[int, Usage]
+
+    def team(self, team_id) -> Usage:
+        return self.teams.get(team_id) or Usage()
+
+    def owner(self, owner_id) -> Usage:
+        return self.owners.get(owner_id) or Usage()
+
+
+def half_life_hours() -> float:
+    return float(settings.FAIR_SHARE_HALF_LIFE_HOURS)
+
+
+def pool_usage(pool: str) -> PoolUsage:
+    """Decayed device-hours and running jobs of each team and person in ``pool``."""
+    now = timezone.now()
+    since = now - timedelta(hours=half_life_hours() * USAGE_HALF_LIVES)
+    end = Coalesce("finished_at", Value(now, output_field=DateTimeField()))
+    ran = (Job.everything.filter(device_pool=pool, started_at__isnull=False)
+           .filter(Q(status__in=Job.HOLDING_WORKER) | Q(finished_at__gte=since))
+           .annotate(ended_hour=TruncHour(end))
+           .values("team_id", "owner_id", "ended_hour")
+           .annotate(spent=Sum(ExpressionWrapper(end - Greatest(F("started_at"), Value(since)),
+                                                 output_field=DurationField())),
+                     running=Count("pk", filter=Q(status__in=Job.HOLDING_WORKER))))
+    teams: dict[int, Usage] = defaultdict(Usage)
+    owners: dict[int, Usage] = defaultdict(Usage)
+    for row in ran:
+        age_hours = max((now - row["ended_hour"]).total_seconds() / 3600 - 1, 0)  # a bucket's hour may be this one
+        hours = max(row["spent"].total_seconds(), 0) / 3600 * 0.5 ** (age_hours / half_life_hours())
+        for usage in (teams[row["team_id"]], owners[row["owner_id"]]):
+            usage.hours += hours
+            usage.running += row["running"]
+    return PoolUsage(dict(teams), dict(owners))
+
+
+def _round_robin(queues: list[deque]) -> list:
+    """One item from each queue in turn, until all are empty."""
+    out = []
+    while queues:
+        for queue in list(queues):
+            out.append(queue.popleft())
+            if not queue:
+                queues.remove(queue)
+    return out
+
+
+def _level_order(jobs: list[tuple], usage: PoolUsage) -> list[int]:
+    """Job ids of one priority level (rows of (pk, priority, team_id, owner_id) in queue order), fairly ordered."""
+    first_seen: dict = {}
+    by_team: dict[int, dict[int, deque]] = defaultdict(lambda: defaultdict(deque))
+    for index, (pk, _, team_id, owner_id) in enumerate(jobs):
+        first_seen.setdefault(("team", team_id), index)
+        first_seen.setdefault(("owner", team_id, owner_id), index)
+        by_team[team_id][owner_id].append(pk)
+
+    def team_key(team_id):
+        used = usage.team(team_id)
+        return used.hours, used.running, first_seen[("team", team_id)]
+
+    team_turns = []
+    for team_id in sorted(by_team, key=team_key):
+        people = by_team[team_id]
+
+        def owner_key(owner_id, team_id=team_id):
+            used = usage.owner(owner_id)
+            return used.hours, used.running, first_seen[("owner", team_id, owner_id)]
+
+        team_turns.append(deque(_round_robin([people[owner] for owner in sorted(people, key=owner_key)])))
+    return _round_robin(team_turns)
+
+
+def fair_order(rows: list[tuple], usage: PoolUsage | None) -> list[int]:
+    """Job ids in the order they run: rows are (pk, priority, team_id, owner_id) sorted by priority (highest
+    first) then queue order. Without ``usage`` (fair share off) that order is kept."""
+    if usage is None:
+        return [row[0] for row in rows]
+    order = []
+    for _, level in groupby(rows, key=lambda row: row[1]):
+        order += _level_order(list(level), usage)
+    return order
+
+
+def queued_fair_order(queued, pool: str) -> list[int]:
+    """The ids of ``queued`` (a queryset of the pool's queued jobs, in priority then queue order) in the order
+    they run."""
+    rows = list(queued.values_list("pk", "priority", "team_id", "owner_id"))
+    return fair_order(rows, pool_usage(pool) if settings.FAIR_SHARE else None)
+
+
+def device_hours_unit(pool: str) -> str:
+    return "GPU-h" if pool in settings.GPU_POOLS else "device-h"
+
+
+def fair_share_note(job: Job, usage: PoolUsage, waiting_team_ids: set[int]) -> str:
+    """Why fair share puts ``job`` where it is, for the queue page (other teams are not named)."""
+    unit, own = device_hours_unit(job.device_pool), usage.team(job.team_id)
+    others = [usage.team(team_id).hours for team_id in waiting_team_ids if team_id != job.team_id]
+    note = (f"fair share: your team used {own.hours:.1f} {unit} recently (half-life {half_life_hours():g} h), "
+            f"{job.owner.username if job.owner_id else 'its owner'} {usage.owner(job.owner_id).hours:.1f}")
+    if others:
+        note += f"; the least-used other team waiting here {min(others):.1f}"
+    return note

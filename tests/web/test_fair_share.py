@@ -1,0 +1,143 @@
+"""Fair share between people and teams (studio/jobs/fair_share.py): among
+queued jobs of equal priority, the team and then the person that used the
+pool least recently go first; usage decays; priority still wins; an admin's
+"to front" reorders within the owner's own jobs; the queue page shows the
+order the claims follow and says why, without naming other teams."""
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from studio.accounts.models import Membership, Team
+from studio.accounts.services import user_create
+from studio.jobs.fair_share import fair_order, pool_usage
+from studio.jobs.models import Job
+from studio.jobs.selectors_queue import queue_rows_for_user
+from studio.jobs.services_queue import job_claim_next, job_move, job_set_priority
+from tests.web.test_queue import dataset  # noqa: F401 (a fixture)
+
+
+@pytest.fixture
+def people(team, member):
+    """alice and bob in the default team, carol in team Blue."""
+    blue = Team.objects.create(name="Blue", slug="blue")
+    bob = user_create(username="bob", password="pw-bob-12345", team=team)
+    carol = user_create(username="carol", password="pw-carol-123", team=blue)
+    admin = user_create(username="ada", password="pw-ada-12345", team=team, role=Membership.Role.ADMIN)
+    return {"alice": (member, team), "bob": (bob, team), "carol": (carol, blue), "ada": (admin, team)}
+
+
+@pytest.fixture
+def submit(people, dataset, tiny_base_model):  # noqa: F811
+    from studio.jobs.services import job_create_train
+
+    def submit(who: str, name: str) -> Job:
+        user, team = people[who]
+        job = job_create_train(user=people["alice"][0], team=people["alice"][1], dataset=dataset,
+                               base_model=tiny_base_model, settings_values={"max_steps": 3}, method_params={},
+                               name=name)
+        Job.objects.filter(pk=job.pk).update(owner=user, team=team)  # the dataset is alice's; the job theirs
+        return Job.objects.get(pk=job.pk)
+    return submit
+
+
+def used(submit, who: str, *, hours: float, ended_hours_ago: float) -> None:
+    """A finished job of ``who`` that ran ``hours`` and ended ``ended_hours_ago``."""
+    job = submit(who, f"past of {who}")
+    end = timezone.now() - timezone.timedelta(hours=ended_hours_ago)
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.SUCCEEDED, finished_at=end,
+                                         started_at=end - timezone.timedelta(hours=hours))
+
+
+def claims(count: int) -> list[str]:
+    names = []
+    for _ in range(count):
+        job = job_claim_next(pool="default", worker_name="w")
+        names.append(job.name if job else None)
+    return names
+
+
+def test_one_persons_many_jobs_do_not_block_a_colleagues_one(submit):
+    for index in range(1, 5):
+        submit("alice", f"alice {index}")
+    submit("bob", "bob 1")
+    # nobody has used the pool: alice (first in line) starts, then bob, who has nothing running
+    assert claims(3) == ["alice 1", "bob 1", "alice 2"]
+
+
+def test_the_team_that_used_the_pool_least_goes_first_then_its_least_used_person(submit):
+    used(submit, "alice", hours=10, ended_hours_ago=1)
+    submit("alice", "alice 1")
+    submit("bob", "bob 1")
+    submit("carol", "carol 1")
+    # the default team used 10 h, Blue none: carol first; within the default team bob (0 h) before alice (10 h)
+    assert claims(3) == ["carol 1", "bob 1", "alice 1"]
+
+
+def test_usage_decays_with_the_half_life(submit, settings):
+    settings.FAIR_SHARE_HALF_LIFE_HOURS = 10
+    used(submit, "alice", hours=8, ended_hours_ago=31)  # three half-lives ago: about 1 h now
+    used(submit, "carol", hours=2, ended_hours_ago=1)
+    usage = pool_usage("default")
+    default_team, blue = Team.objects.get(slug="default"), Team.objects.get(slug="blue")
+    assert usage.team(default_team.pk).hours == pytest.approx(8 * 0.5 ** 3, rel=0.15)
+    assert usage.team(blue.pk).hours == pytest.approx(2, rel=0.1)
+    submit("carol", "carol 1")
+    submit("alice", "alice 1")
+    assert claims(2) == ["alice 1", "carol 1"]
+    # usage older than six half-lives is not read at all (alice's running job is, from its start)
+    settings.FAIR_SHARE_HALF_LIFE_HOURS = 5
+    assert pool_usage("default").team(default_team.pk).hours < 0.01
+
+
+def test_priority_still_comes_first_and_fair_share_can_be_turned_off(submit, people, settings):
+    used(submit, "alice", hours=10, ended_hours_ago=1)
+    submit("alice", "alice 1")
+    urgent = submit("alice", "alice urgent")
+    submit("bob", "bob 1")
+    job_set_priority(job=urgent, priority=5, user=people["ada"][0])
+    assert claims(2) == ["alice urgent", "bob 1"]
+    settings.FAIR_SHARE = False
+    submit("bob", "bob 2")
+    assert claims(2) == ["alice 1", "bob 2"]  # first come, first served
+
+
+def test_to_front_reorders_within_the_owners_own_jobs(submit, people):
+    submit("alice", "alice 1")
+    submit("bob", "bob 1")
+    alice_2 = submit("alice", "alice 2")
+    job_move(job=alice_2, direction="front", user=people["ada"][0])
+    assert claims(3) == ["alice 2", "bob 1", "alice 1"]
+
+
+def test_the_page_shows_the_claim_order_and_why_without_naming_other_teams(submit, people):
+    used(submit, "alice", hours=3, ended_hours_ago=0.5)
+    for name in ("alice 1", "alice 2"):
+        submit("alice", name)
+    submit("bob", "bob 1")
+    submit("carol", "carol 1")
+    rows = [row for row in queue_rows_for_user(user=people["bob"][0]) if row.position]
+    # carol's job (team Blue, unused) counts in the positions but is not shown to the default team
+    assert [(row.position, row.job.name) for row in rows] == [(2, "bob 1"), (3, "alice 1"), (4, "alice 2")]
+    assert rows[0].order_note.startswith("fair share: your team used 3.0 device-h recently (half-life 72 h), bob 0.0")
+    assert rows[0].order_note.endswith("the least-used other team waiting here 0.0")
+    client = Client()
+    client.force_login(people["bob"][0])
+    page = client.get("/jobs/queue/").content.decode()
+    assert "fair share: your team used 3.0 device-h" in page and "Blue" not in page and "carol" not in page
+    assert "counts half after 72 h" in page
+    # and the claims follow the page
+    assert claims(4) == ["carol 1", "bob 1", "alice 1", "alice 2"]
+
+
+def test_the_order_interleaves_teams_then_people():
+    # (pk, priority, team, owner) in queue order: team 1's alice has four jobs, bob one; team 2's carol two
+    rows = [(1, 0, 1, 10), (2, 0, 1, 10), (3, 0, 1, 10), (4, 0, 1, 10), (5, 0, 1, 11), (6, 0, 2, 20),
+            (7, 0, 2, 20), (8, 5, 1, 10)]
+    rows.sort(key=lambda row: -row[1])
+    from studio.jobs.fair_share import PoolUsage, Usage
+
+    usage = PoolUsage(teams={1: Usage(hours=5.0)}, owners={10: Usage(hours=5.0)})
+    # priority 5 first; then team 2 (unused) and team 1 take turns; team 1's turns alternate bob and alice
+    assert fair_order(rows, usage) == [8, 6, 5, 7, 1, 2, 3, 4]
+    assert fair_order(rows, None) == [8, 1, 2, 3, 4, 5, 6, 7]
