@@ -14,7 +14,7 @@ from django.utils.module_loading import import_string
 
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
-from studio.jobs.services import job_finish, job_heartbeat, jobs_recover_lost
+from studio.jobs.services import job_finish, job_heartbeat, job_requeue_preempted, jobs_recover_lost
 from studio.jobs.services_queue import job_claim_next, queue_nudge
 from studio.storage.services import storage_purge_due, storage_sweep_orphans
 from studio.workers.models import WorkerNode
@@ -144,6 +144,8 @@ def run_job(job_id: int, *, worker_name: str = "", pool: str = "") -> str:
                    message=f"Internal error in the worker ({type(exc).__name__}: {str(exc)[:300]}). "
                            f"An admin can find the details in the worker log.")
         return Job.Status.FAILED
+    if status == "cancelled" and job_requeue_preempted(job_id=job_id):
+        return Job.Status.QUEUED  # stopped to give its worker to a more urgent job; back in the queue
     status = Job.Status.CANCELLED if status == "cancelled" else Job.Status.SUCCEEDED
     job_finish(job_id=job_id, status=status, message=summary)
     return status

@@ -63,6 +63,13 @@ def job_allows(*, user, job, action: Action, roles: dict | None = None) -> bool:
     return allows(user=user, action=action, team_id=job.team_id, owner_id=job.owner_id, roles=roles)
 
 
+def may_preempt(*, user, urgent_job, running_job) -> bool:
+    """Whether ``user`` may stop ``running_job`` at a checkpoint to give its worker to ``urgent_job``: a team
+    admin within the team's own jobs; site staff (who run the machines) across teams."""
+    return (job_allows(user=user, job=urgent_job, action=Action.REORDER)
+            and (running_job.team_id == urgent_job.team_id or user.is_staff))
+
+
 def refusal(*, user, action: Action, team_id: int, doing: str = "") -> str:
     """Why ``action`` is refused, in words for the page or the API (``doing``
     names it more precisely: "upload datasets")."""

@@ -9,8 +9,8 @@ from studio.artifacts.models import Artifact
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
 
-# "cancelling" is reported as "running" with cancel_requested (serializers.job_api_status).
-STATUSES = [status for status in Job.Status.values if status != Job.Status.CANCELLING]
+# "cancelling" and "preempting" are reported as "running" (serializers.job_api_status).
+STATUSES = [status for status in Job.Status.values if status not in (Job.Status.CANCELLING, Job.Status.PREEMPTING)]
 
 
 def _ref(name: str) -> dict:

@@ -16,8 +16,9 @@ def unix(moment) -> int | None:
 def job_api_status(job: Job) -> str:
     """The API's status: the studio's, except that "cancelling" (a running
     job asked to stop, finishing its current step) is reported as "running"
-    with ``cancel_requested: true``: the job is still running."""
-    return Job.Status.RUNNING if job.status == Job.Status.CANCELLING else job.status
+    with ``cancel_requested: true``, and "preempting" (stopping at its next
+    step to go back to the queue) as "running": the job is still running."""
+    return Job.Status.RUNNING if job.status in (Job.Status.CANCELLING, Job.Status.PREEMPTING) else job.status
 
 
 def job_json(job: Job, *, request) -> dict:

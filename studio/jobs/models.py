@@ -40,6 +40,7 @@ class Job(Deletable):
         QUEUED = "queued"
         RUNNING = "running"
         CANCELLING = "cancelling"
+        PREEMPTING = "preempting"  # stopping at its next step to give its worker to a more urgent job
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         CANCELLED = "cancelled"
@@ -49,7 +50,7 @@ class Job(Deletable):
         ERROR = "error", "Internal error"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
-    HOLDING_WORKER = (Status.RUNNING, Status.CANCELLING)
+    HOLDING_WORKER = (Status.RUNNING, Status.CANCELLING, Status.PREEMPTING)
 
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="jobs")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="jobs")
@@ -125,7 +126,8 @@ class Job(Deletable):
 
     @property
     def can_cancel(self) -> bool:
-        return self.status in (self.Status.VALIDATING, self.Status.QUEUED, self.Status.RUNNING)
+        return self.status in (self.Status.VALIDATING, self.Status.QUEUED, self.Status.RUNNING,
+                               self.Status.PREEMPTING)
 
 
 class JobEvent(models.Model):

@@ -25,4 +25,4 @@ def job_events_after(*, job_id: int, after: int, limit: int = EVENT_PAGE_SIZE) -
 
 
 def job_stop_requested(*, job_id: int) -> bool:
-    return Job.objects.filter(pk=job_id, status=Job.Status.CANCELLING).exists()
+    return Job.objects.filter(pk=job_id, status__in=(Job.Status.CANCELLING, Job.Status.PREEMPTING)).exists()

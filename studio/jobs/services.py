@@ -99,7 +99,7 @@ def job_cancel(*, job: Job) -> Job:
             job_set_status(job.pk, Job.Status.CANCELLED, message="Cancelled before it started",
                            finished_at=timezone.now())
             _after_end(job, Job.Status.CANCELLED, "Cancelled before it started", notify_owner=False)
-        elif Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).exists():
+        elif Job.objects.filter(pk=job.pk, status__in=(Job.Status.RUNNING, Job.Status.PREEMPTING)).exists():
             job_set_status(job.pk, Job.Status.CANCELLING, message="Stopping after the current step")
     job.refresh_from_db()
     return job
@@ -149,7 +149,7 @@ def job_resume(*, job: Job, user) -> Job:
 
 
 def job_heartbeat(*, job_id: int) -> None:
-    Job.objects.filter(pk=job_id, status__in=[Job.Status.RUNNING, Job.Status.CANCELLING]).update(
+    Job.objects.filter(pk=job_id, status__in=Job.HOLDING_WORKER).update(
         heartbeat_at=timezone.now())
 
 
@@ -160,7 +160,7 @@ def jobs_recover_lost(*, worker_name: str = "") -> list[int]:
     last checkpoint, other kinds start again, as their kind says), or fail
     it after JOB_MAX_ATTEMPTS starts. Safe to call from every worker at
     once: each job is claimed by one conditional update."""
-    lost = Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.CANCELLING])
+    lost = Job.objects.filter(status__in=Job.HOLDING_WORKER)
     if worker_name:
         lost = lost.filter(worker_name=worker_name[:200])
     else:
@@ -193,6 +193,25 @@ def jobs_recover_lost(*, worker_name: str = "") -> list[int]:
         if taken:
             recovered.append(job.pk)
     return recovered
+
+
+def job_requeue_preempted(*, job_id: int) -> bool:
+    """Called by the worker when a run it stopped was being preempted: the
+    job goes back to the queue at its old place (its queue order is kept),
+    to resume from the checkpoint it just saved, each step once. False when
+    it was not preempted (or a cancel came meanwhile): the run ends as a cancel."""
+    job = Job.objects.filter(pk=job_id, status=Job.Status.PREEMPTING).first()
+    if job is None:
+        return False
+    checkpoint = latest(job_output_dir(job.pk) / "checkpoints")
+    step = checkpoint_step(checkpoint) if checkpoint else 0
+    where = f"resumes from {checkpoint.name}" if checkpoint else "starts again"
+    taken = _take_back(job, Job.Status.QUEUED, f"Preempted at step {step}; {where} when a worker is free",
+                       redo_from=step + 1 if checkpoint else 0,
+                       config={**job.config, "resume_from": str(checkpoint) if checkpoint else ""})
+    if taken:
+        transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
+    return taken
 
 
 # Events that belong to one training step: a resumed run records them again for the steps after its checkpoint.

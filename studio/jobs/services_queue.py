@@ -12,13 +12,14 @@ from django.db import transaction
 from django.db.models import F, Max, Min
 from django.utils import timezone
 
-from studio.accounts.policy import Action, job_allows, refusal
+from studio.accounts.policy import Action, job_allows, may_preempt, refusal
 from studio.jobs.events import job_event_record
 from studio.jobs.fair_share import queued_fair_order
 from studio.jobs.models import Job
 from studio.jobs.selectors_queue import ACTIVE, queued_in_order, quota_wait_reason
-from studio.jobs.state import job_enqueue
+from studio.jobs.state import job_enqueue, job_set_status
 from tuning.errors import ConfigError
+from tuning.methods import METHODS
 
 
 def job_claim_next(*, pool: str, worker_name: str) -> Job | None:
@@ -74,6 +75,47 @@ def job_set_priority(*, job: Job, priority: int, user) -> Job:
     Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(priority=priority)
     job.refresh_from_db()
     return job
+
+
+def preemption_candidate(job: Job, *, user) -> Job | None:
+    """The running job that queued ``job`` may take a worker from: in its
+    pool, of lower priority, a training run whose method resumes from a
+    checkpoint (never one with nothing to return to), one ``user`` may
+    preempt (policy.may_preempt); the lowest priority first, then the one
+    that started last."""
+    running = Job.objects.filter(device_pool=job.device_pool, status=Job.Status.RUNNING, kind=Job.Kind.TRAIN,
+                                 priority__lt=job.priority).order_by("priority", "-started_at")
+    for candidate in running:
+        method = METHODS.get(candidate.config.get("method", ""))
+        if method is not None and method.resumable and may_preempt(user=user, urgent_job=job,
+                                                                   running_job=candidate):
+            return candidate
+    return None
+
+
+def job_preempt_for(*, job: Job, user) -> Job:
+    """Let queued ``job`` take a worker now: the chosen running job saves a
+    checkpoint at its next step and goes back to the queue at its old place
+    (``services.job_requeue_preempted``); the freed worker claims the queue's
+    best job, ``job`` where its priority is the highest. Returns the job
+    being preempted."""
+    _require_admin(user, job)
+    if job.status != Job.Status.QUEUED:
+        raise ConfigError({"preempt": f"job #{job.pk} is {job.status}; only a queued job can take a worker"})
+    if Job.objects.filter(device_pool=job.device_pool, status=Job.Status.PREEMPTING).exists():
+        raise ConfigError({"preempt": f"a job of pool {job.device_pool} is already stopping to free a worker"})
+    victim = preemption_candidate(job, user=user)
+    if victim is None:
+        raise ConfigError({"preempt": f"no running training job of pool {job.device_pool} with a priority below "
+                                      f"{job.priority} can pause at a checkpoint (raise this job's priority, or "
+                                      f"wait: merges, exports and methods that cannot resume are never stopped)"})
+    with transaction.atomic():
+        if not Job.objects.filter(pk=victim.pk, status=Job.Status.RUNNING).exists():
+            raise ConfigError({"preempt": f"job #{victim.pk} ended meanwhile; its worker is free"})
+        job_set_status(victim.pk, Job.Status.PREEMPTING,
+                       message=f"Pausing at its next step for job #{job.pk} (priority {job.priority}); it goes back "
+                               f"to the queue and resumes from that checkpoint")
+    return victim
 
 
 def job_move(*, job: Job, direction: str, user) -> Job:

@@ -10,7 +10,7 @@ from studio.audit.services import audit_record
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.selectors_queue import queue_rows_for_user
 from studio.jobs.services import job_cancel
-from studio.jobs.services_queue import job_move, job_set_priority
+from studio.jobs.services_queue import job_move, job_preempt_for, job_set_priority
 from tuning.errors import ConfigError
 
 
@@ -32,7 +32,7 @@ def job_queue_table(request):
 
 @require_POST
 def job_queue_action(request, job_id: int):
-    """Admins: priority, to front / back. Members: cancel their own jobs."""
+    """Admins: priority, to front / back, preempt a lower-priority run. Members: cancel their own jobs."""
     job = job_get_for_user(user=request.user, job_id=job_id)
     action = request.POST.get("action", "")
     try:
@@ -49,6 +49,10 @@ def job_queue_action(request, job_id: int):
             job_set_priority(job=job, priority=priority, user=request.user)
             audit_record(user=request.user, team=job.team, action="job.reprioritised", target=job,
                          detail={"priority": priority}, request=request)
+        elif action == "preempt":
+            victim = job_preempt_for(job=job, user=request.user)
+            audit_record(user=request.user, team=job.team, action="job.reprioritised", target=job,
+                         detail={"preempted": victim.pk, "team_of_preempted": victim.team_id}, request=request)
         elif action in ("front", "back"):
             job_move(job=job, direction=action, user=request.user)
             audit_record(user=request.user, team=job.team, action="job.reprioritised", target=job,

@@ -215,3 +215,41 @@ def test_a_job_submitted_while_redis_is_down_is_taken_once_and_runs_when_it_is_b
     assert state["status"] == "succeeded"
     streamed = read_events_after_redis_restart(stack.ws_url(job_id), stack.cookie_header(admin))
     assert [e["seq"] for e in streamed] == [e["seq"] for e in state["events"]]
+
+
+def test_an_urgent_job_preempts_a_running_one_which_resumes_each_step_once(stack, admin, dataset_id):
+    paused = stack.start_job(admin, dataset_id, max_steps=30, save_every=100000)
+    url, cookie = stack.ws_url(paused), stack.cookie_header(admin)
+    asyncio.run(read_events(url, cookie, until_finished=False, stop_after=8))  # a few steps in
+    urgent = stack.start_job(admin, dataset_id, max_steps=3)
+    stack.post(admin, f"/jobs/{urgent}/queue-action/", data={"action": "priority", "priority": 10})
+    table = stack.post(admin, f"/jobs/{urgent}/queue-action/", data={"action": "preempt"}).text
+    assert 'role="alert"' not in table, table
+
+    assert stack.wait_for_status(admin, urgent, FINISHED)["status"] == "succeeded"
+    assert stack.job_state(admin, paused)["status"] in ("queued", "running")  # it waited for the urgent one
+    events = stack.wait_for_status(admin, paused, FINISHED)["events"]
+    statuses = [(e["data"]["status"], e["data"].get("message", "")) for e in events if e["kind"] == "status"]
+    names = [name for name, _ in statuses]
+    assert names.count("preempting") == 1 and names.count("succeeded") == 1 and names.count("running") == 2
+    requeued = next(message for name, message in statuses if name == "queued" and "Preempted" in message)
+    at = int(requeued.split("Preempted at step ")[1].split(";")[0])
+    assert f"resumes from step-{at:07d}" in requeued
+    # every step once, the ones after the checkpoint by the resumed run
+    assert [e["data"]["step"] for e in events if e["kind"] == "metrics"] == list(range(1, 31))
+    assert any(f"Resumed from step-{at:07d}" in e["data"].get("message", "") for e in events)
+
+
+def test_a_preempted_job_cancelled_while_it_waits_ends_once(stack, admin, dataset_id):
+    paused = stack.start_job(admin, dataset_id, max_steps=100000, save_every=100000)
+    asyncio.run(read_events(stack.ws_url(paused), stack.cookie_header(admin), until_finished=False, stop_after=6))
+    blocker = stack.start_job(admin, dataset_id, max_steps=100000, save_every=100000)
+    stack.post(admin, f"/jobs/{blocker}/queue-action/", data={"action": "priority", "priority": 5})
+    stack.post(admin, f"/jobs/{blocker}/queue-action/", data={"action": "preempt"})
+    stack.wait_for_status(admin, paused, {"queued"}, timeout=60)
+    stack.post(admin, f"/jobs/{paused}/cancel/")
+    stack.post(admin, f"/jobs/{blocker}/cancel/")
+    events = stack.wait_for_status(admin, paused, FINISHED, timeout=60)["events"]
+    ends = [e["data"]["status"] for e in events if e["kind"] == "status" and e["data"]["status"] in FINISHED]
+    assert ends == ["cancelled"]
+    assert stack.wait_for_status(admin, blocker, FINISHED, timeout=60)["status"] == "cancelled"
