@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from studio.accounts import views_teams as teams
 from studio.artifacts import views as artifacts
+from studio.artifacts import views_publish as artifacts_publish
 from studio.catalog import views as catalog
 from studio.datasets import views as datasets
 from studio.jobs import views as jobs
@@ -44,6 +45,9 @@ urlpatterns = [
     path("artifacts/<int:artifact_id>/", artifacts.artifact_detail, name="artifact-detail"),
     path("artifacts/<int:artifact_id>/download/", artifacts.artifact_download, name="artifact-download"),
     path("artifacts/<int:artifact_id>/files/<path:name>", artifacts.artifact_file, name="artifact-file"),
+    path("artifacts/<int:artifact_id>/publish/", artifacts_publish.artifact_publish, name="artifact-publish"),
+    path("artifacts/<int:artifact_id>/publish/<int:job_id>/again/", artifacts_publish.artifact_publish_again,
+         name="artifact-publish-again"),
     path("notifications/", include("studio.notifications.urls")),
     path("audit/", include("studio.audit.urls")),
     path("workers/", include("studio.workers.urls")),

@@ -4,6 +4,7 @@
     python -m tuning merge CONFIG.yaml      # merge adapters or models (tuning.merge)
     python -m tuning quantize CONFIG.yaml   # quantize or export (tuning.quantize)
     python -m tuning evaluate CONFIG.yaml   # score an artifact on a dataset (tuning.scoring)
+    python -m tuning publish DIR REPO_ID    # publish a folder to the Hub (token in $HF_TOKEN)
     python -m tuning prepare-bundled DIR    # convert the bundled model once
     python -m tuning methods [--json]       # the method catalogue
     python -m tuning merge-methods [--json] / quantize-schemes [--json]
@@ -69,6 +70,32 @@ def _evaluate(args) -> int:
         else 3
 
 
+def _publish(args) -> int:
+    import os
+    from pathlib import Path
+
+    from tuning.hub_card import facts_from_folder, redistribution_refusal
+    from tuning.hub_publish import PublishCancelled, publish_folder, repo_files
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise TuningError(f"{folder} is not a folder")
+    facts = facts_from_folder(folder, base_model=args.base_model, license=args.license)
+    if refusal := redistribution_refusal(facts, private=not args.public):
+        raise TuningError(refusal)
+    try:
+        result = publish_folder(lambda repo_id: repo_files(folder, facts=facts, repo_id=repo_id),
+                                repo_id=args.repo_id, token=os.environ.get(args.token_env), branch=args.branch,
+                                private=not args.public, commit_message=args.message or f"Publish {folder.name}",
+                                on_phase=lambda phase: print(phase, file=sys.stderr))
+    except PublishCancelled:
+        return 3
+    print(json.dumps({"repo_id": result.repo_id, "branch": result.branch, "commit": result.commit_sha,
+                      "commit_url": result.commit_url, "url": result.repo_url, "uploaded": result.uploaded,
+                      "unchanged": result.unchanged}))
+    return 0
+
+
 def _prepare_bundled(args) -> int:
     from tuning.models import prepare_bundled_model
 
@@ -127,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("config")
         command.set_defaults(handler=handler)
+    publish = commands.add_parser("publish", help="publish an adapter or model folder to the Hub (HF_ENDPOINT)")
+    publish.add_argument("folder")
+    publish.add_argument("repo_id", help="owner/name, or a name under the token's user")
+    publish.add_argument("--branch", default="main")
+    publish.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    publish.add_argument("--message", default="", help="commit message")
+    publish.add_argument("--base-model", default="", help="the base model's hub id, for the card")
+    publish.add_argument("--license", default="", help="the licence for the card (default: the folder's card's)")
+    publish.add_argument("--token-env", default="HF_TOKEN", help="environment variable holding the token")
+    publish.set_defaults(handler=_publish)
     bundled = commands.add_parser("prepare-bundled", help="convert the bundled model to safetensors")
     bundled.add_argument("dest")
     bundled.set_defaults(handler=_prepare_bundled)

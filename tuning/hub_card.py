@@ -9,8 +9,10 @@ Also which base-model licences forbid sharing what was made from them."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -39,6 +41,24 @@ class CardFacts:
     def from_dict(cls, data: dict) -> CardFacts:
         known = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def facts_from_folder(folder: Path, *, base_model: str = "", license: str = "") -> CardFacts:
+    """What a folder says of itself, for publishing it outside the studio
+    (``python -m tuning publish``): an adapter or a model, GGUF or not, the
+    base model its adapter config or card names (when that is a hub id),
+    the licence its card states."""
+    meta, _ = split_front_matter((folder / "README.md").read_text()) if (folder / "README.md").is_file() else ({}, "")
+    adapter = (folder / "adapter_config.json").is_file()
+    named = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path", "") \
+        if adapter else ""
+    base = base_model or next((ref for ref in (named, str(meta.get("base_model") or "")) if HUB_ID.match(ref)), "")
+    return CardFacts(title=folder.name, kind="adapter" if adapter else "model",
+                     format="gguf" if any(folder.glob("*.gguf")) else "safetensors", base_model=base,
+                     relation="adapter" if adapter else "", license=license or str(meta.get("license") or ""))
 
 
 def redistribution_refusal(facts: CardFacts, *, private: bool) -> str:

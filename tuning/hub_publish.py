@@ -18,16 +18,19 @@ path, which every hub accepts, rather than Xet.
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from tuning.errors import TuningError
+from tuning.hub_card import CardFacts, hub_card
 
 HUB_FILE_LIMIT = 50 * 10**9  # the Hub's largest file (docs: "Per file: 50GB max")
 REGULAR_FILE_LIMIT = 10 * 10**6  # the Hub refuses a file over 10 MB committed as a plain git blob
 SKIPPED = (".", "__pycache__")  # hidden files and caches stay home
+STUDIO_ONLY = ("quantize_report.json",)  # the card says what it holds
 
 
 class PublishCancelled(Exception):
@@ -84,6 +87,26 @@ def folder_files(folder: Path) -> dict[str, Path]:
             if path.is_file() and not any(part.startswith(SKIPPED) for part in path.relative_to(folder).parts)}
 
 
+def repo_files(folder: Path, *, facts: CardFacts, repo_id: str) -> dict[str, Path | bytes]:
+    """What a repo of this artifact holds, in the layout its loaders expect:
+    an adapter's files (its config naming the base model's hub id, so
+    ``AutoPeftModelForCausalLM.from_pretrained(repo)`` finds the base), a
+    model's folder, or for a GGUF export the .gguf files alone (llama.cpp and
+    Ollama pick them from the repo); with the card as README.md."""
+    files: dict[str, Path | bytes] = dict(folder_files(folder))
+    readme = files.pop("README.md").read_text() if "README.md" in files else ""
+    for name in STUDIO_ONLY:
+        files.pop(name, None)
+    if facts.format == "gguf" or any(name.endswith(".gguf") for name in files):
+        files = {name: path for name, path in files.items() if name.endswith(".gguf")}
+    if facts.kind == "adapter" and facts.base_model and isinstance(files.get("adapter_config.json"), Path):
+        config = json.loads(files["adapter_config.json"].read_text())
+        config["base_model_name_or_path"] = facts.base_model  # not the path of the studio's copy
+        files["adapter_config.json"] = json.dumps(config, indent=2).encode()
+    files["README.md"] = hub_card(readme, facts=facts, repo_id=repo_id, files=list(files)).encode()
+    return files
+
+
 def write_refusal(whoami: dict, repo_id: str) -> str:
     """Why the token that ``whoami`` describes may not write ``repo_id`` ("" when it may)."""
     user = whoami.get("name", "?")
@@ -132,14 +155,18 @@ def _cancelled_in(exc: BaseException | None) -> bool:
     return False
 
 
-def publish_folder(files: dict[str, Path | bytes], *, repo_id: str, token: str | None, endpoint: str | None = None,
+RepoFiles = dict[str, Path | bytes]  # path in the repo -> a local file, or the bytes to write
+
+
+def publish_folder(files: RepoFiles | Callable[[str], RepoFiles], *, repo_id: str, token: str | None,
+                   endpoint: str | None = None,
                    branch: str = "main", private: bool = False, commit_message: str,
                    on_phase: Callable[[str], None] = lambda phase: None,
                    on_bytes: Callable[[int, int], None] = lambda done, total: None,
                    cancelled: Callable[[], bool] = lambda: False) -> PublishResult:
-    """Commit ``files`` (path in the repo → a local file or the bytes to write)
-    to ``repo_id`` on ``branch``. ``repo_id`` without an owner goes under the
-    token's user. ``on_bytes(done, total)`` hears the bytes read for the
+    """Commit ``files`` (path in the repo → a local file or the bytes to write;
+    or a function of the repo id making them) to ``repo_id`` on ``branch``.
+    ``repo_id`` without an owner goes under the token's user. ``on_bytes(done, total)`` hears the bytes read for the
     upload; ``cancelled`` is asked with every chunk. Raises TuningError with
     what to do when the hub or the token refuses."""
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -149,17 +176,11 @@ def publish_folder(files: dict[str, Path | bytes], *, repo_id: str, token: str |
     if not token:
         raise TuningError("publishing needs a hub access token with write access; save one as a team secret")
     api = HfApi(endpoint=endpoint, token=token)
-    sizes = {name: len(source) if isinstance(source, bytes) else source.stat().st_size
-             for name, source in files.items()}
-    if too_big := [name for name, size in sizes.items() if size > HUB_FILE_LIMIT]:
-        raise TuningError(f"{too_big[0]} is {sizes[too_big[0]] / 1e9:.1f} GB; the hub takes files up to "
-                          f"{HUB_FILE_LIMIT / 1e9:.0f} GB (save the model in shards)")
-    total = sum(sizes.values())
-    reached = dict.fromkeys(files, 0)  # the furthest each file was read: a retried upload reads again
+    reached: dict[str, int] = {}  # the furthest each file was read: a retried upload reads again
 
     def read_to(name: str) -> Callable[[int], None]:
         def on_read(position: int) -> None:
-            reached[name] = max(reached[name], position)
+            reached[name] = max(reached.get(name, 0), position)
             on_bytes(sum(reached.values()), total)
         return on_read
 
@@ -169,6 +190,13 @@ def publish_folder(files: dict[str, Path | bytes], *, repo_id: str, token: str |
         repo_id = repo_id if "/" in repo_id else f"{whoami['name']}/{repo_id}"
         if refusal := write_refusal(whoami, repo_id):
             raise TuningError(refusal)
+        files = files(repo_id) if callable(files) else files
+        sizes = {name: len(source) if isinstance(source, bytes) else source.stat().st_size
+                 for name, source in files.items()}
+        if too_big := [name for name, size in sizes.items() if size > HUB_FILE_LIMIT]:
+            raise TuningError(f"{too_big[0]} is {sizes[too_big[0]] / 1e9:.1f} GB; the hub takes files up to "
+                              f"{HUB_FILE_LIMIT / 1e9:.0f} GB (save the model in shards)")
+        total = sum(sizes.values())
         if not api.repo_exists(repo_id):
             api.create_repo(repo_id, private=private, exist_ok=True)
         if branch != "main":

@@ -127,7 +127,21 @@ ARTIFACT = {"type": "object", "properties": {
     "name": {"type": "string"}, "job": {"type": "integer"}, "metadata": {"type": "object"},
     "created_at": {"type": "integer"},
     "download_url": {"type": "string", "format": "uri", "description": "A zip stream; takes the API token."},
-    "web_download_url": {"type": "string", "format": "uri", "description": "The web page's link (session login)."}}}
+    "web_download_url": {"type": "string", "format": "uri", "description": "The web page's link (session login)."},
+    "publications": {"type": "array", "description": "Commits publish jobs made to a hub, newest first.",
+                     "items": {"type": "object", "properties": {
+                         "repo_id": {"type": "string"}, "branch": {"type": "string"}, "private": {"type": "boolean"},
+                         "commit": {"type": "string"}, "commit_url": {"type": "string"}, "url": {"type": "string"},
+                         "job": {"type": "integer"}, "published_at": {"type": "integer"}}}}}}
+
+PUBLISH = {"type": "object", "required": ["repo_id"], "additionalProperties": False, "properties": {
+    "repo_id": {"type": "string", "description": "owner/name (a user or organisation), or a name under the "
+                                                 "token's user; an existing repo gets a new commit."},
+    "branch": {"type": "string", "default": "main", "description": "A new branch starts from main's head."},
+    "private": {"type": "boolean", "default": True, "description": "For a repo the job creates."},
+    "commit_message": {"type": "string"},
+    "token": {"type": "string", "description": "A hub token with write access, kept as a team secret."},
+    "secret": {"type": "integer", "description": "Or the id of a token the team saved."}}}
 
 DATASET = {"type": "object", "properties": {
     "id": {"type": "integer"}, "object": {"const": "dataset"}, "name": {"type": "string"}, "team": {"type": "string"},
@@ -249,6 +263,13 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
                 "downloadArtifact", "The artifact's files as a zip",
                 {"description": "A zip stream", "content": {"application/zip": {
                     "schema": {"type": "string", "contentMediaType": "application/zip"}}}}, params=[artifact_id])},
+            "/artifacts/{artifact_id}/publish": {"post": _op(
+                "publishArtifact", "Publish the artifact to the Hub (a publish job)", _json(_ref("Job"), "The job"),
+                ok_code="201", params=[artifact_id], errors=("400", "401", "403", "404"),
+                body={"required": True, "content": {"application/json": {"schema": PUBLISH}}},
+                description="Refused at once without a token, with a repo id the hub would not take, or when the "
+                            "base model's terms forbid sharing; the job checks the token's rights and the repo's "
+                            "owner on the hub before any upload. Follow it at /fine_tuning/jobs/{id}.")},
             "/models": {"get": _op("listModels", "Base models (shared by all teams)",
                                    _json(_list_of("Model"), "All base models"), errors=("401",))},
             "/datasets": {

@@ -72,6 +72,9 @@ def artifact_json(artifact, *, request) -> dict:
         # the second is the web page's link and needs a browser session.
         "download_url": request.build_absolute_uri(content),
         "web_download_url": request.build_absolute_uri(web),
+        "publications": [{"repo_id": p.repo_id, "branch": p.branch, "private": p.private, "commit": p.commit_sha,
+                          "commit_url": p.commit_url, "url": p.repo_url, "job": p.job_id,
+                          "published_at": unix(p.published_at)} for p in artifact.publications.all()],
     }
 
 

@@ -5,6 +5,7 @@ from django.urls import path, re_path
 
 from studio.api import views_files as files
 from studio.api import views_jobs as jobs
+from studio.api import views_publish as publish
 from studio.api import views_teams as teams
 
 urlpatterns = [
@@ -16,6 +17,7 @@ urlpatterns = [
     path("artifacts", files.artifacts_collection, name="api-artifacts"),
     path("artifacts/<int:artifact_id>", files.artifact_retrieve, name="api-artifact"),
     path("artifacts/<int:artifact_id>/content", files.artifact_content, name="api-artifact-content"),
+    path("artifacts/<int:artifact_id>/publish", publish.artifact_publish_api, name="api-artifact-publish"),
     path("models", files.models_collection, name="api-models"),
     path("datasets", files.datasets_collection, name="api-datasets"),
     path("datasets/<int:dataset_id>", files.dataset_retrieve, name="api-dataset"),

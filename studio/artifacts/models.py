@@ -1,6 +1,7 @@
 """Outputs that outlive their job: adapters, merged models, quantized models,
 each with its lineage (the artifacts it was made from, the job, the data)."""
 
+from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
@@ -42,3 +43,27 @@ class Artifact(Deletable):
     @property
     def is_adapter(self) -> bool:
         return self.kind == self.Kind.ADAPTER
+
+
+class Publication(models.Model):
+    """A commit a publish job made to a hub repo: where and when an artifact
+    was published, and which commit holds it. A re-publish adds a row."""
+
+    artifact = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="publications")
+    job = models.OneToOneField("jobs.Job", on_delete=models.CASCADE, related_name="publication")
+    endpoint = models.CharField(max_length=200, help_text="The hub: huggingface.co, a mirror or a self-hosted one.")
+    repo_id = models.CharField(max_length=200)
+    branch = models.CharField(max_length=100, default="main")
+    private = models.BooleanField(default=False)
+    commit_sha = models.CharField(max_length=64)
+    commit_url = models.CharField(max_length=500)
+    repo_url = models.CharField(max_length=500)
+    published_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="+")
+    published_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-published_at", "-pk"]
+
+    def __str__(self):
+        return f"{self.repo_id}@{self.branch} ({self.commit_sha[:12]})"

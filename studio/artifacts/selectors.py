@@ -72,3 +72,43 @@ def report_rows(report: dict | None) -> dict | None:
         rows.append({"label": label, "before": report.get(f"{key}_before"), "after": report.get(f"{key}_after")})
     return {"rows": rows, "answers": report.get("answers", []), "ratio": report.get("size_ratio"),
             "eval_rows": report.get("eval_rows")}
+
+
+def artifact_card_facts(artifact: Artifact) -> dict:
+    """What the card of a published artifact says beyond its own README
+    (tuning.hub_card.CardFacts as a dict, stored with the publish job): the base
+    model's hub id, licence and gating, how the artifact relates to it, the data,
+    the evaluation scores and the lineage."""
+    base, job = artifact.base_model, artifact.job
+    if artifact.is_adapter:
+        relation = "adapter"
+    elif job.kind == Job.Kind.QUANTIZE:
+        relation = "quantized"
+    elif job.kind == Job.Kind.MERGE and job.config.get("method") != "fold":
+        relation = "merge"
+    else:
+        relation = "finetune"
+    evaluations = [{"dataset": str(e["job"].dataset or ""), "job": e["job"].pk, **e["scores"]}
+                   for e in artifact_evaluations(artifact) if e["scores"]]
+    lineage = [f"{step.artifact.name}: {step.artifact.kind}, {step.artifact.job.kind} job #{step.artifact.job_id}"
+               + "".join(f", {key} {step.artifact.metadata[key]}" for key in ("method", "scheme")
+                         if step.artifact.metadata.get(key))
+               + (f", data sha256 {step.artifact.dataset_sha256[:12]}" if step.artifact.dataset_sha256 else "")
+               for step in artifact_lineage(artifact)]
+    return {"title": artifact.name, "kind": artifact.kind, "format": artifact.format,
+            "base_model": base.upstream_id if base else "", "relation": relation,
+            "license": (base.info or {}).get("license", "") if base else "", "gated": bool(base and base.gated),
+            "pipeline_tag": "text-classification" if job.config.get("task") == "classify" else "text-generation",
+            "datasets": [{"name": str(job.dataset or job.config.get("dataset_name") or ""),
+                          "sha256": artifact.dataset_sha256}] if artifact.dataset_sha256 else [],
+            "evaluations": evaluations, "lineage": lineage}
+
+
+def artifact_publishing(artifact: Artifact) -> dict:
+    """Where the artifact was published (newest first), and its publish jobs
+    not succeeded: running ones show progress, failed or cancelled ones a retry."""
+    jobs = [job for job in Job.objects.filter(team_id=artifact.team_id, kind="publish").order_by("-created_at")[:50]
+            if job.config.get("artifact_id") == artifact.pk and job.status != Job.Status.SUCCEEDED]
+    return {"publications": list(artifact.publications.select_related("published_by")),
+            "running": [job for job in jobs if not job.is_finished],
+            "ended": [job for job in jobs if job.is_finished][:5]}

@@ -18,6 +18,7 @@ class AuditEntry(models.Model):
         DATASET_DELETED = "dataset.deleted", "Dataset deleted"
         ARTIFACT_DOWNLOADED = "artifact.downloaded", "Artifact downloaded"
         ARTIFACT_DELETED = "artifact.deleted", "Artifact deleted"
+        ARTIFACT_PUBLISHED = "artifact.published", "Artifact published to a hub"
         TOKEN_CREATED = "token.created", "API token created"
         TOKEN_REVOKED = "token.revoked", "API token revoked"
         MEMBER_ADDED = "member.added", "Member added"

@@ -84,7 +84,8 @@ REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 REVISION = re.compile(r"^[\w][\w./-]{0,99}$")
 
 
-def _secret_for(*, user, team, token: str, secret_id: int | None, repo_id: str) -> int | None:
+def hub_secret_for(*, user, team, token: str, secret_id: int | None, repo_id: str) -> int | None:
+    """The team secret a hub job names: a pasted ``token`` is stored as a new one, else the saved one picked."""
     if token.strip():
         return secret_create(team=team, user=user, name=f"Hub token ({repo_id})", value=token).pk
     if secret_id:
@@ -113,7 +114,7 @@ def model_download_request(*, user, team, repo_id: str, revision: str = "", toke
         raise ConfigError({"repo_id": f"{repo_id} is already being added (job #{unfinished.first().pk})"})
     with transaction.atomic():
         config = {"source": "hub", "repo_id": repo_id, "revision": revision, "allow_pickle": allow_pickle,
-                  "secret_id": _secret_for(user=user, team=team, token=token, secret_id=secret_id, repo_id=repo_id)}
+                  "secret_id": hub_secret_for(user=user, team=team, token=token, secret_id=secret_id, repo_id=repo_id)}
         return job_create(kind=MODEL_ADD_KIND, team=team, owner=user, config=config, name=f"Add {repo_id}")
 
 

@@ -66,3 +66,5 @@ register_job_kind(JobKind(name="analyse", label="Dataset analysis", run="worker.
 register_job_kind(JobKind(name="diet", label="Dataset step", run="worker.dataset_runs.run_operation",
                           notifies=False, pool_setting="DATASET_POOL"))
 register_job_kind(JobKind(name="model_add", label="Adding a model", run="worker.model_runs.run_model_add"))
+register_job_kind(JobKind(name="publish", label="Publishing", run="worker.publish_runs.run_publish",
+                          stores_files=False))

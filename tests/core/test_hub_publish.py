@@ -19,7 +19,7 @@ import pytest
 from tests.hub_server import HubServer, Repo
 from tuning.errors import TuningError
 from tuning.hub_card import CardFacts, hub_card, redistribution_refusal, split_front_matter
-from tuning.hub_publish import PublishCancelled, folder_files, publish_folder
+from tuning.hub_publish import PublishCancelled, folder_files, publish_folder, repo_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,10 +58,8 @@ FACTS = CardFacts(title="tiny lora", kind="adapter", base_model="acme/tiny-llama
                   lineage=["tiny lora: adapter, train job #7, method lora"])
 
 
-def files_for(folder: Path, repo_id: str, facts: CardFacts = FACTS) -> dict:
-    files = folder_files(folder)
-    readme = files.pop("README.md").read_text() if "README.md" in files else ""
-    return {**files, "README.md": hub_card(readme, facts=facts, repo_id=repo_id, files=list(files)).encode()}
+def files_for(folder: Path, repo_id: str, facts: CardFacts = FACTS):
+    return lambda resolved: repo_files(folder, facts=facts, repo_id=resolved)
 
 
 def paths(hub, *methods) -> list[str]:
@@ -80,6 +78,7 @@ def test_an_adapter_is_published_with_its_card_and_loads_from_the_hub_with_peft(
     assert repo.files["adapter_model.safetensors"] == weights
     assert any(path.startswith("/lfs/") for path in paths(hub, "PUT")), "the weights went as a large file"
     assert progress[-1][0] == progress[-1][1] >= len(weights) and phases[-1] == "Committing"
+    assert json.loads(repo.files["adapter_config.json"])["base_model_name_or_path"] == "acme/tiny-llama"
 
     meta, body = split_front_matter(repo.files["README.md"].decode())
     assert meta["base_model"] == "acme/tiny-llama" and meta["base_model_relation"] == "adapter"
@@ -163,12 +162,15 @@ def test_a_cancel_stops_the_upload_within_a_chunk_and_commits_nothing(hub, adapt
     assert not any("/commit/" in path for path in paths(hub, "POST"))
 
 
-def test_the_card_of_a_gguf_export_says_how_llama_cpp_and_ollama_pull_it():
+def test_a_gguf_repo_holds_the_gguf_files_and_a_card_saying_how_llama_cpp_and_ollama_pull_it(tmp_path):
     facts = CardFacts(title="q8", kind="model", format="gguf", base_model="acme/tiny-llama", relation="quantized",
                       license="llama3.1", gated=True)
-    text = hub_card("---\nlibrary_name: gguf\nbase_model: ./local\n---\n# Q8_0 of tiny\n", facts=facts,
-                    repo_id="alice/tiny-GGUF", files=["model-q8_0.gguf", "config.json"])
-    meta, body = split_front_matter(text)
+    (tmp_path / "README.md").write_text("---\nlibrary_name: gguf\nbase_model: ./local\n---\n# Q8_0 of tiny\n")
+    for name in ("model-q8_0.gguf", "config.json", "quantize_report.json"):
+        (tmp_path / name).write_bytes(b"GGUF" if name.endswith(".gguf") else b"{}")
+    files = repo_files(tmp_path, facts=facts, repo_id="alice/tiny-GGUF")
+    assert sorted(files) == ["README.md", "model-q8_0.gguf"]
+    meta, body = split_front_matter(files["README.md"].decode())
     assert meta["library_name"] == "gguf" and {"gguf", "llama.cpp"} <= set(meta["tags"])
     assert meta["base_model"] == "acme/tiny-llama" and meta["base_model_relation"] == "quantized"
     assert "llama-cli -hf alice/tiny-GGUF" in body and "ollama run hf.co/alice/tiny-GGUF:Q8_0" in body

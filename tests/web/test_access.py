@@ -9,7 +9,8 @@ PAGES = ["/", "/datasets/", "/jobs/new/", "/artifacts/", "/playground/", "/jobs/
          "/jobs/new/evaluate/",
          # pages of one team's things: another team gets 404 (from here on)
          "/datasets/{dataset}/", "/jobs/{job}/", "/jobs/{job}/status/", "/jobs/{job}/events/",
-         "/artifacts/{artifact}/", "/artifacts/{artifact}/download/", "/artifacts/{artifact}/files/README.md"]
+         "/artifacts/{artifact}/", "/artifacts/{artifact}/download/", "/artifacts/{artifact}/files/README.md",
+         "/artifacts/{artifact}/publish/"]
 TEAM_PAGES = PAGES.index("/datasets/{dataset}/")
 
 
