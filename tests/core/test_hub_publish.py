@@ -196,3 +196,21 @@ def test_the_card_keeps_a_readme_without_header_and_drops_a_local_base_path():
                                              repo_id="alice/m", files=["model.safetensors"]))
     assert "base_model" not in meta and meta["library_name"] == "transformers"
     assert body.lstrip().startswith("# folder model") and json.dumps(meta)
+
+
+def test_the_command_line_publishes_a_folder_with_the_token_from_the_environment(hub, adapter):
+    def cli(token: str, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": token}
+        return subprocess.run([sys.executable, "-m", "tuning", "publish", str(adapter), *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    refused = cli("hf_alice_read", "alice/cli-lora")
+    assert refused.returncode == 2 and "is read-only" in refused.stderr and "alice/cli-lora" not in hub.repos
+    done = cli("hf_alice_write", "cli-lora", "--base-model", "acme/tiny-llama", "--license", "apache-2.0",
+               "--message", "From the shell")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    repo = hub.repos["alice/cli-lora"]
+    assert result["commit"] == repo.sha and repo.private and repo.commits[-1]["summary"] == "From the shell"
+    meta, _ = split_front_matter(repo.files["README.md"].decode())
+    assert meta["base_model"] == "acme/tiny-llama" and meta["license"] == "apache-2.0"
