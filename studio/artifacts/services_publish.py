@@ -57,9 +57,10 @@ def artifact_publish_request(*, user, artifact: Artifact, repo_id: str, branch: 
                   "secret_id": hub_secret_for(user=user, team=artifact.team, token=token, secret_id=secret_id,
                                               repo_id=repo_id),
                   "card": facts}
+        # The artifact is named in the config, not as an input: a publish job reads it without making anything
+        # from it, so it does not hold the artifact (or its base model) back from being deleted.
         return job_create(kind=PUBLISH_KIND, team=artifact.team, owner=user, config=config,
-                          name=f"Publish {artifact.name} to {repo_id}", base_model=artifact.base_model,
-                          input_artifacts=[artifact])
+                          name=f"Publish {artifact.name} to {repo_id}")
 
 
 def artifact_publish_retry(*, job: Job, user) -> Job:

@@ -18,6 +18,7 @@ from studio.audit.models import AuditEntry
 from studio.datasets.services import dataset_create_from_file
 from studio.jobs.models import Job, JobEvent
 from studio.jobs.services import job_create_train, job_finish
+from studio.storage.selectors import removal_plan
 from tests.hub_server import HubServer
 from tuning.hub_card import split_front_matter
 from worker.runner import run_job
@@ -83,7 +84,8 @@ def test_publishing_from_the_page_commits_the_adapter_and_the_page_shows_where_w
     assert publication.commit_sha == repo.sha and publication.published_by == member
     page = member_client.get(artifact.get_absolute_url()).content.decode()
     assert "alice/support-bot" in page and repo.sha[:12] in page and publication.commit_url in page
-    assert "hf_alice_write_token" not in page
+    job_page = member_client.get(job.get_absolute_url()).content.decode()
+    assert "hf_alice_write_token" not in page + job_page and "Published to alice/support-bot (main)" in job_page
     audit = {entry.action: entry for entry in AuditEntry.objects.filter(team=team)}
     assert audit["job.started"].detail["repo_id"] == "alice/support-bot"
     assert audit["artifact.published"].detail["commit"] == repo.sha and audit["artifact.published"].user == member
@@ -164,3 +166,5 @@ def test_the_api_publishes_and_lists_the_publications(client, member, artifact, 
     assert [(p["repo_id"], p["branch"], p["commit"]) for p in listed] == [
         ("acme/support-bot", "main", hub.repos["acme/support-bot"].sha)]
     assert not hub.repos["acme/support-bot"].private
+    # Publishing made nothing from the artifact: it can still be deleted on its own.
+    assert removal_plan(artifact).dependents == []
