@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,16 @@ HUB_FILE_LIMIT = 50 * 10**9  # the Hub's largest file (docs: "Per file: 50GB max
 REGULAR_FILE_LIMIT = 10 * 10**6  # the Hub refuses a file over 10 MB committed as a plain git blob
 SKIPPED = (".", "__pycache__")  # hidden files and caches stay home
 STUDIO_ONLY = ("quantize_report.json",)  # the card says what it holds
+
+
+class _XetFallbackIsMeant(logging.Filter):
+    """The library warns each time it takes file objects over LFS instead of Xet; here that is the design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "not supported by Xet Storage" not in record.getMessage()
+
+
+logging.getLogger("huggingface_hub._commit_api").addFilter(_XetFallbackIsMeant())
 
 
 class PublishCancelled(Exception):
