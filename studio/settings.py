@@ -50,6 +50,9 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "studio.accounts",
     "studio.catalog",
     "studio.datasets",
@@ -73,6 +76,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "studio.accounts.middleware.SecondFactorEnrolmentMiddleware",
     "studio.security.ContentSecurityPolicyMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: it turns a lockout into its answer
 ]
@@ -151,6 +155,11 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # HSTS preloading is a promise to browser vendors an operator makes on purpose (hstspreload.org), not a default.
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Two-factor sign-in (TOTP with recovery codes, django-otp; studio.accounts.two_factor): anyone with a
+# local password may turn it on; with REQUIRE_2FA_FOR_ADMINS, site staff and team admins must set it up
+# before anything else. API tokens keep working either way (they are the scripts' path).
+REQUIRE_2FA_FOR_ADMINS = env_bool("REQUIRE_2FA_FOR_ADMINS", False)
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Tuning Studio")
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

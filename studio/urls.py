@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from studio.accounts import views_login, views_two_factor
 from studio.accounts import views_teams as teams
 from studio.artifacts import views as artifacts
 from studio.artifacts import views_publish as artifacts_publish
@@ -12,7 +13,16 @@ from studio.jobs import views_compare, views_queue, views_steps
 
 urlpatterns = [
     path("", jobs.job_list, name="home"),
-    path("accounts/login/", auth_views.LoginView.as_view(template_name="accounts/login.html"), name="login"),
+    path("accounts/login/", views_login.login_view, name="login"),
+    path("accounts/login/code/", views_login.login_code, name="login-code"),
+    # The admin's own login would skip the two-factor step: it goes through the studio's.
+    path("admin/login/", views_login.login_view),
+    path("accounts/two-factor/", views_two_factor.two_factor_page, name="two-factor"),
+    path("accounts/two-factor/start/", views_two_factor.two_factor_start, name="two-factor-start"),
+    path("accounts/two-factor/confirm/", views_two_factor.two_factor_confirm, name="two-factor-confirm"),
+    path("accounts/two-factor/recovery-codes/", views_two_factor.two_factor_recovery_codes,
+         name="two-factor-recovery-codes"),
+    path("accounts/two-factor/disable/", views_two_factor.two_factor_disable, name="two-factor-disable"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("datasets/", datasets.dataset_list, name="dataset-list"),
     path("datasets/<int:dataset_id>/", datasets.dataset_detail, name="dataset-detail"),

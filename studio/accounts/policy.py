@@ -14,15 +14,20 @@ exist. Acting on it needs more:
 | reorder the queue, change priorities | no | no | yes |
 | manage the team (invite, change roles, remove members) | no | no | yes |
 
-A user's API tokens and notifications are their own alone.
+A user's API tokens, notifications and sign-in settings (two-factor) are their
+own alone. With REQUIRE_2FA_FOR_ADMINS, site staff and team admins who sign in
+with a local password must set up two-factor before anything else
+(``must_enrol_second_factor``); API tokens, the script path, keep working.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
+from django.conf import settings
+
 from studio.accounts.models import Membership
-from studio.accounts.selectors import membership_role
+from studio.accounts.selectors import admin_team_ids_for_user, membership_role
 
 
 class Action(StrEnum):
@@ -81,3 +86,13 @@ def refusal(*, user, action: Action, team_id: int, doing: str = "") -> str:
     if action == Action.REORDER:
         return "Only a team admin can reorder the queue or change priorities"
     return f"Your role in this team ({role or 'none'}) cannot {doing or action}; ask a team admin for the member role"
+
+
+def must_enrol_second_factor(*, user) -> bool:
+    """Whether REQUIRE_2FA_FOR_ADMINS holds this user to set up two-factor before anything else: site
+    staff and team admins with a local password (identity-provider accounts get theirs there)."""
+    if not settings.REQUIRE_2FA_FOR_ADMINS or user is None or not user.is_authenticated:
+        return False
+    if not user.has_usable_password():
+        return False
+    return user.is_staff or user.is_superuser or bool(admin_team_ids_for_user(user=user))

@@ -31,6 +31,12 @@ class AuditEntry(models.Model):
         MODEL_DELETED = "model.deleted", "Base model deleted"
         STORAGE_RESTORED = "storage.restored", "Deleted things restored"
         STORAGE_PURGED = "storage.purged", "Deleted things purged"
+        TWO_FACTOR_ENABLED = "2fa.enabled", "Two-factor turned on"
+        TWO_FACTOR_DISABLED = "2fa.disabled", "Two-factor turned off"
+        RECOVERY_CODE_USED = "2fa.recovery_code_used", "Recovery code used"
+        RECOVERY_CODES_RENEWED = "2fa.recovery_codes_renewed", "Recovery codes renewed"
+        SIGNIN_REFUSED = "signin.refused", "Sign-in refused"
+        ACCOUNT_CREATED = "account.created", "Account created at sign-in"
 
     # The log goes with its team (a deleted team has no one left to read it).
     # Empty for what concerns every team (a base model deleted by a staff user).

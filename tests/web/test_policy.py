@@ -147,3 +147,25 @@ def test_every_page_and_the_api_follow_the_one_rule(people, surface, action, rol
 def test_the_live_socket_follows_the_one_rule(people, role):
     users, job = people
     assert socket(users, role, job, "view") == expected("view", role)
+
+
+# Sign-in settings are each user's own (the two-factor page names no one else); with
+# REQUIRE_2FA_FOR_ADMINS, team admins are sent to set two-factor up before any other page.
+ENROL_FIRST = "enrol first"
+ACCOUNT_RULE = {
+    "two-factor page": {"owner": ALLOWED, "teammate": ALLOWED, "admin": ALLOWED, "viewer": ALLOWED,
+                        "other team": ALLOWED, "anonymous": LOGIN},
+    "job page, 2FA required": {"owner": ALLOWED, "teammate": ALLOWED, "admin": ENROL_FIRST, "viewer": ALLOWED,
+                               "other team": ENROL_FIRST, "anonymous": LOGIN},
+}
+
+
+@pytest.mark.parametrize("page, role", [(page, role) for page in ACCOUNT_RULE for role in ROLES])
+def test_the_sign_in_settings_follow_the_one_rule(people, settings, page, role):
+    users, job = people
+    settings.REQUIRE_2FA_FOR_ADMINS = page.endswith("required")
+    response = page_client(users, role).get("/accounts/two-factor/" if page == "two-factor page"
+                                            else f"/jobs/{job.pk}/")
+    outcome = ENROL_FIRST if response.status_code == 302 and "required=1" in response.url else \
+        outcome_of_page(response)
+    assert outcome == ACCOUNT_RULE[page][role], f"{page}: {role} → {outcome}"
