@@ -72,6 +72,8 @@ urlpatterns = [
     path("teams/<slug:slug>/members/<int:user_id>/role/", teams.team_member_role, name="team-member-role"),
     path("teams/<slug:slug>/members/<int:user_id>/remove/", teams.team_member_remove, name="team-member-remove"),
     path("join/<str:token>/", teams.team_join, name="team-join"),
+    path("invitations/", teams.invitation_list, name="invitation-list"),
+    path("invitations/<int:invitation_id>/<str:answer>/", teams.invitation_respond, name="invitation-respond"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("studio.api.urls")),
     path("accounts/webhooks/", include("studio.notifications.urls_webhooks")),

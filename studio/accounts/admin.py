@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from studio.accounts.models import ApiToken, Membership, Team
+from studio.accounts.models import ApiToken, Membership, Team, VerifiedEmail
 
 
 class MembershipInline(admin.TabularInline):
@@ -25,3 +25,12 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # tokens are made on the tokens page, where the secret is shown once
+
+
+@admin.register(VerifiedEmail)
+class VerifiedEmailAdmin(admin.ModelAdmin):
+    """A site admin vouches for a user's address here: invitations to it then wait on that user's
+    Invitations page, and an identity-provider sign-in with it reaches that account."""
+
+    list_display = ("email", "user", "how", "verified_at")
+    search_fields = ("email", "user__username")

@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
 
 DEFAULT_TEAM_SLUG = "default"
 
@@ -104,3 +105,27 @@ class Invitation(models.Model):
 
     def __str__(self):
         return f"invitation to {self.team} as {self.role}" + (f" for {self.email}" if self.email else "")
+
+
+class VerifiedEmail(models.Model):
+    """An address the user has shown to be theirs: they joined through an invitation link sent there, or
+    the identity provider vouched for it (``email_verified``), or a site admin entered it here. Only these
+    addresses match invitations and identity-provider sign-ins to an existing account: ``User.email`` is
+    whatever was typed on a form."""
+
+    class How(models.TextChoices):
+        INVITATION = "invitation", "joined through a link sent there"
+        IDENTITY_PROVIDER = "identity provider", "the identity provider vouched for it"
+        ADMIN = "admin", "entered by a site admin"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="verified_email")
+    email = models.EmailField()
+    how = models.CharField(max_length=20, choices=How.choices, default=How.ADMIN)
+    verified_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        # One account per address, however its letters are cased.
+        constraints = [models.UniqueConstraint(Lower("email"), name="one_account_per_verified_email")]
+
+    def __str__(self):
+        return f"{self.email} ({self.how})"

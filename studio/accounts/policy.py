@@ -15,7 +15,8 @@ exist. Acting on it needs more:
 | manage the team (invite, change roles, remove members) | no | no | yes |
 
 A user's API tokens, notifications and sign-in settings (two-factor) are their
-own alone. With REQUIRE_2FA_FOR_ADMINS, site staff and team admins who sign in
+own alone. An invitation sent to an address is, besides its link, for the one
+account whose verified address that is (``invitation_is_for``). With REQUIRE_2FA_FOR_ADMINS, site staff and team admins who sign in
 with a local password must set up two-factor before anything else
 (``must_enrol_second_factor``); API tokens, the script path, keep working.
 """
@@ -27,7 +28,7 @@ from enum import StrEnum
 from django.conf import settings
 
 from studio.accounts.models import Membership
-from studio.accounts.selectors import admin_team_ids_for_user, membership_role
+from studio.accounts.selectors import admin_team_ids_for_user, membership_role, verified_email_of
 
 
 class Action(StrEnum):
@@ -96,3 +97,10 @@ def must_enrol_second_factor(*, user) -> bool:
     if not user.has_usable_password():
         return False
     return user.is_staff or user.is_superuser or bool(admin_team_ids_for_user(user=user))
+
+
+def invitation_is_for(*, user, invitation) -> bool:
+    """Whether ``user`` may see and accept ``invitation`` without its link: it was sent to their verified
+    address (an address merely typed on a form could be anyone's)."""
+    email = verified_email_of(user=user)
+    return bool(email and invitation.email and invitation.email.lower() == email.lower())

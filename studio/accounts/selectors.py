@@ -1,6 +1,9 @@
 """Which teams a user can see and act in."""
 
-from studio.accounts.models import ApiToken, Membership, Team
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from studio.accounts.models import ApiToken, Invitation, Membership, Team, VerifiedEmail
 
 
 def team_ids_for_user(*, user) -> list[int]:
@@ -65,3 +68,26 @@ def admin_team_ids_for_user(*, user) -> list[int]:
 def api_token_list_for_user(*, user):
     """The user's own tokens, newest first; never anyone else's."""
     return ApiToken.objects.filter(user=user).select_related("team")
+
+
+def verified_email_of(*, user) -> str:
+    """The address the user has shown to be theirs (``VerifiedEmail``), "" if none."""
+    if not user.is_authenticated:
+        return ""
+    return VerifiedEmail.objects.filter(user=user).values_list("email", flat=True).first() or ""
+
+
+def user_with_verified_email(email: str):
+    """The account whose verified address ``email`` is (any letter case), or None."""
+    found = VerifiedEmail.objects.filter(email__iexact=email.strip()).values_list("user_id", flat=True).first()
+    return get_user_model().objects.filter(pk=found, is_active=True).first() if found else None
+
+
+def invitations_for_user(*, user) -> list[Invitation]:
+    """Usable invitations sent to the user's verified address, to teams they are not in yet."""
+    email = verified_email_of(user=user)
+    if not email:
+        return []
+    return list(Invitation.objects.filter(email__iexact=email, accepted_at=None, revoked_at=None,
+                                          expires_at__gt=timezone.now())
+                .exclude(team__memberships__user=user).select_related("team", "created_by"))

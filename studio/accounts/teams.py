@@ -19,8 +19,9 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from studio.accounts.models import ApiToken, Invitation, Membership, Team
-from studio.accounts.policy import Action, allows
+from studio.accounts.models import ApiToken, Invitation, Membership, Team, VerifiedEmail
+from studio.accounts.policy import Action, allows, invitation_is_for
+from studio.accounts.selectors import user_with_verified_email, verified_email_of
 from studio.audit.services import audit_record
 from studio.notifications.services import notification_create, send_link_by_email
 
@@ -74,7 +75,26 @@ def invitation_create(*, user, team: Team, role: str = Membership.Role.MEMBER, e
             send_link_by_email(address=invitation.email, link=join_url(raw),
                                text=f"{user.get_username()} invites you to the team {team.name} on Tuning Studio "
                                     f"as {role}; the link works once, until {invitation.expires_at:%Y-%m-%d}")
+            _tell_the_account_invited(invitation)
     return invitation, raw
+
+
+def _tell_the_account_invited(invitation: Invitation) -> None:
+    """An address that is already an account's (verified): the invitation waits on that user's
+    Invitations page, and they are told in the app (the mail with the link went already)."""
+    invitee = user_with_verified_email(invitation.email)
+    if invitee is None or Membership.objects.filter(user=invitee, team=invitation.team).exists():
+        return
+    notification_create(user=invitee, by_email=False,
+                        message=f"{invitation.created_by.get_username()} invites you to {invitation.team.name} as "
+                                f"{invitation.role}: accept it under Invitations in the header")
+
+
+def _remember_address(user, invitation: Invitation) -> None:
+    """Joining through a link sent to the account's own address shows the address is theirs."""
+    if (invitation.email and user.email.strip().lower() == invitation.email.lower()
+            and not verified_email_of(user=user) and user_with_verified_email(invitation.email) is None):
+        VerifiedEmail.objects.create(user=user, email=invitation.email.lower(), how=VerifiedEmail.How.INVITATION)
 
 
 def invitation_for_token(raw: str) -> Invitation | None:
@@ -95,13 +115,47 @@ def invitation_accept(*, user, raw: str, request=None) -> Membership:
             accepted_at=timezone.now(), accepted_by=user)
         if not claimed:
             raise TeamRefusal("This invitation link was used a moment ago; ask a team admin for a new one")
-        membership, created = Membership.objects.get_or_create(user=user, team=invitation.team,
-                                                               defaults={"role": invitation.role})
-        if not created:
-            raise TeamRefusal(f"You are already in {invitation.team.name} (as {membership.role})")
-        audit_record(user=user, team=invitation.team, action="member.added", target=user, request=request,
-                     detail={"role": invitation.role, "invitation": invitation.pk})
+        return _join(user=user, invitation=invitation, request=request)
+
+
+def _join(*, user, invitation: Invitation, request=None) -> Membership:
+    """The membership an accepted invitation gives (inside the caller's transaction, after it claimed it)."""
+    membership, created = Membership.objects.get_or_create(user=user, team=invitation.team,
+                                                           defaults={"role": invitation.role})
+    if not created:
+        raise TeamRefusal(f"You are already in {invitation.team.name} (as {membership.role})")
+    audit_record(user=user, team=invitation.team, action="member.added", target=user, request=request,
+                 detail={"role": invitation.role, "invitation": invitation.pk})
+    _remember_address(user, invitation)
     return membership
+
+
+def invitation_accept_addressed(*, user, invitation_id: int, request=None) -> Membership:
+    """Accept, from the user's Invitations page, an invitation sent to their verified address."""
+    invitation = Invitation.objects.select_related("team").filter(pk=invitation_id).first()
+    if invitation is None or not invitation_is_for(user=user, invitation=invitation):
+        raise TeamRefusal("No such invitation for you", status=404)
+    with transaction.atomic():
+        claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at=None, revoked_at=None,
+                                            expires_at__gt=timezone.now()).update(accepted_at=timezone.now(),
+                                                                                  accepted_by=user)
+        if not claimed:
+            raise TeamRefusal("This invitation is used up, revoked or expired; ask a team admin for a new one",
+                              status=410)
+        return _join(user=user, invitation=invitation, request=request)
+
+
+def invitation_decline(*, user, invitation_id: int, request=None) -> Invitation:
+    """Turn down an invitation sent to the user's verified address: it stops working, link and all."""
+    invitation = Invitation.objects.select_related("team").filter(pk=invitation_id).first()
+    if invitation is None or not invitation_is_for(user=user, invitation=invitation):
+        raise TeamRefusal("No such invitation for you", status=404)
+    with transaction.atomic():
+        if Invitation.objects.filter(pk=invitation.pk, accepted_at=None, revoked_at=None).update(
+                revoked_at=timezone.now()):
+            audit_record(user=user, team=invitation.team, action="invitation.revoked", target=invitation,
+                         request=request, detail={"declined": True})
+    return invitation
 
 
 def invitation_accept_as_new_user(*, raw: str, username: str, password: str, email: str = "", request=None):

@@ -17,10 +17,10 @@ from django.views.decorators.http import require_POST
 from studio.accounts.forms import InvitationForm, JoinForm
 from studio.accounts.models import Invitation, Membership, Team
 from studio.accounts.policy import Action, allows
-from studio.accounts.selectors import current_team, team_ids_for_user
-from studio.accounts.teams import (TeamRefusal, invitation_accept, invitation_create, invitation_for_token,
-                                   invitation_revoke, member_remove, member_set_role, team_switch,
-                                   invitation_accept_as_new_user)
+from studio.accounts.selectors import current_team, invitations_for_user, team_ids_for_user
+from studio.accounts.teams import (TeamRefusal, invitation_accept, invitation_accept_addressed, invitation_create,
+                                   invitation_decline, invitation_for_token, invitation_revoke, member_remove,
+                                   member_set_role, team_switch, invitation_accept_as_new_user)
 from studio.jobs.models import TeamQuota
 from studio.storage.selectors import team_storage_usage
 
@@ -134,3 +134,24 @@ def team_join(request, token: str):
             form.add_error("password", invalid)
     return render(request, "accounts/join.html", {"invitation": invitation, "form": form, "error": error},
                   status=400 if request.method == "POST" else 200)
+
+
+def invitation_list(request, *, error: str = "", status: int = 200):
+    """The invitations sent to the user's verified address: accept or decline, no link needed."""
+    return render(request, "accounts/invitations.html",
+                  {"invitations": invitations_for_user(user=request.user), "error": error}, status=status)
+
+
+@require_POST
+def invitation_respond(request, invitation_id: int, answer: str):
+    if answer not in ("accept", "decline"):
+        raise Http404("answer is accept or decline")
+    try:
+        if answer == "accept":
+            membership = invitation_accept_addressed(user=request.user, invitation_id=invitation_id, request=request)
+            team_switch(user=request.user, team_id=membership.team_id)
+            return redirect("team-page", slug=membership.team.slug)
+        invitation_decline(user=request.user, invitation_id=invitation_id, request=request)
+    except TeamRefusal as refusal:
+        return invitation_list(request, error=refusal.message, status=refusal.status)
+    return redirect("invitation-list")

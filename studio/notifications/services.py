@@ -30,11 +30,13 @@ def notification_create_for_job(*, job, status: str, message: str = "") -> Notif
     return notice
 
 
-def notification_create(*, user, message: str, level: str = "info", email_link: str = "") -> Notification:
+def notification_create(*, user, message: str, level: str = "info", email_link: str = "",
+                        by_email: bool = True) -> Notification:
     """A notice to ``user`` about something that concerns them (a team invitation, a role change);
-    e-mailed too when mail is set up and they have an address."""
+    e-mailed too when mail is set up and they have an address (unless ``by_email`` is False: a mail
+    about it went already)."""
     notice = Notification.objects.create(user=user, level=level, message=message[:500])
-    if settings.EMAIL_NOTIFICATIONS and user.email:
+    if by_email and settings.EMAIL_NOTIFICATIONS and user.email:
         transaction.on_commit(lambda: _send(user.email, message, email_link))
     return notice
 

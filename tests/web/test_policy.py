@@ -12,6 +12,7 @@ from django.test import Client
 
 from studio.accounts.models import Membership, Team
 from studio.accounts.services import api_token_create, default_team, user_create
+from studio.accounts.teams import invitation_create
 from studio.jobs.models import Job
 from studio.jobs.state import job_create
 from studio.live.consumers import JobEventsConsumer
@@ -149,12 +150,17 @@ def test_the_live_socket_follows_the_one_rule(people, role):
     assert socket(users, role, job, "view") == expected("view", role)
 
 
-# Sign-in settings are each user's own (the two-factor page names no one else); with
+# Sign-in settings and invitations are each user's own (the two-factor and invitations pages name no
+# one else; an invitation sent to another's address is hidden, as if it did not exist); with
 # REQUIRE_2FA_FOR_ADMINS, team admins are sent to set two-factor up before any other page.
 ENROL_FIRST = "enrol first"
+OWN = {"owner": ALLOWED, "teammate": ALLOWED, "admin": ALLOWED, "viewer": ALLOWED, "other team": ALLOWED,
+       "anonymous": LOGIN}
 ACCOUNT_RULE = {
-    "two-factor page": {"owner": ALLOWED, "teammate": ALLOWED, "admin": ALLOWED, "viewer": ALLOWED,
-                        "other team": ALLOWED, "anonymous": LOGIN},
+    "two-factor page": OWN,
+    "invitations page": OWN,
+    "accept another's invitation": {"owner": HIDDEN, "teammate": HIDDEN, "admin": HIDDEN, "viewer": HIDDEN,
+                                    "other team": HIDDEN, "anonymous": LOGIN},
     "job page, 2FA required": {"owner": ALLOWED, "teammate": ALLOWED, "admin": ENROL_FIRST, "viewer": ALLOWED,
                                "other team": ENROL_FIRST, "anonymous": LOGIN},
 }
@@ -164,8 +170,13 @@ ACCOUNT_RULE = {
 def test_the_sign_in_settings_follow_the_one_rule(people, settings, page, role):
     users, job = people
     settings.REQUIRE_2FA_FOR_ADMINS = page.endswith("required")
-    response = page_client(users, role).get("/accounts/two-factor/" if page == "two-factor page"
-                                            else f"/jobs/{job.pk}/")
+    client = page_client(users, role)
+    if page == "accept another's invitation":
+        invitation, _ = invitation_create(user=users["admin"], team=job.team, email="someone@example.com")
+        response = client.post(f"/invitations/{invitation.pk}/accept/")
+    else:
+        response = client.get({"two-factor page": "/accounts/two-factor/", "invitations page": "/invitations/"}
+                              .get(page, f"/jobs/{job.pk}/"))
     outcome = ENROL_FIRST if response.status_code == 302 and "required=1" in response.url else \
         outcome_of_page(response)
     assert outcome == ACCOUNT_RULE[page][role], f"{page}: {role} → {outcome}"
