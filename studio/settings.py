@@ -15,7 +15,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from studio.env import env_bool, env_int, env_list, env_str
+from studio.env import env_bool, env_group_teams, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("DATA_DIR") or BASE_DIR / "data").resolve()
@@ -132,7 +132,7 @@ PASSWORD_HASHERS = [
 # Logins and API tokens: django-axes locks a user name from an address after
 # LOGIN_FAILURE_LIMIT failures for LOGIN_LOCKOUT_MINUTES (studio.api.auth
 # counts bad API tokens the same way).
-AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+# (AUTHENTICATION_BACKENDS: below, with the identity provider's settings.)
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
@@ -160,6 +160,34 @@ SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # before anything else. API tokens keep working either way (they are the scripts' path).
 REQUIRE_2FA_FOR_ADMINS = env_bool("REQUIRE_2FA_FOR_ADMINS", False)
 OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Tuning Studio")
+# Sign-in with the organisation's identity provider over OpenID Connect (mozilla-django-oidc;
+# studio.accounts.oidc): on when OIDC_ISSUER is set. The endpoints come from the issuer's discovery
+# document unless given. OIDC_GROUP_TEAMS (JSON) puts a person into teams on their first sign-in by
+# the groups claim: {"ml-team": ["ml", "member"]}; OIDC_ALLOWED_GROUPS, when set, refuses anyone in
+# none of them. LOCAL_PASSWORDS=false turns passwords off: the identity provider is the only way in.
+OIDC_ISSUER = env_str("OIDC_ISSUER").rstrip("/")
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "your organisation's account")
+OIDC_RP_CLIENT_ID = env_str("OIDC_CLIENT_ID")
+OIDC_RP_CLIENT_SECRET = env_str("OIDC_CLIENT_SECRET")
+OIDC_RP_SIGN_ALGO = env_str("OIDC_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = env_str("OIDC_SCOPES", "openid email profile")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("OIDC_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = env_str("OIDC_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = env_str("OIDC_USERINFO_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = env_str("OIDC_JWKS_ENDPOINT")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = 10
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
+OIDC_GROUP_TEAMS = env_group_teams("OIDC_GROUP_TEAMS")
+OIDC_ALLOWED_GROUPS = env_list("OIDC_ALLOWED_GROUPS", [])
+LOCAL_PASSWORDS = env_bool("LOCAL_PASSWORDS", True)
+if OIDC_ISSUER and not (OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET):
+    raise ImproperlyConfigured("OIDC_ISSUER is set: set OIDC_CLIENT_ID and OIDC_CLIENT_SECRET too")
+if not LOCAL_PASSWORDS and not OIDC_ISSUER:
+    raise ImproperlyConfigured("LOCAL_PASSWORDS=false needs OIDC_ISSUER: nobody could sign in")
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend"] + (
+    ["django.contrib.auth.backends.ModelBackend"] if LOCAL_PASSWORDS else []) + (
+    ["studio.accounts.oidc.IdentityProviderBackend"] if OIDC_ISSUER else [])
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from studio.accounts import views_login, views_two_factor
+from studio.accounts import views_login, views_oidc, views_two_factor
 from studio.accounts import views_teams as teams
 from studio.artifacts import views as artifacts
 from studio.artifacts import views_publish as artifacts_publish
@@ -17,6 +17,10 @@ urlpatterns = [
     path("accounts/login/code/", views_login.login_code, name="login-code"),
     # The admin's own login would skip the two-factor step: it goes through the studio's.
     path("admin/login/", views_login.login_view),
+    # The identity provider (OpenID Connect); the names are mozilla-django-oidc's own.
+    path("oidc/authenticate/", views_oidc.sign_in, name="oidc_authentication_init"),
+    path("oidc/callback/", views_oidc.sign_in_callback, name="oidc_authentication_callback"),
+    path("accounts/sign-in-refused/", views_oidc.sign_in_refused, name="sign-in-refused"),
     path("accounts/two-factor/", views_two_factor.two_factor_page, name="two-factor"),
     path("accounts/two-factor/start/", views_two_factor.two_factor_start, name="two-factor-start"),
     path("accounts/two-factor/confirm/", views_two_factor.two_factor_confirm, name="two-factor-confirm"),

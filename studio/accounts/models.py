@@ -129,3 +129,19 @@ class VerifiedEmail(models.Model):
 
     def __str__(self):
         return f"{self.email} ({self.how})"
+
+
+class ExternalIdentity(models.Model):
+    """The account a person at the identity provider signs in to: the provider's ``sub`` for them is
+    stable where their e-mail address may change."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="external_identities")
+    issuer = models.CharField(max_length=300)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="one_account_per_identity")]
+
+    def __str__(self):
+        return f"{self.subject} at {self.issuer}"

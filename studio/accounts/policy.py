@@ -16,7 +16,9 @@ exist. Acting on it needs more:
 
 A user's API tokens, notifications and sign-in settings (two-factor) are their
 own alone. An invitation sent to an address is, besides its link, for the one
-account whose verified address that is (``invitation_is_for``). With REQUIRE_2FA_FOR_ADMINS, site staff and team admins who sign in
+account whose verified address that is (``invitation_is_for``). Through the
+identity provider, with OIDC_ALLOWED_GROUPS set, only people in one of those
+groups come in (``identity_provider_refusal``). With REQUIRE_2FA_FOR_ADMINS, site staff and team admins who sign in
 with a local password must set up two-factor before anything else
 (``must_enrol_second_factor``); API tokens, the script path, keep working.
 """
@@ -104,3 +106,13 @@ def invitation_is_for(*, user, invitation) -> bool:
     address (an address merely typed on a form could be anyone's)."""
     email = verified_email_of(user=user)
     return bool(email and invitation.email and invitation.email.lower() == email.lower())
+
+
+def identity_provider_refusal(*, groups: list[str]) -> str:
+    """Why a person the identity provider vouched for may not sign in here ("" if they may):
+    OIDC_ALLOWED_GROUPS, when set, lets in only people in at least one of those groups."""
+    allowed = settings.OIDC_ALLOWED_GROUPS
+    if allowed and not set(groups) & set(allowed):
+        return (f"Your account at {settings.OIDC_PROVIDER_NAME} is in none of the groups allowed to use this "
+                f"studio ({', '.join(allowed)}); ask your IT admin to add you to one of them.")
+    return ""

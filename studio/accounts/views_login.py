@@ -1,7 +1,9 @@
 """Logging in: the password, then, for an account with two-factor on, a code
 from the authenticator app or a recovery code. The session is logged in only
 after both, so no page, API read or WebSocket ever sees a half-signed-in user.
-The Django admin's login goes through here too (studio/urls.py)."""
+The Django admin's login goes through here too (studio/urls.py). With an
+identity provider set up, the page offers it; with LOCAL_PASSWORDS=false it
+is the only way in, and the password steps refuse."""
 
 from __future__ import annotations
 
@@ -31,10 +33,23 @@ def _next(request) -> str:
     return reverse(settings.LOGIN_REDIRECT_URL)
 
 
+PASSWORDS_OFF = "Passwords are turned off here: sign in through your organisation's identity provider."
+
+
+def _page(request, form, *, status: int = 200, error: str = ""):
+    return render(request, "accounts/login.html", {
+        "form": form, "next": request.POST.get("next") or request.GET.get("next", ""), "error": error,
+        "local_passwords": settings.LOCAL_PASSWORDS, "provider": settings.OIDC_PROVIDER_NAME,
+        "oidc": bool(settings.OIDC_ISSUER)}, status=status)
+
+
 @login_not_required
 @never_cache
 @require_http_methods(["GET", "POST"])
 def login_view(request):
+    if not settings.LOCAL_PASSWORDS:
+        return _page(request, None, status=403 if request.method == "POST" else 200,
+                     error=PASSWORDS_OFF if request.method == "POST" else "")
     form = AuthenticationForm(request, data=request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         user = form.get_user()
@@ -45,8 +60,7 @@ def login_view(request):
             return redirect("login-code")
         login(request, user)
         return redirect(_next(request))
-    return render(request, "accounts/login.html", {"form": form, "next": request.GET.get("next", "")},
-                  status=400 if request.method == "POST" else 200)
+    return _page(request, form, status=400 if request.method == "POST" else 200)
 
 
 @login_not_required
@@ -55,7 +69,7 @@ def login_view(request):
 def login_code(request):
     """The second step: a code from the app (or a recovery code) for the user the password step found."""
     pending = request.session.get(PENDING)
-    if not pending or time.time() - pending["at"] > PENDING_FOR_S:
+    if not settings.LOCAL_PASSWORDS or not pending or time.time() - pending["at"] > PENDING_FOR_S:
         request.session.pop(PENDING, None)
         return redirect("login")
     user = get_user_model().objects.filter(pk=pending["user"], is_active=True).first()

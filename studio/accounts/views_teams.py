@@ -5,6 +5,7 @@ what is the one policy (``Action.MANAGE`` for admins); another team's page is
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ValidationError
@@ -18,6 +19,7 @@ from studio.accounts.forms import InvitationForm, JoinForm
 from studio.accounts.models import Invitation, Membership, Team
 from studio.accounts.policy import Action, allows
 from studio.accounts.selectors import current_team, invitations_for_user, team_ids_for_user
+from studio.accounts.views_login import PASSWORDS_OFF
 from studio.accounts.teams import (TeamRefusal, invitation_accept, invitation_accept_addressed, invitation_create,
                                    invitation_decline, invitation_for_token, invitation_revoke, member_remove,
                                    member_set_role, team_switch, invitation_accept_as_new_user)
@@ -116,24 +118,29 @@ def team_join(request, token: str):
     if invitation is None:
         return render(request, "accounts/join.html", {"error": "This invitation link is used up, revoked or "
                                                                "expired; ask a team admin for a new one."}, status=410)
-    form, error = JoinForm(initial={"email": invitation.email}), ""
+    form, error, status = JoinForm(initial={"email": invitation.email}), "", 400
     if request.method == "POST":
         try:
             if request.user.is_authenticated:
                 invitation_accept(user=request.user, raw=token, request=request)
                 team_switch(user=request.user, team_id=invitation.team_id)
                 return redirect("team-page", slug=invitation.team.slug)
+            if not settings.LOCAL_PASSWORDS:  # accounts come from the identity provider only
+                raise TeamRefusal(PASSWORDS_OFF, status=403)
             form = JoinForm(request.POST)
             if form.is_valid():
                 user = invitation_accept_as_new_user(raw=token, request=request, **form.cleaned_data)
                 login(request, user, backend="django.contrib.auth.backends.ModelBackend")
                 return redirect("team-page", slug=invitation.team.slug)
         except TeamRefusal as refusal:
-            error = refusal.message
+            error, status = refusal.message, 403 if refusal.status == 403 else 400
         except ValidationError as invalid:
             form.add_error("password", invalid)
-    return render(request, "accounts/join.html", {"invitation": invitation, "form": form, "error": error},
-                  status=400 if request.method == "POST" else 200)
+    return render(request, "accounts/join.html", {"invitation": invitation, "form": form, "error": error,
+                                                  "local_passwords": settings.LOCAL_PASSWORDS,
+                                                  "oidc": bool(settings.OIDC_ISSUER),
+                                                  "provider": settings.OIDC_PROVIDER_NAME},
+                  status=status if request.method == "POST" else 200)
 
 
 def invitation_list(request, *, error: str = "", status: int = 200):
