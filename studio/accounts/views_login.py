@@ -60,7 +60,7 @@ def login_view(request):
             return redirect("login-code")
         login(request, user)
         return redirect(_next(request))
-    return _page(request, form, status=400 if request.method == "POST" else 200)
+    return _page(request, form)  # a wrong password: 200 with the form's message, as Django's own LoginView
 
 
 @login_not_required

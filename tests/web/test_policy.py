@@ -16,6 +16,7 @@ from studio.accounts.teams import invitation_create
 from studio.jobs.models import Job
 from studio.jobs.state import job_create
 from studio.live.consumers import JobEventsConsumer
+from tests.oidc_provider import CLIENT_ID, OidcProvider
 
 ALLOWED, REFUSED, HIDDEN, LOGIN = "allowed", "refused", "hidden", "login"
 ROLES = ["owner", "teammate", "admin", "viewer", "other team", "anonymous"]
@@ -161,6 +162,8 @@ ACCOUNT_RULE = {
     "invitations page": OWN,
     "accept another's invitation": {"owner": HIDDEN, "teammate": HIDDEN, "admin": HIDDEN, "viewer": HIDDEN,
                                     "other team": HIDDEN, "anonymous": LOGIN},
+    # The way in is open to everyone (the provider and OIDC_ALLOWED_GROUPS decide, tests/web/test_oidc.py).
+    "identity-provider sign-in": {role: ALLOWED for role in ROLES},
     "job page, 2FA required": {"owner": ALLOWED, "teammate": ALLOWED, "admin": ENROL_FIRST, "viewer": ALLOWED,
                                "other team": ENROL_FIRST, "anonymous": LOGIN},
 }
@@ -174,6 +177,14 @@ def test_the_sign_in_settings_follow_the_one_rule(people, settings, page, role):
     if page == "accept another's invitation":
         invitation, _ = invitation_create(user=users["admin"], team=job.team, email="someone@example.com")
         response = client.post(f"/invitations/{invitation.pk}/accept/")
+    elif page == "identity-provider sign-in":
+        provider = OidcProvider()
+        settings.OIDC_ISSUER, settings.OIDC_RP_CLIENT_ID = provider.start(), CLIENT_ID
+        try:
+            response = client.get("/oidc/authenticate/")
+        finally:
+            provider.stop()
+        assert response.status_code == 302 and response.url.startswith(f"{settings.OIDC_ISSUER}/authorize?")
     else:
         response = client.get({"two-factor page": "/accounts/two-factor/", "invitations page": "/invitations/"}
                               .get(page, f"/jobs/{job.pk}/"))
