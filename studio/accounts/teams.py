@@ -130,11 +130,17 @@ def _join(*, user, invitation: Invitation, request=None) -> Membership:
     return membership
 
 
-def invitation_accept_addressed(*, user, invitation_id: int, request=None) -> Membership:
-    """Accept, from the user's Invitations page, an invitation sent to their verified address."""
+def _addressed_to(user, invitation_id: int) -> Invitation:
+    """The invitation, if it was sent to the user's verified address; else 404, as if it did not exist."""
     invitation = Invitation.objects.select_related("team").filter(pk=invitation_id).first()
     if invitation is None or not invitation_is_for(user=user, invitation=invitation):
         raise TeamRefusal("No such invitation for you", status=404)
+    return invitation
+
+
+def invitation_accept_addressed(*, user, invitation_id: int, request=None) -> Membership:
+    """Accept, from the user's Invitations page, an invitation sent to their verified address."""
+    invitation = _addressed_to(user, invitation_id)
     with transaction.atomic():
         claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at=None, revoked_at=None,
                                             expires_at__gt=timezone.now()).update(accepted_at=timezone.now(),
@@ -147,9 +153,7 @@ def invitation_accept_addressed(*, user, invitation_id: int, request=None) -> Me
 
 def invitation_decline(*, user, invitation_id: int, request=None) -> Invitation:
     """Turn down an invitation sent to the user's verified address: it stops working, link and all."""
-    invitation = Invitation.objects.select_related("team").filter(pk=invitation_id).first()
-    if invitation is None or not invitation_is_for(user=user, invitation=invitation):
-        raise TeamRefusal("No such invitation for you", status=404)
+    invitation = _addressed_to(user, invitation_id)
     with transaction.atomic():
         if Invitation.objects.filter(pk=invitation.pk, accepted_at=None, revoked_at=None).update(
                 revoked_at=timezone.now()):

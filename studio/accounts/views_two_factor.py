@@ -39,20 +39,22 @@ def two_factor_start(request):
     return redirect("two-factor")
 
 
-@require_POST
-def two_factor_confirm(request):
-    codes = enrolment_confirm(user=request.user, code=request.POST.get("code", ""), request=request)
+def _show_new_codes(request, make_codes):
+    """The page with the recovery codes ``make_codes`` gave for the posted code, or why not."""
+    codes = make_codes(user=request.user, code=request.POST.get("code", ""), request=request)
     if codes is None:
         return two_factor_page(request, error=WRONG_CODE, status=400)
     return two_factor_page(request, codes=codes)
+
+
+@require_POST
+def two_factor_confirm(request):
+    return _show_new_codes(request, enrolment_confirm)
 
 
 @require_POST
 def two_factor_recovery_codes(request):
-    codes = recovery_codes_renew(user=request.user, code=request.POST.get("code", ""), request=request)
-    if codes is None:
-        return two_factor_page(request, error=WRONG_CODE, status=400)
-    return two_factor_page(request, codes=codes)
+    return _show_new_codes(request, recovery_codes_renew)
 
 
 @require_POST
