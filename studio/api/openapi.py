@@ -184,7 +184,8 @@ MEMBER = {"type": "object", "properties": {
 INVITATION = {"type": "object", "properties": {
     "object": {"const": "invitation"}, "id": {"type": "integer"}, "role": {"type": "string"},
     "email": {"type": ["string", "null"]}, "expires_at": {"type": "integer"},
-    "url": {"type": "string", "description": "The join link; it is shown here only, and works once."}}}
+    "team": {"type": "string", "description": "The team's slug (listing your invitations)."},
+    "url": {"type": "string", "description": "The join link; it is shown when the invitation is made, only then."}}}
 
 UPLOAD = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
@@ -306,6 +307,17 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
                     "role": {"enum": ["viewer", "member", "admin"], "default": "member"},
                     "email": {"type": "string", "format": "email", "description": "The link is e-mailed there too."},
                     "days": {"type": "integer", "minimum": 1, "maximum": 30, "default": 7}}}}}})},
+            "/invitations": {"get": _op(
+                "listMyInvitations", "Invitations sent to your verified e-mail address",
+                _json(_list_of("Invitation"), "Usable invitations to teams you are not in"), errors=("401",))},
+            "/invitations/{invitation_id}/accept": {"post": _op(
+                "acceptInvitation", "Join the team of an invitation sent to your verified address",
+                _json(_ref("Member"), "Your membership"), params=[_id_param("invitation_id")],
+                errors=("401", "403", "404"), more={"410": _json(_ref("Error"), "Used up, revoked or expired")})},
+            "/invitations/{invitation_id}/decline": {"post": _op(
+                "declineInvitation", "Turn down an invitation sent to your verified address (its link stops too)",
+                _json(_ref("Invitation"), "The invitation"), params=[_id_param("invitation_id")],
+                errors=("401", "403", "404"))},
             "/openapi.json": {"get": _op("openapi", "This document", _json({"type": "object"}, "OpenAPI 3.1"),
                                          errors=("401",))},
         },

@@ -24,6 +24,9 @@ urlpatterns = [
     path("teams/<str:team>/members", teams.members_collection, name="api-team-members"),
     path("teams/<str:team>/members/<int:user_id>", teams.member_detail, name="api-team-member"),
     path("teams/<str:team>/invitations", teams.invitations_collection, name="api-team-invitations"),
+    path("invitations", teams.my_invitations, name="api-invitations"),
+    path("invitations/<int:invitation_id>/accept", teams.my_invitation_accept, name="api-invitation-accept"),
+    path("invitations/<int:invitation_id>/decline", teams.my_invitation_decline, name="api-invitation-decline"),
     path("openapi.json", files.openapi_json, name="api-openapi"),
     re_path(r"^(?P<rest>.*)$", files.api_not_found, name="api-not-found"),  # last: JSON 404 for the rest
 ]

@@ -1,13 +1,17 @@
 """/api/v1/teams/{team}/…: a team's members and invitations, so that a team
 can be provisioned by a script. The same services and access rule as the
-team page (team admins manage; every member reads the member list)."""
+team page (team admins manage; every member reads the member list).
+/api/v1/invitations: the invitations sent to the caller's verified address,
+to accept or decline as on their Invitations page."""
 
 from __future__ import annotations
 
 from django.urls import reverse
 
 from studio.accounts.models import Membership
-from studio.accounts.teams import TeamRefusal, invitation_create, member_remove, member_set_role
+from studio.accounts.selectors import invitations_for_user
+from studio.accounts.teams import (TeamRefusal, invitation_accept_addressed, invitation_create, invitation_decline,
+                                   member_remove, member_set_role)
 from studio.api.auth import api_view
 from studio.api.bodies import json_body
 from studio.api.errors import ApiError
@@ -68,3 +72,41 @@ def invitations_collection(request, team: str):
             "email": invitation.email or None, "expires_at": unix(invitation.expires_at),
             "url": request.build_absolute_uri(reverse("team-join", args=[raw]))}
 
+
+
+def _addressed_json(invitation) -> dict:
+    return {"object": "invitation", "id": invitation.pk, "team": invitation.team.slug, "role": invitation.role,
+            "email": invitation.email, "expires_at": unix(invitation.expires_at)}
+
+
+@api_view("GET")
+def my_invitations(request):
+    return {"object": "list", "data": [_addressed_json(i) for i in invitations_for_user(user=request.caller.user)],
+            "has_more": False}
+
+
+def _answering(request) -> object:
+    """The caller, who may answer invitations: not with a token tied to one team (it acts only there)."""
+    if request.caller.token is not None and request.caller.token.team_id is not None:
+        raise ApiError(403, "A token tied to one team cannot answer invitations to others; use a token for all "
+                            "your teams")
+    return request.caller.user
+
+
+@api_view("POST")
+def my_invitation_accept(request, invitation_id: int):
+    try:
+        membership = invitation_accept_addressed(user=_answering(request), invitation_id=invitation_id,
+                                                 request=request)
+    except TeamRefusal as refusal:
+        raise _refused(refusal) from None
+    return {**_member_json(membership), "team": membership.team.slug}
+
+
+@api_view("POST")
+def my_invitation_decline(request, invitation_id: int):
+    try:
+        invitation = invitation_decline(user=_answering(request), invitation_id=invitation_id, request=request)
+    except TeamRefusal as refusal:
+        raise _refused(refusal) from None
+    return {**_addressed_json(invitation), "declined": True}

@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 
 from studio.accounts.models import Membership, Team, VerifiedEmail
-from studio.accounts.services import default_team, user_create
+from studio.accounts.services import api_token_create, default_team, user_create
 from studio.audit.models import AuditEntry
 from studio.notifications.models import Notification
 
@@ -87,3 +87,24 @@ def test_joining_through_a_link_sent_to_ones_own_address_verifies_it(people):
     other_link = invite(ada, team, "someone@example.com")
     Client().post(other_link, {"username": "claims", "password": "a-long-enough-pass", "email": "ceo@example.com"})
     assert not VerifiedEmail.objects.filter(email="ceo@example.com").exists()  # a typed address stays unverified
+
+
+def test_the_api_lists_and_answers_them(people):
+    team, ada, nina = people
+    invite(ada, team, "nina@example.com", role="viewer")
+    tied = Client(HTTP_AUTHORIZATION="Bearer " + api_token_create(user=nina, name="t", team=nina_team(nina))[1])
+    listed = tied.get("/api/v1/invitations").json()["data"]
+    assert [(i["team"], i["role"]) for i in listed] == [(team.slug, "viewer")]
+    refused = tied.post(f"/api/v1/invitations/{listed[0]['id']}/accept")
+    assert refused.status_code == 403 and "tied to one team" in refused.json()["error"]["message"]
+    script = Client(HTTP_AUTHORIZATION="Bearer " + api_token_create(user=nina, name="all")[1])
+    joined = script.post(f"/api/v1/invitations/{listed[0]['id']}/accept")
+    assert joined.status_code == 200 and joined.json()["team"] == team.slug and joined.json()["role"] == "viewer"
+    assert script.get("/api/v1/invitations").json()["data"] == []
+    mallory = user_create(username="mallory", password="pw-mallory-123", team=Team.objects.create(name="R", slug="r"))
+    other = Client(HTTP_AUTHORIZATION="Bearer " + api_token_create(user=mallory, name="m")[1])
+    assert other.post(f"/api/v1/invitations/{listed[0]['id']}/decline").status_code == 404
+
+
+def nina_team(nina):
+    return Membership.objects.filter(user=nina).select_related("team").first().team
