@@ -89,6 +89,10 @@ class IdentityProviderBackend(OIDCAuthenticationBackend):
             request.session[REFUSAL] = "The identity provider's answer could not be verified; try again."
         return None
 
+    def get_user(self, user_id):
+        user = super().get_user(user_id)  # the library's returns deactivated accounts too; Django's does not
+        return user if user is not None and self.user_can_authenticate(user) else None
+
     def verify_token(self, token, **kwargs):
         payload = super().verify_token(token, **kwargs)
         if str(payload.get("iss", "")).rstrip("/") != settings.OIDC_ISSUER:

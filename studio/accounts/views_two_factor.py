@@ -35,6 +35,9 @@ def two_factor_start(request):
     if not request.user.has_usable_password():
         return two_factor_page(request, error="Your account signs in through the identity provider; "
                                               "set up two-factor there.", status=400)
+    if has_second_factor(request.user):  # a new phone: turn it off first, which needs a current code
+        return two_factor_page(request, error="Two-factor is on already; to move it to another app, turn it off "
+                                              "(with a current code) and set it up again.", status=409)
     enrolment_start(user=request.user)
     return redirect("two-factor")
 

@@ -11,6 +11,7 @@ LOCAL_PASSWORDS=false the password ways in refuse."""
 
 import pytest
 import requests
+from django.contrib.auth import get_user_model
 from django.test import Client
 
 from studio.accounts.models import ExternalIdentity, Membership, Team, VerifiedEmail
@@ -71,6 +72,10 @@ def test_a_new_colleague_lands_in_the_team_their_group_maps_to(live_server, prov
     assert ExternalIdentity.objects.get().user == membership.user
     membership.refresh_from_db()
     assert membership.role == "member"  # the mapping applies on the first sign-in only
+
+    get_user_model().objects.filter(pk=membership.user_id).update(is_active=False)
+    signed_out = again.browser.get(f"{live_server.url}/datasets/", allow_redirects=False, timeout=30)
+    assert signed_out.status_code == 302 and "/accounts/login/" in signed_out.headers["Location"]
 
 
 def test_a_group_that_is_not_allowed_gets_a_page_saying_so(live_server, provider, settings):

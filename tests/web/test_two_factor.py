@@ -107,6 +107,8 @@ def test_a_recovery_code_works_once(ada):
 
 def test_turning_off_needs_a_current_code(ada):
     secret, _ = enrol(client := logged_in(ada))
+    again = client.post("/accounts/two-factor/start/")  # a stolen session cannot move it to another phone
+    assert again.status_code == 409 and "turn it off" in again.content.decode()
     assert client.post("/accounts/two-factor/disable/", {"code": "nope"}).status_code == 400
     assert client.post("/accounts/two-factor/disable/", {"code": code_for(secret, steps_ahead=1)}).status_code == 302
     assert "2fa.disabled" in AuditEntry.objects.values_list("action", flat=True)
