@@ -2,7 +2,8 @@
 """The one command for a fresh machine.
 
     python3 run.py [--host 127.0.0.1] [--port 8000]   run Tuning Studio
-    python3 run.py test [PYTEST ARGS ...]             run the test suite
+    python3 run.py test [--db sqlite|postgres] [PYTEST ARGS ...]
+                                                      run the test suite on SQLite, then on Postgres
 
 Standard library only: it runs before anything is installed. It creates
 .venv, installs the pinned requirements once (a stamp file named after
@@ -105,6 +106,34 @@ def install_test_tools() -> None:
         apt_install("chromium")
 
 
+TEST_DATABASES = ("sqlite", "postgres")
+
+
+def run_tests(args: list[str]) -> int:
+    """The suite once per database: SQLite (the embedded default), then a real Postgres server that
+    tests/postgres.py starts from a wheel for the run. ``--db NAME`` picks one. Both passes run even when
+    the first fails (each says what breaks on its database); the exit code is the first failure's."""
+    databases = TEST_DATABASES
+    if "--db" in args:
+        at = args.index("--db")
+        if at + 1 >= len(args) or args[at + 1] not in TEST_DATABASES:
+            sys.exit(f"[run.py] --db takes one of: {', '.join(TEST_DATABASES)}")
+        databases, args = (args[at + 1],), args[:at] + args[at + 2:]
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    pytest = [str(VENV_PYTHON), "-m", "pytest", *args]
+    exit_code = 0
+    for number, database in enumerate(databases, 1):
+        say(f"test pass {number}/{len(databases)}: {database}")
+        cmd = pytest if database == "sqlite" else [str(VENV_PYTHON), "-m", "tests.postgres", *pytest]
+        try:
+            code = subprocess.run(cmd, env=env).returncode
+        except KeyboardInterrupt:  # the child got Ctrl-C too and has stopped
+            return 130
+        say(f"test pass {number}/{len(databases)} ({database}) exited with {code}")
+        exit_code = exit_code or code
+    return exit_code
+
+
 def main() -> None:
     if sys.version_info < (3, 11):
         sys.exit(f"[run.py] Tuning Studio needs Python 3.11 or newer; this is {sys.version.split()[0]}")
@@ -114,10 +143,9 @@ def main() -> None:
     install_runtime()
     if args[:1] == ["test"]:
         install_test_tools()
-        cmd = [str(VENV_PYTHON), "-m", "pytest", *args[1:]]
-    else:
-        cmd = [str(VENV_PYTHON), "-m", "studio.launcher", *args]
-    # exec: the launcher (or pytest) gets Ctrl-C directly and its exit code is ours.
+        sys.exit(run_tests(args[1:]))
+    cmd = [str(VENV_PYTHON), "-m", "studio.launcher", *args]
+    # exec: the launcher gets Ctrl-C directly and its exit code is ours.
     os.execv(cmd[0], cmd)
 
 

@@ -19,6 +19,7 @@ import websockets
 
 from studio import launcher
 from studio.jobs.kinds import JOB_KINDS
+from tests.postgres import is_postgres
 from tests.stack import Stack, _quiet
 
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -105,13 +106,19 @@ class Supervised:
 
 
 class Peek:
-    """Reads the studio's SQLite database directly, so the test can look
-    while the web server is down."""
+    """Reads the studio's database directly (SQLite, or Postgres on the
+    suite's Postgres pass), so the test can look while the web server is down."""
 
     def __init__(self, stack: Stack):
         self.path = stack.data_dir / "studio.sqlite3"
+        self.postgres_url = stack.env.get("DATABASE_URL") if is_postgres(stack.env.get("DATABASE_URL")) else None
 
     def _rows(self, sql: str, *args) -> list[tuple]:
+        if self.postgres_url:
+            import psycopg
+
+            with psycopg.connect(self.postgres_url) as db:
+                return db.execute(sql.replace("?", "%s"), args).fetchall()
         with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30) as db:
             return db.execute(sql, args).fetchall()
 

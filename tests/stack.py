@@ -1,7 +1,8 @@
 """A real studio for integration and browser tests: the embedded Redis
 server, uvicorn and the launcher's Celery workers (jobs, dataset work, the
 interactive queue) as separate processes, on 127.0.0.1,
-with their own DATA_DIR and SQLite database, and the tiny model registered."""
+with their own DATA_DIR and database (SQLite there, or, on the suite's
+Postgres pass, a new database on that server), and the tiny model registered."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import requests
 
 from studio import launcher
 from tests.hub_server import HubServer
+from tests.postgres import create_database, is_postgres
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = ("admin", "admin-pass-123")
@@ -171,6 +173,9 @@ def start_stack(data_dir: Path, tiny_model: Path, **extra_env: str) -> Stack:
         env["OMP_NUM_THREADS"] = str(threads_per_process())
     for variable in ("DATABASE_URL", "MEDIA_ROOT", "SECRET_KEY"):
         env.pop(variable, None)
+    if is_postgres(os.environ.get("DATABASE_URL")):  # the suite's Postgres pass: a database of its own there
+        name = re.sub(r"\W", "_", f"stack_{data_dir.name}_{os.getpid()}")
+        env["DATABASE_URL"] = create_database(os.environ["DATABASE_URL"], name)
     hub = HubServer()  # the stack's model hub (tests add repos to stack.hub.repos)
     env["HF_ENDPOINT"] = hub.start()
     stack = Stack(data_dir=data_dir, env=env, procs=[redis_proc], hub=hub)

@@ -105,3 +105,16 @@ def test_docker_compose_config_accepts_the_file():
         [binary, "-f", str(COMPOSE_FILE), "config"], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert refused.returncode != 0 and "SECRET_KEY" in refused.stderr
+
+
+def test_postgres_and_redis_are_not_published_and_the_web_waits_for_them(services):
+    # docs/DEPLOYMENT.md: users reach the web server only; the database and the broker stay on the
+    # deployment's network, and the web server (which migrates) starts once both answer their health checks.
+    assert "ports" not in services["postgres"] and "ports" not in services["redis"]
+    assert services["web"]["ports"] == ["${STUDIO_PORT:-8000}:8000"]
+    assert services["web"]["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                             "redis": {"condition": "service_healthy"}}
+    for worker in ("worker", "dataset", "interactive"):  # workers start on a migrated database
+        assert services[worker]["depends_on"] == {"web": {"condition": "service_healthy"}}
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    assert "ping" in services["redis"]["healthcheck"]["test"]

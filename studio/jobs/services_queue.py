@@ -15,7 +15,7 @@ from django.utils import timezone
 from studio.accounts.policy import Action, job_allows, may_preempt, refusal
 from studio.jobs.events import job_event_record
 from studio.jobs.fair_share import queued_fair_order
-from studio.jobs.models import Job
+from studio.jobs.models import Job, TeamQuota
 from studio.jobs.selectors_queue import ACTIVE, queued_in_order, quota_wait_reason
 from studio.jobs.state import job_enqueue, job_set_status
 from tuning.errors import ConfigError
@@ -23,18 +23,26 @@ from tuning.methods import METHODS
 
 
 def job_claim_next(*, pool: str, worker_name: str) -> Job | None:
-    """Claim the next job this pool should run (priority, then fair share), or None when none may start."""
+    """Claim the next job this pool should run (priority, then fair share), or None when none may start.
+
+    Workers claim at once (on Postgres truly in parallel): a job is taken by
+    one conditional update, which a second claimer of the same row waits for
+    and then finds no longer queued. A team with a quota has its quota row
+    locked (``select_for_update``) from the check to the commit, so that two
+    workers cannot both see the team under its running-jobs limit and both
+    start one of its jobs. (SQLite's IMMEDIATE transactions serialise every
+    claim anyway; Postgres needs the lock.)"""
     gpu_pool = pool in settings.GPU_POOLS
-    held_back: dict[int, str] = {}  # team -> its quota's reason, asked once per claim
+    held_back: set[int] = set()  # teams over their quota: asked once per claim
     for pk in queued_fair_order(queued_in_order(pool), pool):
         job = Job.objects.filter(pk=pk).first()
-        if job is None:
-            continue
-        if job.team_id not in held_back:
-            held_back[job.team_id] = quota_wait_reason(job.team_id, gpu_pool=gpu_pool)
-        if held_back[job.team_id]:
+        if job is None or job.team_id in held_back:
             continue
         with transaction.atomic():
+            list(TeamQuota.objects.select_for_update().filter(team_id=job.team_id))  # held until the commit
+            if quota_wait_reason(job.team_id, gpu_pool=gpu_pool):
+                held_back.add(job.team_id)
+                continue
             claimed = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
                 status=Job.Status.RUNNING, worker_name=worker_name[:200], started_at=timezone.now(),
                 heartbeat_at=timezone.now(), attempts=F("attempts") + 1)

@@ -27,6 +27,11 @@ def attach_jobs(apps, schema_editor):
             if kind == "analyse" and not failed:
                 row.notice = row.message
             row.save()
+    if schema_editor.connection.vendor == "postgresql":
+        # The rows above leave foreign-key checks pending until the commit, and Postgres refuses to ALTER a table
+        # with pending trigger events (the AlterFields below): run the checks now, then defer them again.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        schema_editor.execute("SET CONSTRAINTS ALL DEFERRED")
 
 
 class Migration(migrations.Migration):

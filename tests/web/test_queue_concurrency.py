@@ -1,0 +1,132 @@
+"""The queue under real concurrency, on Postgres: 30 jobs of 3 users, 4
+worker processes claiming at once (tests/web/queue_worker.py runs the real
+``worker.runner.run_job``), while an admin reorders the queue and changes
+priorities under them. Each job is claimed and ended exactly once, no event
+is lost or doubled, a team's running-jobs quota holds although its jobs are
+claimed by four workers at once, and a job moved to the top of the queue
+while the others wait starts before them.
+
+It needs a database that several processes share: it runs on the suite's
+Postgres pass (``run.py test``; ``python -m tests.postgres pytest ...``)
+and is skipped on SQLite, whose test database lives in this process's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from studio.accounts.models import Membership, Team
+from studio.accounts.services import default_team, user_create
+from studio.jobs.kinds import JOB_KINDS, JobKind, register_job_kind
+from studio.jobs.models import Job, TeamQuota
+from studio.jobs.selectors_queue import queued_in_order
+from studio.jobs.services_queue import job_move, job_set_priority
+from studio.jobs.state import job_create
+from tests.postgres import database_url_for, is_postgres
+
+REPO = Path(__file__).resolve().parents[2]
+POOL = "concurrency"
+WORKERS = 4
+JOBS_PER_USER = 10
+STEPS = 4
+TOP = 100  # the highest priority the queue allows; the shuffling below stays under it
+
+pytestmark = pytest.mark.skipif(not is_postgres(os.environ.get("DATABASE_URL")),
+                                reason="needs a database shared by several processes: the suite's Postgres pass")
+
+
+@pytest.fixture
+def slow_kind():
+    register_job_kind(JobKind(name="slow", label="Slow", run="tests.web.queue_worker.run_slowly"))
+    yield
+    del JOB_KINDS["slow"]
+
+
+def _start_workers(go_file: Path) -> list[subprocess.Popen]:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "studio.test_settings",
+           # the workers use the database this test writes to: pytest-django's test database on the same server
+           "DATABASE_URL": database_url_for(os.environ["DATABASE_URL"], connection.settings_dict["NAME"])}
+    return [subprocess.Popen([sys.executable, "-m", "tests.web.queue_worker", POOL, f"worker-{n}", str(go_file)],
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for n in range(WORKERS)]
+
+
+def _shuffle_while_claimed(admins: dict[int, object], seconds: float) -> int:
+    """Random priority changes and moves to the front or back of queued jobs, as an admin would click them."""
+    rng, changes, until = random.Random(18), 0, time.monotonic() + seconds
+    while time.monotonic() < until:
+        queued = list(Job.objects.filter(device_pool=POOL, status="queued"))
+        if not queued:
+            break
+        job = rng.choice(queued)
+        if rng.random() < 0.5:
+            job_set_priority(job=job, priority=rng.randint(-50, 50), user=admins[job.team_id])
+        else:
+            job_move(job=job, direction=rng.choice(["front", "back"]), user=admins[job.team_id])
+        changes += 1
+    return changes
+
+
+@pytest.mark.timeout(300)
+def test_thirty_jobs_four_workers_each_claimed_and_ended_once(transactional_db, slow_kind, tmp_path):
+    team, rivals = default_team(), Team.objects.create(name="Rivals", slug="rivals")
+    TeamQuota.objects.create(team=rivals, max_running_jobs=1)
+    users = [user_create(username="ann", password="pw-ann-123", team=team, role=Membership.Role.ADMIN),
+             user_create(username="bob", password="pw-bob-123", team=team),
+             user_create(username="cat", password="pw-cat-123", team=rivals, role=Membership.Role.ADMIN)]
+    admins = {team.pk: users[0], rivals.pk: users[2]}
+    jobs = [job_create(kind="slow", team=Membership.objects.get(user=user).team, owner=user, pool=POOL,
+                       config={"steps": STEPS, "pause_s": 0.05}, name=f"{user.username}-{n}")
+            for n in range(JOBS_PER_USER) for user in users]
+
+    go = tmp_path / "go"
+    workers = _start_workers(go)
+    try:
+        go.touch()
+        while not Job.objects.filter(device_pool=POOL, status__in=["running", "succeeded"]).exists():
+            time.sleep(0.02)
+        changes = _shuffle_while_claimed(admins, seconds=1.5)
+        # Two jobs go to the top while the rest wait: one by priority, one moved to the front of that level.
+        waiting = list(queued_in_order(POOL).filter(team=team))
+        assert len(waiting) >= 4, "the queue emptied before the test could reorder it; slow the jobs down"
+        raised, moved = waiting[-1], waiting[-2]
+        job_set_priority(job=raised, priority=TOP, user=users[0])
+        job_set_priority(job=moved, priority=TOP, user=users[0])
+        job_move(job=moved, direction="front", user=users[0])
+        still_waiting = set(queued_in_order(POOL).filter(team=team).values_list("pk", flat=True))
+        outputs = [worker.communicate(timeout=240)[0].decode(errors="replace") for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert all(worker.returncode == 0 for worker in workers), "\n".join(outputs)
+    assert changes > 0
+
+    by_id = {job.pk: job for job in Job.objects.filter(pk__in=[job.pk for job in jobs])}
+    for job in by_id.values():
+        events = list(job.events.order_by("seq").values_list("seq", "kind", "data"))
+        statuses = [data["status"] for _, kind, data in events if kind == "status"]
+        assert statuses == ["queued", "running", "succeeded"], f"job {job.name}: {statuses}"
+        assert job.status == "succeeded" and job.attempts == 1
+        assert [seq for seq, _, _ in events] == list(range(1, job.last_seq + 1)), f"job {job.name}: seq gaps"
+        assert [data["done"] for _, kind, data in events if kind == "progress"] == list(range(1, STEPS + 1))
+    assert len({job.worker_name for job in by_id.values()}) > 1, "one worker took every job: no concurrency shown"
+
+    # The rivals' quota (one running job) held: their jobs ran one after another, never overlapping.
+    rival_runs = sorted((job.started_at, job.finished_at) for job in by_id.values() if job.team_id == rivals.pk)
+    for (_, end), (start, _) in zip(rival_runs, rival_runs[1:]):
+        assert start >= end, "two of the rivals' jobs ran at once despite max_running_jobs=1"
+
+    # The two top jobs started before the jobs that waited with them, except the claims already under way
+    # when they were raised (at most one per worker), and the moved one before the raised one.
+    start_order = sorted((job for job in by_id.values() if job.pk in still_waiting), key=lambda job: job.started_at)
+    position = {job.pk: n for n, job in enumerate(start_order)}
+    assert position[moved.pk] < position[raised.pk] < 2 + WORKERS, [job.name for job in start_order]
