@@ -94,10 +94,11 @@ def test_thirty_jobs_four_workers_each_claimed_and_ended_once(transactional_db, 
         while not Job.objects.filter(device_pool=POOL, status__in=["running", "succeeded"]).exists():
             time.sleep(0.02)
         changes = _shuffle_while_claimed(admins, seconds=1.5)
-        # Two jobs go to the top while the rest wait: one by priority, one moved to the front of that level.
-        waiting = list(queued_in_order(POOL).filter(team=team))
-        assert len(waiting) >= 4, "the queue emptied before the test could reorder it; slow the jobs down"
-        raised, moved = waiting[-1], waiting[-2]
+        # Two of bob's jobs go to the top while the rest wait: one by priority, the other raised too and then
+        # moved to the front of bob's jobs of that level (fair share orders people, a move one person's jobs).
+        waiting = list(queued_in_order(POOL).filter(owner=users[1]))
+        assert len(waiting) >= 3, "the queue emptied before the test could reorder it; slow the jobs down"
+        raised, moved = waiting[-2], waiting[-1]
         job_set_priority(job=raised, priority=TOP, user=users[0])
         job_set_priority(job=moved, priority=TOP, user=users[0])
         job_move(job=moved, direction="front", user=users[0])
