@@ -105,6 +105,9 @@ class TrainConfig:
                              choices=("auto", "fp32", "bf16", "fp16"))
     gradient_checkpointing: bool = setting(False, help="Recompute activations in the backward pass: less "
                                                        "memory, about a third slower.")
+    devices: int = setting(1, help="Devices (processes) that train the job together, each on its share of "
+                                   "every batch (tuning.distributed); the worker's machine must have them.",
+                           min=1, max=64)
     validation_ratio: float = setting(0.0, help="Fraction of rows held out for evaluation (0: no evaluation).",
                                       min=0.0, max=0.5)
     eval_every: int = setting(0, help="Evaluate every N steps (0: only at the end); needs a validation split.",

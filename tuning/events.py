@@ -115,6 +115,16 @@ class ArtifactEvent(Event):
     metadata: dict = field(default_factory=dict)
 
 
+def event_from_dict(kind: str, data: dict) -> Event:
+    """The event a JSON line names (``{"kind", "data"}``, as StdoutSink prints it), rebuilt: how the worker
+    reads what the rank processes of a multi-device run report (``tuning.distributed``)."""
+    types = {cls.kind: cls for cls in (LogEvent, MetricsEvent, EvalEvent, SamplesEvent, CheckpointEvent,
+                                       ProgressEvent, ArtifactEvent)}
+    if kind not in types:
+        raise ValueError(f"unknown event kind {kind!r}")
+    return types[kind](**data)
+
+
 class EventSink(Protocol):
     def emit(self, event: Event) -> None: ...
 

@@ -32,6 +32,7 @@ from tuning.data.splits import split_validation
 from tuning.data.stats import sink_progress
 from tuning.data.tasks import batches, collate_for_task
 from tuning.errors import ConfigError, DatasetError, ResourceError
+from tuning.ranks import SINGLE, Ranks, check_distributed
 from tuning.events import ArtifactEvent, CheckpointEvent, EventSink, LogEvent, MetricsEvent
 from tuning.methods import METHODS
 from tuning.modelcard import write_model_card
@@ -60,7 +61,9 @@ class LoopOutcome:
     cancelled_at: Path | None = None  # the checkpoint written when a cancel arrived
 
 
-def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
+def run_train(config: TrainConfig, sink: EventSink, *, ranks: Ranks = SINGLE) -> TrainResult:
+    """``ranks``: this process's place in a run over several devices (``tuning.ranks``: each rank
+    trains on its shard of every batch, rank 0 alone reports and writes); one process by default."""
     import torch
 
     # --- set up -----------------------------------------------------------
@@ -69,10 +72,12 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
     method = METHODS[config.method]
     params = method.params(**config.method_params)
     check_against_model(config)
+    check_distributed(config, method)
     device = device_and_autocast(config.precision)
     torch.manual_seed(config.seed)
 
-    data = load_data(config, sink, output_dir)
+    with ranks.main_first():  # rank 0 fills the token cache, the others read it
+        data = load_data(config, sink, output_dir)
     prepared = prepare_model(config, sink, method=method, params=params, device=device, tokenizer=data.tokenizer,
                              data=data.data, train_items=data.train_items, collate=data.collate,
                              total_steps=data.total_steps)
@@ -80,8 +85,13 @@ def run_train(config: TrainConfig, sink: EventSink) -> TrainResult:
             and config.reference == "precomputed"):
         data = with_reference_logps(data, prepared, device, sink, batch_size=config.batch_size)
     run = start_run(config, sink, method=method, params=params, device=device, output_dir=output_dir, data=data,
-                    prepared=prepared)
+                    prepared=prepared, ranks=ranks)
     outcome = train_loop(run)
+    if not ranks.is_main:  # rank 0 writes the output and reports the end
+        return TrainResult(status="cancelled" if outcome.cancelled_at else "succeeded", steps=run.state.step,
+                           final_loss=outcome.final_loss, output_path=str(output_dir),
+                           trainable_parameters=prepared.trainable_count)
+    run.ranks = SINGLE  # the others are done: rank 0 evaluates and writes the output alone, waiting for no one
     if outcome.cancelled_at is not None:
         return TrainResult(status="cancelled", steps=run.state.step, final_loss=outcome.final_loss,
                            output_path=str(outcome.cancelled_at), trainable_parameters=prepared.trainable_count,
@@ -199,15 +209,19 @@ def optimizer_step(run: Run, micro_batches: list) -> tuple[Any, int, float | Non
     None, the method's penalty or None)."""
     import torch
 
-    config, state, prepared = run.config, run.state, run.prepared
+    config, state, prepared, ranks = run.config, run.state, run.prepared, run.ranks
     loss_sum, tokens = 0.0, 0
     try:
         for micro in micro_batches:
-            inputs = {k: v.to(run.device.name) for k, v in prepared.collate(micro).items()}
+            micro = ranks.shard(micro)  # this process's rows of the global batch (all of them on one device)
+            inputs = {k: v.to(run.device.name) for k, v in prepared.collate(micro).items()} if micro else None
+            backward_weight, report_weight = ranks.loss_share(inputs)  # 1, 1 on one device
+            if inputs is None:
+                continue
             with run.device.autocast():
                 loss = prepared.compute_loss(inputs)
-            (loss / len(micro_batches)).backward()
-            loss_sum = loss_sum + loss.detach()  # read once per step: no device sync per micro-batch
+            (loss * backward_weight / len(micro_batches)).backward()
+            loss_sum = loss_sum + loss.detach() * report_weight  # read once per step: no device sync per micro-batch
             tokens += sum(len(example.input_ids) for example in micro)  # real tokens, not padding
         penalty = None
         if prepared.penalty:
@@ -220,6 +234,8 @@ def optimizer_step(run: Run, micro_batches: list) -> tuple[Any, int, float | Non
         raise ResourceError(f"out of memory at step {state.step + 1} with batch size {config.batch_size} "
                             f"and max length {config.max_length}; lower either, turn on gradient "
                             f"checkpointing, or raise gradient accumulation instead of batch size") from None
+    ranks.average_gradients(prepared.trainable)
+    loss_sum, tokens = ranks.all_sum(loss_sum), ranks.all_sum(tokens)
     grad_norm = (torch.nn.utils.clip_grad_norm_(prepared.trainable, config.max_grad_norm).item()
                  if config.max_grad_norm > 0 else None)
     run.optimizer.step()

@@ -12,6 +12,7 @@ from typing import Any
 
 from tuning import checkpoints
 from tuning.config import TrainConfig
+from tuning.ranks import SINGLE, Ranks
 from tuning.errors import ConfigError
 from tuning.evaluate import evaluate
 from tuning.events import EvalEvent, EventSink, LogEvent, SamplesEvent
@@ -45,16 +46,19 @@ class Run:
     optimizer: Any
     scheduler: Any
     state: checkpoints.TrainerState
+    ranks: Ranks = SINGLE  # a run over several devices: rank 0 alone writes checkpoints
 
     @property
     def model(self):
         return self.prepared.model
 
     def save_checkpoint(self, name: str) -> Path:
-        path = checkpoints.save_checkpoint(self.output_dir / "checkpoints" / name, model=self.model,
-                                           optimizer=self.optimizer, scheduler=self.scheduler, state=self.state,
-                                           training_state=self.method.training_state)
-        checkpoints.rotate(self.output_dir / "checkpoints", self.config.keep_checkpoints)
+        path = self.output_dir / "checkpoints" / name
+        if self.ranks.is_main:  # every rank holds the same weights and optimizer state
+            checkpoints.save_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                        state=self.state, training_state=self.method.training_state)
+            checkpoints.rotate(self.output_dir / "checkpoints", self.config.keep_checkpoints)
+        self.ranks.barrier()  # no rank goes on before the checkpoint is whole
         return path
 
     def evaluate(self) -> dict:
@@ -80,7 +84,7 @@ class Run:
     def answer_golden_prompts(self) -> None:
         """Greedy answers to the golden prompts with the weights as they are now."""
         config = self.config
-        if not config.golden_prompts or config.task == "classify":
+        if not config.golden_prompts or config.task == "classify" or not self.ranks.is_main:
             return
         from tuning.generate import generate_text
 
@@ -94,7 +98,7 @@ class Run:
 
 
 def start_run(config: TrainConfig, sink: EventSink, *, method: Method, params, device: Device, output_dir: Path,
-              data: TrainData, prepared: PreparedModel) -> Run:
+              data: TrainData, prepared: PreparedModel, ranks: Ranks = SINGLE) -> Run:
     """The optimizer and schedule for the prepared model, resumed from
     ``config.resume_from`` where it names a checkpoint."""
     from transformers import get_scheduler
@@ -114,10 +118,11 @@ def start_run(config: TrainConfig, sink: EventSink, *, method: Method, params, d
         state = checkpoints.load_checkpoint(resume, model=prepared.model, optimizer=optimizer, scheduler=scheduler,
                                             restore_training_state=method.restore_training_state)
         sink.emit(LogEvent(message=f"Resumed from {resume.name} at step {state.step}"))
+    ranks.broadcast_parameters(prepared.trainable)  # one starting point on every rank, as DDP makes it
     sink.emit(LogEvent(message=f"Training {data.total_steps} steps of {data.rows_per_step} rows "
                                f"({data.steps_per_epoch} steps per epoch)"))
     return Run(config=config, sink=sink, method=method, params=params, device=device, output_dir=output_dir,
-               data=data, prepared=prepared, optimizer=optimizer, scheduler=scheduler, state=state)
+               data=data, prepared=prepared, optimizer=optimizer, scheduler=scheduler, state=state, ranks=ranks)
 
 
 def _adamw(groups, config: TrainConfig):

@@ -11,7 +11,13 @@ def run_train(job: Job, sink) -> tuple[str, str]:
     from tuning.config import TrainConfig
     from tuning.train import run_train as train
 
-    result = train(TrainConfig.from_dict(job.config), sink)
+    config = TrainConfig.from_dict(job.config)
+    if config.devices > 1:  # torchrun launches one process per device (tuning.distributed)
+        from worker.distributed_runs import train_on_ranks
+
+        result = train_on_ranks(job, sink, config)
+    else:
+        result = train(config, sink)
     if result.status == "cancelled":
         return result.status, f"Cancelled at step {result.steps}; the last checkpoint is kept"
     return result.status, f"Finished {result.steps} steps, final loss {result.final_loss:.4f}"

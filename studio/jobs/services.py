@@ -220,6 +220,13 @@ STEP_EVENT_KINDS = ("metrics", "eval", "samples", "checkpoint")
 RESULT_EVENT_KINDS = ("artifact",)
 
 
+def job_redo_steps_after(*, job_id: int, step: int) -> None:
+    """A run restarted within its claim (a process of a multi-device job died and torchrun restarted the
+    group from the checkpoint of ``step``) records the later steps again: what the lost attempt recorded
+    for them, and any result, is superseded, as after a lost worker."""
+    _supersede_redone(Job(pk=job_id), step + 1)
+
+
 def _supersede_redone(job: Job, from_step: int) -> None:
     """Mark as superseded what the next attempt records again: the step events from ``from_step`` on (all of
     them for work that starts again) and the results of the lost attempt. Readers then show each step and

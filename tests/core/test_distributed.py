@@ -1,0 +1,166 @@
+"""One run over two CPU processes (torchrun, gloo) is the run of one process
+on the same global batches: the same loss at every step, for LoRA and for
+full fine-tuning. Rank 0 alone reports and writes; a cancel stops both ranks
+at the same step with a whole checkpoint; a rank killed mid-run stops the
+group, torchrun restarts it, and the run resumes from its last checkpoint.
+
+Each test launches the ranks exactly as the worker does
+(``tuning.distributed.launch_command``), reading rank 0's events file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from tuning.config import TrainConfig, config_to_dict
+from tuning.distributed import launch_command
+from tuning.ranks import Ranks, check_distributed
+from tuning.errors import ConfigError
+from tuning.events import MemorySink
+from tuning.methods import METHODS
+from tuning.train import run_train
+
+REPO = Path(__file__).resolve().parents[2]
+RANK_TIMEOUT_S = 600
+
+
+def config(tiny_model, data, out, **overrides) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "base_model": str(tiny_model), "dataset_path": str(data), "output_dir": str(out), "max_steps": 3,
+        "batch_size": 4, "learning_rate": 0.02, "warmup_ratio": 0.0, "precision": "fp32", "save_every": 1000,
+        "method_params": {"rank": 8, "alpha": 16, "dropout": 0.0}, **overrides})
+
+
+def _launch(config: TrainConfig, tmp_path: Path, *, stop: bool = False, **popen) -> tuple[subprocess.Popen, Path]:
+    config_file, events, stop_file = tmp_path / "config.json", tmp_path / "events.jsonl", tmp_path / "stop"
+    config_file.write_text(json.dumps(config_to_dict(config)))
+    if stop:
+        stop_file.touch()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(launch_command(devices=config.devices, config_file=config_file, events=events,
+                                           stop_file=stop_file),
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+    return proc, events
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    output = proc.communicate(timeout=RANK_TIMEOUT_S)[0].decode(errors="replace")
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def _lines(events: Path) -> list[dict]:
+    return [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+
+
+def _of_kind(lines: list[dict], kind: str) -> list[dict]:
+    return [line["data"] for line in lines if line.get("kind") == kind]
+
+
+def test_a_shard_is_a_contiguous_part_and_the_shards_cover_the_batch():
+    rows = list(range(7))
+    shards = [Ranks(rank=r, world_size=3).shard(rows) for r in range(3)]
+    assert shards == [[0, 1, 2], [3, 4], [5, 6]]
+    assert Ranks().shard(rows) == rows
+
+
+def test_what_several_devices_cannot_do_yet_is_refused_naming_the_field(tiny_model, memorisable_jsonl, tmp_path):
+    base = config(tiny_model, memorisable_jsonl, tmp_path, devices=2)
+    check_distributed(base, METHODS["lora"])  # LoRA on chat data: fine
+    with pytest.raises(ConfigError) as small:
+        check_distributed(replace(base, batch_size=1), METHODS["lora"])
+    assert "batch_size" in small.value.errors
+    with pytest.raises(ConfigError) as preference:
+        check_distributed(replace(base, task="preference"), METHODS["lora"])
+    assert "preference" in preference.value.errors["devices"]
+    with pytest.raises(ConfigError) as adalora:
+        check_distributed(base, METHODS["adalora"])
+    assert "AdaLoRA" in adalora.value.errors["devices"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_ranks_take_the_steps_of_one_process(method, tiny_model, memorisable_jsonl, tmp_path):
+    one = config(tiny_model, memorisable_jsonl, tmp_path / "one", method=method,
+                 **({"method_params": {}, "learning_rate": 1e-3} if method == "full" else {}))
+    sink = MemorySink()
+    alone = run_train(one, sink)
+    proc, events = _launch(replace(one, devices=2, output_dir=str(tmp_path / "two")), tmp_path)
+    _finish(proc)
+    lines = _lines(events)
+
+    metrics = _of_kind(lines, "metrics")
+    assert [m["step"] for m in metrics] == [1, 2, 3], "each step once: rank 0 alone reports"
+    torch.testing.assert_close(torch.tensor([m["loss"] for m in metrics]),
+                               torch.tensor([event.loss for event in sink.of_kind("metrics")]), rtol=2e-4, atol=2e-5)
+    # The whole global batch's tokens are counted, not rank 0's share.
+    assert [m["tokens_seen"] for m in metrics] == [event.tokens_seen for event in sink.of_kind("metrics")]
+    assert len(_of_kind(lines, "artifact")) == 1
+    # The output rank 0 wrote holds the weights one process reaches.
+    produced = METHODS[method].produces
+    from safetensors.torch import load_file
+
+    name = "adapter_model.safetensors" if produced == "adapter" else "model.safetensors"
+    theirs, ours = load_file(tmp_path / "two" / produced / name), load_file(Path(alone.output_path) / name)
+    assert theirs.keys() == ours.keys()
+    for key in ours:
+        torch.testing.assert_close(theirs[key], ours[key], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_stop_request_stops_both_ranks_at_the_same_step_with_a_checkpoint(tiny_model, memorisable_jsonl, tmp_path):
+    proc, events = _launch(config(tiny_model, memorisable_jsonl, tmp_path / "out", devices=2, max_steps=50),
+                           tmp_path, stop=True)
+    _finish(proc)  # both ranks ended: had one waited for the other at a collective, this would time out
+    lines = _lines(events)
+    assert [m["step"] for m in _of_kind(lines, "metrics")] == [1]
+    assert [c["step"] for c in _of_kind(lines, "checkpoint")] == [1]
+    assert (tmp_path / "out" / "checkpoints" / "step-0000001" / "adapter_model.safetensors").exists()
+    assert not _of_kind(lines, "artifact")
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """{rank: pid} of the rank processes under a torchrun process."""
+    import psutil
+
+    found = {}
+    for child in psutil.Process(parent).children(recursive=True):
+        try:
+            rank = child.environ().get("RANK")
+        except (psutil.Error, OSError):
+            continue
+        if rank is not None and "tuning.distributed" in " ".join(child.cmdline()):
+            found[int(rank)] = child.pid
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_group_which_resumes_from_its_last_checkpoint(tiny_model, memorisable_jsonl,
+                                                                                tmp_path):
+    run = config(tiny_model, memorisable_jsonl, tmp_path / "out", devices=2, max_steps=60, save_every=3)
+    proc, events = _launch(run, tmp_path)
+    deadline = time.monotonic() + RANK_TIMEOUT_S
+    while not (events.exists() and _of_kind(_lines(events), "checkpoint")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.kill(_rank_pids(proc.pid)[1], signal.SIGKILL)
+    _finish(proc)
+
+    lines = _lines(events)
+    marks = [n for n, line in enumerate(lines) if "resumed_after_step" in line]
+    assert len(marks) == 1, "torchrun restarted the group once"
+    resumed_after = lines[marks[0]]["resumed_after_step"]
+    assert resumed_after >= 3 and resumed_after % 3 == 0
+    after = [m["step"] for m in _of_kind(lines[marks[0]:], "metrics")]
+    assert after == list(range(resumed_after + 1, 61)), "the restarted group goes on from the checkpoint"
+    before = [m["step"] for m in _of_kind(lines[:marks[0]], "metrics")]
+    assert before[:resumed_after] == list(range(1, resumed_after + 1))
+    assert len(_of_kind(lines, "artifact")) == 1
