@@ -16,8 +16,9 @@ PAIRS = "".join(json.dumps({"instruction": f"Say {word}.", "output": f"{word.cap
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
-async def read_events(url, cookie, *, after=0, stop_after=None, until_finished=True, timeout=180):
-    """Connect, say the last seq we have, and read events."""
+async def read_events(url, cookie, *, after=0, stop_after=None, until_finished=True, until_kind=None, timeout=180):
+    """Connect, say the last seq we have, and read events (until ``stop_after`` of them, the first of kind
+    ``until_kind``, or the job's end)."""
     events = []
     async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": url.replace("ws", "http", 1)},
                                   open_timeout=20) as socket:
@@ -26,7 +27,7 @@ async def read_events(url, cookie, *, after=0, stop_after=None, until_finished=T
             message = json.loads(await asyncio.wait_for(socket.recv(), timeout))
             for event in message if isinstance(message, list) else [message]:  # a catch-up list, or one event
                 events.append(event)
-                if stop_after and len(events) >= stop_after:
+                if (stop_after and len(events) >= stop_after) or (until_kind and event["kind"] == until_kind):
                     return events
                 if until_finished and event["kind"] == "status" and event["data"]["status"] in FINISHED:
                     return events
@@ -137,8 +138,10 @@ METHOD_SETTINGS = {"lora": {}, "adalora": {"method": "adalora", "method__initial
 def test_a_job_whose_worker_is_killed_resumes_on_the_next_worker(method, stack, admin, dataset_id):
     job_id = stack.start_job(admin, dataset_id, max_steps=30, save_every=3, **METHOD_SETTINGS[method])
     url, cookie = stack.ws_url(job_id), stack.cookie_header(admin)
-    seen = asyncio.run(read_events(url, cookie, until_finished=False, stop_after=14))
-    assert any(e["kind"] == "checkpoint" for e in seen)
+    # Up to the first checkpoint: how many events come before it depends on the token cache (a cold one adds
+    # progress events), so a fixed count could stop short of it.
+    seen = asyncio.run(read_events(url, cookie, until_finished=False, until_kind="checkpoint"))
+    assert seen[-1]["kind"] == "checkpoint"
     stack.worker.kill()  # kill -9: no goodbye, no status update
     stack.worker.wait()
     stack.start_worker(name=f"second-worker-{method}@%h")
