@@ -80,6 +80,7 @@ urlpatterns = [
     path("invitations/<int:invitation_id>/<str:answer>/", teams.invitation_respond, name="invitation-respond"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("studio.api.urls")),
+    path("v1/", include("studio.api.urls_openai")),  # OpenAI-compatible serving
     path("accounts/webhooks/", include("studio.notifications.urls_webhooks")),
     path("accounts/", include("studio.accounts.urls")),
 ]

@@ -14,15 +14,25 @@ import time
 from collections.abc import Iterator
 
 
-def _encode(tokenizer, prompt: str, system_prompt: str | None):
+def encode_messages(tokenizer, messages: list[dict]):
+    """A conversation ({"role", "content"} turns) ready for ``generate``:
+    through the tokenizer's chat template with the assistant's turn opened,
+    or, without a template, the turns' text one after another."""
     if getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": prompt}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # the template already starts with whatever special tokens it wants
         return tokenizer(text, return_tensors="pt", add_special_tokens=False)
-    text = f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+    return encode_text(tokenizer, "\n\n".join(turn["content"] for turn in messages))
+
+
+def encode_text(tokenizer, text: str):
+    """Plain text as the model's prompt, no template (a completion)."""
     return tokenizer(text, return_tensors="pt")
+
+
+def _encode(tokenizer, prompt: str, system_prompt: str | None):
+    return encode_messages(tokenizer, ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+                           + [{"role": "user", "content": prompt}])
 
 
 def _generate_kwargs(model, tokenizer, inputs, *, max_new_tokens: int, temperature: float, top_p: float) -> dict:
@@ -145,6 +155,15 @@ class ReplyStream:
             raise failure[0]
 
     @property
+    def prompt_tokens(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+    @property
+    def completion_tokens(self) -> int:
+        """New tokens generated (known once the iteration has ended)."""
+        return len(self.new_token_ids)
+
+    @property
     def empty_reason(self) -> str | None:
         if self.text.strip():
             return None
@@ -155,7 +174,17 @@ def generate_stream(model, tokenizer, prompt: str, *, max_new_tokens: int, tempe
                     top_p: float = 1.0, system_prompt: str | None = None) -> ReplyStream:
     """The reply as a ReplyStream: iterate it for the text pieces, then read
     its ``empty_reason``."""
-    inputs = _encode(tokenizer, prompt, system_prompt)
+    return stream_inputs(model, tokenizer, _encode(tokenizer, prompt, system_prompt), max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p)
+
+
+def stream_inputs(model, tokenizer, inputs, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                  stop: list[str] | None = None) -> ReplyStream:
+    """The continuation of already encoded ``inputs`` (``encode_messages``,
+    ``encode_text``) as a ReplyStream; generation ends early at any of the
+    ``stop`` strings (the text up to and including it is produced)."""
     kwargs = _generate_kwargs(model, tokenizer, inputs, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p)
+    if stop:
+        kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)  # transformers' StopStringCriteria
     return ReplyStream(model, tokenizer, inputs, kwargs)

@@ -11,6 +11,7 @@ from django.db import connection
 
 from worker.estimates import base_model_facts as base_model_facts_now
 from worker.playground import playground_generate as playground_generate_now
+from worker.serving import serve_completion as serve_completion_now
 from worker.registry import start_registry, stop_registry
 from worker.runner import recover_lost_jobs_forever, take_back_from_dead_namesake
 from worker.runner import run_job as run_job_now
@@ -43,6 +44,11 @@ def retry_webhook(delivery_id: int) -> str:
 @shared_task(name="worker.tasks.playground_generate")
 def playground_generate(reply_channel: str, request: dict) -> None:
     playground_generate_now(reply_channel, request)
+
+
+@shared_task(name="worker.tasks.serve_completion")
+def serve_completion(reply_channel: str, request: dict) -> None:
+    serve_completion_now(reply_channel, request)
 
 
 @worker_ready.connect

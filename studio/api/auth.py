@@ -69,7 +69,9 @@ class Caller:
 TOKEN_CREDENTIALS = {"username": "(api token)"}
 
 
-def _caller(request) -> Caller:
+def request_caller(request) -> Caller:
+    """The caller of an API request (its bearer token, or a browser session
+    for reads); ApiError 401/429 when there is none."""
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, raw = header.partition(" ")
@@ -81,7 +83,7 @@ def _caller(request) -> Caller:
                                 f"{settings.AXES_COOLOFF_TIME}")
         token = api_token_authenticate(raw=raw.strip())
         if token is None:
-            AxesProxyHandler.user_login_failed(sender=_caller, credentials=TOKEN_CREDENTIALS, request=request)
+            AxesProxyHandler.user_login_failed(sender=request_caller, credentials=TOKEN_CREDENTIALS, request=request)
             request.axes_locked_out = False  # the API answers its own JSON 429 from the next request on
             raise ApiError(401, "Unknown or revoked API token")
         return Caller(user=token.user, token=token)
@@ -111,7 +113,7 @@ def api_view(*methods: str):
                                                    f"{' or '.join(sorted(methods))}")
                     response["Allow"] = ", ".join(sorted(allowed))
                     return response
-                request.caller = _caller(request)
+                request.caller = request_caller(request)
                 # The token's user is the request's user, so that views
                 # reused from the web side (downloads) see the right teams.
                 request.user = request.caller.user

@@ -1,0 +1,78 @@
+"""OpenAI-compatible completions on the playground's worker: the same warm
+models (worker.playground.WARM: kept loaded between requests, unloaded when
+idle), answering the web process's /v1/ views through the channel layer.
+
+A request (studio/api/serving.py builds it) is a chat ("messages") or a
+plain completion ("prompt"). The reply goes to ``reply_channel`` as
+``serving.piece`` messages, then one ``serving.done`` (token counts and why
+generation ended) or one ``serving.error``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from tuning.errors import TuningError
+from worker.playground import WARM
+
+log = logging.getLogger(__name__)
+
+
+class StopCutter:
+    """Text pieces with everything from the first stop string on removed.
+    A piece may end in the first part of a stop string, so the last
+    ``longest - 1`` characters are held back until the next piece shows
+    whether the stop string follows."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.held, self.stopped = [s for s in stops if s], "", False
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        text = self.held + piece
+        found = [text.index(s) for s in self.stops if s in text]
+        if found:
+            self.stopped, self.held = True, ""
+            return text[:min(found)]
+        cut = len(text) - self.keep if self.keep else len(text)
+        self.held = text[max(cut, 0):]
+        return text[:max(cut, 0)]
+
+    def rest(self) -> str:
+        held, self.held = ("" if self.stopped else self.held), ""
+        return held
+
+
+def serve_completion(reply_channel: str, request: dict) -> None:
+    from tuning.generate import encode_messages, encode_text, stream_inputs
+
+    send = async_to_sync(get_channel_layer().send)
+    try:
+        model, tokenizer = WARM.get(request["path"], request["base_model"])
+        inputs = (encode_messages(tokenizer, request["messages"]) if "messages" in request
+                  else encode_text(tokenizer, request["prompt"]))
+        reply = stream_inputs(model, tokenizer, inputs, max_new_tokens=request["max_tokens"],
+                              temperature=request["temperature"], top_p=request["top_p"], stop=request["stop"])
+        cutter = StopCutter(request["stop"])
+        for piece in reply:  # read to the end even after a stop string: generation stops there by itself
+            if text := cutter.feed(piece):
+                send(reply_channel, {"type": "serving.piece", "text": text})
+        if text := cutter.rest():
+            send(reply_channel, {"type": "serving.piece", "text": text})
+    except TuningError as exc:
+        send(reply_channel, {"type": "serving.error", "message": str(exc)})
+        return
+    except Exception as exc:  # the client gets one line; the details go to the worker log
+        log.exception("completion failed")
+        send(reply_channel, {"type": "serving.error",
+                             "message": f"generation failed ({type(exc).__name__}); see the worker log"})
+        return
+    # "length": cut off by max_tokens; "stop": the model ended its turn or wrote a stop string
+    finish = "length" if reply.completion_tokens >= request["max_tokens"] and not cutter.stopped else "stop"
+    send(reply_channel, {"type": "serving.done", "finish_reason": finish, "prompt_tokens": reply.prompt_tokens,
+                         "completion_tokens": reply.completion_tokens})
