@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from studio.accounts import views_login, views_oidc, views_two_factor
 from studio.accounts import views_teams as teams
+from studio.api import views_docs as api_docs
 from studio.artifacts import views as artifacts
 from studio.artifacts import views_publish as artifacts_publish
 from studio.catalog import views as catalog
@@ -79,6 +80,7 @@ urlpatterns = [
     path("invitations/", teams.invitation_list, name="invitation-list"),
     path("invitations/<int:invitation_id>/<str:answer>/", teams.invitation_respond, name="invitation-respond"),
     path("admin/", admin.site.urls),
+    path("api/docs/", api_docs.api_docs, name="api-docs"),
     path("api/v1/", include("studio.api.urls")),
     path("v1/", include("studio.api.urls_openai")),  # OpenAI-compatible serving
     path("accounts/webhooks/", include("studio.notifications.urls_webhooks")),

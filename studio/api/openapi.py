@@ -5,6 +5,10 @@ when a URL pattern is missing here."""
 from __future__ import annotations
 
 from studio.api.models import WEBHOOK_EVENT_TYPES
+from studio.api.openapi_openai import openai_paths
+from studio.api.openapi_parts import answer as _json, id_param as _id_param, list_of as _list_of, op as _op
+from studio.api.openapi_parts import param as _param, ref as _ref  # the names this file was written with
+from studio.api.openapi_steps import SCHEMAS as STEP_SCHEMAS, steps_paths
 from studio.artifacts.models import Artifact
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
@@ -13,58 +17,12 @@ from studio.jobs.models import Job
 STATUSES = [status for status in Job.Status.values if status not in (Job.Status.CANCELLING, Job.Status.PREEMPTING)]
 
 
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _list_of(name: str) -> dict:
-    return {"type": "object", "required": ["object", "data", "has_more"],
-            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref(name)},
-                           "has_more": {"type": "boolean"}}}
-
-
-ERRORS = {
-    "400": {"$ref": "#/components/responses/BadRequest"},
-    "401": {"$ref": "#/components/responses/Unauthorized"},
-    "403": {"$ref": "#/components/responses/Forbidden"},
-    "404": {"$ref": "#/components/responses/NotFound"},
-}
-
-
-def _errors(*codes: str) -> dict:
-    return {code: ERRORS[code] for code in codes}
-
-
-def _param(name: str, where: str, schema: dict, description: str, required: bool = False) -> dict:
-    return {"name": name, "in": where, "required": required or where == "path", "schema": schema,
-            "description": description}
-
-
 TEAM = _param("team", "query", {"type": "string"},
               "Team id or slug; default: the token's team, else your first team.")
 LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
                "Page size.")
 AFTER_ID = _param("after", "query", {"type": "integer"},
                   "Cursor: the last id of the previous page (lists are newest first).")
-
-
-def _id_param(name: str) -> dict:
-    return _param(name, "path", {"type": "integer"}, "Id (another team's id answers 404).")
-
-
-def _op(op_id: str, summary: str, ok: dict, *, params=(), errors=("401", "404"), body=None, ok_code="200",
-        description: str = "", more: dict | None = None) -> dict:
-    op = {"operationId": op_id, "summary": summary, "parameters": list(params),
-          "responses": {ok_code: ok, **_errors(*errors), **(more or {})}}
-    if description:
-        op["description"] = description
-    if body:
-        op["requestBody"] = body
-    return op
 
 
 JOB = {
@@ -217,13 +175,16 @@ def _delete_op(operation_id: str, what: str, id_param: dict) -> dict:
 
 def openapi_schema(*, server_url: str = "/api/v1") -> dict:
     job_id, artifact_id, dataset_id = _id_param("job_id"), _id_param("artifact_id"), _id_param("dataset_id")
-    return {
+    schema = {
         "openapi": "3.1.0",
         "info": {"title": "Tuning Studio API", "version": "1", "description": (
             "Fine-tuning jobs, their events, checkpoints and artifacts, datasets and base models. Send "
             "`Authorization: Bearer <token>` (tokens: the API tokens page). A logged-in browser may GET. Viewers "
             "read; members create and cancel their own jobs; admins cancel any job of the team. Errors are "
-            "{\"error\": {\"message\", \"field\"}}.\n\n" + WEBHOOK_DOC)},
+            "{\"error\": {\"message\", \"field\"}}.\n\n"
+            "The OpenAI-compatible endpoint (the /v1/ paths, tagged OpenAI-compatible: point any OpenAI client's "
+            "base_url at <studio>/v1) takes the same token and answers OpenAI's error shape "
+            "{\"error\": {\"message\", \"type\", \"param\", \"code\"}}.\n\n" + WEBHOOK_DOC)},
         "servers": [{"url": server_url}],
         "security": [{"bearer": []}],
         "paths": {
@@ -326,7 +287,7 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
                                            "description": "An API token: tst_<prefix>_<secret>"}},
             "schemas": {"Job": JOB, "JobCreate": JOB_CREATE, "Event": EVENT, "Checkpoint": CHECKPOINT,
                         "Artifact": ARTIFACT, "Dataset": DATASET, "Model": MODEL, "Error": ERROR,
-                        "Deletion": DELETION, "Member": MEMBER, "Invitation": INVITATION},
+                        "Deletion": DELETION, "Member": MEMBER, "Invitation": INVITATION, **STEP_SCHEMAS},
             "responses": {
                 "BadRequest": _json(_ref("Error"), "Invalid request; error.field names the field"),
                 "Unauthorized": _json(_ref("Error"), "No token, or an unknown or revoked one"),
@@ -335,3 +296,6 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
             },
         },
     }
+    schema["paths"].update(steps_paths())
+    schema["paths"].update(openai_paths(origin=server_url.removesuffix("/api/v1") or "/"))
+    return schema

@@ -23,8 +23,11 @@ def job_api_status(job: Job) -> str:
 
 def job_json(job: Job, *, request) -> dict:
     config = job.config or {}
+    # Merge, quantize and evaluate configs name files on the server (sources, *_path): left out, as in
+    # every answer of the API; the request's own fields say what was used.
     hyperparameters = {key: value for key, value in config.items()
-                       if key not in SYSTEM_FIELDS and key != "method_params"}
+                       if key not in SYSTEM_FIELDS and key not in ("method_params", "sources")
+                       and not key.endswith("_path")}
     error = None
     if job.status == Job.Status.FAILED:
         error = {"kind": job.failure_kind or Job.FailureKind.ERROR, "message": job.failure_message}
@@ -113,3 +116,21 @@ def base_model_json(base_model) -> dict:
 
 def page_json(items: list[dict], *, has_more: bool) -> dict:
     return {"object": "list", "data": items, "has_more": has_more}
+
+
+def operation_json(run) -> dict:
+    """A dataset operation (a diet step or a mapping): its job, and once it
+    succeeded the versions it made."""
+    return {"object": "dataset.operation", "id": run.pk, "dataset": run.dataset_id, "operation": run.operation,
+            "parameters": run.parameters, "job": run.job_id, "status": job_api_status(run.job),
+            "error": run.message or None, "results": [version.pk for version in run.results.all()],
+            "created_at": unix(run.created_at)}
+
+
+def analysis_json(run) -> dict:
+    """A dataset analysis: token statistics, lint findings and the rendered first rows, once its job is done."""
+    return {"object": "dataset.analysis", "id": run.pk, "dataset": run.dataset_id, "job": run.job_id,
+            "status": job_api_status(run.job), "error": run.message or None, "base_model": run.base_model_id,
+            "max_length": run.max_length, "loss_on_prompt": run.loss_on_prompt, "chat_template": run.chat_template,
+            "template_in_effect": run.template_in_effect, "stats": run.stats, "findings": run.findings,
+            "preview": run.preview, "notice": run.notice, "created_at": unix(run.created_at)}

@@ -4,8 +4,10 @@ Every pattern here must appear in openapi.py (a test checks)."""
 from django.urls import path, re_path
 
 from studio.api import views_files as files
+from studio.api import views_dataset_work as dataset_work
 from studio.api import views_jobs as jobs
 from studio.api import views_publish as publish
+from studio.api import views_steps as steps
 from studio.api import views_teams as teams
 
 urlpatterns = [
@@ -21,6 +23,16 @@ urlpatterns = [
     path("models", files.models_collection, name="api-models"),
     path("datasets", files.datasets_collection, name="api-datasets"),
     path("datasets/<int:dataset_id>", files.dataset_retrieve, name="api-dataset"),
+    path("merges", steps.merges_collection, name="api-merges"),
+    path("quantizations", steps.quantizations_collection, name="api-quantizations"),
+    path("evaluations", steps.evaluations_collection, name="api-evaluations"),
+    path("datasets/<int:dataset_id>/mapping", dataset_work.dataset_mapping_api, name="api-dataset-mapping"),
+    path("datasets/<int:dataset_id>/operations", dataset_work.dataset_operations_api, name="api-dataset-operations"),
+    path("datasets/<int:dataset_id>/operations/<int:operation_id>", dataset_work.dataset_operation_api,
+         name="api-dataset-operation"),
+    path("datasets/<int:dataset_id>/analyses", dataset_work.dataset_analyses_api, name="api-dataset-analyses"),
+    path("datasets/<int:dataset_id>/analyses/<int:analysis_id>", dataset_work.dataset_analysis_api,
+         name="api-dataset-analysis"),
     path("teams/<str:team>/members", teams.members_collection, name="api-team-members"),
     path("teams/<str:team>/members/<int:user_id>", teams.member_detail, name="api-team-member"),
     path("teams/<str:team>/invitations", teams.invitations_collection, name="api-team-invitations"),

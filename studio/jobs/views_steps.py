@@ -9,15 +9,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from studio.accounts.selectors import team_for_new_work
 from studio.artifacts.selectors import artifact_list_for_user
 from studio.datasets.selectors import dataset_list_for_user
-from studio.jobs.forms import form_field
+from studio.jobs.forms_steps import evaluate_form, filled_params, params_form
 from studio.jobs.pages import chain_form_context, job_start, model_config_in, quantize_schemes
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.services_steps import job_create_chain, job_create_evaluate, job_create_merge, job_create_quantize
 from tuning.errors import ConfigError
-from tuning.fields import field_specs
-
-PARAM_PREFIX = "param__"
-
 
 def _team_or_404(request):
     """The team new work goes to; viewers (no such team) get 404."""
@@ -36,21 +32,6 @@ def _picked(request, team, ids) -> list:
     wanted = [int(i) for i in ids if str(i).isdigit()]
     found = {a.pk: a for a in _team_artifacts(request, team).filter(pk__in=wanted)}
     return [found[i] for i in wanted if i in found]
-
-
-def _param_fields(params_class, data):
-    """Bound form fields for a method's parameters (same metadata as the CLI)."""
-    from django import forms
-
-    form = forms.Form(data or None, prefix=None)
-    for spec in field_specs(params_class):
-        form.fields[PARAM_PREFIX + spec.name] = form_field(spec)
-    return form
-
-
-def _filled_params(form) -> dict:
-    return {name.removeprefix(PARAM_PREFIX): value for name, value in form.cleaned_data.items()
-            if value not in (None, "")}
 
 
 def _weights(request, artifacts) -> tuple[list[float] | None, str]:
@@ -79,7 +60,7 @@ def job_new_merge(request):
     method = MERGE_METHODS[method_name]
     artifacts = _team_artifacts(request, team)
     chosen_ids = data.getlist("artifacts") or data.getlist("artifact")
-    params_form = _param_fields(method.params, request.POST if request.method == "POST" else None)
+    params_form = params_form(method.params, request.POST if request.method == "POST" else None)
     errors: dict[str, str] = {}
     if request.method == "POST":
         chosen = _picked(request, team, chosen_ids)
@@ -93,7 +74,7 @@ def job_new_merge(request):
             jobs, errors = job_start(
                 request, team=team, model_error_field="sources",
                 create=lambda: job_create_merge(user=request.user, team=team, artifacts=chosen, method=method_name,
-                                                method_params=_filled_params(params_form), weights=weights,
+                                                method_params=filled_params(params_form), weights=weights,
                                                 dataset=dataset, name=data.get("name", "")))
             if jobs:
                 return redirect(jobs[0])
@@ -167,21 +148,6 @@ def job_chain(request, job_id: int):
     return redirect(jobs[0])
 
 
-EVALUATE_SYSTEM_FIELDS = {"artifact_path", "base_model", "dataset_path", "dataset_name", "trust_remote_code"}
-
-
-def _evaluate_form(data):
-    from django import forms
-
-    from tuning.scoring import EvaluateConfig
-
-    form = forms.Form(data or None)
-    for spec in field_specs(EvaluateConfig):
-        if spec.name not in EVALUATE_SYSTEM_FIELDS:
-            form.fields[spec.name] = form_field(spec)
-    return form
-
-
 @require_http_methods(["GET", "POST"])
 def job_new_evaluate(request):
     """Score an artifact on a dataset: loss and perplexity, exact match and
@@ -190,7 +156,7 @@ def job_new_evaluate(request):
     data = request.POST if request.method == "POST" else request.GET
     artifacts = _team_artifacts(request, team)
     datasets = dataset_list_for_user(user=request.user).filter(team=team)
-    form = _evaluate_form(request.POST if request.method == "POST" else None)
+    form = evaluate_form(request.POST if request.method == "POST" else None)
     errors: dict[str, str] = {}
     if request.method == "POST" and form.is_valid():
         picked = _picked(request, team, [data.get("artifact", "")])

@@ -1,0 +1,107 @@
+"""The OpenAPI paths of the work the pages start beside training: merge,
+quantize and evaluate jobs (views_steps.py), and a dataset's mapping, diet
+steps and analyses (views_dataset_work.py). Merged into openapi.py's document."""
+
+from __future__ import annotations
+
+from studio.api.openapi_parts import answer, id_param, list_of, op, ref
+from tuning.data.diet import DIET_OPERATIONS
+from tuning.merge import MERGE_METHODS
+from tuning.quantize import QUANT_SCHEMES
+
+NAME_TEAM = {"name": {"type": "string"}, "team": {"type": "string", "description": "Team id or slug."}}
+
+
+def _body(required: list[str], properties: dict) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": required, "additionalProperties": False, "properties": properties}}}}
+
+
+MERGE = _body(["artifacts"], {
+    "artifacts": {"type": "array", "items": {"type": "integer"}, "minItems": 1,
+                  "description": "Artifacts of one base model (one adapter for fold)."},
+    "method": {"enum": list(MERGE_METHODS), "default": next(iter(MERGE_METHODS))},
+    "params": {"type": "object", "description": "The method's parameters, as on the merge page."},
+    "weights": {"type": "array", "items": {"type": "number"}, "description": "One per artifact."},
+    "dataset": {"type": "integer", "description": "Data some methods (fisher) read."}, **NAME_TEAM})
+
+QUANTIZE = _body(["artifact", "scheme"], {
+    "artifact": {"type": "integer"}, "scheme": {"enum": list(QUANT_SCHEMES)},
+    "eval_dataset": {"type": "integer", "description": "Scored before and after, for the report."},
+    "prompts": {"type": "array", "items": {"type": "string"}, "maxItems": 8,
+                "description": "Answered before and after, for the report."}, **NAME_TEAM})
+
+EVALUATE = _body(["artifact", "dataset"], {
+    "artifact": {"type": "integer"}, "dataset": {"type": "integer"},
+    "settings": {"type": "object", "description": "The evaluate page's settings (task, max_samples, metrics …)."},
+    **NAME_TEAM})
+
+MAPPING = _body(["schema", "mapping"], {
+    "schema": {"type": "string", "description": "alpaca, chat, sharegpt, prompt_completion, text …"},
+    "mapping": {"type": "object", "additionalProperties": {"type": "string"},
+                "description": "Each field of the schema and the column of the data that holds it."}})
+
+DIET = _body(["operation"], {
+    "operation": {"enum": list(DIET_OPERATIONS)},
+    "params": {"type": "object", "description": "; ".join(
+        f"{name}: " + (", ".join(f"{p.name} ({p.kind}, default {p.default})" for p in operation.params) or "none")
+        for name, operation in DIET_OPERATIONS.items())},
+    "others": {"type": "array", "items": {"type": "integer"}, "description": "merge: the versions to append."},
+    "base_model": {"type": "integer", "description": "length_filter in tokens: whose tokenizer counts."}})
+
+ANALYSE = _body(["base_model"], {
+    "base_model": {"type": "integer"}, "max_length": {"type": "integer", "minimum": 8, "default": 512},
+    "loss_on_prompt": {"type": "boolean", "default": False}, "chat_template": {"type": "string", "default": "auto"}})
+
+STATUS = {"type": "string", "description": "The job's status, as a job's."}
+OPERATION = {"type": "object", "properties": {
+    "object": {"const": "dataset.operation"}, "id": {"type": "integer"}, "dataset": {"type": "integer"},
+    "operation": {"type": "string"}, "parameters": {"type": "object"},
+    "job": {"type": "integer", "description": "Follow it at /fine_tuning/jobs/{job} and its events."},
+    "status": STATUS, "error": {"type": ["string", "null"]},
+    "results": {"type": "array", "items": {"type": "integer"}, "description": "The versions it made, once done."},
+    "created_at": {"type": "integer"}}}
+ANALYSIS = {"type": "object", "properties": {
+    "object": {"const": "dataset.analysis"}, "id": {"type": "integer"}, "dataset": {"type": "integer"},
+    "job": {"type": "integer"}, "status": STATUS, "error": {"type": ["string", "null"]},
+    "stats": {"type": "object", "description": "Token statistics."},
+    "findings": {"type": "array", "description": "Lint findings, each with its rows; blocking ones keep the "
+                                                 "version out of training."},
+    "preview": {"type": "array", "description": "The first rows through the chat template."}}}
+
+JOB_STARTED = answer(ref("Job"), "The job, queued (follow it at /fine_tuning/jobs/{id})")
+WRITE_ERRORS = ("400", "401", "403", "404")
+
+
+def steps_paths() -> dict:
+    dataset_id = id_param("dataset_id")
+    return {
+        "/merges": {"post": op("createMerge", "Merge artifacts, or fold an adapter into its base", JOB_STARTED,
+                               ok_code="201", errors=WRITE_ERRORS, body=MERGE)},
+        "/quantizations": {"post": op("createQuantization", "Quantize or export an artifact", JOB_STARTED,
+                                      ok_code="201", errors=WRITE_ERRORS, body=QUANTIZE)},
+        "/evaluations": {"post": op("createEvaluation", "Score an artifact on a dataset", JOB_STARTED,
+                                    ok_code="201", errors=WRITE_ERRORS, body=EVALUATE)},
+        "/datasets/{dataset_id}/mapping": {"post": op(
+            "confirmMapping", "Confirm an unsure upload's schema and columns", answer(OPERATION, "Queued"),
+            ok_code="202", params=[dataset_id], errors=WRITE_ERRORS, body=MAPPING,
+            description="A worker writes the mapped rows as the next version, the one jobs can train on.")},
+        "/datasets/{dataset_id}/operations": {
+            "get": op("listDatasetOperations", "The version's diet steps and mapping, newest first",
+                      answer(list_of("DatasetOperation"), "A page"), params=[dataset_id]),
+            "post": op("createDatasetOperation", "Run a diet step (dedupe, filter, subsample, split, merge)",
+                       answer(OPERATION, "Queued"), ok_code="202", params=[dataset_id], errors=WRITE_ERRORS,
+                       body=DIET)},
+        "/datasets/{dataset_id}/operations/{operation_id}": {"get": op(
+            "retrieveDatasetOperation", "A diet step", answer(OPERATION, "The step"),
+            params=[dataset_id, id_param("operation_id")])},
+        "/datasets/{dataset_id}/analyses": {"post": op(
+            "createDatasetAnalysis", "Analyse a version for a base model", answer(ANALYSIS, "Queued"),
+            ok_code="202", params=[dataset_id], errors=WRITE_ERRORS, body=ANALYSE)},
+        "/datasets/{dataset_id}/analyses/{analysis_id}": {"get": op(
+            "retrieveDatasetAnalysis", "An analysis: statistics, findings, preview", answer(ANALYSIS, "It"),
+            params=[dataset_id, id_param("analysis_id")])},
+    }
+
+
+SCHEMAS = {"DatasetOperation": OPERATION, "DatasetAnalysis": ANALYSIS}

@@ -1,0 +1,151 @@
+"""/api/v1/merges, /quantizations, /evaluations: the jobs that work on
+artifacts, as the merge, quantize and evaluate pages start them.
+
+The checks are the pages' own: the same forms (studio/jobs/forms_steps.py)
+parse the parameters, the same services (studio/jobs/services_steps.py)
+refuse what cannot run, and studio/jobs/pages.py: job_start records the
+start. Here only the JSON is read and the answer shaped.
+"""
+
+from __future__ import annotations
+
+from studio.api.auth import api_view
+from studio.api.bodies import form_error, json_body, refuse_unknown
+from studio.api.errors import ApiError, not_found
+from studio.api.selectors import artifact_list_in_team, dataset_get_in_teams
+from studio.api.serializers import job_json
+from studio.jobs.forms_steps import PARAM_PREFIX, evaluate_form, filled_params, params_form
+from studio.jobs.pages import job_start
+from studio.jobs.services_steps import job_create_evaluate, job_create_merge, job_create_quantize
+
+MAX_PROMPTS = 8  # as the quantize page keeps
+
+
+def _id(value, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise ApiError(400, f"{field} must be an id (a whole number)", field=field)
+    return int(value)
+
+
+def _object(body: dict, field: str) -> dict:
+    value = body.get(field) or {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{field} must be an object", field=field)
+    return value
+
+
+def _artifacts(team, ids, field: str) -> list:
+    """The team's artifacts by id, in the order given; 404 for one that is not there."""
+    wanted = [_id(value, field) for value in ids]
+    found = {a.pk: a for a in artifact_list_in_team(team_id=team.pk).filter(pk__in=wanted).select_related("base_model")}
+    for value in wanted:
+        if value not in found:
+            raise not_found("artifact", value, field=field)
+    return [found[value] for value in wanted]
+
+
+def _started(request, team, create, *, model_error_field: str, fields: dict[str, str] | None = None) -> dict:
+    """Start the job as the page does; what the service refuses is a 400 naming
+    the request field (``fields`` maps the service's names to the request's;
+    a merge method's parameter "method_params.x" is the request's "params.x")."""
+    jobs, errors = job_start(request, team=team, create=create, model_error_field=model_error_field,
+                             detail={"via": "api"})
+    if errors:
+        named = [{"field": (fields or {}).get(key) or key.replace("method_params.", "params.", 1), "message": message}
+                 for key, message in errors.items()]
+        raise ApiError(400, "; ".join(f"{e['field']}: {e['message']}" for e in named), field=named[0]["field"],
+                       errors=named)
+    return {**job_json(jobs[0], request=request), "_status": 201}
+
+
+def _team(request, body: dict, doing: str):
+    team = request.caller.team(body.get("team"))
+    request.caller.require_writer(team.pk, action=doing)
+    return team
+
+
+def _name(body: dict) -> str:
+    name = body.get("name") or ""
+    if not isinstance(name, str):
+        raise ApiError(400, "name must be a string", field="name")
+    return name[:200]
+
+
+@api_view("POST")
+def merges_collection(request):
+    """Merge artifacts of one base model (or fold an adapter into its base)."""
+    from tuning.merge import MERGE_METHODS
+
+    body = json_body(request)
+    refuse_unknown(body, {"artifacts", "method", "params", "weights", "dataset", "name", "team"})
+    team = _team(request, body, "merge artifacts")
+    if not isinstance(body.get("artifacts"), list) or not body["artifacts"]:
+        raise ApiError(400, "artifacts must be a non-empty list of artifact ids", field="artifacts")
+    artifacts = _artifacts(team, body["artifacts"], "artifacts")
+    weights = body.get("weights")
+    if weights is not None and (not isinstance(weights, list) or len(weights) != len(artifacts) or not all(
+            isinstance(w, int | float) and not isinstance(w, bool) for w in weights)):
+        raise ApiError(400, "weights must be a list of numbers, one per artifact", field="weights")
+    method = body.get("method") or next(iter(MERGE_METHODS))
+    params = _object(body, "params")
+    method_params = {}
+    if method in MERGE_METHODS:  # an unknown one is refused by the service, with the list of known ones
+        form = params_form(MERGE_METHODS[method].params, {PARAM_PREFIX + k: v for k, v in params.items()})
+        refuse_unknown(params, {name.removeprefix(PARAM_PREFIX) for name in form.fields}, "params.")
+        if not form.is_valid():
+            raise form_error(form, "params.", PARAM_PREFIX)
+        method_params = filled_params(form)
+    dataset = None
+    if body.get("dataset") is not None:
+        dataset = dataset_get_in_teams(team_ids=[team.pk], dataset_id=_id(body["dataset"], "dataset"),
+                                       field="dataset")
+    return _started(request, team, lambda: job_create_merge(
+        user=request.caller.user, team=team, artifacts=artifacts, method=method, method_params=method_params,
+        weights=[float(w) for w in weights] if weights else None, dataset=dataset, name=_name(body)),
+        model_error_field="artifacts", fields={"sources": "artifacts"})
+
+
+@api_view("POST")
+def quantizations_collection(request):
+    """Quantize or export an artifact with one scheme (GGUF, torchao …)."""
+    body = json_body(request)
+    refuse_unknown(body, {"artifact", "scheme", "eval_dataset", "prompts", "name", "team"})
+    team = _team(request, body, "quantize artifacts")
+    if body.get("artifact") is None:
+        raise ApiError(400, "artifact is required: the adapter or model to quantize", field="artifact")
+    [artifact] = _artifacts(team, [body["artifact"]], "artifact")
+    prompts = body.get("prompts")
+    if prompts is not None and (not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts)
+                                or len(prompts) > MAX_PROMPTS):
+        raise ApiError(400, f"prompts must be a list of at most {MAX_PROMPTS} strings", field="prompts")
+    dataset = None
+    if body.get("eval_dataset") is not None:
+        dataset = dataset_get_in_teams(team_ids=[team.pk], dataset_id=_id(body["eval_dataset"], "eval_dataset"),
+                                       field="eval_dataset")
+    prompts = [p.strip() for p in prompts or [] if p.strip()]
+    return _started(request, team, lambda: job_create_quantize(
+        user=request.caller.user, team=team, artifact=artifact, scheme=str(body.get("scheme", "")),
+        eval_dataset=dataset, prompts=prompts or None, name=_name(body)),
+        model_error_field="artifact", fields={"eval_dataset_path": "eval_dataset"})
+
+
+@api_view("POST")
+def evaluations_collection(request):
+    """Score an artifact on a dataset of the team."""
+    body = json_body(request)
+    refuse_unknown(body, {"artifact", "dataset", "settings", "name", "team"})
+    team = _team(request, body, "evaluate artifacts")
+    for field in ("artifact", "dataset"):
+        if body.get(field) is None:
+            raise ApiError(400, f"{field} is required", field=field)
+    [artifact] = _artifacts(team, [body["artifact"]], "artifact")
+    dataset = dataset_get_in_teams(team_ids=[team.pk], dataset_id=_id(body["dataset"], "dataset"), field="dataset")
+    settings_values = _object(body, "settings")
+    form = evaluate_form(settings_values)
+    refuse_unknown(settings_values, set(form.fields), "settings.")
+    if not form.is_valid():
+        raise form_error(form, "settings.")
+    values = {k: v for k, v in form.cleaned_data.items() if v not in (None, "") and k in settings_values}
+    return _started(request, team, lambda: job_create_evaluate(
+        user=request.caller.user, team=team, artifact=artifact, dataset=dataset, settings_values=values,
+        name=_name(body)), model_error_field="artifact", fields={name: f"settings.{name}" for name in form.fields})

@@ -1,0 +1,37 @@
+"""The forms of the merge and evaluate pages, shared with the API
+(studio/api/views_steps.py), so that both check a request the same way:
+fields generated from the config dataclasses' metadata, as the new-job form."""
+
+from __future__ import annotations
+
+from django import forms
+
+from studio.jobs.forms import form_field
+from tuning.fields import field_specs
+
+PARAM_PREFIX = "param__"
+# Filled in by the studio (paths, the base of an adapter), never typed by a user.
+EVALUATE_SYSTEM_FIELDS = {"artifact_path", "base_model", "dataset_path", "dataset_name", "trust_remote_code"}
+
+
+def params_form(params_class, data) -> forms.Form:
+    """Bound form fields for a merge method's parameters (same metadata as the CLI)."""
+    form = forms.Form(data, prefix=None)  # None: unbound (the page before its first POST)
+    for spec in field_specs(params_class):
+        form.fields[PARAM_PREFIX + spec.name] = form_field(spec)
+    return form
+
+
+def filled_params(form) -> dict:
+    return {name.removeprefix(PARAM_PREFIX): value for name, value in form.cleaned_data.items()
+            if value not in (None, "")}
+
+
+def evaluate_form(data) -> forms.Form:
+    from tuning.scoring import EvaluateConfig
+
+    form = forms.Form(data)
+    for spec in field_specs(EvaluateConfig):
+        if spec.name not in EVALUATE_SYSTEM_FIELDS:
+            form.fields[spec.name] = form_field(spec)
+    return form
