@@ -13,5 +13,6 @@
     defaultModelsExpandDepth: 0,
     // The page's own session may read (GET) in "Try it out"; writes need a token (Authorize).
     withCredentials: true,
+    validatorUrl: null,  // no badge from validator.swagger.io: the page works offline
   });
 })();
