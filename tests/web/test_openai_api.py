@@ -12,16 +12,8 @@ from studio.accounts.services import api_token_create
 from worker.playground import WARM
 from worker.serving import StopCutter, serve_completion
 
-from tests.web.test_api import artifact, dataset, job  # noqa: F401 (fixtures: an adapter of the member's team)
-
-
-def bearer(raw: str) -> dict:
-    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
-
-
-@pytest.fixture
-def member_token(member):
-    return api_token_create(user=member, name="script")[1]
+# Fixtures: an adapter of the member's team (artifact, dataset, job) and the member's token.
+from tests.web.test_api import artifact, bearer, dataset, job, token  # noqa: F401
 
 
 @pytest.fixture
@@ -29,19 +21,19 @@ def outsider_token(outsider):
     return api_token_create(user=outsider, name="rival script")[1]
 
 
-def chat(client, token, **body):
+def chat(client, raw_token, **body):
     return client.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], **body},
-                       content_type="application/json", **bearer(token))
+                       content_type="application/json", **bearer(raw_token))
 
 
-def test_models_lists_the_teams_artifacts_and_the_shared_base_models(client, member_token, outsider_token, artifact,
+def test_models_lists_the_teams_artifacts_and_the_shared_base_models(client, token, outsider_token, artifact,
                                                                       tiny_base_model):
-    listed = client.get("/v1/models", **bearer(member_token)).json()
+    listed = client.get("/v1/models", **bearer(token)).json()
     assert listed["object"] == "list"
     ids = [m["id"] for m in listed["data"]]
     assert ids == [f"artifact-{artifact.pk}", f"base-{tiny_base_model.pk}"]
     assert {m["owned_by"] for m in listed["data"]} == {artifact.team.slug, "studio"}
-    assert client.get(f"/v1/models/artifact-{artifact.pk}", **bearer(member_token)).json()["id"] == ids[0]
+    assert client.get(f"/v1/models/artifact-{artifact.pk}", **bearer(token)).json()["id"] == ids[0]
     # Another team sees the shared base model, never the member's artifact.
     theirs = [m["id"] for m in client.get("/v1/models", **bearer(outsider_token)).json()["data"]]
     assert theirs == [f"base-{tiny_base_model.pk}"]
@@ -55,8 +47,8 @@ def test_without_a_token_the_answer_is_openais_401(client, db):
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
 
 
-def test_unknown_and_another_teams_model_are_the_same_404(client, member_token, outsider_token, artifact):
-    unknown = chat(client, member_token, model="artifact-999999")
+def test_unknown_and_another_teams_model_are_the_same_404(client, token, outsider_token, artifact):
+    unknown = chat(client, token, model="artifact-999999")
     theirs = chat(client, outsider_token, model=f"artifact-{artifact.pk}")
     for response, name in ((unknown, "artifact-999999"), (theirs, f"artifact-{artifact.pk}")):
         assert response.status_code == 404
@@ -64,7 +56,7 @@ def test_unknown_and_another_teams_model_are_the_same_404(client, member_token, 
         assert error["code"] == "model_not_found" and error["param"] == "model"
         assert error["message"].startswith(f"The model '{name}' does not exist or you do not have access to it")
     assert client.get(f"/v1/models/artifact-{artifact.pk}", **bearer(outsider_token)).status_code == 404
-    assert chat(client, member_token, model="gpt-4o").json()["error"]["code"] == "model_not_found"
+    assert chat(client, token, model="gpt-4o").json()["error"]["code"] == "model_not_found"
 
 
 @pytest.mark.parametrize("body, param, words", [
@@ -78,19 +70,19 @@ def test_unknown_and_another_teams_model_are_the_same_404(client, member_token, 
     ({"stop": ["", "x"]}, "stop", "non-empty strings"),
     ({"stream": "yes"}, "stream", "true or false"),
 ])
-def test_a_bad_body_names_the_field(client, member_token, tiny_base_model, body, param, words):
-    response = chat(client, member_token, model=f"base-{tiny_base_model.pk}", **body)
+def test_a_bad_body_names_the_field(client, token, tiny_base_model, body, param, words):
+    response = chat(client, token, model=f"base-{tiny_base_model.pk}", **body)
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert error["param"] == param and words in error["message"] and error["type"] == "invalid_request_error"
 
 
-def test_completions_take_one_text_prompt(client, member_token, tiny_base_model):
+def test_completions_take_one_text_prompt(client, token, tiny_base_model):
     response = client.post("/v1/completions", {"model": f"base-{tiny_base_model.pk}", "prompt": [1, 2, 3]},
-                           content_type="application/json", **bearer(member_token))
+                           content_type="application/json", **bearer(token))
     assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
-    assert client.get("/v1/completions", **bearer(member_token)).status_code == 405
-    assert client.get("/v1/embeddings", **bearer(member_token)).json()["error"]["message"].startswith(
+    assert client.get("/v1/completions", **bearer(token)).status_code == 405
+    assert client.get("/v1/embeddings", **bearer(token)).json()["error"]["message"].startswith(
         "No endpoint /v1/embeddings")
 
 
