@@ -14,7 +14,7 @@ from studio.api.bodies import form_error, json_body, refuse_unknown
 from studio.api.errors import ApiError, not_found
 from studio.api.selectors import artifact_list_in_team, dataset_get_in_teams
 from studio.api.serializers import job_json
-from studio.jobs.forms_steps import PARAM_PREFIX, evaluate_form, filled_params, params_form
+from studio.jobs.forms_steps import PARAM_PREFIX, evaluate_form, filled_params, merge_params_form
 from studio.jobs.pages import job_start
 from studio.jobs.services_steps import job_create_evaluate, job_create_merge, job_create_quantize
 
@@ -90,7 +90,7 @@ def merges_collection(request):
     params = _object(body, "params")
     method_params = {}
     if method in MERGE_METHODS:  # an unknown one is refused by the service, with the list of known ones
-        form = params_form(MERGE_METHODS[method].params, {PARAM_PREFIX + k: v for k, v in params.items()})
+        form = merge_params_form(MERGE_METHODS[method].params, {PARAM_PREFIX + k: v for k, v in params.items()})
         refuse_unknown(params, {name.removeprefix(PARAM_PREFIX) for name in form.fields}, "params.")
         if not form.is_valid():
             raise form_error(form, "params.", PARAM_PREFIX)

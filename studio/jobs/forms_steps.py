@@ -14,7 +14,7 @@ PARAM_PREFIX = "param__"
 EVALUATE_SYSTEM_FIELDS = {"artifact_path", "base_model", "dataset_path", "dataset_name", "trust_remote_code"}
 
 
-def params_form(params_class, data) -> forms.Form:
+def merge_params_form(params_class, data) -> forms.Form:
     """Bound form fields for a merge method's parameters (same metadata as the CLI)."""
     form = forms.Form(data, prefix=None)  # None: unbound (the page before its first POST)
     for spec in field_specs(params_class):

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from studio.accounts.selectors import team_for_new_work
 from studio.artifacts.selectors import artifact_list_for_user
 from studio.datasets.selectors import dataset_list_for_user
-from studio.jobs.forms_steps import evaluate_form, filled_params, params_form
+from studio.jobs.forms_steps import evaluate_form, filled_params, merge_params_form
 from studio.jobs.pages import chain_form_context, job_start, model_config_in, quantize_schemes
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.services_steps import job_create_chain, job_create_evaluate, job_create_merge, job_create_quantize
@@ -60,7 +60,7 @@ def job_new_merge(request):
     method = MERGE_METHODS[method_name]
     artifacts = _team_artifacts(request, team)
     chosen_ids = data.getlist("artifacts") or data.getlist("artifact")
-    params_form = params_form(method.params, request.POST if request.method == "POST" else None)
+    params_form = merge_params_form(method.params, request.POST if request.method == "POST" else None)
     errors: dict[str, str] = {}
     if request.method == "POST":
         chosen = _picked(request, team, chosen_ids)
