@@ -28,7 +28,8 @@ from datetime import timedelta
 from itertools import groupby
 
 from django.conf import settings
-from django.db.models import Count, DateTimeField, DurationField, ExpressionWrapper, F, Q, Sum, Value
+from django.core.cache import cache
+from django.db.models import Count, DateTimeField, DurationField, ExpressionWrapper, F, Sum, Value
 from django.db.models.functions import Coalesce, Greatest, TruncHour
 from django.utils import timezone
 
@@ -59,27 +60,43 @@ def half_life_hours() -> float:
     return float(settings.FAIR_SHARE_HALF_LIFE_HOURS)
 
 
+FINISHED_USAGE_TTL_S = 60  # how long a process reuses the ended jobs' usage (it changes only as jobs end)
+
+
 def pool_usage(pool: str) -> PoolUsage:
-    """Decayed device-hours and running jobs of each team and person in ``pool``."""
+    """Decayed device-hours and running jobs of each team and person in ``pool``: the running jobs read now
+    (a few rows), the ended ones from a one-minute memo (on SQLite, summing a week of ended jobs costs a
+    database function call per job)."""
+    finished = cache.get_or_set(f"fair-share:{pool}:{half_life_hours()}", lambda: _usage_rows(pool, running=False),
+                                FINISHED_USAGE_TTL_S)
+    teams: dict[int, Usage] = defaultdict(Usage)
+    owners: dict[int, Usage] = defaultdict(Usage)
+    for team_id, owner_id, hours, running in [*finished, *_usage_rows(pool, running=True)]:
+        for usage in (teams[team_id], owners[owner_id]):
+            usage.hours += hours
+            usage.running += running
+    return PoolUsage(dict(teams), dict(owners))
+
+
+def _usage_rows(pool: str, *, running: bool) -> list[tuple[int, int | None, float, int]]:
+    """(team, owner, decayed hours, jobs running) per team, person and hour of the job's end, summed by the
+    database: the running jobs, or those that ended within USAGE_HALF_LIVES half-lives."""
     now = timezone.now()
     since = now - timedelta(hours=half_life_hours() * USAGE_HALF_LIVES)
     end = Coalesce("finished_at", Value(now, output_field=DateTimeField()))
-    ran = (Job.everything.filter(device_pool=pool, started_at__isnull=False)
-           .filter(Q(status__in=Job.HOLDING_WORKER) | Q(finished_at__gte=since))
-           .annotate(ended_hour=TruncHour(end))
-           .values("team_id", "owner_id", "ended_hour")
-           .annotate(spent=Sum(ExpressionWrapper(end - Greatest(F("started_at"), Value(since)),
-                                                 output_field=DurationField())),
-                     running=Count("pk", filter=Q(status__in=Job.HOLDING_WORKER))))
-    teams: dict[int, Usage] = defaultdict(Usage)
-    owners: dict[int, Usage] = defaultdict(Usage)
-    for row in ran:
+    jobs = Job.everything.filter(device_pool=pool, started_at__isnull=False)
+    jobs = (jobs.filter(status__in=Job.HOLDING_WORKER) if running
+            else jobs.exclude(status__in=Job.HOLDING_WORKER).filter(finished_at__gte=since))
+    grouped = (jobs.annotate(ended_hour=TruncHour(end)).values("team_id", "owner_id", "ended_hour")
+               .annotate(spent=Sum(ExpressionWrapper(end - Greatest(F("started_at"), Value(since)),
+                                                     output_field=DurationField())),
+                         count=Count("pk")))
+    rows = []
+    for row in grouped:
         age_hours = max((now - row["ended_hour"]).total_seconds() / 3600 - 1, 0)  # a bucket's hour may be this one
         hours = max(row["spent"].total_seconds(), 0) / 3600 * 0.5 ** (age_hours / half_life_hours())
-        for usage in (teams[row["team_id"]], owners[row["owner_id"]]):
-            usage.hours += hours
-            usage.running += row["running"]
-    return PoolUsage(dict(teams), dict(owners))
+        rows.append((row["team_id"], row["owner_id"], hours, row["count"] if running else 0))
+    return rows
 
 
 def _round_robin(queues: list[deque]) -> list:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Sum, Value
+from django.db.models import (DateTimeField, DurationField, ExpressionWrapper, F, JSONField, OuterRef, Q, Subquery,
+                              Sum, Value)
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from studio.accounts.selectors import team_ids_for_user
-from studio.jobs.fair_share import fair_order, fair_share_note, pool_usage
+from studio.jobs.fair_share import PoolUsage, fair_order, fair_share_note, pool_usage
 from studio.jobs.models import Job, JobEvent, TeamQuota
 from studio.workers.selectors import pool_device_memory_mib, pools_with_live_workers
 
@@ -82,22 +84,20 @@ def no_worker_reason(pool: str) -> str:
             f"a team deployment needs a worker with -Q {pool} (the Workers page lists who is alive)")
 
 
+def _last_event_data(kinds: tuple[str, ...]) -> Subquery:
+    """The data of a job's newest event of ``kinds``, as a subquery to annotate jobs with (one query for all)."""
+    return Subquery(JobEvent.objects.filter(job_id=OuterRef("pk"), kind__in=kinds, superseded=False)
+                    .order_by("-seq").values("data")[:1], output_field=JSONField())
+
+
 def _seconds_per_step(pool: str) -> float | None:
     """Median seconds per training step of the pool's recent finished jobs."""
     recent = Job.objects.filter(device_pool=pool, kind=Job.Kind.TRAIN, status=Job.Status.SUCCEEDED,
                                 progress_step__gt=0).order_by("-finished_at")[:20]
-    rates = []
-    for job in recent:
-        last = JobEvent.objects.filter(job=job, kind="metrics").order_by("-seq").first()
-        if last and last.data.get("elapsed_s") and last.data.get("step"):
-            rates.append(last.data["elapsed_s"] / last.data["step"])
+    rates = [last["elapsed_s"] / last["step"]
+             for last in recent.annotate(last=_last_event_data(("metrics",))).values_list("last", flat=True)
+             if last and last.get("elapsed_s") and last.get("step")]
     return statistics.median(rates) if rates else DEFAULT_STEP_S
-
-
-def _remaining_s(job: Job) -> float | None:
-    """Seconds the running job still needs, from its last progress report."""
-    last = JobEvent.objects.filter(job=job, kind__in=("metrics", "progress")).order_by("-seq").first()
-    return last.data.get("eta_s") if last else None
 
 
 @dataclass
@@ -110,61 +110,106 @@ class QueueRow:
     finishes_at: datetime | None = None
 
 
+@dataclass
+class QueuePage:
+    rows: list[QueueRow]
+    more: dict[str, int]  # pool -> queued jobs of the user's teams past the rows shown
+
+
+SHOWN_PER_POOL = 25  # queued rows of the user's teams shown per pool; the page says how many more wait
+_NEVER = datetime.max.replace(tzinfo=dt_timezone.utc)
+
+
 def queue_rows_for_user(*, user) -> list[QueueRow]:
+    return queue_page_for_user(user=user).rows
+
+
+def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage:
     """Running and queued jobs of the user's teams, pool by pool, in the
     order they run, with estimates: a pool runs one job per worker; a
     running job ends after its reported ETA; a queued training job takes
-    its steps × the pool's recent seconds per step."""
+    its steps × the pool's recent seconds per step.
+
+    Every queued job of a pool counts in the positions and estimates, read
+    as plain values in one query; only the rows shown are loaded as jobs, so
+    a pool costs a fixed number of queries however long its queue is."""
     now = timezone.now()
+    shown_per_pool = SHOWN_PER_POOL if shown_per_pool is None else shown_per_pool
     team_ids = set(team_ids_for_user(user=user))
     rows: list[QueueRow] = []
+    more: dict[str, int] = {}
     pools = Job.objects.filter(status__in=(*ACTIVE, Job.Status.QUEUED)).values_list("device_pool", flat=True)
     served = pools_with_live_workers()
+    quota_reasons: dict[tuple[int, bool], str] = {}  # asked once per team and page
+
+    def quota_reason(team_id: int, gpu_pool: bool) -> str:
+        if (team_id, gpu_pool) not in quota_reasons:
+            quota_reasons[team_id, gpu_pool] = quota_wait_reason(team_id, gpu_pool=gpu_pool)
+        return quota_reasons[team_id, gpu_pool]
+
     for pool in sorted(set(pools)):
-        running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE).select_related("owner", "team"))
+        running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE).select_related("owner", "team")
+                       .annotate(last=_last_event_data(("metrics", "progress"))))
         free_at = []
         for job in running:
-            remaining = _remaining_s(job)
+            remaining = (job.last or {}).get("eta_s")
             finish = now + timedelta(seconds=remaining) if remaining is not None else None
             free_at.append(finish)
             if job.team_id in team_ids:
-                rows.append(QueueRow(job, None, "", job.started_at, finish))
+                rows.append(QueueRow(job, None, "", starts_at=job.started_at, finishes_at=finish))
         workers = max(len(running), 1)
-        free_at = sorted(free_at, key=lambda t: t or datetime.max.replace(tzinfo=now.tzinfo))[:workers] or [now]
+        free_at = sorted(free_at, key=lambda t: t or _NEVER)[:workers] or [now]
         step_s = _seconds_per_step(pool)
-        queued, notes = _queued_in_run_order(pool)
-        position = 0
-        for job in queued:
-            reason = job_wait_reason(job) or ("" if pool in served else no_worker_reason(pool))
-            position += 1
+        gpu_pool = pool in settings.GPU_POOLS
+        queued, usage = _queued_in_run_order(pool)
+        shown = []
+        for position, job in enumerate(queued, start=1):
+            if _waits_for_step_before(job):
+                reason = f"waits for job #{job['depends_on_id']} ({job['depends_on__status']})"
+            else:
+                reason = quota_reason(job["team_id"], gpu_pool) or ("" if pool in served else no_worker_reason(pool))
             starts = None if reason else free_at[0] if free_at[0] is None else max(free_at[0], now)
-            duration = step_s * job.progress_total if step_s and job.progress_total else None
+            duration = step_s * job["progress_total"] if step_s and job["progress_total"] else None
             finishes = starts + timedelta(seconds=duration) if starts and duration else None
             if starts is not None and not reason:
                 free_at[0] = finishes  # that worker is busy until then (unknown when no estimate)
-                free_at.sort(key=lambda t: t or datetime.max.replace(tzinfo=now.tzinfo))
-            if job.team_id in team_ids:
-                rows.append(QueueRow(job, position, reason, notes.get(job.pk, ""), starts, finishes))
-    return rows
+                free_at.sort(key=lambda t: t or _NEVER)
+            if job["team_id"] not in team_ids:
+                continue
+            if len(shown) < shown_per_pool:
+                shown.append((job["pk"], position, reason, starts, finishes))
+            else:
+                more[pool] = more.get(pool, 0) + 1
+        jobs = Job.objects.select_related("owner", "team").in_bulk([pk for pk, *_ in shown])
+        waiting_teams = {job["team_id"] for job in queued}
+        for pk, position, reason, starts, finishes in shown:
+            note = fair_share_note(jobs[pk], usage, waiting_teams) if usage else ""
+            rows.append(QueueRow(jobs[pk], position, reason, note, starts, finishes))
+    return QueuePage(rows, more)
 
 
-def _queued_in_run_order(pool: str) -> tuple[list[Job], dict[int, str]]:
-    """The pool's queued jobs in the order they run (fair share within each priority; chain steps still
-    waiting keep their place in queue order after the others of their priority), and fair share's notes."""
-    queued = list(Job.objects.filter(device_pool=pool, status=Job.Status.QUEUED).select_related(
-        "owner", "team", "depends_on").order_by(*QUEUE_ORDER))
-    if not settings.FAIR_SHARE:
-        return queued, {}
+QUEUED_FIELDS = ("pk", "priority", "team_id", "owner_id", "queue_order", "progress_total", "depends_on_id",
+                 "depends_on__status")
+
+
+def _waits_for_step_before(job: dict) -> bool:
+    return bool(job["depends_on_id"]) and job["depends_on__status"] != Job.Status.SUCCEEDED
+
+
+def _queued_in_run_order(pool: str) -> tuple[list[dict], PoolUsage | None]:
+    """The pool's queued jobs (dicts of QUEUED_FIELDS) in the order they run (fair share within each
+    priority; chain steps still waiting keep their place in queue order after the others of their
+    priority), and the usage fair share read (None where it does not apply: off, or one person waiting)."""
+    queued = list(Job.objects.filter(device_pool=pool, status=Job.Status.QUEUED).order_by(*QUEUE_ORDER)
+                  .values(*QUEUED_FIELDS))
+    if not settings.FAIR_SHARE or len({(job["team_id"], job["owner_id"]) for job in queued}) < 2:
+        return queued, None  # nobody to share with: first come, first served
     usage = pool_usage(pool)
-    eligible = set(queued_in_order(pool).values_list("pk", flat=True))
     rank = {pk: index for index, pk in enumerate(fair_order(
-        [(job.pk, job.priority, job.team_id, job.owner_id) for job in queued if job.pk in eligible], usage))}
-    queued.sort(key=lambda job: (-job.priority, rank.get(job.pk, len(rank)), job.queue_order, job.pk))
-    people = {(job.team_id, job.owner_id) for job in queued}
-    if len(people) < 2:
-        return queued, {}  # nobody to share with: first come, first served
-    teams = {job.team_id for job in queued}
-    return queued, {job.pk: fair_share_note(job, usage, teams) for job in queued}
+        [(job["pk"], job["priority"], job["team_id"], job["owner_id"]) for job in queued
+         if not _waits_for_step_before(job)], usage))}
+    queued.sort(key=lambda job: (-job["priority"], rank.get(job["pk"], len(rank)), job["queue_order"], job["pk"]))
+    return queued, usage
 
 
 def pool_tokens_per_s(pool: str, *, base_model_id: int | None) -> float | None:

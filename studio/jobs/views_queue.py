@@ -8,14 +8,15 @@ from django.views.decorators.http import require_POST
 from studio.accounts.policy import Action, job_allows, refusal
 from studio.audit.services import audit_record
 from studio.jobs.selectors import job_get_for_user
-from studio.jobs.selectors_queue import queue_rows_for_user
+from studio.jobs.selectors_queue import queue_page_for_user
 from studio.jobs.services import job_cancel
 from studio.jobs.services_queue import job_move, job_preempt_for, job_set_priority
 from tuning.errors import ConfigError
 
 
 def _render(request, *, partial: bool, error: str = "", status: int = 200):
-    context = {"rows": queue_rows_for_user(user=request.user), "error": error,
+    page = queue_page_for_user(user=request.user)
+    context = {"rows": page.rows, "more": sorted(page.more.items()), "error": error,
                "fair_share": settings.FAIR_SHARE, "half_life": settings.FAIR_SHARE_HALF_LIFE_HOURS}
     template = "jobs/_queue_table.html" if partial else "jobs/queue.html"
     return render(request, template, context, status=status)

@@ -38,3 +38,13 @@ def media_root(settings, tmp_path):
     """Each test stores its files in its own directory."""
     settings.MEDIA_ROOT = tmp_path / "media"
     return settings.MEDIA_ROOT
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """What a process memoises (fair share's usage of ended jobs) never leaks from one test into the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()

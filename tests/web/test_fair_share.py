@@ -141,3 +141,17 @@ def test_the_order_interleaves_teams_then_people():
     # priority 5 first; then team 2 (unused) and team 1 take turns; team 1's turns alternate bob and alice
     assert fair_order(rows, usage) == [8, 6, 5, 7, 1, 2, 3, 4]
     assert fair_order(rows, None) == [8, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_long_queue_shows_the_first_rows_of_each_pool_and_counts_the_rest(submit, people, monkeypatch):
+    from studio.jobs import selectors_queue
+
+    for index in range(4):
+        submit("alice", f"alice {index}")
+    submit("carol", "carol 1")  # another team's: counted in positions, never shown nor counted as more
+    page = selectors_queue.queue_page_for_user(user=people["alice"][0], shown_per_pool=2)
+    assert [row.job.name for row in page.rows] == ["alice 0", "alice 1"] and page.more == {"default": 2}
+    monkeypatch.setattr(selectors_queue, "SHOWN_PER_POOL", 2)
+    client = Client()
+    client.force_login(people["alice"][0])
+    assert "Pool default: 2 more queued jobs of your teams after these." in client.get("/jobs/queue/").content.decode()
