@@ -19,6 +19,7 @@ from studio.artifacts.models import Artifact
 from studio.artifacts.playground import LIMITS, MAX_PROMPT_CHARS
 from studio.catalog.models import BaseModel
 from studio.catalog.selectors import base_model_list
+from tuning.models import BUNDLED_ENCODER_ID
 
 SERVE_TASK = "worker.tasks.serve_completion"  # sent by name: the web side never imports worker/
 ROLES = ("system", "user", "assistant", "developer")  # "developer": OpenAI's newer name for system
@@ -75,6 +76,11 @@ def _artifact_served(artifact: Artifact) -> ServedModel:
                        artifact.path, base)
 
 
+def _base_models(team_ids):
+    # The bundled sentence encoder is a base for classifiers only: it has no head to generate with.
+    return base_model_list(team_ids=team_ids).exclude(upstream_id=BUNDLED_ENCODER_ID).select_related("team")
+
+
 def _base_served(model: BaseModel) -> ServedModel:
     return ServedModel(f"base-{model.pk}", int(model.created_at.timestamp()),
                        model.team.slug if model.team_id else "studio", model.ref, "")
@@ -83,7 +89,7 @@ def _base_served(model: BaseModel) -> ServedModel:
 def served_models(*, team_ids: list[int]) -> list[ServedModel]:
     """Every model the teams may chat with: their artifacts, newest first, then the base models."""
     return ([_artifact_served(a) for a in _artifacts(team_ids).order_by("-pk")[:500]]
-            + [_base_served(m) for m in base_model_list(team_ids=team_ids).select_related("team")])
+            + [_base_served(m) for m in _base_models(team_ids)])
 
 
 def served_model(*, team_ids: list[int], model_id) -> ServedModel:
@@ -94,7 +100,7 @@ def served_model(*, team_ids: list[int], model_id) -> ServedModel:
         found = _artifacts(team_ids).filter(pk=int(number)).first()
         found = found and _artifact_served(found)
     elif number.isdigit() and kind == "base":
-        found = base_model_list(team_ids=team_ids).filter(pk=int(number)).select_related("team").first()
+        found = _base_models(team_ids).filter(pk=int(number)).first()
         found = found and _base_served(found)
     if found is None:
         raise OpenAIError(404, f"The model {str(model_id)[:80]!r} does not exist or you do not have access to it; "

@@ -39,6 +39,16 @@ def test_models_lists_the_teams_artifacts_and_the_shared_base_models(client, tok
     assert theirs == [f"base-{tiny_base_model.pk}"]
 
 
+def test_the_bundled_encoder_is_not_served(client, token, tiny_model):
+    from studio.catalog.services import base_model_register
+    from tuning.models import BUNDLED_ENCODER_ID
+
+    encoder = base_model_register(name="encoder", source="bundled", ref=str(tiny_model),
+                                  upstream_id=BUNDLED_ENCODER_ID)
+    assert f"base-{encoder.pk}" not in [m["id"] for m in client.get("/v1/models", **bearer(token)).json()["data"]]
+    assert chat(client, token, model=f"base-{encoder.pk}").json()["error"]["code"] == "model_not_found"
+
+
 def test_without_a_token_the_answer_is_openais_401(client, db):
     response = client.get("/v1/models")
     assert response.status_code == 401
