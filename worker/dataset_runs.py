@@ -125,18 +125,25 @@ def _analyse(analysis: DatasetAnalysis, progress: Phases) -> None:
     report = linting.lint(list(zip(file_rows, rows)), tokenizer=tokenizer, max_length=analysis.max_length,
                           progress=progress)
     # Every row number is kept (to_dict lists the first 100 for the page): "drop these rows" needs all.
-    findings = [finding.to_dict() | {"all_rows": list(finding.rows)} for finding in report.findings]
+    by_number = dict(zip(file_rows, rows))
+    findings = [finding.to_dict() | {"all_rows": list(finding.rows), "examples": _examples(finding, by_number)}
+                for finding in sorted(report.findings, key=lambda f: f.severity != linting.BLOCKING)]  # grouped
     preview, stats, svg, message = [], {}, "", ""
     if "sft" not in dataset.tasks:
         message = (f"{dataset.schema} data is not rendered through a chat template; the preview and token "
                    f"statistics are for instruction and chat data.")
     else:
+        blocking = {row for f in report.findings if f.severity == linting.BLOCKING for row in f.rows}
         try:
-            examples = read_examples(target, name=name)
+            examples = _examples_without(rows, file_rows, blocking) if blocking else read_examples(target, name=name)
         except DatasetError as exc:
-            # Lint lists every bad row; the strict reader stops at the first one.
-            message = f"No preview or token statistics until the blocking rows are dropped: {exc}"
+            # Lint reads leniently; a row it passes that the strict reader still refuses leaves nothing to show.
+            message = f"No preview or token statistics until this row is fixed or dropped: {exc}"
         else:
+            if blocking:
+                n = len(blocking)
+                message = (f"The preview and token statistics leave out the {n} row{'s' * (n != 1)} that "
+                           f"block{'s' * (n == 1)} training (listed below).")
             progress.set_phase("rendering the preview")
             preview = render_preview(examples, tokenizer, max_length=analysis.max_length,
                                      loss_on_prompt=analysis.loss_on_prompt, rows=PREVIEW_ROWS, file=name or "")
@@ -146,6 +153,38 @@ def _analyse(analysis: DatasetAnalysis, progress: Phases) -> None:
             stats, svg = result.to_dict(), histogram_svg(result)
     dataset_analysis_save(analysis_id=analysis.pk, preview=preview, stats=stats, histogram_svg=svg,
                           findings=findings, notice=message, template_in_effect=template if preview else "")
+
+
+EXAMPLES = 3  # rows a finding shows as text, so the user sees what dropping it removes
+EXAMPLE_CHARS = 160
+
+
+def _examples(finding, by_number: dict[int, dict]) -> list[dict]:
+    """The first rows of a finding as text, with why each is listed where lint says."""
+    from tuning.data.records import readable_value
+
+    return [{"row": row, "why": finding.details.get(row, ""),
+             "text": readable_value(by_number[row], EXAMPLE_CHARS) if row in by_number else ""}
+            for row in finding.rows[:EXAMPLES]]
+
+
+def _examples_without(rows: list[dict], file_rows: list[int], dropped: set[int]) -> list:
+    """The version's rows less ``dropped`` (row numbers in the file) as Examples numbered as in the file:
+    what training would read once the blocking rows are gone, so the histogram and the preview show
+    while the user decides what to drop."""
+    import dataclasses
+
+    from tuning.data.readers import read_examples
+
+    kept = [(number, row) for number, row in zip(file_rows, rows) if number not in dropped]
+    if not kept:
+        raise DatasetError("every row has a blocking problem; there is nothing left to preview")
+    with tempfile.TemporaryDirectory(prefix="analysis-") as tmp:
+        try:
+            examples = read_examples(_write([row for _, row in kept], tmp, "kept.jsonl"))
+        except DatasetError as exc:  # name the row as the user's file numbers it
+            raise DatasetError(exc.reason, row=kept[exc.row - 1][0] if exc.row else None, field=exc.field) from exc
+    return [dataclasses.replace(example, row=kept[example.row - 1][0]) for example in examples]
 
 
 # ---------------------------------------------------------------- operations
@@ -205,8 +244,10 @@ def _operate(run: DatasetOperation, progress: Phases) -> list[Dataset]:
         rows, file_rows = version_rows(dataset)
         if run.operation == "drop_rows":
             kept = lint.drop_rows(rows, params["rows"], file_rows=file_rows)
+            # "codes"/"counts": the findings cleaned in one step; "code": one finding (steps stored earlier)
+            codes = params.get("codes") or [params.get("code", "")]
             report = {"rows_before": len(rows), "rows_after": len(kept), "dropped": len(rows) - len(kept),
-                      "finding": params.get("code", "")}
+                      "findings": params.get("counts") or {codes[0]: len(rows) - len(kept)}}
             path = _write(kept, tmp, "kept.jsonl")
             return dataset_operation_store(operation_id=run.pk, versions=[dict(
                 parents=[dataset], user=user, rows_path=path, operation="drop_rows", parameters=params,

@@ -122,6 +122,12 @@ class DatasetAnalysis(DatasetWork):
     class Meta(DatasetWork.Meta):
         verbose_name_plural = "dataset analyses"
 
+    @property
+    def blocking_row_count(self) -> int:
+        """Rows the blocking findings list, each counted once (a row can have two problems)."""
+        return len({row for f in self.findings if f.get("severity") == "blocking"
+                    for row in f.get("all_rows", f["rows"])})
+
 
 class DatasetOperation(DatasetWork):
     """One diet step (or column mapping, or dropping flagged rows) run on a

@@ -80,6 +80,19 @@ def dataset_blocking_findings(dataset: Dataset) -> list[dict]:
     return [f for f in analysis.findings if f.get("severity") == "blocking"] if analysis else []
 
 
+def analysis_drop_plan(*, analysis: DatasetAnalysis, codes: list[str]) -> dict | None:
+    """What dropping the rows of these findings of ``analysis`` does, as the parameters of one ``drop_rows``
+    step: every listed row once (a row two findings list goes once), and each finding's count, so that
+    several kinds of problem are cleaned into one new version. None when a code is not a fixable finding."""
+    wanted = set(codes)
+    chosen = [f for f in analysis.findings if f["code"] in wanted and f.get("fixable")]
+    if not wanted or len(chosen) != len(wanted):
+        return None
+    rows = sorted({row for f in chosen for row in f.get("all_rows", f["rows"])})
+    return {"codes": [f["code"] for f in chosen], "counts": {f["code"]: f["count"] for f in chosen},
+            "rows": rows, "analysis": analysis.pk}
+
+
 def dataset_training_refusal(dataset: Dataset) -> str | None:
     """Why ``dataset`` cannot be trained on, in words for the job form, or None when it can."""
     if not dataset.confirmed:

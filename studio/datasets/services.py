@@ -14,7 +14,6 @@ recorded in that version's lineage.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from itertools import islice
 from pathlib import Path
@@ -27,7 +26,7 @@ from django.db import transaction
 from studio.datasets.models import Dataset, dataset_upload_path
 from studio.storage.selectors import storage_quota_refusal
 from tuning.data import formats
-from tuning.data.records import file_sha256
+from tuning.data.records import file_sha256, readable_value
 from tuning.data.schema import detect, tasks_for_schema
 from tuning.data.tasks import TRAINABLE, summarize
 from tuning.errors import DatasetError
@@ -44,12 +43,9 @@ def safe_filename(name: str) -> str:
 
 
 def _raw_preview(paths: list, names: list[str]) -> list[dict]:
-    """The first rows as the file has them, values cut short, for a dataset whose schema is not confirmed."""
-    def cell(value):
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        return text[:PREVIEW_VALUE_CHARS]
-
-    return [{key: cell(value) for key, value in row.data.items()}
+    """The first rows as the file has them (a conversation as "speaker: text" lines, not JSON), values cut
+    short with a visible ellipsis, for a dataset whose schema is not confirmed or whose rows need dropping."""
+    return [{key: readable_value(value, PREVIEW_VALUE_CHARS) for key, value in row.data.items()}
             for row in islice(formats.iter_rows(paths, names=names), PREVIEW_ROWS)]
 
 

@@ -17,7 +17,7 @@ from studio.catalog.models import BaseModel
 from studio.catalog.selectors import base_model_list
 from studio.datasets.forms import (AnalysisForm, DatasetUploadForm, column_mapping_form, diet_form,
                                    diet_parameters)
-from studio.datasets.selectors import (dataset_analysis_get, dataset_get_for_user, dataset_latest_analysis,
+from studio.datasets.selectors import (analysis_drop_plan, dataset_analysis_get, dataset_get_for_user, dataset_latest_analysis,
                                        dataset_merge_candidates, dataset_operation_get, dataset_operation_list,
                                        dataset_uploads_for_user, dataset_version_tree)
 from studio.datasets.services import dataset_create_from_uploads
@@ -202,16 +202,17 @@ def dataset_operation(request, dataset_id: int, operation_id: int):
 
 @require_POST
 def dataset_drop_rows(request, dataset_id: int, analysis_id: int):
-    """The one-click fix: a new version without the rows a finding lists."""
+    """The one-click clean-up: one new version without the rows of every finding ticked (each ``code``)."""
     dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
     analysis = dataset_analysis_get(dataset=dataset, analysis_id=analysis_id)
-    code = request.POST.get("code", "")
-    finding = next((f for f in analysis.findings if f["code"] == code and f.get("fixable")), None)
-    if finding is None:
+    codes = request.POST.getlist("code")
+    if not codes:
+        return render(request, "datasets/_operation.html",
+                      {"dataset": dataset, "error": "Tick at least one finding whose rows should go."}, status=400)
+    plan = analysis_drop_plan(analysis=analysis, codes=codes)
+    if plan is None:
         raise Http404("no such finding")
     if not _can_write(request, dataset):
         return render(request, "datasets/_operation.html", {"dataset": dataset, "error": READ_ONLY}, status=403)
-    run = dataset_operation_request(dataset=dataset, user=request.user, operation="drop_rows",
-                                    parameters={"code": code, "rows": finding.get("all_rows", finding["rows"]),
-                                                "analysis": analysis.pk})
+    run = dataset_operation_request(dataset=dataset, user=request.user, operation="drop_rows", parameters=plan)
     return render(request, "datasets/_operation.html", {"dataset": dataset, "run": run})

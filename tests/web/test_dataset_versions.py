@@ -155,7 +155,8 @@ def test_analysis_shows_masked_preview_histogram_and_findings(member_client, tin
     page = member_client.get(f"/datasets/{upload.pk}/analyses/{analysis.pk}/").content.decode()
     assert "data-job-progress" not in page and '<figure class="histogram" id="histogram"><svg' in page
     assert '<span class="masked">' in page and '<span class="loss">' in page and 'id="rows-over">1<' in page
-    assert 'data-code="exact_duplicates"' in page and "Drop these rows" in page
+    assert 'data-code="exact_duplicates"' in page and "Drop the ticked rows" in page
+    assert "2 rows: 9, 10" in page and "row 11" in page  # counts read as counts, not "2: 9, 10"
     # The loss-on-everything switch: no masked part left in the preview.
     member_client.post(f"/datasets/{upload.pk}/analyse/", {"base_model": tiny_base_model.pk, "max_length": 48,
                                                            "loss_on_prompt": "on"})
@@ -181,7 +182,7 @@ def test_blocking_findings_refuse_training_until_the_rows_are_dropped(member_cli
     analysis.refresh_from_db()
     blocking = dataset_blocking_findings(upload)
     assert [f["code"] for f in blocking] == ["empty_response"] and blocking[0]["rows"] == [2]
-    assert "No preview or token statistics until the blocking rows are dropped" in analysis.notice
+    assert "leave out the 1 row that blocks training" in analysis.notice and analysis.histogram_svg
     response = member_client.post(f"/datasets/{upload.pk}/analyses/{analysis.pk}/drop/",
                                   {"code": "empty_response"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
@@ -190,3 +191,77 @@ def test_blocking_findings_refuse_training_until_the_rows_are_dropped(member_cli
     fixed = run.results.get()
     assert fixed.row_count == 8 and fixed.operation == "drop_rows" and list(fixed.parents.all()) == [upload]
     assert fixed.problem == "" and dataset_blocking_findings(fixed) == [] and dataset_training_refusal(fixed) is None
+
+
+def chat(*turns) -> dict:
+    return {"messages": [{"role": role, "content": text} for role, text in turns]}
+
+
+GOOD_CHATS = [chat(("user", f"Name the number after {i}."), ("assistant", f"It is {i + 1}.")) for i in range(6)]
+# Rows 7-9 each block training for a different reason; row 10 repeats row 1 (a warning, kept unless ticked).
+MESSY_CHATS = GOOD_CHATS + [chat(("user", "Say it."), ("assistant", " ")),
+                            chat(("user", "Hello?")),
+                            chat(("assistant", "I speak first."), ("user", "Odd."), ("assistant", "Yes.")),
+                            GOOD_CHATS[0]]
+
+
+def analysed(client, dataset, base_model, max_length=64) -> DatasetAnalysis:
+    client.post(f"/datasets/{dataset.pk}/analyse/", {"base_model": base_model.pk, "max_length": max_length})
+    analysis = DatasetAnalysis.objects.filter(dataset=dataset).latest("pk")
+    assert run_dataset_job(analysis) == "succeeded", DatasetAnalysis.objects.get(pk=analysis.pk).message
+    analysis.refresh_from_db()
+    return analysis
+
+
+def test_one_click_clean_drops_every_blocking_kind_into_one_version(member_client, tiny_base_model):
+    upload = uploaded(member_client, MESSY_CHATS, name="chats.jsonl")
+    analysis = analysed(member_client, upload, tiny_base_model)
+    blocking = {f["code"]: f for f in dataset_blocking_findings(upload)}
+    assert set(blocking) == {"empty_response", "ends_on_user", "roles_out_of_order"}
+    assert [blocking[c]["rows"] for c in ("empty_response", "ends_on_user", "roles_out_of_order")] == [[7], [8], [9]]
+    # Each finding shows what goes, as text; findings come grouped, blocking first.
+    assert blocking["ends_on_user"]["examples"] == [{"row": 8, "why": "turn 0 (the last) is the user's",
+                                                    "text": "messages: user: Hello?"}]
+    severities = [f["severity"] for f in analysis.findings]
+    assert severities == sorted(severities) and severities.count("blocking") == 3  # "blocking" < "warning"
+    # The histogram and the preview are there while blocking rows remain: they help decide what to drop.
+    assert analysis.histogram_svg.startswith("<svg") and analysis.stats["rows"] == 7 and analysis.preview
+    assert "leave out the 3 rows that block training" in analysis.notice
+    assert {row["row"] for row in analysis.preview} <= {1, 2, 3, 4, 5, 6, 10}  # numbered as in the file
+    page = member_client.get(f"/datasets/{upload.pk}/analyses/{analysis.pk}/").content.decode()
+    assert 'id="blocking-summary"' in page and "3 rows" in page and "row 8" in page
+    assert page.count("checked>") == 3 and 'id="histogram"><svg' in page
+
+    response = member_client.post(f"/datasets/{upload.pk}/analyses/{analysis.pk}/drop/",
+                                  {"code": ["empty_response", "ends_on_user", "roles_out_of_order"]},
+                                  HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    run = DatasetOperation.objects.get(operation="drop_rows")
+    assert run_dataset_job(run) == "succeeded"
+    fixed = run.results.get()  # one step, one new version, whatever the number of kinds
+    assert Dataset.objects.filter(root=upload).exclude(pk=upload.pk).count() == 1
+    assert fixed.row_count == 7 and list(fixed.parents.all()) == [upload]
+    assert fixed.report["findings"] == {"empty_response": 1, "ends_on_user": 1, "roles_out_of_order": 1}
+    assert fixed.problem == "" and dataset_training_refusal(fixed) is None
+    assert analysed(member_client, fixed, tiny_base_model).blocking_row_count == 0
+
+
+def test_clean_refuses_nothing_ticked_and_unknown_findings(member_client, tiny_base_model):
+    upload = uploaded(member_client, MESSY_CHATS, name="chats.jsonl")
+    analysis = analysed(member_client, upload, tiny_base_model)
+    url = f"/datasets/{upload.pk}/analyses/{analysis.pk}/drop/"
+    nothing = member_client.post(url, {}, HTTP_HX_REQUEST="true")
+    assert nothing.status_code == 400 and "Tick at least one finding" in nothing.content.decode()
+    assert member_client.post(url, {"code": ["empty_response", "no_such_check"]}).status_code == 404
+    assert not DatasetOperation.objects.exists()
+
+
+def test_sharegpt_problems_name_the_files_own_fields_and_rows_read_as_text(member_client):
+    turns = [{"from": "human", "value": "Hi " * 200}, {"from": "gpt", "value": "Hello."}]
+    rows = [{"conversations": turns}, {"conversations": [{"from": "gpt", "value": "Me first."}] + turns}]
+    upload = uploaded(member_client, rows, name="share.jsonl")
+    assert "row 2, field 'conversations[0].from'" in upload.problem and ".role" not in upload.problem
+    page = member_client.get(f"/datasets/{upload.pk}/").content.decode()
+    first_rows = page[page.index("<h2>First rows</h2>"):]
+    # A person's reading of the row, cut with a visible ellipsis, rather than a cut-off JSON list.
+    assert "human: Hi Hi" in first_rows and " …" in first_rows and "&quot;from&quot;" not in first_rows

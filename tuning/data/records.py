@@ -172,3 +172,35 @@ def text_value(record: dict, key: str, name: str, row: int, *, field: str | None
         return value
     problem = "is missing" if value is None else ("must be text" if not isinstance(value, str) else "is empty")
     raise DatasetError(f"{problem}; fill it in or remove the row", file=name, row=row, field=field or key)
+
+
+def _turn_text(turn) -> str:
+    """One chat turn as "speaker: text", whichever spelling the file uses (role/content or from/value)."""
+    if not isinstance(turn, dict):
+        return readable_value(turn)
+    speaker = turn.get("role", turn.get("from"))
+    content = turn.get("content", turn.get("value"))
+    if isinstance(speaker, str) and (content is None or isinstance(content, str)):
+        return f"{speaker}: {content or ''}"
+    return readable_value(turn)
+
+
+def readable_value(value, limit: int | None = None) -> str:
+    """A cell or a row as a person reads it, not as JSON: a conversation is one "speaker: text" line per
+    turn, an object "key: value" lines; cut at ``limit`` characters (at a space where one is near) with
+    an ellipsis, so the cut shows."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list):
+        text = "\n".join(_turn_text(item) for item in value)
+    elif isinstance(value, dict):
+        text = "\n".join(f"{key}: {readable_value(item)}" for key, item in value.items())
+    elif value is None:
+        text = ""
+    else:
+        text = str(value)
+    if limit is None or len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit * 0.8 else cut).rstrip() + " …"

@@ -133,11 +133,14 @@ def parse_message(item, name: str, row: int, where: str) -> Message | None:
     return Message(role, content, train=weight == 1)
 
 
-def check_order(messages: list[tuple[int, Message]], name: str, row: int, key: str) -> None:
-    """An optional system message first, then a user turn; the last turn is the assistant's."""
+def check_order(messages: list[tuple[int, Message]], name: str, row: int, key: str,
+                role_key: str = "role") -> None:
+    """An optional system message first, then a user turn; the last turn is the assistant's. ``role_key``
+    is the field the file names the speaker with (ShareGPT's ``from``), so the message names it too."""
     def error(index: int, message: str) -> DatasetError:
         # index -1: the conversation as a whole (or a system prompt given beside it)
-        return DatasetError(message, file=name, row=row, field=f"{key}[{index}].role" if index >= 0 else key)
+        return DatasetError(message, file=name, row=row,
+                            field=f"{key}[{index}].{role_key}" if index >= 0 else key)
 
     turns = [(i, m) for i, m in messages if m.role != "system"]
     if not turns:
@@ -172,7 +175,9 @@ def turns_parser(schema: Schema, first: dict, file: str, row: int, mapping: dict
         system = optional_text(record, SYSTEM, mapping)  # some exports keep the system prompt beside the turns
         if system and not (messages and messages[0][1].role == "system"):
             messages.insert(0, (-1, Message("system", system)))
-        check_order(messages, name, row, key)
+        spelling = turns[0] if isinstance(turns[0], dict) else {}
+        check_order(messages, name, row, key, role_key="from" if "from" in spelling and "role" not in spelling
+                    else "role")
         return Example(tuple(m for _, m in messages), row)
 
     return parse
