@@ -35,7 +35,13 @@ window.StudioCharts = (function () {
           // min-max keeps spikes that an average would hide; it draws at most
           // 4 points per pixel column of the visible range.
           decimation: { enabled: true, algorithm: "min-max" },
-          legend: { display: legend, labels: { boxHeight: 2, sort: (a, b) => a.datasetIndex - b.datasetIndex } },
+          // A series without points (eval loss on a run without eval data) gets no legend entry: the
+          // legend names only what is drawn. Decimation keeps the full data in _data.
+          legend: { display: legend, labels: { boxHeight: 2, sort: (a, b) => a.datasetIndex - b.datasetIndex,
+                                               filter: (item, data) => {
+                                                 const d = data.datasets[item.datasetIndex];
+                                                 return (d._data || d.data).length > 0;
+                                               } } },
           zoom: ZOOM,
         },
       },

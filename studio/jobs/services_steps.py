@@ -111,12 +111,23 @@ def job_create_merge(*, user, team, artifacts: list[Artifact], method: str, meth
     return job
 
 
+def quantized_model_name(*, base_model, made_by: Job | None) -> str:
+    """What a quantized model calls itself inside its files (GGUF general.name, the card's title): its base
+    model and the job that made the weights, e.g. "SmolLM2-135M-Instruct - LoRA on words", rather than the
+    name of the folder it was read from ("model")."""
+    while made_by is not None and made_by.kind == Job.Kind.MERGE and made_by.depends_on_id:
+        made_by = made_by.depends_on  # a chain's fold step: the weights are the training run's
+    parts = [base_model.name if base_model else "", made_by.name if made_by else ""]
+    return " - ".join(p for p in parts if p)[:200]
+
+
 def _quantize_config(*, job: Job, scheme: str, source_path: str, base_model, eval_dataset=None,
-                     prompts=None):
+                     prompts=None, model_name: str = ""):
     from tuning.quantize.config import QuantizeConfig
 
     values = {"scheme": scheme, "source_path": source_path, "base_model": base_model.ref if base_model else "",
-              "output_dir": str(job_output_dir(job.pk)), "trust_remote_code": settings.TRUST_REMOTE_CODE}
+              "output_dir": str(job_output_dir(job.pk)), "trust_remote_code": settings.TRUST_REMOTE_CODE,
+              "model_name": model_name}
     if prompts:
         values["prompts"] = list(prompts)
     if eval_dataset is not None:
@@ -143,7 +154,8 @@ def job_create_quantize(*, user, team, artifact: Artifact | None, scheme: str, e
         adapter = depends_on is None and artifact.is_adapter
         config = _quantize_config(job=job, scheme=scheme, source_path=source,
                                   base_model=base_model if adapter else None, eval_dataset=eval_dataset,
-                                  prompts=prompts)
+                                  prompts=prompts, model_name=quantized_model_name(
+                                      base_model=base_model, made_by=depends_on or artifact.job))
         if not depends_on:
             check_quantize_source(config, on_worker=False)
         what = f"job #{depends_on.pk}" if depends_on else artifact.name

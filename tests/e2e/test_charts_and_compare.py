@@ -42,6 +42,9 @@ def test_a_reload_mid_run_loses_no_point(browser, stack, admin_and_dataset):  # 
     assert page.evaluate(STEPS_OF) == stored == list(range(1, len(stored) + 1))
     # every metric chart got a point per step (learning rate, grad norm, tokens/s, memory)
     assert page.evaluate("studioJob.charts.slice(1).map(c => c.data.datasets[0].data.length)") == [len(stored)] * 4
+    # no eval data in this run, so the legend does not promise an eval loss line
+    legend = page.evaluate("studioJob.charts[0].legend.legendItems.map(i => i.text)")
+    assert "train loss" in legend and "eval loss" not in legend
 
 
 def test_compare_two_finished_jobs(browser, stack, admin_and_dataset):  # noqa: F811
@@ -68,6 +71,10 @@ def test_compare_two_finished_jobs(browser, stack, admin_and_dataset):  # noqa: 
     assert tokens == sorted(tokens) and tokens[0] > 1  # cumulative tokens, not steps
     assert "learning_rate" in page.inner_text("table.config-diff")
     assert page.locator("table.compare-table tbody tr").count() == 2
+    # a run with eval data names its eval loss line in the job page's legend
+    page.goto(f"{stack.base_url}/jobs/{first}/")
+    wait_for_points(page, 6)
+    assert "eval loss" in page.evaluate("studioJob.charts[0].legend.legendItems.map(i => i.text)")
 
 
 def test_adalora_charts_its_penalty_apart_from_the_loss(browser, stack, admin_and_dataset):  # noqa: F811

@@ -2,6 +2,7 @@
 Redis, uvicorn and Celery workers as separate processes."""
 
 import asyncio
+import html
 import json
 import re
 
@@ -76,6 +77,9 @@ def test_a_chain_queued_during_training_folds_then_exports_gguf(stack, admin, da
     reader = GGUFReader(path)
     assert reader.fields["general.architecture"].contents() == "llama"
     assert len(reader.tensors) > 0
+    # Named after the base model and the training run, not after the folder it was read from ("model").
+    train_name = html.unescape(re.search(r"<h1>(.+?)</h1>", admin.get(f"{stack.base_url}/jobs/{train_id}/").text)[1])
+    assert reader.fields["general.name"].contents().endswith(f" - {train_name}") and train_name
 
     outsider = stack.login(("mallory", "mallory-pass-123"))
     for url in (f"/artifacts/{gguf_id}/", f"/artifacts/{gguf_id}/files/{name}", f"/artifacts/{gguf_id}/download/"):

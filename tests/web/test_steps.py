@@ -101,6 +101,8 @@ def test_when_training_succeeds_the_next_step_gets_its_adapter_and_is_queued(mem
     assert fold.config["sources"][0]["path"] == adapter.path
     quantize.refresh_from_db()
     assert quantize.config["source_path"].startswith("(the output of job")  # still waiting for the fold
+    # The exported model is named after its base and the training run (not its folder, "model").
+    assert quantize.config["model_name"] == f"{tiny_base_model.name} - {job.name}" and job.name
 
 
 def test_artifact_page_shows_lineage_and_serves_single_files_safely(member_client, member, team, dataset,

@@ -38,6 +38,8 @@ class QuantizeConfig:
     max_new_tokens: int = setting(48, help="Tokens generated per prompt in the report.", min=1, max=4096)
     report: bool = setting(True, help="Reload the output and compare it with the source (size, perplexity, "
                                       "speed, answers).")
+    model_name: str = setting("", help="The model's name written into the output (GGUF general.name, the model "
+                                       "card's title); empty: the source directory's name.")
     trust_remote_code: bool = setting(False, help="Run model code shipped with the model (off unless an admin "
                                                   "allows it).")
 

@@ -29,7 +29,7 @@ Measured by reloading this folder the way the snippet above does.
 """
 
 
-def write_quantized_card(directory: Path, *, scheme, source: str, report: dict | None) -> Path:
+def write_quantized_card(directory: Path, *, scheme, source: str, report: dict | None, name: str = "") -> Path:
     library = "gguf" if scheme.gguf_file else "transformers"
     text = f"""---
 library_name: {library}
@@ -38,7 +38,7 @@ tags:
 - {scheme.name}
 ---
 
-# {scheme.label} of {Path(source).name}
+# {scheme.label} of {name or Path(source).name}
 
 {scheme.description}
 

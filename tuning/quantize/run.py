@@ -140,7 +140,7 @@ def run_quantize(config: QuantizeConfig, sink: EventSink) -> QuantizeResult:
         context = SchemeContext(progress=_emitter(sink, f"{scheme.label}: writing", "tensors"),
                                 should_stop=sink.should_stop, log=lambda message: sink.emit(LogEvent(message=message)),
                                 trust_remote_code=config.trust_remote_code,
-                                name=Path(config.source_path).name)
+                                name=config.model_name or Path(config.source_path).name)
         scheme.run(source_dir, partial, context)
         copy_tokenizer_files(source_dir, partial, trust_remote_code=config.trust_remote_code)
         _check_stop(sink)
@@ -152,7 +152,7 @@ def run_quantize(config: QuantizeConfig, sink: EventSink) -> QuantizeResult:
                                   progress=_emitter(sink, "Comparing before and after", "steps"),
                                   should_stop=sink.should_stop)
             (partial / "quantize_report.json").write_text(json.dumps(report, indent=2))
-        write_quantized_card(partial, scheme=scheme, source=source_label, report=report)
+        write_quantized_card(partial, scheme=scheme, source=source_label, report=report, name=config.model_name)
         _check_stop(sink)
         shutil.rmtree(output_dir, ignore_errors=True)  # an earlier output of the same job
         partial.rename(output_dir)
