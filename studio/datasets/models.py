@@ -118,15 +118,13 @@ class DatasetAnalysis(DatasetWork):
     histogram_svg = models.TextField(blank=True)
     findings = models.JSONField(default=list, help_text="Lint findings (tuning.data.lint), each with its rows.")
     notice = models.TextField(blank=True, help_text="What a finished analysis could not show, and why.")
+    # Kept beside the findings so that a list of versions (the new-job form) reads one number per version
+    # rather than every finding's row list.
+    blocking_rows = models.PositiveIntegerField(
+        default=0, help_text="Rows the blocking findings list, each counted once (a row can have two problems).")
 
     class Meta(DatasetWork.Meta):
         verbose_name_plural = "dataset analyses"
-
-    @property
-    def blocking_row_count(self) -> int:
-        """Rows the blocking findings list, each counted once (a row can have two problems)."""
-        return len({row for f in self.findings if f.get("severity") == "blocking"
-                    for row in f.get("all_rows", f["rows"])})
 
 
 class DatasetOperation(DatasetWork):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.core.files.storage import default_storage
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 from django.shortcuts import get_object_or_404
 
 from studio.accounts.selectors import team_ids_for_user
@@ -91,6 +91,35 @@ def analysis_drop_plan(*, analysis: DatasetAnalysis, codes: list[str]) -> dict |
     rows = sorted({row for f in chosen for row in f.get("all_rows", f["rows"])})
     return {"codes": [f["code"] for f in chosen], "counts": {f["code"]: f["count"] for f in chosen},
             "rows": rows, "analysis": analysis.pk}
+
+
+# Fields the new-job form's list of versions never reads: a version's report and parameters can list tens of
+# thousands of row numbers (a dedupe's removed rows, a clean-up's dropped ones), which the list must not decode.
+UNLISTED_FIELDS = ("preview", "parameters", "report", "columns", "labels", "column_mapping", "source_files")
+
+
+def dataset_choices_for_training(*, user):
+    """The versions the new-job form lists, each annotated with ``blocking_rows`` (from its latest finished
+    analysis, None when none ran), in one query: what ``dataset_training_blocker`` reads."""
+    latest = (DatasetAnalysis.objects.filter(dataset=OuterRef("pk"), job__status=Job.Status.SUCCEEDED)
+              .order_by("-job__finished_at", "-pk").values("blocking_rows")[:1])
+    return (dataset_list_for_user(user=user).defer(*UNLISTED_FIELDS)
+            .annotate(blocking_rows=Subquery(latest)).order_by("name", "version"))
+
+
+def dataset_training_blocker(dataset: Dataset) -> str:
+    """Why a version of ``dataset_choices_for_training`` cannot be trained on, in a few words for its entry
+    in the list ("" when it can); ``dataset_training_refusal`` is the full sentence the service gives."""
+    if not dataset.confirmed:
+        return "columns not confirmed yet"
+    if dataset.problem:
+        return "has rows training refuses: analyse it and drop them"
+    if getattr(dataset, "blocking_rows", None):
+        rows = dataset.blocking_rows
+        return f"{rows} row{'s' * (rows != 1)} block{'s' * (rows == 1)} training: drop them on the dataset page"
+    if not dataset.tasks:
+        return "no training task reads this data"
+    return ""
 
 
 def dataset_training_refusal(dataset: Dataset) -> str | None:

@@ -104,7 +104,13 @@ def dataset_analysis_save(*, analysis_id: int, preview: list, stats: dict, histo
     """The analysis's results; the job's end is recorded by the job system."""
     DatasetAnalysis.objects.filter(pk=analysis_id).update(preview=preview, stats=stats, histogram_svg=histogram_svg,
                                                           findings=findings, notice=notice,
-                                                          template_in_effect=template_in_effect[:200])
+                                                          template_in_effect=template_in_effect[:200],
+                                                          blocking_rows=blocking_row_count(findings))
+
+
+def blocking_row_count(findings: list[dict]) -> int:
+    """Rows the blocking findings list, each counted once (a row can have two problems)."""
+    return len({row for f in findings if f.get("severity") == "blocking" for row in f.get("all_rows", f["rows"])})
 
 
 def _version_filename(parents: list[Dataset], operation: str, name_suffix: str) -> str:

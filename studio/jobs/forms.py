@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django import forms
 
+from studio.datasets.selectors import dataset_training_blocker
 from tuning.config import PREFERENCE_FIELDS, TrainConfig
 from tuning.fields import field_specs
 from tuning.methods import GROUPS, METHODS, Method
@@ -60,6 +61,20 @@ def form_field(spec) -> forms.Field:
     return forms.CharField(**common)
 
 
+class DatasetSelect(forms.Select):
+    """The list of dataset versions: one that cannot be trained on stays listed, greyed out (disabled), with
+    the reason beside its name, so the user sees why it is not offered rather than wonder where it went."""
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        reason = dataset_training_blocker(value.instance) if hasattr(value, "instance") else ""
+        if reason:
+            option["label"] = f"{label} — {reason}"
+            option["attrs"].update(disabled=True, title=reason)
+            option["attrs"]["data-refused"] = "1"
+        return option
+
+
 class TrainJobForm(forms.Form):
     """Dataset, base model, task and method, then the run's settings. Values
     are checked again by ``TrainConfig.from_dict`` in the service. ``method``
@@ -68,7 +83,8 @@ class TrainJobForm(forms.Form):
 
     name = forms.CharField(label="Job name", required=False, max_length=200,
                            help_text="Optional; defaults to method and dataset.")
-    dataset = forms.ModelChoiceField(queryset=None, empty_label=None)
+    dataset = forms.ModelChoiceField(queryset=None, empty_label=None, widget=DatasetSelect,
+                                     help_text="A greyed-out version cannot be trained on yet; the reason is beside it.")
     base_model = forms.ModelChoiceField(queryset=None, empty_label=None)
     method = forms.ChoiceField(choices=[])  # drawn as cards by jobs/_method_picker.html
     golden_prompts = forms.CharField(

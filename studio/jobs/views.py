@@ -8,7 +8,7 @@ from studio.audit.services import audit_record
 from studio.accounts.selectors import team_for_new_work
 from studio.catalog.selectors import base_model_list_for_user
 from studio.catalog.services import base_model_facts_request
-from studio.datasets.selectors import dataset_list_for_user
+from studio.datasets.selectors import dataset_choices_for_training
 from studio.jobs.estimates import train_estimate
 from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
 from studio.jobs.pages import chain_form_context, job_start
@@ -31,7 +31,7 @@ def _task(query) -> str:
 
 
 def _bound_form(request, data) -> TrainJobForm:
-    return TrainJobForm(data, datasets=dataset_list_for_user(user=request.user), base_models=base_model_list_for_user(user=request.user),
+    return TrainJobForm(data, datasets=dataset_choices_for_training(user=request.user), base_models=base_model_list_for_user(user=request.user),
                         method=data.get("method", ""), task=_task(data), gpu_pools=_gpu_pools())
 
 
@@ -42,7 +42,7 @@ def _redrawn_form(request) -> tuple[TrainJobForm, str]:
     task = _task(request.GET)
     method, notice = method_to_draw(request.GET.get("method", ""), task=task, gpu_pools=_gpu_pools())
     initial = initial_from_query(request.GET, method=method, preset=request.GET.get("preset", ""))
-    form = TrainJobForm(initial={**initial, "method": method.name}, datasets=dataset_list_for_user(user=request.user),
+    form = TrainJobForm(initial={**initial, "method": method.name}, datasets=dataset_choices_for_training(user=request.user),
                         base_models=base_model_list_for_user(user=request.user), method=method.name, task=task, gpu_pools=_gpu_pools())
     return form, notice
 

@@ -275,3 +275,35 @@ def test_the_estimate_never_builds_a_model_in_the_web_process(member_client, tin
     assert base_model_facts(tiny_base_model.pk) == 2
     page = member_client.get(ESTIMATE, query).content.decode()
     assert "trainable of" in page and "Counting" not in page
+
+
+def test_versions_that_cannot_train_are_greyed_with_the_reason_in_a_fixed_number_of_queries(
+        member_client, member, team, dataset, tiny_base_model, django_assert_max_num_queries):
+    import re
+
+    from studio.datasets.models import Dataset, DatasetAnalysis
+
+    def version(n: int, **fields) -> Dataset:
+        # A cleaned version of a large file lists every dropped row: the list must not read those.
+        return Dataset.objects.create(**{**dict(
+            team=team, created_by=member, name=dataset.name, file=dataset.file.name, format="csv", row_count=2,
+            schema=dataset.schema, tasks=dataset.tasks, sha256=dataset.sha256, size_bytes=1, root=dataset,
+            version=n, operation="drop_rows", parameters={"rows": list(range(50_000))}), **fields})
+
+    blocked, unmapped, clean = version(2), version(3, confirmed=False, tasks=[]), version(4)
+    job = Job.objects.create(team=team, owner=member, kind="analyse", base_model=tiny_base_model, config={},
+                             status="succeeded")
+    DatasetAnalysis.objects.create(dataset=blocked, job=job, base_model=tiny_base_model, max_length=64,
+                                   blocking_rows=3)
+    member_client.get("/jobs/new/")  # the session and the caches warm
+    with django_assert_max_num_queries(12):
+        page = member_client.get("/jobs/new/").content.decode()
+    options = dict(re.findall(r'<option value="(\d+)"([^>]*>[^<]*)</option>', page))
+    assert "disabled" not in options[str(dataset.pk)] and "disabled" not in options[str(clean.pk)]
+    assert "disabled" in options[str(blocked.pk)] and "3 rows block training" in options[str(blocked.pk)]
+    assert "disabled" in options[str(unmapped.pk)] and "columns not confirmed" in options[str(unmapped.pk)]
+    # Ten more versions cost no more queries: one query lists them all with their analyses' counts.
+    for n in range(5, 15):
+        version(n)
+    with django_assert_max_num_queries(12):
+        assert member_client.get("/jobs/new/").content.decode().count("<option value=") > len(options)

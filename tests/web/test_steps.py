@@ -79,6 +79,10 @@ def test_a_chain_waits_for_training_and_ends_when_training_is_cancelled(member_c
     assert fold.status == quantize.status == Job.Status.QUEUED
     waiting = JobEvent.objects.filter(job=fold, kind="status").last().data["message"]
     assert waiting.startswith(f"Waits for job #{job.pk}")
+    # A merge step has no dataset of its own: its page says what it follows, not "None".
+    facts = re.search(r'<p class="facts" id="job-facts">(.*?)</p>', member_client.get(f"/jobs/{fold.pk}/")
+                      .content.decode(), re.S)[1]
+    assert "None" not in facts and f"after job #{job.pk}" in facts
 
     job_cancel(job=job)
     fold.refresh_from_db(), quantize.refresh_from_db()
