@@ -194,7 +194,7 @@ def start_worker(env: dict, pool: str = "default", *, name: str | None = None, *
     name = name or worker_name()
     return _spawn(
         [
-            sys.executable, "-m", "celery", "-A", "studio", "worker",
+            sys.executable, "-m", "celery", "-A", "studio", "--quiet", "worker",  # --quiet: no banner
             "--pool", "solo",
             "--concurrency", "1",
             "--prefetch-multiplier", "1",
@@ -206,6 +206,24 @@ def start_worker(env: dict, pool: str = "default", *, name: str | None = None, *
         env=env,
         **popen_kwargs,
     )
+
+
+# What the launcher's children leave out of its output, which should be the studio's own lines: Celery's
+# INFO lines (connections, mingle, each task received; the studio's own lines stay), Celery's warning about
+# running as root (aimed at shared hosts, not one person's studio), and two deprecation notices addressed to
+# the libraries' callers (uvicorn's `websockets` protocol, a transformers property peft reads). Each by a
+# setting of its own (CELERY_LOG_LEVEL, a warnings filter by message) rather than by hiding the children's
+# output, so real errors still show. Import-time lines of torchao and torch: settings.LOGGING.
+QUIET = {"CELERY_LOG_LEVEL": "WARNING",
+         "PYTHONWARNINGS": ",".join(f"ignore:{message}" for message in (
+             "You're running the worker with superuser privileges",
+             "The `websockets` implementation is deprecated",
+             "`is_gradient_checkpointing` is deprecated"))}
+
+
+def quiet_env(env: dict) -> dict:
+    """``env`` for a process the launcher starts and supervises; a value the user set wins."""
+    return {**QUIET, **env}
 
 
 def worker_layout(env: dict) -> list[tuple[str, str, str]]:
@@ -360,11 +378,13 @@ def run(host: str, port: int) -> int:
             redis_port = int(env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
             # Restarted where its clients expect it; its append-only file keeps the queue.
             children.append(Child("redis", lambda: start_redis(data_dir, redis_port)[0], proc))
-        _manage(env, "migrate", "--noinput")
-        _manage(env, "studio_setup")
-        children.append(Child("web", lambda: start_web(env, host, port)).launch())
+        _manage(env, "migrate", "--noinput", "--verbosity", "0")  # studio_setup says what was set up
+        # TQDM_DISABLE: no progress bars while the bundled model is converted; studio_setup says what it does
+        _manage({**env, "TQDM_DISABLE": "1"}, "studio_setup")
+        children.append(Child("web", lambda: start_web(quiet_env(env), host, port)).launch())
         for what, queue, node in worker_layout(env):
-            children.append(Child(what, lambda queue=queue, node=node: start_worker(env, queue, name=node)).launch())
+            children.append(Child(what, lambda queue=queue, node=node: start_worker(quiet_env(env), queue,
+                                                                                    name=node)).launch())
 
         deadline = time.monotonic() + WEB_START_TIMEOUT_S
         while not port_is_open(host, port):

@@ -16,6 +16,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from studio.env import env_bool, env_group_teams, env_int, env_list, env_str
+from studio.log_filters import IMPORT_NOISE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("DATA_DIR") or BASE_DIR / "data").resolve()
@@ -306,8 +307,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"import_noise": {"()": "studio.log_filters.ImportNoise"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"uvicorn.error": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+    "loggers": {"uvicorn.error": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"},
+                # Celery's connection, mingle and task-received lines; the launcher asks for WARNING
+                "celery": {"level": env_str("CELERY_LOG_LEVEL", env_str("LOG_LEVEL", "INFO"))},
+                **{name: {"filters": ["import_noise"]} for name in IMPORT_NOISE}},
 }
 
 SESSION_COOKIE_HTTPONLY = True
