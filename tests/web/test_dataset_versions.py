@@ -217,7 +217,7 @@ def test_one_click_clean_drops_every_blocking_kind_into_one_version(member_clien
     upload = uploaded(member_client, MESSY_CHATS, name="chats.jsonl")
     analysis = analysed(member_client, upload, tiny_base_model)
     blocking = {f["code"]: f for f in dataset_blocking_findings(upload)}
-    assert set(blocking) == {"empty_response", "ends_on_user", "roles_out_of_order"}
+    assert set(blocking) == {"empty_response", "ends_on_user", "roles_out_of_order"} and analysis.blocking_rows == 3
     assert [blocking[c]["rows"] for c in ("empty_response", "ends_on_user", "roles_out_of_order")] == [[7], [8], [9]]
     # Each finding shows what goes, as text; findings come grouped, blocking first.
     assert blocking["ends_on_user"]["examples"] == [{"row": 8, "why": "turn 0 (the last) is the user's",
@@ -243,7 +243,7 @@ def test_one_click_clean_drops_every_blocking_kind_into_one_version(member_clien
     assert fixed.row_count == 7 and list(fixed.parents.all()) == [upload]
     assert fixed.report["findings"] == {"empty_response": 1, "ends_on_user": 1, "roles_out_of_order": 1}
     assert fixed.problem == "" and dataset_training_refusal(fixed) is None
-    assert analysed(member_client, fixed, tiny_base_model).blocking_row_count == 0
+    assert analysed(member_client, fixed, tiny_base_model).blocking_rows == 0
 
 
 def test_clean_refuses_nothing_ticked_and_unknown_findings(member_client, tiny_base_model):
