@@ -17,9 +17,9 @@ from studio.catalog.models import BaseModel
 from studio.catalog.selectors import base_model_list
 from studio.datasets.forms import (AnalysisForm, DatasetUploadForm, column_mapping_form, diet_form,
                                    diet_parameters)
-from studio.datasets.selectors import (analysis_drop_plan, dataset_analysis_get, dataset_get_for_user, dataset_latest_analysis,
-                                       dataset_merge_candidates, dataset_operation_get, dataset_operation_list,
-                                       dataset_uploads_for_user, dataset_version_tree)
+from studio.datasets.selectors import (analysis_drop_plan, dataset_analysis_get, dataset_get_for_user,
+                                       dataset_latest_analysis, dataset_merge_candidates, dataset_operation_get,
+                                       dataset_operation_list, dataset_uploads_for_user, dataset_version_tree)
 from studio.datasets.services import dataset_create_from_uploads
 from studio.datasets.services_work import (dataset_analysis_request, dataset_confirm_mapping,
                                            dataset_operation_request)

@@ -84,7 +84,8 @@ class TrainJobForm(forms.Form):
     name = forms.CharField(label="Job name", required=False, max_length=200,
                            help_text="Optional; defaults to method and dataset.")
     dataset = forms.ModelChoiceField(queryset=None, empty_label=None, widget=DatasetSelect,
-                                     help_text="A greyed-out version cannot be trained on yet; the reason is beside it.")
+                                     help_text="A greyed-out version cannot be trained on yet; the reason is "
+                                               "beside it.")
     base_model = forms.ModelChoiceField(queryset=None, empty_label=None)
     method = forms.ChoiceField(choices=[])  # drawn as cards by jobs/_method_picker.html
     golden_prompts = forms.CharField(

@@ -31,7 +31,8 @@ def _task(query) -> str:
 
 
 def _bound_form(request, data) -> TrainJobForm:
-    return TrainJobForm(data, datasets=dataset_choices_for_training(user=request.user), base_models=base_model_list_for_user(user=request.user),
+    return TrainJobForm(data, datasets=dataset_choices_for_training(user=request.user),
+                        base_models=base_model_list_for_user(user=request.user),
                         method=data.get("method", ""), task=_task(data), gpu_pools=_gpu_pools())
 
 
@@ -42,8 +43,10 @@ def _redrawn_form(request) -> tuple[TrainJobForm, str]:
     task = _task(request.GET)
     method, notice = method_to_draw(request.GET.get("method", ""), task=task, gpu_pools=_gpu_pools())
     initial = initial_from_query(request.GET, method=method, preset=request.GET.get("preset", ""))
-    form = TrainJobForm(initial={**initial, "method": method.name}, datasets=dataset_choices_for_training(user=request.user),
-                        base_models=base_model_list_for_user(user=request.user), method=method.name, task=task, gpu_pools=_gpu_pools())
+    form = TrainJobForm(initial={**initial, "method": method.name},
+                        datasets=dataset_choices_for_training(user=request.user),
+                        base_models=base_model_list_for_user(user=request.user), method=method.name, task=task,
+                        gpu_pools=_gpu_pools())
     return form, notice
 
 
