@@ -59,12 +59,14 @@ class TrainConfig:
     method_params: dict = field(default_factory=dict)
     # Preference task only (tuning.preference); refused with another task where changed from the default.
     preference_loss: str = setting("dpo", help="Preference task: the loss. dpo (sigmoid), ipo, cdpo (conservative "
-                                               "DPO, with label smoothing) and the reference-free orpo, simpo, cpo.",
+                                               "DPO, with label smoothing), the reference-free orpo, simpo, cpo, "
+                                               "and kto (single completions labelled desirable or not).",
                                    choices=tuple(PREFERENCE_LOSSES), basic=True, label="Preference loss")
     beta: float = setting(0.1, help="Preference task: how strongly the loss acts. DPO/cDPO: the KL penalty's weight "
                                     "(0.1 usual; lower strays further from the reference); IPO: τ; ORPO: λ, the "
                                     "odds-ratio term's weight; SimPO: the reward scale (2 to 2.5 in the paper); "
-                                    "CPO: the temperature.", min=0.001, max=100.0, basic=True, label="Beta")
+                                    "CPO: the temperature; KTO: as DPO.", min=0.001, max=100.0, basic=True,
+                          label="Beta")
     label_smoothing: float = setting(0.0, help="Preference task, cdpo/simpo/cpo: the assumed share of pairs whose "
                                                "labels are flipped (0.1 is usual for cdpo).", min=0.0, max=0.49)
     simpo_gamma: float = setting(0.5, help="Preference task, simpo: the target reward margin γ (TRL's default 0.5).",
@@ -72,7 +74,14 @@ class TrainConfig:
     cpo_alpha: float = setting(1.0, help="Preference task, cpo: the weight of the supervised loss on the chosen "
                                          "reply (0: the preference loss alone).", min=0.0, max=100.0,
                                label="CPO alpha")
-    reference: str = setting("base", help="Preference task, dpo/ipo/cdpo: where the reference model's scores come "
+    desirable_weight: float = setting(1.0, help="Preference task, kto: the weight of the desirable completions' "
+                                                "loss; raise it when they are the rarer side (the paper keeps "
+                                                "desirable × weight to undesirable × weight between 1 and 4/3).",
+                                      min=0.01, max=100.0, label="Desirable weight")
+    undesirable_weight: float = setting(1.0, help="Preference task, kto: the weight of the undesirable "
+                                                  "completions' loss.", min=0.01, max=100.0,
+                                        label="Undesirable weight")
+    reference: str = setting("base", help="Preference task, dpo/ipo/cdpo/kto: where the reference model's scores come "
                                           "from. base: the base model scores every batch (adapters switched off, no "
                                           "second copy; a frozen copy for full fine-tuning); precomputed: it scores "
                                           "every pair once before training (no copy and no extra forward per step).",
@@ -184,7 +193,8 @@ def _system_prompt_problems(data: dict) -> dict[str, str]:
     return {}
 
 
-PREFERENCE_FIELDS = ("preference_loss", "beta", "label_smoothing", "simpo_gamma", "cpo_alpha", "reference")
+PREFERENCE_FIELDS = ("preference_loss", "beta", "label_smoothing", "simpo_gamma", "cpo_alpha", "desirable_weight",
+                     "undesirable_weight", "reference")
 
 
 def _preference_problems(data: dict) -> dict[str, str]:
@@ -206,7 +216,8 @@ def _preference_problems(data: dict) -> dict[str, str]:
         problems["label_smoothing"] = "conservative DPO needs a label smoothing above 0 (0.1 is usual)"
     if "reference" in changed and not loss.needs_reference:
         problems["reference"] = f"{loss.label} uses no reference model; leave it at base"
-    for name, owner in (("simpo_gamma", "simpo"), ("cpo_alpha", "cpo")):
+    for name, owner in (("simpo_gamma", "simpo"), ("cpo_alpha", "cpo"), ("desirable_weight", "kto"),
+                        ("undesirable_weight", "kto")):
         if name in changed and loss.name != owner:
             problems[name] = f"applies to the {owner} loss only (the loss is {loss.name})"
     return problems

@@ -54,6 +54,9 @@ class MetricsEvent(Event):
     rewards_rejected: float | None = None
     reward_margin: float | None = None
     reward_accuracy: float | None = None
+    # KTO (tuning.preference_kto): the batch's estimate of the policy's KL divergence from the reference
+    # (z₀); its reward accuracy is the share of completions whose reward has their label's sign.
+    kl: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,6 +40,7 @@ class PreferenceLoss:
     description: str
     needs_reference: bool  # scores the replies against a frozen reference model
     label_smoothing: bool = False  # reads label_smoothing
+    unpaired: bool = False  # trains on single labelled completions (tuning.preference_kto), not on pairs
 
 
 PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {loss.name: loss for loss in (
@@ -62,6 +63,11 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {loss.name: loss for loss in (
     PreferenceLoss("cpo", "CPO", "https://arxiv.org/abs/2401.08417",
                    "Contrastive preference optimisation: DPO's loss without a reference, plus a supervised loss on the "
                    "chosen reply (weighted by cpo alpha).", needs_reference=False, label_smoothing=True),
+    PreferenceLoss("kto", "KTO", "https://arxiv.org/abs/2402.01306",
+                   "Kahneman-Tversky optimisation: learns from single completions labelled desirable or undesirable "
+                   "(prompt, completion, label), no pairs needed; pairs are split into one of each. Weight the rarer "
+                   "side up (desirable/undesirable weight) when the labels are unbalanced.", needs_reference=True,
+                   unpaired=True),
 )}
 
 
@@ -74,11 +80,14 @@ class PreferenceSettings:
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
     cpo_alpha: float = 1.0
+    desirable_weight: float = 1.0  # KTO
+    undesirable_weight: float = 1.0  # KTO
 
     @classmethod
     def from_config(cls, config) -> "PreferenceSettings":
         return cls(loss=config.preference_loss, beta=config.beta, label_smoothing=config.label_smoothing,
-                   simpo_gamma=config.simpo_gamma, cpo_alpha=config.cpo_alpha)
+                   simpo_gamma=config.simpo_gamma, cpo_alpha=config.cpo_alpha,
+                   desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
 
     @property
     def needs_reference(self) -> bool:
@@ -211,27 +220,42 @@ class PreferenceObjective:
             return {}
         return {key: round(sum(float(m[key]) for m in pending) / len(pending), 6) for key in pending[0]}
 
+    def rows(self, inputs: dict) -> int:
+        """The pairs in a batch (each is two sequences)."""
+        return inputs["input_ids"].shape[0] // 2
 
-def evaluate_pairs(objective: PreferenceObjective, batches, *, device: str, autocast) -> dict:
-    """Mean loss and reward accuracy and margin over the validation pairs."""
+    def precompute(self, items: list, *, collate, batch_size: int, device: str, autocast) -> list:
+        return precompute_reference(items, model=self.model, collate=collate, batch_size=batch_size, device=device,
+                                    autocast=autocast, reference=self.reference)
+
+
+def evaluate_pairs(objective, batches, *, device: str, autocast) -> dict:
+    """Mean loss and reward accuracy and margin over the validation rows
+    (pairs, or KTO's completions: ``objective.rows`` counts them); a batch
+    whose margin is undefined (KTO rows of one label only) adds no margin."""
+    import math
+
     import torch
 
     model = objective.model
     was_training = model.training
     model.eval()
-    totals, rows = {"eval_loss": 0.0, "accuracy": 0.0, "reward_margin": 0.0}, 0
+    sums = {"eval_loss": 0.0, "accuracy": 0.0, "reward_margin": 0.0}
+    counts = dict.fromkeys(sums, 0)
     with torch.no_grad():
         for batch in batches:
             inputs = {key: value.to(device) for key, value in batch.items()}
             with autocast():
                 loss, metrics = objective.scores(inputs)
-            pairs = inputs["input_ids"].shape[0] // 2
-            totals["eval_loss"] += float(loss) * pairs
-            totals["accuracy"] += float(metrics["reward_accuracy"]) * pairs
-            totals["reward_margin"] += float(metrics["reward_margin"]) * pairs
-            rows += pairs
+            rows = objective.rows(inputs)
+            for key, value in (("eval_loss", loss), ("accuracy", metrics["reward_accuracy"]),
+                               ("reward_margin", metrics["reward_margin"])):
+                if math.isfinite(value := float(value)):
+                    sums[key] += value * rows
+                    counts[key] += rows
     model.train(was_training)
-    return {key: round(value / max(rows, 1), 6) for key, value in totals.items()} | {"rows": rows}
+    return {key: round(value / counts[key], 6) if counts[key] else None for key, value in sums.items()} | {
+        "rows": counts["eval_loss"]}
 
 
 def precompute_reference(items: list, *, model, collate, batch_size: int, device: str, autocast,

@@ -37,6 +37,7 @@ from tuning.events import ArtifactEvent, CheckpointEvent, EventSink, LogEvent, M
 from tuning.methods import METHODS
 from tuning.modelcard import write_model_card
 from tuning.models import load_tokenizer
+from tuning.preference_kto import items_for_loss
 from tuning.train_model import device_and_autocast, memory_mib, prepare_model
 from tuning.train_run import Run, TrainData, start_run
 
@@ -134,6 +135,9 @@ def load_data(config: TrainConfig, sink: EventSink, output_dir: Path) -> TrainDa
     elif cached != "stored":
         sink.emit(LogEvent(message=f"Tokenized data {cached} in the cache {cache_dir}; the next run tokenizes again"))
     train_items, validation_items = split_validation(data.items, config.validation_ratio, config.seed)
+    if config.task == "preference":  # KTO trains on single completions (pairs split), the others on pairs
+        train_items, validation_items = (items_for_loss(config.preference_loss, items, max_length=config.max_length)
+                                         for items in (train_items, validation_items))
     if not train_items:
         raise DatasetError(f"no usable rows (every row is too long before its response starts at max length "
                            f"{config.max_length}); raise max length", file=dataset_name)
@@ -154,11 +158,9 @@ def with_reference_logps(data: TrainData, prepared, device, sink: EventSink, *, 
     weights are still the base's)."""
     from dataclasses import replace
 
-    from tuning.preference import precompute_reference
-
-    sink.emit(LogEvent(message=f"Scoring {len(data.train_items) + len(data.validation_items)} pairs with the "
+    sink.emit(LogEvent(message=f"Scoring {len(data.train_items) + len(data.validation_items)} rows with the "
                                f"reference model once"))
-    score = partial(precompute_reference, model=prepared.model, collate=data.collate, batch_size=batch_size,
+    score = partial(prepared.objective.precompute, collate=data.collate, batch_size=batch_size,
                     device=device.name, autocast=device.autocast)
     return replace(data, train_items=score(data.train_items), validation_items=score(data.validation_items))
 

@@ -26,6 +26,7 @@ from tuning.loss import fused_loss_works, fused_next_token_loss, next_token_loss
 from tuning.methods import Method, MethodContext
 from tuning.models import load_model_for_task
 from tuning.preference import PREFERENCE_LOSSES, PreferenceObjective, PreferenceSettings
+from tuning.preference_kto import KTOObjective
 
 CALIBRATION_BATCHES = 8  # batches shown to data-driven initialisations (EVA, CorDA)
 # Packed rows are padded to a multiple of this many tokens: every new matmul
@@ -145,7 +146,7 @@ def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, param
                          collate=train_collate, compute_loss=compute_loss, penalty=penalty)
 
 
-def preference_objective(config: TrainConfig, sink: EventSink, model) -> PreferenceObjective:
+def preference_objective(config: TrainConfig, sink: EventSink, model) -> PreferenceObjective | KTOObjective:
     """The preference loss, and its reference: none (ORPO, SimPO, CPO), the
     model with its adapter switched off, numbers precomputed before the
     first step, or else a frozen copy of the base (full fine-tuning)."""
@@ -164,7 +165,8 @@ def preference_objective(config: TrainConfig, sink: EventSink, model) -> Prefere
         reference = copy.deepcopy(model).eval().requires_grad_(False)
         how = "against a frozen copy of the base model (full fine-tuning keeps no base weights of its own)"
     sink.emit(LogEvent(message=f"{loss.label} (beta {settings.beta}) {how}"))
-    return PreferenceObjective(model, settings, reference=reference)
+    objective = KTOObjective if loss.unpaired else PreferenceObjective
+    return objective(model, settings, reference=reference)
 
 
 def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model, device: Device, tokenizer,

@@ -1,9 +1,10 @@
-"""Each preference loss of tuning.preference against TRL's own trainer on the
-same batch: the loss, and the gradient of every LoRA weight.
+"""Each preference loss of tuning.preference (and KTO's, tuning.preference_kto)
+against TRL's own trainer on the same batch: the loss, and the gradient of
+every LoRA weight.
 
 The studio computes the losses with TRL's loss functions inside its own
-loop; these tests hand the same token ids to TRL's DPOTrainer, CPOTrainer
-and ORPOTrainer (built on the same LoRA model) and compare. The adapter's
+loop; these tests hand the same token ids to TRL's DPOTrainer, CPOTrainer,
+ORPOTrainer and KTOTrainer (built on the same LoRA model) and compare. The adapter's
 B matrices start random, so the policy differs from the reference (the
 base with the adapter switched off) and every term of each loss is live.
 """
@@ -16,7 +17,9 @@ import pytest
 import torch
 
 from tuning.data.preference import PreferencePair, collate_pairs, tokenize_pair
-from tuning.preference import PreferenceObjective, PreferenceSettings
+from tuning.data.unpaired import UnpairedCompletion, collate_unpaired, tokenize_completions
+from tuning.preference import PreferenceObjective, PreferenceSettings, token_logps
+from tuning.preference_kto import KTOObjective
 
 PAIRS = [PreferencePair(prompt="What is two plus two?", chosen="Four.", rejected="Five, or maybe six.", row=1),
          PreferencePair(prompt="Name a colour of the sky.", chosen="Blue, on a clear day.", rejected="Green.", row=2),
@@ -183,3 +186,48 @@ def test_the_reference_is_the_base_model_with_the_adapter_off(lora_and_batch):
     assert objective.take_metrics() == {"rewards_chosen": 0.0, "rewards_rejected": 0.0, "reward_margin": 0.0,
                                         "reward_accuracy": 0.0}
     assert float(loss.detach()) == pytest.approx(0.6931472)  # -log σ(0)
+
+
+COMPLETIONS = [UnpairedCompletion(prompt=p.prompt, completion=reply, desirable=desirable, system=p.system, row=i)
+               for i, (p, reply, desirable) in enumerate(
+                   [(PAIRS[0], PAIRS[0].chosen, True), (PAIRS[1], PAIRS[1].rejected, False),
+                    (PAIRS[2], PAIRS[2].chosen, True), (PAIRS[0], PAIRS[0].rejected, False)], start=1)]
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.33, 0.7)])
+def test_kto_loss_and_lora_gradients_match_trl(weights, lora_and_batch, tmp_path):
+    """Our KTO (mismatched twins, z₀, weighted losses) against TRL's KTOTrainer.compute_loss on the same
+    token ids: the completions with their labels and, as its KL_ sequences, our mismatched twins."""
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    model, tokenizer, _, base = lora_and_batch
+    items, _ = tokenize_completions(COMPLETIONS, tokenizer, max_length=64)
+    batch = collate_unpaired(items, pad_token_id=tokenizer.pad_token_id)
+    desirable_weight, undesirable_weight = weights
+    settings = PreferenceSettings(loss="kto", beta=0.3, desirable_weight=desirable_weight,
+                                  undesirable_weight=undesirable_weight)
+    # A random adapter scores the mismatched replies below the reference, and z₀ is clamped at 0: a few
+    # steps up their likelihood make the KL term live.
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    twins = {key: batch[f"kl_{key}"] for key in ("input_ids", "attention_mask", "labels")}
+    for _ in range(3):
+        logps, labelled = token_logps(model, twins)
+        (-(logps * labelled).sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert float(KTOObjective(model, settings).scores(batch)[1]["kl"]) > 0.01
+    ours = _loss_and_grads(model, lambda: KTOObjective(model, settings)(batch))
+
+    dataset = Dataset.from_list([{"prompt": c.prompt, "completion": c.completion, "label": c.desirable}
+                                 for c in COMPLETIONS])
+    args = KTOConfig(beta=0.3, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
+                     **_common(tmp_path) | {"per_device_train_batch_size": len(COMPLETIONS)})
+    trainer = _same_adapter(KTOTrainer(model=base(), args=args, train_dataset=dataset, processing_class=tokenizer,
+                                       peft_config=_lora_config()), model)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "completion_mask": (batch["labels"] != -100).long(), "label": batch["desirable"].long(),
+              "KL_input_ids": batch["kl_input_ids"], "KL_attention_mask": batch["kl_attention_mask"],
+              "KL_completion_mask": (batch["kl_labels"] != -100).long()}
+    theirs = _loss_and_grads(trainer.model, lambda: trainer.compute_loss(trainer.model, inputs))
+    _assert_same(ours, theirs)

@@ -27,7 +27,7 @@ import json
 import os
 from pathlib import Path
 
-from tuning.data import classify, preference, sft
+from tuning.data import classify, preference, sft, unpaired
 from tuning.data.records import file_sha256
 from tuning.data.tasks import TaskData, load_task_data
 
@@ -36,7 +36,7 @@ FORMAT = "tuning-token-cache/2"  # bump when the file layout below changes
 # Every module that reads rows or tokenizes them: a change to any of them may change the cached items.
 _SOURCES = ("sft.py", "tasks.py", "pretrain.py", "classify.py", "readers.py", "records.py", "formats.py", "schema.py",
             "preference.py", "sources.py", "parsers.py", "schemas/__init__.py", "schemas/conversation.py",
-            "schemas/text.py", "schemas/preference.py")
+            "schemas/text.py", "schemas/preference.py", "unpaired.py", "schemas/unpaired.py")
 
 
 def default_cache_dir(output_dir: str | Path) -> Path:
@@ -84,8 +84,14 @@ def _save(data: TaskData, file: Path) -> None:
     from safetensors.torch import save_file
 
     pairs = bool(data.items) and isinstance(data.items[0], preference.PreferenceExample)
-    # A pair is stored as two sft items in a row, chosen then rejected.
-    items = [side for pair in data.items for side in (pair.chosen, pair.rejected)] if pairs else data.items
+    completions = bool(data.items) and isinstance(data.items[0], unpaired.UnpairedExample)
+    # A pair is stored as two sft items in a row, chosen then rejected; an unpaired completion as itself
+    # then its mismatched twin.
+    items = data.items
+    if pairs:
+        items = [side for pair in data.items for side in (pair.chosen, pair.rejected)]
+    elif completions:
+        items = [side for item in data.items for side in (item.completion, item.mismatched)]
     lengths = [len(item.input_ids) for item in items]
     offsets = [0]
     for n in lengths:
@@ -94,12 +100,14 @@ def _save(data: TaskData, file: Path) -> None:
                "offsets": torch.tensor(offsets, dtype=torch.int64),
                "truncated": torch.tensor([item.truncated for item in items], dtype=torch.uint8),
                "row": torch.tensor([-1 if item.row is None else item.row for item in items], dtype=torch.int64)}
+    if completions:
+        tensors["desirable"] = torch.tensor([item.desirable for item in data.items], dtype=torch.uint8)
     classification = data.label2id is not None
     if classification:
         tensors["label"] = torch.tensor([item.label for item in items], dtype=torch.int64)
     else:
         tensors["labels"] = torch.tensor([t for item in items for t in item.labels], dtype=torch.int64)
-    meta = {"format": FORMAT, "pairs": pairs, "label2id": data.label2id, "rows_read": data.rows_read,
+    meta = {"format": FORMAT, "pairs": pairs, "unpaired": completions, "label2id": data.label2id, "rows_read": data.rows_read,
             "rows_dropped": data.rows_dropped, "truncated": data.truncated, "dropped_rows": list(data.dropped_rows)}
     partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
     save_file(tensors, partial, metadata={"task_data": json.dumps(meta)})
@@ -127,6 +135,9 @@ def _load(file: Path) -> TaskData:
                                               truncated=bool(truncated[i]), row=row))
     if meta["pairs"]:
         items = [preference.PreferenceExample(chosen=c, rejected=r, row=c.row) for c, r in zip(items[::2], items[1::2])]
+    elif meta.get("unpaired"):
+        items = [unpaired.UnpairedExample(completion=c, mismatched=m, desirable=bool(d), row=c.row)
+                 for c, m, d in zip(items[::2], items[1::2], lists["desirable"])]
     return TaskData(items=items, label2id=meta["label2id"], rows_read=meta["rows_read"],
                     rows_dropped=meta["rows_dropped"], truncated=meta["truncated"],
                     dropped_rows=tuple(meta["dropped_rows"]))

@@ -13,6 +13,7 @@ sharegpt      conversations (from/value) [, system]        sft
 text          text                                         pretrain
 text+label    text, label                                  classify, pretrain
 preference    prompt, chosen, rejected [, system]          preference
+unpaired      prompt, completion, label [, system]         preference (KTO)
 ============  ==========================================  =====================
 
 The first row decides (every later row must follow it): a column named
@@ -42,6 +43,7 @@ from tuning.data.schemas import Schema
 from tuning.data.schemas.conversation import ALPACA, CHAT, PROMPT_COMPLETION, SHAREGPT
 from tuning.data.schemas.preference import PREFERENCE
 from tuning.data.schemas.text import TEXT, TEXT_LABEL
+from tuning.data.schemas.unpaired import UNPAIRED
 from tuning.errors import DatasetError
 
 __all__ = ["SCHEMAS", "Schema", "Candidate", "Detection", "Rows", "register_schema", "unregister_schema",
@@ -55,7 +57,7 @@ SAMPLE_ROWS = 20  # rows looked at to detect the schema
 # The table. Order matters: between equally good matches the earlier schema wins, and a task's first
 # schema is what its rows are read as when nothing fits (so the error names that schema's columns).
 SCHEMAS: dict[str, Schema] = {s.name: s for s in (ALPACA, PROMPT_COMPLETION, CHAT, SHAREGPT, TEXT, TEXT_LABEL,
-                                                  PREFERENCE)}
+                                                  PREFERENCE, UNPAIRED)}
 
 
 def register_schema(schema: Schema) -> None:

@@ -20,7 +20,8 @@ Trainer (worker process)::
 ``data.items`` are ``sft.TokenizedExample`` (sft, pretrain: labels per token,
 -100 where no loss), ``classify.ClassificationExample`` (classify: one
 label id per row) or ``preference.PreferenceExample`` (preference: a chosen
-and a rejected ``TokenizedExample``); ``data.label2id`` is set for classify only.
+and a rejected ``TokenizedExample``), or ``unpaired.UnpairedExample`` for
+KTO's unpaired completions (prompt, completion, label); ``data.label2id`` is set for classify only.
 
 Web side (no torch, no tokenizer)::
 
@@ -30,7 +31,8 @@ Web side (no torch, no tokenizer)::
 ``summary.preview`` holds, per task: ``readers.PreviewRow`` (system, prompt,
 response, messages), ``pretrain.Document`` (text, row) or
 ``classify.LabelledText`` (text, label, row) or ``preference.PreferencePair``
-(prompt, chosen, rejected, system, row); serialise with
+(prompt, chosen, rejected, system, row) or ``unpaired.UnpairedCompletion``
+(prompt, completion, desirable, system, row); serialise with
 ``dataclasses.asdict``. Every problem raises DatasetError naming the file,
 the row and the field.
 """
@@ -42,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from tuning.data import classify, preference, pretrain, readers, sft
+from tuning.data import classify, preference, pretrain, readers, sft, unpaired
 from tuning.data.records import DatasetSummary, Paths, dataset_files, summarize_rows
 from tuning.data.schema import canonical_schema, schemas_for_task
 from tuning.data.sft import batches
@@ -118,10 +120,12 @@ def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer
         return _load_sft(path, name, tokenizer, max_length, loss_on_prompt, schema, mapping,
                          progress or (lambda done, total: None))
     if task == "preference":
-        pairs = preference.read_pairs(path, name=name, schema=schema, mapping=mapping)
-        items, dropped = preference.tokenize_pairs(pairs, tokenizer, max_length=max_length, file=label,
-                                                   progress=progress or (lambda done, total: None))
-        return TaskData(items=items, label2id=None, rows_read=len(pairs), rows_dropped=len(dropped),
+        rows = unpaired.read_completions(path, name=name, schema=schema, mapping=mapping)
+        tokenize = (unpaired.tokenize_completions if isinstance(rows[0], unpaired.UnpairedCompletion)
+                    else preference.tokenize_pairs)  # KTO's unpaired completions, or pairs
+        items, dropped = tokenize(rows, tokenizer, max_length=max_length, file=label,
+                                  progress=progress or (lambda done, total: None))
+        return TaskData(items=items, label2id=None, rows_read=len(rows), rows_dropped=len(dropped),
                         truncated=sum(i.truncated for i in items), dropped_rows=dropped)
     if task == "pretrain":
         documents = pretrain.read_documents(path, name=name, split=text_split, schema=schema, mapping=mapping)
@@ -137,8 +141,14 @@ def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer
 def collate_for_task(task: str, *, pad_token_id: int) -> Callable[[list], dict]:
     """The function that turns a batch of ``items`` into tensors for ``task``."""
     _check_task(task, training=True)
-    collate = {"classify": classify.collate_classification, "preference": preference.collate_pairs}
+    collate = {"classify": classify.collate_classification, "preference": _collate_preference}
     return partial(collate.get(task, sft.collate), pad_token_id=pad_token_id)
+
+
+def _collate_preference(batch: list, *, pad_token_id: int) -> dict:
+    if isinstance(batch[0], unpaired.UnpairedExample):
+        return unpaired.collate_unpaired(batch, pad_token_id=pad_token_id)
+    return preference.collate_pairs(batch, pad_token_id=pad_token_id)
 
 
 def _shorten(row):
@@ -146,8 +156,10 @@ def _shorten(row):
 
 
 def _shorten_pair(row):
-    return dataclasses.replace(row, prompt=row.prompt[:PREVIEW_CHARS], chosen=row.chosen[:PREVIEW_CHARS],
-                               rejected=row.rejected[:PREVIEW_CHARS])
+    """A pair's (or an unpaired completion's) texts cut to the preview's length."""
+    texts = ("prompt", "chosen", "rejected", "completion")
+    return dataclasses.replace(row, **{name: getattr(row, name)[:PREVIEW_CHARS] for name in texts
+                                       if hasattr(row, name)})
 
 
 def summarize(path: Paths, *, name: str | None = None, task: str = "sft", preview_rows: int = 5,
