@@ -187,3 +187,20 @@ def test_preference_pairs_with_an_empty_or_identical_side_are_flagged(tokenizer)
     cut = {f.code: f for f in lint(rows, tokenizer=tokenizer, max_length=prompt_end + 4).findings}  # "one two …" only
     assert list(cut["identical_within_max"].rows) == [7] and cut["identical_within_max"].severity == WARNING
     assert "identical_within_max" not in {f.code for f in lint(rows, tokenizer=tokenizer, max_length=512).findings}
+
+
+def test_unpaired_rows_flag_unreadable_labels_and_unbalanced_ones():
+    """KTO rows: a label that is neither true nor false blocks (the reader refuses it); one label far
+    outnumbering the other warns with the weights that make up for it (KTO paper, Eq. 8)."""
+    rows = ([{"prompt": f"Q{i}", "completion": f"A{i}", "label": "good"} for i in range(6)]
+            + [{"prompt": "Q6", "completion": "A6", "label": "maybe"},
+               {"prompt": "Q7", "completion": "A7", "label": 0}, {"prompt": "Q8", "completion": "A8", "label": False}])
+    found = {f.code: f for f in lint(rows).findings}
+    assert set(found) == {"unreadable_label", "unbalanced_labels"}
+    assert list(found["unreadable_label"].rows) == [7] and found["unreadable_label"].severity == BLOCKING
+    unbalanced = found["unbalanced_labels"]
+    assert unbalanced.severity == WARNING and not unbalanced.fixable and list(unbalanced.rows) == [1, 2, 3, 4, 5, 6]
+    assert "6 completions are labelled desirable and 2 undesirable" in unbalanced.message
+    assert "desirable weight between 0.33 and 0.44, or undesirable weight between 2.25 and 3.00" in unbalanced.message
+    balanced = rows[:4] + rows[7:] + [{"prompt": "Q9", "completion": "A9", "label": "no"}]
+    assert not lint(balanced).findings  # 4 desirable to 3 undesirable: within 4/3

@@ -33,6 +33,11 @@ identical_pair            blocking  yes      preference pairs: chosen and reject
                                              same reply, so the pair teaches nothing
 identical_within_max      warning   yes      preference pairs: the replies differ only after
                                              max length, so training drops the pair
+unreadable_label          blocking  yes      unpaired (KTO) rows: the label says neither
+                                             desirable nor undesirable; the reader refuses it
+unbalanced_labels         warning   no       unpaired (KTO) rows: one label far outnumbers the
+                                             other, and the weights should make up for it
+                                             (KTO paper, Eq. 8; TRL's KTOTrainer warns alike)
 ========================  ========  =======  ==============================================
 
 "fixable" means dropping the listed rows removes the finding (``drop_rows``).
@@ -49,6 +54,7 @@ from pathlib import Path
 from tuning.data.embed import NUM_PERM, SHINGLE_WORDS, lsh_parameters, near_duplicate_groups
 from tuning.data.readers import CHAT_KEYS, PROMPT_KEYS, RESPONSE_KEYS, ROLE_ALIASES, ROLES, Example, Message
 from tuning.data.records import iter_records, pick_column
+from tuning.data.schemas.unpaired import UNPAIRED, read_label
 from tuning.data.versioning import text_key
 from tuning.errors import ConfigError, DatasetError
 
@@ -65,7 +71,8 @@ CHECKS = {"empty_row": (BLOCKING, True), "empty_prompt": (BLOCKING, True), "empt
           "near_duplicates": (WARNING, True), "validation_overlap": (WARNING, True), "missing_eos": (WARNING, False),
           "over_max_length": (WARNING, True), "no_response_within_max": (WARNING, True),
           "empty_rejected": (BLOCKING, True), "identical_pair": (BLOCKING, True),
-          "identical_within_max": (WARNING, True)}
+          "identical_within_max": (WARNING, True), "unreadable_label": (BLOCKING, True),
+          "unbalanced_labels": (WARNING, False)}
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ class _Row:
     turns: tuple[Message, ...] | None  # None: a row without conversation (text, text+label)
     text: str  # everything in it, for duplicate checks
     rejected: str | None = None  # a preference row's rejected reply (its turns end with the chosen one)
+    label: object = None  # an unpaired (KTO) row's label as written: desirable or not
 
 
 def _content(value) -> str:
@@ -172,7 +180,9 @@ def _lenient(record: dict, row: int) -> _Row:
             turns = ([Message("system", system)] if system.strip() else []) + [
                 Message("user", prompt), Message("assistant", _reply(record.get(response_key)))]
         text = "\n".join([m.content for m in turns] + ([rejected] if rejected is not None else []))
-        return _Row(row, tuple(turns), text, rejected)
+        label_key = pick_column(UNPAIRED.field("label").columns, record) if response_key != "chosen" else None
+        label = record[label_key] if label_key and prompt_key else None
+        return _Row(row, tuple(turns), text, rejected, label)
     return _Row(row, tuple(turns), "\n".join(m.content for m in turns))
 
 
@@ -277,7 +287,7 @@ def lint(examples, *, tokenizer=None, max_length: int | None = None, validation=
     for done, row in enumerate(rows, start=1):
         problem = _structure(row.turns) if row.turns is not None else (
             None if row.text.strip() else ("empty_row", "no text"))
-        problem = problem or _pair_problem(row)
+        problem = problem or _pair_problem(row) or _label_problem(row)
         if problem:
             found[problem[0]].append(row.row)
             details[problem[0]][row.row] = problem[1]
@@ -289,6 +299,10 @@ def lint(examples, *, tokenizer=None, max_length: int | None = None, validation=
         if progress is not None:
             progress(done, len(rows))
     _duplicates(healthy, near_threshold, found)
+    balance = _label_balance(healthy)
+    if balance:
+        found["unbalanced_labels"] = balance[0]
+        details["unbalanced_labels"]["counts"] = balance[1]
     if validation is not None:
         _overlap(healthy, _rows(validation), near_threshold, found)
     findings = [_describe(code, found[code], details[code], tokenizer, max_length, near_threshold, eos_checked)
@@ -360,8 +374,36 @@ def _overlap(rows: list[_Row], validation: list[_Row], threshold: float, found) 
     found["validation_overlap"].extend(exact | near)
 
 
+def _label_problem(row: _Row) -> tuple[str, str] | None:
+    if row.label is not None and read_label(row.label) is None:
+        return "unreadable_label", f"the label {row.label!r} is neither true nor false"
+    return None
+
+
+def _label_balance(rows: list[_Row]) -> tuple[list[int], tuple[int, int]] | None:
+    """(the rows of the more common label, (desirable, undesirable) counts) where one label
+    outnumbers the other by more than 4 to 3 with the default weights (the KTO paper's Eq. 8 keeps
+    desirable × weight : undesirable × weight between 1 and 4/3)."""
+    labelled = [(row.row, read_label(row.label)) for row in rows if row.label is not None]
+    desirable = [r for r, good in labelled if good]
+    undesirable = [r for r, good in labelled if good is False]
+    if not desirable or not undesirable:
+        return None
+    if len(undesirable) <= len(desirable) <= len(undesirable) * 4 / 3:
+        return None
+    return max(desirable, undesirable, key=len), (len(desirable), len(undesirable))
+
+
 def _describe(code: str, rows: list[int], details: dict, tokenizer, max_length, threshold, eos_checked) -> Finding:
     k = len(rows)
+    if code == "unbalanced_labels":
+        desirable, undesirable = details.pop("counts")
+        ratio = undesirable / desirable
+        message = (f"{desirable} {'completion is' if desirable == 1 else 'completions are'} labelled desirable and "
+                   f"{undesirable} undesirable; KTO works best when desirable × its weight is 1 to 4/3 times "
+                   f"undesirable × its weight (KTO paper, Eq. 8): set desirable weight between {ratio:.2f} and "
+                   f"{ratio * 4 / 3:.2f}, or undesirable weight between {3 / (4 * ratio):.2f} and {1 / ratio:.2f}")
+        return _finding(code, rows, message, {})
     if code == "missing_eos":
         closer = tokenizer.eos_token or "an EOS token"
         if len(rows) == eos_checked:
@@ -403,6 +445,8 @@ def _describe(code: str, rows: list[int], details: dict, tokenizer, max_length, 
                           f"the rejected reply or drop the rows",
         "identical_pair": f"{has} the same chosen and rejected reply (ignoring case and spacing), so the pair "
                           f"teaches nothing; fix one of the replies or drop the rows",
+        "unreadable_label": f"{has} a label that says neither desirable nor undesirable; write true or false "
+                            f"(also 1/0, desirable/undesirable, good/bad) or drop the rows",
         "identical_within_max": f"{has} chosen and rejected replies that differ only after max length {max_length} "
                                 f"tokens, so training drops them; raise max length or shorten the prompts",
     }
