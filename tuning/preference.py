@@ -71,6 +71,19 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {loss.name: loss for loss in (
 )}
 
 
+UNPAIRED_SCHEMA = "unpaired"  # tuning.data.schemas.unpaired: single labelled completions
+
+
+def loss_data_problem(loss: str, schema: str) -> str | None:
+    """Why ``loss`` cannot train on data read as ``schema``, or None: only
+    KTO learns from unpaired completions (it also takes pairs, split)."""
+    if schema == UNPAIRED_SCHEMA and not PREFERENCE_LOSSES[loss].unpaired:
+        return (f"{PREFERENCE_LOSSES[loss].label} compares a chosen and a rejected reply to the same prompt, but "
+                f"this dataset holds unpaired completions (prompt, completion, label); choose kto, or a dataset "
+                f"of pairs")
+    return None
+
+
 @dataclass(frozen=True)
 class PreferenceSettings:
     """The settings of ``TrainConfig`` a preference loss reads."""

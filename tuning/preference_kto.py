@@ -28,7 +28,7 @@ from typing import Any
 
 from tuning.data.unpaired import UnpairedExample, unpair
 from tuning.errors import ConfigError
-from tuning.preference import PreferenceSettings, reference_logps, token_logps
+from tuning.preference import UNPAIRED_SCHEMA, PreferenceSettings, loss_data_problem, reference_logps, token_logps
 
 
 def kto_loss(settings: PreferenceSettings, logps, ref_logps, desirable, kl) -> tuple[Any, Any]:
@@ -127,7 +127,5 @@ def items_for_loss(loss: str, items: list, *, max_length: int) -> list:
     if loss == "kto":
         return items if is_unpaired else unpair(items, max_length=max_length)
     if is_unpaired:
-        raise ConfigError({"preference_loss": f"{loss} compares a chosen and a rejected reply to the same prompt, "
-                                              f"but this dataset holds unpaired completions (prompt, completion, "
-                                              f"label); choose kto, or a dataset of pairs"})
+        raise ConfigError({"preference_loss": loss_data_problem(loss, UNPAIRED_SCHEMA)})
     return items

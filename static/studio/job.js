@@ -22,9 +22,10 @@
   // Every point is kept here; the charts draw a decimated copy.
   // penalty: a term the method adds to the loss it trains on (AdaLoRA), charted on its own
   const series = { train: [], smooth: [], eval: [], lr: [], grad_norm: [], tokens_per_s: [], memory_mib: [],
-    penalty: [], rewards_chosen: [], rewards_rejected: [], reward_margin: [], reward_accuracy: [] };
+    penalty: [], rewards_chosen: [], rewards_rejected: [], reward_margin: [], reward_accuracy: [], kl: [] };
+  // kl: KTO's estimate of the policy's KL divergence from the reference
   const STEP_METRICS = ["lr", "grad_norm", "tokens_per_s", "memory_mib", "penalty", "rewards_chosen",
-                        "rewards_rejected", "reward_margin", "reward_accuracy"];
+                        "rewards_rejected", "reward_margin", "reward_accuracy", "kl"];
   const lossChart = lineChart(lossCanvas, { yTitle: "loss", datasets: [
     // order: lower is drawn on top
     { label: "train loss", data: series.train, borderColor: "rgba(37, 99, 235, 0.3)", borderWidth: 1, order: 2 },
@@ -98,7 +99,7 @@
       series.eval.push({ x: d.step, y: d.eval_loss });
       const extra = d.reward_margin != null
         ? ` · reward accuracy ${d.accuracy.toFixed(3)} · margin ${d.reward_margin.toFixed(3)}`
-        : d.accuracy != null ? ` · accuracy ${d.accuracy.toFixed(3)} · F1 ${d.f1.toFixed(3)}`
+        : d.f1 != null ? ` · accuracy ${d.accuracy.toFixed(3)} · F1 ${d.f1.toFixed(3)}`
         : (d.perplexity != null ? ` · perplexity ${d.perplexity.toFixed(2)}` : "");
       addLog(`eval at step ${d.step}: loss ${d.eval_loss.toFixed(4)}${extra}${d.best ? " (best so far)" : ""}`);
     },

@@ -62,7 +62,8 @@ JOB_CREATE = {
             "params": {"type": "object", "description": "The method's parameters (rank, alpha …)."}}}]},
         "hyperparameters": {"type": "object", "description": (
             "Training settings (learning_rate, max_steps, epochs, batch_size, task …; for task preference "
-            "also preference_loss, beta, label_smoothing, simpo_gamma, cpo_alpha, reference); unknown or "
+            "also preference_loss, beta, label_smoothing, simpo_gamma, cpo_alpha, desirable_weight, "
+            "undesirable_weight, reference); unknown or "
             "invalid ones answer 400 listing every bad field.")},
         "name": {"type": "string"}, "team": {"type": "string"},
     },

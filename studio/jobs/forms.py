@@ -17,7 +17,7 @@ SYSTEM_FIELDS = {"base_model", "base_model_name", "dataset_path", "dataset_name"
 # Drawn beside the dataset and base model rather than with the settings: the task decides which methods apply.
 TOP_FIELDS = ("task",)
 TASK_LABELS = {"sft": "Instructions / chat (SFT)", "pretrain": "Continued pre-training",
-               "classify": "Classification", "preference": "Preference pairs (DPO, IPO, ORPO, SimPO, CPO)"}
+               "classify": "Classification", "preference": "Preference (DPO, IPO, ORPO, SimPO, CPO, KTO)"}
 METHOD_PREFIX = "method__"
 DEFAULT_METHOD = "lora"
 NO_GPU = "needs a CUDA GPU worker; none is registered"

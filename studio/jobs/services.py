@@ -29,6 +29,7 @@ from tuning.checkpoints import checkpoint_step, latest
 from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.errors import ConfigError
 from tuning.methods import METHODS
+from tuning.preference import loss_data_problem
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
         if config.task not in dataset.tasks:
             raise ConfigError({"task": f"{dataset.name} is {dataset.schema} data, usable for "
                                        f"{', '.join(dataset.tasks)}; pick one of those tasks or another dataset"})
+        if config.task == "preference" and (problem := loss_data_problem(config.preference_loss, dataset.schema)):
+            raise ConfigError({"preference_loss": problem})
         if METHODS[config.method].needs_cuda:
             if not settings.GPU_POOLS:
                 raise ConfigError({"method": f"{METHODS[config.method].label} needs a CUDA GPU worker; none is "

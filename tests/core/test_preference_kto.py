@@ -143,3 +143,22 @@ def test_kto_weights_apply_to_kto_only(tiny_model, unpaired_jsonl, tmp_path):
         config(tiny_model, unpaired_jsonl, tmp_path, preference_loss="dpo", desirable_weight=1.5)
     assert caught.value.errors == {"desirable_weight": "applies to the kto loss only (the loss is dpo)"}
     assert config(tiny_model, unpaired_jsonl, tmp_path, undesirable_weight=1.33).undesirable_weight == 1.33
+
+
+def test_cli_trains_kto_from_yaml(tiny_model, unpaired_jsonl, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config_file = tmp_path / "kto.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "base_model": str(tiny_model), "dataset_path": str(unpaired_jsonl), "output_dir": str(tmp_path / "out"),
+        "task": "preference", "preference_loss": "kto", "beta": 0.2, "desirable_weight": 1.2, "max_steps": 2,
+        "batch_size": 4, "method_params": {"rank": 4}}))
+    done = subprocess.run([sys.executable, "-m", "tuning", "train", str(config_file)],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    metrics = [json.loads(line)["data"] for line in done.stdout.splitlines() if '"metrics"' in line]
+    assert [m["step"] for m in metrics] == [1, 2] and metrics[0]["kl"] == 0.0
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()

@@ -110,3 +110,43 @@ def test_the_api_refuses_impossible_combinations_naming_the_field(api, pairs, ti
     response = create(api, pairs, tiny_base_model, **values)
     assert response.status_code == 400 and response.json()["error"]["field"] == field, response.content
     assert not Job.objects.exists()
+
+
+@pytest.fixture
+def feedback(member, team, tmp_path):
+    """Unpaired completions labelled desirable or not (KTO's data)."""
+    data = tmp_path / "feedback.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"prompt": "Say hi.", "completion": "Hi!", "label": True},
+        {"prompt": "Add 2 and 2.", "completion": "5.", "label": False}]))
+    return dataset_create_from_file(team=team, user=member, source_path=data, filename="feedback.jsonl")
+
+
+def test_unpaired_data_opens_the_form_on_kto_and_queues_a_kto_job(member_client, feedback, tiny_base_model):
+    assert (feedback.schema, feedback.tasks) == ("unpaired", ["preference"])
+    page = member_client.get(f"/datasets/{feedback.pk}/").content.decode()
+    assert "task=preference&amp;preference_loss=kto" in page
+    response = member_client.post("/jobs/new/", {
+        "dataset": feedback.pk, "base_model": tiny_base_model.pk, "method": "lora", "task": "preference",
+        "fields_for": "lora", "max_steps": 3, "preference_loss": "kto", "desirable_weight": 1.2,
+        "undesirable_weight": 0.9, "method__rank": 4})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    job = Job.objects.get()
+    assert (job.config["preference_loss"], job.config["desirable_weight"], job.config["undesirable_weight"]) == (
+        "kto", 1.2, 0.9)
+
+
+def test_a_pairwise_loss_on_unpaired_data_is_refused_naming_the_loss(member_client, api, feedback,
+                                                                     tiny_base_model):
+    response = member_client.post("/jobs/new/", {"dataset": feedback.pk, "base_model": tiny_base_model.pk,
+                                                 "method": "lora", "task": "preference", "fields_for": "lora",
+                                                 "preference_loss": "orpo"})
+    assert response.status_code == 400 and not Job.objects.exists()
+    assert "ORPO compares a chosen and a rejected reply" in " ".join(
+        response.context["form"].errors["preference_loss"])
+    refused = create(api, feedback, tiny_base_model, task="preference", preference_loss="dpo")
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "hyperparameters.preference_loss"
+    assert "choose kto" in refused.json()["error"]["message"]
+    accepted = create(api, feedback, tiny_base_model, task="preference", preference_loss="kto",
+                      undesirable_weight=1.5)
+    assert accepted.status_code == 201 and accepted.json()["hyperparameters"]["undesirable_weight"] == 1.5

@@ -107,8 +107,9 @@ def _save(data: TaskData, file: Path) -> None:
         tensors["label"] = torch.tensor([item.label for item in items], dtype=torch.int64)
     else:
         tensors["labels"] = torch.tensor([t for item in items for t in item.labels], dtype=torch.int64)
-    meta = {"format": FORMAT, "pairs": pairs, "unpaired": completions, "label2id": data.label2id, "rows_read": data.rows_read,
-            "rows_dropped": data.rows_dropped, "truncated": data.truncated, "dropped_rows": list(data.dropped_rows)}
+    meta = {"format": FORMAT, "pairs": pairs, "unpaired": completions, "label2id": data.label2id,
+            "rows_read": data.rows_read, "rows_dropped": data.rows_dropped, "truncated": data.truncated,
+            "dropped_rows": list(data.dropped_rows)}
     partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
     save_file(tensors, partial, metadata={"task_data": json.dumps(meta)})
     os.replace(partial, file)  # atomic: readers see the old entry, or none, or the whole new one

@@ -57,7 +57,8 @@ def unpaired_parser(schema: Schema, first: dict, file: str, row: int, mapping: d
     keys = required_columns(schema.fields, first, file, row, mapping, HINT)
     system = schema.field("system")
     return lambda record, row, file: UnpairedCompletion(
-        prompt=text_value(record, keys["prompt"], file, row), completion=text_value(record, keys["completion"], file, row),
+        prompt=text_value(record, keys["prompt"], file, row),
+        completion=text_value(record, keys["completion"], file, row),
         desirable=label_value(record, keys["label"], file, row), system=optional_text(record, system, mapping),
         row=row)
 
