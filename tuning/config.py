@@ -41,8 +41,10 @@ class TrainConfig:
     output_dir: str = setting(help="Directory for checkpoints and the final adapter.")
     task: str = setting("sft", help="What to train: sft (instruction/chat data, loss on responses), pretrain "
                                     "(continued pre-training on plain text), classify (text + label) or "
-                                    "preference (prompt, chosen and rejected replies: DPO and the like).",
-                        choices=("sft", "pretrain", "classify", "preference"), basic=True)
+                                    "preference (prompt, chosen and rejected replies: DPO and the like; or "
+                                    "unpaired completions for KTO) or reward (a reward model trained on the "
+                                    "same pairs).",
+                        choices=("sft", "pretrain", "classify", "preference", "reward"), basic=True)
     chat_template: str = setting(AUTO, help="How rows are rendered for SFT and preference: auto (the model's own "
                                             "chat template, or Instruction/Response when it has none) or a named "
                                             "template (tuning.data.chat_templates), which replaces the model's own.",
@@ -81,6 +83,11 @@ class TrainConfig:
     undesirable_weight: float = setting(1.0, help="Preference task, kto: the weight of the undesirable "
                                                   "completions' loss.", min=0.01, max=100.0,
                                         label="Undesirable weight")
+    # Reward task only (tuning.reward).
+    reward_centering: float = setting(0.0, help="Reward task: weight of a term that keeps the scores near zero, "
+                                                "mean((chosen + rejected)²) (TRL's center_rewards_coefficient; "
+                                                "0.01 is usual; 0: off).", min=0.0, max=10.0,
+                                      label="Reward centering")
     reference: str = setting("base", help="Preference task, dpo/ipo/cdpo/kto: where the reference model's scores come "
                                           "from. base: the base model scores every batch (adapters switched off, no "
                                           "second copy; a frozen copy for full fine-tuning); precomputed: it scores "
@@ -197,18 +204,27 @@ PREFERENCE_FIELDS = ("preference_loss", "beta", "label_smoothing", "simpo_gamma"
                      "undesirable_weight", "reference")
 
 
+REWARD_FIELDS = ("reward_centering",)
+
+
 def _preference_problems(data: dict) -> dict[str, str]:
-    """Preference settings that cannot apply: set for another task, or for a loss that does not read them."""
+    """Preference (and reward) settings that cannot apply: set for another task, or for a loss that does not
+    read them."""
     defaults = {spec.name: spec.default for spec in field_specs(TrainConfig)}
     changed = {name for name in PREFERENCE_FIELDS
                if data.get(name) not in (None, "") and _same(data[name], defaults[name]) is False}
     task = data.get("task") or "sft"
+    centering = data.get("reward_centering")
+    if task != "reward" and centering not in (None, "") and _same(centering, 0.0) is False:
+        changed.add("reward_centering")
     if task != "preference":
-        return {name: f"applies to the preference task only (this job's task is {task})" for name in changed}
+        return {name: f"applies to the {'reward' if name == 'reward_centering' else 'preference'} task only "
+                      f"(this job's task is {task})" for name in changed}
     loss = PREFERENCE_LOSSES.get(data.get("preference_loss") or "dpo")
     if loss is None:
         return {}  # reported by config_from_dict
-    problems = {}
+    problems = ({"reward_centering": "applies to the reward task only (this job's task is preference)"}
+                if "reward_centering" in changed else {})
     if "label_smoothing" in changed and not loss.label_smoothing:
         problems["label_smoothing"] = (f"{loss.label} has no label smoothing; choose cdpo (conservative DPO), simpo "
                                        f"or cpo, or set it to 0")

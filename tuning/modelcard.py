@@ -8,7 +8,7 @@ from pathlib import Path
 from tuning.config import TrainConfig
 from tuning.preference import PREFERENCE_LOSSES
 
-AUTO_CLASS = {"classify": "AutoModelForSequenceClassification"}
+AUTO_CLASS = {"classify": "AutoModelForSequenceClassification", "reward": "AutoModelForSequenceClassification"}
 
 
 def _is_local(ref: str) -> bool:

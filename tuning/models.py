@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from tuning.errors import ModelError
+from tuning.methods.base import CLASSIFIER_TASKS
 
 # transformers imports its parts lazily, and two threads importing it for the
 # first time at once fail ("cannot import name 'AutoConfig'"). The web
@@ -157,7 +158,9 @@ def load_classifier(ref: str, *, label2id: dict[str, int], pad_token_id: int | N
 def load_model_for_task(task: str, ref: str, *, tokenizer, label2id=None, trust_remote_code: bool = False,
                         dtype=None, **load_kwargs):
     """``load_kwargs`` come from the method (QLoRA's 4-bit quantization config)."""
-    if task == "classify":
+    if task == "reward":  # one score per row (tuning.reward)
+        label2id = {"reward": 0}
+    if task in CLASSIFIER_TASKS:
         return load_classifier(ref, label2id=label2id, pad_token_id=tokenizer.pad_token_id, dtype=dtype,
                                trust_remote_code=trust_remote_code, **load_kwargs)
     return load_causal_lm(ref, dtype=dtype, trust_remote_code=trust_remote_code, **load_kwargs)

@@ -2,7 +2,8 @@
 
 Loss and perplexity for language models (every task but classify);
 exact match and ROUGE-L of generated answers against the dataset's
-responses (sft); accuracy and macro-F1 (classify). Results are reported as
+responses (sft); accuracy and macro-F1 (classify); a reward model's
+pairwise accuracy and mean margin on preference pairs (reward). Results are reported as
 one EvalEvent and returned.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from tuning.fields import config_from_dict, setting
 from tuning.events import EvalEvent, EventSink, LogEvent, ProgressEvent
 
-TASK_CHOICES = ("sft", "pretrain", "classify")
+TASK_CHOICES = ("sft", "pretrain", "classify", "reward")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +109,15 @@ def run_evaluate(config: EvaluateConfig, sink: EventSink) -> EvaluateResult:
 
     device = "cuda" if torch.cuda.is_available() and not getattr(model, "hf_quantizer", None) else "cpu"
     model.to(device)
-    metrics = evaluate(model, scored_batches(), device=device, autocast=contextlib.nullcontext, task=config.task)
+    if config.task == "reward":  # the share of pairs whose chosen reply scores higher, and the mean margin
+        from tuning.preference import evaluate_pairs
+        from tuning.reward import RewardObjective
+
+        metrics = evaluate_pairs(RewardObjective(model), scored_batches(), device=device,
+                                 autocast=contextlib.nullcontext)
+    else:
+        metrics = evaluate(model, scored_batches(), device=device, autocast=contextlib.nullcontext,
+                           task=config.task)
     metrics["rows"] = len(items)
     if config.task == "sft" and config.generate_rows:
         pairs = _reference_pairs(config, name)

@@ -24,9 +24,11 @@ from tuning.errors import ConfigError
 from tuning.events import EventSink, LogEvent
 from tuning.loss import fused_loss_works, fused_next_token_loss, next_token_loss, selects_logits, task_model
 from tuning.methods import Method, MethodContext
+from tuning.methods.base import CLASSIFIER_TASKS
 from tuning.models import load_model_for_task
 from tuning.preference import PREFERENCE_LOSSES, PreferenceObjective, PreferenceSettings
 from tuning.preference_kto import KTOObjective
+from tuning.reward import RewardObjective
 
 CALIBRATION_BATCHES = 8  # batches shown to data-driven initialisations (EVA, CorDA)
 # Packed rows are padded to a multiple of this many tokens: every new matmul
@@ -55,7 +57,7 @@ class PreparedModel:
     # The step's task metrics beyond the loss (preference: rewards, margin,
     # accuracy), averaged over the micro-batches since the last call.
     step_metrics: Callable[[], dict] | None = None
-    objective: Any = None  # the preference objective (tuning.preference), which also evaluates
+    objective: Any = None  # the preference or reward objective (tuning.preference, tuning.reward), which evaluates
 
 
 def cpu_has_native_bf16() -> bool:
@@ -134,8 +136,9 @@ def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, param
     train_collate, packed = _batch_layout(config, sink, method=method, model=model, device=device,
                                           tokenizer=tokenizer, collate=collate)
     penalty = partial(method.penalty, model) if method.penalty else None
-    if config.task == "preference":
-        objective = preference_objective(config, sink, model)
+    if config.task in ("preference", "reward"):
+        objective = (preference_objective(config, sink, model) if config.task == "preference"
+                     else RewardObjective(model, centering=config.reward_centering))
         return PreparedModel(model=model, trainable=trainable, trainable_count=trainable_count,
                              total_count=total_count, collate=train_collate, compute_loss=objective, penalty=penalty,
                              step_metrics=objective.take_metrics, objective=objective)
@@ -198,6 +201,8 @@ def why_not_packed(config: TrainConfig, method: Method, model, device: Device) -
     """None where the run can use padding-free (packed) batches, else why not."""
     if config.task == "classify":
         return "classification predicts one label per row"
+    if config.task == "reward":
+        return "a reward model scores each reply as a padded row, chosen and rejected side by side"
     if config.task == "preference":
         return "preference pairs are scored as padded rows, chosen and rejected side by side"
     if not method.packs_rows:
@@ -238,7 +243,7 @@ def store_frozen_base_in_bf16(model, method: Method, params, precision: str) -> 
 
 def predicts_each_token(config: TrainConfig, method: Method) -> bool:
     """A causal LM loss over the rows' own tokens: not a classifier, no virtual prompt tokens."""
-    return config.task != "classify" and method.predicts_each_token
+    return config.task not in CLASSIFIER_TASKS and method.predicts_each_token
 
 
 def _loss_function(config: TrainConfig, method: Method, model, packed: bool, device: Device):

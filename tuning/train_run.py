@@ -17,6 +17,7 @@ from tuning.errors import ConfigError
 from tuning.evaluate import evaluate
 from tuning.events import EvalEvent, EventSink, LogEvent, SamplesEvent
 from tuning.methods import Method
+from tuning.methods.base import CLASSIFIER_TASKS
 from tuning.preference import evaluate_pairs
 from tuning.train_model import Device, PreparedModel
 
@@ -84,7 +85,7 @@ class Run:
     def answer_golden_prompts(self) -> None:
         """Greedy answers to the golden prompts with the weights as they are now."""
         config = self.config
-        if not config.golden_prompts or config.task == "classify" or not self.ranks.is_main:
+        if not config.golden_prompts or config.task in CLASSIFIER_TASKS or not self.ranks.is_main:
             return
         from tuning.generate import generate_text
 

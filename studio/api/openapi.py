@@ -63,7 +63,7 @@ JOB_CREATE = {
         "hyperparameters": {"type": "object", "description": (
             "Training settings (learning_rate, max_steps, epochs, batch_size, task …; for task preference "
             "also preference_loss, beta, label_smoothing, simpo_gamma, cpo_alpha, desirable_weight, "
-            "undesirable_weight, reference); unknown or "
+            "undesirable_weight, reference; for task reward, reward_centering); unknown or "
             "invalid ones answer 400 listing every bad field.")},
         "name": {"type": "string"}, "team": {"type": "string"},
     },

@@ -94,8 +94,8 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
     steps = values.get("max_steps") or (math.ceil(dataset.row_count / rows_per_step) * values["epochs"]
                                         if dataset else None)
     if speed and steps:
-        # An upper bound: every row counted at max length (a preference row is two sequences).
-        sequences = rows_per_step * (2 if task == "preference" else 1)
+        # An upper bound: every row counted at max length (a preference or reward row is two sequences).
+        sequences = rows_per_step * (2 if task in ("preference", "reward") else 1)
         result["minutes"] = steps * sequences * values["max_length"] / speed / 60
         result["tokens_per_s"] = speed
     return result

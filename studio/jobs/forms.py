@@ -6,7 +6,7 @@ from __future__ import annotations
 from django import forms
 
 from studio.datasets.selectors import dataset_training_blocker
-from tuning.config import PREFERENCE_FIELDS, TrainConfig
+from tuning.config import PREFERENCE_FIELDS, REWARD_FIELDS, TrainConfig
 from tuning.fields import field_specs
 from tuning.methods import GROUPS, METHODS, Method
 from tuning.preference import PREFERENCE_LOSSES
@@ -17,7 +17,8 @@ SYSTEM_FIELDS = {"base_model", "base_model_name", "dataset_path", "dataset_name"
 # Drawn beside the dataset and base model rather than with the settings: the task decides which methods apply.
 TOP_FIELDS = ("task",)
 TASK_LABELS = {"sft": "Instructions / chat (SFT)", "pretrain": "Continued pre-training",
-               "classify": "Classification", "preference": "Preference (DPO, IPO, ORPO, SimPO, CPO, KTO)"}
+               "classify": "Classification", "preference": "Preference (DPO, IPO, ORPO, SimPO, CPO, KTO)",
+               "reward": "Reward model (from preference pairs)"}
 METHOD_PREFIX = "method__"
 DEFAULT_METHOD = "lora"
 NO_GPU = "needs a CUDA GPU worker; none is registered"
@@ -105,8 +106,10 @@ class TrainJobForm(forms.Form):
         for spec in field_specs(self.chosen.params):
             self._add(METHOD_PREFIX + spec.name, spec)
         for spec in field_specs(TrainConfig):
-            # The preference settings are drawn in their own section, for the preference task only.
-            if spec.name not in SYSTEM_FIELDS and (spec.name not in PREFERENCE_FIELDS or task == "preference"):
+            # The preference settings are drawn in their own section, for the preference task only; the
+            # reward model's, for the reward task only.
+            if spec.name not in SYSTEM_FIELDS and (spec.name not in PREFERENCE_FIELDS or task == "preference") and (
+                    spec.name not in REWARD_FIELDS or task == "reward"):
                 self._add(spec.name, spec)
         self.fields["task"].choices = [(key, TASK_LABELS.get(key, key)) for key, _ in self.fields["task"].choices]
 

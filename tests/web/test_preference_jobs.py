@@ -1,7 +1,8 @@
-"""Preference tuning from the new-job form and the JSON API: the same
-settings as the CLI's YAML, and impossible combinations refused naming the
-field (a preference loss on SFT data, SFT on preference pairs, a setting
-the chosen loss does not read)."""
+"""Preference tuning and reward models from the new-job form and the JSON
+API: the same settings as the CLI's YAML, and impossible combinations
+refused naming the field (a preference loss on SFT data, SFT on preference
+pairs, a setting the chosen loss does not read, a pairwise loss or a reward
+model on unpaired completions)."""
 
 import json
 
@@ -47,7 +48,7 @@ def test_the_form_shows_the_preference_settings_for_the_preference_task_only(mem
 
 
 def test_posting_the_form_queues_a_dpo_job(member_client, pairs, tiny_base_model):
-    assert pairs.tasks == ["preference"]
+    assert pairs.tasks == ["preference", "reward"]
     response = member_client.post("/jobs/new/", {
         "dataset": pairs.pk, "base_model": tiny_base_model.pk, "method": "lora", "task": "preference",
         "fields_for": "lora", "max_steps": 3, "preference_loss": "cdpo", "beta": 0.2, "label_smoothing": 0.1,
@@ -150,3 +151,20 @@ def test_a_pairwise_loss_on_unpaired_data_is_refused_naming_the_loss(member_clie
     accepted = create(api, feedback, tiny_base_model, task="preference", preference_loss="kto",
                       undesirable_weight=1.5)
     assert accepted.status_code == 201 and accepted.json()["hyperparameters"]["undesirable_weight"] == 1.5
+
+
+def test_pairs_train_a_reward_model_from_the_form_and_the_api(member_client, api, pairs, feedback, tiny_base_model):
+    drawn = FormValues(member_client.get(FIELDS, {"task": "reward", "method": "lora"}).content.decode())
+    assert "reward_centering" in drawn.names and not set(PREFERENCE_FIELDS) & drawn.names
+    assert "reward_centering" not in FormValues(member_client.get(
+        FIELDS, {"task": "preference", "method": "lora"}).content.decode()).names
+    response = member_client.post("/jobs/new/", {
+        "dataset": pairs.pk, "base_model": tiny_base_model.pk, "method": "lora", "task": "reward",
+        "fields_for": "lora", "max_steps": 3, "reward_centering": 0.01, "method__rank": 4})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert (Job.objects.get().config["task"], Job.objects.get().config["reward_centering"]) == ("reward", 0.01)
+    made = create(api, pairs, tiny_base_model, task="reward")
+    assert made.status_code == 201 and made.json()["hyperparameters"]["task"] == "reward"
+    refused = create(api, feedback, tiny_base_model, task="reward")
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "hyperparameters.task"
+    assert "usable for preference" in refused.json()["error"]["message"]

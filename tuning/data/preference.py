@@ -49,21 +49,23 @@ class PreferenceExample:
 
 
 def pair_rows(path: Paths, *, name: str | None = None, schema: str | None = None,
-              mapping: dict[str, str] | None = None) -> Rows:
-    """The dataset read for preference: its detection, the schema it is read as, and its pairs."""
-    return task_rows("preference", path, name=name, schema=schema, mapping=mapping)
+              mapping: dict[str, str] | None = None, task: str = "preference") -> Rows:
+    """The dataset read for preference (or a reward model, which takes pairs only): its detection, the
+    schema it is read as, and its pairs."""
+    return task_rows(task, path, name=name, schema=schema, mapping=mapping)
 
 
 def iter_pairs(path: Paths, *, name: str | None = None, schema: str | None = None,
-               mapping: dict[str, str] | None = None) -> Iterator[PreferencePair]:
+               mapping: dict[str, str] | None = None, task: str = "preference") -> Iterator[PreferencePair]:
     """Every row of the dataset as a PreferencePair, checked as it is read.
     ``mapping`` may name the columns: {"prompt": ..., "chosen": ..., "rejected": ..., "system": ...}."""
-    yield from pair_rows(path, name=name, schema=schema, mapping=mapping).records
+    yield from pair_rows(path, name=name, schema=schema, mapping=mapping, task=task).records
 
 
 def read_pairs(path: Paths, *, name: str | None = None, schema: str | None = None,
-               mapping: dict[str, str] | None = None) -> list[PreferencePair]:
-    return read_all(iter_pairs(path, name=name, schema=schema, mapping=mapping), dataset_files(path, name)[2])
+               mapping: dict[str, str] | None = None, task: str = "preference") -> list[PreferencePair]:
+    return read_all(iter_pairs(path, name=name, schema=schema, mapping=mapping, task=task),
+                    dataset_files(path, name)[2])
 
 
 def tokenize_pair(pair: PreferencePair, tokenizer, *, max_length: int, file: str = "") -> PreferenceExample:

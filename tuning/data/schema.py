@@ -12,7 +12,7 @@ chat          messages (OpenAI role/content) [, system]    sft
 sharegpt      conversations (from/value) [, system]        sft
 text          text                                         pretrain
 text+label    text, label                                  classify, pretrain
-preference    prompt, chosen, rejected [, system]          preference
+preference    prompt, chosen, rejected [, system]          preference, reward
 unpaired      prompt, completion, label [, system]         preference (KTO)
 ============  ==========================================  =====================
 

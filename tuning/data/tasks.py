@@ -2,9 +2,11 @@
 
 Tasks: ``sft`` (instruction, chat or prompt/completion rows; see
 ``readers``), ``pretrain`` (plain text; see ``pretrain``), ``classify``
-(text + label; see ``classify``) and ``preference`` (prompt, chosen,
+(text + label; see ``classify``), ``preference`` (prompt, chosen,
 rejected; see ``preference``: trained on by DPO and the other
-preference losses of ``tuning.preference``). Any format of ``formats`` is read (JSONL,
+preference losses of ``tuning.preference``; or unpaired completions, see
+``unpaired``, for KTO) and ``reward`` (the same pairs, for a reward model:
+``tuning.reward``). Any format of ``formats`` is read (JSONL,
 JSON, CSV, TSV, Parquet, text, zip), from one path or a list of paths.
 ``schema=`` (a name from ``schema.SCHEMAS``) and ``mapping=`` ({canonical
 field: column}) override what is detected.
@@ -52,7 +54,7 @@ from tuning.errors import ConfigError, DatasetError
 
 __all__ = ["TASKS", "TaskData", "load_task_data", "summarize", "collate_for_task", "batches"]
 
-TASKS = ("sft", "pretrain", "classify", "preference")
+TASKS = ("sft", "pretrain", "classify", "preference", "reward")
 TRAINABLE = TASKS
 PREVIEW_CHARS = 2000  # a preview shows the start of a long document, not all of it
 
@@ -127,6 +129,12 @@ def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer
                                   progress=progress or (lambda done, total: None))
         return TaskData(items=items, label2id=None, rows_read=len(rows), rows_dropped=len(dropped),
                         truncated=sum(i.truncated for i in items), dropped_rows=dropped)
+    if task == "reward":  # the same pairs, scored whole by a reward model (tuning.reward)
+        pairs = preference.read_pairs(path, name=name, schema=schema, mapping=mapping, task="reward")
+        items, dropped = preference.tokenize_pairs(pairs, tokenizer, max_length=max_length, file=label,
+                                                   progress=progress or (lambda done, total: None))
+        return TaskData(items=items, label2id=None, rows_read=len(pairs), rows_dropped=len(dropped),
+                        truncated=sum(i.truncated for i in items), dropped_rows=dropped)
     if task == "pretrain":
         documents = pretrain.read_documents(path, name=name, split=text_split, schema=schema, mapping=mapping)
         blocks = pretrain.make_blocks(documents, tokenizer, max_length=max_length, file=label)
@@ -141,7 +149,8 @@ def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer
 def collate_for_task(task: str, *, pad_token_id: int) -> Callable[[list], dict]:
     """The function that turns a batch of ``items`` into tensors for ``task``."""
     _check_task(task, training=True)
-    collate = {"classify": classify.collate_classification, "preference": _collate_preference}
+    collate = {"classify": classify.collate_classification, "preference": _collate_preference,
+               "reward": preference.collate_pairs}
     return partial(collate.get(task, sft.collate), pad_token_id=pad_token_id)
 
 
@@ -182,7 +191,7 @@ def summarize(path: Paths, *, name: str | None = None, task: str = "sft", previe
         rows = classify.labelled_rows(path, name=name, schema=schema, mapping=mapping)
         records, preview = (labels.add(row.label) or row for row in rows.records), _shorten
     else:
-        rows = preference.pair_rows(path, name=name, schema=schema, mapping=mapping)
+        rows = preference.pair_rows(path, name=name, schema=schema, mapping=mapping, task=task)
         records, preview = rows.records, _shorten_pair
     summary = summarize_rows(path, label, records, schema=rows.schema, detection=rows.detection,
                              preview_rows=preview_rows, preview=preview)

@@ -17,10 +17,13 @@ GROUPS = {
     "prompts": "Prompt and prefix tuning",
     "selective": "Selective fine-tuning",
 }
-TASKS = ("sft", "pretrain", "classify", "preference")
+TASKS = ("sft", "pretrain", "classify", "preference", "reward")
 # Methods that cannot score preference pairs: virtual tokens shift every position the
-# reply log-probabilities are read from.
+# reply log-probabilities are read from (nor a reward model's last token).
 NOT_PREFERENCE = ("sft", "pretrain", "classify")
+# The tasks whose model is a sequence classifier (a head scoring each row) rather than a causal LM:
+# classify (one label per row) and reward (one score per reply, tuning.reward).
+CLASSIFIER_TASKS = ("classify", "reward")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuning.errors import ConfigError
+from tuning.methods.base import CLASSIFIER_TASKS
 from tuning.methods.blocks import head_parameters, train_only
 from tuning.methods.common import presets, meta_model
 
@@ -38,7 +39,7 @@ def prepare(model, params: BitfitParams, context=None):
     biases = _biases(model)
     if not biases:
         raise ConfigError({"method": _no_biases(model)})
-    head = head_parameters(model) if context and context.task == "classify" else set()
+    head = head_parameters(model) if context and context.task in CLASSIFIER_TASKS else set()
     return train_only(model, biases | head)
 
 

@@ -11,7 +11,7 @@ process imports the method table without them.
 from __future__ import annotations
 
 from tuning.fields import setting
-from tuning.methods.base import MethodContext
+from tuning.methods.base import CLASSIFIER_TASKS, MethodContext
 
 TARGETS_HELP = ("Comma-separated module names to adapt (e.g. q_proj,v_proj), or 'all-linear' for every linear "
                 "layer but the output head.")
@@ -21,7 +21,7 @@ DRY_RUN_STEPS = 1000  # a stand-in run length for methods that schedule over the
 def peft_task_type(context) -> str:
     """peft's task type for the run's task (a MethodContext; None is SFT).
     SEQ_CLS also makes the new classification head trainable."""
-    return "SEQ_CLS" if context is not None and context.task == "classify" else "CAUSAL_LM"
+    return "SEQ_CLS" if context is not None and context.task in CLASSIFIER_TASKS else "CAUSAL_LM"
 
 
 def target_modules_setting(default: str = "all-linear", help: str = TARGETS_HELP):
@@ -73,7 +73,7 @@ def meta_model(model_config, task: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    auto = AutoModelForSequenceClassification if task == "classify" else AutoModelForCausalLM
+    auto = AutoModelForSequenceClassification if task in CLASSIFIER_TASKS else AutoModelForCausalLM
     with torch.device("meta"):
         return auto.from_config(copy.deepcopy(model_config))
 

@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass
 
 from tuning.fields import setting
+from tuning.methods.base import CLASSIFIER_TASKS
 from tuning.methods.blocks import blocks_problems, head_parameters, train_only, transformer_blocks
 from tuning.methods.common import presets
 
@@ -51,7 +52,7 @@ def prepare(model, params: HftParams, context=None):
     prefix, blocks = transformer_blocks(model)
     modules = {f"{prefix}.{name}" for name in chosen_modules(blocks, params.seed)}
     names = {name for name, _ in model.named_parameters() if name.rpartition(".")[0] in modules}
-    head = head_parameters(model) if context and context.task == "classify" else set()
+    head = head_parameters(model) if context and context.task in CLASSIFIER_TASKS else set()
     return train_only(model, names | head)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tuning.loss import GPU_CHUNK_TOKENS
+from tuning.methods.base import CLASSIFIER_TASKS
 
 RUNTIME_OVERHEAD_BYTES = 2**30  # the process itself (torch, CUDA context, kernels) and the data in flight
 FOUR_BIT_BYTES_PER_PARAMETER = 0.55  # 4-bit weights plus quantization constants
@@ -61,7 +62,7 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
                              four_bit_base: bool = False, task: str = "sft",
                              fused_loss: bool = False, reference_copy: bool = False) -> MemoryEstimate:
     hidden, layers, heads, vocab = model_dims(model_config)
-    s, b = max_length, batch_size * (2 if task == "preference" else 1)
+    s, b = max_length, batch_size * (2 if task in ("preference", "reward") else 1)  # two replies a pair
     fused_loss = fused_loss and task != "preference"  # pairs need every labelled token's log-probability
     bytes_per_activation_unit = 1 if precision in ("bf16", "fp16", "auto") else 2  # the formula is in 16-bit units
     if gradient_checkpointing:
@@ -70,10 +71,10 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
         activations = (layers * per_layer + recomputed) * bytes_per_activation_unit
     else:
         activations = layers * s * b * hidden * (34 + 5 * heads * s / hidden) * bytes_per_activation_unit
-    if task != "classify" and fused_loss:
+    if task not in CLASSIFIER_TASKS and fused_loss:
         # One chunk of logits (the larger, GPU chunk) and the hidden states' gradient.
         activations += min(b * s, GPU_CHUNK_TOKENS) * vocab * (2 + 4) + b * s * hidden * 4
-    elif task != "classify":
+    elif task not in CLASSIFIER_TASKS:
         activations += b * s * vocab * (2 + 4)
     frozen = total - trainable
     weights = trainable * 4 + (frozen * FOUR_BIT_BYTES_PER_PARAMETER if four_bit_base else frozen * 4)

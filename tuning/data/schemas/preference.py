@@ -90,4 +90,4 @@ PREFERENCE = Schema("preference", (
     Field("prompt", ("prompt", "question", "instruction"), required=False,
           help="what the model is asked (leave it out where chosen and rejected are whole conversations)"),
     Field("system", ("system", "system_prompt"), required=False, help="a system prompt"),
-), {"preference": pair_parser}, aliases=("pairs",))
+), {"preference": pair_parser, "reward": pair_parser}, aliases=("pairs",))
