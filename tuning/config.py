@@ -17,6 +17,7 @@ from tuning.fields import FieldSpec, coerce, config_from_dict, config_to_dict, f
 from tuning.methods import METHODS
 from tuning.model_info import multimodal_refusal
 from tuning.models import MODEL_CODE_LOCK, load_model_config
+from tuning.grpo_rewards import LAST_NUMBER, pattern_problem
 from tuning.preference import PREFERENCE_LOSSES
 
 # Re-exported: the studio's services build and dump configs through this module.
@@ -43,8 +44,9 @@ class TrainConfig:
                                     "(continued pre-training on plain text), classify (text + label) or "
                                     "preference (prompt, chosen and rejected replies: DPO and the like; or "
                                     "unpaired completions for KTO) or reward (a reward model trained on the "
-                                    "same pairs).",
-                        choices=("sft", "pretrain", "classify", "preference", "reward"), basic=True)
+                                    "same pairs) or grpo (prompts with reference answers: the model samples "
+                                    "answers and learns from rewards defined below).",
+                        choices=("sft", "pretrain", "classify", "preference", "reward", "grpo"), basic=True)
     chat_template: str = setting(AUTO, help="How rows are rendered for SFT and preference: auto (the model's own "
                                             "chat template, or Instruction/Response when it has none) or a named "
                                             "template (tuning.data.chat_templates), which replaces the model's own.",
@@ -88,6 +90,41 @@ class TrainConfig:
                                                 "mean((chosen + rejected)²) (TRL's center_rewards_coefficient; "
                                                 "0.01 is usual; 0: off).", min=0.0, max=10.0,
                                       label="Reward centering")
+    # GRPO task only (tuning.grpo, tuning.grpo_rewards).
+    group_size: int = setting(4, help="GRPO: completions sampled per prompt; each is judged against its group.",
+                              min=2, max=64, label="Group size")
+    max_completion_length: int = setting(64, help="GRPO: the longest completion sampled, in tokens.", min=1,
+                                         max=8192, label="Max completion length")
+    temperature: float = setting(1.0, help="GRPO: sampling temperature.", min=0.05, max=5.0)
+    kl_beta: float = setting(0.0, help="GRPO: weight of the KL penalty against the base model (TRL's beta; 0 "
+                                       "computes no reference; DeepSeek-R1 used 0.001).", min=0.0, max=10.0,
+                             label="KL beta")
+    reward_exact_match: float = setting(1.0, help="GRPO: weight of the exact-match reward (1 when the answer "
+                                                  "the answer pattern finds in a completion equals the one it "
+                                                  "finds in the row's reference answer; 0: off).", min=0.0,
+                                        max=100.0, label="Exact-match reward weight")
+    answer_pattern: str = setting(LAST_NUMBER, help="GRPO: regular expression that extracts the final answer "
+                                                    "(its first group, else the whole match); default: the "
+                                                    "last number.", label="Answer pattern")
+    reward_format: float = setting(0.0, help="GRPO: weight of the format reward (1 when the format pattern is "
+                                             "found in the completion).", min=0.0, max=100.0,
+                                   label="Format reward weight")
+    format_pattern: str = setting("", help="GRPO: regular expression a well-formatted completion contains.",
+                                  label="Format pattern")
+    reward_length: float = setting(0.0, help="GRPO: weight of the length reward (1 when the completion's "
+                                             "tokens are within length min and length max).", min=0.0,
+                                   max=100.0, label="Length reward weight")
+    length_min: int = setting(0, help="GRPO: fewest completion tokens the length reward accepts.", min=0,
+                              max=8192, label="Length min")
+    length_max: int = setting(0, help="GRPO: most completion tokens the length reward accepts (0: no limit).",
+                              min=0, max=8192, label="Length max")
+    reward_model_weight: float = setting(0.0, help="GRPO: weight of the score a reward model gives each "
+                                                   "completion.", min=0.0, max=100.0,
+                                         label="Reward-model weight")
+    reward_model: str = setting("", help="GRPO: directory of a reward-model artifact (task reward).",
+                                label="Reward model")
+    reward_model_base: str = setting("", help="GRPO: the base model of that reward model, where it is an "
+                                              "adapter.", label="Reward model's base")
     reference: str = setting("base", help="Preference task, dpo/ipo/cdpo/kto: where the reference model's scores come "
                                           "from. base: the base model scores every batch (adapters switched off, no "
                                           "second copy; a frozen copy for full fine-tuning); precomputed: it scores "
@@ -173,6 +210,7 @@ class TrainConfig:
                               f"{', '.join(method.tasks)}")
         errors.update(_preference_problems(data))
         errors.update(_system_prompt_problems(data))
+        errors.update(_grpo_problems(data))
         if method is not None:
             try:
                 params = config_from_dict(method.params, method_params, prefix="method_params.")
@@ -205,6 +243,49 @@ PREFERENCE_FIELDS = ("preference_loss", "beta", "label_smoothing", "simpo_gamma"
 
 
 REWARD_FIELDS = ("reward_centering",)
+GRPO_FIELDS = ("group_size", "max_completion_length", "temperature", "kl_beta", "reward_exact_match",
+               "answer_pattern", "reward_format", "format_pattern", "reward_length", "length_min", "length_max",
+               "reward_model_weight", "reward_model", "reward_model_base")
+
+
+def _grpo_problems(data: dict) -> dict[str, str]:
+    """GRPO settings set for another task; for GRPO, a run without any reward, a reward missing what it
+    reads, a pattern that is no regular expression, a validation split (GRPO reports rewards, not a loss)."""
+    defaults = {spec.name: spec.default for spec in field_specs(TrainConfig)}
+    task = data.get("task") or "sft"
+    value = {name: data.get(name, defaults[name]) for name in GRPO_FIELDS}
+    if task != "grpo":
+        return {name: f"applies to the grpo task only (this job's task is {task})" for name in GRPO_FIELDS
+                if data.get(name) not in (None, "") and _same(data[name], defaults[name]) is False}
+    problems = {}
+    weights = {}
+    for name in ("reward_exact_match", "reward_format", "reward_length", "reward_model_weight"):
+        try:
+            weights[name] = coerce(value[name], float)
+        except ValueError:
+            return {}  # reported by config_from_dict
+    if not any(weights.values()):
+        problems["reward_exact_match"] = ("GRPO needs at least one reward: give exact match, format, length or a "
+                                          "reward model a weight above 0")
+    for pattern in ("answer_pattern", "format_pattern"):
+        if isinstance(value[pattern], str) and (why := pattern_problem(value[pattern])):
+            problems[pattern] = why
+    if weights["reward_format"] and not str(value["format_pattern"]).strip():
+        problems["format_pattern"] = "the format reward needs a pattern to look for"
+    if weights["reward_model_weight"] and not str(value["reward_model"]).strip():
+        problems["reward_model"] = "the reward-model reward needs a reward model (an artifact of a reward job)"
+    if weights["reward_length"] and not (_truthy_number(value["length_min"]) or _truthy_number(value["length_max"])):
+        problems["length_max"] = "the length reward needs a length min or a length max"
+    if data.get("validation_ratio") not in (None, "") and _same(data["validation_ratio"], 0.0) is False:
+        problems["validation_ratio"] = "GRPO reports rewards as it trains and has no validation loss; set it to 0"
+    return problems
+
+
+def _truthy_number(value) -> bool:
+    try:
+        return coerce(value, int) > 0
+    except ValueError:
+        return False
 
 
 def _preference_problems(data: dict) -> dict[str, str]:
@@ -272,7 +353,7 @@ def _check_against_model(config: TrainConfig, *, on_worker: bool) -> None:
     architectures = getattr(model_config, "architectures", None) or []
     if getattr(model_config, "vision_config", None) is not None:
         raise ConfigError({"base_model": multimodal_refusal(architectures)})
-    if config.task in ("sft", "pretrain", "preference") and architectures and not any(
+    if config.task in ("sft", "pretrain", "preference", "grpo") and architectures and not any(
             name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         raise ConfigError({"base_model": f"{architectures[0]} is not a generative (causal) language model; use it "
                                          f"for the classify task, or pick a causal LM for {config.task}"})

@@ -57,6 +57,14 @@ class MetricsEvent(Event):
     # KTO (tuning.preference_kto): the batch's estimate of the policy's KL divergence from the reference
     # (z₀); its reward accuracy is the share of completions whose reward has their label's sign.
     kl: float | None = None
+    # GRPO (tuning.grpo): the step's mean reward, the mean spread within a prompt's group, each reward
+    # function's mean ({name: mean}), the completions' mean length in tokens, and a few sampled
+    # completions ([{"prompt", "completion", "reward"}]).
+    reward_mean: float | None = None
+    reward_std: float | None = None
+    reward_parts: dict | None = None
+    completion_length: float | None = None
+    samples: list | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

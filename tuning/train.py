@@ -100,7 +100,7 @@ def run_train(config: TrainConfig, sink: EventSink, *, ranks: Ranks = SINGLE) ->
     return finish(run, outcome)
 
 
-CHAT_TASKS = ("sft", "preference", "reward")  # the tasks whose rows are rendered through a chat template
+CHAT_TASKS = ("sft", "preference", "reward", "grpo")  # the tasks whose rows are rendered through a chat template
 
 
 def _template_differs_from_base(config: TrainConfig, tokenizer) -> bool:

@@ -28,6 +28,7 @@ from tuning.methods.base import CLASSIFIER_TASKS
 from tuning.models import load_model_for_task
 from tuning.preference import PREFERENCE_LOSSES, PreferenceObjective, PreferenceSettings
 from tuning.preference_kto import KTOObjective
+from tuning.grpo import GRPOObjective, GRPOSettings, reward_functions
 from tuning.reward import RewardObjective
 
 CALIBRATION_BATCHES = 8  # batches shown to data-driven initialisations (EVA, CorDA)
@@ -136,9 +137,12 @@ def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, param
     train_collate, packed = _batch_layout(config, sink, method=method, model=model, device=device,
                                           tokenizer=tokenizer, collate=collate)
     penalty = partial(method.penalty, model) if method.penalty else None
-    if config.task in ("preference", "reward"):
-        objective = (preference_objective(config, sink, model) if config.task == "preference"
-                     else RewardObjective(model, centering=config.reward_centering))
+    if config.task in ("preference", "reward", "grpo"):
+        if config.task == "grpo":
+            objective = grpo_objective(config, sink, model, tokenizer, train_items, device)
+        else:
+            objective = (preference_objective(config, sink, model) if config.task == "preference"
+                         else RewardObjective(model, centering=config.reward_centering))
         return PreparedModel(model=model, trainable=trainable, trainable_count=trainable_count,
                              total_count=total_count, collate=train_collate, compute_loss=objective, penalty=penalty,
                              step_metrics=objective.take_metrics, objective=objective)
@@ -172,6 +176,22 @@ def preference_objective(config: TrainConfig, sink: EventSink, model) -> Prefere
     return objective(model, settings, reference=reference)
 
 
+def grpo_objective(config: TrainConfig, sink: EventSink, model, tokenizer, prompts: list, device: Device):
+    """GRPO's objective: its rewards, and a reference where the KL penalty needs one (the adapter
+    switched off, else a frozen copy)."""
+    import copy
+
+    rewards = reward_functions(config, device=device.name)
+    settings = GRPOSettings.from_config(config)
+    reference = None
+    if settings.kl_beta and not hasattr(model, "disable_adapter"):
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    sink.emit(LogEvent(message=f"GRPO: {settings.group_size} completions a prompt of at most "
+                               f"{settings.max_completion_length} tokens; rewards "
+                               + ", ".join(f"{name} × {weight}" for name, (weight, _) in rewards.items())))
+    return GRPOObjective(model, tokenizer, settings, {p.row: p for p in prompts}, rewards, reference=reference)
+
+
 def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model, device: Device, tokenizer,
                   collate) -> tuple[Callable, bool]:
     """(the training collate function, whether it packs rows).
@@ -203,6 +223,8 @@ def why_not_packed(config: TrainConfig, method: Method, model, device: Device) -
         return "classification predicts one label per row"
     if config.task == "reward":
         return "a reward model scores each reply as a padded row, chosen and rejected side by side"
+    if config.task == "grpo":
+        return "GRPO samples completions from left-padded prompts"
     if config.task == "preference":
         return "preference pairs are scored as padded rows, chosen and rejected side by side"
     if not method.packs_rows:

@@ -22,10 +22,12 @@
   // Every point is kept here; the charts draw a decimated copy.
   // penalty: a term the method adds to the loss it trains on (AdaLoRA), charted on its own
   const series = { train: [], smooth: [], eval: [], lr: [], grad_norm: [], tokens_per_s: [], memory_mib: [],
-    penalty: [], rewards_chosen: [], rewards_rejected: [], reward_margin: [], reward_accuracy: [], kl: [] };
+    penalty: [], rewards_chosen: [], rewards_rejected: [], reward_margin: [], reward_accuracy: [], kl: [],
+    reward_mean: [], completion_length: [] };
   // kl: KTO's estimate of the policy's KL divergence from the reference
   const STEP_METRICS = ["lr", "grad_norm", "tokens_per_s", "memory_mib", "penalty", "rewards_chosen",
-                        "rewards_rejected", "reward_margin", "reward_accuracy", "kl"];
+                        "rewards_rejected", "reward_margin", "reward_accuracy", "kl", "reward_mean",
+                        "completion_length"];
   const lossChart = lineChart(lossCanvas, { yTitle: "loss", datasets: [
     // order: lower is drawn on top
     { label: "train loss", data: series.train, borderColor: "rgba(37, 99, 235, 0.3)", borderWidth: 1, order: 2 },
@@ -93,6 +95,8 @@
         if (d[key] != null) series[key].push({ x: d.step, y: d[key] });
       }
       lossCanvas.dataset.points = series.train.length;
+      // GRPO: a few of the step's sampled completions, with their rewards, in the log.
+      for (const s of d.samples || []) addLog(`step ${d.step} sample (reward ${s.reward}): ${s.completion}`);
       if (rewardsCanvas) rewardsCanvas.dataset.points = series.reward_margin.length;
     },
     eval(d) {

@@ -63,7 +63,10 @@ JOB_CREATE = {
         "hyperparameters": {"type": "object", "description": (
             "Training settings (learning_rate, max_steps, epochs, batch_size, task …; for task preference "
             "also preference_loss, beta, label_smoothing, simpo_gamma, cpo_alpha, desirable_weight, "
-            "undesirable_weight, reference; for task reward, reward_centering); unknown or "
+            "undesirable_weight, reference; for task reward, reward_centering; for task grpo, group_size, "
+            "max_completion_length, temperature, kl_beta, reward_exact_match, answer_pattern, reward_format, "
+            "format_pattern, reward_length, length_min, length_max, reward_model_weight and reward_model, "
+            "a reward job's artifact id); unknown or "
             "invalid ones answer 400 listing every bad field.")},
         "name": {"type": "string"}, "team": {"type": "string"},
     },

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django import forms
 
 from studio.datasets.selectors import dataset_training_blocker
-from tuning.config import PREFERENCE_FIELDS, REWARD_FIELDS, TrainConfig
+from tuning.config import GRPO_FIELDS, PREFERENCE_FIELDS, REWARD_FIELDS, TrainConfig
 from tuning.fields import field_specs
 from tuning.methods import GROUPS, METHODS, Method
 from tuning.preference import PREFERENCE_LOSSES
@@ -18,7 +18,8 @@ SYSTEM_FIELDS = {"base_model", "base_model_name", "dataset_path", "dataset_name"
 TOP_FIELDS = ("task",)
 TASK_LABELS = {"sft": "Instructions / chat (SFT)", "pretrain": "Continued pre-training",
                "classify": "Classification", "preference": "Preference (DPO, IPO, ORPO, SimPO, CPO, KTO)",
-               "reward": "Reward model (from preference pairs)"}
+               "reward": "Reward model (from preference pairs)",
+               "grpo": "GRPO (prompts with reference answers, rewards without code)"}
 METHOD_PREFIX = "method__"
 DEFAULT_METHOD = "lora"
 NO_GPU = "needs a CUDA GPU worker; none is registered"
@@ -109,7 +110,8 @@ class TrainJobForm(forms.Form):
             # The preference settings are drawn in their own section, for the preference task only; the
             # reward model's, for the reward task only.
             if spec.name not in SYSTEM_FIELDS and (spec.name not in PREFERENCE_FIELDS or task == "preference") and (
-                    spec.name not in REWARD_FIELDS or task == "reward"):
+                    spec.name not in REWARD_FIELDS or task == "reward") and (
+                    spec.name not in GRPO_FIELDS or task == "grpo"):
                 self._add(spec.name, spec)
         self.fields["task"].choices = [(key, TASK_LABELS.get(key, key)) for key, _ in self.fields["task"].choices]
 

@@ -45,6 +45,7 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
     refusal = dataset_training_refusal(dataset)  # unconfirmed columns, blocking lint findings
     if refusal:
         raise ConfigError({"dataset": refusal})
+    settings_values = _with_reward_model(settings_values, team)
     with transaction.atomic():
         job = Job.objects.create(team=team, owner=user, kind=Job.Kind.TRAIN, dataset=dataset,
                                  base_model=base_model, config={}, device_pool=settings.DEFAULT_DEVICE_POOL,
@@ -80,6 +81,22 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
         job_submit(job=job, progress_total=config.max_steps)
     job.refresh_from_db()
     return job
+
+
+def _with_reward_model(values: dict, team) -> dict:
+    """GRPO's reward model named by an artifact id (the form's and the API's way): the artifact's
+    directory and, for an adapter, its base model. Only a reward job's output of the same team."""
+    from studio.artifacts.models import Artifact
+
+    chosen = str(values.get("reward_model") or "").strip()
+    if not chosen.isdigit():
+        return values  # empty, or a directory given by an admin's script: TrainConfig checks the rest
+    artifact = Artifact.objects.filter(team=team, pk=int(chosen)).select_related("base_model", "job").first()
+    if artifact is None or (artifact.job.config or {}).get("task") != "reward":
+        raise ConfigError({"reward_model": f"no reward model #{chosen} in this team: pick the output of a reward "
+                                           f"job (task reward)"})
+    base = artifact.base_model.ref if artifact.is_adapter and artifact.base_model else ""
+    return {**values, "reward_model": artifact.path, "reward_model_base": base}
 
 
 def job_progress(*, job_id: int, kind: str, data: dict) -> None:

@@ -20,7 +20,7 @@ from tuning.errors import DatasetError
 
 # No example database: it would write a .hypothesis folder into the checkout.
 FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-TASKS = ("sft", "pretrain", "classify", "preference")
+TASKS = ("sft", "pretrain", "classify", "preference", "reward", "grpo")
 NAMES = ("d.jsonl", "d.json", "d.csv", "d.tsv", "d.txt", "d.parquet", "d.zip")
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)

@@ -190,7 +190,7 @@ BASE = {"base_model": "m", "dataset_path": "d.jsonl", "output_dir": "o"}
     ({"task": "preference", "simpo_gamma": 1.0}, "simpo_gamma", "simpo loss only"),
     ({"task": "preference", "method": "prefix_tuning"}, "task", "does not support"),
     ({"task": "preference", "method": "p_tuning"}, "task", "does not support"),
-    ({"task": "preference", "preference_loss": "kto"}, "preference_loss", "must be one of"),
+    ({"task": "preference", "preference_loss": "exo"}, "preference_loss", "must be one of"),
 ])
 def test_impossible_preference_settings_are_refused_naming_the_field(settings, field, words):
     with pytest.raises(ConfigError) as refused:

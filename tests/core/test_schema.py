@@ -86,9 +86,10 @@ def test_schema_names_tasks_and_fields():
     assert canonical_schema("messages") == "chat" and canonical_schema("Conversations") == "sharegpt"
     with pytest.raises(DatasetError, match="unknown schema 'dpo'"):
         canonical_schema("dpo")
-    assert tasks_for_schema("alpaca") == ("sft",) and tasks_for_schema("text") == ("pretrain",)
+    assert tasks_for_schema("alpaca") == ("sft", "grpo") and tasks_for_schema("text") == ("pretrain",)
     assert tasks_for_schema("text+label") == ("classify", "pretrain")
-    assert tasks_for_schema("preference") == ("preference",)
+    assert tasks_for_schema("preference") == ("preference", "reward")
+    assert tasks_for_schema("kto") == ("preference",) and schemas_for_task("reward") == ("preference",)
     assert set(schemas_for_task("sft")) == {"alpaca", "prompt_completion", "chat", "sharegpt"}
     assert "text" not in schemas_for_task("sft")
     assert schema_fields("preference")[:3] == [

@@ -44,7 +44,7 @@ def test_dedupe_makes_a_new_version_with_lineage(member_client):
     run = run_step(member_client, upload, "dedupe", {"threshold": "0.8"})
     version = run.results.get()
     assert (version.version, version.operation, version.row_count, version.root) == (2, "dedupe", 8, upload)
-    assert list(version.parents.all()) == [upload] and version.confirmed and version.tasks == ["sft"]
+    assert list(version.parents.all()) == [upload] and version.confirmed and version.tasks == ["sft", "grpo"]
     assert version.report["exact_removed_rows"] == [9, 10] and version.parameters == {"near": False, "threshold": 0.8}
     assert version.report["lineage"]["parents"] == [upload.sha256] and len(version.sha256) == 64
     assert version.sha256 != upload.sha256

@@ -67,7 +67,7 @@ def test_good_jsonl_upload_shows_rows_and_count(member_client, settings):
     page = member_client.get(response.url).content.decode()
     assert "12 rows" in page and "Question 0?" in page and "Answer 4." in page and "Answer 5." not in page
     assert dataset.row_count == 12 and dataset.team.slug == "default" and stored_files(settings) == ["qa.jsonl"]
-    assert dataset.confirmed and dataset.tasks == ["sft"] and "Train on this dataset" in page
+    assert dataset.confirmed and dataset.tasks == ["sft", "grpo"] and "Train on this dataset" in page
 
 
 @pytest.mark.parametrize("name, content, file_format, encoding, schema", [
@@ -175,7 +175,7 @@ def test_unsure_schema_needs_a_confirmed_mapping_before_training(member_client):
     assert run.operation == "map_columns" and 'data-status="queued"' in response.content.decode()
     assert run_dataset_job(run) == "succeeded"
     mapped = Dataset.objects.get(version=2)
-    assert mapped.confirmed and mapped.tasks == ["sft"] and mapped.columns == ["prompt", "completion"]
+    assert mapped.confirmed and mapped.tasks == ["sft", "grpo"] and mapped.columns == ["prompt", "completion"]
     assert mapped.parameters == {"schema": "prompt_completion", "mapping": {"prompt": "question",
                                                                             "completion": "answer"}}
     assert dataset_training_refusal(mapped) is None

@@ -168,3 +168,25 @@ def test_pairs_train_a_reward_model_from_the_form_and_the_api(member_client, api
     refused = create(api, feedback, tiny_base_model, task="reward")
     assert refused.status_code == 400 and refused.json()["error"]["field"] == "hyperparameters.task"
     assert "usable for preference" in refused.json()["error"]["message"]
+
+
+def test_grpo_with_no_code_rewards_from_the_form_and_the_api(member_client, api, instructions, tiny_base_model,
+                                                             pairs):
+    drawn = FormValues(member_client.get(FIELDS, {"task": "grpo", "method": "lora"}).content.decode())
+    assert {"group_size", "answer_pattern", "reward_exact_match", "reward_model"} <= drawn.names
+    assert "group_size" not in FormValues(member_client.get(FIELDS, {"task": "sft", "method": "lora"})
+                                          .content.decode()).names
+    assert instructions.tasks == ["sft", "grpo"]
+    response = member_client.post("/jobs/new/", {
+        "dataset": instructions.pk, "base_model": tiny_base_model.pk, "method": "lora", "task": "grpo",
+        "fields_for": "lora", "max_steps": 3, "group_size": 6, "reward_exact_match": 1.0,
+        "answer_pattern": r"(\d+)$", "reward_format": 0.5, "format_pattern": "^a", "method__rank": 4})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    config = Job.objects.get().config
+    assert (config["task"], config["group_size"], config["answer_pattern"], config["format_pattern"]) == (
+        "grpo", 6, r"(\d+)$", "^a")
+    refused = create(api, instructions, tiny_base_model, task="grpo", reward_exact_match=0)
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "hyperparameters.reward_exact_match"
+    unknown = create(api, instructions, tiny_base_model, task="grpo", reward_model_weight=1.0, reward_model="999")
+    assert unknown.status_code == 400 and "no reward model #999" in unknown.json()["error"]["message"]
+    assert not create(api, pairs, tiny_base_model, task="grpo").status_code == 201  # pairs are not prompts

@@ -158,6 +158,10 @@ def load_task_data_cached(task: str, path: str | Path, *, name: str | None = Non
     did: "hit", "stored", or "not stored: <why>" (a cache that cannot be
     written never fails a run)."""
     path = Path(path)
+    if task == "grpo":  # prompts are rendered, never labelled: quick to read again, and hold answer texts
+        data = load_task_data(task, path, name=name, tokenizer=tokenizer, max_length=max_length,
+                              loss_on_prompt=loss_on_prompt, text_split=text_split, progress=progress)
+        return data, "not stored: GRPO prompts are read afresh"
     cache_dir = Path(cache_dir)
     key = cache_key(task, path, tokenizer=tokenizer, max_length=max_length, loss_on_prompt=loss_on_prompt,
                     text_split=text_split)

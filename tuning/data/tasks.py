@@ -5,8 +5,9 @@ Tasks: ``sft`` (instruction, chat or prompt/completion rows; see
 (text + label; see ``classify``), ``preference`` (prompt, chosen,
 rejected; see ``preference``: trained on by DPO and the other
 preference losses of ``tuning.preference``; or unpaired completions, see
-``unpaired``, for KTO) and ``reward`` (the same pairs, for a reward model:
-``tuning.reward``). Any format of ``formats`` is read (JSONL,
+``unpaired``, for KTO), ``reward`` (the same pairs, for a reward model:
+``tuning.reward``) and ``grpo`` (the sft rows read as prompts with
+reference answers; see ``prompts``). Any format of ``formats`` is read (JSONL,
 JSON, CSV, TSV, Parquet, text, zip), from one path or a list of paths.
 ``schema=`` (a name from ``schema.SCHEMAS``) and ``mapping=`` ({canonical
 field: column}) override what is detected.
@@ -46,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from tuning.data import classify, preference, pretrain, readers, sft, unpaired
+from tuning.data import classify, preference, pretrain, prompts, readers, sft, unpaired
 from tuning.data.records import DatasetSummary, Paths, dataset_files, summarize_rows
 from tuning.data.schema import canonical_schema, schemas_for_task
 from tuning.data.sft import batches
@@ -54,7 +55,7 @@ from tuning.errors import ConfigError, DatasetError
 
 __all__ = ["TASKS", "TaskData", "load_task_data", "summarize", "collate_for_task", "batches"]
 
-TASKS = ("sft", "pretrain", "classify", "preference", "reward")
+TASKS = ("sft", "pretrain", "classify", "preference", "reward", "grpo")
 TRAINABLE = TASKS
 PREVIEW_CHARS = 2000  # a preview shows the start of a long document, not all of it
 
@@ -135,6 +136,12 @@ def load_task_data(task: str, path: Paths, *, name: str | None = None, tokenizer
                                                    progress=progress or (lambda done, total: None))
         return TaskData(items=items, label2id=None, rows_read=len(pairs), rows_dropped=len(dropped),
                         truncated=sum(i.truncated for i in items), dropped_rows=dropped)
+    if task == "grpo":  # prompts with reference answers: the model writes the completions (tuning.grpo)
+        items, dropped = prompts.read_prompts(path, tokenizer, name=name, max_length=max_length, schema=schema,
+                                              mapping=mapping, file=label,
+                                              progress=progress or (lambda done, total: None))
+        return TaskData(items=items, label2id=None, rows_read=len(items) + len(dropped),
+                        rows_dropped=len(dropped), truncated=0, dropped_rows=dropped)
     if task == "pretrain":
         documents = pretrain.read_documents(path, name=name, split=text_split, schema=schema, mapping=mapping)
         blocks = pretrain.make_blocks(documents, tokenizer, max_length=max_length, file=label)
@@ -150,7 +157,7 @@ def collate_for_task(task: str, *, pad_token_id: int) -> Callable[[list], dict]:
     """The function that turns a batch of ``items`` into tensors for ``task``."""
     _check_task(task, training=True)
     collate = {"classify": classify.collate_classification, "preference": _collate_preference,
-               "reward": preference.collate_pairs}
+               "reward": preference.collate_pairs, "grpo": prompts.collate_prompts}
     return partial(collate.get(task, sft.collate), pad_token_id=pad_token_id)
 
 
@@ -181,7 +188,7 @@ def summarize(path: Paths, *, name: str | None = None, task: str = "sft", previe
     _check_task(task)
     label = dataset_files(path, name)[2]
     schema = _check_schema(task, schema, label)
-    if task == "sft":
+    if task in ("sft", "grpo"):  # GRPO reads the same rows (prompts and reference answers)
         return readers.summarize(path, name=name, preview_rows=preview_rows, schema=schema, mapping=mapping)
     labels = set()
     if task == "pretrain":

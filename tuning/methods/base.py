@@ -17,7 +17,7 @@ GROUPS = {
     "prompts": "Prompt and prefix tuning",
     "selective": "Selective fine-tuning",
 }
-TASKS = ("sft", "pretrain", "classify", "preference", "reward")
+TASKS = ("sft", "pretrain", "classify", "preference", "reward", "grpo")
 # Methods that cannot score preference pairs: virtual tokens shift every position the
 # reply log-probabilities are read from (nor a reward model's last token).
 NOT_PREFERENCE = ("sft", "pretrain", "classify")

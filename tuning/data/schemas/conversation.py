@@ -183,8 +183,11 @@ def turns_parser(schema: Schema, first: dict, file: str, row: int, mapping: dict
     return parse
 
 
-ALPACA = Schema("alpaca", (INSTRUCTION, OUTPUT, INPUT, SYSTEM), {"sft": pair_parser})
-PROMPT_COMPLETION = Schema("prompt_completion", (PROMPT, COMPLETION, INPUT, SYSTEM), {"sft": pair_parser},
+# grpo: the same rows as prompts with reference answers (tuning.data.prompts).
+ALPACA = Schema("alpaca", (INSTRUCTION, OUTPUT, INPUT, SYSTEM), {"sft": pair_parser, "grpo": pair_parser})
+PROMPT_COMPLETION = Schema("prompt_completion", (PROMPT, COMPLETION, INPUT, SYSTEM), {"sft": pair_parser,
+                                                                                    "grpo": pair_parser},
                            aliases=("prompt/completion",))
-CHAT = Schema("chat", (MESSAGES, SYSTEM), {"sft": turns_parser}, aliases=("messages", "openai"))
-SHAREGPT = Schema("sharegpt", (CONVERSATIONS, SYSTEM), {"sft": turns_parser}, aliases=("conversations",))
+CHAT = Schema("chat", (MESSAGES, SYSTEM), {"sft": turns_parser, "grpo": turns_parser}, aliases=("messages", "openai"))
+SHAREGPT = Schema("sharegpt", (CONVERSATIONS, SYSTEM), {"sft": turns_parser, "grpo": turns_parser},
+                  aliases=("conversations",))
