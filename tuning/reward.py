@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tuning.preference import PreferenceObjective
+
 
 def reward_loss(chosen, rejected, *, centering: float = 0.0):
     """TRL RewardTrainer's loss of a batch of (chosen, rejected) scores."""
@@ -63,19 +65,10 @@ class RewardObjective:
                        "reward_accuracy": (chosen > rejected).float().mean()}
         return loss, metrics
 
-    def __call__(self, inputs: dict):
-        loss, metrics = self.scores(inputs)
-        self._pending.append(metrics)
-        return loss
-
-    def take_metrics(self) -> dict[str, float]:
-        pending, self._pending = self._pending, []
-        if not pending:
-            return {}
-        return {key: round(sum(float(m[key]) for m in pending) / len(pending), 6) for key in pending[0]}
-
-    def rows(self, inputs: dict) -> int:
-        return inputs["input_ids"].shape[0] // 2
+    # The same bookkeeping as the preference losses: pairs, metrics averaged over a step's micro-batches.
+    __call__ = PreferenceObjective.__call__
+    take_metrics = PreferenceObjective.take_metrics
+    rows = PreferenceObjective.rows
 
 
 def score_texts(model, tokenizer, conversations: list[list[dict]], *, device: str = "cpu",
