@@ -129,7 +129,19 @@ def _analyse(analysis: DatasetAnalysis, progress: Phases) -> None:
     findings = [finding.to_dict() | {"all_rows": list(finding.rows), "examples": _examples(finding, by_number)}
                 for finding in sorted(report.findings, key=lambda f: f.severity != linting.BLOCKING)]  # grouped
     preview, stats, svg, message = [], {}, "", ""
-    if "sft" not in dataset.tasks:
+    if dataset.schema == "preference":  # chosen and rejected side by side, as preference training renders them
+        from tuning.data.preference import read_pairs
+        from tuning.data.preview import render_pair_preview
+
+        try:
+            pairs = read_pairs(target, name=name)
+        except DatasetError as exc:
+            message = f"No preview until the blocking rows are dropped: {exc}"
+        else:
+            progress.set_phase("rendering the preview")
+            preview = render_pair_preview(pairs, tokenizer, max_length=analysis.max_length, rows=PREVIEW_ROWS,
+                                          file=name or "")
+    elif "sft" not in dataset.tasks:
         message = (f"{dataset.schema} data is not rendered through a chat template; the preview and token "
                    f"statistics are for instruction and chat data.")
     else:

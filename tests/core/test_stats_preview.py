@@ -120,3 +120,27 @@ def test_sink_progress_emits_progress_events():
     events = sink.of_kind("progress")
     assert [(e.done, e.total) for e in events] == [(1, 100), (100, 100)]  # throttled, but always the end
     assert events[-1].phase == "Counting tokens" and events[-1].unit == "rows"
+
+
+def test_preference_pairs_preview_side_by_side_with_only_the_judged_reply_as_loss(tokenizer):
+    """Chosen and rejected rendered as preference training renders them: the same masked prompt on
+    both sides, the loss on each reply (and its end-of-turn token), the tokens the same as training's."""
+    from tuning.data.preference import PreferencePair, tokenize_pair
+    from tuning.data.preview import render_pair_preview
+
+    pair = PreferencePair(prompt="What is two plus two?", chosen="Four.", rejected="Five, I think.", system="Brief.",
+                          row=3)
+    [row] = render_pair_preview([pair], tokenizer, max_length=512)
+    chosen, rejected = row["sides"]["chosen"], row["sides"]["rejected"]
+    assert row["row"] == 3 and chosen["row"] == rejected["row"] == 3
+
+    def text(side, loss):
+        return "".join(s["text"] for s in side["segments"] if s["loss"] == loss)
+
+    assert text(chosen, True).startswith("Four.") and text(rejected, True).startswith("Five, I think.")
+    assert "Five" not in text(chosen, True) + text(chosen, False)
+    prompt = text(chosen, False)
+    assert "What is two plus two?" in prompt and "Brief." in prompt and prompt == text(rejected, False)
+    trained = tokenize_pair(pair, tokenizer, max_length=512)
+    assert chosen["loss_tokens"] == sum(label != -100 for label in trained.chosen.labels)
+    assert rejected["trained_tokens"] == len(trained.rejected.input_ids)

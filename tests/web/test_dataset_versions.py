@@ -265,3 +265,17 @@ def test_sharegpt_problems_name_the_files_own_fields_and_rows_read_as_text(membe
     first_rows = page[page.index("<h2>First rows</h2>"):]
     # A person's reading of the row, cut with a visible ellipsis, rather than a cut-off JSON list.
     assert "human: Hi Hi" in first_rows and " …" in first_rows and "&quot;from&quot;" not in first_rows
+
+
+def test_analysis_of_preference_pairs_previews_chosen_and_rejected_side_by_side(member_client, tiny_base_model):
+    pairs = [{"prompt": f"What is {a} plus 1?", "chosen": f"{a + 1}.", "rejected": "No idea."} for a in range(3)]
+    upload = uploaded(member_client, pairs, name="pairs.jsonl")
+    member_client.post(f"/datasets/{upload.pk}/analyse/", {"base_model": tiny_base_model.pk, "max_length": 64})
+    analysis = DatasetAnalysis.objects.get()
+    assert run_dataset_job(analysis) == "succeeded", DatasetAnalysis.objects.get().message
+    analysis.refresh_from_db()
+    first = analysis.preview[0]["sides"]
+    assert "".join(s["text"] for s in first["chosen"]["segments"] if s["loss"]).startswith("1.")
+    assert "".join(s["text"] for s in first["rejected"]["segments"] if s["loss"]).startswith("No idea.")
+    page = member_client.get(f"/datasets/{upload.pk}/analyses/{analysis.pk}/").content.decode()
+    assert 'data-side="chosen"' in page and 'data-side="rejected"' in page and '<span class="loss">1.' in page

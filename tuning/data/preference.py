@@ -23,7 +23,8 @@ from tuning.data.schemas.preference import PreferencePair
 from tuning.data.sft import TokenizedExample
 from tuning.errors import DatasetError
 
-__all__ = ["PreferencePair", "PreferenceExample", "pair_rows", "iter_pairs", "read_pairs", "tokenize_pair",
+__all__ = ["PreferencePair", "PreferenceExample", "pair_rows", "iter_pairs", "read_pairs", "pair_examples",
+           "tokenize_pair",
            "tokenize_pairs", "collate_pairs"]
 
 
@@ -68,17 +69,23 @@ def read_pairs(path: Paths, *, name: str | None = None, schema: str | None = Non
                     dataset_files(path, name)[2])
 
 
-def tokenize_pair(pair: PreferencePair, tokenizer, *, max_length: int, file: str = "") -> PreferenceExample:
-    # Earlier assistant turns are prompt, shared by both sides: only the judged reply carries labels (as TRL's
-    # completion mask).
+def pair_examples(pair: PreferencePair) -> tuple[Example, Example]:
+    """The pair as two conversations, (the prompt + the chosen reply, the prompt + the rejected one).
+    Earlier assistant turns are prompt, shared by both sides: only the judged reply carries labels (as
+    TRL's completion mask)."""
     context = tuple(replace(m, train=False) for m in pair.context)
 
-    def side(reply: str) -> TokenizedExample:
-        example = (Example(context + (Message("assistant", reply),), pair.row) if context
-                   else Example.from_pair(pair.prompt, reply, system=pair.system, row=pair.row))
-        return sft.tokenize_example(example, tokenizer, max_length=max_length, loss_on_prompt=False, file=file)
+    def side(reply: str) -> Example:
+        return (Example(context + (Message("assistant", reply),), pair.row) if context
+                else Example.from_pair(pair.prompt, reply, system=pair.system, row=pair.row))
 
-    return PreferenceExample(chosen=side(pair.chosen), rejected=side(pair.rejected), row=pair.row)
+    return side(pair.chosen), side(pair.rejected)
+
+
+def tokenize_pair(pair: PreferencePair, tokenizer, *, max_length: int, file: str = "") -> PreferenceExample:
+    chosen, rejected = (sft.tokenize_example(example, tokenizer, max_length=max_length, loss_on_prompt=False,
+                                             file=file) for example in pair_examples(pair))
+    return PreferenceExample(chosen=chosen, rejected=rejected, row=pair.row)
 
 
 def usable(example: PreferenceExample) -> bool:

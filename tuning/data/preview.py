@@ -7,15 +7,17 @@ consecutive tokens that carry loss or do not; the segments concatenate to
 the rendered text exactly (they are sliced from it at token boundaries,
 not decoded token by token, which would mangle characters split across
 tokens). A row longer than ``max_length`` ends in a segment marked
-``cut``: the text training never sees.
+``cut``: the text training never sees. Preference pairs are shown side by
+side, each reply rendered as ``tokenize_pair`` renders it.
 """
 
 from __future__ import annotations
 
+from tuning.data.preference import pair_examples
 from tuning.data.readers import Example
 from tuning.data.sft import IGNORE_INDEX, has_labels, tokenize_example
 
-__all__ = ["render_preview", "rendered_text", "token_starts"]
+__all__ = ["render_preview", "render_pair_preview", "rendered_text", "token_starts"]
 
 
 def rendered_text(example: Example, tokenizer) -> str:
@@ -54,6 +56,18 @@ def _segments(text: str, starts: list[int], flags: list[bool], cut: int | None) 
     if cut is not None:
         segments.append({"text": text[end:], "loss": False, "cut": True})
     return [s for s in segments if s["text"] or s["cut"]]
+
+
+def render_pair_preview(pairs: list, tokenizer, *, max_length: int, rows: int = 5, file: str = "") -> list[dict]:
+    """The first ``rows`` preference pairs (``preference.PreferencePair``) as preference training sees
+    them: ``{"row", "sides": {"chosen": <a render_preview row>, "rejected": <one>}}``, each side rendered
+    through the chat template with the tokens that carry loss (the judged reply) marked."""
+    out = []
+    for pair in pairs[:rows]:
+        chosen, rejected = (render_preview([example], tokenizer, max_length=max_length, file=file)[0]
+                            for example in pair_examples(pair))
+        out.append({"row": pair.row, "sides": {"chosen": chosen, "rejected": rejected}})
+    return out
 
 
 def render_preview(examples: list[Example], tokenizer, *, max_length: int, loss_on_prompt: bool = False,
