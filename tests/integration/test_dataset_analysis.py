@@ -59,7 +59,7 @@ def test_mapping_analysis_and_diet_steps_run_on_the_worker(stack):
     analysis = wait_for(stack, session, poll)
     assert '<figure class="histogram" id="histogram"><svg' in analysis
     assert '<span class="masked">' in analysis and '<span class="loss">' in analysis
-    assert 'data-code="exact_duplicates"' in analysis and "2: 7, 8" in analysis
+    assert 'data-code="exact_duplicates"' in analysis and "2 rows: 7, 8" in analysis
 
     deduped = stack.post(session, f"/datasets/{mapped}/diet/dedupe/", data={"dedupe-threshold": "0.8"})
     version = new_version(wait_for(stack, session, operation_path(deduped.text)))
