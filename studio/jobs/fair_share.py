@@ -78,19 +78,26 @@ def pool_usage(pool: str) -> PoolUsage:
     return PoolUsage(dict(teams), dict(owners))
 
 
+def ended_or_now(now):
+    """A job's end, or ``now`` while it runs (a database expression)."""
+    return Coalesce("finished_at", Value(now, output_field=DateTimeField()))
+
+
+def run_time_since(since, now):
+    """How long a job ran after ``since`` (a database expression summing to a duration)."""
+    return ExpressionWrapper(ended_or_now(now) - Greatest(F("started_at"), Value(since)), output_field=DurationField())
+
+
 def _usage_rows(pool: str, *, running: bool) -> list[tuple[int, int | None, float, int]]:
     """(team, owner, decayed hours, jobs running) per team, person and hour of the job's end, summed by the
     database: the running jobs, or those that ended within USAGE_HALF_LIVES half-lives."""
     now = timezone.now()
     since = now - timedelta(hours=half_life_hours() * USAGE_HALF_LIVES)
-    end = Coalesce("finished_at", Value(now, output_field=DateTimeField()))
     jobs = Job.everything.filter(device_pool=pool, started_at__isnull=False)
     jobs = (jobs.filter(status__in=Job.HOLDING_WORKER) if running
             else jobs.exclude(status__in=Job.HOLDING_WORKER).filter(finished_at__gte=since))
-    grouped = (jobs.annotate(ended_hour=TruncHour(end)).values("team_id", "owner_id", "ended_hour")
-               .annotate(spent=Sum(ExpressionWrapper(end - Greatest(F("started_at"), Value(since)),
-                                                     output_field=DurationField())),
-                         count=Count("pk")))
+    grouped = (jobs.annotate(ended_hour=TruncHour(ended_or_now(now))).values("team_id", "owner_id", "ended_hour")
+               .annotate(spent=Sum(run_time_since(since, now)), count=Count("pk")))
     rows = []
     for row in grouped:
         age_hours = max((now - row["ended_hour"]).total_seconds() / 3600 - 1, 0)  # a bucket's hour may be this one

@@ -9,13 +9,11 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db.models import (DateTimeField, DurationField, ExpressionWrapper, F, JSONField, OuterRef, Q, Subquery,
-                              Sum, Value)
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models import JSONField, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from studio.accounts.selectors import team_ids_for_user
-from studio.jobs.fair_share import PoolUsage, fair_order, fair_share_note, pool_usage
+from studio.jobs.fair_share import PoolUsage, fair_order, fair_share_note, pool_usage, run_time_since
 from studio.jobs.models import Job, JobEvent, TeamQuota
 from studio.workers.selectors import pool_device_memory_mib, pools_with_live_workers
 
@@ -46,11 +44,9 @@ def team_gpu_hours_this_month(team_id: int) -> float:
     if not settings.GPU_POOLS:
         return 0.0
     now, since = timezone.now(), _month_start()
-    end = Coalesce("finished_at", Value(now, output_field=DateTimeField()))
     spent = Job.everything.filter(team_id=team_id, device_pool__in=settings.GPU_POOLS, started_at__isnull=False) \
         .filter(Q(status__in=ACTIVE) | Q(finished_at__gte=since)) \
-        .aggregate(spent=Sum(ExpressionWrapper(end - Greatest(F("started_at"), Value(since)),
-                                               output_field=DurationField())))["spent"]
+        .aggregate(spent=Sum(run_time_since(since, now)))["spent"]
     return max(spent.total_seconds(), 0) / 3600 if spent else 0.0
 
 
@@ -217,11 +213,9 @@ def pool_tokens_per_s(pool: str, *, base_model_id: int | None) -> float | None:
     on this base model: the throughput table pre-flight time estimates read."""
     recent = Job.objects.filter(device_pool=pool, kind=Job.Kind.TRAIN, base_model_id=base_model_id,
                                 status=Job.Status.SUCCEEDED).order_by("-finished_at")[:20]
-    speeds = []
-    for job in recent:
-        last = JobEvent.objects.filter(job=job, kind="metrics").order_by("-seq").first()
-        if last and last.data.get("tokens_seen") and last.data.get("elapsed_s"):
-            speeds.append(last.data["tokens_seen"] / last.data["elapsed_s"])
+    speeds = [last["tokens_seen"] / last["elapsed_s"]
+              for last in recent.annotate(last=_last_event_data(("metrics",))).values_list("last", flat=True)
+              if last and last.get("tokens_seen") and last.get("elapsed_s")]
     return statistics.median(speeds) if speeds else None
 
 
