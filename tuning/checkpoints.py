@@ -34,6 +34,9 @@ class TrainerState:
     epoch: int = 0
     batches_done_in_epoch: int = 0  # micro-batches of ``epoch`` already trained on
     tokens_seen: int = 0  # non-padding tokens trained on
+    # the last step's loss: a run resumed from its final checkpoint (its worker killed before it wrote the output)
+    # takes no step, and still reports the loss it ended with
+    last_loss: float | None = None
     best_eval_loss: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0

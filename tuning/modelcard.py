@@ -47,6 +47,12 @@ model = PeftModel.from_pretrained(base, "path/to/this/folder")"""
 model = {auto_class}.from_pretrained("path/to/this/folder")"""
 
 
+def loss_text(loss: float | None) -> str:
+    """A run's final loss as its card and log show it; none where a run resumed from its final checkpoint
+    written before the checkpoints kept the last loss."""
+    return "n/a" if loss is None else f"{loss:.4f}"
+
+
 def write_model_card(directory: str | Path, *, config: TrainConfig, method, final_loss: float | None, steps: int,
                      trainable_parameters: int, evaluation: dict | None = None) -> Path:
     base = config.base_model_name or config.base_model
@@ -65,7 +71,7 @@ def write_model_card(directory: str | Path, *, config: TrainConfig, method, fina
             ("cpo_alpha", config.preference_loss == "cpo"),
             ("reference", PREFERENCE_LOSSES[config.preference_loss].needs_reference)) if used}
     rows = "\n".join(f"| {key} | {value} |" for key, value in hyper.items())
-    loss = f"{final_loss:.4f}" if final_loss is not None else "n/a"
+    loss = loss_text(final_loss)
     evaluated = "".join(f"\n- **{key.replace('_', ' ').capitalize()}:** {value}"
                         for key, value in (evaluation or {}).items())
     kind = "adapter" if method.produces == "adapter" else "model"

@@ -35,7 +35,7 @@ from tuning.errors import ConfigError, DatasetError, ResourceError
 from tuning.ranks import SINGLE, Ranks, check_distributed
 from tuning.events import ArtifactEvent, CheckpointEvent, EventSink, LogEvent, MetricsEvent
 from tuning.methods import METHODS
-from tuning.modelcard import write_model_card
+from tuning.modelcard import loss_text, write_model_card
 from tuning.models import load_tokenizer
 from tuning.preference_kto import items_for_loss
 from tuning.train_model import device_and_autocast, memory_mib, prepare_model
@@ -173,7 +173,7 @@ def train_loop(run: Run) -> LoopOutcome:
     if state.step == 0:
         run.answer_golden_prompts()  # the starting point the checkpoints' answers are compared with
     run.model.train()
-    outcome, first_step = LoopOutcome(), state.step
+    outcome, first_step = LoopOutcome(final_loss=state.last_loss), state.step
     pending: list = []  # micro-batches of the step being accumulated
     while state.step < total_steps and not outcome.stopped_early:
         for index, batch in enumerate(batches(run.data.train_items, batch_size=config.batch_size, seed=config.seed,
@@ -189,6 +189,7 @@ def train_loop(run: Run) -> LoopOutcome:
             state.batches_done_in_epoch = index + 1
             pending = []
             outcome.final_loss = float(loss_sum) / config.gradient_accumulation  # the mean over the micro-batches
+            state.last_loss = outcome.final_loss
             if not math.isfinite(outcome.final_loss):
                 raise ResourceError(f"the loss became {outcome.final_loss} at step {state.step}; lower the learning "
                                     f"rate (now {config.learning_rate}) or use fp32 precision")
@@ -321,6 +322,6 @@ def finish(run: Run, outcome: LoopOutcome) -> TrainResult:
                                           "trainable_parameters": trainable,
                                           "total_parameters": run.prepared.total_count, "eval": outcome.last_eval}))
     run.sink.emit(LogEvent(message=f"Finished {state.step} steps in {time.monotonic() - outcome.started:.1f} s, "
-                                   f"final loss {outcome.final_loss:.4f}"))
+                                   f"final loss {loss_text(outcome.final_loss)}"))
     return TrainResult(status="succeeded", steps=state.step, final_loss=outcome.final_loss, output_path=str(out_dir),
                        trainable_parameters=trainable, eval=outcome.last_eval, model=run.model)

@@ -9,6 +9,7 @@ from studio.jobs.models import Job
 
 def run_train(job: Job, sink) -> tuple[str, str]:
     from tuning.config import TrainConfig
+    from tuning.modelcard import loss_text
     from tuning.train import run_train as train
 
     config = TrainConfig.from_dict(job.config)
@@ -20,7 +21,7 @@ def run_train(job: Job, sink) -> tuple[str, str]:
         result = train(config, sink)
     if result.status == "cancelled":
         return result.status, f"Cancelled at step {result.steps}; the last checkpoint is kept"
-    return result.status, f"Finished {result.steps} steps, final loss {result.final_loss:.4f}"
+    return result.status, f"Finished {result.steps} steps, final loss {loss_text(result.final_loss)}"
 
 
 def run_merge(job: Job, sink) -> tuple[str, str]:

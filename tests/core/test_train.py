@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,23 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(packing, tiny_mo
     assert [e.step for e in resumed.of_kind("metrics")] == [4, 5, 6, 7, 8]
     assert got == pytest.approx(expected, rel=1e-4)
     assert result.status == "succeeded"
+
+
+def test_a_run_resumed_from_its_final_checkpoint_writes_its_output_with_the_last_loss(tiny_model, memorisable_jsonl,
+                                                                                         tmp_path):
+    # A worker killed after the last step's checkpoint and before the output: the run taken back resumes at
+    # the end, takes no step, and must still write its output and report the loss it ended with (it failed on
+    # a loss of None and left an artifact behind a failed job).
+    first = run_train(config(tiny_model, memorisable_jsonl, tmp_path, max_steps=4, batch_size=2, save_every=2),
+                      MemorySink())
+    shutil.rmtree(tmp_path / "adapter")
+    sink = MemorySink()
+    again = run_train(config(tiny_model, memorisable_jsonl, tmp_path, max_steps=4, batch_size=2, save_every=2,
+                             resume_from="latest"), sink)
+    assert again.status == "succeeded" and again.steps == 4 and not sink.of_kind("metrics")
+    assert again.final_loss == pytest.approx(first.final_loss)
+    assert f"final loss {first.final_loss:.4f}" in sink.of_kind("log")[-1].message
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_evaluation_best_checkpoint_and_early_stopping(tiny_model, memorisable_jsonl, tmp_path):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from studio.accounts.models import Membership, Team
 from studio.accounts.services import default_team, user_create
@@ -99,9 +99,12 @@ def test_thirty_jobs_four_workers_each_claimed_and_ended_once(transactional_db, 
         waiting = list(queued_in_order(POOL).filter(owner=users[1]))
         assert len(waiting) >= 3, "the queue emptied before the test could reorder it; slow the jobs down"
         raised, moved = waiting[-2], waiting[-1]
-        job_set_priority(job=raised, priority=TOP, user=users[0])
-        job_set_priority(job=moved, priority=TOP, user=users[0])
-        job_move(job=moved, direction="front", user=users[0])
+        # One commit, as one admin action would be: made one by one, a worker claiming between the raise and
+        # the move rightly takes the raised job first (CI saw it).
+        with transaction.atomic():
+            job_set_priority(job=raised, priority=TOP, user=users[0])
+            job_set_priority(job=moved, priority=TOP, user=users[0])
+            job_move(job=moved, direction="front", user=users[0])
         still_waiting = set(queued_in_order(POOL).filter(team=team).values_list("pk", flat=True))
         outputs = [worker.communicate(timeout=240)[0].decode(errors="replace") for worker in workers]
     finally:
