@@ -9,7 +9,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils.module_loading import import_string
 
 from studio.jobs.kinds import JOB_KINDS
@@ -38,7 +38,13 @@ class Heartbeat:
     def _beat(self):
         try:
             while not self.stopped.wait(settings.JOB_HEARTBEAT_S):
-                job_heartbeat(job_id=self.job_id)
+                try:
+                    job_heartbeat(job_id=self.job_id)
+                except DatabaseError:
+                    # A busy or restarting database: the next beat tries again. A thread that died here would
+                    # let the job be taken back as lost while it runs.
+                    log.warning("job %s: heartbeat not recorded", self.job_id, exc_info=True)
+                    connection.close()
         finally:
             connection.close()  # this thread's own database connection
 

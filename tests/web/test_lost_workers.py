@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -125,3 +126,31 @@ def test_a_worker_restarted_under_a_dead_workers_name_takes_its_job_back_at_once
     assert take_back_from_dead_namesake("worker-7@box") == expected
     job.refresh_from_db()
     assert job.status == ("queued" if expected else "running")
+
+
+@pytest.mark.django_db(transaction=True)  # the heartbeat thread has its own connection: it must see the job
+def test_a_heartbeat_that_meets_a_database_error_keeps_beating(member, team, settings, monkeypatch):
+    # CI saw SQLite answer "database table is locked" to a heartbeat: the thread died, and a job whose
+    # heartbeat stops is taken back as lost while it still runs. The first beat here meets that error.
+    import worker.runner
+    from django.db import OperationalError
+
+    settings.JOB_HEARTBEAT_S = 0.2
+    job = job_create(kind="train", team=team, owner=member, config={})
+    job_claim_next(pool=job.device_pool, worker_name="busy@box")
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
+    beats, real_heartbeat = [], worker.runner.job_heartbeat
+
+    def beat_after_a_locked_table(*, job_id):
+        beats.append(job_id)
+        if len(beats) == 1:
+            raise OperationalError("database table is locked")
+        real_heartbeat(job_id=job_id)
+
+    monkeypatch.setattr(worker.runner, "job_heartbeat", beat_after_a_locked_table)
+    with worker.runner.Heartbeat(job.pk) as heartbeat:
+        while len(beats) < 3:
+            assert heartbeat.thread.is_alive(), "the heartbeat thread died on a database error"
+            time.sleep(0.05)
+    job.refresh_from_db()
+    assert timezone.now() - job.heartbeat_at < timezone.timedelta(seconds=30)
