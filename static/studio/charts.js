@@ -21,9 +21,39 @@ window.StudioCharts = (function () {
     return label && small ? Number(value.toPrecision(2)).toExponential() : label;
   }
 
+  // Dashed vertical lines where a run paused (preempted, or its worker lost) and later went on: the
+  // chart's $pauses, a list of {x, label} the page fills (shared by the charts of one job).
+  const pauseLines = {
+    id: "pauseLines",
+    afterDatasetsDraw(chart) {
+      const { ctx, chartArea: area, scales: { x: scale } } = chart;
+      let drawn = 0;
+      for (const pause of chart.$pauses || []) {
+        const x = scale.getPixelForValue(pause.x);
+        if (x < area.left || x > area.right) continue;
+        ctx.save();
+        ctx.strokeStyle = "#d97706";
+        ctx.setLineDash([4, 3]);
+        ctx.beginPath();
+        ctx.moveTo(x, area.top);
+        ctx.lineTo(x, area.bottom);
+        ctx.stroke();
+        if (chart.options.plugins.legend.display) {  // labelled on the main chart only
+          ctx.fillStyle = "#92400e";
+          ctx.font = "11px sans-serif";
+          ctx.fillText(pause.label, x + 3, area.top + 11);
+        }
+        ctx.restore();
+        drawn += 1;
+      }
+      chart.$pausesDrawn = drawn;  // for tests: the lines in view at the last draw
+    },
+  };
+
   function lineChart(canvas, { datasets, xTitle = "step", yTitle = "", legend = true }) {
     return new Chart(canvas, {
       type: "line",
+      plugins: [pauseLines],
       data: { datasets: datasets.map((d) => ({ pointRadius: 0, borderWidth: 1.5, ...d })) },
       options: {
         animation: false, parsing: false, normalized: true, maintainAspectRatio: false,

@@ -47,6 +47,8 @@
     { label: "rejected", data: series.rewards_rejected, borderColor: "#dc2626", borderWidth: 1 },
   ] });
   const charts = [lossChart, ...(rewardsChart ? [rewardsChart] : []), ...metricCharts];
+  const pauses = [];  // where the run went back to the queue mid-way (charts.js draws them)
+  for (const chart of charts) chart.$pauses = pauses;
   linkZoom(charts);
 
   const smoothing = bindControls(root.querySelector(".chart-controls"), {
@@ -133,6 +135,12 @@
     artifact(d) { addLog(`${d.artifact_kind} ready`); },
     status(d) {
       addLog(`status: ${d.status}${d.message ? " – " + d.message : ""}`);
+      // Back in the queue after training began: preempted for a more urgent job, or its worker was lost.
+      const last = series.train[series.train.length - 1];
+      if (d.status === "queued" && last) {
+        const why = /preempt/i.test(d.message || "") ? "preempted" : "worker lost";
+        pauses.push({ x: last.x, label: `paused: ${why}` });
+      }
       finished = FINISHED.includes(d.status);
       if (finished) liveState.textContent = `Finished (${d.status})`;
     },
@@ -199,7 +207,7 @@
   }
 
   // For tests and the curious: every train-loss step the page holds.
-  window.studioJob = { charts, trainSteps: () => series.train.map((p) => p.x),
+  window.studioJob = { charts, pauses, trainSteps: () => series.train.map((p) => p.x),
                        rewardMargins: () => series.reward_margin.map((p) => p.y) };
   // The stored history comes faster as JSON pages (5000 events a request)
   // than as one socket message per event; the socket then sends the rest.

@@ -2,6 +2,7 @@
 metric chart fills, and the compare page overlays two finished jobs."""
 
 import json
+import time
 
 import pytest
 
@@ -90,3 +91,26 @@ def test_adalora_charts_its_penalty_apart_from_the_loss(browser, stack, admin_an
     points = "Chart.getChart(document.querySelector('#penalty-chart')).data.datasets[0].data.map(p => p.y)"
     assert page.evaluate(points) == [m["penalty"] for m in metrics] and all(m["penalty"] > 0 for m in metrics)
     assert page.evaluate("studioJob.charts[0].data.datasets[0].data.map(p => p.y)") == [m["loss"] for m in metrics]
+
+
+def test_a_preempted_run_shows_where_it_paused(browser, stack, admin_and_dataset):  # noqa: F811
+    admin, dataset_id = admin_and_dataset
+    paused = stack.start_job(admin, dataset_id, max_steps=30, save_every=100000)
+    deadline = time.monotonic() + 120
+    while sum(e["kind"] == "metrics" for e in stack.job_state(admin, paused)["events"]) < 5:
+        assert time.monotonic() < deadline, "the run took no steps"
+        time.sleep(0.2)
+    urgent = stack.start_job(admin, dataset_id, max_steps=3)
+    stack.post(admin, f"/jobs/{urgent}/queue-action/", data={"action": "priority", "priority": 10})
+    stack.post(admin, f"/jobs/{urgent}/queue-action/", data={"action": "preempt"})
+    events = stack.wait_for_status(admin, paused, {"succeeded"})["events"]
+    requeued = next(e["data"]["message"] for e in events
+                    if e["kind"] == "status" and e["data"]["status"] == "queued" and e["data"].get("message"))
+    at = int(requeued.split("Preempted at step ")[1].split(";")[0])
+
+    page = logged_in_page(browser, stack)
+    page.goto(f"{stack.base_url}/jobs/{paused}/")
+    wait_for_points(page, 30)
+    assert page.evaluate("studioJob.pauses") == [{"x": at, "label": "paused: preempted"}]
+    assert page.evaluate(STEPS_OF) == list(range(1, 31))  # nothing lost or repeated around the pause
+    page.wait_for_function("studioJob.charts.every(c => c.$pausesDrawn === 1)")  # the line, on every chart
