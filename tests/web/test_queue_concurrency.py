@@ -28,7 +28,7 @@ from studio.accounts.services import default_team, user_create
 from studio.jobs.kinds import JOB_KINDS, JobKind, register_job_kind
 from studio.jobs.models import Job, TeamQuota
 from studio.jobs.selectors_queue import queued_in_order
-from studio.jobs.services_queue import job_move, job_set_priority
+from studio.jobs.services_queue import job_claim_next, job_move, job_set_priority
 from studio.jobs.state import job_create
 from tests.postgres import database_url_for, is_postgres
 
@@ -134,3 +134,24 @@ def test_thirty_jobs_four_workers_each_claimed_and_ended_once(transactional_db, 
     start_order = sorted((job for job in by_id.values() if job.pk in still_waiting), key=lambda job: job.started_at)
     position = {job.pk: n for n, job in enumerate(start_order)}
     assert position[moved.pk] < position[raised.pk] < 2 + WORKERS, [job.name for job in start_order]
+
+
+@pytest.mark.timeout(60)
+def test_a_claimer_skips_a_job_another_claimer_holds_instead_of_waiting(transactional_db):
+    import psycopg
+
+    team = default_team()
+    owner = user_create(username="dan", password="pw-dan-123", team=team)
+    first, second = [job_create(kind="train", team=team, owner=owner, pool=POOL, config={}, name=f"job {n}")
+                     for n in range(2)]
+    url = database_url_for(os.environ["DATABASE_URL"], connection.settings_dict["NAME"])
+    with psycopg.connect(url) as other:  # another worker, mid-claim: it holds the first job's row
+        other.execute("SELECT id FROM jobs_job WHERE id = %s FOR UPDATE", [first.pk])
+        started = time.monotonic()
+        claimed = job_claim_next(pool=POOL, worker_name="second-claimer")
+        waited = time.monotonic() - started
+        other.rollback()
+    assert claimed.pk == second.pk, "the claimer took a job another claimer held"
+    # waiting for the lock would last until the test's timeout: the other transaction never ends by itself
+    assert waited < 10, f"the claimer waited {waited:.1f} s for the other's lock"
+    assert job_claim_next(pool=POOL, worker_name="second-claimer").pk == first.pk  # free again: claimed next
