@@ -126,6 +126,32 @@ class ArtifactEvent(Event):
     metadata: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
+class JudgedEvent(Event):
+    """A judged comparison's outcome (tuning.judge): ``summary`` holds the win/tie/loss counts of model B
+    against model A with their intervals, ``pairs`` every prompt with both answers and both verdicts."""
+
+    kind: ClassVar[str] = "judged"
+    label_a: str
+    label_b: str
+    summary: dict
+    pairs: list
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForgettingEvent(Event):
+    """A forgetting check (tuning.forgetting): perplexity on a general held-out text, base and tuned."""
+
+    kind: ClassVar[str] = "forgetting"
+    perplexity_base: float
+    perplexity_tuned: float
+    change_pct: float  # (tuned / base - 1) × 100: above zero, the tune finds general text harder
+    threshold_pct: float
+    regressed: bool
+    tokens: int
+    text: str  # the held-out text's name
+
+
 def event_from_dict(kind: str, data: dict) -> Event:
     """The event a JSON line names (``{"kind", "data"}``, as StdoutSink prints it), rebuilt: how the worker
     reads what the rank processes of a multi-device run report (``tuning.distributed``)."""

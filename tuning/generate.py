@@ -52,9 +52,19 @@ def _generate_kwargs(model, tokenizer, inputs, *, max_new_tokens: int, temperatu
 def generate_text(model, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
                   top_p: float = 1.0, system_prompt: str | None = None) -> str:
     """The model's reply to ``prompt`` (new tokens only, special tokens removed)."""
+    return _reply(model, tokenizer, _encode(tokenizer, prompt, system_prompt), max_new_tokens=max_new_tokens,
+                  temperature=temperature, top_p=top_p)
+
+
+def generate_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int) -> str:
+    """The model's greedy reply to a conversation ({"role", "content"} turns)."""
+    return _reply(model, tokenizer, encode_messages(tokenizer, messages), max_new_tokens=max_new_tokens,
+                  temperature=0.0, top_p=1.0)
+
+
+def _reply(model, tokenizer, inputs, *, max_new_tokens: int, temperature: float, top_p: float) -> str:
     import torch
 
-    inputs = _encode(tokenizer, prompt, system_prompt)
     with torch.no_grad():
         output = model.generate(**_generate_kwargs(model, tokenizer, inputs, max_new_tokens=max_new_tokens,
                                                    temperature=temperature, top_p=top_p))
