@@ -266,6 +266,9 @@ GPU_POOLS = env_list("GPU_POOLS", [])
 # Webhooks go to public addresses only; these hosts, addresses or networks
 # (e.g. "hooks.intranet,10.1.0.0/16") are allowed besides (studio.notifications.outbound).
 WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", [])
+# A judged comparison's judge endpoint goes to a public address only, like a webhook; these hosts, addresses
+# or networks are allowed besides (an intranet model server).
+JUDGE_ALLOWED_HOSTS = env_list("JUDGE_ALLOWED_HOSTS", [])
 
 # Job notices go to the owner in the app, and by e-mail when EMAIL_HOST is
 # set (and EMAIL_NOTIFICATIONS is not 0). STUDIO_BASE_URL makes the link in

@@ -10,7 +10,7 @@ from studio.artifacts import views_publish as artifacts_publish
 from studio.catalog import views as catalog
 from studio.datasets import views as datasets
 from studio.jobs import views as jobs
-from studio.jobs import views_compare, views_queue, views_steps
+from studio.jobs import views_compare, views_judge, views_queue, views_steps
 
 urlpatterns = [
     path("", jobs.job_list, name="home"),
@@ -54,6 +54,9 @@ urlpatterns = [
     path("jobs/new/merge/", views_steps.job_new_merge, name="job-new-merge"),
     path("jobs/new/quantize/", views_steps.job_new_quantize, name="job-new-quantize"),
     path("jobs/new/evaluate/", views_steps.job_new_evaluate, name="job-new-evaluate"),
+    path("jobs/new/judge/", views_judge.job_new_judge, name="job-new-judge"),
+    path("jobs/new/forgetting/", views_judge.job_new_forgetting, name="job-new-forgetting"),
+    path("jobs/<int:job_id>/judged/", views_judge.judged_result, name="judged-result"),
     path("jobs/<int:job_id>/chain/", views_steps.job_chain, name="job-chain"),
     path("artifacts/", artifacts.artifact_list, name="artifact-list"),
     path("playground/", artifacts.playground, name="playground"),

@@ -4,6 +4,8 @@
     python -m tuning merge CONFIG.yaml      # merge adapters or models (tuning.merge)
     python -m tuning quantize CONFIG.yaml   # quantize or export (tuning.quantize)
     python -m tuning evaluate CONFIG.yaml   # score an artifact on a dataset (tuning.scoring)
+    python -m tuning judge CONFIG.yaml      # judged comparison of two models (tuning.judge; key in $JUDGE_API_KEY)
+    python -m tuning forgetting CONFIG.yaml # perplexity on general text, base vs tuned (tuning.forgetting)
     python -m tuning publish DIR REPO_ID    # publish a folder to the Hub (token in $HF_TOKEN)
     python -m tuning prepare-bundled DIR    # convert the bundled model once
     python -m tuning methods [--json]       # the method catalogue
@@ -68,6 +70,26 @@ def _evaluate(args) -> int:
 
     return 0 if run_evaluate(EvaluateConfig.from_dict(_load_yaml(args.config)), StdoutSink()).status == "succeeded" \
         else 3
+
+
+def _judge(args) -> int:
+    import os
+
+    from tuning.events import StdoutSink
+    from tuning.judge import JudgeConfig, run_judge
+
+    result = run_judge(JudgeConfig.from_dict(_load_yaml(args.config)), StdoutSink(),
+                       api_key=os.environ.get("JUDGE_API_KEY", ""))
+    return 0 if result.status == "succeeded" else 3
+
+
+def _forgetting(args) -> int:
+    from tuning.events import StdoutSink
+    from tuning.forgetting import ForgettingConfig, run_forgetting
+
+    result = run_forgetting(ForgettingConfig.from_dict(_load_yaml(args.config)), StdoutSink())
+    # 4: the check ran and the tune regressed beyond the threshold (a script can stop a release on it)
+    return 3 if result.status != "succeeded" else 4 if result.regressed else 0
 
 
 def _publish(args) -> int:
@@ -150,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     train.set_defaults(handler=_train)
     for name, handler, help_text in (("merge", _merge, "merge adapters or models from a YAML config"),
                                      ("quantize", _quantize, "quantize or export a model from a YAML config"),
-                                     ("evaluate", _evaluate, "score an artifact on a dataset from a YAML config")):
+                                     ("evaluate", _evaluate, "score an artifact on a dataset from a YAML config"),
+                                     ("judge", _judge, "judge two models' answers pairwise from a YAML config"),
+                                     ("forgetting", _forgetting, "check a tune for forgetting from a YAML config")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("config")
         command.set_defaults(handler=handler)

@@ -135,6 +135,11 @@ class TrainConfig:
     golden_prompts: list = field(default_factory=list)
     golden_max_new_tokens: int = setting(48, help="Tokens generated per golden prompt at each checkpoint.", min=1,
                                          max=1024)
+    forgetting_threshold_pct: float = setting(0.0, help="In the studio: after training, a forgetting check runs "
+                                              "on the output (perplexity on a general held-out text, base vs "
+                                              "tuned) and warns when it rises by more than this percentage; 0: "
+                                              "no check. The command line runs it as `python -m tuning "
+                                              "forgetting`.", min=0.0, max=10000.0, label="Forgetting check (%)")
     learning_rate: float = setting(2e-4, help="Peak learning rate (AdamW); 0 trains nothing, which measures the "
                                               "base model's eval loss.", min=0.0, max=1.0, basic=True,
                                    label="Learning rate")

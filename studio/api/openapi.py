@@ -8,6 +8,7 @@ from studio.api.models import WEBHOOK_EVENT_TYPES
 from studio.api.openapi_openai import openai_paths
 from studio.api.openapi_parts import answer as _json, id_param as _id_param, list_of as _list_of, op as _op
 from studio.api.openapi_parts import param as _param, ref as _ref  # the names this file was written with
+from studio.api.openapi_judge import judge_paths
 from studio.api.openapi_steps import SCHEMAS as STEP_SCHEMAS, steps_paths
 from studio.artifacts.models import Artifact
 from studio.jobs.kinds import JOB_KINDS
@@ -301,5 +302,6 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
         },
     }
     schema["paths"].update(steps_paths())
+    schema["paths"].update(judge_paths())
     schema["paths"].update(openai_paths(origin=server_url.removesuffix("/api/v1") or "/"))
     return schema

@@ -6,6 +6,7 @@ from django.urls import path, re_path
 from studio.api import views_files as files
 from studio.api import views_dataset_work as dataset_work
 from studio.api import views_jobs as jobs
+from studio.api import views_judge as judge
 from studio.api import views_publish as publish
 from studio.api import views_steps as steps
 from studio.api import views_teams as teams
@@ -26,6 +27,10 @@ urlpatterns = [
     path("merges", steps.merges_collection, name="api-merges"),
     path("quantizations", steps.quantizations_collection, name="api-quantizations"),
     path("evaluations", steps.evaluations_collection, name="api-evaluations"),
+    path("judged-comparisons", judge.judged_comparisons_collection, name="api-judged-comparisons"),
+    path("judged-comparisons/<int:job_id>", judge.judged_comparison_retrieve, name="api-judged-comparison"),
+    path("forgetting-checks", judge.forgetting_checks_collection, name="api-forgetting-checks"),
+    path("forgetting-checks/<int:job_id>", judge.forgetting_check_retrieve, name="api-forgetting-check"),
     path("datasets/<int:dataset_id>/mapping", dataset_work.dataset_mapping_api, name="api-dataset-mapping"),
     path("datasets/<int:dataset_id>/operations", dataset_work.dataset_operations_api, name="api-dataset-operations"),
     path("datasets/<int:dataset_id>/operations/<int:operation_id>", dataset_work.dataset_operation_api,

@@ -8,6 +8,7 @@ from studio.audit.services import audit_record
 from studio.artifacts.selectors import (artifact_evaluations, artifact_files, artifact_get_for_user,
                                        artifact_lineage, artifact_list_for_user, report_rows)
 from studio.artifacts.views_publish import publish_context
+from studio.jobs.selectors_judge import artifact_forgetting_checks, artifact_judgements
 from studio.artifacts.zipstream import zip_directory
 
 
@@ -21,7 +22,8 @@ def artifact_detail(request, artifact_id: int):
     return render(request, "artifacts/detail.html", {
         "artifact": artifact, "lineage": artifact_lineage(artifact), "files": artifact_files(artifact),
         "children": artifact.children.all(), "report": report_rows(artifact.metadata.get("report")),
-        "evaluations": artifact_evaluations(artifact), **publish_context(request, artifact)})
+        "evaluations": artifact_evaluations(artifact), "judgements": artifact_judgements(artifact),
+        "forgetting_checks": artifact_forgetting_checks(artifact), **publish_context(request, artifact)})
 
 
 def _directory(artifact) -> Path:

@@ -68,3 +68,7 @@ register_job_kind(JobKind(name="diet", label="Dataset step", run="worker.dataset
 register_job_kind(JobKind(name="model_add", label="Adding a model", run="worker.model_runs.run_model_add"))
 register_job_kind(JobKind(name="publish", label="Publishing", run="worker.publish_runs.run_publish",
                           stores_files=False))
+register_job_kind(JobKind(name="judge", label="Judged comparison", run="worker.judge_runs.run_judge",
+                          stores_files=False))
+register_job_kind(JobKind(name="forgetting", label="Forgetting check", run="worker.judge_runs.run_forgetting",
+                          stores_files=False))

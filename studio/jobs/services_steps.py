@@ -205,6 +205,10 @@ def _fill_input(job: Job, artifact: Artifact) -> None:
 
         config = MergeConfig.from_dict({**job.config, "sources": _sources([artifact], None)})
         check_merge_sources(config)
+    elif job.kind == "forgetting":  # studio.jobs.services_judge: checked against the base model of the run
+        from tuning.forgetting import ForgettingConfig
+
+        config = ForgettingConfig.from_dict({**job.config, "artifact_path": artifact.path})
     else:
         from tuning.quantize.run import check_quantize_source
         from tuning.quantize.config import QuantizeConfig

@@ -3,6 +3,7 @@ figures and the configuration keys where they differ."""
 
 from django.http import Http404
 from django.shortcuts import render
+from django.urls import reverse
 
 from studio.jobs.selectors import job_list_for_user
 from studio.jobs.selectors_charts import compare_ids_parse, config_diff, job_compare_curves
@@ -20,5 +21,8 @@ def job_compare(request):
         raise Http404  # another team's job reads the same as a job that does not exist
     jobs = [found[job_id] for job_id in ids]
     curves = [{**curve, "color": color} for curve, color in zip(job_compare_curves(jobs=jobs), COLORS)]
+    outputs = [artifact for job in jobs if (artifact := job.artifacts.order_by("-created_at").first())]
+    judge_link = (f"{reverse('job-new-judge')}?a={outputs[0].pk}&b={outputs[1].pk}" if len(outputs) >= 2 else "")
     return render(request, "jobs/compare.html", {
-        "jobs": jobs, "curves": curves, "diff": config_diff([job.config for job in jobs])})
+        "jobs": jobs, "curves": curves, "diff": config_diff([job.config for job in jobs]),
+        "judge_link": judge_link, "judge_pair": outputs[:2]})

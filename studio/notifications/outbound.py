@@ -8,7 +8,10 @@ when the request is made, every address it resolves to must be public, and
 the connection goes to the address that was checked, never to a second
 lookup (a DNS answer that changes in between — rebinding — gains nothing).
 Intranet receivers an admin trusts are named in ``WEBHOOK_ALLOWED_HOSTS``
-(host names, addresses or networks such as ``10.1.0.0/16``).
+(host names, addresses or networks such as ``10.1.0.0/16``). The same guard
+keeps a judged comparison's judge endpoint (``JUDGE_ALLOWED_HOSTS``) out of
+the studio's network: ``pin_request`` is the hook that holds its HTTP client
+to the checked address.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ class AddressRefused(Exception):
     """The URL's host is not a public address and not on the admin's allow-list."""
 
 
-def _allow_list() -> tuple[set[str], list]:
+WEBHOOKS = "WEBHOOK_ALLOWED_HOSTS"  # the setting that names the allow-list; each kind of receiver has its own
+
+
+def _allow_list(allowed: str = WEBHOOKS) -> tuple[set[str], list]:
     names, networks = set(), []
-    for entry in getattr(settings, "WEBHOOK_ALLOWED_HOSTS", []):
+    for entry in getattr(settings, allowed, []):
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
@@ -42,27 +48,27 @@ def _is_public(address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def _allowed(host: str, address) -> bool:
-    names, networks = _allow_list()
+def _allowed(host: str, address, allowed: str = WEBHOOKS) -> bool:
+    names, networks = _allow_list(allowed)
     return host.lower() in names or any(address in network for network in networks)
 
 
-def check_literal_host(host: str) -> None:
+def check_literal_host(host: str, *, allowed: str = WEBHOOKS) -> None:
     """Refuse at once a host that is written as a non-public address or is a
     local name (no DNS lookup: that happens when a request is made)."""
     if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        if host.lower() not in _allow_list()[0]:
+        if host.lower() not in _allow_list(allowed)[0]:
             raise AddressRefused(f"{host} is this machine")
         return
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return  # a name: checked when it is resolved
-    if not _is_public(address) and not _allowed(host, address):
+    if not _is_public(address) and not _allowed(host, address, allowed):
         raise AddressRefused(f"{host} is not a public address")
 
 
-def resolve_public(host: str, port: int) -> str:
+def resolve_public(host: str, port: int, *, allowed: str = WEBHOOKS) -> str:
     """The address to connect to for ``host``: every address it resolves to
     must be public (or allowed by the admin), else AddressRefused."""
     try:
@@ -70,7 +76,7 @@ def resolve_public(host: str, port: int) -> str:
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {host}: {exc}") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    refused = [a for a in addresses if not _is_public(a) and not _allowed(host, a)]
+    refused = [a for a in addresses if not _is_public(a) and not _allowed(host, a, allowed)]
     if refused or not addresses:
         raise AddressRefused(f"{host} resolves to a non-public address")
     return str(addresses[0])
@@ -116,3 +122,17 @@ def post(url: str, body: bytes, *, headers: dict, timeout: float) -> int:
         raise OSError(f"bad HTTP answer: {exc}") from None
     finally:
         connection.close()
+
+
+def pin_request(request, *, allowed: str) -> None:
+    """An HTTP client's request hook (httpx's ``event_hooks``, which the ``openai`` client takes): checks the
+    request's host like ``post`` does, before any connection, and sends the request to the address that was
+    checked, keeping the host name for the Host header and the certificate (TLS SNI). Runs again for each
+    redirect. Raises AddressRefused."""
+    url = request.url
+    if url.scheme not in ("http", "https") or not url.host:
+        raise AddressRefused("only http and https URLs with a host are allowed")
+    check_literal_host(url.host, allowed=allowed)
+    address = resolve_public(url.host, url.port or (443 if url.scheme == "https" else 80), allowed=allowed)
+    request.extensions = {**request.extensions, "sni_hostname": url.host}
+    request.url = url.copy_with(host=address)
