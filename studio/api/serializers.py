@@ -26,8 +26,8 @@ def job_json(job: Job, *, request) -> dict:
     # Merge, quantize and evaluate configs name files on the server (sources, *_path): left out, as in
     # every answer of the API; the request's own fields say what was used.
     hyperparameters = {key: value for key, value in config.items()
-                       if key not in SYSTEM_FIELDS and key not in ("method_params", "sources")
-                       and not key.endswith("_path")}
+                       if key not in SYSTEM_FIELDS and key not in ("method_params", "sources", "studio")
+                       and not key.endswith(("_path", "_base"))}
     error = None
     if job.status == Job.Status.FAILED:
         error = {"kind": job.failure_kind or Job.FailureKind.ERROR, "message": job.failure_message}
