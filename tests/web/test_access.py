@@ -6,7 +6,7 @@ from studio.datasets.services import dataset_create_from_file
 from studio.jobs.services import job_create_train
 
 PAGES = ["/", "/datasets/", "/jobs/new/", "/artifacts/", "/playground/", "/jobs/new/merge/", "/jobs/new/quantize/",
-         "/jobs/new/evaluate/",
+         "/jobs/new/evaluate/", "/jobs/new/judge/",
          # pages of one team's things: another team gets 404 (from here on)
          "/datasets/{dataset}/", "/jobs/{job}/", "/jobs/{job}/status/", "/jobs/{job}/events/",
          "/artifacts/{artifact}/", "/artifacts/{artifact}/download/", "/artifacts/{artifact}/files/README.md",

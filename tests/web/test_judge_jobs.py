@@ -67,7 +67,8 @@ def test_a_judge_on_a_private_address_is_refused_naming_the_field(member_client,
     assert not Job.objects.filter(kind="judge").exists() and not TeamSecret.objects.exists()
 
 
-def test_a_judged_comparison_runs_and_its_pairs_are_shown_and_exported(member_client, member, tuned, settings):
+def test_a_judged_comparison_runs_and_its_pairs_are_shown_and_exported(member_client, member, tuned, settings,
+                                                                         outsider):
     settings.JUDGE_ALLOWED_HOSTS = ["127.0.0.1"]  # this test's fake judge only
     with JudgeServer(policy="always_a") as server:
         response = member_client.post("/jobs/new/judge/", judge_form(tuned, judge_url=server.url,
@@ -90,6 +91,13 @@ def test_a_judged_comparison_runs_and_its_pairs_are_shown_and_exported(member_cl
     artifact_page = member_client.get(f"/artifacts/{tuned.pk}/").content.decode()
     assert f"/jobs/{job.pk}/judged/" in artifact_page and "Compare with a judge" in artifact_page
     assert f"/jobs/{job.pk}/judged/" in member_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    from django.test import Client
+
+    rival = Client()
+    rival.force_login(outsider)
+    for url in (f"/jobs/{job.pk}/judged/", f"/jobs/{job.pk}/judged/?format=json", f"/jobs/{job.pk}/judged/?format=csv"):
+        assert rival.get(url).status_code == 404, url
 
 
 def test_the_worker_refuses_a_judge_address_the_allow_list_no_longer_allows(member_client, tuned, settings):
