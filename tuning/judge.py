@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tuning.errors import ConfigError, TuningError
-from tuning.events import EventSink, JudgedEvent, LogEvent, ProgressEvent
+from tuning.events import EventSink, JudgedEvent, LogEvent
 from tuning.fields import config_from_dict, setting
+from tuning.scoring import emit_progress
 
 MAX_PROMPTS = 200  # each costs two generations and two judgements
 Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
@@ -233,13 +234,6 @@ class ModelJudge:
                               max_new_tokens=self.max_tokens)
 
 
-def _progress(sink: EventSink, phase: str, done: int, total: int, unit: str, started: float) -> None:
-    elapsed = time.monotonic() - started
-    eta = elapsed / done * (total - done) if done else None
-    sink.emit(ProgressEvent(phase=phase, done=done, total=total, unit=unit, elapsed_s=round(elapsed, 2),
-                            eta_s=None if eta is None else round(eta, 1)))
-
-
 def _answers(config: JudgeConfig, sink: EventSink, conversations, *, path: str, base: str, label: str,
              started: float) -> list[str] | None:
     """One model's greedy answer to each conversation; None when cancelled."""
@@ -254,7 +248,7 @@ def _answers(config: JudgeConfig, sink: EventSink, conversations, *, path: str, 
         if sink.should_stop():
             return None
         answers.append(generate_reply(model, tokenizer, messages, max_new_tokens=config.max_new_tokens))
-        _progress(sink, f"{label} answering", done, len(conversations), "prompts", started)
+        emit_progress(sink, f"{label} answering", done, len(conversations), "prompts", started)
     del model
     gc.collect()  # one model in memory at a time
     return answers
@@ -292,7 +286,7 @@ def run_judge(config: JudgeConfig, sink: EventSink, *, api_key: str = "", http_c
                       "verdict_a_first": verdict_ab, "verdict_b_first": verdict_ba,
                       "reply_a_first": raw_ab[:500], "reply_b_first": raw_ba[:500],
                       "outcome": pair_outcome(verdict_ab, verdict_ba)})
-        _progress(sink, "Judging pairs", done, len(conversations), "pairs", started)
+        emit_progress(sink, "Judging pairs", done, len(conversations), "pairs", started)
     summary = summarize([pair["outcome"] for pair in pairs])
     sink.emit(JudgedEvent(label_a=config.label_a, label_b=config.label_b, summary=summary, pairs=pairs))
     sink.emit(LogEvent(message=f"{config.label_b} against {config.label_a}: {summary['wins']} wins, "

@@ -46,7 +46,8 @@ class EvaluateResult:
     metrics: dict
 
 
-def _progress(sink: EventSink, phase: str, done: int, total: int, unit: str, started: float) -> None:
+def emit_progress(sink: EventSink, phase: str, done: int, total: int, unit: str, started: float) -> None:
+    """A ProgressEvent with the time since ``started`` (time.monotonic()) and the time left at this pace."""
     elapsed = time.monotonic() - started
     eta = elapsed / done * (total - done) if done else None
     sink.emit(ProgressEvent(phase=phase, done=done, total=total, unit=unit, elapsed_s=round(elapsed, 2),
@@ -103,7 +104,7 @@ def run_evaluate(config: EvaluateConfig, sink: EventSink) -> EvaluateResult:
     def scored_batches():
         for done, chunk in enumerate(chunks, 1):
             yield collate(chunk)
-            _progress(sink, "Scoring rows", done, len(chunks), "batches", started)
+            emit_progress(sink, "Scoring rows", done, len(chunks), "batches", started)
 
     import torch
 
@@ -126,7 +127,7 @@ def run_evaluate(config: EvaluateConfig, sink: EventSink) -> EvaluateResult:
             if sink.should_stop():
                 return EvaluateResult(status="cancelled", metrics=metrics)
             answers.append((_generate(model, tokenizer, messages, config.max_new_tokens), reference))
-            _progress(sink, "Generating answers", done, len(pairs), "answers", started)
+            emit_progress(sink, "Generating answers", done, len(pairs), "answers", started)
         if answers:
             metrics["exact_match"] = round(sum(exact_match(a, r) for a, r in answers) / len(answers), 6)
             metrics["rouge_l"] = round(sum(rouge_l(a, r) for a, r in answers) / len(answers), 6)

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from studio.accounts.models import TeamSecret
+from tuning.errors import ConfigError
 
 
 class SecretUnreadable(Exception):
@@ -28,6 +29,18 @@ def secret_create(*, team, user, name: str, value: str) -> TeamSecret:
     value = value.strip()
     return TeamSecret.objects.create(team=team, created_by=user, name=name[:100], hint=value[-4:] if len(value) > 11
                                      else "", ciphertext=_fernet().encrypt(value.encode()).decode())
+
+
+def secret_for_job(*, user, team, pasted: str, secret_id: int | None, name: str, field: str) -> int | None:
+    """The team secret a job names: a ``pasted`` value is stored as a new one called ``name``, else the saved
+    one picked (ConfigError on ``field`` when the team has no such secret), else none."""
+    if pasted.strip():
+        return secret_create(team=team, user=user, name=name, value=pasted).pk
+    if secret_id:
+        if not TeamSecret.objects.filter(pk=secret_id, team=team).exists():
+            raise ConfigError({field: "no such saved secret in this team"})
+        return secret_id
+    return None
 
 
 def secret_value(*, secret_id: int, team_id: int) -> str:

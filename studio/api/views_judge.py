@@ -30,7 +30,8 @@ def _judge_data(body: dict) -> dict:
         raise ApiError(400, 'prompts must be "golden" or a list of texts', field="prompts")
     source = "dataset" if body.get("dataset") is not None else "golden" if prompts == "golden" else "typed"
     data = {"model_a": body.get("model_a") or "base", "model_b": body.get("model_b"), "prompts_from": source,
-            "dataset": body.get("dataset"), "judge_kind": "artifact" if judge.get("artifact") is not None else "endpoint",
+            "dataset": body.get("dataset"),
+            "judge_kind": "artifact" if judge.get("artifact") is not None else "endpoint",
             "judge_artifact": judge.get("artifact"), "judge_url": judge.get("url") or "",
             "judge_model": judge.get("model") or "", "judge_api_key": judge.get("api_key") or "",
             "judge_secret": judge.get("secret") or "", "name": _name(body)}
@@ -68,13 +69,18 @@ def judged_comparisons_collection(request):
                     model_error_field="model_b", fields=API_FIELDS)
 
 
+def _with_result(request, job_id: int, *, kind: str, event: str, what: str) -> dict:
+    """The job of ``kind`` and, once it has succeeded, the result its ``event`` carries (else null)."""
+    job = job_get_in_teams(team_ids=request.caller.team_ids, job_id=job_id)
+    if job.kind != kind:
+        raise not_found(what, job_id)
+    return {**job_json(job, request=request), "object": what.replace(" ", "_"), "result": job_result(job, event)}
+
+
 @api_view("GET")
 def judged_comparison_retrieve(request, job_id: int):
     """The job, and once it has succeeded its summary and every judged pair."""
-    job = job_get_in_teams(team_ids=request.caller.team_ids, job_id=job_id)
-    if job.kind != "judge":
-        raise not_found("judged comparison", job_id)
-    return {**job_json(job, request=request), "object": "judged_comparison", "result": job_result(job, "judged")}
+    return _with_result(request, job_id, kind="judge", event="judged", what="judged comparison")
 
 
 @api_view("POST")
@@ -99,7 +105,4 @@ def forgetting_checks_collection(request):
 
 @api_view("GET")
 def forgetting_check_retrieve(request, job_id: int):
-    job = job_get_in_teams(team_ids=request.caller.team_ids, job_id=job_id)
-    if job.kind != "forgetting":
-        raise not_found("forgetting check", job_id)
-    return {**job_json(job, request=request), "object": "forgetting_check", "result": job_result(job, "forgetting")}
+    return _with_result(request, job_id, kind="forgetting", event="forgetting", what="forgetting check")

@@ -11,8 +11,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from studio.accounts.models import TeamSecret
-from studio.accounts.secrets import secret_create
+from studio.accounts.secrets import secret_for_job
 from studio.catalog.models import BaseModel
 from studio.celery import app as celery_app
 from studio.jobs.models import Job
@@ -86,13 +85,8 @@ REVISION = re.compile(r"^[\w][\w./-]{0,99}$")
 
 def hub_secret_for(*, user, team, token: str, secret_id: int | None, repo_id: str) -> int | None:
     """The team secret a hub job names: a pasted ``token`` is stored as a new one, else the saved one picked."""
-    if token.strip():
-        return secret_create(team=team, user=user, name=f"Hub token ({repo_id})", value=token).pk
-    if secret_id:
-        if not TeamSecret.objects.filter(pk=secret_id, team=team).exists():
-            raise ConfigError({"secret": "no such saved token in this team"})
-        return secret_id
-    return None
+    return secret_for_job(user=user, team=team, pasted=token, secret_id=secret_id, name=f"Hub token ({repo_id})",
+                          field="secret")
 
 
 def model_download_request(*, user, team, repo_id: str, revision: str = "", token: str = "",

@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.db import transaction
 
-from studio.accounts.models import TeamSecret
-from studio.accounts.secrets import secret_create
+from studio.accounts.secrets import secret_for_job
 from studio.artifacts.models import Artifact
 from studio.jobs.models import Job
 from studio.jobs.services_steps import PENDING_INPUT, _queue
@@ -58,16 +57,6 @@ def judge_url_check(url: str) -> None:
                                         f"allow intranet judges with {JUDGE_ALLOWED})"}) from None
 
 
-def _judge_secret(*, user, team, api_key: str, secret_id: int | None, host: str) -> int | None:
-    if api_key.strip():
-        return secret_create(team=team, user=user, name=f"Judge key ({host})", value=api_key).pk
-    if secret_id:
-        if not TeamSecret.objects.filter(pk=secret_id, team=team).exists():
-            raise ConfigError({"judge_secret": "no such saved secret in this team"})
-        return secret_id
-    return None
-
-
 def _side(artifact: Artifact | None, base_model, which: str) -> dict:
     if artifact is None:
         return {f"model_{which}_path": "", f"model_{which}_base": base_model.ref,
@@ -106,8 +95,8 @@ def job_create_judge(*, user, team, model_a: Artifact | None, model_b: Artifact,
                       judge_base=judge_artifact.base_model.ref if judge_artifact.base_model else "")
     config = JudgeConfig.from_dict(values)
     with transaction.atomic():
-        secret = _judge_secret(user=user, team=team, api_key=api_key, secret_id=secret_id,
-                               host=urlsplit(judge_url).hostname or "") if judge_url else None
+        secret = secret_for_job(user=user, team=team, pasted=api_key, secret_id=secret_id, field="judge_secret",
+                                name=f"Judge key ({urlsplit(judge_url).hostname})") if judge_url else None
         job = Job.objects.create(team=team, owner=user, kind="judge", base_model=base_model, dataset=dataset,
                                  config={}, device_pool=settings.DEFAULT_DEVICE_POOL)
         inputs = [a for a in (model_a, model_b, judge_artifact) if a is not None]
