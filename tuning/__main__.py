@@ -146,7 +146,8 @@ def _merge_methods(args) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['name']:<22} {row['group']:<9} {row['label']}: {row['description']}")
+            presets = f" Presets: {', '.join(row['presets'])}." if row["presets"] else ""
+            print(f"{row['name']:<22} {row['group']:<9} {row['label']}: {row['description']}{presets}")
     return 0
 
 

@@ -14,9 +14,11 @@ PARAM_PREFIX = "param__"
 EVALUATE_SYSTEM_FIELDS = {"artifact_path", "base_model", "dataset_path", "dataset_name", "trust_remote_code"}
 
 
-def merge_params_form(params_class, data) -> forms.Form:
-    """Bound form fields for a merge method's parameters (same metadata as the CLI)."""
-    form = forms.Form(data, prefix=None)  # None: unbound (the page before its first POST)
+def merge_params_form(params_class, data, preset: dict | None = None) -> forms.Form:
+    """Bound form fields for a merge method's parameters (same metadata as the CLI);
+    an unbound form starts from ``preset``'s values where one is chosen."""
+    initial = {PARAM_PREFIX + name: value for name, value in (preset or {}).items()}
+    form = forms.Form(data, prefix=None, initial=initial)  # data None: unbound (the page before its first POST)
     for spec in field_specs(params_class):
         form.fields[PARAM_PREFIX + spec.name] = form_field(spec)
     return form

@@ -60,7 +60,8 @@ def job_new_merge(request):
     method = MERGE_METHODS[method_name]
     artifacts = _team_artifacts(request, team)
     chosen_ids = data.getlist("artifacts") or data.getlist("artifact")
-    params_form = merge_params_form(method.params, request.POST if request.method == "POST" else None)
+    preset = (method.presets or {}).get(data.get("preset", ""))
+    params_form = merge_params_form(method.params, request.POST if request.method == "POST" else None, preset)
     errors: dict[str, str] = {}
     if request.method == "POST":
         chosen = _picked(request, team, chosen_ids)
@@ -82,7 +83,7 @@ def job_new_merge(request):
                "method": _with_paper_url(describe(method)),
                "artifacts": artifacts, "chosen_ids": {str(i) for i in chosen_ids}, "params_form": params_form,
                "errors": errors, "datasets": dataset_list_for_user(user=request.user).filter(team=team),
-               "name": data.get("name", "")}
+               "name": data.get("name", ""), "preset": data.get("preset", "") if preset else ""}
     return render(request, "jobs/new_merge.html", context, status=400 if errors else 200)
 
 

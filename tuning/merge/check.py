@@ -44,6 +44,8 @@ def check_merge_sources(config) -> None:
         _check_vocabulary(base, source, field, config.trust_remote_code)
     if method.group == "adapters":
         _check_adapters_agree(sources, same_rank=method.same_rank)
+    if method.check_sources is not None and (refusals := method.check_sources(sources)):
+        raise ConfigError(refusals)
 
 
 def _read_json(path: Path) -> dict:

@@ -8,6 +8,7 @@ memory of a large tensor's merge to a few copies of it.
 
 from __future__ import annotations
 
+import math
 import zlib
 
 from tuning.fields import setting
@@ -56,6 +57,33 @@ def chunks(*tensors):
         yield [flat[start:start + CHUNK] for flat in flats]
 
 
+# Float64 slices this long: large enough that each dot product is one
+# efficient call, small enough that the float64 copies stay a few MiB.
+DOT_CHUNK = 1 << 18
+
+
+def cosine64(a, b, *, zero: float = 1.0) -> float:
+    """cos(a, b) with the dot products and norms accumulated in float64,
+    slice by slice; ``zero`` when either tensor is zero. An fp32 dot of a
+    large tensor loses digits that matter where a cosine near 1 becomes an
+    angle (SLERP, Model Stock): on a 28M-entry embedding it gave a 6e-4
+    relative error in the merged tensor, against mergekit's 5e-6."""
+    import torch
+
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    size = min(DOT_CHUNK, flat_a.numel())
+    buffer_a, buffer_b = torch.empty(size, dtype=torch.float64), torch.empty(size, dtype=torch.float64)
+    ab = aa = bb = 0.0
+    for start in range(0, flat_a.numel(), size):
+        part_a, part_b = flat_a[start:start + size], flat_b[start:start + size]
+        x, y = buffer_a[:part_a.numel()].copy_(part_a), buffer_b[:part_b.numel()].copy_(part_b)
+        ab += float(x.dot(y))
+        aa += float(x.dot(x))
+        bb += float(y.dot(y))
+    norms = math.sqrt(aa * bb)
+    return zero if norms == 0 else ab / norms
+
+
 def magnitude_threshold(values, keep: int) -> float:
     """The keep-th largest |value|: the entries with |value| ≥ it are the top ``keep``
     (ties at the threshold may add a few)."""
@@ -102,16 +130,27 @@ def keep_top_magnitude_(delta, density: float):
     return delta
 
 
-def elect_and_average(deltas: list, weights: list[float], sign_method: str = "total"):
+def normalize_setting(mergekit_default: bool):
+    mergekit = "on" if mergekit_default else "off"
+    return setting(True, help="Divide the agreeing changes by the sum of their sources' weights (TIES' disjoint "
+                              "mean, as in the papers). Off adds them up instead, so that weights summing to more "
+                              f"than 1 amplify the change; mergekit's default for this method is {mergekit}.",
+                   label="Normalise")
+
+
+def elect_and_average(deltas: list, weights: list[float], sign_method: str = "total", normalize: bool = True,
+                      sign_weights: list[float] | None = None):
     """TIES' "elect" and "disjoint merge" steps: per parameter, elect a sign,
     then average the entries of that sign (weighted by the source weights);
-    zero entries and entries of the other sign take no part. The result is
-    written into ``deltas[0]``."""
+    zero entries and entries of the other sign take no part. Without
+    ``normalize`` the agreeing entries are summed (weighted), not averaged.
+    ``sign_weights`` (default: ``weights``) weigh the "total" election.
+    The result is written into ``deltas[0]``."""
     import torch
 
     for parts in chunks(*deltas):
         if sign_method == "total":
-            positive = weighted_sum(parts, weights) >= 0
+            positive = weighted_sum(parts, sign_weights or weights) >= 0
         else:
             positive = weighted_sum([torch.sign(p) for p in parts], [1.0] * len(parts)) >= 0
         numerator = torch.zeros_like(parts[0])
@@ -120,9 +159,11 @@ def elect_and_average(deltas: list, weights: list[float], sign_method: str = "to
             agrees = torch.where(positive, part > 0, part < 0)
             numerator.add_(part * agrees, alpha=weight)
             denominator.add_(agrees.to(part.dtype), alpha=weight)
-        # Where no source agrees the merged task vector is 0 (the base value is kept).
-        denominator[denominator == 0] = 1.0
-        parts[0].copy_(numerator.div_(denominator))
+        if normalize:
+            # Where no source agrees the merged task vector is 0 (the base value is kept).
+            denominator[denominator == 0] = 1.0
+            numerator.div_(denominator)
+        parts[0].copy_(numerator)
     return deltas[0]
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuning.fields import setting
-from tuning.merge.common import (deltas_, density_setting, elect_and_average, scaling_setting, sign_setting,
-                                 tensor_generator, weighted_sum)
+from tuning.merge.common import (deltas_, density_setting, elect_and_average, normalize_setting, scaling_setting,
+                                 sign_setting, tensor_generator, weighted_sum)
 from tuning.merge.stream import stream_merge, weights_of
 
 DENSITY_HELP = "Fraction 1−p of each task vector's entries kept at random (the paper drops up to 90%: density 0.1)."
@@ -32,6 +32,7 @@ class DareParams:
 @dataclass(frozen=True, kw_only=True)
 class DareTiesParams(DareParams):
     sign_method: str = sign_setting()
+    normalize: bool = normalize_setting(mergekit_default=False)
 
 
 def check(params: DareParams) -> dict[str, str]:
@@ -57,7 +58,7 @@ def merge_tensors(base, tensors: list, weights: list[float], params: DareParams,
     deltas = [drop_and_rescale_(delta, params.density, params.rescale_q, generator)
               for delta in deltas_(base, tensors)]
     if isinstance(params, DareTiesParams):
-        merged = elect_and_average(deltas, weights, params.sign_method)
+        merged = elect_and_average(deltas, weights, params.sign_method, params.normalize)
     else:
         merged = weighted_sum(deltas, weights)
     return base.add_(merged, alpha=params.scaling)

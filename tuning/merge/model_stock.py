@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuning.merge.common import cosine64
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelStockParams:
@@ -24,15 +26,9 @@ def interpolation_ratio(cos: float, n: int) -> float:
 
 def mean_cosine(deltas: list) -> float:
     """Mean pairwise cosine between task vectors; 1 when a vector is zero
-    (an unchanged layer, where every t gives the base)."""
-    import torch
-
-    values = []
-    for i in range(len(deltas)):
-        for j in range(i + 1, len(deltas)):
-            a, b = deltas[i].reshape(-1), deltas[j].reshape(-1)
-            norms = a.norm() * b.norm()
-            values.append(1.0 if norms == 0 else float(torch.dot(a, b) / norms))
+    (an unchanged layer, where every t gives the base). Dots and norms in
+    float64, as in SLERP."""
+    values = [cosine64(deltas[i], deltas[j]) for i in range(len(deltas)) for j in range(i + 1, len(deltas))]
     return sum(values) / len(values)
 
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from tuning.fields import setting
+from tuning.merge.common import cosine64
 
 # Vectors this close to parallel have an ill-defined arc: interpolate linearly.
 PARALLEL = 0.9995
@@ -23,15 +24,13 @@ class SlerpParams:
 
 
 def slerp(a, b, t: float):
-    import torch
-
     if t == 0:
         return a
     if t == 1:
         return b
-    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-    norms = flat_a.norm() * flat_b.norm()
-    cos = float(torch.dot(flat_a, flat_b) / norms) if norms > 0 else 1.0
+    # In float64: near-parallel weights (cos ~0.999) turn a cosine's rounding
+    # error into a much larger error in the angle, and so in every weight.
+    cos = cosine64(a, b)
     if abs(cos) > PARALLEL:
         return a.mul_(1 - t).add_(b, alpha=t)
     angle = math.acos(max(-1.0, min(1.0, cos)))

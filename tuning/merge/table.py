@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tuning.merge import (breadcrumbs, dare, fisher, fold, lora_combine, model_stock, pcb, slerp, task_arithmetic,
-                          ties)
+from tuning.merge import (breadcrumbs, dare, della, fisher, fold, lora_combine, model_stock, pcb, sce, slerp,
+                          task_arithmetic, ties, wise_ft)
 
 GROUPS = {
     "fold": "Fold an adapter into its base",
@@ -33,11 +33,13 @@ class MergeMethod:
     check: Callable[[Any], dict[str, str]] | None = None
     same_rank: bool = False  # adapters group: every source must have one LoRA rank
     needs_dataset: bool = False  # Fisher merging estimates on data
+    presets: dict[str, dict] | None = None  # name -> settings a user can start from
+    check_sources: Callable[[list], dict[str, str]] | None = None  # {field: message} for sources it cannot take
 
 
 def _model_row(module, **row) -> MergeMethod:
     return MergeMethod(group="models", produces="model", run=module.run, merge_tensors=module.merge_tensors,
-                       check=getattr(module, "check", None), **row)
+                       check=getattr(module, "check", None), **{"presets": getattr(module, "PRESETS", None), **row})
 
 
 def _adapter_row(combination: str, params: type, **row) -> MergeMethod:
@@ -50,6 +52,9 @@ ADAPTER_PAPER = "LoRA: Low-Rank Adaptation of Large Language Models, https://arx
 TIES_PAPER = "TIES-Merging: Resolving Interference When Merging Models, https://arxiv.org/abs/2306.01708"
 DARE_PAPER = ("Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch, "
               "https://arxiv.org/abs/2311.03099")
+DELLA_PAPER = ("DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling, "
+               "https://arxiv.org/abs/2406.11617")
+WISE_FT_PAPER = "Robust fine-tuning of zero-shot models (WiSE-FT), https://arxiv.org/abs/2109.01903"
 
 MERGE_METHODS: dict[str, MergeMethod] = {
     method.name: method
@@ -84,6 +89,12 @@ MERGE_METHODS: dict[str, MergeMethod] = {
         _adapter_row("magnitude_prune", lora_combine.PruneParams, label="Magnitude prune (adapters)",
                      description="Keeps each adapter's largest-magnitude entries and sums them.",
                      paper=TIES_PAPER),
+        MergeMethod(name="lora_wise_ft", label="WiSE-FT (adapter)", group="adapters", produces="adapter",
+                    run=wise_ft.run_adapter, params=wise_ft.WiseFtParams, min_sources=1, max_sources=1,
+                    presets=wise_ft.PRESETS, check_sources=wise_ft.adapter_refusals,
+                    description="Interpolates a LoRA adapter with its base by α through its scaling: the same "
+                                "adapter with its update times α, exact and as small as the original.",
+                    paper=WISE_FT_PAPER),
         _model_row(task_arithmetic, name="task_arithmetic", label="Task arithmetic",
                    params=task_arithmetic.TaskArithmeticParams, min_sources=1,
                    description="Adds the weighted differences between each model and the base (task vectors) to "
@@ -100,7 +111,27 @@ MERGE_METHODS: dict[str, MergeMethod] = {
         _model_row(dare, name="dare_ties", label="DARE (TIES)", params=dare.DareTiesParams, min_sources=1,
                    description="DARE's random drop and rescale followed by TIES' sign election and disjoint "
                                "average.",
-                   paper=DARE_PAPER + "; DARE the Extreme, https://arxiv.org/abs/2410.09344"),
+                   paper=DARE_PAPER + "; DARE the Extreme, https://arxiv.org/abs/2410.09344",
+                   presets={"papers": {"normalize": True}, "mergekit": {"normalize": False}}),
+        _model_row(della, name="della", label="DELLA (TIES)", params=della.DellaParams, min_sources=1,
+                   description="Like DARE, but each row keeps its large changes more often than its small ones "
+                               "(MagPrune), then TIES' sign election and disjoint average.",
+                   paper=DELLA_PAPER),
+        _model_row(della, name="della_linear", label="DELLA (linear)", params=della.DellaLinearParams,
+                   min_sources=1,
+                   description="DELLA's magnitude-ranked random drop and rescale, then the weighted task vectors "
+                               "are added up, without sign election.",
+                   paper=DELLA_PAPER),
+        _model_row(sce, name="sce", label="SCE", params=sce.SceParams,
+                   description="Selects the positions where the models disagree most, weighs each model per "
+                               "matrix by how much it changed it, and erases sign conflicts before averaging. "
+                               "Source weights are not used.",
+                   paper="FuseChat: Knowledge Fusion of Chat Models, https://arxiv.org/abs/2408.07990"),
+        _model_row(wise_ft, name="wise_ft", label="WiSE-FT", params=wise_ft.WiseFtParams, min_sources=1,
+                   max_sources=1,
+                   description="Interpolates one fine-tune (or adapter, folded) with its base by α, keeping most "
+                               "of its gain while recovering what the base did better; writes a full model.",
+                   paper=WISE_FT_PAPER),
         _model_row(breadcrumbs, name="breadcrumbs", label="Model Breadcrumbs", params=breadcrumbs.BreadcrumbsParams,
                    min_sources=1,
                    description="Drops each layer's largest (outlier) and smallest (noise) changes and adds what "
@@ -138,4 +169,4 @@ def describe(method: MergeMethod) -> dict:
     return {"name": method.name, "label": method.label, "group": method.group, "group_label": GROUPS[method.group],
             "description": method.description, "paper": method.paper, "produces": method.produces,
             "min_sources": method.min_sources, "max_sources": method.max_sources,
-            "needs_dataset": method.needs_dataset, "params": fields}
+            "needs_dataset": method.needs_dataset, "params": fields, "presets": method.presets or {}}
