@@ -262,3 +262,28 @@ def test_a_damaged_safetensors_header_is_a_clear_error_not_an_exabyte_read(tmp_p
     damaged.write_bytes(b"w" * 3000)  # the first 8 bytes claim a header of 8.6e18 bytes
     with pytest.raises(ModelError, match="damaged"):
         read_header(damaged)
+
+
+def test_wise_ft_of_an_adapter_is_the_adapter_scaled_and_equals_the_folded_interpolation(tiny_model, adapters,
+                                                                                         tmp_path):
+    from peft import PeftModel
+
+    adapter = adapters["colours"]
+    scaled, _ = merge(tiny_model, tmp_path / "adapter", "lora_wise_ft", [adapter], method_params={"alpha": 0.3})
+    folded, _ = merge(tiny_model, tmp_path / "model", "wise_ft", [adapter], method_params={"alpha": 0.3})
+    base = load_file(tiny_model / "model.safetensors")[TENSOR]
+    expected = base + 0.3 * (_folded_tensor(tiny_model, adapter) - base)
+    weight = PeftModel.from_pretrained(load(tiny_model), scaled.output_path).merge_and_unload().state_dict()[TENSOR]
+    torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(load(folded.output_path).state_dict()[TENSOR], expected, rtol=1e-5, atol=1e-6)
+    assert scaled.metadata["scaled_matrices"] > 0
+
+
+def test_wise_ft_refuses_an_adapter_it_cannot_scale_before_queueing(tiny_model, adapters, tmp_path):
+    dora = tmp_path / "dora"
+    shutil.copytree(adapters["colours"], dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(ConfigError, match=r"is DoRA.*use WiSE-FT \(models\)") as caught:
+        check_merge_sources(_config(tiny_model, tmp_path, [dora], method="lora_wise_ft"))
+    assert set(caught.value.errors) == {"sources.0"}

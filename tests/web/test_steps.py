@@ -61,6 +61,19 @@ def test_merge_page_lists_the_methods_and_only_the_teams_artifacts(member_client
     assert not Job.objects.filter(kind=Job.Kind.MERGE).exists()
 
 
+def test_a_merge_preset_fills_the_method_settings(member_client):
+    page = member_client.get("/jobs/new/merge/?method=della&preset=sparse").content.decode()
+    density = re.search(r'<input[^>]*name="param__density"[^>]*>', page)[0]
+    assert 'value="0.3"' in density and 'aria-current="true"' in page
+    for preset in ("Balanced", "Sparse", "Mergekit"):
+        assert f">{preset}</a>" in page
+    plain = member_client.get("/jobs/new/merge/?method=della").content.decode()
+    assert 'value="0.5"' in re.search(r'<input[^>]*name="param__density"[^>]*>', plain)[0]
+    normalize = re.search(r'<input[^>]*name="param__normalize"[^>]*>',
+                          member_client.get("/jobs/new/merge/?method=dare_ties&preset=mergekit").content.decode())[0]
+    assert "checked" not in normalize  # mergekit's default: off
+
+
 def test_quantize_page_shows_gpu_schemes_disabled_with_the_reason(member_client, settings):
     settings.GPU_POOLS = []
     page = member_client.get("/jobs/new/quantize/").content.decode()
