@@ -150,7 +150,10 @@ def elect_and_average(deltas: list, weights: list[float], sign_method: str = "to
 
     for parts in chunks(*deltas):
         if sign_method == "total":
-            positive = weighted_sum(parts, sign_weights or weights) >= 0
+            # Each product rounded before the sum (no fused multiply-add), so that two
+            # changes that cancel exactly give 0 and elect +, as mergekit's sum does.
+            votes = [part * weight for part, weight in zip(parts, sign_weights or weights)]
+            positive = weighted_sum(votes, [1.0] * len(votes)) >= 0
         else:
             positive = weighted_sum([torch.sign(p) for p in parts], [1.0] * len(parts)) >= 0
         numerator = torch.zeros_like(parts[0])
