@@ -58,6 +58,9 @@ def run_method(name: str, model_dir: Path, steps: int, workdir: Path) -> dict:
             "eval_loss": evals[-1]["eval_loss"] if evals else None, "wall_s": time.monotonic() - started}
 
 
+MERGE_SECTION = "## Merge methods"
+
+
 def write_table(rows: list[dict], steps: int, path: Path) -> None:
     lora = next((r["tokens_per_s"] for r in rows if r["method"] == "lora" and "error" not in r), None)
     lines = [
@@ -78,7 +81,9 @@ def write_table(rows: list[dict], steps: int, path: Path) -> None:
                      f"| {r['peak_mib']:.0f} | {r['first_loss']:.4f} | {r['final_loss']:.4f} | {eval_loss} |")
     lines += ["", "GPU-only methods (QLoRA) are not run on a CPU. AdaLoRA's losses are the task's cross-entropy, "
                   "like the others'; its orthogonality penalty is reported apart (the metrics' `penalty`).", ""]
-    path.write_text("\n".join(lines))
+    # Sections written by hand after the table (the merge methods) are kept.
+    kept = path.read_text().partition(MERGE_SECTION)[1:] if path.exists() else ("", "")
+    path.write_text("\n".join(lines) + ("\n" + "".join(kept) if kept[0] else ""))
 
 
 def main() -> int:

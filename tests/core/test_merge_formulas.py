@@ -167,3 +167,13 @@ def test_every_preset_is_a_valid_setting_of_its_method(name):
 def test_the_new_methods_have_presets():
     for name in ("della", "della_linear", "sce", "wise_ft", "lora_wise_ft", "dare_ties"):
         assert len(MERGE_METHODS[name].presets) >= 2
+
+
+def test_docs_methods_lists_every_merge_method():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "METHODS.md").read_text()
+    section = text.partition("## Merge methods")[2]
+    missing = [name for name in MERGE_METHODS if not re.search(rf"\b{name}\b", section)]
+    assert not missing
