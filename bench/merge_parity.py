@@ -57,7 +57,7 @@ CASES = [
      2, {"merge_method": "dare_ties", "base_model": "{base}", "parameters": {"normalize": True},
          "models": [{"model": "{a}", "parameters": {"weight": 0.6, "density": 1.0}},
                     {"model": "{b}", "parameters": {"weight": 0.6, "density": 1.0}}]}),
-    ("SLERP t=0.3", "slerp", {"t": 0.3}, 2,
+    ("SLERP t=0.3 (mergekit: one arc per row; studio: per tensor)", "slerp", {"t": 0.3}, 2,
      {"merge_method": "slerp", "base_model": "{a}", "models": [{"model": "{a}"}, {"model": "{b}"}],
       "parameters": {"t": 0.3}}),
     ("DELLA density 0.5 ε 0.15, rescale l1 (mergekit's)", "della",
