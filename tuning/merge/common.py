@@ -24,6 +24,10 @@ def density_setting(default: float, help: str):
     return setting(default, help=help, min=0.0, max=1.0, basic=True, label="Density")
 
 
+def seed_setting():
+    return setting(0, help="Random seed for the dropped entries (same seed, same merge).", min=0, max=2**31 - 1)
+
+
 def sign_setting():
     return setting("total", help="How the sign of each parameter is elected: total (the sign of the weighted sum of "
                                  "the task vectors, as in TIES) or frequency (the sign most task vectors have).",
@@ -168,6 +172,16 @@ def elect_and_average(deltas: list, weights: list[float], sign_method: str = "to
             numerator.div_(denominator)
         parts[0].copy_(numerator)
     return deltas[0]
+
+
+def add_task_vectors_(base, deltas: list, weights: list[float], params, *, elect: bool):
+    """θ_base + λ · (the deltas' TIES merge when ``elect``, else their weighted sum);
+    ``params`` carries scaling (and sign_method, normalize to elect)."""
+    if elect:
+        merged = elect_and_average(deltas, weights, params.sign_method, params.normalize)
+    else:
+        merged = weighted_sum(deltas, weights)
+    return base.add_(merged, alpha=params.scaling)
 
 
 def tensor_generator(seed: int, name: str):

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuning.fields import setting
-from tuning.merge.common import (deltas_, density_setting, elect_and_average, normalize_setting, scaling_setting,
-                                 sign_setting, tensor_generator, weighted_sum)
-from tuning.merge.stream import stream_merge, weights_of
+from tuning.merge.common import (add_task_vectors_, deltas_, density_setting, normalize_setting, scaling_setting,
+                                 seed_setting, sign_setting)
+from tuning.merge.stream import seeded_run
 
 DENSITY_HELP = "Fraction 1−p of each task vector's entries kept at random (the paper drops up to 90%: density 0.1)."
 Q_HELP = ("DAREx-q: rescale the kept entries by 1/q instead of 1/density; 0 keeps DARE's 1/density. The paper "
@@ -25,8 +25,7 @@ class DareParams:
     density: float = density_setting(0.5, DENSITY_HELP)
     scaling: float = scaling_setting()
     rescale_q: float = setting(0.0, help=Q_HELP, min=0.0, max=1.0, label="DAREx-q rescaling q")
-    seed: int = setting(0, help="Random seed for the dropped entries (same seed, same merge).", min=0,
-                        max=2**31 - 1)
+    seed: int = seed_setting()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,17 +56,7 @@ def drop_and_rescale_(delta, density: float, q: float, generator):
 def merge_tensors(base, tensors: list, weights: list[float], params: DareParams, *, generator=None):
     deltas = [drop_and_rescale_(delta, params.density, params.rescale_q, generator)
               for delta in deltas_(base, tensors)]
-    if isinstance(params, DareTiesParams):
-        merged = elect_and_average(deltas, weights, params.sign_method, params.normalize)
-    else:
-        merged = weighted_sum(deltas, weights)
-    return base.add_(merged, alpha=params.scaling)
+    return add_task_vectors_(base, deltas, weights, params, elect=isinstance(params, DareTiesParams))
 
 
-def run(job) -> dict:
-    weights = weights_of(job)
-
-    def merge(name, base, tensors):
-        return merge_tensors(base, tensors, weights, job.params, generator=tensor_generator(job.params.seed, name))
-
-    return stream_merge(job, merge)
+run = seeded_run(merge_tensors)

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuning.fields import setting
-from tuning.merge.common import (deltas_, density_setting, elect_and_average, normalize_setting, scaling_setting,
-                                 sign_setting, tensor_generator, weighted_sum)
-from tuning.merge.stream import stream_merge, weights_of
+from tuning.merge.common import (add_task_vectors_, deltas_, density_setting, normalize_setting, scaling_setting,
+                                 seed_setting, sign_setting)
+from tuning.merge.stream import seeded_run
 
 RESCALES = ("probability", "l1", "none")
 # Rows ranked per call: about this many entries, so that the ranks' int64
@@ -40,8 +40,7 @@ class DellaLinearParams:
                                                "probability (the paper); l1 scales them so the tensor keeps its L1 "
                                                "norm (mergekit's rescale); none keeps them as they are.",
                            choices=RESCALES, label="Rescale")
-    seed: int = setting(0, help="Random seed for the dropped entries (same seed, same merge).", min=0,
-                        max=2**31 - 1)
+    seed: int = seed_setting()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,17 +105,7 @@ def magprune_(delta, density: float, epsilon: float, rescale: str, generator):
 def merge_tensors(base, tensors: list, weights: list[float], params: DellaLinearParams, *, generator=None):
     deltas = [magprune_(delta, params.density, params.epsilon, params.rescale, generator)
               for delta in deltas_(base, tensors)]
-    if isinstance(params, DellaParams):
-        merged = elect_and_average(deltas, weights, params.sign_method, params.normalize)
-    else:
-        merged = weighted_sum(deltas, weights)
-    return base.add_(merged, alpha=params.scaling)
+    return add_task_vectors_(base, deltas, weights, params, elect=isinstance(params, DellaParams))
 
 
-def run(job) -> dict:
-    weights = weights_of(job)
-
-    def merge(name, base, tensors):
-        return merge_tensors(base, tensors, weights, job.params, generator=tensor_generator(job.params.seed, name))
-
-    return stream_merge(job, merge)
+run = seeded_run(merge_tensors)

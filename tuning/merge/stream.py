@@ -86,3 +86,20 @@ def stream_merge(job, merge: TensorMerge) -> dict:
 
 def weights_of(job) -> list[float]:
     return [source.weight for source in job.sources]
+
+
+def seeded_run(merge_tensors):
+    """The ``run`` of a method that drops at random: each tensor gets a
+    generator seeded by the seed setting and its name (reproducible in any order)."""
+    from tuning.merge.common import tensor_generator
+
+    def run(job) -> dict:
+        weights = weights_of(job)
+
+        def merge(name, base, tensors):
+            generator = tensor_generator(job.params.seed, name)
+            return merge_tensors(base, tensors, weights, job.params, generator=generator)
+
+        return stream_merge(job, merge)
+
+    return run
