@@ -167,8 +167,8 @@ def main() -> int:
         entries = sum(t.numel() for t in base.values())
         print(f"mergekit {version[0]} (torch {version[1]}) vs the studio (torch {torch.__version__}); two synthetic "
               f"fine-tunes of a {entries / 1e6:.1f}M-parameter Llama (embedding {args.vocab}×{args.hidden})\n")
-        print(f"| {'case':<58} | max abs diff | rel. diff | studio s | mergekit s |")
-        print(f"|{'-' * 60}|-------------:|----------:|---------:|-----------:|")
+        print(f"| {'case':<60} | max abs diff | rel. diff | studio s | mergekit s |")
+        print(f"|{'-' * 62}|-------------:|----------:|---------:|-----------:|")
         for number, (label, method, settings, count, template) in enumerate(CASES):
             sources = [paths["a"], paths["b"]][:count]
             ours, our_time = studio_merge(method, settings, sources, paths["base"], root / f"studio-{number}")
@@ -179,7 +179,7 @@ def main() -> int:
             else:
                 theirs, their_time = mergekit_cli(args.mergekit_python, template, paths, out)
             largest, relative = compare(ours, theirs, base)
-            print(f"| {label:<58} | {largest:12.2e} | {relative:9.2e} | {our_time:8.2f} | {their_time:10.2f} |",
+            print(f"| {label:<60} | {largest:12.2e} | {relative:9.2e} | {our_time:8.2f} | {their_time:10.2f} |",
                   flush=True)
     print("\nrel. diff: ‖studio − mergekit‖ / ‖mergekit − base‖ over every tensor. Times include each tool's "
           "start-up (mergekit's command loads its package each run), so they are not a speed comparison.")
