@@ -86,6 +86,17 @@ class EvalEvent(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class HarnessEvent(Event):
+    """lm-evaluation-harness scores (tuning.harness): one {task, side ("artifact" or "base"), n,
+    metrics: {name: value}, stderr: {name: value}} per task and side."""
+
+    kind: ClassVar[str] = "harness"
+    results: list
+    mode: str  # the evaluate config's ``harness``: multiple_choice, generate_until or named_tasks
+    tasks: list
+
+
+@dataclass(frozen=True, kw_only=True)
 class SamplesEvent(Event):
     """The golden prompts answered at ``step`` (0: before training): [{"prompt", "answer"}]."""
 
@@ -155,8 +166,8 @@ class ForgettingEvent(Event):
 def event_from_dict(kind: str, data: dict) -> Event:
     """The event a JSON line names (``{"kind", "data"}``, as StdoutSink prints it), rebuilt: how the worker
     reads what the rank processes of a multi-device run report (``tuning.distributed``)."""
-    types = {cls.kind: cls for cls in (LogEvent, MetricsEvent, EvalEvent, SamplesEvent, CheckpointEvent,
-                                       ProgressEvent, ArtifactEvent)}
+    types = {cls.kind: cls for cls in (LogEvent, MetricsEvent, EvalEvent, HarnessEvent, SamplesEvent,
+                                       CheckpointEvent, ProgressEvent, ArtifactEvent)}
     if kind not in types:
         raise ValueError(f"unknown event kind {kind!r}")
     return types[kind](**data)

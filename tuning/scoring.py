@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tuning.fields import config_from_dict, setting
 from tuning.events import EvalEvent, EventSink, LogEvent, ProgressEvent
+from tuning.harness_tasks import HARNESS_MODES
 
 TASK_CHOICES = ("sft", "pretrain", "classify", "reward")
 
@@ -23,7 +24,8 @@ TASK_CHOICES = ("sft", "pretrain", "classify", "reward")
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
     artifact_path: str = setting(help="Directory of the adapter, merged or quantized model to score.")
-    base_model: str = setting("", help="Base model directory or hub id (needed for adapters).")
+    base_model: str = setting("", help="Base model directory or hub id (needed for adapters; a harness run "
+                                       "scores it beside the artifact).")
     dataset_path: str = setting(help="Dataset file to score on.")
     dataset_name: str = setting("", help="Name shown in messages; the file name by default.")
     task: str = setting("sft", help="How to read the data and what to measure.", choices=TASK_CHOICES, basic=True)
@@ -34,6 +36,25 @@ class EvaluateConfig:
     max_new_tokens: int = setting(64, help="Longest generated answer, in tokens.", min=1, max=4096)
     batch_size: int = setting(4, help="Rows per forward pass.", min=1, max=512)
     trust_remote_code: bool = setting(False, help="Run model code shipped with the model (admins only).")
+    # lm-evaluation-harness (tuning.harness): a task generated from this dataset's columns, or named tasks.
+    harness: str = setting("off", choices=HARNESS_MODES, basic=True, label="Benchmark (lm-evaluation-harness)",
+                           help="off: the studio's scores above. multiple_choice / generate_until: a harness "
+                                "task generated from this dataset's columns. named_tasks: the harness's own "
+                                "tasks (they download their data, so the worker needs a network).")
+    question_column: str = setting("question", help="Harness: the column holding the question.")
+    choices_column: str = setting("choices", help="Harness multiple choice: the column holding the list of "
+                                                  "choices, or one column per choice separated by commas (A,B,C,D).")
+    answer_column: str = setting("answer", help="Harness: the column holding the answer: the right choice's "
+                                                "0-based index, letter or text (multiple choice), or the "
+                                                "expected text (generate-until).")
+    answer_regex: str = setting("", help="Harness generate-until: a regular expression that finds the answer in "
+                                         "the reply (its group if it has one), e.g. #### (\\d+); empty: the "
+                                         "first line of the reply.")
+    harness_tasks: str = setting("", help="Harness named tasks, separated by commas, e.g. hellaswag,arc_easy.")
+    num_fewshot: int = setting(0, help="Harness: solved examples put before each question.", min=0, max=64)
+    chat_template: bool = setting(False, help="Harness: send each prompt through the model's chat template "
+                                              "(instruction-tuned models).")
+    skip_base: bool = setting(False, help="Harness: do not score the base model beside the artifact.")
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvaluateConfig":
@@ -83,6 +104,10 @@ def run_evaluate(config: EvaluateConfig, sink: EventSink) -> EvaluateResult:
     from tuning.loading import load_artifact
     from tuning.metrics import exact_match, rouge_l
 
+    if config.harness != "off":  # the harness scores instead, through its own runner
+        from tuning.harness import run_harness
+
+        return EvaluateResult(status=(run := run_harness(config, sink)).status, metrics={"harness": run.scores})
     started = time.monotonic()
     name = config.dataset_name or Path(config.dataset_path).name
     sink.emit(LogEvent(message=f"Loading {Path(config.artifact_path).name}"))
