@@ -61,6 +61,7 @@ urlpatterns = [
     path("artifacts/", artifacts.artifact_list, name="artifact-list"),
     path("playground/", artifacts.playground, name="playground"),
     path("artifacts/<int:artifact_id>/", artifacts.artifact_detail, name="artifact-detail"),
+    path("artifacts/<int:artifact_id>/scores.<str:fmt>", artifacts.artifact_scores, name="artifact-scores"),
     path("artifacts/<int:artifact_id>/download/", artifacts.artifact_download, name="artifact-download"),
     path("artifacts/<int:artifact_id>/files/<path:name>", artifacts.artifact_file, name="artifact-file"),
     path("artifacts/<int:artifact_id>/publish/", artifacts_publish.artifact_publish, name="artifact-publish"),

@@ -44,5 +44,10 @@ def run_evaluate(job: Job, sink) -> tuple[str, str]:
     from tuning.scoring import EvaluateConfig, run_evaluate as evaluate
 
     result = evaluate(EvaluateConfig.from_dict(job.config), sink)
+    if "harness" in result.metrics:
+        from tuning.harness import harness_summary
+
+        return result.status, "Cancelled" if result.status == "cancelled" else \
+            f"Harness: {harness_summary(result.metrics['harness'])}"
     scores = ", ".join(f"{k} {v}" for k, v in result.metrics.items() if isinstance(v, float))
     return result.status, "Cancelled" if result.status == "cancelled" else f"Scored: {scores}"

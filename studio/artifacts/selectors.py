@@ -5,7 +5,8 @@ from django.shortcuts import get_object_or_404
 
 from studio.accounts.selectors import team_ids_for_user
 from studio.artifacts.models import Artifact
-from studio.jobs.models import Job, JobEvent
+from studio.jobs.models import Job
+from studio.jobs.selectors_scores import harness_table, job_scores
 
 
 def artifact_list_for_user(*, user):
@@ -55,8 +56,8 @@ def artifact_evaluations(artifact: Artifact) -> list[dict]:
     jobs = [job for job in Job.objects.filter(team_id=artifact.team_id, kind=Job.Kind.EVALUATE)
             .select_related("dataset").order_by("-created_at")[:200]
             if artifact.pk in job.input_artifact_ids]  # a JSON list: filtered here, SQLite has no "contains"
-    scores = {e.job_id: e.data for e in JobEvent.objects.filter(job__in=jobs, kind="eval")}
-    return [{"job": job, "scores": scores.get(job.pk)} for job in jobs]
+    found = job_scores(jobs)
+    return [{"job": job, **found[job.pk], "table": harness_table(found[job.pk]["harness"])} for job in jobs]
 
 
 def report_rows(report: dict | None) -> dict | None:

@@ -1,6 +1,7 @@
+import csv
 from pathlib import Path
 
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils.text import slugify
 
@@ -10,6 +11,7 @@ from studio.artifacts.selectors import (artifact_evaluations, artifact_files, ar
 from studio.artifacts.views_publish import publish_context
 from studio.jobs.selectors_judge import artifact_forgetting_checks, artifact_judgements
 from studio.artifacts.zipstream import zip_directory
+from studio.jobs.selectors_scores import CSV_COLUMNS, export_rows
 
 
 def artifact_list(request):
@@ -24,6 +26,33 @@ def artifact_detail(request, artifact_id: int):
         "children": artifact.children.all(), "report": report_rows(artifact.metadata.get("report")),
         "evaluations": artifact_evaluations(artifact), "judgements": artifact_judgements(artifact),
         "forgetting_checks": artifact_forgetting_checks(artifact), **publish_context(request, artifact)})
+
+
+def artifact_scores(request, artifact_id: int, fmt: str):
+    """Every evaluation of the artifact, the studio's scores and the harness's
+    (artifact and base, with standard errors), as JSON or CSV."""
+    if fmt not in ("json", "csv"):
+        raise Http404("Scores download as .json or .csv")
+    artifact = artifact_get_for_user(user=request.user, artifact_id=artifact_id)
+    evaluations = [e for e in artifact_evaluations(artifact) if e["job"].status == "succeeded"]
+    stem = f"{slugify(artifact.name) or 'artifact'}-{artifact.pk}-scores"
+    if fmt == "csv":
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        writer = csv.DictWriter(response, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(export_rows(evaluations))
+    else:
+        response = JsonResponse({"artifact": {"id": artifact.pk, "name": artifact.name, "kind": artifact.kind,
+                                              "base_model": str(artifact.base_model or "")},
+                                 "evaluations": [{"job": e["job"].pk, "dataset": str(e["job"].dataset or ""),
+                                                  "finished_at": e["job"].finished_at,
+                                                  # the settings, less the server's file paths
+                                                  "settings": {k: v for k, v in e["job"].config.items()
+                                                               if not k.endswith("_path") and k != "base_model"},
+                                                  "scores": e["scores"], "harness": e["harness"]}
+                                                 for e in evaluations]})
+    response["Content-Disposition"] = f'attachment; filename="{stem}.{fmt}"'
+    return response
 
 
 def _directory(artifact) -> Path:

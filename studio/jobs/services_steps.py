@@ -253,11 +253,17 @@ def job_create_evaluate(*, user, team, artifact: Artifact, dataset, settings_val
 
     from tuning.scoring import EvaluateConfig
 
+    from tuning.harness_tasks import check_harness_settings
+
+    harness = settings_values.get("harness", "off") != "off"
     config = EvaluateConfig.from_dict({
         **settings_values, "artifact_path": artifact.path, "dataset_path": dataset.file.path,
         "dataset_name": Path(dataset.file.name).name, "trust_remote_code": settings.TRUST_REMOTE_CODE,
-        "base_model": artifact.base_model.ref if artifact.is_adapter and artifact.base_model else ""})
-    if config.task not in dataset.tasks:
+        # A harness run scores the base beside any artifact; the studio's scores need it for adapters only.
+        "base_model": artifact.base_model.ref if artifact.base_model and (artifact.is_adapter or harness) else ""})
+    if harness:  # the column mapping is checked against the file now, naming the setting to fix
+        check_harness_settings(config)
+    elif config.task not in dataset.tasks:
         raise ConfigError({"task": f"{dataset.name} is {dataset.schema} data, usable for "
                                    f"{', '.join(dataset.tasks)}; pick one of those tasks or another dataset"})
     with transaction.atomic():
