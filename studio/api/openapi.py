@@ -230,6 +230,13 @@ def openapi_schema(*, server_url: str = "/api/v1") -> dict:
                 "downloadArtifact", "The artifact's files as a zip",
                 {"description": "A zip stream", "content": {"application/zip": {
                     "schema": {"type": "string", "contentMediaType": "application/zip"}}}}, params=[artifact_id])},
+            "/artifacts/{artifact_id}/scores": {"get": _op(
+                "artifactScores", "Every evaluation's scores: the studio's and lm-evaluation-harness's "
+                                  "(artifact and base, with standard errors)",
+                {"description": "JSON, or CSV with format=csv", "content": {
+                    "application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}},
+                params=[artifact_id, _param("format", "query", {"enum": ["json", "csv"], "default": "json"},
+                                            "json or csv")], errors=("400", "401", "404"))},
             "/artifacts/{artifact_id}/publish": {"post": _op(
                 "publishArtifact", "Publish the artifact to the Hub (a publish job)", _json(_ref("Job"), "The job"),
                 ok_code="201", params=[artifact_id], errors=("400", "401", "403", "404"),

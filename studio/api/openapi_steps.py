@@ -33,7 +33,10 @@ QUANTIZE = _body(["artifact", "scheme"], {
 
 EVALUATE = _body(["artifact", "dataset"], {
     "artifact": {"type": "integer"}, "dataset": {"type": "integer"},
-    "settings": {"type": "object", "description": "The evaluate page's settings (task, max_samples, metrics …)."},
+    "settings": {"type": "object", "description": "The evaluate page's settings (task, max_rows, …; harness, "
+                                                           "question_column, choices_column, answer_column, "
+                                                           "answer_regex, harness_tasks, num_fewshot for a "
+                                                           "benchmark through lm-evaluation-harness)."},
     **NAME_TEAM})
 
 MAPPING = _body(["schema", "mapping"], {

@@ -20,6 +20,7 @@ urlpatterns = [
     path("artifacts", files.artifacts_collection, name="api-artifacts"),
     path("artifacts/<int:artifact_id>", files.artifact_retrieve, name="api-artifact"),
     path("artifacts/<int:artifact_id>/content", files.artifact_content, name="api-artifact-content"),
+    path("artifacts/<int:artifact_id>/scores", files.artifact_scores_api, name="api-artifact-scores"),
     path("artifacts/<int:artifact_id>/publish", publish.artifact_publish_api, name="api-artifact-publish"),
     path("models", files.models_collection, name="api-models"),
     path("datasets", files.datasets_collection, name="api-datasets"),

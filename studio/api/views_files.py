@@ -15,7 +15,7 @@ from studio.api.openapi import openapi_schema
 from studio.api.selectors import (artifact_get_in_teams, artifact_list_in_team, dataset_get_in_teams,
                                   dataset_list_in_team, int_param, page_newest_first)
 from studio.api.serializers import artifact_json, base_model_json, dataset_json, page_json
-from studio.artifacts.views import artifact_download
+from studio.artifacts.views import artifact_download, artifact_scores
 from studio.catalog.selectors import base_model_list
 from studio.datasets.forms import MAX_FILES
 from studio.datasets.services import dataset_create_from_uploads
@@ -48,6 +48,17 @@ def artifact_content(request, artifact_id: int):
     (the team check here also honours a token tied to one team)."""
     artifact = artifact_get_in_teams(team_ids=request.caller.team_ids, artifact_id=artifact_id)
     return artifact_download(request, artifact.pk)
+
+
+@api_view("GET")
+def artifact_scores_api(request, artifact_id: int):
+    """Every evaluation of the artifact (studio and harness scores, artifact and base) as JSON, or CSV with
+    ?format=csv: the artifact page's downloads, behind the API token's team check."""
+    artifact = artifact_get_in_teams(team_ids=request.caller.team_ids, artifact_id=artifact_id)
+    fmt = request.GET.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "format: json or csv", field="format")
+    return artifact_scores(request, artifact.pk, fmt)
 
 
 @api_view("GET")

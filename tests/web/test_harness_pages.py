@@ -106,3 +106,19 @@ def test_another_team_cannot_download_the_scores(adapter, outsider):
     rival = Client()
     rival.force_login(outsider)
     assert rival.get(f"/artifacts/{adapter.pk}/scores.csv").status_code == 404
+
+
+def test_the_api_takes_the_same_settings_and_serves_the_scores(client, member, adapter, quiz):
+    from studio.accounts.services import api_token_create
+
+    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {api_token_create(user=member, name='script')[1]}"
+    body = {"artifact": adapter.pk, "dataset": quiz.pk, "settings": {**MAPPING, "answer_column": "solution"}}
+    refused = client.post("/api/v1/evaluations", body, content_type="application/json")
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "settings.answer_column"
+    assert "column 'solution' is not in quiz.jsonl" in refused.json()["error"]["message"]
+    body["settings"] = MAPPING
+    queued = client.post("/api/v1/evaluations", body, content_type="application/json")
+    assert queued.status_code == 201 and Job.objects.get(pk=queued.json()["id"]).config["harness"] == "multiple_choice"
+    scores = client.get(f"/api/v1/artifacts/{adapter.pk}/scores?format=csv")
+    assert scores.status_code == 200 and scores.content.decode().startswith("job,dataset,finished_at,source")
+    assert client.get(f"/api/v1/artifacts/{adapter.pk}/scores?format=xml").json()["error"]["field"] == "format"
