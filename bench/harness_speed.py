@@ -106,6 +106,7 @@ def main() -> None:
             elapsed, stdout = timed(command, env)
             seconds[arm].append(round(elapsed, 1))
             accuracy[arm] = studio_acc(stdout) if arm == "studio" else cli_acc(stdout)
+            print(f"{arm}: {elapsed:.1f} s, acc {accuracy[arm]}", file=sys.stderr, flush=True)
     ratios = [s / c for s, c in zip(seconds["studio"], seconds["lm_eval"])]
     print(f"harness_speed: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; model {Path(model).name}; {args.rows} rows x 4 choices, "

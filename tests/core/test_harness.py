@@ -173,3 +173,18 @@ def test_named_tasks_are_refused_offline(tiny_model, mc_file):
     with pytest.raises(TuningError, match="no network .*HF_DATASETS_OFFLINE is set"):
         run_evaluate(_config(mc_file, artifact_path=str(tiny_model), harness="named_tasks",
                              harness_tasks="hellaswag"), MemorySink())
+
+
+class StopAfterFirstBatch(MemorySink):
+    def should_stop(self) -> bool:
+        return len(self.of_kind("progress")) >= 2  # the run's start, then one batch done
+
+
+def test_a_cancel_stops_between_two_batches(tiny_model, mc_file):
+    _write_quiz(mc_file, ["A"] * ROWS)
+    sink = StopAfterFirstBatch()
+    result = run_evaluate(_config(mc_file, artifact_path=str(tiny_model), harness="multiple_choice",
+                                  question_column="prompt", choices_column="options", answer_column="key",
+                                  batch_size=4), sink)
+    assert result.status == "cancelled" and result.metrics == {"harness": []}
+    assert not sink.of_kind("harness") and sink.of_kind("progress")[-1].done < ROWS * 4

@@ -12,7 +12,7 @@ import pytest
 from studio.artifacts.services import artifact_create
 from studio.datasets.services import dataset_create_from_file
 from studio.jobs.events import job_event_record
-from studio.jobs.models import Job
+from studio.jobs.models import Job, JobEvent
 from studio.jobs.selectors import job_output_dir
 from studio.jobs.services import job_create_train, job_finish
 from tuning.events import HarnessEvent
@@ -122,3 +122,35 @@ def test_the_api_takes_the_same_settings_and_serves_the_scores(client, member, a
     scores = client.get(f"/api/v1/artifacts/{adapter.pk}/scores?format=csv")
     assert scores.status_code == 200 and scores.content.decode().startswith("job,dataset,finished_at,source")
     assert client.get(f"/api/v1/artifacts/{adapter.pk}/scores?format=xml").json()["error"]["field"] == "format"
+
+
+def test_the_worker_runs_the_job_scores_the_base_beside_it_and_stops_on_a_cancel(member_client, member, team, quiz,
+                                                                                 tiny_base_model, tiny_model,
+                                                                                 monkeypatch, tmp_path):
+    """The evaluate kind's worker function on a full-model artifact: both sides scored through the harness,
+    per-batch progress and the harness event stored as the job's events; a cancelled job stops."""
+    from studio.jobs.services import job_cancel
+    from worker.kind_runs import run_evaluate
+    from worker.sink import JobSink
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    maker = Job.objects.create(team=team, owner=member, kind=Job.Kind.MERGE, base_model=tiny_base_model, config={})
+    import shutil
+
+    shutil.copytree(tiny_model, job_output_dir(maker.pk))
+    model = artifact_create(job=maker, kind="model", path=str(job_output_dir(maker.pk)), metadata={})
+    assert _post(member_client, model, quiz).status_code == 302
+    job = Job.objects.get(kind=Job.Kind.EVALUATE)
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+
+    status, summary = run_evaluate(job, JobSink(job))
+    assert status == "succeeded" and summary.startswith("Harness: studio_quiz acc ") and "(base " in summary
+    events = list(JobEvent.objects.filter(job=job).order_by("seq").values_list("kind", "data"))
+    harness = [data for kind, data in events if kind == "harness"]
+    assert [(r["side"], r["n"]) for r in harness[0]["results"]] == [("artifact", 6), ("base", 6)]
+    progress = [data for kind, data in events if kind == "progress"]
+    assert progress[-1]["done"] == progress[-1]["total"] == 18 and progress[-1]["unit"] == "requests"
+
+    job_cancel(job=job)  # running: the worker is asked to stop
+    assert run_evaluate(job, JobSink(job)) == ("cancelled", "Cancelled")
