@@ -71,6 +71,49 @@ def _reply(model, tokenizer, inputs, *, max_new_tokens: int, temperature: float,
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
+def generate_replies(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
+                     on_step=lambda done, total: None) -> list[list[int]]:
+    """Greedy replies to several prompts in one batched ``generate`` call (left
+    padding): one decoding step serves every prompt, where answering them one
+    by one costs a step each. Returns each reply's new token ids, up to its
+    end token. ``on_step(done, max_new_tokens)`` is called after every step."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Steps(StoppingCriteria):  # never stops generation: it counts the steps
+        def __init__(self):
+            self.done = 0
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.done += 1
+            on_step(self.done, max_new_tokens)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    if getattr(tokenizer, "chat_template", None):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts]
+        special = False  # the template already starts with whatever special tokens it wants
+    else:
+        texts, special = list(prompts), True
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
+    try:  # left padding, and a pad token borrowed from the end token where there is none, for this call only
+        tokenizer.padding_side, tokenizer.pad_token = "left", pad if pad is not None else tokenizer.eos_token
+        pad_id = tokenizer.pad_token_id
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special)
+    finally:
+        tokenizer.padding_side, tokenizer.pad_token = side, pad
+    kwargs = _generate_kwargs(model, tokenizer, inputs, max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
+    kwargs["pad_token_id"] = pad_id
+    with torch.no_grad():
+        output = model.generate(**kwargs, stopping_criteria=[_Steps()])
+    ends = _end_token_ids(model, tokenizer) | {pad_id}
+    replies = []
+    for row in output[:, inputs["input_ids"].shape[1]:].tolist():
+        cut = next((i for i, token in enumerate(row) if token in ends), len(row))
+        replies.append(row[:cut])
+    return replies
+
+
 def generation_speed(model, tokenizer, prompt: str, max_new_tokens: int) -> float:
     """Greedy generation speed in new tokens per second (prompt processing
     included, one short warm-up run excluded)."""

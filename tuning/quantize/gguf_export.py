@@ -69,6 +69,13 @@ def _permute_rotary(weight, n_heads: int):
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+def unpermute_rotary(weight, n_heads: int):
+    """The inverse of ``_permute_rotary``: llama.cpp's row order back to Hugging Face's."""
+    rows = weight.shape[0]
+    return (weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
 def _family_metadata(writer, family, config: dict) -> None:
     """The keys llama.cpp reads for this family besides the common ones."""
     heads, hidden = config["num_attention_heads"], config["hidden_size"]

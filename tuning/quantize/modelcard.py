@@ -12,21 +12,27 @@ def _mib(size) -> str:
 def _report_section(report: dict | None) -> str:
     if not report:
         return ""
-    rows = [("Weights on disk", _mib(report["size_bytes_before"]), _mib(report["size_bytes_after"])),
-            ("Generation (tokens/s, this worker)", report["tokens_per_s_before"], report["tokens_per_s_after"])]
-    if report["perplexity_before"] is not None:
+    rows = [("Weights on disk", _mib(report["size_bytes_before"]), _mib(report["size_bytes_after"]))]
+    if "perplexity_before" in report:
         rows.append((f"Perplexity ({report['eval_rows']} rows)", report["perplexity_before"],
                      report["perplexity_after"]))
+    if "tokens_per_s_before" in report:
+        rows.append(("Generation (tokens/s, this worker)", report["tokens_per_s_before"], report["tokens_per_s_after"]))
     table = "\n".join(f"| {name} | {before} | {after} |" for name, before, after in rows)
+    agreement = ""
+    if "agreement_top1" in report:
+        agreement = (f"\nOn {report['agreement_tokens']} positions of the report's prompts, this model picks the "
+                     f"source's next token {report['agreement_top1']:.1%} of the time (KL divergence "
+                     f"{report['agreement_kl']:.4f} nats per token).\n")
     return f"""
 ## Before and after
 
-Measured by reloading this folder the way the snippet above does.
+Measured on {report.get("measured_by", "this folder reloaded the way the snippet above does")}.
 
-| | source ({report['dtype_before']}) | this model |
+| | source ({report.get('dtype_before', 'n/a')}) | this model |
 |---|---|---|
 {table}
-"""
+{agreement}"""
 
 
 def write_quantized_card(directory: Path, *, scheme, source: str, report: dict | None, name: str = "") -> Path:

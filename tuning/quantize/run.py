@@ -27,7 +27,7 @@ from tuning.quantize import QUANT_SCHEMES, QuantScheme
 from tuning.quantize.common import Cancelled, SchemeContext, copy_tokenizer_files, weights_size
 from tuning.quantize.config import QuantizeConfig
 from tuning.quantize.modelcard import write_quantized_card
-from tuning.quantize.report import build_report
+from tuning.quantize.report import build_report, report_parts
 
 
 @dataclass
@@ -137,7 +137,7 @@ def run_quantize(config: QuantizeConfig, sink: EventSink) -> QuantizeResult:
         _check_stop(sink)
 
         sink.emit(LogEvent(message=f"{scheme.label}: writing {output_dir.name} from {source_label}"))
-        context = SchemeContext(progress=_emitter(sink, f"{scheme.label}: writing", "tensors"),
+        context = SchemeContext(progress=_emitter(sink, f"Writing {scheme.label}", "tensors"),
                                 should_stop=sink.should_stop, log=lambda message: sink.emit(LogEvent(message=message)),
                                 trust_remote_code=config.trust_remote_code,
                                 name=config.model_name or Path(config.source_path).name)
@@ -147,9 +147,10 @@ def run_quantize(config: QuantizeConfig, sink: EventSink) -> QuantizeResult:
 
         report = None
         if config.report:
-            sink.emit(LogEvent(message="Comparing the reloaded output with the source"))
+            measured = ", ".join(("sizes",) + report_parts(config))
+            sink.emit(LogEvent(message=f"Comparing the output with the source: {measured}"))
             report = build_report(config=config, scheme=scheme, source_dir=source_dir, out_dir=partial,
-                                  progress=_emitter(sink, "Comparing before and after", "steps"),
+                                  progress_for=lambda phase, unit: _emitter(sink, phase, unit),
                                   should_stop=sink.should_stop)
             (partial / "quantize_report.json").write_text(json.dumps(report, indent=2))
         write_quantized_card(partial, scheme=scheme, source=source_label, report=report, name=config.model_name)
