@@ -51,6 +51,7 @@ def main() -> int:
             config = QuantizeConfig.from_dict({
                 "scheme": name, "source_path": str(model_dir), "output_dir": str(Path(work) / name),
                 "eval_dataset_path": str(SAMPLE), "eval_rows": args.rows, "max_new_tokens": args.tokens,
+                "report_speed": True,
                 "prompts": ["Explain in two sentences what a neural network is."]})
             started = time.monotonic()
             result = run_quantize(config, MemorySink())

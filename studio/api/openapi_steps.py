@@ -29,7 +29,17 @@ QUANTIZE = _body(["artifact", "scheme"], {
     "artifact": {"type": "integer"}, "scheme": {"enum": list(QUANT_SCHEMES)},
     "eval_dataset": {"type": "integer", "description": "Scored before and after, for the report."},
     "prompts": {"type": "array", "items": {"type": "string"}, "maxItems": 8,
-                "description": "Answered before and after, for the report."}, **NAME_TEAM})
+                "description": "Answered before and after, for the report."},
+    "report": {"description": "false: no report. Or which parts it measures (sizes always; perplexity when "
+                              "eval_dataset is given).",
+               "oneOf": [{"type": "boolean", "enum": [False]}, {"type": "object", "additionalProperties": False,
+                         "properties": {
+                             "answers": {"type": "boolean", "default": True},
+                             "agreement": {"type": "boolean", "default": True},
+                             "speed": {"type": "boolean", "default": False},
+                             "eval_rows": {"type": "integer", "minimum": 1, "default": 16},
+                             "max_new_tokens": {"type": "integer", "minimum": 1, "default": 32}}}]},
+    **NAME_TEAM})
 
 EVALUATE = _body(["artifact", "dataset"], {
     "artifact": {"type": "integer"}, "dataset": {"type": "integer"},

@@ -109,7 +109,7 @@ def merges_collection(request):
 def quantizations_collection(request):
     """Quantize or export an artifact with one scheme (GGUF, torchao …)."""
     body = json_body(request)
-    refuse_unknown(body, {"artifact", "scheme", "eval_dataset", "prompts", "name", "team"})
+    refuse_unknown(body, {"artifact", "scheme", "eval_dataset", "prompts", "report", "name", "team"})
     team = _team(request, body, "quantize artifacts")
     if body.get("artifact") is None:
         raise ApiError(400, "artifact is required: the adapter or model to quantize", field="artifact")
@@ -123,10 +123,30 @@ def quantizations_collection(request):
         dataset = dataset_get_in_teams(team_ids=[team.pk], dataset_id=_id(body["eval_dataset"], "eval_dataset"),
                                        field="eval_dataset")
     prompts = [p.strip() for p in prompts or [] if p.strip()]
+    report_settings = _report_settings(body.get("report"))
     return _started(request, team, lambda: job_create_quantize(
         user=request.caller.user, team=team, artifact=artifact, scheme=str(body.get("scheme", "")),
-        eval_dataset=dataset, prompts=prompts or None, name=_name(body)),
-        model_error_field="artifact", fields={"eval_dataset_path": "eval_dataset"})
+        eval_dataset=dataset, prompts=prompts or None, name=_name(body), report_settings=report_settings),
+        model_error_field="artifact", fields={"eval_dataset_path": "eval_dataset", "report": "report",
+                                              **{setting: f"report.{key}" for key, setting in REPORT_KEYS.items()}})
+
+
+# The API's names for the report settings (QuantizeConfig's, less the "report_" they share there).
+REPORT_KEYS = {"answers": "report_answers", "agreement": "report_agreement", "speed": "report_speed",
+               "eval_rows": "eval_rows", "max_new_tokens": "max_new_tokens"}
+
+
+def _report_settings(report) -> dict:
+    """``"report": false`` (no report), or an object of the parts to measure; values are checked by the service."""
+    if report is None:
+        return {}
+    if isinstance(report, bool):
+        return {"report": report}
+    if not isinstance(report, dict):
+        raise ApiError(400, "report must be false, or an object such as {\"answers\": false, \"speed\": true}",
+                       field="report")
+    refuse_unknown(report, set(REPORT_KEYS), "report.")
+    return {REPORT_KEYS[key]: value for key, value in report.items()}
 
 
 @api_view("POST")

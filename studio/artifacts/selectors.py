@@ -70,9 +70,13 @@ def report_rows(report: dict | None) -> dict | None:
              "after": mib(report.get("size_bytes_after"))}]
     for key, label in (("perplexity", "Perplexity"), ("eval_loss", "Eval loss"),
                        ("tokens_per_s", "Generation speed (tokens/s)")):
-        rows.append({"label": label, "before": report.get(f"{key}_before"), "after": report.get(f"{key}_after")})
+        if f"{key}_before" in report:  # a part the job switched off is not in the report
+            rows.append({"label": label, "before": report[f"{key}_before"], "after": report.get(f"{key}_after")})
+    if "agreement_top1" in report:
+        rows.append({"label": "Next-token agreement with the source", "before": "100%",
+                     "after": f"{report['agreement_top1']:.1%} (KL {report['agreement_kl']:.4f})"})
     return {"rows": rows, "answers": report.get("answers", []), "ratio": report.get("size_ratio"),
-            "eval_rows": report.get("eval_rows")}
+            "eval_rows": report.get("eval_rows"), "measured_by": report.get("measured_by", "")}
 
 
 def artifact_card_facts(artifact: Artifact) -> dict:

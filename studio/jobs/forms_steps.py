@@ -37,3 +37,15 @@ def evaluate_form(data) -> forms.Form:
         if spec.name not in EVALUATE_SYSTEM_FIELDS:
             form.fields[spec.name] = form_field(spec)
     return form
+
+
+def quantize_report_form(data) -> forms.Form:
+    """What the quantize report measures (QuantizeConfig's REPORT_SETTINGS but
+    the master switch, which the API alone offers): the page's "Report" box."""
+    from tuning.quantize.config import REPORT_SETTINGS, QuantizeConfig
+
+    form = forms.Form(data)
+    for spec in field_specs(QuantizeConfig):
+        if spec.name in REPORT_SETTINGS and spec.name != "report":
+            form.fields[spec.name] = form_field(spec)
+    return form

@@ -9,8 +9,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 from studio.accounts.selectors import team_for_new_work
 from studio.artifacts.selectors import artifact_list_for_user
 from studio.datasets.selectors import dataset_list_for_user
-from studio.jobs.forms_steps import evaluate_form, filled_params, merge_params_form
-from studio.jobs.pages import chain_form_context, job_start, model_config_in, quantize_schemes
+from studio.jobs.forms_steps import evaluate_form, filled_params, merge_params_form, quantize_report_form
+from studio.jobs.pages import chain_form_context, job_start, model_config_in, quantize_estimate, quantize_schemes
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.services_steps import job_create_chain, job_create_evaluate, job_create_merge, job_create_quantize
 from tuning.errors import ConfigError
@@ -94,18 +94,23 @@ def job_new_quantize(request):
     artifacts = _team_artifacts(request, team)
     datasets = dataset_list_for_user(user=request.user).filter(team=team)
     errors: dict[str, str] = {}
+    report_form = quantize_report_form(request.POST if request.method == "POST" else None)
     if request.method == "POST":
         picked = _picked(request, team, [data.get("artifact", "")])
         dataset = datasets.filter(pk=data["dataset"]).first() if data.get("dataset", "").isdigit() else None
         prompts = [line.strip() for line in data.get("prompts", "").splitlines() if line.strip()][:8]
-        if not picked:
+        if not report_form.is_valid():
+            errors.update({field: " ".join(messages) for field, messages in report_form.errors.items()})
+        elif not picked:
             errors["artifact"] = "pick the adapter or model to quantize"
         else:
+            report_settings = {k: v for k, v in report_form.cleaned_data.items() if v is not None}
             jobs, errors = job_start(
                 request, team=team, model_error_field="artifact",
                 create=lambda: job_create_quantize(user=request.user, team=team, artifact=picked[0],
                                                    scheme=data.get("scheme", ""), eval_dataset=dataset,
-                                                   prompts=prompts or None, name=data.get("name", "")))
+                                                   prompts=prompts or None, name=data.get("name", ""),
+                                                   report_settings=report_settings))
             if jobs:
                 return redirect(jobs[0])
     from tuning.quantize.config import DEFAULT_PROMPTS
@@ -114,9 +119,11 @@ def job_new_quantize(request):
     shown = (artifacts.filter(pk=chosen).first() if chosen.isdigit() else None) or artifacts.first()
     config = model_config_in(shown.path, shown.base_model and shown.base_model.ref) if shown else None
     context = {"schemes": quantize_schemes(config), "artifacts": artifacts, "datasets": datasets, "errors": errors,
+               "estimate": quantize_estimate(shown, chosen_scheme=data.get("scheme", "")),
                "chosen_artifact": data.get("artifact", ""), "chosen_scheme": data.get("scheme", ""),
                "chosen_dataset": data.get("dataset", ""),
-               "prompts": data.get("prompts") or "\n".join(DEFAULT_PROMPTS), "name": data.get("name", "")}
+               "prompts": data.get("prompts") or "\n".join(DEFAULT_PROMPTS), "name": data.get("name", ""),
+               "report_form": report_form}
     return render(request, "jobs/new_quantize.html", context, status=400 if errors else 200)
 
 

@@ -134,3 +134,24 @@ def test_an_unconfirmed_version_cannot_be_analysed(api, unsure, tiny_base_model)
     refused = error(post(api, f"/api/v1/datasets/{unsure.pk}/analyses", {"base_model": tiny_base_model.pk}),
                     400, "dataset")
     assert "Confirm the column mapping first" in refused["message"]
+
+
+def test_the_report_parts_are_settings_of_a_quantization_and_refusals_name_them(api, adapter):
+    url = "/api/v1/quantizations"
+    error(post(api, url, {"artifact": adapter.pk, "scheme": "gguf_q8_0", "report": {"answers": "maybe"}}),
+          400, "report.answers")
+    error(post(api, url, {"artifact": adapter.pk, "scheme": "gguf_q8_0", "report": {"eval_rows": 0}}),
+          400, "report.eval_rows")
+    error(post(api, url, {"artifact": adapter.pk, "scheme": "gguf_q8_0", "report": {"colour": 1}}),
+          400, "report.colour")
+    error(post(api, url, {"artifact": adapter.pk, "scheme": "gguf_q8_0", "report": "yes"}), 400, "report")
+    assert not Job.objects.filter(kind=Job.Kind.QUANTIZE).exists()
+
+    parts = post(api, url, {"artifact": adapter.pk, "scheme": "gguf_q8_0",
+                            "report": {"answers": False, "speed": True, "eval_rows": 8}})
+    assert parts.status_code == 201, parts.content
+    config = Job.objects.get(pk=parts.json()["id"]).config
+    assert (config["report_answers"], config["report_agreement"], config["report_speed"], config["eval_rows"]) == \
+        (False, True, True, 8)
+    none = post(api, url, {"artifact": adapter.pk, "scheme": "gguf_q8_0", "report": False})
+    assert none.status_code == 201 and Job.objects.get(pk=none.json()["id"]).config["report"] is False

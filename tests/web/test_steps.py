@@ -210,3 +210,33 @@ def test_the_quantize_page_says_which_schemes_cannot_write_the_artifacts_family(
                               path=str(media_root / "jobs" / "78"), metadata={})
     page = member_client.get(f"/jobs/new/quantize/?artifact={adapter.pk}").content.decode()
     assert not re.findall(r'id="scheme-gguf_q8_0" value="[^"]+" disabled', page)  # a Llama: its base's config
+
+
+def test_the_quantize_pages_report_settings_are_stored_and_refusals_name_the_field(member_client, member, team,
+                                                                                  dataset, tiny_base_model,
+                                                                                  media_root):
+    import shutil
+
+    path = shutil.copytree(tiny_base_model.ref, media_root / "jobs" / "90" / "model")
+    model = artifact_create(job=train(member, team, dataset, tiny_base_model), kind="model", path=str(path),
+                            metadata={})
+    page = member_client.get(f"/jobs/new/quantize/?artifact={model.pk}").content.decode()
+    boxes = re.findall(r'<input type="checkbox" name="(report_\w+)"([^>]*)>', page)
+    assert {name: " checked" in rest for name, rest in boxes} == {
+        "report_answers": True, "report_agreement": True, "report_speed": False}  # the fast default
+    assert "about " in page and " s for this model" in page  # the estimate before submitting
+
+    refused = member_client.post("/jobs/new/quantize/", {"artifact": model.pk, "scheme": "gguf_q8_0",
+                                                         "report_answers": "on", "eval_rows": "0"})
+    assert refused.status_code == 400 and not Job.objects.filter(kind="quantize").exists()
+    assert re.search(r"<strong>eval_rows:</strong> Ensure this value is greater than or equal to 1",
+                     refused.content.decode())
+
+    # a box left unticked is a part switched off
+    response = member_client.post("/jobs/new/quantize/", {"artifact": model.pk, "scheme": "gguf_q8_0",
+                                                          "report_speed": "on", "eval_rows": "4",
+                                                          "max_new_tokens": "8"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    config = Job.objects.get(kind="quantize").config
+    assert (config["report_answers"], config["report_agreement"], config["report_speed"]) == (False, False, True)
+    assert (config["eval_rows"], config["max_new_tokens"], config["report"]) == (4, 8, True)

@@ -14,6 +14,11 @@ DEFAULT_PROMPTS = (
 )
 
 
+# The settings that choose what the before/after report measures (the quantize page's "Report" box, the API's
+# "report" object, a CLI config's keys).
+REPORT_SETTINGS = ("report", "report_answers", "report_agreement", "report_speed", "eval_rows", "max_new_tokens")
+
+
 @dataclass(frozen=True, kw_only=True)
 class QuantizeConfig:
     """Quantize or export one model. ``source_path`` is a full model

@@ -87,7 +87,8 @@ def _agreement_inputs(tokenizer, prompts: list[str], replies: list[list[int]] | 
 
 
 def _log_probs(model, sequences: list[list[int]]):
-    """Next-token log-probabilities at every position of every sequence, one batched forward pass: [positions, vocab]."""
+    """Next-token log-probabilities at every position of every sequence, in one batched forward pass:
+    a [positions, vocab] tensor."""
     import torch
 
     longest = max(len(s) for s in sequences)
