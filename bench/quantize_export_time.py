@@ -45,10 +45,22 @@ class TimedSink(MemorySink):
             self.phases.setdefault(event.phase, [now - (event.elapsed_s or 0), now])[1] = now
 
 
+def available_schemes(names: str):
+    """(name, scheme) for each comma-separated name this machine can run; a line saying why for the others."""
+    for name in names.split(","):
+        scheme = QUANT_SCHEMES[name]
+        if (reason := scheme.unavailable_reason()) is not None:
+            print(json.dumps({"scheme": name, "skipped": reason}), flush=True)
+            continue
+        yield name, scheme
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(QUANT_SCHEMES), help="comma-separated scheme names")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    # Run the same script from a checkout of an older commit (copied there) to compare: it times that
+    # commit's run_quantize with that commit's defaults; parts and agreement are then null.
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -56,23 +68,19 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     model_dir = prepare_bundled_model(REPO / ".cache" / "bench" / "smollm2-135m-instruct")
     with tempfile.TemporaryDirectory() as work:
-        for name in args.only.split(","):
-            scheme = QUANT_SCHEMES[name]
-            if (reason := scheme.unavailable_reason()) is not None:
-                print(json.dumps({"scheme": name, "skipped": reason}), flush=True)
-                continue
+        for name, _ in available_schemes(args.only):
             config = QuantizeConfig.from_dict({"scheme": name, "source_path": str(model_dir),
                                                "output_dir": str(Path(work) / name)})
             sink = TimedSink()
             result = run_quantize(config, sink)
             total = time.monotonic() - sink.started
-            writing = [span for phase, span in sink.phases.items() if phase.startswith("Writing")]
-            report_start = min((span[0] for phase, span in sink.phases.items() if phase.startswith("Report")),
+            writing = [span for phase, span in sink.phases.items() if "riting" in phase]
+            report_start = min((span[0] for phase, span in sink.phases.items() if "riting" not in phase),
                                default=total)
             print(json.dumps({
                 "scheme": name, "seconds": round(total, 1),
                 "writing_s": round(writing[0][1] - writing[0][0], 1) if writing else None,
-                "report_s": round(total - report_start, 1), "parts": result.report["parts"],
+                "report_s": round(total - report_start, 1), "parts": result.report.get("parts"),
                 "agreement_top1": result.report.get("agreement_top1"),
                 "agreement_kl": result.report.get("agreement_kl"),
                 "size_ratio": result.report["size_ratio"], "load_average": round(os.getloadavg()[0], 1),

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from tuning.events import MemorySink  # noqa: E402
 from tuning.models import prepare_bundled_model  # noqa: E402
-from tuning.quantize import QUANT_SCHEMES  # noqa: E402
+from bench.quantize_export_time import available_schemes  # noqa: E402
 from tuning.quantize.config import QuantizeConfig  # noqa: E402
 from tuning.quantize.run import run_quantize  # noqa: E402
 
@@ -43,11 +43,7 @@ def main() -> int:
     args = parser.parse_args()
     model_dir = prepare_bundled_model(REPO / ".cache" / "bench" / "smollm2-135m-instruct")
     with tempfile.TemporaryDirectory() as work:
-        for name in args.only.split(","):
-            scheme = QUANT_SCHEMES[name]
-            if (reason := scheme.unavailable_reason()) is not None:
-                print(json.dumps({"scheme": name, "skipped": reason}), flush=True)
-                continue
+        for name, _ in available_schemes(args.only):
             config = QuantizeConfig.from_dict({
                 "scheme": name, "source_path": str(model_dir), "output_dir": str(Path(work) / name),
                 "eval_dataset_path": str(SAMPLE), "eval_rows": args.rows, "max_new_tokens": args.tokens,
