@@ -7,7 +7,8 @@ no dataset), split into writing and report, one line per scheme.
 
 Schemes that need a CUDA GPU are listed as skipped on a CPU. The load average
 is printed with each line: on a shared machine the absolute seconds move with
-it, the split between writing and report much less.
+it; ``cpu_s`` (the process's CPU seconds, all threads) much less, best read
+with ``--threads 1``, where no thread spins waiting for another.
 """
 
 from __future__ import annotations
@@ -71,14 +72,14 @@ def main() -> int:
         for name, _ in available_schemes(args.only):
             config = QuantizeConfig.from_dict({"scheme": name, "source_path": str(model_dir),
                                                "output_dir": str(Path(work) / name)})
-            sink = TimedSink()
+            sink, cpu = TimedSink(), time.process_time()
             result = run_quantize(config, sink)
-            total = time.monotonic() - sink.started
+            total, cpu = time.monotonic() - sink.started, time.process_time() - cpu
             writing = [span for phase, span in sink.phases.items() if "riting" in phase]
             report_start = min((span[0] for phase, span in sink.phases.items() if "riting" not in phase),
                                default=total)
             print(json.dumps({
-                "scheme": name, "seconds": round(total, 1),
+                "scheme": name, "seconds": round(total, 1), "cpu_s": round(cpu, 1),
                 "writing_s": round(writing[0][1] - writing[0][0], 1) if writing else None,
                 "report_s": round(total - report_start, 1), "parts": result.report.get("parts"),
                 "agreement_top1": result.report.get("agreement_top1"),
