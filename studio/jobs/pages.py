@@ -52,10 +52,11 @@ def quantize_estimate(artifact, *, chosen_scheme: str = "") -> str:
     if not size:
         return ""
     gguf = not chosen_scheme or chosen_scheme.startswith("gguf")
-    seconds = estimate_seconds(weight_bytes=size, gguf=gguf, parts=("answers", "agreement"))
-    more = estimate_seconds(weight_bytes=size, gguf=gguf, parts=("answers", "agreement", "perplexity")) - seconds
+    seconds = estimate_seconds(weight_bytes=size, gguf=gguf, parts=("agreement",))
+    answers = estimate_seconds(weight_bytes=size, gguf=gguf, parts=("agreement", "answers")) - seconds
+    perplexity = estimate_seconds(weight_bytes=size, gguf=gguf, parts=("agreement", "perplexity")) - seconds
     return (f"With the default report: about {seconds} s for this model ({size / 2**20:,.0f} MiB of weights) on a "
-            f"small CPU worker; perplexity on 16 rows of data adds about {more} s.")
+            f"small CPU worker; answers add about {answers} s, perplexity on 16 rows about {perplexity} s.")
 
 
 def quantize_schemes(model_config: dict | None = None) -> list[tuple[dict, str]]:

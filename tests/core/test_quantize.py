@@ -68,7 +68,7 @@ def _config(source, out, eval_jsonl, scheme, **overrides) -> QuantizeConfig:
     return QuantizeConfig.from_dict({
         "scheme": scheme, "source_path": str(source), "output_dir": str(out),
         "eval_dataset_path": str(eval_jsonl), "eval_rows": 4, "prompts": ["Say the colour of the sky."],
-        "max_new_tokens": 4, "report_speed": True, **overrides})
+        "max_new_tokens": 4, "report_answers": True, "report_speed": True, **overrides})
 
 
 @pytest.mark.parametrize("scheme", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_SCHEMES else name

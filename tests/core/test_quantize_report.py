@@ -30,7 +30,7 @@ def _run(tiny_model, tmp_path, scheme, **overrides):
 def test_parts_switched_off_are_absent_and_those_on_are_there(tiny_model, tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
-    result, _ = _run(tiny_model, tmp_path, "safetensors_fp16", report_answers=False, report_agreement=False)
+    result, _ = _run(tiny_model, tmp_path, "safetensors_fp16", report_agreement=False)
     report = result.report
     assert report["parts"] == [] and report["size_bytes_after"] < report["size_bytes_before"]
     for key in ("answers", "agreement_top1", "perplexity_before", "tokens_per_s_before", "dtype_before"):
@@ -38,7 +38,7 @@ def test_parts_switched_off_are_absent_and_those_on_are_there(tiny_model, tmp_pa
     assert "Perplexity" not in (tmp_path / "safetensors_fp16" / "README.md").read_text()
 
     result, _ = _run(tiny_model, tmp_path / "all", "safetensors_fp16", eval_dataset_path=str(data),
-                     report_speed=True)
+                     report_answers=True, report_speed=True)
     report = result.report
     assert report["parts"] == ["perplexity", "answers", "agreement", "speed"]
     assert report["eval_rows"] == 2 and report["perplexity_after"] > 0 and report["tokens_per_s_after"] > 0
@@ -48,7 +48,9 @@ def test_parts_switched_off_are_absent_and_those_on_are_there(tiny_model, tmp_pa
 
 
 def test_gguf_report_phases_arrive_in_order_with_an_estimate(tiny_model, tmp_path):
-    result, sink = _run(tiny_model, tmp_path, "gguf_q8_0")
+    default = QuantizeConfig.from_dict({"scheme": "gguf_q8_0", "source_path": "x", "output_dir": "y"})
+    assert (default.report_answers, default.report_agreement, default.report_speed) == (False, True, False)
+    result, sink = _run(tiny_model, tmp_path, "gguf_q8_0", report_answers=True)
     assert result.report["parts"] == ["answers", "agreement"] and "answers" in result.report
     assert "tokens_per_s_before" not in result.report and "perplexity_before" not in result.report
     assert result.report["measured_by"].startswith("the GGUF file")

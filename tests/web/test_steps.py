@@ -223,7 +223,7 @@ def test_the_quantize_pages_report_settings_are_stored_and_refusals_name_the_fie
     page = member_client.get(f"/jobs/new/quantize/?artifact={model.pk}").content.decode()
     boxes = re.findall(r'<input type="checkbox" name="(report_\w+)"([^>]*)>', page)
     assert {name: " checked" in rest for name, rest in boxes} == {
-        "report_answers": True, "report_agreement": True, "report_speed": False}  # the fast default
+        "report_answers": False, "report_agreement": True, "report_speed": False}  # the fast default
     assert "about " in page and " s for this model" in page  # the estimate before submitting
 
     refused = member_client.post("/jobs/new/quantize/", {"artifact": model.pk, "scheme": "gguf_q8_0",

@@ -43,9 +43,10 @@ class QuantizeConfig:
     prompts: list = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     max_new_tokens: int = setting(32, help="Tokens generated per prompt in the report.", min=1, max=4096)
     report: bool = setting(True, help="Compare the written output with the source (sizes, and the parts below).")
-    report_answers: bool = setting(True, label="Answers before and after",
+    # Off by default: answering is most of a report's time on a CPU (bench/quantize_export_time.py)
+    report_answers: bool = setting(False, label="Answers before and after",
                                    help="Answer the prompts with both models, side by side (all prompts in one "
-                                        "batch).")
+                                        "batch). The slowest part on a CPU.")
     report_agreement: bool = setting(True, label="Next-token agreement",
                                      help="How often the output picks the same next token as the source, and the "
                                           "KL divergence between them, over the prompts (and answers): one pass "
