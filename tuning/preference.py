@@ -29,7 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tuning.data.sft import IGNORE_INDEX
+from tuning.preference_scoring import SHARED, reference_logps, sequence_logps, token_logps
+
+__all__ = ["PREFERENCE_LOSSES", "PreferenceObjective", "PreferenceSettings", "pair_loss", "reference_logps",
+           "token_logps"]
 
 
 @dataclass(frozen=True)
@@ -107,33 +110,6 @@ class PreferenceSettings:
         return PREFERENCE_LOSSES[self.loss].needs_reference
 
 
-def token_logps(model, inputs: dict):
-    """(log-probability of every next token, (rows, length - 1); which of
-    them are labelled). A padded position scores 0 where it is not labelled."""
-    from trl.trainer.utils import selective_log_softmax
-
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-    labelled = inputs["labels"][:, 1:] != IGNORE_INDEX
-    # In fp32: a sequence's log-probability sums hundreds of tokens' terms, which bf16 logits would blur.
-    return selective_log_softmax(logits[:, :-1].float(), inputs["input_ids"][:, 1:]), labelled
-
-
-def reference_logps(model, inputs: dict, *, reference=None):
-    """Each row's summed log-probability of its labelled tokens under the
-    reference: ``reference`` (a frozen copy) where given, else ``model`` with
-    its adapter switched off."""
-    import contextlib
-
-    import torch
-
-    # Without an adapter to switch off (a full fine-tune scoring before its first step) the model is the base.
-    adapter = reference is None and hasattr(model, "disable_adapter")
-    off = model.disable_adapter() if adapter else contextlib.nullcontext()
-    with torch.no_grad(), off:
-        logps, labelled = token_logps(reference if reference is not None else model, inputs)
-    return (logps * labelled).sum(dim=1)
-
-
 def _trl(device, **settings):
     """What TRL's loss methods read from their trainer (``self``): the
     settings given and the device; ``alpha`` 0 is CPO without AlphaPO's
@@ -163,16 +139,17 @@ def _cpo_loss(chosen, rejected, *, loss_type: str, beta: float, label_smoothing:
     return CPOTrainer.cpo_loss(settings, chosen, rejected)
 
 
-def pair_loss(settings: PreferenceSettings, logps, labelled, attention_mask, ref_logps=None) -> tuple[Any, dict]:
+def pair_loss(settings: PreferenceSettings, summed, counts, ref_logps=None, *, chosen_nll=None
+              ) -> tuple[Any, dict]:
     """(the mean loss of the batch's pairs, its metrics as detached tensors:
     rewards of the chosen and rejected replies, their margin and how often
-    the chosen one's is higher). ``logps``/``labelled`` come from
-    ``token_logps``; ``ref_logps`` (2 × pairs) from ``reference_logps``."""
+    the chosen one's is higher). ``summed``/``counts``: each sequence's
+    summed log-probability of its labelled tokens and their number (chosen
+    sequences first, from ``sequence_logps``); ``ref_logps`` the reference's
+    sums; ``chosen_nll`` ORPO's supervised term (``orpo_nll``)."""
     import torch
 
-    pairs = logps.shape[0] // 2
-    summed = (logps * labelled).sum(dim=1)
-    counts = labelled.sum(dim=1)
+    pairs = summed.shape[0] // 2
     mean = summed / counts  # per token, as TRL's get_batch_logps(average_log_prob=True)
     beta, kind = settings.beta, settings.loss
     if settings.needs_reference:
@@ -184,10 +161,8 @@ def pair_loss(settings: PreferenceSettings, logps, labelled, attention_mask, ref
         chosen_rewards, rejected_rewards = (beta * ratios.detach()).chunk(2)
     elif kind == "orpo":
         ratio_losses, chosen_rewards, rejected_rewards, _, _ = _trl_trainers()[1].odds_ratio_loss(
-            _trl(logps.device, beta=beta), *mean.chunk(2))
-        # As TRL's ORPOTrainer: the supervised term covers the chosen row's prompt and reply alike.
-        seen = attention_mask[:pairs, 1:].to(logps.dtype)
-        loss = -(logps[:pairs] * seen).sum() / seen.sum() - ratio_losses.mean()
+            _trl(summed.device, beta=beta), *mean.chunk(2))
+        loss = chosen_nll - ratio_losses.mean()
     else:
         simpo = kind == "simpo"
         losses, chosen_rewards, rejected_rewards = _cpo_loss(
@@ -195,12 +170,26 @@ def pair_loss(settings: PreferenceSettings, logps, labelled, attention_mask, ref
             label_smoothing=settings.label_smoothing, simpo_gamma=settings.simpo_gamma)
         loss = losses.mean()
         if not simpo and settings.cpo_alpha:
-            loss = loss + settings.cpo_alpha * -(logps[:pairs] * labelled[:pairs]).sum() / labelled[:pairs].sum()
+            loss = loss + settings.cpo_alpha * -summed[:pairs].sum() / counts[:pairs].sum()
     with torch.no_grad():
         metrics = {"rewards_chosen": chosen_rewards.mean(), "rewards_rejected": rejected_rewards.mean(),
                    "reward_margin": (chosen_rewards - rejected_rewards).mean(),
                    "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean()}
     return loss, metrics
+
+
+def orpo_nll(logps, attention_mask):
+    """ORPO's supervised term, as TRL's ORPOTrainer: the mean negative log-probability over the chosen
+    rows' prompt and reply alike (``logps`` from ``token_logps`` on padded rows)."""
+    pairs = logps.shape[0] // 2
+    seen = attention_mask[:pairs, 1:].to(logps.dtype)
+    return -(logps[:pairs] * seen).sum() / seen.sum()
+
+
+def shares_prefix(loss: str) -> bool:
+    """Whether ``loss`` can train on shared-prefix blocks: it reads only each reply's summed
+    log-probability (ORPO's supervised term covers the prompt too; KTO scores single completions)."""
+    return loss != "orpo" and not PREFERENCE_LOSSES[loss].unpaired
 
 
 class PreferenceObjective:
@@ -218,8 +207,11 @@ class PreferenceObjective:
             ref = inputs.get("ref_logps")
             if ref is None:
                 ref = reference_logps(self.model, inputs, reference=self.reference)
-        logps, labelled = token_logps(self.model, inputs)
-        return pair_loss(self.settings, logps, labelled, inputs["attention_mask"], ref)
+        if self.settings.loss == "orpo":
+            logps, labelled = token_logps(self.model, inputs)
+            return pair_loss(self.settings, (logps * labelled).sum(dim=1), labelled.sum(dim=1),
+                             chosen_nll=orpo_nll(logps, inputs["attention_mask"]))
+        return pair_loss(self.settings, *sequence_logps(self.model, inputs), ref)
 
     def __call__(self, inputs: dict):
         loss, metrics = self.scores(inputs)
@@ -235,6 +227,8 @@ class PreferenceObjective:
 
     def rows(self, inputs: dict) -> int:
         """The pairs in a batch (each is two sequences)."""
+        if SHARED in inputs:  # shared-prefix blocks: a row may hold several pairs
+            return (int(inputs[SHARED].max()) + 1) // 2
         return inputs["input_ids"].shape[0] // 2
 
     def precompute(self, items: list, *, collate, batch_size: int, device: str, autocast) -> list:

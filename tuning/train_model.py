@@ -26,7 +26,9 @@ from tuning.loss import fused_loss_works, fused_next_token_loss, next_token_loss
 from tuning.methods import Method, MethodContext
 from tuning.methods.base import CLASSIFIER_TASKS
 from tuning.models import load_model_for_task
-from tuning.preference import PREFERENCE_LOSSES, PreferenceObjective, PreferenceSettings
+from tuning.data.preference_packing import collate_pairs_shared
+from tuning.preference import PREFERENCE_LOSSES, PreferenceObjective, PreferenceSettings, shares_prefix
+from tuning.preference_scoring import shared_layout_works
 from tuning.preference_kto import KTOObjective
 from tuning.grpo import GRPOObjective, GRPOSettings, reward_functions
 from tuning.reward import RewardObjective
@@ -203,6 +205,9 @@ def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model
     small calls cost more in launches than they save (0.25x the Trainer's
     tokens/s at batch 32 on an H100), and sdpa takes transformers' block
     mask in one fast kernel."""
+    if config.task == "preference":
+        return _pair_layout(config, sink, method=method, model=model, device=device, tokenizer=tokenizer,
+                            collate=collate)
     segmented = (config.packing and predicts_each_token(config, method) and device.name == "cpu"
                  and use_segment_attention(model))
     why_not = why_not_packed(config, method, model, device) if config.packing else None
@@ -214,6 +219,33 @@ def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model
                                + (", attention computed example by example)" if segmented else ")")))
     return partial(collate_packed, max_length=config.max_length, pad_token_id=tokenizer.pad_token_id,
                    context_tokens=math.inf if segmented else context_tokens_for(model),
+                   pad_to_multiple_of=PACKED_WIDTH_MULTIPLE), True
+
+
+def _pair_layout(config: TrainConfig, sink: EventSink, *, method: Method, model, device: Device, tokenizer,
+                 collate) -> tuple[Callable, bool]:
+    """Preference pairs as shared-prefix blocks (``tuning.data.preference_packing``: the prompt computed
+    once, no padding, the head only where a label is) where the loss, method and model allow it, else
+    padded rows, chosen and rejected side by side."""
+    why_not = None
+    if not config.packing:
+        return collate, False
+    if not shares_prefix(config.preference_loss):
+        why_not = (f"{PREFERENCE_LOSSES[config.preference_loss].label} "
+                   + ("scores single completions" if config.preference_loss == "kto"
+                      else "also trains on the chosen row's prompt"))
+    elif not method.predicts_each_token:
+        why_not = f"{method.label} prepends virtual tokens to every row, which pairs cannot share"
+    else:
+        with device.autocast():  # as training runs it: the frozen base may be stored in bf16
+            if not shared_layout_works(model, device.name):
+                why_not = "this model scores a shared prompt differently from a padded row"
+    if why_not:
+        sink.emit(LogEvent(message=f"Preference pairs scored as padded rows: {why_not}"))
+        return collate, False
+    sink.emit(LogEvent(message="Each pair's prompt computed once, its chosen and rejected replies after it, "
+                               "without padding"))
+    return partial(collate_pairs_shared, pad_token_id=tokenizer.pad_token_id, context_tokens=context_tokens_for(model),
                    pad_to_multiple_of=PACKED_WIDTH_MULTIPLE), True
 
 
