@@ -1,10 +1,12 @@
 """Preference tuning's losses, computed the way TRL computes them, inside
 the studio's own training loop (``tuning.train``).
 
-A batch holds the chosen replies first and the rejected replies second
-(``tuning.data.preference.collate_pairs``). One forward pass over both
-gives each reply's summed log-probability of its labelled tokens (the reply
-and its end-of-turn token); the reference model's come from the same
+A batch holds the chosen replies first and the rejected replies second,
+as padded rows (``tuning.data.preference.collate_pairs``) or, in training,
+as shared-prefix blocks (``tuning.data.preference_packing``: each prompt
+computed once, no padding). One forward pass over both gives each reply's
+summed log-probability of its labelled tokens (the reply and its
+end-of-turn token; ``tuning.preference_scoring``); the reference model's come from the same
 forward with the adapter switched off (LoRA and the other peft adapters: no
 second copy in memory), from a frozen copy of the base (full fine-tuning
 and the selective methods), or from numbers computed once before training

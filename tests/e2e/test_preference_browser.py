@@ -1,5 +1,7 @@
-"""Preference tuning in headless Chromium: upload a small pairwise file,
-pick DPO with LoRA, watch the job finish with its reward-margin curve."""
+"""Preference tuning in headless Chromium: upload a small pairwise file, see
+each pair's chosen and rejected replies side by side in the analysis, pick
+DPO with LoRA, watch the job finish with its reward-margin curve and get the
+adapter."""
 
 import json
 
@@ -24,6 +26,18 @@ def test_upload_pairs_train_dpo_with_lora_and_watch_the_margin(browser, stack, t
     page.wait_for_url("**/datasets/*/")
     assert page.inner_text("#row-count") == f"{len(PAIRS)} rows"
 
+    # The analysis renders each pair as training does: chosen and rejected side by side, the reply carrying loss.
+    page.select_option("select[name=base_model]", label="Tiny Llama (test)")
+    page.click("#analysis-box button[type=submit]")
+    page.wait_for_selector("#analysis[data-status=succeeded]", timeout=120_000)
+    chosen, rejected = (page.locator(f".preview-pair >> nth=0 >> .preview-side[data-side={side}]")
+                        for side in ("chosen", "rejected"))
+    assert chosen.locator(".loss").first.inner_text().startswith(PAIRS[0]["chosen"])
+    assert rejected.locator(".loss").first.inner_text().startswith(PAIRS[0]["rejected"])
+    assert PAIRS[0]["prompt"] in "".join(chosen.locator(".masked").all_inner_texts())  # the prompt: context only
+    left, right = chosen.bounding_box(), rejected.bounding_box()
+    assert left["x"] + left["width"] <= right["x"] and abs(left["y"] - right["y"]) < 1  # one row, two columns
+
     dataset_url = page.url.removeprefix(stack.base_url)
     page.click("text=Train on this dataset")
     assert page.input_value("select[name=task]") == "preference"  # the dataset's own task
@@ -38,4 +52,4 @@ def test_upload_pairs_train_dpo_with_lora_and_watch_the_margin(browser, stack, t
     assert len(margins) == STEPS and margins[0] == 0 and margins[-1] > margins[0], margins
     log = page.inner_text("#log")
     assert "DPO (beta 0.1) against the base model" in log and "adapter ready" in log
-    assert page.is_visible("text=Download adapter")
+    assert page.is_visible("#reward-accuracy-chart") and page.is_visible("text=Download adapter")
