@@ -6,6 +6,8 @@ with the same helpers), and the layout must keep the two replies apart."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -102,3 +104,28 @@ def test_objective_counts_pairs_in_either_layout(lora_and_batch):
     model, tokenizer, batch, _ = lora_and_batch
     objective = PreferenceObjective(model, PreferenceSettings(loss="dpo"))
     assert objective.rows(batch) == objective.rows(_shared(tokenizer, PAIRS)) == len(PAIRS)
+
+
+def test_the_loop_trains_on_shared_blocks_with_the_padded_rows_numbers(tiny_model, tmp_path):
+    """Same steps, losses and rewards whichever the layout (packing on by default, off for padded rows);
+    ORPO, whose supervised term covers the prompt, stays on padded rows and says so."""
+    from tests.core.test_preference_training import config
+    from tuning.events import MemorySink
+    from tuning.train import run_train
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+                            for p in PAIRS + MORE))
+    runs = {}
+    for packing in (True, False):
+        sink = MemorySink()
+        run_train(config(tiny_model, data, tmp_path / str(packing), max_steps=3, batch_size=3, packing=packing), sink)
+        logs = " ".join(e.message for e in sink.of_kind("log"))
+        assert ("prompt computed once" in logs) is packing
+        runs[packing] = [(m.loss, m.reward_margin, m.rewards_chosen) for m in sink.of_kind("metrics")]
+    assert len(runs[True]) == 3 and runs[True][-1][1] != 0.0
+    torch.testing.assert_close(torch.tensor(runs[True]), torch.tensor(runs[False]), rtol=1e-4, atol=1e-5)
+    sink = MemorySink()
+    run_train(config(tiny_model, data, tmp_path / "orpo", max_steps=1, preference_loss="orpo"), sink)
+    assert any("scored as padded rows: ORPO also trains on the chosen row's prompt" in e.message
+               for e in sink.of_kind("log"))

@@ -52,4 +52,5 @@ def test_upload_pairs_train_dpo_with_lora_and_watch_the_margin(browser, stack, t
     assert len(margins) == STEPS and margins[0] == 0 and margins[-1] > margins[0], margins
     log = page.inner_text("#log")
     assert "DPO (beta 0.1) against the base model" in log and "adapter ready" in log
+    assert "prompt computed once" in log  # the shared-prefix layout, not padded rows
     assert page.is_visible("#reward-accuracy-chart") and page.is_visible("text=Download adapter")
