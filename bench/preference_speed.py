@@ -46,14 +46,14 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import train_speed  # noqa: E402  (after the path: run as a script)
-from bench.train_speed import machine, rate, run_child, tail_loss  # noqa: E402
+from bench.train_speed import (counting, emit, machine, model_dir_for, print_result, rate, run_child,  # noqa: E402
+                               script_arm, tail_loss)
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.0}
@@ -135,12 +135,8 @@ def studio_arm(spec: dict, packing: bool, workdir: Path) -> dict:
 
 
 def trl_arm(spec: dict, workdir: Path) -> dict:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "spec.json").write_text(json.dumps({**spec, "output_dir": str(workdir / "out")}))
-    out, _, wall, rss = run_child([sys.executable, __file__, "--child-trl", str(workdir / "spec.json")],
-                                  spec["threads"])
-    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-    return {**result, "peak_mib": result.get("gpu_peak_mib", rss), "wall_s": wall}
+    result = script_arm(spec, workdir, script=__file__, flag="--child-trl")
+    return {**result, "peak_mib": result["peak_rss_mib"]}
 
 
 def child_trl(spec_file: str) -> None:
@@ -149,7 +145,7 @@ def child_trl(spec_file: str) -> None:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     rows = []
@@ -160,20 +156,8 @@ def child_trl(spec_file: str) -> None:
                      "rejected_ids": e.rejected.input_ids[prompt:]})
 
     class PreTokenized(DPOTrainer):
-        real_tokens = 0
-
         def _prepare_dataset(self, dataset, *args, **kwargs):
             return dataset  # already the studio's prompt/chosen/rejected ids
-
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            self.real_tokens += int(inputs["attention_mask"].sum())  # both sequences' own tokens, no padding
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-    marks: list[tuple[float, int]] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            marks.append((time.monotonic(), trainer.real_tokens))
 
     args = DPOConfig(output_dir=spec["output_dir"], per_device_train_batch_size=spec["batch_size"],
                      max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="cosine", warmup_steps=0,
@@ -186,16 +170,10 @@ def child_trl(spec_file: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     lora = LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules=TARGETS,
                       task_type="CAUSAL_LM")
-    trainer = PreTokenized(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                           processing_class=AutoTokenizer.from_pretrained(spec["model"]), peft_config=lora,
-                           callbacks=[Clock()])
+    trainer = counting(PreTokenized)(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                     processing_class=AutoTokenizer.from_pretrained(spec["model"]), peft_config=lora)
     trainer.train()
-    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    print("RESULT " + json.dumps({"tokens_per_s": rate([t for t, _ in marks], [n for _, n in marks]),
-                                  "losses": [entry["loss"] for entry in logs],
-                                  "margins": [entry.get("rewards/margins") for entry in logs],
-                                  **({"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
-                                     if spec["device"] == "cuda" else {})}), flush=True)
+    print_result(trainer, spec, margins=[e.get("rewards/margins") for e in trainer.state.log_history if "loss" in e])
 
 
 # --- the comparison -----------------------------------------------------------
@@ -219,11 +197,6 @@ def summarise(runs: dict[str, list[dict]], lines: list[dict]) -> None:
         emit({"figure": "shared_vs_padded", "studio": round(statistics.mean(speed["studio"]), 1),
               "padded": round(statistics.mean(speed["padded"]), 1), "ratio": round(statistics.median(ratios), 3),
               "round_ratios": [round(x, 3) for x in ratios]}, lines)
-
-
-def emit(record: dict, lines: list[dict]) -> None:
-    lines.append(record)
-    print(json.dumps(record), flush=True)
 
 
 def markdown(lines: list[dict], info: dict, args) -> str:
@@ -275,16 +248,7 @@ def main() -> None:
     import torch
 
     train_speed.DEVICE = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.model == "bundled":
-        from tuning.models import prepare_bundled_model
-
-        model_dir = prepare_bundled_model(REPO / ".cache" / "bench" / "smollm2-135m-instruct")
-    elif args.model == "tiny":
-        from tests.tiny_model import tiny_model_dir
-
-        model_dir = tiny_model_dir()
-    else:
-        model_dir = Path(args.model)
+    model_dir = model_dir_for(args.model)
     workdir = Path(tempfile.mkdtemp(prefix="preference-speed-"))
     spec = {"model": str(model_dir), "data": str(pairs_dataset(workdir / "pairs.jsonl")), "steps": args.steps,
             "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr, "seed": args.seed,

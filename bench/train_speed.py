@@ -234,11 +234,12 @@ def studio_arm(spec: dict, packing: bool, workdir: Path, group_by_length: bool =
             "peak_rss_mib": max(m["memory_mib"] for m in metrics) if DEVICE == "cuda" else rss}
 
 
-def ref_arm(spec: dict, workdir: Path) -> dict:
+def script_arm(spec: dict, workdir: Path, *, script: str = __file__, flag: str = "--child-ref") -> dict:
+    """Run ``script flag SPEC.json`` (an arm in its own process): its RESULT line, with its peak memory
+    (GPU where it reports one, else RSS) as ``peak_rss_mib`` and its wall time."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "spec.json").write_text(json.dumps({**spec, "output_dir": str(workdir / "out")}))
-    out, _, wall, rss = run_child([sys.executable, __file__, "--child-ref", str(workdir / "spec.json")],
-                                  spec["threads"])
+    out, _, wall, rss = run_child([sys.executable, script, flag, str(workdir / "spec.json")], spec["threads"])
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     return {**result, "peak_rss_mib": result.get("gpu_peak_mib", rss), "wall_s": wall}
 
@@ -248,8 +249,7 @@ def child_ref(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from tuning.data.tasks import batches, load_task_data
 
@@ -263,31 +263,53 @@ def child_ref(spec_file: str) -> None:
     model = get_peft_model(model, LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                              target_modules=TARGETS, task_type="CAUSAL_LM"))
 
-    class CountingTrainer(Trainer):
-        real_tokens = 0
-
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            self.real_tokens += int(inputs["attention_mask"].sum())  # the rows' own tokens, not padding
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-    marks: list[tuple[float, int]] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            marks.append((time.monotonic(), trainer.real_tokens))
-
     args = TrainingArguments(output_dir=spec["output_dir"], per_device_train_batch_size=spec["batch_size"],
                              max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
                              warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=spec["device"] == "cpu",
                              logging_steps=1, save_strategy="no", report_to=[], seed=spec["seed"],
                              dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy="sequential")
-    trainer = CountingTrainer(model=model, args=args, train_dataset=rows, callbacks=[Clock()],
-                              data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+    trainer = counting(Trainer)(model=model, args=args, train_dataset=rows,
+                                data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     trainer.train()
+    print_result(trainer, spec)
+
+
+def counting(trainer_class):
+    """``trainer_class`` counting the real (non-padding) tokens it trains on and marking (time, tokens so far)
+    at the end of every step in ``marks``."""
+    from transformers import TrainerCallback
+
+    class Counting(trainer_class):
+        real_tokens = 0
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.marks: list[tuple[float, int]] = []
+            trainer = self
+
+            class Clock(TrainerCallback):
+                def on_step_end(self, args, state, control, **kwargs):
+                    trainer.marks.append((time.monotonic(), trainer.real_tokens))
+
+            self.add_callback(Clock())
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            self.real_tokens += int(inputs["attention_mask"].sum())  # the rows' own tokens, not padding
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return Counting
+
+
+def print_result(trainer, spec: dict, **extra) -> None:
+    """The RESULT line a ``--child-*`` arm prints: real tokens/s, each step's loss, the GPU's peak."""
+    import torch
+
+    marks = trainer.marks
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     print("RESULT " + json.dumps({"tokens_per_s": rate([t for t, _ in marks], [n for _, n in marks]),
-                                  "losses": losses, **({"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
-                                                       if spec["device"] == "cuda" else {})}), flush=True)
+                                  "losses": losses, **extra,
+                                  **({"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+                                     if spec["device"] == "cuda" else {})}), flush=True)
 
 
 # --- the comparison -----------------------------------------------------------
@@ -398,6 +420,19 @@ def markdown(lines: list[dict], info: dict, args) -> str:
     return "\n".join(out + ["", LEVERS]) + "\n"
 
 
+def model_dir_for(name: str) -> Path:
+    """--model: the bundled SmolLM2-135M (converted once), the tests' tiny model, or a directory."""
+    if name == "bundled":
+        from tuning.models import prepare_bundled_model
+
+        return prepare_bundled_model(REPO / ".cache" / "bench" / "smollm2-135m-instruct")
+    if name == "tiny":
+        from tests.tiny_model import tiny_model_dir
+
+        return tiny_model_dir()
+    return Path(name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8)
@@ -422,16 +457,7 @@ def main() -> None:
 
     DEVICE = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    if args.model == "bundled":
-        from tuning.models import prepare_bundled_model
-
-        model_dir = prepare_bundled_model(REPO / ".cache" / "bench" / "smollm2-135m-instruct")
-    elif args.model == "tiny":
-        from tests.tiny_model import tiny_model_dir
-
-        model_dir = tiny_model_dir()
-    else:
-        model_dir = Path(args.model)
+    model_dir = model_dir_for(args.model)
     workdir = Path(tempfile.mkdtemp(prefix="train-speed-"))
     datasets = {"sample": SAMPLE, "mixed": mixed_dataset(workdir / "mixed.jsonl")}
     arms = args.arms.split(",")
@@ -450,7 +476,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for arm in arms:
                 where = workdir / f"{name}-{arm}-{round_}"
-                result = (ref_arm(spec, where) if arm == "ref" else
+                result = (script_arm(spec, where) if arm == "ref" else
                           studio_arm(spec, arm == "studio", where, group_by_length=arm == "grouped"))
                 runs[arm].append(result)
                 print(json.dumps({"run": arm, "dataset": name, "round": round_ + 1,
