@@ -130,7 +130,10 @@ def task_definition(config, *, task: str, data_file: str | Path) -> dict:
     definition = {
         "task": task,
         "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        # datasets' Arrow cache of the rows goes beside them, in the run's temporary folder: under the
+        # user's cache every run (a new temporary path) would leave a copy behind.
+        "dataset_kwargs": {"data_files": {"test": str(data_file)},
+                           "cache_dir": str(Path(data_file).parent / "datasets-cache")},
         "test_split": "test",
         "output_type": config.harness,
         "doc_to_text": PROMPT,

@@ -147,6 +147,17 @@ def _config(path, **settings):
     return EvaluateConfig.from_dict({"artifact_path": "unused", "dataset_path": str(path), **settings})
 
 
+def test_the_generated_task_keeps_its_cache_in_its_own_folder(tmp_path, mc_file):
+    from tuning.harness_tasks import write_task
+
+    _write_quiz(mc_file, ["A"] * ROWS)
+    name = write_task(_config(mc_file, harness="multiple_choice", question_column="prompt",
+                              choices_column="options", answer_column="key"), tmp_path)
+    definition = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())
+    assert definition["dataset_kwargs"]["cache_dir"] == str(tmp_path / "datasets-cache")
+    assert len((tmp_path / f"{name}.jsonl").read_text().splitlines()) == ROWS
+
+
 def test_mapping_refusals_name_the_setting(mc_file):
     _write_quiz(mc_file, ["A", "d", 2, "0"])
     mc = {"harness": "multiple_choice", "question_column": "prompt", "choices_column": "options",
