@@ -182,9 +182,14 @@ def test_grpo_with_no_code_rewards_from_the_form_and_the_api(member_client, api,
         "fields_for": "lora", "max_steps": 3, "group_size": 6, "reward_exact_match": 1.0,
         "answer_pattern": r"(\d+)$", "reward_format": 0.5, "format_pattern": "^a", "method__rank": 4})
     assert response.status_code == 302, response.content.decode()[:2000]
-    config = Job.objects.get().config
+    job = Job.objects.get()
+    config = job.config
     assert (config["task"], config["group_size"], config["answer_pattern"], config["format_pattern"]) == (
         "grpo", 6, r"(\d+)$", "^a")
+    page = member_client.get(f"/jobs/{job.pk}/").content.decode()
+    # GRPO's own charts (they once sat inside the preference-only block and never showed); no pair charts
+    assert 'id="reward-mean-chart"' in page and 'id="completion-length-chart"' in page
+    assert 'id="rewards-chart"' not in page and 'id="kl-chart"' not in page  # no KL penalty asked for
     refused = create(api, instructions, tiny_base_model, task="grpo", reward_exact_match=0)
     assert refused.status_code == 400 and refused.json()["error"]["field"] == "hyperparameters.reward_exact_match"
     unknown = create(api, instructions, tiny_base_model, task="grpo", reward_model_weight=1.0, reward_model="999")
