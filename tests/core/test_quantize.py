@@ -235,7 +235,7 @@ def test_config_rejects_unknown_schemes_keys_and_bad_prompts(tmp_path):
                                   "prompts": "not a list"})
     assert set(caught.value.errors) == {"scheme", "colour", "prompts"}
     config = QuantizeConfig.from_dict({"scheme": "gguf_q8_0", "source_path": "x", "output_dir": "y"})
-    assert len(config.prompts) == 3 and config.eval_rows == 64 and config.max_new_tokens == 48
+    assert len(config.prompts) == 3 and config.eval_rows == 16 and config.max_new_tokens == 32
     assert not config.trust_remote_code
 
 
