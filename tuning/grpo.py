@@ -137,7 +137,7 @@ class GRPOObjective:
 
     def __init__(self, model, tokenizer, settings: GRPOSettings, prompts: dict, rewards: dict, *, reference=None):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
-        self.prompts = prompts  # row -> PromptExample
+        self.prompts = prompts  # prompt key -> PromptExample
         self.rewards = rewards  # name -> (weight, function), tuning.grpo_rewards.reward_functions
         self.reference = reference
         stops = model.generation_config.eos_token_id if hasattr(model, "generation_config") else None
@@ -162,14 +162,14 @@ class GRPOObjective:
         completion_ids = out[:, prompt_ids.shape[1]:]
         return completion_ids, _completion_mask(completion_ids, self.stop_ids)
 
-    def score(self, rows: list, completion_ids, completion_mask) -> tuple[Any, dict[str, list[float]]]:
+    def score(self, keys: list, completion_ids, completion_mask) -> tuple[Any, dict[str, list[float]]]:
         """(each completion's weighted reward, each reward function's own values)."""
         import torch
 
         texts = self.tokenizer.batch_decode((completion_ids * completion_mask).tolist(), skip_special_tokens=True)
         lengths = completion_mask.sum(dim=1).tolist()
-        scored = [Scored(messages=self.prompts[row].messages, completion=text.strip(), tokens=n,
-                         reference=self.prompts[row].answer) for row, text, n in zip(rows, texts, lengths)]
+        scored = [Scored(messages=self.prompts[key].messages, completion=text.strip(), tokens=n,
+                         reference=self.prompts[key].answer) for key, text, n in zip(keys, texts, lengths)]
         parts = {name: function(scored) for name, (_, function) in self.rewards.items()}
         total = [sum(self.rewards[name][0] * values[i] for name, values in parts.items()) for i in range(len(scored))]
         self.samples = [{"prompt": s.messages[-1][1] if s.messages else "", "completion": s.completion,
@@ -182,9 +182,9 @@ class GRPOObjective:
         group = self.settings.group_size
         prompt_ids = inputs["input_ids"].repeat_interleave(group, dim=0)
         prompt_mask = inputs["attention_mask"].repeat_interleave(group, dim=0)
-        rows = inputs["row"].repeat_interleave(group).tolist()
+        keys = inputs["prompt_key"].repeat_interleave(group).tolist()
         completion_ids, completion_mask = self.sample(prompt_ids, prompt_mask)
-        rewards, parts = self.score(rows, completion_ids, completion_mask)
+        rewards, parts = self.score(keys, completion_ids, completion_mask)
         advantages, stds = group_advantages(rewards, group)
         ref = None
         if self.settings.kl_beta:

@@ -191,7 +191,7 @@ def grpo_objective(config: TrainConfig, sink: EventSink, model, tokenizer, promp
     sink.emit(LogEvent(message=f"GRPO: {settings.group_size} completions a prompt of at most "
                                f"{settings.max_completion_length} tokens; rewards "
                                + ", ".join(f"{name} × {weight}" for name, (weight, _) in rewards.items())))
-    return GRPOObjective(model, tokenizer, settings, {p.row: p for p in prompts}, rewards, reference=reference)
+    return GRPOObjective(model, tokenizer, settings, {p.key: p for p in prompts}, rewards, reference=reference)
 
 
 def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model, device: Device, tokenizer,

@@ -139,3 +139,37 @@ def test_a_short_grpo_run_raises_the_exact_match_reward(tiny_model, tmp_path):
     assert set(metrics[0].reward_parts) == {"exact_match"} and metrics[0].completion_length <= 4
     assert len(metrics[0].samples) == 4 and {"prompt", "completion", "reward"} <= set(metrics[0].samples[0])
     assert (Path(result.output_path) / "adapter_model.safetensors").exists()
+
+
+def test_rewards_find_each_prompts_own_answer_across_files(tiny_model, tmp_path):
+    """Rows of a zip's two files share row numbers (row 1 of each): the exact-match reward still compares
+    each completion with its own prompt's answer. The completions given are exactly each prompt's answer,
+    so every reward is 1; with the answers keyed by row number within a file, half would score 0."""
+    import zipfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuning.data.prompts import collate_prompts, read_prompts
+    from tuning.train_model import device_and_autocast, grpo_objective
+
+    data = tmp_path / "sums.zip"
+    with zipfile.ZipFile(data, "w") as archive:
+        for name, start in (("a.jsonl", 10), ("b.jsonl", 20)):
+            archive.writestr(name, "".join(json.dumps({"prompt": f"What is {n} plus 0?", "completion": f"{n}"})
+                                           + "\n" for n in (start, start + 1)))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompts, dropped = read_prompts(data, tokenizer, max_length=64)
+    assert dropped == () and [p.row for p in prompts] == [1, 2, 1, 2]
+    assert [p.answer for p in prompts] == ["10", "11", "20", "21"] and len({p.key for p in prompts}) == 4
+
+    config = TrainConfig.from_dict({"base_model": str(tiny_model), "dataset_path": str(data), "task": "grpo",
+                                    "output_dir": str(tmp_path / "out"), "group_size": 2})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    objective = grpo_objective(config, MemorySink(), model, tokenizer, prompts, device_and_autocast("fp32"))
+    batch = collate_prompts(prompts, pad_token_id=tokenizer.pad_token_id or 0)
+    answers = [tokenizer(p.answer, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(a) for a in answers)
+    completion_ids = torch.tensor([a + [tokenizer.eos_token_id] * (width - len(a)) for a in answers])
+    completion_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers])
+    rewards, parts = objective.score(batch["prompt_key"].tolist(), completion_ids, completion_mask)
+    assert parts["exact_match"] == [1.0, 1.0, 1.0, 1.0] and rewards.tolist() == [1.0, 1.0, 1.0, 1.0]

@@ -24,7 +24,8 @@ __all__ = ["PromptExample", "read_prompts", "collate_prompts"]
 class PromptExample:
     input_ids: list[int]  # the prompt, ending with the template's generation prompt
     answer: str  # the reference answer (the row's last reply)
-    row: int | None = None
+    row: int | None = None  # the row within its file (for messages; rows of several files repeat)
+    key: int = 0  # the row's position in the whole dataset, unique across files: how rewards find its answer
     truncated: bool = False
     messages: tuple[tuple[str, str], ...] = ()  # the prompt's turns (role, content), for a reward model
 
@@ -37,16 +38,16 @@ def read_prompts(path: Paths, tokenizer, *, name: str | None = None, max_length:
     sft.ensure_chat_template(tokenizer)
     examples = readers.read_examples(path, name=name, schema=schema, mapping=mapping)
     kept, dropped = [], []
-    for done, example in enumerate(examples, start=1):
+    for key, example in enumerate(examples):
         messages = [{"role": m.role, "content": m.content} for m in example.messages[:-1]]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         if len(ids) < max_length:
-            kept.append(PromptExample(input_ids=ids, answer=example.messages[-1].content, row=example.row,
+            kept.append(PromptExample(input_ids=ids, answer=example.messages[-1].content, row=example.row, key=key,
                                       messages=tuple((m["role"], m["content"]) for m in messages)))
         else:
             dropped.append(example.row)
-        progress(done, len(examples))
+        progress(key + 1, len(examples))
     if not kept:
         raise DatasetError(f"every prompt is longer than max length {max_length}; raise max length", file=file)
     return kept, tuple(dropped)
@@ -54,7 +55,7 @@ def read_prompts(path: Paths, tokenizer, *, name: str | None = None, max_length:
 
 def collate_prompts(batch: list[PromptExample], *, pad_token_id: int) -> dict:
     """The prompts left-padded (generation continues each from its last token), and each row's
-    position in the dataset (``row``), which the reward functions use to find its answer."""
+    position in the whole dataset (``prompt_key``), which the reward functions use to find its answer."""
     import torch
 
     width = max(len(e.input_ids) for e in batch)
@@ -64,4 +65,4 @@ def collate_prompts(batch: list[PromptExample], *, pad_token_id: int) -> dict:
         ids[i, width - len(example.input_ids):] = torch.tensor(example.input_ids)
         mask[i, width - len(example.input_ids):] = 1
     return {"input_ids": ids, "attention_mask": mask,
-            "row": torch.tensor([-1 if e.row is None else e.row for e in batch], dtype=torch.long)}
+            "prompt_key": torch.tensor([e.key for e in batch], dtype=torch.long)}
