@@ -27,6 +27,8 @@ MERGE = _body(["artifacts"], {
 
 QUANTIZE = _body(["artifact", "scheme"], {
     "artifact": {"type": "integer"}, "scheme": {"enum": list(QUANT_SCHEMES)},
+    "scheme_params": {"type": "object", "description": "The scheme's own settings, e.g. ComPEFT's density and "
+                                                       "alpha (`python -m tuning quantize-schemes --json`)."},
     "eval_dataset": {"type": "integer", "description": "Scored before and after, for the report."},
     "prompts": {"type": "array", "items": {"type": "string"}, "maxItems": 8,
                 "description": "Answered before and after, for the report."},

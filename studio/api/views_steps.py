@@ -109,7 +109,7 @@ def merges_collection(request):
 def quantizations_collection(request):
     """Quantize or export an artifact with one scheme (GGUF, torchao …)."""
     body = json_body(request)
-    refuse_unknown(body, {"artifact", "scheme", "eval_dataset", "prompts", "report", "name", "team"})
+    refuse_unknown(body, {"artifact", "scheme", "scheme_params", "eval_dataset", "prompts", "report", "name", "team"})
     team = _team(request, body, "quantize artifacts")
     if body.get("artifact") is None:
         raise ApiError(400, "artifact is required: the adapter or model to quantize", field="artifact")
@@ -124,9 +124,14 @@ def quantizations_collection(request):
                                        field="eval_dataset")
     prompts = [p.strip() for p in prompts or [] if p.strip()]
     report_settings = _report_settings(body.get("report"))
+    scheme_params = body.get("scheme_params") or {}
+    if not isinstance(scheme_params, dict):
+        raise ApiError(400, "scheme_params must be an object of the scheme's settings (see quantize-schemes)",
+                       field="scheme_params")
     return _started(request, team, lambda: job_create_quantize(
         user=request.caller.user, team=team, artifact=artifact, scheme=str(body.get("scheme", "")),
-        eval_dataset=dataset, prompts=prompts or None, name=_name(body), report_settings=report_settings),
+        eval_dataset=dataset, prompts=prompts or None, name=_name(body), report_settings=report_settings,
+        scheme_params=scheme_params),
         model_error_field="artifact", fields={"eval_dataset_path": "eval_dataset", "report": "report",
                                               **{setting: f"report.{key}" for key, setting in REPORT_KEYS.items()}})
 

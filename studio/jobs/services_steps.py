@@ -122,12 +122,13 @@ def quantized_model_name(*, base_model, made_by: Job | None) -> str:
 
 
 def _quantize_config(*, job: Job, scheme: str, source_path: str, base_model, eval_dataset=None,
-                     prompts=None, model_name: str = "", report_settings: dict | None = None):
+                     prompts=None, model_name: str = "", report_settings: dict | None = None,
+                     scheme_params: dict | None = None):
     from tuning.quantize.config import REPORT_SETTINGS, QuantizeConfig
 
     values = {"scheme": scheme, "source_path": source_path, "base_model": base_model.ref if base_model else "",
               "output_dir": str(job_output_dir(job.pk)), "trust_remote_code": settings.TRUST_REMOTE_CODE,
-              "model_name": model_name}
+              "model_name": model_name, "scheme_params": scheme_params or {}}
     unknown = set(report_settings or {}) - set(REPORT_SETTINGS)
     if unknown:
         raise ConfigError({name: f"unknown report setting; known: {', '.join(REPORT_SETTINGS)}" for name in unknown})
@@ -140,10 +141,12 @@ def _quantize_config(*, job: Job, scheme: str, source_path: str, base_model, eva
 
 
 def job_create_quantize(*, user, team, artifact: Artifact | None, scheme: str, eval_dataset=None, prompts=None,
-                        name: str = "", depends_on: Job | None = None, report_settings: dict | None = None) -> Job:
+                        name: str = "", depends_on: Job | None = None, report_settings: dict | None = None,
+                        scheme_params: dict | None = None) -> Job:
     """Validate quantizing ``artifact`` (or, with ``depends_on``, the model
     that job will make) with ``scheme``, store the job and enqueue it.
-    ``report_settings`` are QuantizeConfig's report fields (REPORT_SETTINGS)."""
+    ``report_settings`` are QuantizeConfig's report fields (REPORT_SETTINGS);
+    ``scheme_params`` the scheme's own settings (ComPEFT's density …)."""
     from tuning.quantize import QUANT_SCHEMES
     from tuning.quantize.run import check_quantize_source
 
@@ -158,8 +161,10 @@ def job_create_quantize(*, user, team, artifact: Artifact | None, scheme: str, e
         source = PENDING_INPUT.format(job_id=depends_on.pk) if depends_on else artifact.path
         adapter = depends_on is None and artifact.is_adapter
         config = _quantize_config(job=job, scheme=scheme, source_path=source,
-                                  base_model=base_model if adapter else None, eval_dataset=eval_dataset,
-                                  prompts=prompts, report_settings=report_settings, model_name=quantized_model_name(
+                                  base_model=base_model if adapter or quant.delta else None,
+                                  eval_dataset=eval_dataset,
+                                  prompts=prompts, report_settings=report_settings, scheme_params=scheme_params,
+                                  model_name=quantized_model_name(
                                       base_model=base_model, made_by=depends_on or artifact.job))
         if not depends_on:
             check_quantize_source(config, on_worker=False)

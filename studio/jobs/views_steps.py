@@ -87,6 +87,22 @@ def job_new_merge(request):
     return render(request, "jobs/new_merge.html", context, status=400 if errors else 200)
 
 
+SCHEME_PARAM = "scheme_param__{scheme}__"  # a scheme's own settings on the quantize page, one input each
+
+
+def _scheme_params(data, scheme: str) -> dict:
+    """The chosen scheme's settings from the page, as numbers where they read as numbers (the scheme checks them)."""
+    prefix, params = SCHEME_PARAM.format(scheme=scheme), {}
+    for key, value in data.items():
+        if key.startswith(prefix) and value.strip():
+            try:
+                number = float(value)
+                params[key.removeprefix(prefix)] = int(number) if number.is_integer() and "." not in value else number
+            except ValueError:
+                params[key.removeprefix(prefix)] = value  # the scheme's check names it
+    return params
+
+
 @require_http_methods(["GET", "POST"])
 def job_new_quantize(request):
     team = _team_or_404(request)
@@ -105,12 +121,13 @@ def job_new_quantize(request):
             errors["artifact"] = "pick the adapter or model to quantize"
         else:
             report_settings = {k: v for k, v in report_form.cleaned_data.items() if v is not None}
+            scheme_params = _scheme_params(data, data.get("scheme", ""))
             jobs, errors = job_start(
                 request, team=team, model_error_field="artifact",
                 create=lambda: job_create_quantize(user=request.user, team=team, artifact=picked[0],
                                                    scheme=data.get("scheme", ""), eval_dataset=dataset,
                                                    prompts=prompts or None, name=data.get("name", ""),
-                                                   report_settings=report_settings))
+                                                   report_settings=report_settings, scheme_params=scheme_params))
             if jobs:
                 return redirect(jobs[0])
     from tuning.quantize.config import DEFAULT_PROMPTS
@@ -118,7 +135,8 @@ def job_new_quantize(request):
     chosen = data.get("artifact", "")
     shown = (artifacts.filter(pk=chosen).first() if chosen.isdigit() else None) or artifacts.first()
     config = model_config_in(shown.path, shown.base_model and shown.base_model.ref) if shown else None
-    context = {"schemes": quantize_schemes(config), "artifacts": artifacts, "datasets": datasets, "errors": errors,
+    context = {"schemes": [(_with_paper_url(scheme), reason) for scheme, reason in quantize_schemes(config)],
+               "artifacts": artifacts, "datasets": datasets, "errors": errors,
                "estimate": quantize_estimate(shown, chosen_scheme=data.get("scheme", "")),
                "chosen_artifact": data.get("artifact", ""), "chosen_scheme": data.get("scheme", ""),
                "chosen_dataset": data.get("dataset", ""),

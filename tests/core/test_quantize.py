@@ -29,7 +29,8 @@ ROWS = [
     {"instruction": "Count to three.", "output": "One, two, three."},
     {"instruction": "Greet me.", "output": "Hello!"},
 ]
-CPU_SCHEMES = [name for name, scheme in QUANT_SCHEMES.items() if not scheme.needs_gpu]
+# delta schemes (a fine-tune's change from its base) have their own file: test_quantize_delta.py
+CPU_SCHEMES = [name for name, scheme in QUANT_SCHEMES.items() if not scheme.needs_gpu and not scheme.delta]
 GPU_SCHEMES = [name for name, scheme in QUANT_SCHEMES.items() if scheme.needs_gpu]
 # |log(ppl_after / ppl_before)| (= change in mean loss, nats) and the
 # largest logit error relative to the largest logit, per scheme. Measured

@@ -155,3 +155,16 @@ def test_the_report_parts_are_settings_of_a_quantization_and_refusals_name_them(
         (False, True, True, 8)
     none = post(api, url, {"artifact": adapter.pk, "scheme": "gguf_q8_0", "report": False})
     assert none.status_code == 201 and Job.objects.get(pk=none.json()["id"]).config["report"] is False
+
+
+def test_a_schemes_own_settings_go_through_the_api_and_are_checked_by_the_scheme(api, adapter):
+    url = "/api/v1/quantizations"
+    error(post(api, url, {"artifact": adapter.pk, "scheme": "compeft", "scheme_params": [0.1]}), 400, "scheme_params")
+    error(post(api, url, {"artifact": adapter.pk, "scheme": "compeft", "scheme_params": {"density": 0}}),
+          400, "scheme_params.density")
+    error(post(api, url, {"artifact": adapter.pk, "scheme": "gguf_q8_0", "scheme_params": {"alpha": 2}}),
+          400, "scheme_params.alpha")  # a scheme without settings takes none
+    assert not Job.objects.filter(kind=Job.Kind.QUANTIZE).exists()
+    started = post(api, url, {"artifact": adapter.pk, "scheme": "compeft", "scheme_params": {"alpha": 2}})
+    assert started.status_code == 201, started.content
+    assert Job.objects.get(pk=started.json()["id"]).config["scheme_params"] == {"density": 0.1, "alpha": 2}

@@ -240,3 +240,28 @@ def test_the_quantize_pages_report_settings_are_stored_and_refusals_name_the_fie
     config = Job.objects.get(kind="quantize").config
     assert (config["report_answers"], config["report_agreement"], config["report_speed"]) == (False, False, True)
     assert (config["eval_rows"], config["max_new_tokens"], config["report"]) == (4, 8, True)
+
+
+def test_a_delta_schemes_settings_and_paper_are_on_the_quantize_page(member_client, member, team, dataset,
+                                                                     tiny_base_model, media_root):
+    adapter_dir = media_root / "jobs" / "91" / "adapter"
+    adapter_dir.mkdir(parents=True)
+    (adapter_dir / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    adapter = artifact_create(job=train(member, team, dataset, tiny_base_model), kind="adapter",
+                              path=str(adapter_dir), metadata={})
+    page = member_client.get(f"/jobs/new/quantize/?artifact={adapter.pk}").content.decode()
+    density = re.search(r'<input[^>]*name="scheme_param__compeft__density"[^>]*>', page)[0]
+    assert 'value="0.1"' in density and 'href="https://arxiv.org/abs/2311.13171"' in page
+
+    refused = member_client.post("/jobs/new/quantize/", {"artifact": adapter.pk, "scheme": "compeft",
+                                                         "scheme_param__compeft__density": "2"})
+    assert refused.status_code == 400 and not Job.objects.filter(kind="quantize").exists()
+    assert "<strong>scheme_params.density:</strong> must be a number above 0 and at most 1" in refused.content.decode()
+
+    response = member_client.post("/jobs/new/quantize/", {"artifact": adapter.pk, "scheme": "compeft",
+                                                          "scheme_param__compeft__density": "0.3",
+                                                          "scheme_param__gguf_q8_0__density": "9"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    config = Job.objects.get(kind="quantize").config
+    assert config["scheme_params"] == {"density": 0.3, "alpha": 1.0}  # the chosen scheme's inputs only
+    assert config["base_model"] == tiny_base_model.ref  # the change is measured against the adapter's base

@@ -14,12 +14,13 @@ table to draw the form.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from tuning.quantize import bnb_8bit, bnb_nf4, gguf_file, safetensors_cast, torchao_int4, torchao_int8
+from tuning.quantize import bnb_8bit, bnb_nf4, compeft, gguf_file, safetensors_cast, torchao_int4, torchao_int8
 from tuning.quantize.gguf_families import GGUF_FAMILIES, gguf_refusal
 
 
@@ -38,6 +39,17 @@ class QuantScheme:
     model_refusal: Callable[[dict], str | None] = lambda config: None
     families: tuple[str, ...] = ()  # the families the format is limited to (labels), () when any
     gguf_file: str = ""  # the file inside the output directory, for GGUF schemes
+    # Delta schemes compress a fine-tune's change from its base: they need the base model, read the source as
+    # it is (an adapter stays an adapter) and write a packed change beside what loads (tuning/quantize/delta.py)
+    delta: bool = False
+    check_params: Callable[[dict], dict] = lambda params: _no_params(params)  # scheme_params -> with defaults
+    paper: str = ""
+
+
+def _no_params(params: dict) -> dict:
+    from tuning.quantize.delta import read_params
+
+    return read_params(params, {})
 
 
 def _gguf(gguf_type: str, label: str, description: str) -> QuantScheme:
@@ -63,6 +75,11 @@ def _module(module, *, name: str, label: str, description: str, needs_gpu: bool)
                        format=module.FORMAT, how_to_load=module.HOW_TO_LOAD)
 
 
+def _delta(module, *, name: str, label: str, description: str) -> QuantScheme:
+    return dataclasses.replace(_module(module, name=name, label=label, description=description, needs_gpu=False),
+                               delta=True, check_params=module.check_params, paper=module.PAPER)
+
+
 QUANT_SCHEMES: dict[str, QuantScheme] = {
     scheme.name: scheme
     for scheme in (
@@ -83,6 +100,10 @@ QUANT_SCHEMES: dict[str, QuantScheme] = {
                                    "and LM Studio."),
         _cast("fp16", "Safetensors fp16", "The whole model in float16: half of fp32, loads everywhere."),
         _cast("bf16", "Safetensors bf16", "The whole model in bfloat16: half of fp32 with fp32's range."),
+        _delta(compeft, name="compeft", label="ComPEFT (sparse ternary change)",
+               description="Keeps the largest entries of a fine-tune's change from its base (an adapter's weights, "
+                           "or a full fine-tune's delta) as their sign times one scale per tensor; packed about 1/16 "
+                           "of fp16 at density 0.1. Needs the base model."),
     )
 }
 
@@ -99,7 +120,8 @@ def describe(scheme: QuantScheme | str, *, check_machine: bool = True) -> dict:
     return {"name": scheme.name, "label": scheme.label, "description": scheme.description,
             "needs_gpu": scheme.needs_gpu, "format": scheme.format, "how_to_load": scheme.how_to_load,
             "families": list(scheme.families), "available": (reason is None) if check_machine else None,
-            "unavailable_reason": reason}
+            "unavailable_reason": reason, "delta": scheme.delta, "paper": scheme.paper,
+            "params": scheme.check_params({})}
 
 
 def export_support(model_config: dict | str) -> dict[str, str | None]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOAD_PATH = "path/to/this/folder"  # placeholder in the load snippets shown to users
@@ -25,6 +25,8 @@ class SchemeContext:
     log: Callable[[str], None]
     trust_remote_code: bool = False
     name: str = ""  # recorded in the output where the format has a place for it (GGUF general.name)
+    base_model: str = ""  # the base a delta scheme measures the source's change against
+    params: dict = field(default_factory=dict)  # the scheme's own settings (QuantizeConfig.scheme_params)
 
 
 def missing_package(module: str, pip_name: str) -> str | None:

@@ -41,6 +41,9 @@ class QuantizeConfig:
     # so (like TrainConfig.method_params) it has no form metadata and is
     # validated in from_dict.
     prompts: list = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    # The scheme's own settings (ComPEFT's density and alpha, Delta-CoMe's bits), checked by the scheme's
+    # ``check_params`` in from_dict and stored with its defaults filled in.
+    scheme_params: dict = field(default_factory=dict)
     max_new_tokens: int = setting(32, help="Tokens generated per prompt in the report.", min=1, max=4096)
     report: bool = setting(True, help="Compare the written output with the source (sizes, and the parts below).")
     # Off by default: answering is most of a report's time on a CPU (bench/quantize_export_time.py)
@@ -65,6 +68,7 @@ class QuantizeConfig:
 
         data = dict(data)
         prompts = data.pop("prompts", None)
+        scheme_params = data.pop("scheme_params", None) or {}
         errors: dict[str, str] = {}
         config = None
         try:
@@ -74,10 +78,18 @@ class QuantizeConfig:
         if prompts is not None and (not isinstance(prompts, (list, tuple)) or not prompts
                                     or not all(isinstance(p, str) and p.strip() for p in prompts)):
             errors["prompts"] = "must be a list of one or more non-empty texts"
+        if not isinstance(scheme_params, dict):
+            errors["scheme_params"] = "must be a mapping of the scheme's settings to values"
+        elif config is not None:
+            try:
+                scheme_params = QUANT_SCHEMES[config.scheme].check_params(scheme_params)
+            except ConfigError as exc:
+                errors.update(exc.errors)
         if errors:
             raise ConfigError(errors)
-        if prompts is not None:
-            import dataclasses
+        import dataclasses
 
+        config = dataclasses.replace(config, scheme_params=scheme_params)
+        if prompts is not None:
             config = dataclasses.replace(config, prompts=list(prompts))
         return config

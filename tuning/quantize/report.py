@@ -162,6 +162,14 @@ def build_report(*, config, scheme, source_dir: Path, out_dir: Path,
     from tuning.models import load_tokenizer
 
     size_before, size_after = weights_size(source_dir), weights_size(out_dir)
+    compression = {}
+    if scheme.delta:  # what shrinks is the change from the base: its bytes as stored before, packed after
+        import json
+
+        from tuning.quantize.delta import STATS_FILE
+
+        compression = json.loads((out_dir / STATS_FILE).read_text())
+        size_before, size_after = compression["delta_bytes_before"], compression["delta_bytes_after"]
     parts = report_parts(config)
     report = {
         "scheme": scheme.name, "format": scheme.format, "parts": list(parts),
@@ -169,6 +177,8 @@ def build_report(*, config, scheme, source_dir: Path, out_dir: Path,
         "dir_bytes_before": dir_size(source_dir), "dir_bytes_after": dir_size(out_dir),
         "size_ratio": round(size_after / size_before, 4) if size_before else None,
     }
+    if compression:
+        report["compression"] = compression
     if not parts:
         return report
     phases = _Phases(progress_for, should_stop)

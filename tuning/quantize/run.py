@@ -67,6 +67,14 @@ def check_quantize_source(config: QuantizeConfig, *, on_worker: bool = True) -> 
     source = Path(config.source_path).expanduser()
     if not source.is_dir():
         raise ConfigError({"source_path": f"directory not found: {config.source_path}"})
+    if scheme.delta:
+        if not config.base_model:
+            raise ConfigError({"base_model": f"{scheme.label} compresses the change of {config.source_path} from "
+                                             f"its base model: name the base model it was fine-tuned from"})
+        from tuning.quantize.delta import check_base
+
+        if reason := check_base(source, config.base_model):
+            raise ConfigError({"base_model": reason})
     if _is_adapter(source):
         if not config.base_model:
             raise ConfigError({"base_model": f"{config.source_path} is an adapter: name the base model it was "
@@ -140,8 +148,10 @@ def run_quantize(config: QuantizeConfig, sink: EventSink) -> QuantizeResult:
         context = SchemeContext(progress=_emitter(sink, f"Writing {scheme.label}", "tensors"),
                                 should_stop=sink.should_stop, log=lambda message: sink.emit(LogEvent(message=message)),
                                 trust_remote_code=config.trust_remote_code,
-                                name=config.model_name or Path(config.source_path).name)
-        scheme.run(source_dir, partial, context)
+                                name=config.model_name or Path(config.source_path).name,
+                                base_model=config.base_model, params=config.scheme_params)
+        # a delta scheme reads the source as it is (an adapter stays an adapter); the merged copy is the report's
+        scheme.run(Path(config.source_path) if scheme.delta else source_dir, partial, context)
         copy_tokenizer_files(source_dir, partial, trust_remote_code=config.trust_remote_code)
         _check_stop(sink)
 
@@ -168,7 +178,9 @@ def run_quantize(config: QuantizeConfig, sink: EventSink) -> QuantizeResult:
         shutil.rmtree(merged_dir, ignore_errors=True)
 
     size = weights_size(output_dir)
-    sink.emit(ArtifactEvent(artifact_kind="model", path=str(output_dir),
+    # a delta scheme given an adapter writes an adapter: the studio loads it on its base
+    kind = "adapter" if _is_adapter(output_dir) else "model"
+    sink.emit(ArtifactEvent(artifact_kind=kind, path=str(output_dir),
                             metadata={"scheme": scheme.name, "format": scheme.format, "size_bytes": size,
                                       "report": report, "source": source_label,
                                       "gguf_file": scheme.gguf_file or None, "how_to_load": scheme.how_to_load}))
