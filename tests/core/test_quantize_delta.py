@@ -14,49 +14,36 @@ from transformers import AutoModelForCausalLM
 
 from tuning.errors import ConfigError
 from tuning.events import MemorySink
-from tuning.quantize import QUANT_SCHEMES, compeft, describe
+from tuning.quantize import QUANT_SCHEMES, compeft, delta_come, describe
 from tuning.quantize.config import QuantizeConfig
 from tuning.quantize.delta import PACKED_FILE, STATS_FILE, pack_bits, unpack_bits
 from tuning.quantize.run import check_quantize_source, run_quantize
-from tuning.train import run_train
+from tests.core.test_quantize import ROWS, _train
 
 DELTA_SCHEMES = [name for name, scheme in QUANT_SCHEMES.items() if scheme.delta]
-UNPACK = {"compeft": compeft.unpack_delta}
+UNPACK = {"compeft": compeft.unpack_delta, "delta_come": delta_come.unpack_delta}
 # Settings that keep a tiny 8-step adapter's behaviour: at ComPEFT's density 0.1 both LoRA factors lose most of
 # what 8 steps taught them (KL to the adapter 0.23 vs the base's 0.24); at 0.5 it is 0.09 (measured on this adapter)
-KEEPING = {"compeft": {"density": 0.5, "alpha": 1.0}}
+KEEPING = {"compeft": {"density": 0.5, "alpha": 1.0}, "delta_come": {}}
 
 
 @pytest.fixture(scope="module")
 def rows_jsonl(tmp_path_factory) -> Path:
-    rows = [{"instruction": "Say the colour of the sky.", "output": "Blue."},
-            {"instruction": "Say the colour of grass.", "output": "Green."},
-            {"instruction": "Count to three.", "output": "One, two, three."},
-            {"instruction": "Greet me.", "output": "Hello!"}]
     path = tmp_path_factory.mktemp("data") / "rows.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    path.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     return path
-
-
-def _train(tiny_model, data, out, **overrides):
-    from tuning.config import TrainConfig
-
-    config = TrainConfig.from_dict({
-        "base_model": str(tiny_model), "dataset_path": str(data), "output_dir": str(out), "max_steps": 8,
-        "batch_size": 4, "learning_rate": 0.01, "warmup_ratio": 0.0, "precision": "fp32", "save_every": 1000,
-        **overrides})
-    return Path(run_train(config, MemorySink()).output_path)
 
 
 @pytest.fixture(scope="module")
 def lora_adapter(tiny_model, rows_jsonl, tmp_path_factory) -> Path:
-    return _train(tiny_model, rows_jsonl, tmp_path_factory.mktemp("lora"),
-                  method_params={"rank": 8, "alpha": 16, "dropout": 0.0})
+    return Path(_train(tiny_model, rows_jsonl, tmp_path_factory.mktemp("lora"), max_steps=8,
+                       method_params={"rank": 8, "alpha": 16, "dropout": 0.0}).output_path)
 
 
 @pytest.fixture(scope="module")
 def full_finetune(tiny_model, rows_jsonl, tmp_path_factory) -> Path:
-    return _train(tiny_model, rows_jsonl, tmp_path_factory.mktemp("full"), method="full", learning_rate=0.001)
+    return Path(_train(tiny_model, rows_jsonl, tmp_path_factory.mktemp("full"), max_steps=8, method="full",
+                       learning_rate=0.001).output_path)
 
 
 def _config(source, base, out, data, scheme, **overrides) -> QuantizeConfig:
@@ -197,3 +184,34 @@ def test_a_full_finetune_compresses_into_a_model_that_transformers_loads(scheme,
     plain = _log_probs(AutoModelForCausalLM.from_pretrained(tiny_model), tiny_model)
     compressed = _log_probs(AutoModelForCausalLM.from_pretrained(out), tiny_model)
     assert _kl(tuned, compressed) < 0.6 * _kl(tuned, plain)
+
+
+def test_delta_come_formula_on_a_small_matrix():
+    generator = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(12, 6, generator=generator))
+    v, _ = torch.linalg.qr(torch.randn(10, 6, generator=generator))
+    singular = torch.tensor([8.0, 4.0, 1.0, 0.5, 0.25, 0.125])
+    delta = u @ torch.diag(singular) @ v.T
+    groups = delta_come.groups_for({"rank_8bit": 1, "rank_3bit": 2, "rank_2bit": 1}, 6)
+    assert groups == [(8, 1), (3, 2), (2, 1)]  # the two smallest singular vectors are dropped
+    us, v_q, parts = delta_come.delta_come(delta, groups)
+    assert us.shape == (12, 4) and v_q.shape == (10, 4)
+    assert torch.allclose(parts[".s"].float(), singular[:4], rtol=1e-3)
+
+    # by hand: each kept singular vector on its own symmetric grid of 2^(b-1) - 1 levels a side
+    svd_u, svd_s, svd_vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    expected = torch.zeros(12, 10, dtype=torch.float64)
+    for index, bits in enumerate([8, 3, 3, 2]):
+        top = 2 ** (bits - 1) - 1
+        rounded = []
+        for vector in (svd_u[:, index], svd_vh[index]):
+            scale = float(torch.tensor(vector.abs().max().item() / top, dtype=torch.float16))
+            rounded.append(torch.clamp(torch.round(vector / scale), -top, top) * scale)
+        singular_value = float(torch.tensor(svd_s[index].item(), dtype=torch.float16))
+        expected += singular_value * torch.outer(rounded[0], rounded[1])
+    assert torch.allclose(us @ v_q.T, expected.float(), atol=1e-4)
+    # more bits where the singular values are large: the top pair at 8 bits is nearly exact
+    top_pair = svd_s[0] * torch.outer(svd_u[:, 0], svd_vh[0])
+    first = us[:, :1] @ v_q[:, :1].T
+    assert (first - top_pair.float()).abs().max() < 0.01 * top_pair.abs().max()
+    assert (us @ v_q.T - delta).norm() < 0.25 * delta.norm()

@@ -20,7 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from tuning.quantize import bnb_8bit, bnb_nf4, compeft, gguf_file, safetensors_cast, torchao_int4, torchao_int8
+from tuning.quantize import (bnb_8bit, bnb_nf4, compeft, delta_come, gguf_file, safetensors_cast, torchao_int4,
+                             torchao_int8)
 from tuning.quantize.gguf_families import GGUF_FAMILIES, gguf_refusal
 
 
@@ -104,6 +105,10 @@ QUANT_SCHEMES: dict[str, QuantScheme] = {
                description="Keeps the largest entries of a fine-tune's change from its base (an adapter's weights, "
                            "or a full fine-tune's delta) as their sign times one scale per tensor; packed about 1/16 "
                            "of fp16 at density 0.1. Needs the base model."),
+        _delta(delta_come, name="delta_come", label="Delta-CoMe (mixed-precision low-rank change)",
+               description="Splits each weight matrix's change from the base by SVD and keeps its singular vectors "
+                           "at 8, 3 and 2 bits, more bits for larger singular values; an adapter stays an adapter "
+                           "of the kept rank. Needs the base model."),
     )
 }
 

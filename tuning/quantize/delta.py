@@ -146,24 +146,34 @@ class LoadableWriter:
 
 
 def write_packed(out_dir: Path, tensors: dict, layout: dict, *, scheme: str, settings: dict) -> int:
-    """Write the packed change (``tensors``: name -> torch tensor) with its
-    ``layout`` (what each original tensor became) in the file's metadata; its bytes."""
+    """Write the packed change (``tensors``: (layout name, part suffix) -> torch
+    tensor) with its ``layout`` (what each original tensor became) in the
+    file's metadata; its bytes. Parts are stored under the layout entry's
+    number, not its name: a module's name is ~60 bytes of header a part, which
+    on a small adapter outweighed the packed values."""
     from safetensors.torch import save_file
 
+    numbers = {name: number for number, name in enumerate(layout)}
+    stored = {f"{numbers[name]}{suffix}": tensor.contiguous() for (name, suffix), tensor in tensors.items()}
     path = out_dir / PACKED_FILE
-    save_file(tensors, str(path), metadata={"scheme": scheme, "settings": json.dumps(settings),
-                                            "layout": json.dumps(layout)})
+    save_file(stored, str(path), metadata={"scheme": scheme, "settings": json.dumps(settings),
+                                           "layout": json.dumps(layout)})
     return path.stat().st_size
 
 
 def read_packed(path: Path) -> tuple[dict, dict, dict]:
-    """(tensors, layout, settings) of a packed change."""
+    """(tensors keyed by layout name + part suffix, layout, settings) of a packed change."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    return tensors, json.loads(metadata["layout"]), json.loads(metadata["settings"])
+        layout = json.loads(metadata["layout"])
+        names = dict(enumerate(layout))
+        tensors = {}
+        for key in handle.keys():
+            number, dot, suffix = key.partition(".")
+            tensors[names[int(number)] + dot + suffix] = handle.get_tensor(key)
+    return tensors, layout, json.loads(metadata["settings"])
 
 
 def write_stats(out_dir: Path, *, source: Path, packed_bytes: int, scheme: str, settings: dict, **extra) -> dict:
@@ -252,12 +262,12 @@ def run_delta(source: Path, out_dir: Path, ctx, *, scheme: str, settings: dict, 
                 raise Cancelled
             if not change.is_floating_point() or (base_tensor is None and not adapter):
                 writer.write(name, dtype, change)  # nothing to compress: kept as stored
-                packed[name] = change.contiguous()
+                packed[name, ""] = change
                 layout[name] = {"kind": "raw"}
             else:
                 restored, parts, entry = compress(name, change)
                 writer.write(name, dtype, restored if base_tensor is None else base_tensor + restored)
-                packed.update({name + suffix: part.contiguous() for suffix, part in parts.items()})
+                packed.update({(name, suffix): part for suffix, part in parts.items()})
                 layout[name] = {"shape": list(change.shape), **entry}
                 kept += int(torch.count_nonzero(restored))
                 entries += change.numel()
