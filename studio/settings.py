@@ -260,6 +260,13 @@ DEFAULT_DEVICE_POOL = env_str("DEFAULT_DEVICE_POOL", "default")
 # behind a job that trains for hours. The run command starts a small worker
 # for it; a team deployment runs one beside the GPU workers (docker-compose.yml).
 DATASET_POOL = env_str("DATASET_POOL", "dataset")
+# What a worker reports it can train on (worker/devices.py): 0 reads it from torch (the visible CUDA GPUs,
+# else one CPU device). WORKER_DEVICES=4 lets a CPU worker run 4-process jobs (gloo), or names how many GPUs
+# of the machine the worker may use; WORKER_DEVICE_MEMORY_MIB overrides the memory of each.
+WORKER_DEVICES = env_int("WORKER_DEVICES", 0)
+WORKER_DEVICE_MEMORY_MIB = env_int("WORKER_DEVICE_MEMORY_MIB", 0)
+# The address the pool's other workers reach this worker's machine at; empty: the host name.
+WORKER_ADDRESS = env_str("WORKER_ADDRESS", "")
 # Pools whose workers have a CUDA GPU; GPU-only methods (QLoRA …) are
 # offered only when there is one.
 GPU_POOLS = env_list("GPU_POOLS", [])

@@ -1,6 +1,8 @@
-"""Each worker says what it is (device, memory) and what it is doing, so the
-workers page can show it and pre-flight checks can ask a pool how much
-memory it has (studio.workers.selectors.pool_device_memory_mib).
+"""Each worker says what it is (its devices: how many, which kind, the
+memory of each; worker/devices.py) and what it is doing, so the workers
+page can show it, pre-flight checks can ask a pool how much memory and how
+many devices it has (studio.workers.selectors) and the claim can tell which
+jobs fit it.
 
 ``start_registry`` runs a daemon thread in the worker process: it registers
 the worker, renews a heartbeat every JOB_HEARTBEAT_S seconds with the job it
@@ -21,37 +23,13 @@ from django.db import connection
 
 from studio.workers.services import worker_heartbeat, worker_register, worker_stopped
 from worker import runner
+from worker.devices import Devices, worker_address, worker_devices
 
 log = logging.getLogger(__name__)
 
 _thread: threading.Thread | None = None
 _stop = threading.Event()
 _name = ""
-
-
-def cpu_description() -> str:
-    """"CPU: 16 cores, Intel(R) Xeon(R) …": the cores this process may use
-    (its affinity, as a container or taskset limits it) and the model name."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    model = value.strip()
-                    break
-    except OSError:  # not Linux: the core count alone still helps
-        pass
-    return f"CPU: {cores} cores" + (f", {model}" if model else "")
-
-
-def ram_mib() -> int:
-    """The machine's physical memory in MiB."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 def rss_mib() -> int:
@@ -66,26 +44,10 @@ def rss_mib() -> int:
     return 0
 
 
-def device_info() -> tuple[str, int]:
-    """(description, memory in MiB) of the device this worker trains on: its
-    first visible CUDA GPU (CUDA_VISIBLE_DEVICES gives each worker one), else
-    the CPU and the machine's RAM. Imports torch: a worker loads it for its
-    first job anyway, and this runs in the registry thread, off the
-    worker's start-up path."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            return f"CUDA: {props.name}", props.total_memory // (1 << 20)
-    except Exception:  # noqa: BLE001 -- a broken CUDA set-up still leaves a CPU worker worth listing
-        log.exception("could not read the CUDA device; registering as a CPU worker")
-    return cpu_description(), ram_mib()
-
-
-def _register(name: str, pool: str, device: str, memory_mib: int) -> None:
-    worker_register(name=name, pool=pool, hostname=socket.gethostname(), pid=os.getpid(), device=device,
-                    device_memory_mib=memory_mib)
+def _register(name: str, pool: str, devices: Devices) -> None:
+    worker_register(name=name, pool=pool, hostname=socket.gethostname(), pid=os.getpid(),
+                    device=devices.description, device_memory_mib=devices.memory_mib, device_count=devices.count,
+                    device_kind=devices.kind, address=worker_address())
 
 
 def _current_job_id() -> int | None:
@@ -93,16 +55,17 @@ def _current_job_id() -> int | None:
 
 
 def _beat_forever(name: str, pool: str, stop: threading.Event) -> None:
-    device, memory_mib = device_info()  # seconds (torch import): the worker may be told to stop meanwhile
+    devices = worker_devices()  # seconds (torch import): the worker may be told to stop meanwhile
     registered = False
     wait = 0.0  # register at once; then every JOB_HEARTBEAT_S seconds
     while not stop.wait(wait):
         wait = settings.JOB_HEARTBEAT_S
         try:
             if not registered:
-                _register(name, pool, device, memory_mib)
+                _register(name, pool, devices)
                 registered = True
-                log.info("registered worker %s (pool %s, %s, %d MiB)", name, pool, device, memory_mib)
+                log.info("registered worker %s (pool %s, %d × %s, %d MiB each)", name, pool, devices.count,
+                         devices.description, devices.memory_mib)
             # A missing row (deleted by an admin) means: register again next round.
             registered = worker_heartbeat(name=name, current_job_id=_current_job_id(), memory_used_mib=rss_mib())
         except Exception:  # the database may be restarting: try again next round, never kill the worker

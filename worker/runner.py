@@ -20,6 +20,7 @@ from studio.storage.services import storage_purge_due, storage_sweep_orphans
 from studio.workers.models import WorkerNode
 from studio.workers.services import workers_purge_gone
 from tuning.errors import TuningError
+from worker.devices import worker_devices
 from worker.sink import JobSink
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,15 @@ def _run(job: Job) -> tuple[str, str]:
     return import_string(kind.run)(job, JobSink(job))
 
 
-def run_job(job_id: int, *, worker_name: str = "", pool: str = "") -> str:
+def run_job(job_id: int, *, worker_name: str = "", pool: str = "", devices: int | None = None) -> str:
     """Run the job the pool should run next (usually ``job_id``, the one whose
-    enqueue sent this wake-up; a higher-priority one if it came meanwhile)."""
+    enqueue sent this wake-up; a higher-priority one if it came meanwhile)
+    among those that fit this worker's ``devices`` (by default, what
+    worker/devices.py reads)."""
     if not pool:
         pool = Job.objects.filter(pk=job_id).values_list("device_pool", flat=True).first() or "default"
-    job = job_claim_next(pool=pool, worker_name=worker_name or socket.gethostname())
+    devices = worker_devices().count if devices is None else devices
+    job = job_claim_next(pool=pool, worker_name=worker_name or socket.gethostname(), devices=devices)
     if job is None:
         log.info("nothing in pool %s may start now (woken for job %s); skipping", pool, job_id)
         return "skipped"

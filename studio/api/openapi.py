@@ -46,6 +46,13 @@ JOB = {
         "progress": {"type": "object", "properties": {"step": {"type": "integer"}, "total_steps": {"type": "integer"},
                                                       "loss": {"type": ["number", "null"]}}},
         "last_event_seq": {"type": "integer"},
+        "devices": {"type": "integer", "description": "Devices the job trains on together (1 … the pool's)."},
+        "holds": {"type": "array", "description": (
+            "While it runs: the workers it runs on and how many of their devices, the claiming worker first "
+            "(several when the job asked for more devices than one worker has)."),
+                  "items": {"type": "object", "properties": {"worker": {"type": "string"},
+                                                             "devices": {"type": "integer"},
+                                                             "role": {"enum": ["head", "follower"]}}}},
         "artifacts": {"type": "array", "items": {"type": "integer"}},
         "created_at": {"type": "integer", "description": "Unix seconds."},
         "started_at": {"type": ["integer", "null"]}, "finished_at": {"type": ["integer", "null"]},

@@ -47,6 +47,9 @@ def job_json(job: Job, *, request) -> dict:
         "error": error,
         "progress": {"step": job.progress_step, "total_steps": job.progress_total, "loss": job.last_loss},
         "last_event_seq": job.last_seq,
+        "devices": job.devices,
+        "holds": [{"worker": hold.worker_name, "devices": hold.devices, "role": hold.role}
+                  for hold in job.current_holds()],
         "artifacts": [artifact.pk for artifact in job.artifacts.all()],
         "created_at": unix(job.created_at),
         "started_at": unix(job.started_at),

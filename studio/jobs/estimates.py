@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from studio.jobs.selectors_queue import pool_memory_bytes, pool_tokens_per_s
+from studio.workers.selectors import pool_capacity
 from tuning.config import TrainConfig, config_to_dict
 from tuning.errors import ModelError
 from tuning.fields import field_specs
@@ -46,6 +47,21 @@ class TrainEstimate:
         return f"{self.trainable:,} of {self.total:,} parameters"
 
 
+def train_pool(method: Method, gpu_pools) -> str:
+    """The pool a training run of ``method`` goes to: the first GPU pool for a method that needs CUDA."""
+    return gpu_pools[0] if method.needs_cuda and gpu_pools else settings.DEFAULT_DEVICE_POOL
+
+
+def devices_refusal(*, pool: str, devices: int) -> str:
+    """Why the pool's alive workers cannot give a run ``devices`` devices, even all joining it ("" when
+    they can, and when no worker of the pool is alive: the job may wait for one)."""
+    capacity = pool_capacity(pool)
+    if capacity is None or devices <= capacity.devices:
+        return ""
+    return (f"pool {pool} has {capacity.devices} device(s) on its {capacity.workers} alive worker(s) "
+            f"(at most {capacity.largest} on one); ask for 1 … {capacity.devices}")
+
+
 def train_estimate(*, base_model, method: Method, task: str, method_params: dict, run_values: dict, dataset,
                    gpu_pools) -> TrainEstimate | None:
     """The estimate for a run of ``method`` on ``base_model``, or None while
@@ -69,7 +85,7 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
                trainable: int, total: int) -> dict:
     """Memory needed against the pool's device memory, and the time at the
     pool's recent speed; with the changes that would make it fit."""
-    pool = gpu_pools[0] if method.needs_cuda and gpu_pools else settings.DEFAULT_DEVICE_POOL
+    pool = train_pool(method, gpu_pools)
     shape = {"batch_size": values["batch_size"], "max_length": values["max_length"],
              "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"],
              # The trainer fuses the head and the loss for these methods (tuning.loss).

@@ -153,12 +153,13 @@ def fair_order(rows: list[tuple], usage: PoolUsage | None) -> list[int]:
     return order
 
 
-def queued_fair_order(queued, pool: str) -> list[tuple[int, int]]:
-    """(id, team id) of each job of ``queued`` (a queryset of the pool's queued jobs, in priority then queue
-    order) in the order they run."""
-    rows = list(queued.values_list("pk", "priority", "team_id", "owner_id"))
-    team_of = {pk: team_id for pk, _, team_id, _ in rows}
-    return [(pk, team_of[pk]) for pk in fair_order(rows, pool_usage(pool) if settings.FAIR_SHARE else None)]
+def queued_fair_order(queued, pool: str) -> list[tuple[int, int, int]]:
+    """(id, team id, devices) of each job of ``queued`` (a queryset of the pool's queued jobs, in priority then
+    queue order) in the order they run."""
+    rows = list(queued.values_list("pk", "priority", "team_id", "owner_id", "devices"))
+    facts = {pk: (team_id, devices) for pk, _, team_id, _, devices in rows}
+    order = fair_order([row[:4] for row in rows], pool_usage(pool) if settings.FAIR_SHARE else None)
+    return [(pk, *facts[pk]) for pk in order]
 
 
 def device_hours_unit(pool: str) -> str:

@@ -65,6 +65,9 @@ class Job(Deletable):
     # Within one priority, lower runs first; admins move jobs up and down.
     queue_order = models.FloatField(default=_now_order, db_index=True)
     device_pool = models.CharField(max_length=50, default="default")
+    # Devices the job trains on together (a training job's ``devices`` setting; 1 for every other kind): one
+    # worker with that many, or several workers of the pool joining one rendezvous (``JobHold``).
+    devices = models.PositiveSmallIntegerField(default=1)
     failure_kind = models.CharField(max_length=12, choices=FailureKind.choices, blank=True)
     failure_message = models.TextField(blank=True)
     worker_name = models.CharField(max_length=200, blank=True)
@@ -124,10 +127,45 @@ class Job(Deletable):
     def can_resume(self) -> bool:
         return self.latest_checkpoint() is not None
 
+    def current_holds(self) -> list["JobHold"]:
+        """The workers (and how many of their devices) the job's current attempt runs on: the claiming worker
+        first, then those that joined it."""
+        if self.status not in self.HOLDING_WORKER:
+            return []
+        return [hold for hold in self.holds.all() if hold.attempt == self.attempts]
+
     @property
     def can_cancel(self) -> bool:
         return self.status in (self.Status.VALIDATING, self.Status.QUEUED, self.Status.RUNNING,
                                self.Status.PREEMPTING)
+
+
+class JobHold(models.Model):
+    """A worker's devices taken by one attempt of a job. The worker that claimed the job is its head; a job
+    asking for more devices than the head has also holds followers: other workers of the pool that joined the
+    head's rendezvous (``services_queue.job_join_next``). Only the head records events and ends the job."""
+
+    class Role(models.TextChoices):
+        HEAD = "head"
+        FOLLOWER = "follower"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="holds")
+    attempt = models.PositiveIntegerField(help_text="The job's attempts when it was taken.")
+    worker_name = models.CharField(max_length=200)
+    devices = models.PositiveSmallIntegerField(help_text="Devices of this worker the job trains on.")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.HEAD)
+    # The head's: how many workers run the attempt, and the host:port of its torchrun rendezvous (c10d) that
+    # the followers join ("" for a job of one worker).
+    workers = models.PositiveSmallIntegerField(default=1)
+    rendezvous = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "attempt", "pk"]
+        constraints = [models.UniqueConstraint(fields=["job", "attempt", "worker_name"], name="one_hold_per_worker")]
+
+    def __str__(self):
+        return f"{self.worker_name}: {self.devices} device(s) of job #{self.job_id}"
 
 
 class JobEvent(models.Model):

@@ -145,7 +145,7 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage
 
     for pool in sorted(set(pools)):
         running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE).select_related("owner", "team")
-                       .annotate(last=_last_event_data(("metrics", "progress"))))
+                       .prefetch_related("holds").annotate(last=_last_event_data(("metrics", "progress"))))
         free_at = []
         for job in running:
             remaining = (job.last or {}).get("eta_s")

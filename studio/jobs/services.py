@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from studio.notifications.webhooks import webhooks_enqueue_for_job
 from studio.datasets.selectors import dataset_training_refusal
-from studio.jobs.estimates import memory_refusal
+from studio.jobs.estimates import devices_refusal, memory_refusal, train_pool
 from studio.jobs.events import job_event_record
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job, JobEvent, job_output_dir
@@ -67,18 +67,19 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
                                        f"{', '.join(dataset.tasks)}; pick one of those tasks or another dataset"})
         if config.task == "preference" and (problem := loss_data_problem(config.preference_loss, dataset.schema)):
             raise ConfigError({"preference_loss": problem})
-        if METHODS[config.method].needs_cuda:
-            if not settings.GPU_POOLS:
-                raise ConfigError({"method": f"{METHODS[config.method].label} needs a CUDA GPU worker; none is "
-                                             f"registered (GPU_POOLS)"})
-            job.device_pool = settings.GPU_POOLS[0]
+        if METHODS[config.method].needs_cuda and not settings.GPU_POOLS:
+            raise ConfigError({"method": f"{METHODS[config.method].label} needs a CUDA GPU worker; none is "
+                                         f"registered (GPU_POOLS)"})
+        job.device_pool, job.devices = train_pool(METHODS[config.method], settings.GPU_POOLS), config.devices
+        if too_many := devices_refusal(pool=job.device_pool, devices=config.devices):
+            raise ConfigError({"devices": too_many})
         check_against_model(config, on_worker=False)  # impossible combinations are refused now, not after queueing
         too_big = memory_refusal(base_model=base_model, config=config, dataset=dataset, gpu_pools=settings.GPU_POOLS)
         if too_big:  # rather than failing out of memory after its wait in the queue
             raise ConfigError({"batch_size": too_big})
         job.config = config_to_dict(config)
         job.name = job.name or f"{METHODS[config.method].label} on {dataset.name}"
-        job.save(update_fields=["config", "name", "device_pool"])
+        job.save(update_fields=["config", "name", "device_pool", "devices"])
         job_submit(job=job, progress_total=config.max_steps)
         if config.forgetting_threshold_pct > 0:  # a chained job, queued when training has made its output
             job_create_forgetting(user=user, team=team, threshold_pct=config.forgetting_threshold_pct,

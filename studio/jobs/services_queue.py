@@ -15,7 +15,7 @@ from django.utils import timezone
 from studio.accounts.policy import Action, job_allows, may_preempt, refusal
 from studio.jobs.events import job_event_record
 from studio.jobs.fair_share import queued_fair_order
-from studio.jobs.models import Job, TeamQuota
+from studio.jobs.models import Job, JobHold, TeamQuota
 from studio.jobs.selectors_queue import ACTIVE, queued_in_order, quota_wait_reason
 from studio.jobs.state import job_enqueue, job_set_status
 from tuning.errors import ConfigError
@@ -25,8 +25,12 @@ from tuning.methods import METHODS
 CLAIM_WINDOW = 64  # fair-order positions one claim query looks at; the next window only when these are all taken
 
 
-def job_claim_next(*, pool: str, worker_name: str) -> Job | None:
+def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None) -> Job | None:
     """Claim the next job this pool should run (priority, then fair share), or None when none may start.
+
+    ``devices``: how many the claiming worker has (None: as many as any job asks, for callers that do
+    not count); a job asking for more is left to a worker that has them. The claim records which
+    worker holds the job's devices (a ``JobHold``).
 
     Workers claim at once (on Postgres truly in parallel). One query takes
     the first job of the fair order that is still queued and that no other
@@ -40,10 +44,12 @@ def job_claim_next(*, pool: str, worker_name: str) -> Job | None:
     claim.) bench/claim_throughput.py measures claims per second."""
     gpu_pool = pool in settings.GPU_POOLS
     order = queued_fair_order(queued_in_order(pool), pool)
+    if devices is not None:
+        order = [row for row in order if row[2] <= devices]
     held_back: set[int] = set()  # teams over their quota: asked once per claim
     start = 0
     while start < len(order):
-        window = [pk for pk, team_id in order[start:start + CLAIM_WINDOW] if team_id not in held_back]
+        window = [pk for pk, team_id, _ in order[start:start + CLAIM_WINDOW] if team_id not in held_back]
         with transaction.atomic():
             job = _lock_first_free(window)
             if job is None:
@@ -56,6 +62,8 @@ def job_claim_next(*, pool: str, worker_name: str) -> Job | None:
             Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(  # the lock keeps it queued till here
                 status=Job.Status.RUNNING, worker_name=worker_name[:200], started_at=timezone.now(),
                 heartbeat_at=timezone.now(), attempts=F("attempts") + 1)
+            JobHold.objects.create(job=job, attempt=job.attempts + 1, worker_name=worker_name[:200],
+                                   devices=job.devices)
             job_event_record(job_id=job.pk, kind="status", data={"status": Job.Status.RUNNING, "worker": worker_name})
         return Job.objects.get(pk=job.pk)
     return None

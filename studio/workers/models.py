@@ -16,8 +16,14 @@ class WorkerNode(models.Model):
     hostname = models.CharField(max_length=255)
     pid = models.PositiveIntegerField()
     device = models.CharField(max_length=255, help_text='e.g. "CUDA: NVIDIA H100 80GB HBM3" or "CPU: 2 cores, …"')
-    # MiB; GPU memory for a CUDA worker, the machine's RAM for a CPU worker.
+    # What a job of the pool can use here: the worker's visible GPUs (or WORKER_DEVICES), 1 for a CPU worker
+    # unless WORKER_DEVICES says how many training processes it may run. A pool's capacity is their sum.
+    device_count = models.PositiveSmallIntegerField(default=1)
+    device_kind = models.CharField(max_length=10, default="cpu", help_text='"cuda" or "cpu"')
+    # MiB per device; GPU memory for a CUDA worker, the machine's RAM for a CPU worker.
     device_memory_mib = models.PositiveIntegerField(default=0)
+    # Where the other workers of its pool reach this one for a job's rendezvous (WORKER_ADDRESS, else hostname).
+    address = models.CharField(max_length=255, blank=True)
     # MiB; the worker process's resident set size at the last heartbeat.
     memory_used_mib = models.PositiveIntegerField(default=0)
     current_job = models.ForeignKey("jobs.Job", on_delete=models.SET_NULL, null=True, blank=True,

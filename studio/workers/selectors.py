@@ -1,7 +1,8 @@
-"""Which workers are alive, lost or stopped, and how much memory a pool has."""
+"""Which workers are alive, lost or stopped, and how many devices and how much memory a pool has."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
@@ -28,6 +29,25 @@ def workers_lost() -> QuerySet[WorkerNode]:
 def pools_with_live_workers() -> set[str]:
     """The queues some alive worker consumes (a worker's ``pool`` lists its queues, comma-separated)."""
     return {queue for pools in workers_alive().values_list("pool", flat=True) for queue in pools.split(",") if queue}
+
+
+def pool_workers_alive(pool: str) -> list[WorkerNode]:
+    """The alive workers that consume ``pool`` (one of the queues their ``pool`` lists)."""
+    return [node for node in workers_alive() if pool in node.pool.split(",")]
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    devices: int  # over the pool's alive workers: the most one job can ask for
+    largest: int  # the most devices one worker has
+    workers: int
+
+
+def pool_capacity(pool: str) -> PoolCapacity | None:
+    """How many devices the pool's alive workers have together, or None when none is alive (a job sent
+    there waits for one; the caller says so rather than guessing)."""
+    counts = [node.device_count for node in pool_workers_alive(pool)]
+    return PoolCapacity(sum(counts), max(counts), len(counts)) if counts else None
 
 
 def worker_state(node: WorkerNode, *, now: datetime | None = None) -> str:

@@ -11,14 +11,18 @@ from studio.jobs.models import Job
 from studio.workers.models import WorkerNode
 
 
-def worker_register(*, name: str, pool: str, hostname: str, pid: int, device: str,
-                    device_memory_mib: int) -> WorkerNode:
+def worker_register(*, name: str, pool: str, hostname: str, pid: int, device: str, device_memory_mib: int,
+                    device_count: int = 1, device_kind: str = "cpu", address: str = "") -> WorkerNode:
     """A worker (re)starts: one row per node name, so a restarted worker
-    takes over its old row instead of leaving a "lost" ghost behind."""
+    takes over its old row instead of leaving a "lost" ghost behind.
+    ``device_memory_mib`` is per device; ``address`` is where the pool's
+    other workers reach it (the host name when empty)."""
     now = timezone.now()
     node, _ = WorkerNode.objects.update_or_create(name=name, defaults={
         "pool": pool, "hostname": hostname, "pid": pid, "device": device[:255],
-        "device_memory_mib": max(0, int(device_memory_mib)), "memory_used_mib": 0, "current_job": None,
+        "device_memory_mib": max(0, int(device_memory_mib)), "device_count": min(max(1, int(device_count)), 64),
+        "device_kind": device_kind[:10], "address": (address or hostname)[:255],
+        "memory_used_mib": 0, "current_job": None,
         "started_at": now, "last_heartbeat_at": now, "stopped_at": None})
     return node
 

@@ -72,7 +72,7 @@ def test_a_two_device_job_survives_a_killed_rank_and_ends_once(member, team, dat
     killed = []
     killer = threading.Thread(target=_kill_rank_one_after_a_checkpoint, args=(job, killed), daemon=True)
     killer.start()
-    assert run_job(job.pk, worker_name="multi-device", pool=job.device_pool) == "succeeded"
+    assert run_job(job.pk, worker_name="multi-device", pool=job.device_pool, devices=2) == "succeeded"
     killer.join(timeout=5)
     assert killed, "the run ended before rank 1 could be killed"
 

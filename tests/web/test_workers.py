@@ -118,7 +118,8 @@ def test_filters():
 # --- the registry thread (worker/registry.py), in this process ---
 
 def test_device_and_memory_readings():
-    from worker.registry import cpu_description, ram_mib, rss_mib
+    from worker.devices import cpu_description, ram_mib
+    from worker.registry import rss_mib
 
     assert cpu_description().startswith("CPU: ") and " cores" in cpu_description()
     assert ram_mib() > 0
@@ -128,10 +129,11 @@ def test_device_and_memory_readings():
 @pytest.mark.django_db(transaction=True)
 def test_registry_thread_registers_beats_and_stops(settings, monkeypatch, job):
     from worker import registry, runner
+    from worker.devices import Devices
 
     settings.JOB_HEARTBEAT_S = 0.05
     # No torch import here: the device reading is covered above; this tests the thread.
-    monkeypatch.setattr(registry, "device_info", lambda: ("CPU: test", 4096))
+    monkeypatch.setattr(registry, "worker_devices", lambda: Devices(2, "cpu", "CPU: test", 4096))
     monkeypatch.setattr(runner, "current_job_id", job.pk, raising=False)
     beat = threading.Event()
     real_heartbeat = registry.worker_heartbeat
@@ -146,8 +148,8 @@ def test_registry_thread_registers_beats_and_stops(settings, monkeypatch, job):
     try:
         assert beat.wait(10), "the registry thread never beat"
         node = WorkerNode.objects.get(name="thread@box")
-        assert (node.pool, node.device, node.device_memory_mib, node.current_job_id) == (
-            "default", "CPU: test", 4096, job.pk)
+        assert (node.pool, node.device, node.device_memory_mib, node.device_count, node.current_job_id) == (
+            "default", "CPU: test", 4096, 2, job.pk)
         assert node.memory_used_mib > 0  # this process's RSS
     finally:
         registry.stop_registry()
