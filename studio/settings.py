@@ -265,8 +265,14 @@ DATASET_POOL = env_str("DATASET_POOL", "dataset")
 # of the machine the worker may use; WORKER_DEVICE_MEMORY_MIB overrides the memory of each.
 WORKER_DEVICES = env_int("WORKER_DEVICES", 0)
 WORKER_DEVICE_MEMORY_MIB = env_int("WORKER_DEVICE_MEMORY_MIB", 0)
-# The address the pool's other workers reach this worker's machine at; empty: the host name.
+# The address the pool's other workers reach this worker's machine at, for a job that runs on several workers
+# (torchrun's c10d rendezvous); empty: the host name. The job's head hosts its rendezvous on the first free
+# port of RENDEZVOUS_PORT … + RENDEZVOUS_PORTS (open them between a pool's machines); the others wait at most
+# RENDEZVOUS_TIMEOUT_S seconds for every worker to join.
 WORKER_ADDRESS = env_str("WORKER_ADDRESS", "")
+RENDEZVOUS_PORT = env_int("RENDEZVOUS_PORT", 29400, minimum=1)
+RENDEZVOUS_PORTS = env_int("RENDEZVOUS_PORTS", 100, minimum=1)
+RENDEZVOUS_TIMEOUT_S = env_int("RENDEZVOUS_TIMEOUT_S", 300, minimum=10)
 # Pools whose workers have a CUDA GPU; GPU-only methods (QLoRA …) are
 # offered only when there is one.
 GPU_POOLS = env_list("GPU_POOLS", [])

@@ -53,7 +53,9 @@ class EventsFile:
         return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
-def train_on_ranks(job: Job, sink, config: TrainConfig) -> RanksResult:
+def train_on_ranks(job: Job, sink, config: TrainConfig, *, launch=None) -> RanksResult:
+    """``launch(config_file, events, stop_file)`` gives the torchrun command; by default the one that runs
+    every rank on this machine (a job on several workers passes its rendezvous command, worker/gang_runs.py)."""
     run_dir = Path(config.output_dir) / "ranks"
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file, events, stop_file, log = (run_dir / name for name in
@@ -62,8 +64,9 @@ def train_on_ranks(job: Job, sink, config: TrainConfig) -> RanksResult:
         stale.unlink(missing_ok=True)
     config_file.write_text(json.dumps(config_to_dict(config)))
     with open(log, "ab") as output:
-        proc = subprocess.Popen(launch_command(devices=config.devices, config_file=config_file, events=events,
-                                               stop_file=stop_file),
+        command = (launch(config_file, events, stop_file) if launch else
+                   launch_command(devices=config.devices, config_file=config_file, events=events, stop_file=stop_file))
+        proc = subprocess.Popen(command,
                                 stdout=output, stderr=subprocess.STDOUT,
                                 # torchrun dies with this worker: a job taken back is never trained twice
                                 preexec_fn=die_with_parent)

@@ -15,8 +15,9 @@ def run_train(job: Job, sink) -> tuple[str, str]:
     config = TrainConfig.from_dict(job.config)
     if config.devices > 1:  # torchrun launches one process per device (tuning.distributed)
         from worker.distributed_runs import train_on_ranks
+        from worker.gang_runs import head_launch
 
-        result = train_on_ranks(job, sink, config)
+        result = train_on_ranks(job, sink, config, launch=head_launch(job))  # on several workers: a rendezvous
     else:
         result = train(config, sink)
     if result.status == "cancelled":

@@ -15,12 +15,13 @@ from django.utils.module_loading import import_string
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
 from studio.jobs.services import job_finish, job_heartbeat, job_requeue_preempted, jobs_recover_lost
-from studio.jobs.services_queue import job_claim_next, queue_nudge
+from studio.jobs.services_queue import job_claim_next, job_join_next, queue_nudge
 from studio.storage.services import storage_purge_due, storage_sweep_orphans
 from studio.workers.models import WorkerNode
 from studio.workers.services import workers_purge_gone
 from tuning.errors import TuningError
 from worker.devices import worker_devices
+from worker.gang_runs import follow, rendezvous_address
 from worker.sink import JobSink
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,16 @@ def _run(job: Job) -> tuple[str, str]:
     return import_string(kind.run)(job, JobSink(job))
 
 
+def _follow(seat) -> str:
+    """Train on this worker's devices for a job another worker heads; only the head records and ends it."""
+    global current_job_id
+    current_job_id = seat.job.pk  # the workers page shows this worker busy with it
+    try:
+        return follow(seat)
+    finally:
+        current_job_id = None
+
+
 def run_job(job_id: int, *, worker_name: str = "", pool: str = "", devices: int | None = None) -> str:
     """Run the job the pool should run next (usually ``job_id``, the one whose
     enqueue sent this wake-up; a higher-priority one if it came meanwhile)
@@ -135,7 +146,11 @@ def run_job(job_id: int, *, worker_name: str = "", pool: str = "", devices: int 
     if not pool:
         pool = Job.objects.filter(pk=job_id).values_list("device_pool", flat=True).first() or "default"
     devices = worker_devices().count if devices is None else devices
-    job = job_claim_next(pool=pool, worker_name=worker_name or socket.gethostname(), devices=devices)
+    worker_name = worker_name or socket.gethostname()
+    seat = job_join_next(pool=pool, worker_name=worker_name, devices=devices)
+    if seat is not None:  # a job on several workers waits for this one to join its rendezvous
+        return _follow(seat)
+    job = job_claim_next(pool=pool, worker_name=worker_name, devices=devices, rendezvous=rendezvous_address())
     if job is None:
         log.info("nothing in pool %s may start now (woken for job %s); skipping", pool, job_id)
         return "skipped"

@@ -53,13 +53,13 @@ def train_pool(method: Method, gpu_pools) -> str:
 
 
 def devices_refusal(*, pool: str, devices: int) -> str:
-    """Why no alive worker of the pool can give a run ``devices`` devices ("" when one can, and when no
-    worker of the pool is alive: the job may wait for one)."""
+    """Why the pool's alive workers cannot give a run ``devices`` devices, even all joining it ("" when
+    they can, and when no worker of the pool is alive: the job may wait for one)."""
     capacity = pool_capacity(pool)
-    if capacity is None or devices <= capacity.largest:
+    if capacity is None or devices <= capacity.devices:
         return ""
-    return (f"the largest alive worker of pool {pool} has {capacity.largest} device(s) ({capacity.devices} on its "
-            f"{capacity.workers} alive worker(s) together); ask for 1 … {capacity.largest}")
+    return (f"pool {pool} has {capacity.devices} device(s) on its {capacity.workers} alive worker(s) "
+            f"(at most {capacity.largest} on one); ask for 1 … {capacity.devices}")
 
 
 def train_estimate(*, base_model, method: Method, task: str, method_params: dict, run_values: dict, dataset,

@@ -80,18 +80,18 @@ def no_worker_reason(pool: str) -> str:
             f"a team deployment needs a worker with -Q {pool} (the Workers page lists who is alive)")
 
 
-def _last_event_data(kinds: tuple[str, ...]) -> Subquery:
+def last_event_data(kinds: tuple[str, ...]) -> Subquery:
     """The data of a job's newest event of ``kinds``, as a subquery to annotate jobs with (one query for all)."""
     return Subquery(JobEvent.objects.filter(job_id=OuterRef("pk"), kind__in=kinds, superseded=False)
                     .order_by("-seq").values("data")[:1], output_field=JSONField())
 
 
-def _seconds_per_step(pool: str) -> float | None:
+def seconds_per_step(pool: str) -> float | None:
     """Median seconds per training step of the pool's recent finished jobs."""
     recent = Job.objects.filter(device_pool=pool, kind=Job.Kind.TRAIN, status=Job.Status.SUCCEEDED,
                                 progress_step__gt=0).order_by("-finished_at")[:20]
     rates = [last["elapsed_s"] / last["step"]
-             for last in recent.annotate(last=_last_event_data(("metrics",))).values_list("last", flat=True)
+             for last in recent.annotate(last=last_event_data(("metrics",))).values_list("last", flat=True)
              if last and last.get("elapsed_s") and last.get("step")]
     return statistics.median(rates) if rates else DEFAULT_STEP_S
 
@@ -145,7 +145,7 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage
 
     for pool in sorted(set(pools)):
         running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE).select_related("owner", "team")
-                       .prefetch_related("holds").annotate(last=_last_event_data(("metrics", "progress"))))
+                       .prefetch_related("holds").annotate(last=last_event_data(("metrics", "progress"))))
         free_at = []
         for job in running:
             remaining = (job.last or {}).get("eta_s")
@@ -155,7 +155,7 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage
                 rows.append(QueueRow(job, None, "", starts_at=job.started_at, finishes_at=finish))
         workers = max(len(running), 1)
         free_at = sorted(free_at, key=lambda t: t or _NEVER)[:workers] or [now]
-        step_s = _seconds_per_step(pool)
+        step_s = seconds_per_step(pool)
         gpu_pool = pool in settings.GPU_POOLS
         queued, usage = _queued_in_run_order(pool)
         shown = []
@@ -214,7 +214,7 @@ def pool_tokens_per_s(pool: str, *, base_model_id: int | None) -> float | None:
     recent = Job.objects.filter(device_pool=pool, kind=Job.Kind.TRAIN, base_model_id=base_model_id,
                                 status=Job.Status.SUCCEEDED).order_by("-finished_at")[:20]
     speeds = [last["tokens_seen"] / last["elapsed_s"]
-              for last in recent.annotate(last=_last_event_data(("metrics",))).values_list("last", flat=True)
+              for last in recent.annotate(last=last_event_data(("metrics",))).values_list("last", flat=True)
               if last and last.get("tokens_seen") and last.get("elapsed_s")]
     return statistics.median(speeds) if speeds else None
 

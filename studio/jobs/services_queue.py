@@ -7,12 +7,15 @@ when a job of its pool ends (``job_finish``) or from the periodic nudge."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, F, Max, Min, Value, When
 from django.utils import timezone
 
 from studio.accounts.policy import Action, job_allows, may_preempt, refusal
+from studio.jobs.backfill import ends_before, idle_workers, reservation_for
 from studio.jobs.events import job_event_record
 from studio.jobs.fair_share import queued_fair_order
 from studio.jobs.models import Job, JobHold, TeamQuota
@@ -25,12 +28,16 @@ from tuning.methods import METHODS
 CLAIM_WINDOW = 64  # fair-order positions one claim query looks at; the next window only when these are all taken
 
 
-def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None) -> Job | None:
+def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None,
+                   rendezvous: str = "") -> Job | None:
     """Claim the next job this pool should run (priority, then fair share), or None when none may start.
 
-    ``devices``: how many the claiming worker has (None: as many as any job asks, for callers that do
-    not count); a job asking for more is left to a worker that has them. The claim records which
-    worker holds the job's devices (a ``JobHold``).
+    ``devices``: how many the claiming worker has (None: as many as any job asks, for callers that do not
+    count). A job asking for more starts here only if the pool's idle workers have the rest: this worker
+    becomes its head, at ``rendezvous`` (host:port of its torchrun rendezvous), and wakes as many idle
+    workers as it needs to join (``job_join_next``). Otherwise that job's devices are reserved and a job
+    behind it starts here only if its estimate ends before the reservation does (``backfill``). The claim
+    records which worker holds the job's devices (a ``JobHold``).
 
     Workers claim at once (on Postgres truly in parallel). One query takes
     the first job of the fair order that is still queued and that no other
@@ -44,8 +51,11 @@ def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None) -
     claim.) bench/claim_throughput.py measures claims per second."""
     gpu_pool = pool in settings.GPU_POOLS
     order = queued_fair_order(queued_in_order(pool), pool)
+    idle: dict[str, int] = {}
     if devices is not None:
-        order = [row for row in order if row[2] <= devices]
+        idle = idle_workers(pool, besides=worker_name)
+        order = _startable_here(order, pool=pool, devices=devices, free=devices + sum(idle.values()),
+                                gpu_pool=gpu_pool)
     held_back: set[int] = set()  # teams over their quota: asked once per claim
     start = 0
     while start < len(order):
@@ -62,10 +72,77 @@ def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None) -
             Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(  # the lock keeps it queued till here
                 status=Job.Status.RUNNING, worker_name=worker_name[:200], started_at=timezone.now(),
                 heartbeat_at=timezone.now(), attempts=F("attempts") + 1)
-            JobHold.objects.create(job=job, attempt=job.attempts + 1, worker_name=worker_name[:200],
-                                   devices=job.devices)
+            mine = job.devices if devices is None else min(devices, job.devices)
+            joiners = _joiners(idle, job.devices - mine)
+            JobHold.objects.create(job=job, attempt=job.attempts + 1, worker_name=worker_name[:200], devices=mine,
+                                   workers=1 + joiners, rendezvous=rendezvous if joiners else "")
             job_event_record(job_id=job.pk, kind="status", data={"status": Job.Status.RUNNING, "worker": worker_name})
+            for _ in range(joiners):  # idle workers of the pool, woken to join (job_join_next)
+                transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=pool))
         return Job.objects.get(pk=job.pk)
+    return None
+
+
+def _startable_here(order: list[tuple[int, int, int]], *, pool: str, devices: int, free: int,
+                    gpu_pool: bool) -> list[tuple[int, int, int]]:
+    """The rows of the run order a worker with ``devices`` may start now, ``free`` devices being free in the
+    pool with its own: every job its devices hold up to the first that needs more; that one too if the free
+    devices hold it (this worker heads it); else the devices it waits for are reserved, and after it only
+    jobs of this worker's size whose estimate ends before the reservation starts (backfill)."""
+    for index, (pk, team_id, wanted) in enumerate(order):
+        if wanted <= devices:
+            continue
+        if wanted <= free:
+            return order[:index + 1] + [row for row in order[index + 1:] if row[2] <= devices]
+        if quota_wait_reason(team_id, gpu_pool=gpu_pool):
+            continue  # held back by its team's quota: it reserves nothing
+        reservation = reservation_for(pool=pool, job_id=pk, devices=wanted, free_devices=free)
+        later = [row for row in order[index + 1:] if row[2] <= devices]
+        fits = ends_before(reservation, [row[0] for row in later], pool)
+        return order[:index] + [row for row in later if row[0] in fits]
+    return order
+
+
+def _joiners(idle: dict[str, int], missing: int) -> int:
+    """How many of the idle workers, the largest first, a job missing ``missing`` devices needs to join it."""
+    count = 0
+    for size in sorted(idle.values(), reverse=True):
+        if missing <= 0:
+            break
+        missing, count = missing - size, count + 1
+    return count
+
+
+@dataclass(frozen=True)
+class Seat:
+    """A follower's place in a job that runs on several workers: what it needs to join the head's rendezvous."""
+
+    job: Job
+    hold: JobHold
+    head: JobHold
+
+
+def job_join_next(*, pool: str, worker_name: str, devices: int) -> Seat | None:
+    """Take a follower's seat in a running job of the pool whose head waits for workers to join it, or None.
+    A seat is taken once (the job's row is locked while its holds are counted), and the last follower brings
+    the devices still missing; each job still ends once, by its head."""
+    heads = (JobHold.objects.filter(role=JobHold.Role.HEAD, workers__gt=1, job__device_pool=pool,
+                                    job__status=Job.Status.RUNNING, attempt=F("job__attempts"))
+             .select_related("job").order_by("created_at"))
+    for head in heads:
+        with transaction.atomic():
+            job = Job.objects.select_for_update().filter(pk=head.job_id, status=Job.Status.RUNNING,
+                                                         attempts=head.attempt).first()
+            holds = list(JobHold.objects.filter(job_id=head.job_id, attempt=head.attempt))
+            if job is None or len(holds) >= head.workers or worker_name in {h.worker_name for h in holds}:
+                continue
+            seats, missing = head.workers - len(holds), job.devices - sum(h.devices for h in holds)
+            mine = min(devices, missing - (seats - 1))  # leave at least one device to each later seat
+            if mine < 1 or (seats == 1 and mine < missing):
+                continue
+            hold = JobHold.objects.create(job=job, attempt=head.attempt, worker_name=worker_name[:200], devices=mine,
+                                          role=JobHold.Role.FOLLOWER)
+        return Seat(job, hold, head)
     return None
 
 

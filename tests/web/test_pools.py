@@ -1,7 +1,7 @@
 """Pools declare their machines and devices: each worker reports how many
 devices it has (worker/devices.py, WORKER_DEVICES overriding torch), a
 pool's capacity is the sum over its alive workers, a training job asks for
-1 … what one of them has (the form and the API refuse more, naming the field and the
+1 … that many (the form and the API refuse more, naming the field and the
 capacity), a worker claims only jobs its devices hold, and the queue page,
 the job page and the API show which worker's devices a running job holds."""
 
@@ -73,11 +73,11 @@ def test_a_job_asks_for_at_most_what_the_pool_has(member, team, dataset, tiny_ba
     assert submit(member, team, dataset, tiny_base_model, devices=4).devices == 4  # no worker alive: it may wait
     register("a@box", 2)
     register("b@box", 1)
-    assert submit(member, team, dataset, tiny_base_model, devices=2).devices == 2
+    assert submit(member, team, dataset, tiny_base_model, devices=3).devices == 3
     with pytest.raises(ConfigError) as refused:
-        submit(member, team, dataset, tiny_base_model, devices=3)
-    assert refused.value.errors == {"devices": "the largest alive worker of pool default has 2 device(s) (3 on its "
-                                               "2 alive worker(s) together); ask for 1 … 2"}
+        submit(member, team, dataset, tiny_base_model, devices=4)
+    assert refused.value.errors == {"devices": "pool default has 3 device(s) on its 2 alive worker(s) (at most 2 "
+                                               "on one); ask for 1 … 3"}
 
 
 def test_the_form_and_the_api_refuse_more_devices_than_the_pool_has(client, member, member_client, dataset,
@@ -87,7 +87,7 @@ def test_the_form_and_the_api_refuse_more_devices_than_the_pool_has(client, memb
             "fields_for": "lora", "max_steps": 1, "devices": 5}
     refused = member_client.post("/jobs/new/", form)
     assert refused.status_code == 400 and not Job.objects.exists()
-    assert "the largest alive worker of pool default has 2 device(s)" in refused.content.decode()
+    assert "pool default has 2 device(s) on its 1 alive worker(s)" in refused.content.decode()
     assert member_client.post("/jobs/new/", {**form, "devices": 2}).status_code == 302
 
     raw = api_token_create(user=member, name="script")[1]

@@ -1,0 +1,85 @@
+"""Reservations and backfill for jobs that need more devices than one free
+worker has (EASY backfilling, as Slurm's backfill scheduler does it).
+
+When the first job of a pool's run order needs more devices than are free,
+the devices it waits for are reserved: it starts when enough running jobs
+have ended (the reservation's start, from their reported ETA), on the
+workers they free and the idle ones, which join its rendezvous. Meanwhile
+an idle worker takes a later job only if that job's own estimate (its steps
+× the pool's recent seconds per step, the queue page's estimate) ends
+before the reservation starts, so a stream of small jobs cannot starve the
+big one and a backfilled job never delays it. A job without an estimate, or
+a reservation whose start is unknown (a running job without an ETA), is not
+backfilled: unknown never jumps the queue.
+
+Reads only; ``services_queue.job_claim_next`` asks it while claiming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import F
+from django.utils import timezone
+
+from studio.jobs.models import Job, JobHold
+from studio.jobs.selectors_queue import ACTIVE, last_event_data, seconds_per_step
+from studio.workers.selectors import pool_workers_alive
+
+
+@dataclass(frozen=True)
+class Reservation:
+    job_id: int
+    devices: int
+    starts_at: datetime | None  # when enough devices are expected free; None: unknown
+
+
+def holding_worker_names(pool: str | None = None) -> set[str]:
+    """Workers whose devices a job's current attempt holds (the claiming worker and those that joined it)."""
+    holds = JobHold.objects.filter(job__status__in=ACTIVE, attempt=F("job__attempts"))
+    if pool is not None:
+        holds = holds.filter(job__device_pool=pool)
+    return set(holds.values_list("worker_name", flat=True))
+
+
+def idle_workers(pool: str, *, besides: str = "") -> dict[str, int]:
+    """Alive workers of the pool that run nothing now (``besides`` left out), and their devices."""
+    busy = holding_worker_names(pool) | {besides}
+    return {node.name: node.device_count for node in pool_workers_alive(pool) if node.name not in busy}
+
+
+def reservation_for(*, pool: str, job_id: int, devices: int, free_devices: int,
+                    now: datetime | None = None) -> Reservation:
+    """When the pool can give job ``job_id`` its ``devices``: ``free_devices`` are free now, and each running
+    job frees its workers' devices at its reported ETA, soonest first."""
+    now = now or timezone.now()
+    sizes = {node.name: node.device_count for node in pool_workers_alive(pool)}
+    running = (Job.objects.filter(device_pool=pool, status__in=ACTIVE).prefetch_related("holds")
+               .annotate(last=last_event_data(("metrics", "progress"))))
+    frees = []
+    for job in running:
+        remaining = (job.last or {}).get("eta_s")
+        freed = sum(sizes.get(hold.worker_name, hold.devices) for hold in job.current_holds()) or job.devices
+        frees.append((now + timedelta(seconds=remaining) if remaining is not None else None, freed))
+    need = devices - free_devices
+    for finish, freed in sorted(frees, key=lambda item: (item[0] is None, item[0] or now)):
+        if finish is None:
+            break  # unknown from here on
+        need -= freed
+        if need <= 0:
+            return Reservation(job_id, devices, max(finish, now))
+    return Reservation(job_id, devices, None)
+
+
+def ends_before(reservation: Reservation, job_ids: list[int], pool: str, *,
+                now: datetime | None = None) -> set[int]:
+    """Those of ``job_ids`` (queued jobs of the pool) whose own estimate ends before the reservation starts."""
+    if reservation.starts_at is None or not job_ids:
+        return set()
+    step_s = seconds_per_step(pool)
+    if not step_s:
+        return set()
+    room_s = (reservation.starts_at - (now or timezone.now())).total_seconds()
+    totals = Job.objects.filter(pk__in=job_ids).values_list("pk", "progress_total")
+    return {pk for pk, total in totals if total and step_s * total <= room_s}
