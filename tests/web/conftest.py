@@ -33,6 +33,16 @@ def team(db):
     return default_team()
 
 
+@pytest.fixture
+def pairs_dataset(member, team, tmp_path):
+    """Two instruction/output rows of the default team: enough to queue training jobs that never run."""
+    from studio.datasets.services import dataset_create_from_file
+
+    data = tmp_path / "pairs.csv"
+    data.write_text("instruction,output\nq1,a1\nq2,a2\n")
+    return dataset_create_from_file(team=team, user=member, source_path=data, filename="pairs.csv")
+
+
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
     """Each test stores its files in its own directory."""

@@ -15,7 +15,6 @@ from django.utils import timezone
 
 from studio.accounts.models import Membership
 from studio.accounts.services import user_create
-from studio.datasets.services import dataset_create_from_file
 from studio.jobs.backfill import reservation_for
 from studio.jobs.models import Job, JobEvent
 from studio.jobs.services import job_create_train, job_finish, job_progress
@@ -26,10 +25,8 @@ POOL = "default"
 
 
 @pytest.fixture
-def dataset(member, team, tmp_path):
-    data = tmp_path / "pairs.csv"
-    data.write_text("instruction,output\nq1,a1\nq2,a2\n")
-    return dataset_create_from_file(team=team, user=member, source_path=data, filename="pairs.csv")
+def dataset(pairs_dataset):
+    return pairs_dataset
 
 
 @pytest.fixture

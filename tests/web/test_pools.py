@@ -2,7 +2,7 @@
 devices it has (worker/devices.py, WORKER_DEVICES overriding torch), a
 pool's capacity is the sum over its alive workers, a training job asks for
 1 … that many (the form and the API refuse more, naming the field and the
-capacity), a worker claims only jobs its devices hold, and the queue page,
+capacity), a worker alone claims only jobs its devices hold, and the queue page,
 the job page and the API show which worker's devices a running job holds."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 from django.utils import timezone
 
 from studio.accounts.services import api_token_create
-from studio.datasets.services import dataset_create_from_file
 from studio.jobs.models import Job, JobHold
 from studio.jobs.services import job_create_train
 from studio.jobs.services_queue import job_claim_next
@@ -24,10 +23,8 @@ from tuning.errors import ConfigError
 
 
 @pytest.fixture
-def dataset(member, team, tmp_path):
-    data = tmp_path / "pairs.csv"
-    data.write_text("instruction,output\nq1,a1\nq2,a2\n")
-    return dataset_create_from_file(team=team, user=member, source_path=data, filename="pairs.csv")
+def dataset(pairs_dataset):
+    return pairs_dataset
 
 
 def register(name: str, devices: int, pool: str = "default") -> WorkerNode:
@@ -102,9 +99,11 @@ def test_the_form_and_the_api_refuse_more_devices_than_the_pool_has(client, memb
 
 def test_a_worker_claims_only_jobs_its_devices_hold_and_the_pages_show_the_hold(member, member_client, team,
                                                                                 dataset, tiny_base_model, client):
-    wide = submit(member, team, dataset, tiny_base_model, devices=2, name="wide")
     narrow = submit(member, team, dataset, tiny_base_model, devices=1, name="narrow")
-    assert job_claim_next(pool="default", worker_name="one@box", devices=1).pk == narrow.pk  # wide waits
+    wide = submit(member, team, dataset, tiny_base_model, devices=2, name="wide")
+    assert job_claim_next(pool="default", worker_name="one@box", devices=1).pk == narrow.pk
+    # No idle worker to join it: a worker of one device cannot start the 2-device job (test_backfill.py: when
+    # several can).
     assert job_claim_next(pool="default", worker_name="one-more@box", devices=1) is None
     assert job_claim_next(pool="default", worker_name="two@box", devices=2).pk == wide.pk
     wide.refresh_from_db()
