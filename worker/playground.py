@@ -19,39 +19,45 @@ PIECES_PER_SEND = 1  # each piece goes out at once: the point is to watch it arr
 
 
 class WarmModels:
-    """Loaded (model, tokenizer) pairs by artifact directory, at most
-    ``capacity`` at once (two: a side-by-side comparison), least recently
-    used dropped first; a timer thread unloads idle ones."""
+    """Loaded models, at most ``capacity`` at once (two: a side-by-side
+    comparison), least recently used dropped first; a timer thread unloads
+    idle ones. Adapters of one base (and peft type) share one entry, an
+    ``AdapterSet`` holding the base once: requests naming different
+    fine-tunes of it switch adapters instead of loading models."""
 
     def __init__(self, capacity: int = 2):
         self.capacity, self.lock = capacity, threading.Lock()
-        self.loaded: dict[str, tuple[object, object, float]] = {}
+        # key (an artifact directory, or an AdapterSet's sharing key) -> (AdapterSet or (model, tokenizer), last use)
+        self.loaded: dict[str, tuple[object, float]] = {}
         self.timer: threading.Thread | None = None
 
     def get(self, path: str, base_model: str):
+        from tuning.adapter_sets import AdapterSet, sharing_key
         from tuning.loading import load_artifact
 
         with self.lock:
-            if path in self.loaded:
-                model, tokenizer, _ = self.loaded[path]
+            key = sharing_key(path, base_model) or path
+            if key in self.loaded:
+                entry, _ = self.loaded[key]
             else:
                 while len(self.loaded) >= self.capacity:
-                    self._drop(min(self.loaded, key=lambda key: self.loaded[key][2]))
-                model, tokenizer = load_artifact(path, base_model=base_model)
-            self.loaded[path] = (model, tokenizer, time.monotonic())
+                    self._drop(min(self.loaded, key=lambda k: self.loaded[k][1]))
+                entry = AdapterSet(base_model) if key != path else load_artifact(path, base_model=base_model)
+            model, tokenizer = entry.use(path) if isinstance(entry, AdapterSet) else entry
+            self.loaded[key] = (entry, time.monotonic())
             self._start_timer()
         return model, tokenizer
 
-    def _drop(self, path: str) -> None:
-        self.loaded.pop(path, None)
+    def _drop(self, key: str) -> None:
+        self.loaded.pop(key, None)
         gc.collect()
-        log.info("playground: unloaded %s", path)
+        log.info("playground: unloaded %s", key.replace("\n", " "))
 
     def unload_idle(self, idle_s: float) -> None:
         with self.lock:
             now = time.monotonic()
-            for path in [p for p, (_, _, used) in self.loaded.items() if now - used > idle_s]:
-                self._drop(path)
+            for key in [k for k, (_, used) in self.loaded.items() if now - used > idle_s]:
+                self._drop(key)
 
     def _start_timer(self) -> None:
         if self.timer and self.timer.is_alive():

@@ -49,3 +49,23 @@ def test_an_empty_reply_is_done_with_the_reason_the_page_shows(ends_at_once):
     [done] = _chat(str(ends_at_once))
     assert done["type"] == "playground.done" and done["pieces"] == 0
     assert done["empty_reason"] == "the model ended its turn at once: its first token was the end token '<|im_end|>'"
+
+
+def test_fine_tunes_of_one_base_share_one_warm_model(tiny_model, tmp_path):
+    """Two LoRA adapters of the tiny model and the model itself: the adapters take one entry (one base in
+    memory, switched per request), the whole model another; each chat still answers."""
+    from tests.core.test_adapter_sets import _adapter
+
+    first, second = (_adapter(tiny_model, tmp_path / name, seed=seed) for name, seed in (("a", 1), ("b", 2)))
+    WARM.unload_idle(0)
+    try:
+        for path in (first, second, first):
+            *pieces, done = _chat(path, base_model=str(tiny_model))
+            assert done["type"] == "playground.done", done
+        assert len(WARM.loaded) == 1
+        [(entry, _)] = WARM.loaded.values()
+        assert len(entry.adapters) == 2
+        *pieces, done = _chat(str(tiny_model))
+        assert done["type"] == "playground.done" and len(WARM.loaded) == 2
+    finally:
+        WARM.unload_idle(0)
