@@ -5,6 +5,8 @@ full model for methods that train the model itself), ``optimizer.pt``
 (optimizer and scheduler state, RNG state; read back with
 ``weights_only=True``, so loading never runs pickled code) and
 ``trainer_state.json`` (step, epoch, position in the epoch, best eval loss).
+A fully sharded run's checkpoint holds its weights and optimizer state as
+DCP shards instead (``save_sharded_checkpoint``, at the end of this file).
 A method that keeps training state outside its weights (AdaLoRA's rank
 allocator) adds ``method_state.safetensors``: its ``training_state``
 tensors, with the rest of that state as JSON in the file's metadata.
@@ -24,6 +26,8 @@ from tuning.errors import ConfigError
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 METHOD_STATE_FILE = "method_state.safetensors"  # not weights: load_weights skips it
+SHARDED_DIR = "sharded"  # a sharded checkpoint's weights and optimizer state: DCP's .distcp files and index
+SCHEDULE_FILE = "schedule.pt"  # beside it: the scheduler's and rank 0's RNG state (read with weights_only=True)
 # "step-0000040"; a checkpoint being written is "step-0000040.partial" until it is whole.
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
@@ -98,6 +102,9 @@ def load_weights(model, directory: Path) -> None:
     the same base), for resuming or for loading the best checkpoint."""
     from safetensors.torch import load_file
 
+    if is_sharded_checkpoint(directory):
+        model.load_state_dict(load_sharded_weights(directory), strict=False)
+        return
     files = sorted(file for file in directory.glob("*.safetensors") if file.name != METHOD_STATE_FILE)
     if not files:
         raise FileNotFoundError(f"no weights in checkpoint {directory}")
@@ -123,6 +130,8 @@ def load_checkpoint(directory: Path, *, model, optimizer, scheduler,
     puts back the weights along with the rest of the method's state."""
     import torch
 
+    if is_sharded_checkpoint(directory):
+        return load_sharded_checkpoint(directory, model=model, optimizer=optimizer, scheduler=scheduler)
     if restore_training_state is None:
         load_weights(model, directory)
     elif not (directory / METHOD_STATE_FILE).exists():
@@ -151,3 +160,85 @@ def _load_method_state(path: Path) -> tuple[dict, dict]:
 
     with safe_open(path, framework="pt") as file:
         return {key: file.get_tensor(key) for key in file.keys()}, json.loads(file.metadata()["info"])
+
+
+# --- sharded checkpoints (FSDP2 runs, ``tuning.sharding``) --------------------
+# Each rank writes its own slices of the weights and the optimizer state with
+# torch.distributed.checkpoint (DCP) into SHARDED_DIR; rank 0 writes the
+# schedule, its RNG state, the model's config.json and the trainer state
+# beside them. DCP reads them back onto any number of ranks (it reshards),
+# one process included; ``consolidate`` turns one into an ordinary model.
+
+def is_sharded_checkpoint(directory: Path) -> bool:
+    return (directory / SHARDED_DIR).is_dir()
+
+
+def save_sharded_checkpoint(directory: Path, *, model, optimizer, scheduler, state: TrainerState, ranks) -> Path:
+    """Called by every rank of the group at once (``ranks``: ``tuning.ranks.Ranks``); the directory
+    appears whole or not at all, as ``save_checkpoint``'s."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    partial = directory.with_name(directory.name + ".partial")
+    if ranks.is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+    ranks.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=partial / SHARDED_DIR)
+    if ranks.is_main:
+        torch.save({"scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}, partial / SCHEDULE_FILE)
+        model.config.save_pretrained(partial)  # what ``consolidate`` needs to make a loadable model
+        (partial / STATE_FILE).write_text(json.dumps(asdict(state)))
+        shutil.rmtree(directory, ignore_errors=True)
+        partial.rename(directory)
+    ranks.barrier()  # no rank goes on before the checkpoint is whole
+    return directory
+
+
+def load_sharded_checkpoint(directory: Path, *, model, optimizer, scheduler) -> TrainerState:
+    """Put a sharded checkpoint back into a freshly prepared run, on every rank of the group at once
+    (or in one process, for a plain model)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=directory / SHARDED_DIR)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    saved = torch.load(directory / SCHEDULE_FILE, weights_only=True)
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
+
+
+def load_sharded_weights(directory: Path) -> dict:
+    """A sharded checkpoint's whole weights, read by this process alone (no collective: the other
+    ranks may be gone, or never were)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(directory / SHARDED_DIR)
+    # Empty tensors of the saved shapes for every weight the index lists ("model.<name>"), filled by DCP.
+    weights = {key.removeprefix("model."): torch.empty(entry.size, dtype=entry.properties.dtype)
+               for key, entry in reader.read_metadata().state_dict_metadata.items()
+               if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
+    dcp.load({"model": weights}, storage_reader=reader, no_dist=True)
+    return weights
+
+
+def consolidate(checkpoint: Path, out_dir: Path) -> Path:
+    """A sharded checkpoint as an ordinary model directory (config.json and model.safetensors) that
+    stock transformers loads in one process."""
+    from safetensors.torch import save_file
+
+    if not is_sharded_checkpoint(checkpoint):
+        raise ConfigError({"checkpoint": f"{checkpoint} is not a sharded checkpoint ({SHARDED_DIR}/ is missing)"})
+    weights = load_sharded_weights(checkpoint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint / "config.json", out_dir / "config.json")
+    save_file({key: value.contiguous() for key, value in weights.items()}, out_dir / "model.safetensors",
+              metadata={"format": "pt"})
+    return out_dir

@@ -166,6 +166,11 @@ class TrainConfig:
     devices: int = setting(1, help="Devices (processes) that train the job together, each on its share of "
                                    "every batch (tuning.distributed); the worker's machine must have them.",
                            min=1, max=64)
+    sharding: str = setting("auto", help="How several devices share the model: ddp keeps a whole copy on each "
+                                         "(adapters); fsdp (FSDP2) splits weights, gradients and optimizer state "
+                                         "across them, for full fine-tuning of a model too large for one device; "
+                                         "auto picks fsdp for methods that train the model itself.",
+                            choices=("auto", "ddp", "fsdp"))
     validation_ratio: float = setting(0.0, help="Fraction of rows held out for evaluation (0: no evaluation).",
                                       min=0.0, max=0.5)
     eval_every: int = setting(0, help="Evaluate every N steps (0: only at the end); needs a validation split.",

@@ -15,6 +15,11 @@ points; a one-process run is ``SINGLE``, for which each is a no-op.
   decoder inside the model rather than the model's forward, which is where
   DDP's wrapper hooks in; averaging the gradients ourselves works for every
   loss function and method alike.)
+- **Sharding.** Under FSDP2 (``sharded``, ``tuning.sharding``) each rank
+  holds a slice of every weight and the backward pass itself averages and
+  scatters the gradients; the loss weights above are unchanged, every rank
+  writes its slice of each checkpoint, and every rank runs each forward
+  (evaluation, the golden prompts) since each gathers weights from all.
 - **Writing.** Rank 0 alone emits events, writes checkpoints, the output
   and its model card; the others wait for it at each checkpoint.
 - **Stopping.** Rank 0 asks the sink whether to stop after each step and
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 
 from tuning.errors import ConfigError
 from tuning.events import Event, EventSink
+from tuning.sharding import check_sharding
 
 IGNORE_INDEX = -100  # tuning.data.sft's label for tokens that carry no loss
 TASKS = ("sft", "pretrain")  # tasks whose loss is a mean over tokens, so that shards weigh by their tokens
@@ -39,6 +45,7 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     device: str = "cpu"  # where collectives' tensors live: NCCL takes CUDA tensors only
+    sharded: bool = False  # FSDP2: each rank holds a slice of the model (tuning.sharding)
 
     @property
     def is_main(self) -> bool:
@@ -80,8 +87,9 @@ class Ranks:
         return share * self.world_size, share
 
     def average_gradients(self, parameters: list) -> None:
-        """What DDP does: every rank's gradients replaced by their mean over the ranks (one flat all-reduce)."""
-        if not self.active:
+        """What DDP does: every rank's gradients replaced by their mean over the ranks (one flat all-reduce).
+        Under FSDP2 the backward pass did it already (reduce-scatter)."""
+        if not self.active or self.sharded:
             return
         import torch
         import torch.distributed as dist
@@ -163,3 +171,4 @@ def check_distributed(config, method) -> None:
                                   f"give each device at least one row (batch size ≥ {config.devices})")
     if problems:
         raise ConfigError(problems)
+    check_sharding(config, method)

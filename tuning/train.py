@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from tuning.data.stats import sink_progress
 from tuning.data.tasks import batches, collate_for_task
 from tuning.errors import ConfigError, DatasetError, ResourceError
 from tuning.ranks import SINGLE, Ranks, check_distributed
+from tuning.sharding import full_weights, shards_states, unsharded_copy
 from tuning.events import ArtifactEvent, CheckpointEvent, EventSink, LogEvent, MetricsEvent
 from tuning.methods import METHODS
 from tuning.modelcard import loss_text, write_model_card
@@ -74,6 +76,8 @@ def run_train(config: TrainConfig, sink: EventSink, *, ranks: Ranks = SINGLE) ->
     params = method.params(**config.method_params)
     check_against_model(config)
     check_distributed(config, method)
+    if ranks.active and shards_states(config.sharding, devices=config.devices, method=method):
+        ranks = replace(ranks, sharded=True)  # FSDP2: each rank holds a slice of the model (tuning.sharding)
     device = device_and_autocast(config.precision)
     torch.manual_seed(config.seed)
 
@@ -81,13 +85,19 @@ def run_train(config: TrainConfig, sink: EventSink, *, ranks: Ranks = SINGLE) ->
         data = load_data(config, sink, output_dir)
     prepared = prepare_model(config, sink, method=method, params=params, device=device, tokenizer=data.tokenizer,
                              data=data.data, train_items=data.train_items, collate=data.collate,
-                             total_steps=data.total_steps)
+                             total_steps=data.total_steps, sharded=ranks.sharded)
     if (config.task == "preference" and prepared.objective.settings.needs_reference
             and config.reference == "precomputed"):
         data = with_reference_logps(data, prepared, device, sink, batch_size=config.batch_size)
     run = start_run(config, sink, method=method, params=params, device=device, output_dir=output_dir, data=data,
                     prepared=prepared, ranks=ranks)
     outcome = train_loop(run)
+    if outcome.cancelled_at is None and final_evaluation_due(run):
+        outcome.last_eval = run.evaluate()  # by every rank: a sharded model's forward needs them all
+    if ranks.sharded and outcome.cancelled_at is None:
+        weights = full_weights(run.model)  # every rank sends its slices; rank 0 gets the whole model
+        if ranks.is_main:
+            run.prepared = replace(run.prepared, model=unsharded_copy(run.model, weights, device.name))
     if not ranks.is_main:  # rank 0 writes the output and reports the end
         return TrainResult(status="cancelled" if outcome.cancelled_at else "succeeded", steps=run.state.step,
                            final_loss=outcome.final_loss, output_path=str(output_dir),
@@ -156,8 +166,6 @@ def with_reference_logps(data: TrainData, prepared, device, sink: EventSink, *, 
     """The pairs with the reference model's log-probabilities attached,
     scored once before any step (and before a checkpoint is loaded, so the
     weights are still the base's)."""
-    from dataclasses import replace
-
     sink.emit(LogEvent(message=f"Scoring {len(data.train_items) + len(data.validation_items)} rows with the "
                                f"reference model once"))
     score = partial(prepared.objective.precompute, collate=data.collate, batch_size=batch_size,
@@ -291,12 +299,16 @@ def _checkpoint_or_stop(run: Run, outcome: LoopOutcome) -> bool:
     return stop
 
 
+def final_evaluation_due(run: Run) -> bool:
+    """Whether the final state still needs evaluating (it was not, in the loop)."""
+    config = run.config
+    return bool(run.data.validation_items) and not (config.eval_every and run.state.step % config.eval_every == 0)
+
+
 def finish(run: Run, outcome: LoopOutcome) -> TrainResult:
     """The last evaluation, the output (the best checkpoint where asked),
     its model card, and the artifact event."""
     config, state, method = run.config, run.state, run.method
-    if run.data.validation_items and not (config.eval_every and state.step % config.eval_every == 0):
-        outcome.last_eval = run.evaluate()  # the final state was not evaluated in the loop
     if config.load_best_at_end and state.best_step is not None and state.best_step != state.step:
         checkpoints.load_weights(run.model, run.output_dir / "checkpoints" / "best")
         run.sink.emit(LogEvent(message=f"Output is the best checkpoint (step {state.best_step}, eval loss "

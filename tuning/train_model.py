@@ -97,9 +97,11 @@ def memory_mib(device: str) -> float:
 
 
 def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, params, device: Device, tokenizer,
-                  data, train_items: list, collate, total_steps: int) -> PreparedModel:
+                  data, train_items: list, collate, total_steps: int, sharded: bool = False) -> PreparedModel:
     """Load the base model, let the method wrap it, and choose the batch
-    layout and the loss computation; each choice is reported to ``sink``."""
+    layout and the loss computation; each choice is reported to ``sink``.
+    ``sharded``: the model is to be sharded with FSDP2 (``tuning.sharding``),
+    whose weights exist whole only inside the model's own forward."""
     import torch
 
     sink.emit(LogEvent(message=f"Loading base model {config.base_model_name or config.base_model} on {device.name}"))
@@ -148,7 +150,7 @@ def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, param
         return PreparedModel(model=model, trainable=trainable, trainable_count=trainable_count,
                              total_count=total_count, collate=train_collate, compute_loss=objective, penalty=penalty,
                              step_metrics=objective.take_metrics, objective=objective)
-    compute_loss, how = _loss_function(config, method, model, packed, device)
+    compute_loss, how = _loss_function(config, method, model, packed, device, fused=not sharded)
     if how:
         sink.emit(LogEvent(message=f"Loss computed {how}"))
     return PreparedModel(model=model, trainable=trainable, trainable_count=trainable_count, total_count=total_count,
@@ -300,13 +302,15 @@ def predicts_each_token(config: TrainConfig, method: Method) -> bool:
     return config.task not in CLASSIFIER_TASKS and method.predicts_each_token
 
 
-def _loss_function(config: TrainConfig, method: Method, model, packed: bool, device: Device):
+def _loss_function(config: TrainConfig, method: Method, model, packed: bool, device: Device, *, fused: bool = True):
     """The cheapest way to get the task's loss, which ``model(**inputs).loss``
     gives for every method but AdaLoRA (``tuning.loss``), and how it is
-    computed (None: the model's own loss)."""
+    computed (None: the model's own loss). ``fused``: whether the fused head
+    and loss may be used; it reads the head's weight outside the model's
+    forward, where a sharded model holds only a slice of it."""
     if predicts_each_token(config, method):
         with device.autocast():  # probed as training runs
-            if fused_loss_works(model, device.name):
+            if fused and fused_loss_works(model, device.name):
                 return partial(fused_next_token_loss, model), "with the output head, a chunk of tokens at a time"
         if selects_logits(model):
             return partial(next_token_loss, model), "from the logits of labelled positions only"

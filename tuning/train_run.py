@@ -13,6 +13,7 @@ from typing import Any
 from tuning import checkpoints
 from tuning.config import TrainConfig
 from tuning.ranks import SINGLE, Ranks
+from tuning.sharding import shard_model
 from tuning.errors import ConfigError
 from tuning.evaluate import evaluate
 from tuning.events import EvalEvent, EventSink, LogEvent, SamplesEvent
@@ -55,6 +56,12 @@ class Run:
 
     def save_checkpoint(self, name: str) -> Path:
         path = self.output_dir / "checkpoints" / name
+        if self.ranks.sharded:  # every rank writes its slices
+            checkpoints.save_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                                scheduler=self.scheduler, state=self.state, ranks=self.ranks)
+            if self.ranks.is_main:
+                checkpoints.rotate(self.output_dir / "checkpoints", self.config.keep_checkpoints)
+            return path
         if self.ranks.is_main:  # every rank holds the same weights and optimizer state
             checkpoints.save_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                         state=self.state, training_state=self.method.training_state)
@@ -85,7 +92,9 @@ class Run:
     def answer_golden_prompts(self) -> None:
         """Greedy answers to the golden prompts with the weights as they are now."""
         config = self.config
-        if not config.golden_prompts or config.task in CLASSIFIER_TASKS or not self.ranks.is_main:
+        if not config.golden_prompts or config.task in CLASSIFIER_TASKS:
+            return
+        if not (self.ranks.is_main or self.ranks.sharded):  # a sharded model answers with every rank
             return
         from tuning.generate import generate_text
 
@@ -104,6 +113,8 @@ def start_run(config: TrainConfig, sink: EventSink, *, method: Method, params, d
     ``config.resume_from`` where it names a checkpoint."""
     from transformers import get_scheduler
 
+    if ranks.sharded:  # before the optimizer: sharding replaces the parameters with their slices
+        prepared = shard_prepared(prepared, ranks, sink)
     groups = (method.param_groups(prepared.model, params, config.learning_rate) if method.param_groups
               else [{"params": prepared.trainable}])
     optimizer = _adamw(groups, config)
@@ -119,11 +130,24 @@ def start_run(config: TrainConfig, sink: EventSink, *, method: Method, params, d
         state = checkpoints.load_checkpoint(resume, model=prepared.model, optimizer=optimizer, scheduler=scheduler,
                                             restore_training_state=method.restore_training_state)
         sink.emit(LogEvent(message=f"Resumed from {resume.name} at step {state.step}"))
-    ranks.broadcast_parameters(prepared.trainable)  # one starting point on every rank, as DDP makes it
+    if not ranks.sharded:
+        ranks.broadcast_parameters(prepared.trainable)  # one starting point on every rank, as DDP makes it
     sink.emit(LogEvent(message=f"Training {data.total_steps} steps of {data.rows_per_step} rows "
                                f"({data.steps_per_epoch} steps per epoch)"))
     return Run(config=config, sink=sink, method=method, params=params, device=device, output_dir=output_dir,
                data=data, prepared=prepared, optimizer=optimizer, scheduler=scheduler, state=state, ranks=ranks)
+
+
+def shard_prepared(prepared: PreparedModel, ranks: Ranks, sink: EventSink) -> PreparedModel:
+    """The prepared model under FSDP2 (``tuning.sharding``), its trainable parameters now the slices."""
+    from dataclasses import replace
+
+    ranks.broadcast_parameters(list(prepared.model.parameters()))  # one starting point: each rank keeps its slice
+    blocks = shard_model(prepared.model)
+    sink.emit(LogEvent(message=f"Fully sharded (FSDP2) over {ranks.world_size} devices: {blocks} decoder blocks "
+                               f"and the rest, each device holding 1/{ranks.world_size} of the weights, gradients "
+                               f"and optimizer state"))
+    return replace(prepared, trainable=[p for p in prepared.model.parameters() if p.requires_grad])
 
 
 def _adamw(groups, config: TrainConfig):

@@ -86,16 +86,20 @@ def test_what_several_devices_cannot_do_yet_is_refused_naming_the_field(tiny_mod
     assert "AdaLoRA" in adalora.value.errors["devices"]
 
 
+FULL = {"method": "full", "method_params": {}, "learning_rate": 1e-3}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_two_ranks_take_the_steps_of_one_process(method, tiny_model, memorisable_jsonl, tmp_path):
-    one = config(tiny_model, memorisable_jsonl, tmp_path / "one", method=method,
-                 **({"method_params": {}, "learning_rate": 1e-3} if method == "full" else {}))
+@pytest.mark.parametrize("method, sharding", [("lora", "auto"), ("full", "ddp"), ("full", "fsdp")])
+def test_two_ranks_take_the_steps_of_one_process(method, sharding, tiny_model, memorisable_jsonl, tmp_path):
+    one = config(tiny_model, memorisable_jsonl, tmp_path / "one", **(FULL if method == "full" else {}))
     sink = MemorySink()
     alone = run_train(one, sink)
-    proc, events = _launch(replace(one, devices=2, output_dir=str(tmp_path / "two")), tmp_path)
+    proc, events = _launch(replace(one, devices=2, sharding=sharding, output_dir=str(tmp_path / "two")), tmp_path)
     _finish(proc)
     lines = _lines(events)
+    sharded_log = [line for line in _of_kind(lines, "log") if "Fully sharded (FSDP2)" in line["message"]]
+    assert len(sharded_log) == (sharding == "fsdp"), "FSDP2 where asked for, DDP otherwise"
 
     metrics = _of_kind(lines, "metrics")
     assert [m["step"] for m in metrics] == [1, 2, 3], "each step once: rank 0 alone reports"
