@@ -205,7 +205,7 @@ def load_sharded_checkpoint(directory: Path, *, model, optimizer, scheduler) -> 
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=directory / SHARDED_DIR)
+    dcp.load(state, checkpoint_id=directory / SHARDED_DIR, no_dist=not torch.distributed.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     saved = torch.load(directory / SCHEDULE_FILE, weights_only=True)
     scheduler.load_state_dict(saved["scheduler"])

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tuning.checkpoints import consolidate
 from tuning.config import TrainConfig, config_to_dict
 from tuning.distributed import launch_command
 from tuning.ranks import Ranks, check_distributed
@@ -92,7 +93,7 @@ FULL = {"method": "full", "method_params": {}, "learning_rate": 1e-3}
 @pytest.mark.slow
 @pytest.mark.parametrize("method, sharding", [("lora", "auto"), ("full", "ddp"), ("full", "fsdp")])
 def test_two_ranks_take_the_steps_of_one_process(method, sharding, tiny_model, memorisable_jsonl, tmp_path):
-    one = config(tiny_model, memorisable_jsonl, tmp_path / "one", **(FULL if method == "full" else {}))
+    one = config(tiny_model, memorisable_jsonl, tmp_path / "one", save_every=2, **(FULL if method == "full" else {}))
     sink = MemorySink()
     alone = run_train(one, sink)
     proc, events = _launch(replace(one, devices=2, sharding=sharding, output_dir=str(tmp_path / "two")), tmp_path)
@@ -117,6 +118,31 @@ def test_two_ranks_take_the_steps_of_one_process(method, sharding, tiny_model, m
     assert theirs.keys() == ours.keys()
     for key in ours:
         torch.testing.assert_close(theirs[key], ours[key], rtol=1e-3, atol=1e-5)
+    if sharding == "fsdp":
+        _check_sharded_checkpoint_and_output(tmp_path / "two", Path(alone.output_path).parent)
+
+
+def _check_sharded_checkpoint_and_output(two: Path, one: Path) -> None:
+    """The FSDP2 run's step-2 checkpoint is DCP shards, which consolidate into the weights one process
+    checkpointed at step 2; its output loads in one process with stock transformers and answers as
+    the one-process output does."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = two / "checkpoints" / "step-0000002"
+    assert sorted(p.name for p in (checkpoint / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (checkpoint / "model.safetensors").exists(), "the run writes shards, not a whole model"
+    consolidated = load_file(consolidate(checkpoint, two / "consolidated") / "model.safetensors")
+    alone = load_file(one / "checkpoints" / "step-0000002" / "model.safetensors")
+    assert alone.keys() <= consolidated.keys()
+    for key in alone:
+        torch.testing.assert_close(consolidated[key], alone[key], rtol=1e-3, atol=1e-5)
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        logits = [AutoModelForCausalLM.from_pretrained(path).eval()(ids).logits
+                  for path in (two / "model", one / "model", two / "consolidated")]
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-3, atol=1e-4)
+    assert logits[2].shape == logits[1].shape
 
 
 @pytest.mark.slow
@@ -129,6 +155,30 @@ def test_a_stop_request_stops_both_ranks_at_the_same_step_with_a_checkpoint(tiny
     assert [c["step"] for c in _of_kind(lines, "checkpoint")] == [1]
     assert (tmp_path / "out" / "checkpoints" / "step-0000001" / "adapter_model.safetensors").exists()
     assert not _of_kind(lines, "artifact")
+
+
+@pytest.mark.slow
+def test_a_stopped_fsdp_run_resumes_from_its_shards_in_one_process(tiny_model, memorisable_jsonl, tmp_path):
+    """A cancel stops both FSDP2 ranks at one step with a sharded checkpoint; DCP reads it back onto a
+    different device count (here one process), which then takes the steps an uninterrupted run takes."""
+    run = config(tiny_model, memorisable_jsonl, tmp_path / "out", devices=2, max_steps=50, scheduler="constant",
+                 **FULL)
+    proc, events = _launch(run, tmp_path, stop=True)
+    _finish(proc)
+    lines = _lines(events)
+    assert [m["step"] for m in _of_kind(lines, "metrics")] == [1]
+    assert [c["step"] for c in _of_kind(lines, "checkpoint")] == [1]
+    assert not _of_kind(lines, "artifact")
+    checkpoint = tmp_path / "out" / "checkpoints" / "step-0000001"
+    assert (checkpoint / "sharded" / ".metadata").exists()
+
+    resumed_sink, uninterrupted_sink = MemorySink(), MemorySink()
+    run_train(replace(run, devices=1, max_steps=3, resume_from=str(checkpoint)), resumed_sink)
+    run_train(replace(run, devices=1, max_steps=3, output_dir=str(tmp_path / "whole")), uninterrupted_sink)
+    resumed, whole = resumed_sink.of_kind("metrics"), uninterrupted_sink.of_kind("metrics")
+    assert [m.step for m in resumed] == [2, 3]
+    torch.testing.assert_close(torch.tensor([m.loss for m in resumed]), torch.tensor([m.loss for m in whole[1:]]),
+                               rtol=2e-4, atol=2e-5)
 
 
 def _rank_pids(parent: int) -> dict[int, int]:
