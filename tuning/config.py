@@ -19,6 +19,7 @@ from tuning.model_info import multimodal_refusal
 from tuning.models import MODEL_CODE_LOCK, load_model_config
 from tuning.grpo_rewards import LAST_NUMBER, pattern_problem
 from tuning.preference import PREFERENCE_LOSSES
+from tuning.sharding import check_sharding
 
 # Re-exported: the studio's services build and dump configs through this module.
 __all__ = ["MAX_GOLDEN_PROMPTS", "FieldSpec", "TrainConfig", "check_against_model", "config_from_dict",
@@ -359,6 +360,7 @@ def check_against_model(config: TrainConfig, *, on_worker: bool = True) -> None:
 
 def _check_against_model(config: TrainConfig, *, on_worker: bool) -> None:
     method = METHODS[config.method]
+    check_sharding(config, method)  # not the model's doing, but refused as early, when the job is created
     model_config = load_model_config(config.base_model, trust_remote_code=config.trust_remote_code)
     architectures = getattr(model_config, "architectures", None) or []
     if getattr(model_config, "vision_config", None) is not None:

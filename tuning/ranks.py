@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 from tuning.errors import ConfigError
 from tuning.events import Event, EventSink
-from tuning.sharding import check_sharding
 
 IGNORE_INDEX = -100  # tuning.data.sft's label for tokens that carry no loss
 TASKS = ("sft", "pretrain")  # tasks whose loss is a mean over tokens, so that shards weigh by their tokens
@@ -171,4 +170,3 @@ def check_distributed(config, method) -> None:
                                   f"give each device at least one row (batch size ≥ {config.devices})")
     if problems:
         raise ConfigError(problems)
-    check_sharding(config, method)

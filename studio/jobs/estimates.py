@@ -27,6 +27,7 @@ from tuning.methods import METHODS, Method
 from tuning.methods.estimate import estimate_key, shape_config
 from tuning.methods.memory import changes_that_fit, estimate_training_memory
 from tuning.preference import PREFERENCE_LOSSES
+from tuning.sharding import shards_states
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,13 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
     """Memory needed against the pool's device memory, and the time at the
     pool's recent speed; with the changes that would make it fit."""
     pool = train_pool(method, gpu_pools)
+    # Per device: a run over several splits each batch, and under FSDP2 the weights and their states too.
+    sharded = shards_states(values["sharding"], devices=values["devices"], method=method)
     shape = {"batch_size": values["batch_size"], "max_length": values["max_length"],
+             "devices": values["devices"], "sharded": sharded,
              "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"],
              # The trainer fuses the head and the loss for these methods (tuning.loss).
-             "fused_loss": method.predicts_each_token,
+             "fused_loss": method.predicts_each_token and not sharded,
              # A full fine-tune scored against a live reference keeps a frozen copy of the base.
              "reference_copy": (task == "preference" and method.produces == "model"
                                 and values["reference"] == "base"

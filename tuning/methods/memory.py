@@ -17,6 +17,13 @@ Parts, in bytes:
 - preference pairs: a row is two sequences (chosen and rejected) with
   their full logits, and a full fine-tune scored against a live reference
   keeps a frozen fp32 copy of the weights (``reference_copy``).
+Per device, for a run over several (``devices``): each trains on its share
+of every batch, so activations are for that share (ceil(batch / devices)
+rows) and are never divided further. Under DDP every device holds the whole
+weights, gradients and optimizer state; under FSDP2 (``sharded``,
+``tuning.sharding``) each holds 1/devices of each, plus what it gathers to
+compute: the root's weights (embeddings, head) for the whole step and two
+decoder blocks at a time (the one computing, the next prefetched).
 The sum is a planning figure (±30 %), not a promise: allocator slack and
 sequence lengths below max_length move it.
 """
@@ -60,9 +67,11 @@ def model_dims(model_config) -> tuple[int, int, int, int]:
 def estimate_training_memory(model_config, *, trainable: int, total: int, batch_size: int, max_length: int,
                              precision: str = "bf16", gradient_checkpointing: bool = False,
                              four_bit_base: bool = False, task: str = "sft",
-                             fused_loss: bool = False, reference_copy: bool = False) -> MemoryEstimate:
+                             fused_loss: bool = False, reference_copy: bool = False, devices: int = 1,
+                             sharded: bool = False) -> MemoryEstimate:
     hidden, layers, heads, vocab = model_dims(model_config)
-    s, b = max_length, batch_size * (2 if task in ("preference", "reward") else 1)  # two replies a pair
+    rows = -(-batch_size // devices)  # this device's share of the batch
+    s, b = max_length, rows * (2 if task in ("preference", "reward") else 1)  # two replies a pair
     fused_loss = fused_loss and task != "preference"  # pairs need every labelled token's log-probability
     bytes_per_activation_unit = 1 if precision in ("bf16", "fp16", "auto") else 2  # the formula is in 16-bit units
     if gradient_checkpointing:
@@ -79,20 +88,26 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
     frozen = total - trainable
     weights = trainable * 4 + (frozen * FOUR_BIT_BYTES_PER_PARAMETER if four_bit_base else frozen * 4)
     weights += total * 4 if reference_copy else 0
-    return MemoryEstimate(weights=int(weights), gradients=trainable * 4, optimizer=trainable * 8,
+    gradients, optimizer = trainable * 4, trainable * 8
+    if sharded and devices > 1:
+        root = vocab * hidden  # the embeddings (and a tied head): gathered for the whole step
+        gathered = (root + 2 * max(total - root, 0) / max(layers, 1)) * 4
+        weights, gradients, optimizer = weights / devices + gathered, gradients / devices, optimizer / devices
+    return MemoryEstimate(weights=int(weights), gradients=int(gradients), optimizer=int(optimizer),
                           activations=int(activations), overhead=RUNTIME_OVERHEAD_BYTES)
 
 
 def changes_that_fit(model_config, *, available: int, trainable: int, total: int, batch_size: int,
                      max_length: int, precision: str, gradient_checkpointing: bool, gpu: bool,
-                     task: str = "sft", fused_loss: bool = False, reference_copy: bool = False) -> list[str]:
+                     task: str = "sft", fused_loss: bool = False, reference_copy: bool = False, devices: int = 1,
+                     sharded: bool = False) -> list[str]:
     """Changes (each alone, then together) that bring the estimate under ``available`` bytes."""
     def fits(**change) -> bool:
         settings = {"batch_size": batch_size, "max_length": max_length, "precision": precision,
                     "gradient_checkpointing": gradient_checkpointing, "four_bit_base": False, **change}
         return estimate_training_memory(model_config, trainable=trainable, total=total, task=task,
-                                        fused_loss=fused_loss, reference_copy=reference_copy,
-                                        **settings).total <= available
+                                        fused_loss=fused_loss, reference_copy=reference_copy, devices=devices,
+                                        sharded=sharded, **settings).total <= available
 
     options = []
     smaller = batch_size // 2
