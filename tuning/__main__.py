@@ -125,6 +125,15 @@ def _prepare_bundled(args) -> int:
     return 0
 
 
+def _consolidate(args) -> int:
+    from pathlib import Path
+
+    from tuning.checkpoints import consolidate
+
+    print(consolidate(Path(args.checkpoint), Path(args.dest)))
+    return 0
+
+
 def _methods(args) -> int:
     from tuning.methods import METHODS, describe
 
@@ -192,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     bundled = commands.add_parser("prepare-bundled", help="convert the bundled model to safetensors")
     bundled.add_argument("dest")
     bundled.set_defaults(handler=_prepare_bundled)
+    consolidated = commands.add_parser("consolidate", help="a fully sharded (FSDP2) run's checkpoint as one "
+                                                           "model folder (config.json, model.safetensors)")
+    consolidated.add_argument("checkpoint")
+    consolidated.add_argument("dest")
+    consolidated.set_defaults(handler=_consolidate)
     for name, handler, help_text in (("methods", _methods, "list the fine-tuning methods"),
                                      ("merge-methods", _merge_methods, "list the merge methods"),
                                      ("quantize-schemes", _quantize_schemes, "list the quantization schemes")):

@@ -6,7 +6,8 @@ full model for methods that train the model itself), ``optimizer.pt``
 ``weights_only=True``, so loading never runs pickled code) and
 ``trainer_state.json`` (step, epoch, position in the epoch, best eval loss).
 A fully sharded run's checkpoint holds its weights and optimizer state as
-DCP shards instead (``save_sharded_checkpoint``, at the end of this file).
+DCP shards instead (``save_sharded_checkpoint``, at the end of this file),
+read without running pickled code (``tuning.dcp_reading``).
 A method that keeps training state outside its weights (AdaLoRA's rank
 allocator) adds ``method_state.safetensors``: its ``training_state``
 tensors, with the rest of that state as JSON in the file's metadata.
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tuning.dcp_reading import safe_planner, safe_reader
 from tuning.errors import ConfigError
 
 STATE_FILE = "trainer_state.json"
@@ -205,7 +207,8 @@ def load_sharded_checkpoint(directory: Path, *, model, optimizer, scheduler) -> 
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=directory / SHARDED_DIR, no_dist=not torch.distributed.is_initialized())
+    dcp.load(state, storage_reader=safe_reader(directory / SHARDED_DIR), planner=safe_planner(),
+             no_dist=not torch.distributed.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     saved = torch.load(directory / SCHEDULE_FILE, weights_only=True)
     scheduler.load_state_dict(saved["scheduler"])
@@ -220,12 +223,12 @@ def load_sharded_weights(directory: Path) -> dict:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    reader = dcp.FileSystemReader(directory / SHARDED_DIR)
+    reader = safe_reader(directory / SHARDED_DIR)
     # Empty tensors of the saved shapes for every weight the index lists ("model.<name>"), filled by DCP.
     weights = {key.removeprefix("model."): torch.empty(entry.size, dtype=entry.properties.dtype)
                for key, entry in reader.read_metadata().state_dict_metadata.items()
                if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
-    dcp.load({"model": weights}, storage_reader=reader, no_dist=True)
+    dcp.load({"model": weights}, storage_reader=reader, planner=safe_planner(), no_dist=True)
     return weights
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuning.checkpoints import consolidate
+from tuning.__main__ import main as tuning_cli
 from tuning.config import TrainConfig, config_to_dict
 from tuning.distributed import launch_command
 from tuning.ranks import Ranks, check_distributed
@@ -132,7 +132,8 @@ def _check_sharded_checkpoint_and_output(two: Path, one: Path) -> None:
     checkpoint = two / "checkpoints" / "step-0000002"
     assert sorted(p.name for p in (checkpoint / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert not (checkpoint / "model.safetensors").exists(), "the run writes shards, not a whole model"
-    consolidated = load_file(consolidate(checkpoint, two / "consolidated") / "model.safetensors")
+    assert tuning_cli(["consolidate", str(checkpoint), str(two / "consolidated")]) == 0
+    consolidated = load_file(two / "consolidated" / "model.safetensors")
     alone = load_file(one / "checkpoints" / "step-0000002" / "model.safetensors")
     assert alone.keys() <= consolidated.keys()
     for key in alone:

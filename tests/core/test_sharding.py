@@ -77,3 +77,59 @@ def test_fsdp_divides_weights_gradients_and_optimizer_state_by_the_devices_and_d
         SHAPE, trainable=PARAMETERS, total=PARAMETERS, batch_size=2, max_length=512, precision="bf16").activations
     assert ddp.activations < one.activations
     assert fsdp.total < ddp.total < one.total
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+
+
+class _RunsCode:
+    """What a tampered index could hold: unpickling it would run a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_sharded_checkpoint_is_read_back_without_running_pickled_code(tmp_path):
+    import pickle
+
+    import torch
+
+    from tuning import checkpoints
+    from tuning.ranks import SINGLE
+
+    torch.manual_seed(0)
+    model = _tiny_llama()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model(torch.arange(8)[None], labels=torch.arange(8)[None]).loss.backward()
+    optimizer.step()
+    directory = checkpoints.save_sharded_checkpoint(tmp_path / "step-0000001", model=model, optimizer=optimizer,
+                                                    scheduler=scheduler, state=checkpoints.TrainerState(step=1),
+                                                    ranks=SINGLE)
+    weights = checkpoints.load_sharded_weights(directory)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(weights[name], tensor)
+
+    fresh = _tiny_llama()
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=5.0)
+    state = checkpoints.load_checkpoint(directory, model=fresh, optimizer=fresh_optimizer,
+                                        scheduler=torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda s: 1.0))
+    assert state.step == 1
+    assert fresh_optimizer.param_groups[0]["lr"] == 1e-3, "the optimizer's settings (non-tensor values) came back"
+    torch.testing.assert_close(fresh_optimizer.state_dict()["state"][0]["exp_avg"],
+                               optimizer.state_dict()["state"][0]["exp_avg"])
+
+    marker = tmp_path / "ran"
+    (directory / "sharded" / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(pickle.UnpicklingError, match="not part of a DCP index"):
+        checkpoints.load_sharded_weights(directory)
+    assert not marker.exists()
