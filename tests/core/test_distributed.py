@@ -161,12 +161,16 @@ def test_a_stop_request_stops_both_ranks_at_the_same_step_with_a_checkpoint(tiny
 @pytest.mark.slow
 def test_a_stopped_fsdp_run_resumes_from_its_shards_in_one_process(tiny_model, memorisable_jsonl, tmp_path):
     """A cancel stops both FSDP2 ranks at one step with a sharded checkpoint; DCP reads it back onto a
-    different device count (here one process), which then takes the steps an uninterrupted run takes."""
+    different device count (here one process), which then takes the steps an uninterrupted run takes.
+    Evaluating and answering the golden prompts, whose forward passes every rank runs, work sharded."""
     run = config(tiny_model, memorisable_jsonl, tmp_path / "out", devices=2, max_steps=50, scheduler="constant",
-                 **FULL)
+                 validation_ratio=0.25, eval_every=1, golden_prompts=["Greet me."], golden_max_new_tokens=4, **FULL)
     proc, events = _launch(run, tmp_path, stop=True)
     _finish(proc)
     lines = _lines(events)
+    assert [s["step"] for s in _of_kind(lines, "samples")] == [0], "answered once, before the first step"
+    assert [e["step"] for e in _of_kind(lines, "eval")] == [1]
+    assert (tmp_path / "out" / "checkpoints" / "best" / "sharded" / ".metadata").exists()
     assert [m["step"] for m in _of_kind(lines, "metrics")] == [1]
     assert [c["step"] for c in _of_kind(lines, "checkpoint")] == [1]
     assert not _of_kind(lines, "artifact")
