@@ -117,6 +117,9 @@ def main() -> None:
         print(f"| {arm} | {seconds[arm]} | {statistics.median(seconds[arm])} | {accuracy[arm]} |")
     print(f"| studio ÷ lm_eval | {[round(r, 3) for r in ratios]} | {round(statistics.median(ratios), 3)} | "
           f"{'same' if abs(accuracy['studio'] - accuracy['lm_eval']) < 1e-4 else 'DIFFERENT'} |")
+    print(json.dumps({"figure": "harness_studio_over_lm_eval_wall", "ratio": round(statistics.median(ratios), 3),
+                      "round_ratios": [round(r, 3) for r in ratios], "rows": args.rows, "acc": accuracy,
+                      "same_acc": abs(accuracy["studio"] - accuracy["lm_eval"]) < 1e-4, "goal": 1.1}))
 
 
 if __name__ == "__main__":

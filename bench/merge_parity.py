@@ -169,6 +169,7 @@ def main() -> int:
               f"fine-tunes of a {entries / 1e6:.1f}M-parameter Llama (embedding {args.vocab}×{args.hidden})\n")
         print(f"| {'case':<60} | max abs diff | rel. diff | studio s | mergekit s |")
         print(f"|{'-' * 62}|-------------:|----------:|---------:|-----------:|")
+        worst = 0.0
         for number, (label, method, settings, count, template) in enumerate(CASES):
             sources = [paths["a"], paths["b"]][:count]
             ours, our_time = studio_merge(method, settings, sources, paths["base"], root / f"studio-{number}")
@@ -181,8 +182,11 @@ def main() -> int:
             largest, relative = compare(ours, theirs, base)
             print(f"| {label:<60} | {largest:12.2e} | {relative:9.2e} | {our_time:8.2f} | {their_time:10.2f} |",
                   flush=True)
+            worst = max(worst, relative)
     print("\nrel. diff: ‖studio − mergekit‖ / ‖mergekit − base‖ over every tensor. Times include each tool's "
           "start-up (mergekit's command loads its package each run), so they are not a speed comparison.")
+    print(json.dumps({"figure": "merge_parity_worst_relative_diff", "value": worst, "cases": len(CASES),
+                      "mergekit": version[0], "vocab": args.vocab, "hidden": args.hidden}))
     return 0
 
 

@@ -139,6 +139,8 @@ def main() -> None:
     speed = [round(s[1] / b[1], 2) for b, s in zip(baseline, served)]
     print(f"served / transformers, median of pairs: TTFT x{statistics.median(ttft):.2f} {ttft}, "
           f"tokens/s x{statistics.median(speed):.2f} {speed}")
+    print(json.dumps({"figure": "served_over_generate", "model": args.model, "ttft_ratio": statistics.median(ttft),
+                      "tokens_per_s_ratio": statistics.median(speed), "ttft_ratios": ttft, "speed_ratios": speed}))
 
 
 if __name__ == "__main__":

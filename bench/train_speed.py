@@ -447,6 +447,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], help="where every arm runs (default: cuda if present)")
     parser.add_argument("--out", help="write the markdown table here (e.g. BENCHMARKS.md)")
+    parser.add_argument("--peak-size", type=int, default=2048,
+                        help="matrix size of the bf16 matmul that measures the peak for MFU (small for a smoke run: "
+                             "a CPU without native bf16 takes minutes at 2048)")
     parser.add_argument("--child-ref", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_ref:
@@ -464,7 +467,7 @@ def main() -> None:
     shape = model_shape(model_dir)
     info = machine()
     lines: list[dict] = []
-    peaks = [peak_matmul_flops(args.threads)]
+    peaks = [peak_matmul_flops(args.threads, args.peak_size)]
     for name in args.datasets.split(","):
         path = datasets[name]
         stats = dataset_stats(path, model_dir, args.max_length)
@@ -483,7 +486,8 @@ def main() -> None:
                                   "tokens_per_s": round(result["tokens_per_s"], 1),
                                   "peak_rss_mib": round(result["peak_rss_mib"]), "wall_s": round(result["wall_s"], 1),
                                   "losses": [round(x, 3) for x in result["losses"]]}), file=sys.stderr, flush=True)
-            peaks.append(peak_matmul_flops(args.threads))  # between rounds: the machine's best moment counts
+            # between rounds: the machine's best moment counts
+            peaks.append(peak_matmul_flops(args.threads, args.peak_size))
         summarise(name, runs, stats, shape, max(peaks), lines)
     adamw = adamw_step_seconds(model_dir, args.threads)
     emit({"figure": "adamw_full_step_s", "foreach": round(adamw["foreach"], 3), "fused": round(adamw["fused"], 3),

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db.models import JSONField, OuterRef, Q, Subquery, Sum
+from django.core.cache import cache
+from django.db.models import Count, JSONField, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from studio.accounts.selectors import team_ids_for_user
@@ -120,68 +121,122 @@ def queue_rows_for_user(*, user) -> list[QueueRow]:
     return queue_page_for_user(user=user).rows
 
 
-def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage:
+def queue_page_for_user(*, user, shown_per_pool: int | None = None, fresh: bool = False) -> QueuePage:
     """Running and queued jobs of the user's teams, pool by pool, in the
     order they run, with estimates: a pool runs one job per worker; a
     running job ends after its reported ETA; a queued training job takes
     its steps × the pool's recent seconds per step.
 
-    Every queued job of a pool counts in the positions and estimates, read
-    as plain values in one query; only the rows shown are loaded as jobs, so
-    a pool costs a fixed number of queries however long its queue is."""
-    now = timezone.now()
+    Every queued job of a pool counts in the positions and estimates. That
+    walk over the whole queue is a pool's plan (``_pool_plan``): computed at
+    most once per PLAN_MEMO_S by a web process for all its viewers, and
+    again at once when the pool's queue, its quotas or its live workers
+    change (``_fingerprints``, one aggregate query). A poll that finds the
+    plans current costs a handful of queries and no loop over the queue;
+    ``fresh`` (after an admin's action) recomputes them."""
     shown_per_pool = SHOWN_PER_POOL if shown_per_pool is None else shown_per_pool
     team_ids = set(team_ids_for_user(user=user))
-    rows: list[QueueRow] = []
-    more: dict[str, int] = {}
-    pools = Job.objects.filter(status__in=(*ACTIVE, Job.Status.QUEUED)).values_list("device_pool", flat=True)
     served = pools_with_live_workers()
-    quota_reasons: dict[tuple[int, bool], str] = {}  # asked once per team and page
-
-    def quota_reason(team_id: int, gpu_pool: bool) -> str:
-        if (team_id, gpu_pool) not in quota_reasons:
-            quota_reasons[team_id, gpu_pool] = quota_wait_reason(team_id, gpu_pool=gpu_pool)
-        return quota_reasons[team_id, gpu_pool]
-
-    for pool in sorted(set(pools)):
-        running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE).select_related("owner", "team")
-                       .prefetch_related("holds").annotate(last=last_event_data(("metrics", "progress"))))
-        free_at = []
-        for job in running:
-            remaining = (job.last or {}).get("eta_s")
-            finish = now + timedelta(seconds=remaining) if remaining is not None else None
-            free_at.append(finish)
-            if job.team_id in team_ids:
-                rows.append(QueueRow(job, None, "", starts_at=job.started_at, finishes_at=finish))
-        workers = max(len(running), 1)
-        free_at = sorted(free_at, key=lambda t: t or _NEVER)[:workers] or [now]
-        step_s = seconds_per_step(pool)
-        gpu_pool = pool in settings.GPU_POOLS
-        queued, usage = _queued_in_run_order(pool)
-        shown = []
-        for position, job in enumerate(queued, start=1):
-            if _waits_for_step_before(job):
-                reason = f"waits for job #{job['depends_on_id']} ({job['depends_on__status']})"
-            else:
-                reason = quota_reason(job["team_id"], gpu_pool) or ("" if pool in served else no_worker_reason(pool))
-            starts = None if reason else free_at[0] if free_at[0] is None else max(free_at[0], now)
-            duration = step_s * job["progress_total"] if step_s and job["progress_total"] else None
-            finishes = starts + timedelta(seconds=duration) if starts and duration else None
-            if starts is not None and not reason:
-                free_at[0] = finishes  # that worker is busy until then (unknown when no estimate)
-                free_at.sort(key=lambda t: t or _NEVER)
-            if job["team_id"] not in team_ids:
-                continue
-            if len(shown) < shown_per_pool:
-                shown.append((job["pk"], position, reason, starts, finishes))
-            else:
-                more[pool] = more.get(pool, 0) + 1
-        jobs = Job.objects.select_related("owner", "team").in_bulk([pk for pk, *_ in shown])
-        waiting_teams = {job["team_id"] for job in queued}
-        for pk, position, reason, starts, finishes in shown:
-            note = fair_share_note(jobs[pk], usage, waiting_teams) if usage else ""
-            rows.append(QueueRow(jobs[pk], position, reason, note, starts, finishes))
+    quotas = list(TeamQuota.objects.order_by("team_id").values_list("team_id", "max_running_jobs",
+                                                                     "gpu_hours_per_month"))
+    quota_reasons: dict[tuple[int, bool], str] = {}  # asked once per team and page, where plans are made
+    plans = []
+    for pool, fingerprint in sorted(_fingerprints().items()):
+        key = f"queue-plan:{pool}:{shown_per_pool}"
+        version = (fingerprint, quotas, pool in served, settings.FAIR_SHARE, settings.FAIR_SHARE_HALF_LIFE_HOURS,
+                   tuple(settings.GPU_POOLS))
+        memo = None if fresh else cache.get(key)
+        if memo is None or memo[0] != version:
+            memo = (version, _pool_plan(pool, served=pool in served, shown_per_pool=shown_per_pool,
+                                        quota_reasons=quota_reasons))
+            cache.set(key, memo, PLAN_MEMO_S)
+        plans.append(memo[1])
+    picked = []  # (plan, running or queued entry) of the user's teams, in page order
+    more: dict[str, int] = {}
+    for plan in plans:
+        picked += [(plan, entry) for entry in plan.running if entry[1] in team_ids]
+        queued = sorted((entry for team_id in team_ids for entry in plan.queued.get(team_id, [])),
+                        key=lambda entry: entry[2])
+        picked += [(plan, entry) for entry in queued[:shown_per_pool]]
+        hidden = sum(plan.queued_count.get(team_id, 0) for team_id in team_ids) - min(len(queued), shown_per_pool)
+        if hidden:
+            more[plan.pool] = hidden
+    jobs = Job.objects.select_related("owner", "team").prefetch_related("holds").in_bulk(
+        [entry[0] for _, entry in picked])
+    rows = []
+    for plan, entry in picked:
+        job = jobs.get(entry[0])
+        if job is None:  # ended or deleted since the plan was made
+            continue
+        if len(entry) == 3:  # running: (pk, team_id, finishes)
+            rows.append(QueueRow(job, None, "", starts_at=job.started_at, finishes_at=entry[2]))
+        else:
+            pk, _, position, reason, starts, finishes = entry
+            note = fair_share_note(job, plan.usage, plan.waiting_teams) if plan.usage else ""
+            rows.append(QueueRow(job, position, reason, note, starts, finishes))
     return QueuePage(rows, more)
+
+
+PLAN_MEMO_S = 3  # the page polls every 3 s: one walk of each pool's queue per poll interval, whoever watches
+
+
+@dataclass
+class PoolPlan:
+    """One pool's queue as the page shows it, for every team: the running jobs (pk, team, expected end) and
+    each team's first queued jobs (pk, team, position, reason, starts, finishes), with how many each has."""
+    pool: str
+    running: list[tuple]
+    queued: dict[int, list[tuple]]
+    queued_count: dict[int, int]
+    usage: PoolUsage | None
+    waiting_teams: set[int]
+
+
+def _fingerprints() -> dict[str, tuple]:
+    """Per pool with queued or running jobs, a summary that changes whenever a job is queued, claimed, ended,
+    moved, reprioritised or changes hands: one aggregate query over those jobs, grouped by pool."""
+    summary = Job.objects.filter(status__in=(*ACTIVE, Job.Status.QUEUED)).values("device_pool").annotate(
+        count=Count("pk"), last=Max("pk"), newest=Max("created_at"), priorities=Sum("priority"),
+        orders=Sum("queue_order"), teams=Sum("team_id"), owners=Sum("owner_id"), running=Count(
+            "pk", filter=Q(status__in=ACTIVE)), steps=Count("pk", filter=Q(depends_on__isnull=False)))
+    return {row.pop("device_pool"): tuple(sorted(row.items())) for row in summary}
+
+
+def _pool_plan(pool: str, *, served: bool, shown_per_pool: int, quota_reasons: dict) -> PoolPlan:
+    now = timezone.now()
+    running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE)
+                   .annotate(last=last_event_data(("metrics", "progress"))).values("pk", "team_id", "last"))
+    free_at, running_rows = [], []
+    for job in running:
+        remaining = (job["last"] or {}).get("eta_s")
+        finish = now + timedelta(seconds=remaining) if remaining is not None else None
+        free_at.append(finish)
+        running_rows.append((job["pk"], job["team_id"], finish))
+    workers = max(len(running), 1)
+    free_at = sorted(free_at, key=lambda t: t or _NEVER)[:workers] or [now]
+    step_s = seconds_per_step(pool)
+    gpu_pool = pool in settings.GPU_POOLS
+    queued, usage = _queued_in_run_order(pool)
+    shown: dict[int, list[tuple]] = {}
+    counts: dict[int, int] = {}
+    for position, job in enumerate(queued, start=1):
+        team_id = job["team_id"]
+        if _waits_for_step_before(job):
+            reason = f"waits for job #{job['depends_on_id']} ({job['depends_on__status']})"
+        else:
+            if (team_id, gpu_pool) not in quota_reasons:
+                quota_reasons[team_id, gpu_pool] = quota_wait_reason(team_id, gpu_pool=gpu_pool)
+            reason = quota_reasons[team_id, gpu_pool] or ("" if served else no_worker_reason(pool))
+        starts = None if reason else free_at[0] if free_at[0] is None else max(free_at[0], now)
+        duration = step_s * job["progress_total"] if step_s and job["progress_total"] else None
+        finishes = starts + timedelta(seconds=duration) if starts and duration else None
+        if starts is not None and not reason:
+            free_at[0] = finishes  # that worker is busy until then (unknown when no estimate)
+            free_at.sort(key=lambda t: t or _NEVER)
+        counts[team_id] = counts.get(team_id, 0) + 1
+        if counts[team_id] <= shown_per_pool:
+            shown.setdefault(team_id, []).append((job["pk"], team_id, position, reason, starts, finishes))
+    return PoolPlan(pool, running_rows, shown, counts, usage, {job["team_id"] for job in queued})
 
 
 QUEUED_FIELDS = ("pk", "priority", "team_id", "owner_id", "queue_order", "progress_total", "depends_on_id",
