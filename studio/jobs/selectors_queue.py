@@ -177,7 +177,9 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None, fresh: bool 
     return QueuePage(rows, more)
 
 
-PLAN_MEMO_S = 3  # the page polls every 3 s: one walk of each pool's queue per poll interval, whoever watches
+# A plan is remade at once when its pool's jobs change (the fingerprint); this bounds only how stale the
+# estimates may get as running jobs report new ETAs. Polls come every 3 s from each viewer.
+PLAN_MEMO_S = 30
 
 
 @dataclass
