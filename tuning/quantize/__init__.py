@@ -99,6 +99,13 @@ QUANT_SCHEMES: dict[str, QuantScheme] = {
                                    "LM Studio."),
         _gguf("q4_0", "GGUF q4_0", "4-bit GGUF (4.5 bits a weight), the small CPU format, for llama.cpp, Ollama "
                                    "and LM Studio."),
+        _gguf("q4_k_m", "GGUF Q4_K_M", "llama.cpp's usual 4-bit k-quant mix (about 4.9 bits a weight): Q4_K with "
+                                       "Q6_K for the output and some attn_v/ffn_down; for llama.cpp, Ollama and "
+                                       "LM Studio."),
+        _gguf("q5_k_m", "GGUF Q5_K_M", "5-bit k-quant mix (about 5.7 bits a weight): Q5_K with Q6_K where llama.cpp "
+                                       "puts more bits; for llama.cpp, Ollama and LM Studio."),
+        _gguf("q6_k", "GGUF Q6_K", "6-bit k-quant (6.56 bits a weight), nearly lossless; for llama.cpp, Ollama and "
+                                   "LM Studio."),
         _cast("fp16", "Safetensors fp16", "The whole model in float16: half of fp32, loads everywhere."),
         _cast("bf16", "Safetensors bf16", "The whole model in bfloat16: half of fp32 with fp32's range."),
         _delta(compeft, name="compeft", label="ComPEFT (sparse ternary change)",

@@ -1,6 +1,7 @@
-"""GGUF export (f16, q8_0, q4_0) of the families in ``gguf_families``
-(Llama, Mistral, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3, Phi-3), for llama.cpp,
-Ollama, LM Studio and transformers' ``gguf_file=`` loader.
+"""GGUF export (f16, q8_0, q4_0, and the k-quant mixes q4_k_m, q5_k_m, q6_k
+of ``gguf_kquants``) of the families in ``gguf_families`` (Llama, Mistral,
+Qwen2/2.5, Qwen3, Gemma 2, Gemma 3, Phi-3), for llama.cpp, Ollama, LM Studio
+and transformers' ``gguf_file=`` loader.
 
 Written with the ``gguf`` package's GGUFWriter in its streaming order:
 every tensor's name, shape and type goes into the header first (shapes are
@@ -32,11 +33,14 @@ from tuning.quantize.common import Cancelled
 from tuning.quantize.gguf_families import GGUF_FAMILIES, gguf_refusal, rope_settings
 from tuning.quantize.gguf_vocab import add_tokenizer
 
-GGUF_TYPES = ("f16", "q8_0", "q4_0")
+GGUF_TYPES = ("f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
 # llama.cpp's quantizer keeps the output head at more bits than a 4-bit file's
 # other matrices (Q6_K; with tied embeddings the head is token_embd): an error
-# there reaches every logit. The gguf package cannot write Q6_K, so it keeps Q8_0.
+# there reaches every logit. q4_0 keeps Q8_0 (as it did before the k-quant writers); the k-quant files follow
+# llama.cpp's own mix (gguf_kquants.k_quant_type), Q6_K included.
 OUTPUT_TYPE = {"q4_0": "Q8_0"}  # file type -> the output head's GGML type
+FILE_TYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M",
+              "q5_k_m": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}
 
 
 def _output_names(tied: bool) -> tuple[str, ...]:
@@ -147,7 +151,11 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, gguf_type: str, 
     n_kv_heads = config.get("num_key_value_heads") or n_heads
     hidden, vocab_size = config["hidden_size"], config["vocab_size"]
     tied = bool(config.get("tie_word_embeddings", False))
-    quant = {"f16": None, "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[gguf_type]
+    from tuning.quantize import gguf_kquants
+
+    k_mix = gguf_type in gguf_kquants.K_MIXES
+    quant = {"f16": None, "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}.get(
+        gguf_type, gguf.GGMLQuantizationType.Q8_0)  # the k mixes: blocks of 32 at least (their fallbacks)
     block = gguf.GGML_QUANT_SIZES[quant][0] if quant is not None else 0
     names = gguf.get_tensor_name_map(arch, n_layers)
 
@@ -165,6 +173,9 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, gguf_type: str, 
                 shape = tuple(handle.get_slice(hf_name).get_shape())
                 if len(shape) == 1:
                     kind = gguf.GGMLQuantizationType.F32  # norms and biases stay f32, as llama.cpp keeps them
+                elif k_mix and shape[-1] % block == 0:
+                    kind = gguf.GGMLQuantizationType[gguf_kquants.k_quant_type(gguf_type, target, shape, n_layers,
+                                                                                 _output_names(tied))]
                 elif quant is not None and shape[-1] % block == 0:
                     kind = quant
                     if target in _output_names(tied) and gguf_type in OUTPUT_TYPE:
@@ -190,8 +201,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, gguf_type: str, 
     writer.add_rope_freq_base(float(rope_settings(config)["rope_theta"]))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     _family_metadata(writer, family, config)
-    writer.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                          "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[gguf_type])
+    writer.add_file_type(gguf.LlamaFileType[FILE_TYPES[gguf_type]])
     if quant is not None:
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_tokenizer(writer, model_dir, vocab_size, log)
@@ -226,6 +236,8 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, gguf_type: str, 
                 data = np.ascontiguousarray(weight, dtype=np.float32)
             elif kind == gguf.GGMLQuantizationType.F16:
                 data = np.ascontiguousarray(weight, dtype=np.float16)
+            elif kind.name in gguf_kquants.QUANTIZERS:
+                data = gguf_kquants.quantize(weight, kind.name)  # gguf 0.19 reads k-quants but cannot write them
             else:
                 data = gguf.quants.quantize(weight, kind)
             writer.write_tensor_data(data)

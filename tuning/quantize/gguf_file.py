@@ -1,4 +1,4 @@
-"""GGUF files (f16, q8_0, q4_0) for llama.cpp, Ollama and LM Studio; the
+"""GGUF files (f16, q8_0, q4_0, and the k-quant mixes q4_k_m, q5_k_m, q6_k) for llama.cpp, Ollama and LM Studio; the
 writer is ``gguf_export``; the families it knows are in ``gguf_families``.
 
 q8_0: blocks of 32 int8 weights with one f16 scale (8.5 bits a weight);
