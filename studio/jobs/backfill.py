@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import F
+from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
-from studio.jobs.models import Job, JobHold
+from studio.jobs.models import Job, JobEvent, JobHold
 from studio.jobs.selectors_queue import ACTIVE, last_event_data, seconds_per_step
 from studio.workers.selectors import pool_workers_alive
 
@@ -55,13 +55,16 @@ def reservation_for(*, pool: str, job_id: int, devices: int, free_devices: int,
     job frees its workers' devices at its reported ETA, soonest first."""
     now = now or timezone.now()
     sizes = {node.name: node.device_count for node in pool_workers_alive(pool)}
+    kinds = ("metrics", "progress")
+    reported_at = Subquery(JobEvent.objects.filter(job_id=OuterRef("pk"), kind__in=kinds, superseded=False)
+                           .order_by("-seq").values("created_at")[:1])
     running = (Job.objects.filter(device_pool=pool, status__in=ACTIVE).prefetch_related("holds")
-               .annotate(last=last_event_data(("metrics", "progress"))))
+               .annotate(last=last_event_data(kinds), last_at=reported_at))
     frees = []
     for job in running:
-        remaining = (job.last or {}).get("eta_s")
+        remaining = (job.last or {}).get("eta_s")  # seconds left when that event was reported
         freed = sum(sizes.get(hold.worker_name, hold.devices) for hold in job.current_holds()) or job.devices
-        frees.append((now + timedelta(seconds=remaining) if remaining is not None else None, freed))
+        frees.append((job.last_at + timedelta(seconds=remaining) if remaining is not None else None, freed))
     need = devices - free_devices
     for finish, freed in sorted(frees, key=lambda item: (item[0] is None, item[0] or now)):
         if finish is None:
@@ -83,3 +86,24 @@ def ends_before(reservation: Reservation, job_ids: list[int], pool: str, *,
     room_s = (reservation.starts_at - (now or timezone.now())).total_seconds()
     totals = Job.objects.filter(pk__in=job_ids).values_list("pk", "progress_total")
     return {pk for pk, total in totals if total and step_s * total <= room_s}
+
+
+def reservation_reasons(rows: list) -> None:
+    """The queue page's word on reservations: the first queued job of each pool that needs more devices than
+    are idle says so, and from when they are reserved for it (``rows`` are selectors_queue.QueueRow, in run
+    order; a row that already waits for another reason keeps it)."""
+    seen: set[str] = set()
+    for row in rows:
+        job = row.job
+        if job.status != Job.Status.QUEUED or job.devices < 2 or row.reason or job.device_pool in seen:
+            continue
+        seen.add(job.device_pool)
+        free = sum(idle_workers(job.device_pool).values())
+        if job.devices <= free:
+            continue
+        reservation = reservation_for(pool=job.device_pool, job_id=job.pk, devices=job.devices, free_devices=free)
+        when = (f"from about {timezone.localtime(reservation.starts_at):%H:%M:%S}" if reservation.starts_at
+                else "from when running jobs end")
+        row.reason = (f"needs {job.devices} devices, {free} free now: they are reserved for it {when}; jobs "
+                      f"behind it start meanwhile only if they end before")
+        row.starts_at = reservation.starts_at

@@ -7,6 +7,7 @@ from django.views.decorators.http import require_POST
 
 from studio.accounts.policy import Action, job_allows, refusal
 from studio.audit.services import audit_record
+from studio.jobs.backfill import reservation_reasons
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.selectors_queue import queue_page_for_user
 from studio.jobs.services import job_cancel
@@ -16,6 +17,7 @@ from tuning.errors import ConfigError
 
 def _render(request, *, partial: bool, error: str = "", status: int = 200, fresh: bool = False):
     page = queue_page_for_user(user=request.user, fresh=fresh)
+    reservation_reasons(page.rows)
     context = {"rows": page.rows, "more": sorted(page.more.items()), "error": error,
                "fair_share": settings.FAIR_SHARE, "half_life": settings.FAIR_SHARE_HALF_LIFE_HOURS}
     template = "jobs/_queue_table.html" if partial else "jobs/queue.html"

@@ -81,7 +81,7 @@ def test_a_stream_of_small_jobs_does_not_starve_a_two_device_job(submit):
     assert all(Job.objects.get(pk=job.pk).status == "queued" for job in stream)
 
 
-def test_a_backfilled_job_ends_before_the_reservation_starts_so_never_delays_it(submit):
+def test_a_backfilled_job_ends_before_the_reservation_starts_so_never_delays_it(submit, member_client):
     long = submit("long", steps=60)
     assert claim("b@box").pk == long.pk
     running_with_eta(long, 60)
@@ -90,6 +90,10 @@ def test_a_backfilled_job_ends_before_the_reservation_starts_so_never_delays_it(
     short = submit("short", steps=20)  # 20 s: done before it
     before = reservation_for(pool=POOL, job_id=wide.pk, devices=2, free_devices=1)
     assert 55 < (before.starts_at - timezone.now()).total_seconds() <= 60
+
+    page = member_client.get("/jobs/queue/").content.decode()
+    assert ("Waits: needs 2 devices, 1 free now: they are reserved for it from about "
+            f"{timezone.localtime(before.starts_at):%H:%M}") in page
 
     backfilled = claim("a@box")
     assert backfilled.pk == short.pk, "only the job that ends before the reservation fills the idle device"
