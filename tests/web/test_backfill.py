@@ -89,7 +89,7 @@ def test_a_backfilled_job_ends_before_the_reservation_starts_so_never_delays_it(
     too_long = submit("too long", steps=90)  # 90 s at 1 s a step: past the reservation, 60 s from now
     short = submit("short", steps=20)  # 20 s: done before it
     before = reservation_for(pool=POOL, job_id=wide.pk, devices=2, free_devices=1)
-    assert 55 < (before.starts_at - timezone.now()).total_seconds() <= 60
+    assert 0 < (before.starts_at - timezone.now()).total_seconds() <= 60, before  # 60 s after its report
 
     page = member_client.get("/jobs/queue/").content.decode()
     assert ("Waits: needs 2 devices, 1 free now: they are reserved for it from about "
