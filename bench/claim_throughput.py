@@ -54,9 +54,10 @@ def _queue(args) -> None:
 
 
 def _requeue() -> None:
-    from studio.jobs.models import Job, JobEvent
+    from studio.jobs.models import Job, JobEvent, JobHold
 
     JobEvent.objects.filter(job__device_pool=POOL).delete()
+    JobHold.objects.filter(job__device_pool=POOL).delete()  # a claim records the claimer's hold on the job
     Job.objects.filter(device_pool=POOL).update(status="queued", attempts=0, last_seq=0, worker_name="",
                                                 started_at=None, heartbeat_at=None)
 

@@ -152,7 +152,7 @@ def dataset_ratio(lines: list[dict]) -> Figure:
 
 
 def fairness(lines: list[dict]) -> Figure:
-    line = first(lines, figure="queue_simulation", arm="fair")
+    line = first(lines, figure="queue_simulation", arm="fair_share")
     if line is None or not line.get("each_job_ended_once"):
         return Figure(None, "a job did not end exactly once" if line else "")
     ratio = line["mean_wait_minutes_by_user"]["ratio"]
@@ -406,7 +406,8 @@ def table(results: dict, info: dict) -> str:
                 figure, verdict = got["shown"] or "—", got["verdict"]
                 run = f"{stored['date']}, {stored['commit']}, {stored['machine']}{', quick sizes' * stored['quick']}"
             else:
-                figure, verdict, run = "—", reason or "not measured yet", ""
+                verdict = reason or "not run by run_all yet (earlier figures, if any, in the sections below)"
+                figure, run = "—", ""
             out.append(f"| {_cell(row.what)} | {_cell(row.against)} | {_cell(row.goal)} | {_cell(figure)} | "
                        f"{_cell(verdict)} | `{bench.shown_command()}` | {_cell(run)} |")
     for what, against, goal, why in NOT_SCRIPTED:
