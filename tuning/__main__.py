@@ -40,8 +40,38 @@ def _train(args) -> int:
     from tuning.train import run_train
 
     config = TrainConfig.from_dict(_load_yaml(args.config))
-    result = run_train(config, StdoutSink())
-    return 0 if result.status == "succeeded" else 3
+    check = _forgetting_after_training(config)
+    sink = StdoutSink()
+    result = run_train(config, sink)
+    if result.status != "succeeded":
+        return 3
+    if check is None:
+        return 0
+    from tuning.forgetting import run_forgetting
+
+    # As in the studio's chained check: the output against the base it was tuned from. Exit 4 when it
+    # regressed, as `python -m tuning forgetting` does, so a script can stop a release on it.
+    checked = run_forgetting(check(result.output_path), sink)
+    return 3 if checked.status != "succeeded" else 4 if checked.regressed else 0
+
+
+def _forgetting_after_training(config):
+    """None, or what makes the forgetting check's config for the output path when the training config
+    sets ``forgetting_threshold_pct``; refused before training for a classifier, which has no perplexity."""
+    if config.forgetting_threshold_pct <= 0:
+        return None
+    from tuning.forgetting import ForgettingConfig
+    from tuning.methods.base import CLASSIFIER_TASKS
+
+    if config.task in CLASSIFIER_TASKS:
+        raise TuningError(f"forgetting_threshold_pct: the forgetting check measures perplexity on text, and a "
+                          f"{config.task} model has none; set it to 0 for this run")
+    harness = {"harness": "named_tasks", "harness_tasks": config.forgetting_harness_tasks} \
+        if config.forgetting_harness_tasks.strip() else {}
+    settings = {"base_model": config.base_model, "threshold_pct": config.forgetting_threshold_pct,
+                "trust_remote_code": config.trust_remote_code, "harness": harness}
+    ForgettingConfig.from_dict({**settings, "artifact_path": config.output_dir})  # bad settings: refused now
+    return lambda output: ForgettingConfig.from_dict({**settings, "artifact_path": output})
 
 
 def _merge(args) -> int:

@@ -139,8 +139,13 @@ class TrainConfig:
     forgetting_threshold_pct: float = setting(0.0, help="In the studio: after training, a forgetting check runs "
                                               "on the output (perplexity on a general held-out text, base vs "
                                               "tuned) and warns when it rises by more than this percentage; 0: "
-                                              "no check. The command line runs it as `python -m tuning "
-                                              "forgetting`.", min=0.0, max=10000.0, label="Forgetting check (%)")
+                                              "no check. `python -m tuning train` runs it after training too (exit "
+                                              "code 4 when it regressed).", min=0.0, max=10000.0, label="Forgetting check (%)")
+    forgetting_harness_tasks: str = setting("", help="With the forgetting check: lm-evaluation-harness tasks "
+                                            "(separated by commas, e.g. arc_easy,hellaswag) scored on the base and "
+                                            "the output too, warning when a score drops by more than that "
+                                            "percentage; they download their data, so the worker needs a "
+                                            "network.", label="Forgetting check: harness tasks")
     learning_rate: float = setting(2e-4, help="Peak learning rate (AdamW); 0 trains nothing, which measures the "
                                               "base model's eval loss.", min=0.0, max=1.0, basic=True,
                                    label="Learning rate")
@@ -222,6 +227,9 @@ class TrainConfig:
         errors.update(_preference_problems(data))
         errors.update(_system_prompt_problems(data))
         errors.update(_grpo_problems(data))
+        if config is not None and config.forgetting_harness_tasks.strip() and config.forgetting_threshold_pct <= 0:
+            errors["forgetting_harness_tasks"] = ("these tasks run with the forgetting check: set its threshold "
+                                                  "(forgetting_threshold_pct) too")
         if method is not None:
             try:
                 params = config_from_dict(method.params, method_params, prefix="method_params.")

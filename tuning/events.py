@@ -161,6 +161,8 @@ class ForgettingEvent(Event):
     regressed: bool
     tokens: int
     text: str  # the held-out text's name
+    harness: list = field(default_factory=list)  # per harness task: tuning.forgetting.harness_changes
+    harness_scores: list = field(default_factory=list)  # the harness's rows, both sides (tuning.harness)
 
 
 def event_from_dict(kind: str, data: dict) -> Event:

@@ -58,8 +58,8 @@ def hub_reachable(timeout_s: float = 3.0) -> str:
 
 def task_scores(results: dict, *, side: str) -> list[dict]:
     """The harness's results as rows: {task, side, n, metrics: {name: value},
-    stderr: {name: value}}; a metric under another filter than the plain one is
-    named "metric (filter)"."""
+    stderr: {name: value}, higher_is_better: {name: bool}}; a metric under
+    another filter than the plain one is named "metric (filter)"."""
     rows = []
     for task, values in results["results"].items():
         metrics, stderr = {}, {}
@@ -74,8 +74,11 @@ def task_scores(results: dict, *, side: str) -> list[dict]:
         if not metrics:
             continue
         n = results.get("n-samples", {}).get(task, {}).get("effective")
+        directions = results.get("higher_is_better", {}).get(task, {})
         rows.append({"task": values.get("alias", task).strip(" -"), "side": side, "n": n,
-                     "metrics": metrics, "stderr": stderr})
+                     "metrics": metrics, "stderr": stderr,
+                     "higher_is_better": {name: bool(directions[name.split(" (")[0]])
+                                          for name in metrics if name.split(" (")[0] in directions}})
     return rows
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 from studio.api.auth import api_view
 from studio.api.bodies import json_body, refuse_unknown
 from studio.api.errors import ApiError, not_found
-from studio.api.selectors import artifact_list_in_team, job_get_in_teams
+from studio.api.selectors import artifact_list_in_team, dataset_get_in_teams, job_get_in_teams
 from studio.api.serializers import job_json
 from studio.api.views_steps import _id, _name, _started, _team
 from studio.datasets.models import Dataset
 from studio.jobs.selectors_judge import job_result
-from studio.jobs.services_judge import job_create_forgetting, job_create_judge
+from studio.jobs.services_judge import (HARNESS_COLUMNS, forgetting_harness, job_create_forgetting,
+                                        job_create_judge)
 from studio.jobs.forms_judge import judge_request
 
 JUDGE_FIELDS = {"model_a", "model_b", "prompts", "dataset", "max_rows", "max_new_tokens", "judge", "name", "team"}
@@ -87,7 +88,7 @@ def judged_comparison_retrieve(request, job_id: int):
 def forgetting_checks_collection(request):
     """Queue a forgetting check of an artifact against its base model."""
     body = json_body(request)
-    refuse_unknown(body, {"artifact", "threshold_pct", "name", "team"})
+    refuse_unknown(body, {"artifact", "threshold_pct", "harness", "name", "team"})
     team = _team(request, body, "check models")
     if body.get("artifact") is None:
         raise ApiError(400, "artifact is required", field="artifact")
@@ -98,9 +99,33 @@ def forgetting_checks_collection(request):
     threshold = body.get("threshold_pct")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
         raise ApiError(400, "threshold_pct must be a number of percent", field="threshold_pct")
+    harness = _forgetting_harness(body.get("harness"), team)
     return _started(request, team, lambda: job_create_forgetting(
-        user=request.caller.user, team=team, artifact=artifact, threshold_pct=threshold, name=_name(body)),
-        model_error_field="artifact")
+        user=request.caller.user, team=team, artifact=artifact, threshold_pct=threshold, name=_name(body),
+        harness=forgetting_harness(**harness)), model_error_field="artifact")
+
+
+def _forgetting_harness(harness, team) -> dict:
+    """``{"tasks": "arc_easy,…"}`` or ``{"dataset": id, "question_column", …}`` as forgetting_harness's
+    arguments."""
+    if harness is None:
+        return {}
+    if not isinstance(harness, dict):
+        raise ApiError(400, 'harness must be an object: {"tasks": "arc_easy,hellaswag"} or {"dataset": 3, '
+                            '"question_column": "question", "choices_column": "choices", "answer_column": '
+                            '"answer"}', field="harness")
+    refuse_unknown(harness, {"tasks", "dataset", *HARNESS_COLUMNS}, "harness.")
+    tasks = harness.get("tasks") or ""
+    if not isinstance(tasks, str):
+        raise ApiError(400, "harness.tasks must be task names separated by commas", field="harness.tasks")
+    dataset = None
+    if harness.get("dataset") is not None:
+        dataset = dataset_get_in_teams(team_ids=[team.pk], dataset_id=_id(harness["dataset"], "harness.dataset"),
+                                       field="harness.dataset")
+    columns = {c: harness[c] for c in HARNESS_COLUMNS if harness.get(c) is not None}
+    if any(not isinstance(v, str) for v in columns.values()):
+        raise ApiError(400, "harness columns must be column names", field="harness")
+    return {"harness_tasks": tasks, "dataset": dataset, "columns": columns}
 
 
 @api_view("GET")

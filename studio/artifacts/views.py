@@ -9,6 +9,7 @@ from studio.audit.services import audit_record
 from studio.artifacts.selectors import (artifact_evaluations, artifact_files, artifact_get_for_user,
                                        artifact_lineage, artifact_list_for_user, report_rows)
 from studio.artifacts.views_publish import publish_context
+from studio.datasets.selectors import dataset_list_for_user
 from studio.jobs.selectors_judge import artifact_forgetting_checks, artifact_judgements
 from studio.artifacts.zipstream import zip_directory
 from studio.jobs.selectors_scores import CSV_COLUMNS, export_rows
@@ -25,7 +26,9 @@ def artifact_detail(request, artifact_id: int):
         "artifact": artifact, "lineage": artifact_lineage(artifact), "files": artifact_files(artifact),
         "children": artifact.children.all(), "report": report_rows(artifact.metadata.get("report")),
         "evaluations": artifact_evaluations(artifact), "judgements": artifact_judgements(artifact),
-        "forgetting_checks": artifact_forgetting_checks(artifact), **publish_context(request, artifact)})
+        "forgetting_checks": artifact_forgetting_checks(artifact),
+        "harness_datasets": dataset_list_for_user(user=request.user).filter(team_id=artifact.team_id),
+        **publish_context(request, artifact)})
 
 
 def artifact_scores(request, artifact_id: int, fmt: str):

@@ -20,7 +20,7 @@ from studio.jobs.estimates import devices_refusal, memory_refusal, train_pool
 from studio.jobs.events import job_event_record
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job, JobEvent, job_output_dir
-from studio.jobs.services_judge import job_create_forgetting
+from studio.jobs.services_judge import forgetting_harness, job_create_forgetting
 from studio.jobs.services_queue import queue_wake
 from studio.jobs.services_steps import job_release_dependents
 from studio.jobs.state import job_enqueue, job_set_status, job_submit
@@ -83,7 +83,8 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
         job_submit(job=job, progress_total=config.max_steps)
         if config.forgetting_threshold_pct > 0:  # a chained job, queued when training has made its output
             job_create_forgetting(user=user, team=team, threshold_pct=config.forgetting_threshold_pct,
-                                  depends_on=job)
+                                  depends_on=job,
+                                  harness=forgetting_harness(harness_tasks=config.forgetting_harness_tasks))
     job.refresh_from_db()
     return job
 

@@ -110,20 +110,52 @@ def job_create_judge(*, user, team, model_a: Artifact | None, model_b: Artifact,
     return job
 
 
-def forgetting_config(*, artifact_path: str, base_model, threshold_pct: float | None):
+HARNESS_COLUMNS = ("question_column", "choices_column", "answer_column")  # a multiple-choice task's mapping
+
+
+def forgetting_harness(*, harness_tasks: str = "", dataset=None, columns: dict | None = None) -> dict:
+    """The forgetting check's harness settings (tuning.forgetting: an evaluate run's): named harness tasks,
+    or ``dataset`` (a dataset version of the team) as a multiple-choice task with the user's ``columns``
+    (question_column, choices_column, answer_column); {} for neither."""
+    from pathlib import Path
+
+    if harness_tasks.strip() and dataset is not None:
+        raise ConfigError({"harness_tasks": "pick named harness tasks or a dataset version, not both"})
+    if harness_tasks.strip():
+        return {"harness": "named_tasks", "harness_tasks": harness_tasks.strip()}
+    if dataset is None:
+        return {}
+    return {"harness": "multiple_choice", "dataset_path": dataset.file.path,
+            "dataset_name": Path(dataset.file.name).name,
+            **{k: v for k, v in (columns or {}).items() if k in HARNESS_COLUMNS and v}}
+
+
+def forgetting_config(*, artifact_path: str, base_model, threshold_pct: float | None, harness: dict | None = None):
     from tuning.forgetting import ForgettingConfig
 
     values = {"artifact_path": artifact_path, "base_model": base_model.ref,
               "trust_remote_code": settings.TRUST_REMOTE_CODE}
     if threshold_pct is not None:
         values["threshold_pct"] = threshold_pct
-    return ForgettingConfig.from_dict(values)
+    if harness:
+        values["harness"] = harness
+    config = ForgettingConfig.from_dict(values)
+    if config.harness.get("harness") in ("multiple_choice", "generate_until"):
+        from tuning.forgetting import harness_config
+        from tuning.harness_tasks import check_harness_settings
+
+        try:  # the column mapping against the file now, not after a wait in the queue
+            check_harness_settings(harness_config(config, config.harness))
+        except ConfigError as exc:
+            raise ConfigError({f"harness.{key}": message for key, message in exc.errors.items()}) from None
+    return config
 
 
 def job_create_forgetting(*, user, team, artifact: Artifact | None = None, threshold_pct: float | None = None,
-                          depends_on: Job | None = None, name: str = "") -> Job:
+                          depends_on: Job | None = None, harness: dict | None = None, name: str = "") -> Job:
     """Measure ``artifact`` (or, with ``depends_on``, what that training job will make) against its base
-    model on the studio's general held-out text; warn beyond ``threshold_pct`` percent more perplexity."""
+    model on the studio's general held-out text; warn beyond ``threshold_pct`` percent more perplexity.
+    ``harness`` (forgetting_harness) adds harness tasks scored on both, warning on a drop beyond it too."""
     base_model = depends_on.base_model if depends_on else artifact.base_model
     field = "forgetting_threshold_pct" if depends_on else "artifact"
     if base_model is None:
@@ -136,7 +168,8 @@ def job_create_forgetting(*, user, team, artifact: Artifact | None = None, thres
         job = Job.objects.create(team=team, owner=user, kind="forgetting", base_model=base_model, config={},
                                  device_pool=settings.DEFAULT_DEVICE_POOL)
         path = PENDING_INPUT.format(job_id=depends_on.pk) if depends_on else artifact.path
-        config = forgetting_config(artifact_path=path, base_model=base_model, threshold_pct=threshold_pct)
+        config = forgetting_config(artifact_path=path, base_model=base_model, threshold_pct=threshold_pct,
+                                   harness=harness)
         what = f"job #{depends_on.pk}" if depends_on else artifact.name
         job = _queue(job, config=config, name=name or f"Forgetting check: {what}",
                      input_artifacts=[artifact] if artifact else [], depends_on=depends_on)

@@ -17,7 +17,7 @@ from studio.jobs.pages import job_start
 from studio.jobs.forms_judge import PROMPT_SOURCES, judge_request
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.selectors_judge import job_result, judged_csv_rows
-from studio.jobs.services_judge import job_create_forgetting, job_create_judge
+from studio.jobs.services_judge import HARNESS_COLUMNS, forgetting_harness, job_create_forgetting, job_create_judge
 
 
 def _team_or_404(request):
@@ -73,7 +73,8 @@ def judged_result(request, job_id: int):
 
 @require_POST
 def job_new_forgetting(request):
-    """From an artifact's page: measure it against its base on the general held-out text."""
+    """From an artifact's page: measure it against its base on the general held-out text, and on harness
+    tasks when named (or a dataset version of the team made into a multiple-choice task)."""
     team = _team_or_404(request)
     artifact = artifact_list_for_user(user=request.user).filter(team=team, pk=request.POST.get("artifact") or 0) \
         .select_related("base_model", "job").first() if str(request.POST.get("artifact", "")).isdigit() else None
@@ -85,9 +86,16 @@ def job_new_forgetting(request):
         threshold = float(raw) if raw else None
     except ValueError:
         threshold, errors = None, {"threshold_pct": "must be a number of percent, e.g. 10"}
+    chosen = request.POST.get("harness_dataset", "").strip()
+    dataset = dataset_list_for_user(user=request.user).filter(team=team, pk=chosen).first() \
+        if chosen.isdigit() else None
+    if chosen and dataset is None:
+        errors["harness_dataset"] = "no such dataset in your team"
     if not errors:
         jobs, errors = job_start(request, team=team, model_error_field="artifact", create=lambda: job_create_forgetting(
-            user=request.user, team=team, artifact=artifact, threshold_pct=threshold))
+            user=request.user, team=team, artifact=artifact, threshold_pct=threshold, harness=forgetting_harness(
+                harness_tasks=request.POST.get("harness_tasks", ""), dataset=dataset,
+                columns={c: request.POST.get(c, "").strip() for c in HARNESS_COLUMNS})))
         if jobs:
             return redirect(jobs[0])
     return render(request, "jobs/forgetting_refused.html", {"artifact": artifact, "errors": errors}, status=400)
