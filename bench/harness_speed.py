@@ -13,6 +13,9 @@ SmolLM2-135M-Instruct (or ``--model DIR``):
 Each arm is a fresh process (imports and loading count for both), run in
 alternating rounds; the ratio is the median of per-round ratios (studio ÷
 lm_eval; goal ≤ 1.1). Both arms' accuracy is printed: they must agree.
+Beside wall time, each arm's CPU seconds (user + system of the process and
+its children) and the load average when it ended: on a machine shared with
+other work, wall time mostly measures the others, CPU time far less so.
 
     .venv/bin/python bench/harness_speed.py [--rows 500] [--rounds 2] [--batch-size 8] [--model DIR]
 """
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,13 +54,17 @@ def write_dataset(path: Path, rows: int) -> None:
                                      "choices": options, "answer": "ABCD"[i % 4]}) + "\n")
 
 
-def timed(command: list[str], env: dict) -> tuple[float, str]:
+def timed(command: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, stdout) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"{' '.join(command[:4])} … failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return elapsed, done.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, done.stdout
 
 
 def studio_acc(stdout: str) -> float:
@@ -100,22 +108,30 @@ def main() -> None:
                     "--include_path", str(tasks), "--batch_size", str(args.batch_size), "--device", "cpu"],
     }
     seconds: dict[str, list[float]] = {"studio": [], "lm_eval": []}
+    cpu: dict[str, list[float]] = {"studio": [], "lm_eval": []}
+    load: dict[str, list[float]] = {"studio": [], "lm_eval": []}
     accuracy = {}
     for _ in range(args.rounds):
         for arm, command in arms.items():
-            elapsed, stdout = timed(command, env)
+            elapsed, used, stdout = timed(command, env)
             seconds[arm].append(round(elapsed, 1))
+            cpu[arm].append(round(used, 1))
+            load[arm].append(round(os.getloadavg()[1], 1))  # the 5-minute load average, as the arm ends
             accuracy[arm] = studio_acc(stdout) if arm == "studio" else cli_acc(stdout)
-            print(f"{arm}: {elapsed:.1f} s, acc {accuracy[arm]}", file=sys.stderr, flush=True)
+            print(f"{arm}: {elapsed:.1f} s wall, {used:.1f} s CPU, load {load[arm][-1]}, acc {accuracy[arm]}",
+                  file=sys.stderr, flush=True)
     ratios = [s / c for s, c in zip(seconds["studio"], seconds["lm_eval"])]
+    cpu_ratios = [s / c for s, c in zip(cpu["studio"], cpu["lm_eval"])]
     print(f"harness_speed: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; model {Path(model).name}; {args.rows} rows x 4 choices, "
           f"batch size {args.batch_size}, {args.rounds} alternating rounds")
-    print("| arm | wall seconds per round | median | acc |")
-    print("|---|---|---|---|")
+    print("| arm | wall s per round | median | CPU s per round | median | load (5 min) | acc |")
+    print("|---|---|---|---|---|---|---|")
     for arm in arms:
-        print(f"| {arm} | {seconds[arm]} | {statistics.median(seconds[arm])} | {accuracy[arm]} |")
+        print(f"| {arm} | {seconds[arm]} | {statistics.median(seconds[arm])} | {cpu[arm]} | "
+              f"{statistics.median(cpu[arm])} | {load[arm]} | {accuracy[arm]} |")
     print(f"| studio ÷ lm_eval | {[round(r, 3) for r in ratios]} | {round(statistics.median(ratios), 3)} | "
+          f"{[round(r, 3) for r in cpu_ratios]} | {round(statistics.median(cpu_ratios), 3)} | | "
           f"{'same' if abs(accuracy['studio'] - accuracy['lm_eval']) < 1e-4 else 'DIFFERENT'} |")
     print(json.dumps({"figure": "harness_studio_over_lm_eval_wall", "ratio": round(statistics.median(ratios), 3),
                       "round_ratios": [round(r, 3) for r in ratios], "rows": args.rows, "acc": accuracy,

@@ -140,7 +140,8 @@ class TrainConfig:
                                               "on the output (perplexity on a general held-out text, base vs "
                                               "tuned) and warns when it rises by more than this percentage; 0: "
                                               "no check. `python -m tuning train` runs it after training too (exit "
-                                              "code 4 when it regressed).", min=0.0, max=10000.0, label="Forgetting check (%)")
+                                              "code 4 when it regressed).", min=0.0, max=10000.0,
+                                              label="Forgetting check (%)")
     forgetting_harness_tasks: str = setting("", help="With the forgetting check: lm-evaluation-harness tasks "
                                             "(separated by commas, e.g. arc_easy,hellaswag) scored on the base and "
                                             "the output too, warning when a score drops by more than that "

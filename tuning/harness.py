@@ -144,7 +144,11 @@ def _task_manager(config, directory: str):
 
 
 def _sides(config, model, tokenizer):
-    """(side, context manager factory, model) for the artifact and, unless skipped, its base."""
+    """(side, context manager factory, model) for the artifact and, unless skipped, its base; a base
+    model scored on its own (no artifact) is the base side alone."""
+    if not config.artifact_path:
+        yield "base", nullcontext, model
+        return
     yield "artifact", nullcontext, model
     if config.skip_base:
         return
@@ -160,16 +164,14 @@ def _sides(config, model, tokenizer):
 
 def run_harness(config, sink: EventSink) -> HarnessRun:
     import lm_eval
-    import torch
 
-    from tuning.loading import load_artifact
+    from tuning.judge import load_language_model
 
     started = time.monotonic()
-    sink.emit(LogEvent(message=f"Loading {Path(config.artifact_path).name}"))
-    model, tokenizer = load_artifact(config.artifact_path, base_model=config.base_model,
-                                     trust_remote_code=config.trust_remote_code)
-    if torch.cuda.is_available() and not getattr(model, "hf_quantizer", None):
-        model.to("cuda")
+    sink.emit(LogEvent(message=f"Loading {Path(config.artifact_path or config.base_model).name}"))
+    # the artifact (on its base, for an adapter), or with no artifact the base model itself (a hub id too)
+    model, tokenizer = load_language_model(config.artifact_path, config.base_model,
+                                           trust_remote_code=config.trust_remote_code)
     scores: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="harness-") as directory:
         manager, tasks = _task_manager(config, directory)
@@ -207,16 +209,18 @@ def run_harness(config, sink: EventSink) -> HarnessRun:
 
 
 def harness_summary(scores: list[dict]) -> str:
-    """One line for the job page: each task's first metric, the artifact's then the base's."""
+    """One line for the job page: each task's first metric, the artifact's then the base's (a base model
+    scored on its own: the base's alone)."""
     by_task: dict[str, dict] = {}
     for row in scores:
         by_task.setdefault(row["task"], {})[row["side"]] = row
     parts = []
     for task, sides in by_task.items():
-        artifact = sides.get("artifact")
-        if not artifact:
+        if "artifact" not in sides:
+            metric, value = next(iter(sides["base"]["metrics"].items()))
+            parts.append(f"{task} {metric} {value:.4g} (base model)")
             continue
-        metric, value = next(iter(artifact["metrics"].items()))
+        metric, value = next(iter(sides["artifact"]["metrics"].items()))
         base = sides.get("base", {}).get("metrics", {}).get(metric)
         parts.append(f"{task} {metric} {value:.4g}" + (f" (base {base:.4g})" if base is not None else ""))
     return "; ".join(parts)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuning.errors import ConfigError
 from tuning.fields import config_from_dict, setting
 from tuning.events import EvalEvent, EventSink, LogEvent, ProgressEvent
 from tuning.harness_tasks import HARNESS_MODES
@@ -23,7 +24,8 @@ TASK_CHOICES = ("sft", "pretrain", "classify", "reward")
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
-    artifact_path: str = setting(help="Directory of the adapter, merged or quantized model to score.")
+    artifact_path: str = setting("", help="Directory of the adapter, merged or quantized model to score; empty: "
+                                          "the base model on its own (a harness benchmark only).")
     base_model: str = setting("", help="Base model directory or hub id (needed for adapters; a harness run "
                                        "scores it beside the artifact).")
     dataset_path: str = setting(help="Dataset file to score on.")
@@ -58,7 +60,14 @@ class EvaluateConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvaluateConfig":
-        return config_from_dict(cls, data)
+        config = config_from_dict(cls, data)
+        if not config.artifact_path and not config.base_model:
+            raise ConfigError({"artifact_path": "name the artifact to score, or a base model (base_model) to "
+                                                "benchmark on its own"})
+        if not config.artifact_path and config.harness == "off":
+            raise ConfigError({"harness": "a base model on its own is scored by an lm-evaluation-harness "
+                                          "benchmark: pick multiple_choice, generate_until or named_tasks"})
+        return config
 
 
 @dataclass

@@ -36,7 +36,15 @@ JUDGE = _body(["model_b", "judge"], {
 FORGETTING = _body(["artifact"], {
     "artifact": {"type": "integer"},
     "threshold_pct": {"type": "number", "minimum": 0, "default": 10,
-                      "description": "Warn when perplexity on general text rises by more than this percentage."},
+                      "description": "Warn when perplexity on general text rises (or a harness score drops) by "
+                                     "more than this percentage."},
+    "harness": {"type": "object", "additionalProperties": False, "description": (
+        "Harness scores of the base and the tune too: tasks (lm-evaluation-harness task names separated by "
+        "commas; the worker needs a network), or dataset (a dataset version as a multiple-choice task) with "
+        "question_column, choices_column, answer_column."),
+        "properties": {"tasks": {"type": "string"}, "dataset": {"type": "integer"},
+                       "question_column": {"type": "string"}, "choices_column": {"type": "string"},
+                       "answer_column": {"type": "string"}}},
     **NAME_TEAM})
 
 RESULT = {"allOf": [ref("Job"), {"type": "object", "properties": {"result": {"type": ["object", "null"]}}}]}

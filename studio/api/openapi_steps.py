@@ -43,8 +43,11 @@ QUANTIZE = _body(["artifact", "scheme"], {
                              "max_new_tokens": {"type": "integer", "minimum": 1, "default": 32}}}]},
     **NAME_TEAM})
 
-EVALUATE = _body(["artifact", "dataset"], {
-    "artifact": {"type": "integer"}, "dataset": {"type": "integer"},
+EVALUATE = _body(["dataset"], {
+    "artifact": {"type": "integer", "description": "The artifact to score (or base_model)."},
+    "base_model": {"type": "integer", "description": "A base model to benchmark on its own (settings.harness "
+                                                    "set), instead of an artifact."},
+    "dataset": {"type": "integer"},
     "settings": {"type": "object", "description": "The evaluate page's settings (task, max_rows, …; harness, "
                                                            "question_column, choices_column, answer_column, "
                                                            "answer_regex, harness_tasks, num_fewshot for a "

@@ -14,6 +14,7 @@ from studio.api.bodies import form_error, json_body, refuse_unknown
 from studio.api.errors import ApiError, not_found
 from studio.api.selectors import artifact_list_in_team, dataset_get_in_teams
 from studio.api.serializers import job_json
+from studio.catalog.selectors import base_model_list
 from studio.jobs.forms_steps import PARAM_PREFIX, evaluate_form, filled_params, merge_params_form
 from studio.jobs.pages import job_start
 from studio.jobs.services_steps import job_create_evaluate, job_create_merge, job_create_quantize
@@ -158,12 +159,19 @@ def _report_settings(report) -> dict:
 def evaluations_collection(request):
     """Score an artifact on a dataset of the team."""
     body = json_body(request)
-    refuse_unknown(body, {"artifact", "dataset", "settings", "name", "team"})
+    refuse_unknown(body, {"artifact", "base_model", "dataset", "settings", "name", "team"})
     team = _team(request, body, "evaluate artifacts")
-    for field in ("artifact", "dataset"):
-        if body.get(field) is None:
-            raise ApiError(400, f"{field} is required", field=field)
-    [artifact] = _artifacts(team, [body["artifact"]], "artifact")
+    if (body.get("artifact") is None) == (body.get("base_model") is None):
+        raise ApiError(400, "name an artifact, or a base model (base_model) to benchmark on its own", field="artifact")
+    if body.get("dataset") is None:
+        raise ApiError(400, "dataset is required", field="dataset")
+    artifact = base_model = None
+    if body.get("artifact") is not None:
+        [artifact] = _artifacts(team, [body["artifact"]], "artifact")
+    else:
+        base_model = base_model_list(team_ids=[team.pk]).filter(pk=_id(body["base_model"], "base_model")).first()
+        if base_model is None:
+            raise not_found("base model", body["base_model"], field="base_model")
     dataset = dataset_get_in_teams(team_ids=[team.pk], dataset_id=_id(body["dataset"], "dataset"), field="dataset")
     settings_values = _object(body, "settings")
     form = evaluate_form(settings_values)
@@ -172,5 +180,6 @@ def evaluations_collection(request):
         raise form_error(form, "settings.")
     values = {k: v for k, v in form.cleaned_data.items() if v not in (None, "") and k in settings_values}
     return _started(request, team, lambda: job_create_evaluate(
-        user=request.caller.user, team=team, artifact=artifact, dataset=dataset, settings_values=values,
-        name=_name(body)), model_error_field="artifact", fields={name: f"settings.{name}" for name in form.fields})
+        user=request.caller.user, team=team, artifact=artifact, base_model=base_model, dataset=dataset,
+        settings_values=values, name=_name(body)), model_error_field="artifact" if artifact else "base_model",
+        fields={name: f"settings.{name}" for name in form.fields})

@@ -256,9 +256,11 @@ def job_release_dependents(*, job_id: int, status: str) -> None:
         transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=job.device_pool))
 
 
-def job_create_evaluate(*, user, team, artifact: Artifact, dataset, settings_values: dict, name: str = "") -> Job:
+def job_create_evaluate(*, user, team, artifact: Artifact | None, dataset, settings_values: dict, name: str = "",
+                        base_model=None) -> Job:
     """Score ``artifact`` on ``dataset`` (both the user's team's): loss and
-    perplexity, exact match and ROUGE-L, or accuracy and F1."""
+    perplexity, exact match and ROUGE-L, or accuracy and F1. With no artifact,
+    ``base_model`` (one the team may use) on its own, through a harness benchmark."""
     from pathlib import Path
 
     from tuning.scoring import EvaluateConfig
@@ -266,20 +268,29 @@ def job_create_evaluate(*, user, team, artifact: Artifact, dataset, settings_val
     from tuning.harness_tasks import check_harness_settings
 
     harness = settings_values.get("harness", "off") != "off"
-    config = EvaluateConfig.from_dict({
-        **settings_values, "artifact_path": artifact.path, "dataset_path": dataset.file.path,
-        "dataset_name": Path(dataset.file.name).name, "trust_remote_code": settings.TRUST_REMOTE_CODE,
+    if artifact is None and not harness:
+        raise ConfigError({"harness": "a base model on its own is scored by an lm-evaluation-harness benchmark: "
+                                      "pick multiple_choice, generate_until or named_tasks (or pick an artifact)"})
+    if artifact is not None:
+        base_model = artifact.base_model
         # A harness run scores the base beside any artifact; the studio's scores need it for adapters only.
-        "base_model": artifact.base_model.ref if artifact.base_model and (artifact.is_adapter or harness) else ""})
+        base_ref = base_model.ref if base_model and (artifact.is_adapter or harness) else ""
+    else:
+        base_ref = base_model.ref
+    config = EvaluateConfig.from_dict({
+        **settings_values, "artifact_path": artifact.path if artifact else "", "dataset_path": dataset.file.path,
+        "dataset_name": Path(dataset.file.name).name, "trust_remote_code": settings.TRUST_REMOTE_CODE,
+        "base_model": base_ref})
     if harness:  # the column mapping is checked against the file now, naming the setting to fix
         check_harness_settings(config)
     elif config.task not in dataset.tasks:
         raise ConfigError({"task": f"{dataset.name} is {dataset.schema} data, usable for "
                                    f"{', '.join(dataset.tasks)}; pick one of those tasks or another dataset"})
     with transaction.atomic():
-        job = Job.objects.create(team=team, owner=user, kind=Job.Kind.EVALUATE, base_model=artifact.base_model,
+        job = Job.objects.create(team=team, owner=user, kind=Job.Kind.EVALUATE, base_model=base_model,
                                  dataset=dataset, config={}, device_pool=settings.DEFAULT_DEVICE_POOL)
-        job = _queue(job, config=config, name=name or f"Evaluate {artifact.name} on {dataset.name}",
-                     input_artifacts=[artifact], depends_on=None)
+        what = artifact.name if artifact else f"{base_model.name} (base model)"
+        job = _queue(job, config=config, name=name or f"Evaluate {what} on {dataset.name}",
+                     input_artifacts=[artifact] if artifact else [], depends_on=None)
     job.refresh_from_db()
     return job

@@ -13,7 +13,9 @@ from studio.jobs.estimates import train_estimate
 from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
 from studio.jobs.pages import chain_form_context, job_start
 from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_for_user
+from studio.jobs.models import Job
 from studio.jobs.selectors_judge import job_result
+from studio.jobs.selectors_scores import harness_table, job_scores
 from studio.jobs.services import job_cancel, job_create_train, job_resume
 from tuning.errors import ConfigError, ModelError, TuningError
 from tuning.methods import TASKS
@@ -132,8 +134,10 @@ def _estimate_response(request, *, text: str = "", exact: str = "", error: str =
 def job_detail(request, job_id: int):
     job = job_get_for_user(user=request.user, job_id=job_id)
     forgetting = job_result(job, "forgetting") if job.kind == "forgetting" else None
+    # An evaluate job's harness scores (the artifact page shows an artifact's; a base model's have only this page)
+    harness = harness_table(job_scores([job])[job.pk]["harness"]) if job.kind == Job.Kind.EVALUATE else []
     return render(request, "jobs/detail.html", {**chain_form_context(job), "artifacts": job.artifacts.all(),
-                                                "forgetting": forgetting})
+                                                "forgetting": forgetting, "harness_table": harness})
 
 
 def job_status(request, job_id: int):

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from studio.accounts.selectors import team_for_new_work
 from studio.artifacts.selectors import artifact_list_for_user
+from studio.catalog.selectors import base_model_list
 from studio.datasets.selectors import dataset_list_for_user
 from studio.jobs.forms_steps import evaluate_form, filled_params, merge_params_form, quantize_report_form
 from studio.jobs.pages import chain_form_context, job_start, model_config_in, quantize_estimate, quantize_schemes
@@ -177,26 +178,33 @@ def job_chain(request, job_id: int):
 @require_http_methods(["GET", "POST"])
 def job_new_evaluate(request):
     """Score an artifact on a dataset: loss and perplexity, exact match and
-    ROUGE-L of generated answers, or accuracy and F1 for classifiers."""
+    ROUGE-L of generated answers, or accuracy and F1 for classifiers; or a
+    harness benchmark of it, or of a base model on its own ("base-ID")."""
     team = _team_or_404(request)
     data = request.POST if request.method == "POST" else request.GET
     artifacts = _team_artifacts(request, team)
     datasets = dataset_list_for_user(user=request.user).filter(team=team)
     form = evaluate_form(request.POST if request.method == "POST" else None)
     errors: dict[str, str] = {}
+    base_models = base_model_list(team_ids=[team.pk])
+    chosen_base = data.get("artifact", "").removeprefix("base-") if data.get("artifact", "").startswith("base-") \
+        else ""
     if request.method == "POST" and form.is_valid():
         picked = _picked(request, team, [data.get("artifact", "")])
+        base_model = base_models.filter(pk=chosen_base).first() if chosen_base.isdigit() else None
         dataset = datasets.filter(pk=data["dataset"]).first() if data.get("dataset", "").isdigit() else None
-        if not picked or dataset is None:
-            errors["artifact"] = "pick an artifact and a dataset"
+        if not (picked or base_model) or dataset is None:
+            errors["artifact"] = "pick an artifact (or a base model) and a dataset"
         else:
             values = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
             jobs, errors = job_start(
                 request, team=team, model_error_field="artifact",
-                create=lambda: job_create_evaluate(user=request.user, team=team, artifact=picked[0], dataset=dataset,
-                                                   settings_values=values, name=data.get("name", "")))
+                create=lambda: job_create_evaluate(user=request.user, team=team, artifact=picked[0] if picked else None,
+                                                   base_model=base_model, dataset=dataset, settings_values=values,
+                                                   name=data.get("name", "")))
             if jobs:
                 return redirect(jobs[0])
     context = {"form": form, "artifacts": artifacts, "datasets": datasets, "errors": errors,
+               "base_models": base_models, "chosen_base": chosen_base,
                "chosen_artifact": data.get("artifact", ""), "chosen_dataset": data.get("dataset", "")}
     return render(request, "jobs/new_evaluate.html", context, status=400 if errors or form.errors else 200)
