@@ -164,7 +164,9 @@ def start_stack(data_dir: Path, tiny_model: Path, **extra_env: str) -> Stack:
            # a lost worker's job is taken back within seconds, not minutes
            "JOB_HEARTBEAT_S": "1", "JOB_LOST_AFTER_S": "5",
            # the tests' webhook receivers listen on loopback, as an allowed intranet receiver would
-           "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", **extra_env}
+           "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+           # and the fake OpenAI-compatible judge (tests/judge_server.py), as an allowed intranet judge would
+           "JUDGE_ALLOWED_HOSTS": "127.0.0.1", **extra_env}
     if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
         # Other xdist workers train on the same cores: the stack's Celery
         # workers take their share of threads, no more (tests/conftest.py).
