@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tuning.errors import ConfigError
-from tuning.fields import config_to_dict
 from tuning.events import EventSink, ForgettingEvent, LogEvent, ProgressEvent
-from tuning.fields import config_from_dict, setting
+from tuning.fields import config_from_dict, config_to_dict, setting
 
 HELDOUT_TEXT = Path(__file__).resolve().parent / "heldout" / "general.txt"
 DEFAULT_THRESHOLD_PCT = 10.0
@@ -43,13 +42,13 @@ class ForgettingConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ForgettingConfig":
-        harness = data.get("harness") if isinstance(data, dict) else None
-        config = config_from_dict(cls, {k: v for k, v in data.items() if k != "harness"}
-                                  if isinstance(data, dict) else data)
-        if harness:
-            harness = config_to_dict(harness_config(config, harness))
-            harness = {k: v for k, v in harness.items() if k not in ("artifact_path", "base_model")}
-        return cls(**{**config_to_dict(config), "harness": harness})
+        if not isinstance(data, dict):
+            return config_from_dict(cls, data)  # refused, saying what it must be
+        config = config_from_dict(cls, {k: v for k, v in data.items() if k != "harness"})
+        if not data.get("harness"):
+            return config
+        checked = config_to_dict(harness_config(config, data["harness"]))
+        return replace(config, harness={k: v for k, v in checked.items() if k not in ("artifact_path", "base_model")})
 
 
 def harness_config(config: ForgettingConfig, harness: dict):

@@ -4,7 +4,7 @@ base model as the model to score, run by the worker's own runner, its scores on 
 import pytest
 
 from studio.accounts.services import api_token_create
-from studio.jobs.models import Job
+from studio.jobs.models import Job, JobEvent
 from tests.web.test_harness_pages import MAPPING, quiz  # noqa: F401 (a fixture)
 from worker.runner import run_job
 
@@ -29,8 +29,9 @@ def test_the_form_benchmarks_a_base_model_alone_and_the_job_page_shows_it(member
     assert job.config["artifact_path"] == "" and job.config["base_model"] == tiny_base_model.ref
     assert job.base_model_id == tiny_base_model.pk and job.input_artifact_ids == []
     assert run_job(job.pk, worker_name="test-worker") == Job.Status.SUCCEEDED
-    job.refresh_from_db()
-    assert "(base model)" in job.message
+    ended = JobEvent.objects.filter(job=job, kind="status").latest("seq").data
+    assert ended["status"] == "succeeded" and "studio_quiz acc" in ended["message"] and "(base model)" in \
+        ended["message"]
     page = member_client.get(f"/jobs/{job.pk}/").content.decode()
     table = page[page.index('id="harness-result"'):]
     assert "studio_quiz" in table and "acc_norm" in table
