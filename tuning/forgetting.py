@@ -131,7 +131,7 @@ def text_perplexity(model, tokenizer, text: str, *, max_length: int) -> tuple[fl
 def run_forgetting(config: ForgettingConfig, sink: EventSink) -> ForgettingResult:
     import gc
 
-    from tuning.judge import load_language_model
+    from tuning.loading import load_language_model
 
     started = time.monotonic()
     path = Path(config.text_path) if config.text_path else HELDOUT_TEXT

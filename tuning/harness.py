@@ -165,7 +165,7 @@ def _sides(config, model, tokenizer):
 def run_harness(config, sink: EventSink) -> HarnessRun:
     import lm_eval
 
-    from tuning.judge import load_language_model
+    from tuning.loading import load_language_model
 
     started = time.monotonic()
     sink.emit(LogEvent(message=f"Loading {Path(config.artifact_path or config.base_model).name}"))

@@ -22,6 +22,7 @@ from pathlib import Path
 from tuning.errors import ConfigError, TuningError
 from tuning.events import EventSink, JudgedEvent, LogEvent
 from tuning.fields import config_from_dict, setting
+from tuning.loading import load_language_model
 from tuning.scoring import emit_progress
 
 MAX_PROMPTS = 200  # each costs two generations and two judgements
@@ -173,23 +174,6 @@ def prompt_set(config: JudgeConfig) -> list[list[dict]]:
     if not conversations:
         raise ConfigError({"dataset": f"{Path(config.dataset_path).name} has no rows with a prompt to answer"})
     return conversations
-
-
-def load_language_model(path: str, base: str, *, trust_remote_code: bool):
-    """(model, tokenizer) in eval mode on the best device: the artifact at ``path``, or ``base`` itself."""
-    import torch
-
-    from tuning.loading import load_artifact
-    from tuning.models import load_causal_lm, load_tokenizer
-
-    if path:
-        model, tokenizer = load_artifact(path, base_model=base, trust_remote_code=trust_remote_code)
-    else:
-        tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
-        model = load_causal_lm(base, trust_remote_code=trust_remote_code).eval()
-    if torch.cuda.is_available() and not getattr(model, "hf_quantizer", None):
-        model.to("cuda")
-    return model, tokenizer
 
 
 class EndpointJudge:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuning.errors import ModelError
-from tuning.models import load_model_for_task, load_tokenizer
+from tuning.models import load_causal_lm, load_model_for_task, load_tokenizer
 
 
 def artifact_layout(path: str | Path) -> str:
@@ -62,3 +62,17 @@ def load_artifact(path: str | Path, *, base_model: str = "", task: str = "sft", 
     base = load_model_for_task(task, base_model, tokenizer=tokenizer, label2id=label2id,
                                trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, str(path)).eval(), tokenizer
+
+
+def load_language_model(path: str, base: str, *, trust_remote_code: bool):
+    """(model, tokenizer) in eval mode on the best device: the artifact at ``path``, or ``base`` itself."""
+    import torch
+
+    if path:
+        model, tokenizer = load_artifact(path, base_model=base, trust_remote_code=trust_remote_code)
+    else:
+        tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
+        model = load_causal_lm(base, trust_remote_code=trust_remote_code).eval()
+    if torch.cuda.is_available() and not getattr(model, "hf_quantizer", None):
+        model.to("cuda")
+    return model, tokenizer
