@@ -128,8 +128,8 @@ def main() -> None:
     print("| arm | wall s per round | median | CPU s per round | median | load (5 min) | acc |")
     print("|---|---|---|---|---|---|---|")
     for arm in arms:
-        print(f"| {arm} | {seconds[arm]} | {statistics.median(seconds[arm])} | {cpu[arm]} | "
-              f"{statistics.median(cpu[arm])} | {load[arm]} | {accuracy[arm]} |")
+        print(f"| {arm} | {seconds[arm]} | {round(statistics.median(seconds[arm]), 1)} | {cpu[arm]} | "
+              f"{round(statistics.median(cpu[arm]), 1)} | {load[arm]} | {accuracy[arm]} |")
     print(f"| studio ÷ lm_eval | {[round(r, 3) for r in ratios]} | {round(statistics.median(ratios), 3)} | "
           f"{[round(r, 3) for r in cpu_ratios]} | {round(statistics.median(cpu_ratios), 3)} | | "
           f"{'same' if abs(accuracy['studio'] - accuracy['lm_eval']) < 1e-4 else 'DIFFERENT'} |")
