@@ -174,6 +174,12 @@ def _methods(args) -> int:
         for row in rows:
             gpu = " (needs a CUDA GPU)" if row["needs_cuda"] else ""
             print(f"{row['name']:<14} {row['group']:<10} {row['label']}: {row['description']}{gpu}")
+        from tuning.optimizers import OPTIMIZERS
+
+        print("\nOptimizers (the `optimizer` setting; GaLore for the methods that train the model's own weights):")
+        for choice in OPTIMIZERS.values():
+            gpu = " (needs a CUDA GPU)" if choice.needs_cuda else ""
+            print(f"{choice.name:<14} {choice.label} {choice.paper}{gpu}")
     return 0
 
 

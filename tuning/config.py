@@ -18,8 +18,9 @@ from tuning.methods import METHODS
 from tuning.model_info import multimodal_refusal
 from tuning.models import MODEL_CODE_LOCK, load_model_config
 from tuning.grpo_rewards import LAST_NUMBER, pattern_problem
+from tuning.optimizers import GALORE_FIELDS, OPTIMIZERS
 from tuning.preference import PREFERENCE_LOSSES
-from tuning.sharding import check_sharding
+from tuning.sharding import check_sharding, shards_states
 
 # Re-exported: the studio's services build and dump configs through this module.
 __all__ = ["MAX_GOLDEN_PROMPTS", "FieldSpec", "TrainConfig", "check_against_model", "config_from_dict",
@@ -163,6 +164,20 @@ class TrainConfig:
     scheduler: str = setting("cosine", help="Learning-rate schedule after warm-up.",
                              choices=("cosine", "linear", "constant"))
     weight_decay: float = setting(0.0, help="AdamW weight decay.", min=0.0, max=1.0)
+    optimizer: str = setting("adamw", help="adamw, or GaLore (arXiv:2403.03507) for the methods that train the "
+                                           "model's own weights (full, top-k, half, layer-wise LR decay, BitFit): "
+                                           "AdamW's moments kept in a low-rank projection of each linear layer's "
+                                           "gradient, a fraction of AdamW's optimizer memory with every weight "
+                                           "still trained; galore_8bit also keeps them in 8 bits (CUDA GPU).",
+                             choices=tuple(OPTIMIZERS))
+    galore_rank: int = setting(128, help="GaLore: rank of the gradient projection (the paper: 128 for 60M, 256 "
+                                         "for 130M-350M, 512 for 1B models).", min=1, max=16384,
+                               label="GaLore rank")
+    galore_update_every: int = setting(200, help="GaLore: steps between recomputing each projection from the "
+                                                 "gradient's singular vectors (T in the paper).", min=1,
+                                       max=10_000_000, label="GaLore update every")
+    galore_scale: float = setting(0.25, help="GaLore: scale of the projected-back update (α in the paper).",
+                                  min=0.0, max=100.0, label="GaLore scale")
     max_grad_norm: float = setting(1.0, help="Clip gradients to this norm; 0 turns clipping off.", min=0.0,
                                    max=1000.0)
     precision: str = setting("auto", help="Compute precision: auto picks bf16 where the device computes it "
@@ -231,6 +246,7 @@ class TrainConfig:
         if config is not None and config.forgetting_harness_tasks.strip() and config.forgetting_threshold_pct <= 0:
             errors["forgetting_harness_tasks"] = ("these tasks run with the forgetting check: set its threshold "
                                                   "(forgetting_threshold_pct) too")
+        errors.update(_optimizer_problems(data, method))
         if method is not None:
             try:
                 params = config_from_dict(method.params, method_params, prefix="method_params.")
@@ -299,6 +315,32 @@ def _grpo_problems(data: dict) -> dict[str, str]:
     if data.get("validation_ratio") not in (None, "") and _same(data["validation_ratio"], 0.0) is False:
         problems["validation_ratio"] = "GRPO reports rewards as it trains and has no validation loss; set it to 0"
     return problems
+
+
+def _optimizer_problems(data: dict, method) -> dict[str, str]:
+    """GaLore settings without GaLore; GaLore with a method that trains adapters (already low rank: GaLore
+    projects the gradients of the model's own weight matrices)."""
+    defaults = {spec.name: spec.default for spec in field_specs(TrainConfig)}
+    choice = OPTIMIZERS.get(data.get("optimizer") or "adamw")
+    if choice is None:
+        return {}  # reported by config_from_dict
+    if not choice.low_rank:
+        return {name: f"applies to the GaLore optimizers only (the optimizer is {choice.name})"
+                for name in GALORE_FIELDS
+                if data.get(name) not in (None, "") and _same(data[name], defaults[name]) is False}
+    if method is not None and method.produces != "model":
+        full = ", ".join(m.name for m in METHODS.values() if m.produces == "model")
+        return {"optimizer": f"{choice.label} projects the gradients of the model's own weight matrices; "
+                             f"{method.label} trains an adapter (already low rank). Use it with a method that "
+                             f"trains the model's weights ({full}), or choose adamw"}
+    try:
+        devices = coerce(data.get("devices") or 1, int)
+    except ValueError:
+        return {}  # reported by config_from_dict
+    if method is not None and shards_states(data.get("sharding") or "auto", devices=devices, method=method):
+        return {"optimizer": f"{choice.label} projects whole weight matrices, which fully sharded training (fsdp) "
+                             f"splits across the devices: set sharding to ddp, or train on one device"}
+    return {}
 
 
 def _truthy_number(value) -> bool:
@@ -378,6 +420,12 @@ def _check_against_model(config: TrainConfig, *, on_worker: bool) -> None:
             name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         raise ConfigError({"base_model": f"{architectures[0]} is not a generative (causal) language model; use it "
                                          f"for the classify task, or pick a causal LM for {config.task}"})
+    if on_worker and OPTIMIZERS[config.optimizer].needs_cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError({"optimizer": f"{config.optimizer} keeps its moments in 8 bits with bitsandbytes, "
+                                            f"which needs a CUDA GPU; this worker has none: choose galore"})
     if method.check is None or (method.needs_cuda and not on_worker):
         return
     params = method.params(**config.method_params)

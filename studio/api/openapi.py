@@ -69,7 +69,8 @@ JOB_CREATE = {
             "type": {"type": "string", "description": "lora, qlora, dora, full …", "default": "lora"},
             "params": {"type": "object", "description": "The method's parameters (rank, alpha …)."}}}]},
         "hyperparameters": {"type": "object", "description": (
-            "Training settings (learning_rate, max_steps, epochs, batch_size, task …; for task preference "
+            "Training settings (learning_rate, max_steps, epochs, batch_size, task, optimizer (adamw, galore, "
+            "galore_8bit) with galore_rank, galore_update_every, galore_scale …; for task preference "
             "also preference_loss, beta, label_smoothing, simpo_gamma, cpo_alpha, desirable_weight, "
             "undesirable_weight, reference; for task reward, reward_centering; for task grpo, group_size, "
             "max_completion_length, temperature, kl_beta, reward_exact_match, answer_pattern, reward_format, "

@@ -26,6 +26,7 @@ from tuning.fields import field_specs
 from tuning.methods import METHODS, Method
 from tuning.methods.estimate import estimate_key, shape_config
 from tuning.methods.memory import changes_that_fit, estimate_training_memory
+from tuning.optimizers import optimizer_state_bytes
 from tuning.preference import PREFERENCE_LOSSES
 from tuning.sharding import shards_states
 
@@ -99,12 +100,17 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
                                 and values["reference"] == "base"
                                 and PREFERENCE_LOSSES[values["preference_loss"]].needs_reference)}
     config = shape_config(base_model.facts["shape"])
+    # GaLore keeps low-rank moments: the estimate shows its optimizer state and what it saves on AdamW's.
+    shape["optimizer_bytes"] = optimizer_state_bytes(config, trainable=trainable, optimizer=values["optimizer"],
+                                                     galore_rank=values["galore_rank"])
+    saved = trainable * 8 - shape["optimizer_bytes"]
     need = estimate_training_memory(config, trainable=trainable, total=total, task=task,
                                     four_bit_base=method.four_bit_base, **shape)
     available = pool_memory_bytes(pool)
     result = {"need_gib": need.total / 2**30,
               "parts": {k: v / 2**30 for k, v in need.to_dict().items() if k != "total"},
-              "pool": pool, "available_gib": available / 2**30 if available else None, "fits": True}
+              "pool": pool, "available_gib": available / 2**30 if available else None, "fits": True,
+              "optimizer_saved_mib": saved / 2**20 if saved > 0 else None}
     if available and need.total > available:
         result["fits"] = False
         result["changes"] = changes_that_fit(config, available=available, trainable=trainable, total=total,

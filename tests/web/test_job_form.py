@@ -190,6 +190,23 @@ def test_plain_post_creates_the_job(member_client, dataset, tiny_base_model):
     assert job.config["method_params"]["rank"] == 2 and job.config["method_params"]["use_dora"] is False
 
 
+def test_the_form_offers_galore_shows_what_it_saves_and_refuses_it_for_an_adapter(member_client, dataset,
+                                                                                   tiny_base_model):
+    query = {"base_model": tiny_base_model.pk, "method": "full", "task": "sft"}
+    galore = estimate(member_client, {**query, "optimizer": "galore", "galore_rank": "4"})
+    assert "GaLore saves ≈ 0.1 MiB of AdamW's optimizer state" in galore  # 18k block weights
+    assert "GaLore saves" not in member_client.get(ESTIMATE, query).content.decode()
+    page = member_client.get("/jobs/new/", {"method": "full"}).content.decode()
+    assert 'value="galore"' in page and 'name="galore_rank"' in page
+
+    post = {"dataset": dataset.pk, "base_model": tiny_base_model.pk, "task": "sft", "max_steps": 3,
+            "optimizer": "galore"}
+    refused = member_client.post("/jobs/new/", {**post, "method": "lora", "fields_for": "lora"})
+    assert refused.status_code == 400 and "LoRA trains an adapter" in refused.content.decode()
+    assert member_client.post("/jobs/new/", {**post, "method": "full", "fields_for": "full"}).status_code == 302
+    assert Job.objects.get().config["optimizer"] == "galore"
+
+
 @pytest.mark.parametrize("url", [FIELDS, ESTIMATE])
 def test_new_endpoints_need_login(client, url):
     response = client.get(url, {"method": "lora"})

@@ -6,7 +6,8 @@ Parts, in bytes:
 - weights: every parameter, fp32 (bf16/fp16 autocast keeps fp32 weights and
   casts per op), or about 0.55 bytes each when the base is loaded in 4 bits;
 - gradients: one fp32 value per trainable parameter;
-- optimizer: AdamW keeps two fp32 moments per trainable parameter;
+- optimizer: AdamW keeps two fp32 moments per trainable parameter, or what
+  ``optimizer_bytes`` says (GaLore's low-rank moments, ``tuning.optimizers``);
 - activations: per layer, following Korthikanti et al. 2022 ("Reducing
   Activation Recomputation in Large Transformer Models", eq. 1) in 16-bit:
   s·b·h·(34 + 5·a·s/h) bytes, doubled in fp32; with gradient checkpointing
@@ -68,7 +69,7 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
                              precision: str = "bf16", gradient_checkpointing: bool = False,
                              four_bit_base: bool = False, task: str = "sft",
                              fused_loss: bool = False, reference_copy: bool = False, devices: int = 1,
-                             sharded: bool = False) -> MemoryEstimate:
+                             sharded: bool = False, optimizer_bytes: int | None = None) -> MemoryEstimate:
     hidden, layers, heads, vocab = model_dims(model_config)
     rows = -(-batch_size // devices)  # this device's share of the batch
     s, b = max_length, rows * (2 if task in ("preference", "reward") else 1)  # two replies a pair
@@ -88,7 +89,8 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
     frozen = total - trainable
     weights = trainable * 4 + (frozen * FOUR_BIT_BYTES_PER_PARAMETER if four_bit_base else frozen * 4)
     weights += total * 4 if reference_copy else 0
-    gradients, optimizer = trainable * 4, trainable * 8
+    gradients = trainable * 4
+    optimizer = trainable * 8 if optimizer_bytes is None else optimizer_bytes
     if sharded and devices > 1:
         root = vocab * hidden  # the embeddings (and a tied head): gathered for the whole step
         gathered = (root + 2 * max(total - root, 0) / max(layers, 1)) * 4
@@ -100,14 +102,15 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
 def changes_that_fit(model_config, *, available: int, trainable: int, total: int, batch_size: int,
                      max_length: int, precision: str, gradient_checkpointing: bool, gpu: bool,
                      task: str = "sft", fused_loss: bool = False, reference_copy: bool = False, devices: int = 1,
-                     sharded: bool = False) -> list[str]:
+                     sharded: bool = False, optimizer_bytes: int | None = None) -> list[str]:
     """Changes (each alone, then together) that bring the estimate under ``available`` bytes."""
     def fits(**change) -> bool:
         settings = {"batch_size": batch_size, "max_length": max_length, "precision": precision,
                     "gradient_checkpointing": gradient_checkpointing, "four_bit_base": False, **change}
         return estimate_training_memory(model_config, trainable=trainable, total=total, task=task,
                                         fused_loss=fused_loss, reference_copy=reference_copy, devices=devices,
-                                        sharded=sharded, **settings).total <= available
+                                        sharded=sharded, optimizer_bytes=optimizer_bytes,
+                                        **settings).total <= available
 
     options = []
     smaller = batch_size // 2
