@@ -64,14 +64,15 @@ class TrainConfig:
     method: str = setting("lora", help="Fine-tuning method (see `python -m tuning methods`).", basic=True)
     method_params: dict = field(default_factory=dict)
     # Preference task only (tuning.preference); refused with another task where changed from the default.
-    preference_loss: str = setting("dpo", help="Preference task: the loss. dpo (sigmoid), ipo, cdpo (conservative "
+    preference_loss: str = setting("dpo", help="Preference task: the loss. dpo (sigmoid), ln_dpo (DPO on per-token "
+                                               "log-ratios), ipo, cdpo (conservative "
                                                "DPO, with label smoothing), the reference-free orpo, simpo, cpo, "
                                                "and kto (single completions labelled desirable or not).",
                                    choices=tuple(PREFERENCE_LOSSES), basic=True, label="Preference loss")
-    beta: float = setting(0.1, help="Preference task: how strongly the loss acts. DPO/cDPO: the KL penalty's weight "
-                                    "(0.1 usual; lower strays further from the reference); IPO: τ; ORPO: λ, the "
-                                    "odds-ratio term's weight; SimPO: the reward scale (2 to 2.5 in the paper); "
-                                    "CPO: the temperature; KTO: as DPO.", min=0.001, max=100.0, basic=True,
+    beta: float = setting(0.1, help="Preference task: how strongly the loss acts. DPO/cDPO/LN-DPO: the KL "
+                                    "penalty's weight (0.1 usual; lower strays further from the reference); IPO: "
+                                    "τ; ORPO: λ, the odds-ratio term's weight; SimPO: the reward scale (2 to 2.5 in "
+                                    "the paper); CPO: the temperature; KTO: as DPO.", min=0.001, max=100.0, basic=True,
                           label="Beta")
     label_smoothing: float = setting(0.0, help="Preference task, cdpo/simpo/cpo: the assumed share of pairs whose "
                                                "labels are flipped (0.1 is usual for cdpo).", min=0.0, max=0.49)
@@ -127,10 +128,11 @@ class TrainConfig:
                                 label="Reward model")
     reward_model_base: str = setting("", help="GRPO: the base model of that reward model, where it is an "
                                               "adapter.", label="Reward model's base")
-    reference: str = setting("base", help="Preference task, dpo/ipo/cdpo/kto: where the reference model's scores come "
-                                          "from. base: the base model scores every batch (adapters switched off, no "
-                                          "second copy; a frozen copy for full fine-tuning); precomputed: it scores "
-                                          "every pair once before training (no copy and no extra forward per step).",
+    reference: str = setting("base", help="Preference task, dpo/ln_dpo/ipo/cdpo/kto: where the reference "
+                                          "model's scores come from. base: the base model scores every batch "
+                                          "(adapters switched off, no second copy; a frozen copy for full "
+                                          "fine-tuning); precomputed: it scores every pair once before training "
+                                          "(no copy and no extra forward per step).",
                              choices=("base", "precomputed"), label="Reference model")
     # Prompts answered at the start and at every checkpoint, so a user sees
     # how the answers change; a list, checked in from_dict (like method_params).

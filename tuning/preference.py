@@ -52,6 +52,10 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {loss.name: loss for loss in (
     PreferenceLoss("dpo", "DPO", "https://arxiv.org/abs/2305.18290",
                    "Direct preference optimisation: raise the chosen reply's likelihood ratio against the reference "
                    "above the rejected one's (sigmoid loss).", needs_reference=True),
+    PreferenceLoss("ln_dpo", "LN-DPO", "https://arxiv.org/abs/2407.15229",
+                   "Length-normalised DPO: each reply's log-ratio against the reference is divided by its token "
+                   "count before DPO's sigmoid loss, so a longer reply earns no larger reward; shorter answers at "
+                   "the same quality.", needs_reference=True),
     PreferenceLoss("ipo", "IPO", "https://arxiv.org/abs/2310.12036",
                    "Identity preference optimisation: a squared loss that keeps the per-token margin near 1/(2β) "
                    "instead of pushing it without bound; beta is the paper's τ.", needs_reference=True),
@@ -156,11 +160,13 @@ def pair_loss(settings: PreferenceSettings, summed, counts, ref_logps=None, *, c
     beta, kind = settings.beta, settings.loss
     if settings.needs_reference:
         ratios = summed - ref_logps
-        scores = ratios / counts if kind == "ipo" else ratios  # TRL's DPO IPO: the log-ratio per reply token
+        # TRL's DPO IPO and LN-DPO (arXiv:2407.15229, eq. 4): the log-ratio per reply token.
+        per_token = kind in ("ipo", "ln_dpo")
+        scores = ratios / counts if per_token else ratios
         losses, _, _ = _cpo_loss(*scores.chunk(2), loss_type="ipo" if kind == "ipo" else "sigmoid", beta=beta,
                                  label_smoothing=settings.label_smoothing if kind == "cdpo" else 0.0)
         loss = losses.mean()
-        chosen_rewards, rejected_rewards = (beta * ratios.detach()).chunk(2)
+        chosen_rewards, rejected_rewards = (beta * (scores if kind == "ln_dpo" else ratios).detach()).chunk(2)
     elif kind == "orpo":
         ratio_losses, chosen_rewards, rejected_rewards, _, _ = _trl_trainers()[1].odds_ratio_loss(
             _trl(summed.device, beta=beta), *mean.chunk(2))
