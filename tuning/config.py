@@ -94,8 +94,13 @@ class TrainConfig:
                                                 "0.01 is usual; 0: off).", min=0.0, max=10.0,
                                       label="Reward centering")
     # GRPO task only (tuning.grpo, tuning.grpo_rewards).
-    group_size: int = setting(4, help="GRPO: completions sampled per prompt; each is judged against its group.",
-                              min=2, max=64, label="Group size")
+    policy_loss: str = setting("grpo", help="GRPO task: grpo (each completion's reward against its group's mean "
+                                            "and spread; TRL's loss) or remax (arXiv:2310.10505: REINFORCE whose "
+                                            "baseline is the reward of the model's greedy answer to the prompt; "
+                                            "works with one completion a prompt).", choices=("grpo", "remax"),
+                               label="Policy loss")
+    group_size: int = setting(4, help="GRPO: completions sampled per prompt; each is judged against its group "
+                                      "(at least 2; remax: 1 or more).", min=1, max=64, label="Group size")
     max_completion_length: int = setting(64, help="GRPO: the longest completion sampled, in tokens.", min=1,
                                          max=8192, label="Max completion length")
     temperature: float = setting(1.0, help="GRPO: sampling temperature.", min=0.05, max=5.0)
@@ -281,7 +286,7 @@ PREFERENCE_FIELDS = ("preference_loss", "beta", "label_smoothing", "simpo_gamma"
 
 
 REWARD_FIELDS = ("reward_centering",)
-GRPO_FIELDS = ("group_size", "max_completion_length", "temperature", "kl_beta", "reward_exact_match",
+GRPO_FIELDS = ("policy_loss", "group_size", "max_completion_length", "temperature", "kl_beta", "reward_exact_match",
                "answer_pattern", "reward_format", "format_pattern", "reward_length", "length_min", "length_max",
                "reward_model_weight", "reward_model", "reward_model_base")
 
@@ -308,6 +313,9 @@ def _grpo_problems(data: dict) -> dict[str, str]:
     for pattern in ("answer_pattern", "format_pattern"):
         if isinstance(value[pattern], str) and (why := pattern_problem(value[pattern])):
             problems[pattern] = why
+    if value["policy_loss"] != "remax" and _truthy_number(value["group_size"]) and coerce(value["group_size"], int) < 2:
+        problems["group_size"] = ("GRPO judges each completion against the others of its group: sample at least 2 "
+                                  "a prompt, or choose the remax policy loss (its baseline is the greedy answer)")
     if weights["reward_format"] and not str(value["format_pattern"]).strip():
         problems["format_pattern"] = "the format reward needs a pattern to look for"
     if weights["reward_model_weight"] and not str(value["reward_model"]).strip():

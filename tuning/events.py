@@ -65,6 +65,7 @@ class MetricsEvent(Event):
     reward_parts: dict | None = None
     completion_length: float | None = None
     samples: list | None = None
+    reward_baseline: float | None = None  # ReMax: the mean reward of the prompts' greedy answers
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,16 @@ which is TRL's default ``dapo`` when a step is one micro-batch). Token
 log-probabilities are taken at the sampling temperature, as TRL does.
 ``tests/core/test_grpo.py`` checks loss and LoRA gradients against
 ``GRPOTrainer._compute_loss`` on the same completions.
+
+``policy_loss = remax`` trains with ReMax instead (Li et al., 2023,
+arXiv:2310.10505, Algorithm 1): REINFORCE whose baseline is the reward of
+the model's greedy answer to the same prompt, decoded once per prompt
+without a gradient. The loss is −(r − r_greedy) · Σₜ log π(aₜ), the sum
+over each completion's tokens, averaged over the completions (the paper's
+gradient estimate), plus the same KL penalty as GRPO's where ``kl_beta``
+is set; no clipping and no normalisation by the group's spread, so one
+sample per prompt (``group_size`` 1, the paper's) is enough.
+``tests/core/test_remax.py`` checks it against the paper's formula.
 """
 
 from __future__ import annotations
@@ -37,11 +47,12 @@ class GRPOSettings:
     max_completion_length: int = 64
     temperature: float = 1.0
     kl_beta: float = 0.0
+    policy_loss: str = "grpo"  # or "remax"
 
     @classmethod
     def from_config(cls, config) -> "GRPOSettings":
         return cls(group_size=config.group_size, max_completion_length=config.max_completion_length,
-                   temperature=config.temperature, kl_beta=config.kl_beta)
+                   temperature=config.temperature, kl_beta=config.kl_beta, policy_loss=config.policy_loss)
 
 
 def completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float):
@@ -66,7 +77,7 @@ def grpo_loss(logps, mask, advantages, *, kl_beta: float = 0.0, ref_logps=None) 
     per_token = -torch.min(ratio * advantages, clipped * advantages)
     kl = None
     if kl_beta:
-        kl = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1
+        kl = k3_kl(logps, ref_logps)
         # TRL's use_bias_correction_kl (its default): weighted by the ratio, whose value is 1 but whose
         # gradient makes the KL term's gradient the unbiased reverse-KL one (DeepSeek-V3.2).
         per_token = per_token + kl_beta * kl * ratio
@@ -74,6 +85,29 @@ def grpo_loss(logps, mask, advantages, *, kl_beta: float = 0.0, ref_logps=None) 
     loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
     mean_kl = None if kl is None else (kl.detach() * mask).sum() / mask.sum().clamp(min=1.0)
     return loss, mean_kl
+
+
+def remax_loss(logps, mask, advantages, *, kl_beta: float = 0.0, ref_logps=None) -> tuple[Any, Any]:
+    """(ReMax's loss: −(r − r_greedy) times each completion's summed token
+    log-probability, averaged over the completions, plus ``kl_beta`` × the
+    mean per-token k3 KL against the reference; that mean KL or None).
+    ``advantages``: each completion's reward less its prompt's greedy reward."""
+    mask = mask.to(logps.dtype)
+    loss = -(advantages * (logps * mask).sum(dim=1)).mean()
+    mean_kl = None
+    if kl_beta:
+        kl = k3_kl(logps, ref_logps)
+        tokens = mask.sum().clamp(min=1.0)
+        loss = loss + kl_beta * (kl * mask).sum() / tokens
+        mean_kl = (kl.detach() * mask).sum() / tokens
+    return loss, mean_kl
+
+
+def k3_kl(logps, ref_logps):
+    """The k3 estimate of KL(π ‖ π_ref) per token, as GRPO's (TRL's)."""
+    import torch
+
+    return torch.exp(ref_logps - logps) - (ref_logps - logps) - 1
 
 
 def group_advantages(rewards, group_size: int):
@@ -146,16 +180,17 @@ class GRPOObjective:
         self._pending: list[dict] = []
         self.samples: list[dict] = []  # the last step's first completions: {"prompt", "completion", "reward"}
 
-    def sample(self, prompt_ids, prompt_mask):
-        """(completion ids, their mask): ``group_size`` samples of each prompt."""
+    def sample(self, prompt_ids, prompt_mask, *, greedy: bool = False):
+        """(completion ids, their mask): a sample of each prompt row (the greedy answer where ``greedy``)."""
         import torch
 
         settings, model = self.settings, self.model
         was_training = model.training
         model.eval()
+        decoding = ({"do_sample": False} if greedy else
+                    {"do_sample": True, "temperature": settings.temperature, "top_k": 0, "top_p": 1.0})
         with torch.no_grad():
-            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
-                                 temperature=settings.temperature, top_k=0, top_p=1.0,
+            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **decoding,
                                  max_new_tokens=settings.max_completion_length,
                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.stop_ids))
         model.train(was_training)
@@ -180,12 +215,21 @@ class GRPOObjective:
         import torch
 
         group = self.settings.group_size
+        remax = self.settings.policy_loss == "remax"
+        if remax:  # the baseline: the reward of each prompt's greedy answer
+            greedy_ids, greedy_mask = self.sample(inputs["input_ids"], inputs["attention_mask"], greedy=True)
+            baseline, _ = self.score(inputs["prompt_key"].tolist(), greedy_ids, greedy_mask)
         prompt_ids = inputs["input_ids"].repeat_interleave(group, dim=0)
         prompt_mask = inputs["attention_mask"].repeat_interleave(group, dim=0)
         keys = inputs["prompt_key"].repeat_interleave(group).tolist()
         completion_ids, completion_mask = self.sample(prompt_ids, prompt_mask)
         rewards, parts = self.score(keys, completion_ids, completion_mask)
-        advantages, stds = group_advantages(rewards, group)
+        if remax:
+            advantages = rewards - baseline.repeat_interleave(group)
+            # One sample a prompt (the paper's) has no spread: not reported.
+            stds = rewards.view(-1, group).std(dim=1) if group > 1 else rewards.new_full((1,), float("nan"))
+        else:
+            advantages, stds = group_advantages(rewards, group)
         ref = None
         if self.settings.kl_beta:
             adapter = self.reference is None and hasattr(self.model, "disable_adapter")
@@ -196,9 +240,12 @@ class GRPOObjective:
                                        temperature=self.settings.temperature)
         logps = completion_logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                  temperature=self.settings.temperature)
-        loss, kl = grpo_loss(logps, completion_mask, advantages, kl_beta=self.settings.kl_beta, ref_logps=ref)
+        objective = remax_loss if remax else grpo_loss
+        loss, kl = objective(logps, completion_mask, advantages, kl_beta=self.settings.kl_beta, ref_logps=ref)
         metrics = {"reward_mean": float(rewards.mean()), "reward_std": float(stds.mean()),
                    "completion_length": float(completion_mask.sum(dim=1).float().mean())}
+        if remax:
+            metrics["reward_baseline"] = float(baseline.mean())
         metrics |= {f"reward_{name}": sum(values) / len(values) for name, values in parts.items()}
         if kl is not None:
             metrics["kl"] = float(kl)
@@ -214,5 +261,5 @@ class GRPOObjective:
         means = {key: round(sum(m[key] for m in pending) / len(pending), 6) for key in pending[0]
                  if all(math.isfinite(m[key]) for m in pending)}
         parts = {key.removeprefix("reward_"): means.pop(key) for key in list(means)
-                 if key.startswith("reward_") and key not in ("reward_mean", "reward_std")}
+                 if key.startswith("reward_") and key not in ("reward_mean", "reward_std", "reward_baseline")}
         return means | {"reward_parts": parts, "samples": self.samples}

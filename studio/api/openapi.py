@@ -72,7 +72,7 @@ JOB_CREATE = {
             "Training settings (learning_rate, max_steps, epochs, batch_size, task, optimizer (adamw, galore, "
             "galore_8bit) with galore_rank, galore_update_every, galore_scale …; for task preference "
             "also preference_loss, beta, label_smoothing, simpo_gamma, cpo_alpha, desirable_weight, "
-            "undesirable_weight, reference; for task reward, reward_centering; for task grpo, group_size, "
+            "undesirable_weight, reference; for task reward, reward_centering; for task grpo, policy_loss, group_size, "
             "max_completion_length, temperature, kl_beta, reward_exact_match, answer_pattern, reward_format, "
             "format_pattern, reward_length, length_min, length_max, reward_model_weight and reward_model, "
             "a reward job's artifact id); unknown or "

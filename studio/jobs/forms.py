@@ -17,9 +17,9 @@ SYSTEM_FIELDS = {"base_model", "base_model_name", "dataset_path", "dataset_name"
 # Drawn beside the dataset and base model rather than with the settings: the task decides which methods apply.
 TOP_FIELDS = ("task",)
 TASK_LABELS = {"sft": "Instructions / chat (SFT)", "pretrain": "Continued pre-training",
-               "classify": "Classification", "preference": "Preference (DPO, IPO, ORPO, SimPO, CPO, KTO)",
+               "classify": "Classification", "preference": "Preference (DPO, LN-DPO, IPO, ORPO, SimPO, CPO, KTO)",
                "reward": "Reward model (from preference pairs)",
-               "grpo": "GRPO (prompts with reference answers, rewards without code)"}
+               "grpo": "GRPO / ReMax (prompts with reference answers, rewards without code)"}
 METHOD_PREFIX = "method__"
 DEFAULT_METHOD = "lora"
 NO_GPU = "needs a CUDA GPU worker; none is registered"
