@@ -115,11 +115,9 @@ def test_loss_and_lora_gradients_match_trl_grpo_trainer(tiny_model, tmp_path):
         torch.testing.assert_close(grad, theirs[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
-def test_a_short_grpo_run_raises_the_exact_match_reward(tiny_model, tmp_path):
-    """A tiny model first taught the answers' shape (a few SFT steps), then GRPO with the exact-match
-    reward alone: the mean reward of the last steps exceeds the first steps' (seeded). Each step
-    reports the reward, its spread within groups, each reward's mean, the completions' length and a
-    few sampled completions; the adapter saves and loads."""
+def taught_sums(tiny_model, tmp_path):
+    """(the settings every run on the sums data shares, a tiny model taught the answers' shape by a few
+    SFT steps): the starting point of the short policy-gradient runs (GRPO here, ReMax in test_remax.py)."""
     rows = [{"prompt": f"What is {a} plus {b}?", "completion": f"{a + b}"} for a in range(3) for b in range(3)]
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -127,6 +125,15 @@ def test_a_short_grpo_run_raises_the_exact_match_reward(tiny_model, tmp_path):
     warm = run_train(TrainConfig.from_dict({**common, "base_model": str(tiny_model), "task": "sft", "method": "full",
                                             "output_dir": str(tmp_path / "sft"), "max_steps": 40, "batch_size": 9,
                                             "learning_rate": 0.02}), MemorySink())
+    return common, warm
+
+
+def test_a_short_grpo_run_raises_the_exact_match_reward(tiny_model, tmp_path):
+    """A tiny model first taught the answers' shape (a few SFT steps), then GRPO with the exact-match
+    reward alone: the mean reward of the last steps exceeds the first steps' (seeded). Each step
+    reports the reward, its spread within groups, each reward's mean, the completions' length and a
+    few sampled completions; the adapter saves and loads."""
+    common, warm = taught_sums(tiny_model, tmp_path)
     sink = MemorySink()
     result = run_train(TrainConfig.from_dict({
         **common, "base_model": warm.output_path, "task": "grpo", "output_dir": str(tmp_path / "grpo"),

@@ -3,13 +3,13 @@ and its gradient on a fixed batch are the paper's REINFORCE estimate with
 the greedy answer's reward as baseline, worked by hand; the settings are
 checked; and a short seeded run raises the reward."""
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.core.test_grpo import taught_sums
 from tuning.config import TrainConfig
 from tuning.errors import ConfigError
 from tuning.events import MemorySink
@@ -56,13 +56,7 @@ def test_one_completion_a_prompt_is_enough_for_remax():
 def test_a_short_remax_run_raises_the_exact_match_reward(tiny_model, tmp_path):
     """As GRPO's run in test_grpo.py: a tiny model taught the answers' shape, then ReMax with the
     exact-match reward and two samples a prompt; each step reports its greedy baseline."""
-    rows = [{"prompt": f"What is {a} plus {b}?", "completion": f"{a + b}"} for a in range(3) for b in range(3)]
-    data = tmp_path / "sums.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    common = {"dataset_path": str(data), "warmup_ratio": 0.0, "precision": "fp32"}
-    warm = run_train(TrainConfig.from_dict({**common, "base_model": str(tiny_model), "task": "sft", "method": "full",
-                                            "output_dir": str(tmp_path / "sft"), "max_steps": 40, "batch_size": 9,
-                                            "learning_rate": 0.02}), MemorySink())
+    common, warm = taught_sums(tiny_model, tmp_path)
     sink = MemorySink()
     result = run_train(TrainConfig.from_dict({
         **common, "base_model": warm.output_path, "task": "grpo", "policy_loss": "remax",
