@@ -135,6 +135,7 @@ def main() -> None:
           f"{'same' if abs(accuracy['studio'] - accuracy['lm_eval']) < 1e-4 else 'DIFFERENT'} |")
     print(json.dumps({"figure": "harness_studio_over_lm_eval_wall", "ratio": round(statistics.median(ratios), 3),
                       "round_ratios": [round(r, 3) for r in ratios], "rows": args.rows, "acc": accuracy,
+                      "cpu_ratio": round(statistics.median(cpu_ratios), 3), "load": load,
                       "same_acc": abs(accuracy["studio"] - accuracy["lm_eval"]) < 1e-4, "goal": 1.1}))
 
 
