@@ -52,6 +52,7 @@ from tuning.fields import describe_fields
 from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia3, llrd, ln_tuning, loha, lokr, lora,
                             oft, p_tuning, prefix_tuning, prompt_tuning, qlora, randlora, road, top_k, vblora,
                             vera)
+from tuning.methods import ether  # second wave (issue 22)
 from tuning.methods.base import CAPABILITIES, GROUPS, NOT_PREFERENCE, TASKS, Method, MethodContext, method_row
 
 __all__ = ["CAPABILITIES", "GROUPS", "METHODS", "TASKS", "Method", "MethodContext", "describe", "register_method"]
@@ -120,6 +121,10 @@ register_method(boft, name="boft", label="BOFT", group="orthogonal", folds_into_
 register_method(hra, name="hra", label="HRA", group="orthogonal", folds_into_base=True,
                 description="Adapts each weight by a chain of Householder reflections.",
                 paper="https://arxiv.org/abs/2405.17484", params=hra.HraParams)
+register_method(ether, name="ether", label="ETHER / ETHER+", group="orthogonal", produces="model",
+                description="Transforms each weight by learned block-diagonal hyperplane reflections (ETHER+: relaxed, "
+                            "on both sides); folded into the weights when saved.",
+                paper="https://arxiv.org/abs/2405.20271", params=ether.EtherParams)
 register_method(road, name="road", label="RoAd", group="orthogonal", folds_into_base=True,
                 description="Rotates pairs of output features by learned 2-D rotations; very few parameters.",
                 paper="https://arxiv.org/abs/2409.00119", params=road.RoadParams)
