@@ -62,6 +62,7 @@ ROWS = {
     "top_k": ("top_k", {"layers": 1}, 2e-3),
     "hft": ("hft", {}, 2e-3),
     "llrd": ("llrd", {"decay": 0.8}, 2e-3),
+    "s2ft": ("s2ft", {"heads": 1, "channels": 8}, 1e-2),
 }
 CPU_METHODS = sorted(name for name, method in METHODS.items() if not method.needs_cuda)
 
@@ -225,6 +226,10 @@ def test_qlora_names_bitsandbytes_where_a_gpu_lacks_it(tiny_model, monkeypatch):
     ("hra", {"rank": 3}, "rank", "even"),
     ("ether", {"blocks": 5}, "blocks", "does not divide"),
     ("ether", {"target_modules": "no_such_module"}, "target_modules", "no_such_module"),
+    ("s2ft", {"heads": 5}, "heads", "only 4"),
+    ("s2ft", {"channels": 65}, "channels", "only 64"),
+    ("s2ft", {"heads": 0, "channels": 0}, "heads", "at least one"),
+    ("s2ft", {"ffn_output": "fc2"}, "ffn_output", "fc2"),
     ("fourierft", {"n_frequency": 600}, "n_frequency", "does not fit"),
     ("bitfit", {}, "method", "has none"),
     ("top_k", {"layers": 3}, "layers", "only 2"),

@@ -52,7 +52,7 @@ from tuning.fields import describe_fields
 from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia3, llrd, ln_tuning, loha, lokr, lora,
                             oft, p_tuning, prefix_tuning, prompt_tuning, qlora, randlora, road, top_k, vblora,
                             vera)
-from tuning.methods import ether  # second wave (issue 22)
+from tuning.methods import ether, s2ft  # second wave (issue 22)
 from tuning.methods.base import CAPABILITIES, GROUPS, NOT_PREFERENCE, TASKS, Method, MethodContext, method_row
 
 __all__ = ["CAPABILITIES", "GROUPS", "METHODS", "TASKS", "Method", "MethodContext", "describe", "register_method"]
@@ -160,6 +160,10 @@ register_method(top_k, name="top_k", label="Top-k layers", group="selective", pr
 register_method(hft, name="hft", label="Half fine-tuning", group="selective", produces="model",
                 description="Freezes a seeded half of each block's modules to keep more of what the model knew.",
                 paper="https://arxiv.org/abs/2404.18466", params=hft.HftParams)
+register_method(s2ft, name="s2ft", label="S²FT", group="selective", produces="model",
+                description="Updates a few attention heads' and FFN channels' columns of each block's output "
+                            "projections in place; everything else frozen.",
+                paper="https://arxiv.org/abs/2412.06289", params=s2ft.S2ftParams)
 register_method(llrd, name="llrd", label="Layer-wise LR decay", group="selective", produces="model",
                 description="Full fine-tuning whose learning rate shrinks layer by layer towards the embeddings.",
                 paper="https://arxiv.org/abs/2006.05987", params=llrd.LlrdParams)

@@ -139,7 +139,7 @@ def prepare(model, params: EtherParams, context=None):
     plus = params.variant == "ether_plus"
     _refuse_widths(model, names, params.blocks, both_sides=plus)
     reflected = _reflected_class()
-    wrappers = swap_in(model, names, lambda layer: reflected(layer, params.blocks, plus))
+    wrappers = swap_in(model, names, lambda name, layer: reflected(layer, params.blocks, plus))
     return train_wrappers(model, wrappers, context)
 
 

@@ -36,12 +36,12 @@ def block_linears(model, target_modules: str, *, blame: str = "target_modules") 
 
 
 def swap_in(model, names: list[str], wrap) -> list:
-    """Replace each named module by ``wrap(module)``; the wrappers, in order."""
+    """Replace each named module by ``wrap(name, module)``; the wrappers, in order."""
     wrappers = []
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        wrapper = wrap(getattr(parent, child))
+        wrapper = wrap(name, getattr(parent, child))
         setattr(parent, child, wrapper)
         wrappers.append(wrapper)
     return wrappers
