@@ -1,21 +1,26 @@
 """Loading any artifact the studio makes, the way a user would with the
 stock libraries: an adapter on its base (peft), a full model directory
 (transformers; a torchao-quantized one carries its quantization config), or
-a GGUF file (transformers dequantizes it on load)."""
+a GGUF file (transformers dequantizes it on load). Bottleneck adapters,
+which no stock library loads, are put back on their base by their method
+(``tuning.methods.bottleneck.attach_saved``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tuning.errors import ModelError
+from tuning.methods.bottleneck import CONFIG_FILE as BOTTLENECK_CONFIG
 from tuning.models import load_causal_lm, load_model_for_task, load_tokenizer
 
 
 def artifact_layout(path: str | Path) -> str:
-    """"adapter", "gguf" or "model": what kind of directory ``path`` is."""
+    """"adapter", "bottleneck", "gguf" or "model": what kind of directory ``path`` is."""
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"artifact directory not found: {path}")
+    if (path / BOTTLENECK_CONFIG).exists():
+        return "bottleneck"
     if (path / "adapter_config.json").exists():
         return "adapter"
     if next(path.glob("*.gguf"), None) is not None:
@@ -61,6 +66,10 @@ def load_artifact(path: str | Path, *, base_model: str = "", task: str = "sft", 
     tokenizer = load_tokenizer(str(path) if has_tokenizer else base_model, trust_remote_code=trust_remote_code)
     base = load_model_for_task(task, base_model, tokenizer=tokenizer, label2id=label2id,
                                trust_remote_code=trust_remote_code)
+    if layout == "bottleneck":  # adapters peft cannot load: their method puts them back on the base
+        from tuning.methods.bottleneck import attach_saved
+
+        return attach_saved(base, path).eval(), tokenizer
     return PeftModel.from_pretrained(base, str(path)).eval(), tokenizer
 
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from tuning.config import TrainConfig
+from tuning.methods.bottleneck import CONFIG_FILE as BOTTLENECK_CONFIG
 from tuning.preference import PREFERENCE_LOSSES
 
 AUTO_CLASS = {"classify": "AutoModelForSequenceClassification", "reward": "AutoModelForSequenceClassification"}
@@ -75,9 +76,16 @@ def write_model_card(directory: str | Path, *, config: TrainConfig, method, fina
     evaluated = "".join(f"\n- **{key.replace('_', ' ').capitalize()}:** {value}"
                         for key, value in (evaluation or {}).items())
     kind = "adapter" if method.produces == "adapter" else "model"
+    snippet = _load_snippet(kind, *base_model_refs(config), AUTO_CLASS.get(config.task, "AutoModelForCausalLM"))
+    library = "peft" if kind == "adapter" else "transformers"
+    if (Path(directory) / BOTTLENECK_CONFIG).exists():  # no stock library loads it: the studio's loader does
+        library = "tuning-studio"
+        snippet = (f"from tuning.loading import load_artifact  # Tuning Studio's loader (a bottleneck adapter)\n\n"
+                   f'model, tokenizer = load_artifact("path/to/this/folder", base_model="{base}", '
+                   f'task="{config.task}")')
     text = f"""---
 base_model: {base}
-library_name: {"peft" if kind == "adapter" else "transformers"}
+library_name: {library}
 tags:
 - tuning-studio
 - {config.method}{f"{chr(10)}- {config.preference_loss}" if config.task == "preference" else ""}
@@ -103,7 +111,7 @@ Fine-tuned with Tuning Studio.
 ## Load it
 
 ```python
-{_load_snippet(kind, *base_model_refs(config), AUTO_CLASS.get(config.task, "AutoModelForCausalLM"))}
+{snippet}
 ```
 """
     path = Path(directory) / "README.md"

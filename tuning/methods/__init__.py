@@ -52,7 +52,7 @@ from tuning.fields import describe_fields
 from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia3, llrd, ln_tuning, loha, lokr, lora,
                             oft, p_tuning, prefix_tuning, prompt_tuning, qlora, randlora, road, top_k, vblora,
                             vera)
-from tuning.methods import ether, s2ft  # second wave (issue 22)
+from tuning.methods import bottleneck, ether, s2ft  # second wave (issue 22)
 from tuning.methods.base import CAPABILITIES, GROUPS, NOT_PREFERENCE, TASKS, Method, MethodContext, method_row
 
 __all__ = ["CAPABILITIES", "GROUPS", "METHODS", "TASKS", "Method", "MethodContext", "describe", "register_method"]
@@ -128,6 +128,10 @@ register_method(ether, name="ether", label="ETHER / ETHER+", group="orthogonal",
 register_method(road, name="road", label="RoAd", group="orthogonal", folds_into_base=True,
                 description="Rotates pairs of output features by learned 2-D rotations; very few parameters.",
                 paper="https://arxiv.org/abs/2409.00119", params=road.RoadParams)
+register_method(bottleneck, name="bottleneck", label="Bottleneck adapters", group="bottleneck",
+                description="Houlsby, Pfeiffer or Compacter adapters: small down-up networks after the attention "
+                            "and/or FFN outputs. Nonlinear, so they never fold into the base.",
+                paper="https://arxiv.org/abs/1902.00751", params=bottleneck.BottleneckParams)
 register_method(ia3, name="ia3", label="IA3", group="scaling", folds_into_base=True,
                 description="Learns vectors that rescale keys, values and feed-forward activations.",
                 paper="https://arxiv.org/abs/2205.05638", params=ia3.Ia3Params)

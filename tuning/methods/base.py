@@ -14,6 +14,7 @@ GROUPS = {
     "low-rank": "Low-rank adapters",
     "orthogonal": "Orthogonal and rotation adapters",
     "scaling": "Scaling and vector adapters",
+    "bottleneck": "Bottleneck adapters",
     "prompts": "Prompt and prefix tuning",
     "selective": "Selective fine-tuning",
 }

@@ -47,13 +47,14 @@ def swap_in(model, names: list[str], wrap) -> list:
     return wrappers
 
 
-def train_wrappers(model, wrappers: list, context) -> object:
+def train_wrappers(model, wrappers: list, context, *, also: frozenset[str] = frozenset()) -> object:
     """Freeze everything but the wrappers' own parameters (their ``base``
-    layers stay frozen) and, for a classifier, its new head."""
+    layers stay frozen), the parameters named in ``also`` and, for a
+    classifier, its new head."""
     own = {id(p) for wrapper in wrappers for name, p in wrapper.named_parameters() if not name.startswith("base.")}
     names = {name for name, p in model.named_parameters() if id(p) in own}
     head = head_parameters(model) if context is not None and context.task in CLASSIFIER_TASKS else set()
-    return train_only(model, names | head)
+    return train_only(model, names | head | also)
 
 
 def fold_wrappers(model) -> int:
