@@ -32,9 +32,9 @@ from pathlib import Path
 
 from tuning.errors import ConfigError, ModelError
 from tuning.fields import config_from_dict, config_to_dict, setting
-from tuning.methods.blocks import blocks_problems, transformer_blocks
-from tuning.methods.common import meta_model, presets
-from tuning.methods.wrapped import block_linears, swap_in, train_wrappers
+from tuning.methods.blocks import transformer_blocks
+from tuning.methods.common import presets
+from tuning.methods.wrapped import block_linears, swap_in, train_wrappers, wrapped_problems
 
 CONFIG_FILE = "bottleneck_adapter.json"  # what marks an output directory as a bottleneck adapter
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -195,11 +195,4 @@ def attach_saved(model, directory):
 
 
 def check(params: BottleneckParams, model_config, task: str) -> dict[str, str]:
-    problems = blocks_problems(model_config, task)
-    if problems:
-        return problems
-    try:
-        prepare(meta_model(model_config, task), params)
-    except ConfigError as exc:
-        return exc.errors
-    return {}
+    return wrapped_problems(prepare, params, model_config, task)

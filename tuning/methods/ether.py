@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 from tuning.errors import ConfigError
 from tuning.fields import setting
-from tuning.methods.blocks import blocks_problems
-from tuning.methods.common import meta_model, presets, target_modules_setting
-from tuning.methods.wrapped import block_linears, export_folded, swap_in, train_wrappers
+from tuning.methods.common import presets, target_modules_setting
+from tuning.methods.wrapped import block_linears, export_folded, swap_in, train_wrappers, wrapped_problems
 
 VARIANTS = ("ether", "ether_plus")
 
@@ -143,16 +142,8 @@ def prepare(model, params: EtherParams, context=None):
     return train_wrappers(model, wrappers, context)
 
 
-def export(model, directory) -> None:
-    export_folded(model, directory)
+export = export_folded  # the hook: fold every wrapper back into its linear layer and save a plain model
 
 
 def check(params: EtherParams, model_config, task: str) -> dict[str, str]:
-    problems = blocks_problems(model_config, task)
-    if problems:
-        return problems
-    try:
-        prepare(meta_model(model_config, task), params)
-    except ConfigError as exc:
-        return exc.errors
-    return {}
+    return wrapped_problems(prepare, params, model_config, task)

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 from tuning.errors import ConfigError
 from tuning.fields import setting
-from tuning.methods.blocks import blocks_problems
-from tuning.methods.common import meta_model, presets
-from tuning.methods.wrapped import block_linears, export_folded, swap_in, train_wrappers
+from tuning.methods.common import presets
+from tuning.methods.wrapped import block_linears, export_folded, swap_in, train_wrappers, wrapped_problems
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,16 +107,8 @@ def prepare(model, params: S2ftParams, context=None):
     return train_wrappers(model, wrappers, context)
 
 
-def export(model, directory) -> None:
-    export_folded(model, directory)
+export = export_folded  # the hook: fold every wrapper back into its linear layer and save a plain model
 
 
 def check(params: S2ftParams, model_config, task: str) -> dict[str, str]:
-    problems = blocks_problems(model_config, task)
-    if problems:
-        return problems
-    try:
-        prepare(meta_model(model_config, task), params)
-    except ConfigError as exc:
-        return exc.errors
-    return {}
+    return wrapped_problems(prepare, params, model_config, task)

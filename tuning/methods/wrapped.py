@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from tuning.errors import ConfigError
 from tuning.methods.base import CLASSIFIER_TASKS
-from tuning.methods.blocks import head_parameters, train_only, transformer_blocks
-from tuning.methods.common import targets
+from tuning.methods.blocks import blocks_problems, head_parameters, train_only, transformer_blocks
+from tuning.methods.common import meta_model, targets
 
 
 def block_linears(model, target_modules: str, *, blame: str = "target_modules") -> list[str]:
@@ -75,3 +75,16 @@ def export_folded(model, directory) -> None:
     with torch.no_grad():
         fold_wrappers(model)
     model.save_pretrained(directory, safe_serialization=True)
+
+
+def wrapped_problems(prepare, params, model_config, task: str) -> dict[str, str]:
+    """The check hook of a wrapping method: prepare it on a meta model and
+    report what it refuses ({field: message}); nothing is read or allocated."""
+    problems = blocks_problems(model_config, task)
+    if problems:
+        return problems
+    try:
+        prepare(meta_model(model_config, task), params)
+    except ConfigError as exc:
+        return exc.errors
+    return {}
