@@ -32,7 +32,8 @@ def train(base, data, out, **overrides):
 
 def test_continued_pretraining_on_plain_text(tiny_model, tmp_path):
     text = tmp_path / "notes.txt"
-    text.write_text("\n\n".join(f"Paragraph {i}: the tuning fork hums at four hundred and forty hertz." for i in range(6)))
+    text.write_text("\n\n".join(f"Paragraph {i}: the tuning fork hums at four hundred and forty hertz."
+                                  for i in range(6)))
     result, sink = train(tiny_model, text, tmp_path / "out", task="pretrain", max_steps=15, learning_rate=0.02,
                          max_length=32, method_params={"rank": 8, "dropout": 0.0})
     losses = [e.loss for e in sink.of_kind("metrics")]

@@ -104,8 +104,8 @@ def test_a_chain_waits_for_training_and_ends_when_training_is_cancelled(member_c
     assert ended == {"status": "cancelled", "message": f"Not run: job #{job.pk}, the step before, cancelled"}
 
 
-def test_when_training_succeeds_the_next_step_gets_its_adapter_and_is_queued(member, team, dataset,
-                                                                           tiny_base_model, django_capture_on_commit_callbacks):
+def test_when_training_succeeds_the_next_step_gets_its_adapter_and_is_queued(
+        member, team, dataset, tiny_base_model, django_capture_on_commit_callbacks):
     from studio.jobs.services_steps import job_create_chain
 
     job = train(member, team, dataset, tiny_base_model)
