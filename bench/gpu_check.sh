@@ -6,6 +6,9 @@
 #   bash bench/gpu_check.sh tests OUT     # there: GPU-marked and loop tests, QLoRA and LoRA runs
 #   bash bench/gpu_check.sh bench OUT     # there: bench/train_speed.py on the GPU
 #   bash bench/gpu_check.sh all OUT       # there: bench, then tests (fits one 10-minute call)
+#   bash bench/gpu_check.sh multi OUT     # there, with 2+ GPUs: tokens/s on 1 device and on all of them
+#                                         # (bench/distributed_scaling.py: LoRA over DDP, goal >= 0.85x linear;
+#                                         # MULTI_MODEL=dir for a 1B model where one is at hand)
 #
 # Through the device tool: carry .gpu-kit, command
 #   bash bench/gpu_check.sh all $OUT      (timeout_s about 590; every step has its own time limit)
@@ -16,7 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 KIT=.gpu-kit
-mode=${1:?kit, tests, bench or all}
+mode=${1:?kit, tests, bench, all or multi}
 out=${2:-/tmp/gpu-check}
 
 if [ "$mode" = kit ]; then
@@ -58,6 +61,12 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
         --datasets mixed --out "$out/benchmarks-gpu-b32.md" 2> "$out/bench-b32.err" | tail -20
     timeout 130 python3 bench/train_speed.py --model $model --device cuda --steps 20 --rounds 1 --batch-size 4 \
         --arms ref,studio --out "$out/benchmarks-gpu-b4.md" 2> "$out/bench-b4.err" | tail -20
+fi
+
+if [ "$mode" = multi ]; then
+    timeout 500 python3 bench/distributed_scaling.py --device cuda --model "${MULTI_MODEL:-$model}" --steps 12 \
+        --per-device-batch 8 --max-length 512 > "$out/distributed-scaling.jsonl" 2> "$out/distributed-scaling.err"
+    tail -5 "$out/distributed-scaling.jsonl"
 fi
 
 if [ "$mode" = tests ] || [ "$mode" = all ]; then

@@ -270,6 +270,16 @@ BENCHES: tuple[Bench, ...] = (
         Row("Fair share, simulated cluster (Postgres)", "first come within a priority",
             "colleagues' mean wait ÷ heavy users' < 1", "<=", 0.99, fairness),
     )),
+    Bench("multi_adapter_serving", "bench/multi_adapter_serving.py",
+          ("--rounds", "3", "--adapters", "8", "--requests", "16", "--max-tokens", "16"), None, (
+        Row("Serving 8 LoRA adapters of one base, interleaved", "loading each adapter with its base in turn",
+            "≥ 1.0× requests/s, the same answers", ">=", 1.0,
+            key_figure("ratio_median", fmt="{:.2f}×", figure="multi_adapter_serving")),
+    ), quick_note="the bundled model, loaded 16 times a round by the reload arm"),
+    Bench("distributed_scaling", "bench/distributed_scaling.py", ("--device", "cuda"), None, (
+        Row("LoRA on N GPUs (DDP), tokens/s", "N × one GPU's tokens/s", "≥ 0.85× linear", ">=", 0.85,
+            key_figure("efficiency_median", fmt="{:.2f}× linear", figure="distributed_scaling")),
+    ), needs="gpu", quick_note="needs 2+ CUDA GPUs (bash bench/gpu_check.sh multi OUT)"),
     Bench("upload_memory", "bench/upload_memory.py", ("--gigabytes", "1.0"), ("--gigabytes", "0.005"), (
         Row("Upload of a 1 GB dataset: web process memory", "—", "≤ 300 MB", "<=", 300,
             key_figure("value", fmt="{:.0f} MB", figure="upload_peak_rss_mb")),
