@@ -23,11 +23,11 @@
   // penalty: a term the method adds to the loss it trains on (AdaLoRA), charted on its own
   const series = { train: [], smooth: [], eval: [], lr: [], grad_norm: [], tokens_per_s: [], memory_mib: [],
     penalty: [], rewards_chosen: [], rewards_rejected: [], reward_margin: [], reward_accuracy: [], kl: [],
-    reward_mean: [], completion_length: [] };
+    reward_mean: [], completion_length: [], reward_baseline: [] };
   // kl: KTO's estimate of the policy's KL divergence from the reference
   const STEP_METRICS = ["lr", "grad_norm", "tokens_per_s", "memory_mib", "penalty", "rewards_chosen",
                         "rewards_rejected", "reward_margin", "reward_accuracy", "kl", "reward_mean",
-                        "completion_length"];
+                        "completion_length", "reward_baseline"];
   const lossChart = lineChart(lossCanvas, { yTitle: "loss", datasets: [
     // order: lower is drawn on top
     { label: "train loss", data: series.train, borderColor: "rgba(37, 99, 235, 0.3)", borderWidth: 1, order: 2 },

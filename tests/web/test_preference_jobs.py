@@ -190,6 +190,14 @@ def test_grpo_with_no_code_rewards_from_the_form_and_the_api(member_client, api,
     # GRPO's own charts (they once sat inside the preference-only block and never showed); no pair charts
     assert 'id="reward-mean-chart"' in page and 'id="completion-length-chart"' in page
     assert 'id="rewards-chart"' not in page and 'id="kl-chart"' not in page  # no KL penalty asked for
+    assert 'id="reward-baseline-chart"' not in page  # GRPO's group mean is its baseline, not greedy answers
+    remax = member_client.post("/jobs/new/", {
+        "dataset": instructions.pk, "base_model": tiny_base_model.pk, "method": "lora", "task": "grpo",
+        "fields_for": "lora", "max_steps": 3, "policy_loss": "remax", "group_size": 1, "reward_exact_match": 1.0,
+        "method__rank": 4})
+    assert remax.status_code == 302, remax.content.decode()[:2000]
+    page = member_client.get(remax["Location"]).content.decode()
+    assert 'id="reward-baseline-chart"' in page and 'data-metric="reward_baseline"' in page
     refused = create(api, instructions, tiny_base_model, task="grpo", reward_exact_match=0)
     assert refused.status_code == 400 and refused.json()["error"]["field"] == "hyperparameters.reward_exact_match"
     unknown = create(api, instructions, tiny_base_model, task="grpo", reward_model_weight=1.0, reward_model="999")
