@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from tuning.methods.bottleneck import CONFIG_FILE as BOTTLENECK_CONFIG
+
 LOCAL_PATH = "path/to/this/folder"  # what the studio's cards say before the files have a home
 # Licences whose terms allow no derivative works to be shared (Creative Commons "NoDerivatives").
 NO_DERIVATIVES = re.compile(r"^cc-by(-nc)?-nd(-\d(\.\d)?)?$")
@@ -52,9 +54,10 @@ def facts_from_folder(folder: Path, *, base_model: str = "", license: str = "") 
     base model its adapter config or card names (when that is a hub id),
     the licence its card states."""
     meta, _ = split_front_matter((folder / "README.md").read_text()) if (folder / "README.md").is_file() else ({}, "")
-    adapter = (folder / "adapter_config.json").is_file()
-    named = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path", "") \
-        if adapter else ""
+    config = next((folder / name for name in ("adapter_config.json", BOTTLENECK_CONFIG) if (folder / name).is_file()),
+                  None)
+    adapter = config is not None
+    named = json.loads(config.read_text()).get("base_model_name_or_path", "") if adapter else ""
     base = base_model or next((ref for ref in (named, str(meta.get("base_model") or "")) if HUB_ID.match(ref)), "")
     return CardFacts(title=folder.name, kind="adapter" if adapter else "model",
                      format="gguf" if any(folder.glob("*.gguf")) else "safetensors", base_model=base,
@@ -84,7 +87,7 @@ def split_front_matter(text: str) -> tuple[dict, str]:
     return (meta if isinstance(meta, dict) else {}), text[match.end():]
 
 
-def _metadata(meta: dict, facts: CardFacts, gguf: bool) -> dict:
+def _metadata(meta: dict, facts: CardFacts, gguf: bool, bottleneck: bool) -> dict:
     meta = dict(meta)
     meta.pop("base_model", None)  # the studio's own cards may name a local path, which the Hub refuses
     if facts.base_model:
@@ -92,10 +95,13 @@ def _metadata(meta: dict, facts: CardFacts, gguf: bool) -> dict:
         meta["base_model_relation"] = facts.relation or ("adapter" if facts.kind == "adapter" else "finetune")
     if facts.license:
         meta["license"] = facts.license
-    meta["library_name"] = "gguf" if gguf else "peft" if facts.kind == "adapter" else "transformers"
+    # A bottleneck adapter (Houlsby, Pfeiffer, Compacter) loads with the studio's loader, not peft.
+    meta["library_name"] = ("gguf" if gguf else "tuning-studio" if bottleneck else "peft" if facts.kind == "adapter"
+                            else "transformers")
     meta["pipeline_tag"] = facts.pipeline_tag
     tags = [str(tag) for tag in meta.get("tags") or []]
-    extra = ["tuning-studio", *(["gguf", "llama.cpp"] if gguf else []), *(["lora"] if facts.kind == "adapter" else [])]
+    lora = facts.kind == "adapter" and not bottleneck
+    extra = ["tuning-studio", *(["gguf", "llama.cpp"] if gguf else []), *(["lora"] if lora else [])]
     meta["tags"] = tags + [tag for tag in extra if tag not in tags]
     return meta
 
@@ -147,5 +153,6 @@ def hub_card(readme: str, *, facts: CardFacts, repo_id: str, files: list[str]) -
         f"{' (a gated model: its conditions apply to whoever uses this)' if facts.gated else ''}.\n",
         _gguf_section(repo_id, files),
     ]
-    header = yaml.safe_dump(_metadata(meta, facts, gguf), sort_keys=False, allow_unicode=True)
+    header = yaml.safe_dump(_metadata(meta, facts, gguf, BOTTLENECK_CONFIG in files), sort_keys=False,
+                            allow_unicode=True)
     return f"---\n{header}---\n\n{body}\n" + "".join(sections)

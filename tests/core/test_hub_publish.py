@@ -214,3 +214,19 @@ def test_the_command_line_publishes_a_folder_with_the_token_from_the_environment
     assert result["commit"] == repo.sha and repo.private and repo.commits[-1]["summary"] == "From the shell"
     meta, _ = split_front_matter(repo.files["README.md"].decode())
     assert meta["base_model"] == "acme/tiny-llama" and meta["license"] == "apache-2.0"
+
+
+def test_a_bottleneck_adapters_card_names_the_studios_loader_not_peft(tmp_path):
+    """Houlsby/Pfeiffer/Compacter adapters carry no adapter_config.json: the folder still reads as an adapter
+    of the base its config names, and the Hub header says the studio loads it (no peft, no lora tag)."""
+    from tuning.hub_card import facts_from_folder
+
+    (tmp_path / "bottleneck_adapter.json").write_text(json.dumps({
+        "method": "bottleneck", "settings": {}, "base_model_name_or_path": "acme/tiny-llama"}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    facts = facts_from_folder(tmp_path)
+    assert (facts.kind, facts.base_model, facts.relation) == ("adapter", "acme/tiny-llama", "adapter")
+    meta, _ = split_front_matter(hub_card("", facts=facts, repo_id="alice/houlsby",
+                                          files=["adapter_model.safetensors", "bottleneck_adapter.json"]))
+    assert meta["library_name"] == "tuning-studio" and "lora" not in meta["tags"]
+    assert meta["base_model"] == "acme/tiny-llama" and meta["base_model_relation"] == "adapter"
