@@ -328,8 +328,8 @@ def _grpo_problems(data: dict) -> dict[str, str]:
 
 
 def _optimizer_problems(data: dict, method) -> dict[str, str]:
-    """GaLore settings without GaLore; GaLore with a method that trains adapters (already low rank: GaLore
-    projects the gradients of the model's own weight matrices)."""
+    """GaLore settings without GaLore; GaLore with a method that trains no weight matrix of the model (an
+    adapter, already low rank; biases; reflections): GaLore projects the gradients of those matrices."""
     defaults = {spec.name: spec.default for spec in field_specs(TrainConfig)}
     choice = OPTIMIZERS.get(data.get("optimizer") or "adamw")
     if choice is None:
@@ -338,11 +338,12 @@ def _optimizer_problems(data: dict, method) -> dict[str, str]:
         return {name: f"applies to the GaLore optimizers only (the optimizer is {choice.name})"
                 for name in GALORE_FIELDS
                 if data.get(name) not in (None, "") and _same(data[name], defaults[name]) is False}
-    if method is not None and method.produces != "model":
-        full = ", ".join(m.name for m in METHODS.values() if m.produces == "model")
+    if method is not None and not method.trains_weight_matrices:
+        full = ", ".join(m.name for m in METHODS.values() if m.trains_weight_matrices)
+        what = "an adapter (already low rank)" if method.produces == "adapter" else "no weight matrix in place"
         return {"optimizer": f"{choice.label} projects the gradients of the model's own weight matrices; "
-                             f"{method.label} trains an adapter (already low rank). Use it with a method that "
-                             f"trains the model's weights ({full}), or choose adamw"}
+                             f"{method.label} trains {what}. Use it with a method that "
+                             f"trains the model's weight matrices ({full}), or choose adamw"}
     try:
         devices = coerce(data.get("devices") or 1, int)
     except ValueError:

@@ -8,8 +8,9 @@ matrix's gradient: every ``galore_update_every`` steps the gradient's top
 sees Pᵀ·G (rank × n instead of m × n), and the update it computes is
 projected back and scaled by ``galore_scale``. The weights stay full rank
 and every one of them trains, so it suits the methods that train the
-model's own weights (``produces == "model"``), not adapters (already low
-rank). The 8-bit variant also stores the moments in 8 bits (bitsandbytes;
+model's own weight matrices in place (the methods flagged
+``trains_weight_matrices``), not adapters (already low rank), biases or
+reflections. The 8-bit variant also stores the moments in 8 bits (bitsandbytes;
 CUDA only).
 
 Which tensors are projected: the weight matrices of the linear layers,

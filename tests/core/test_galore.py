@@ -99,6 +99,11 @@ def test_galore_is_refused_with_an_adapter_method_and_its_settings_without_galor
         run_config(tiny_model, memorisable_jsonl, tmp_path, method="lora")
     assert "LoRA trains an adapter" in refused.value.errors["optimizer"]
     assert "full" in refused.value.errors["optimizer"]
+    for method in ("bitfit", "ether", "s2ft"):  # they train biases, reflections, column updates: nothing to project
+        with pytest.raises(ConfigError) as refused:
+            run_config(tiny_model, memorisable_jsonl, tmp_path, method=method)
+        assert "trains no weight matrix in place" in refused.value.errors["optimizer"], method
+    assert run_config(tiny_model, memorisable_jsonl, tmp_path, method="llrd").optimizer == "galore"
     with pytest.raises(ConfigError) as refused:
         run_config(tiny_model, memorisable_jsonl, tmp_path, optimizer="adamw")
     assert set(refused.value.errors) == {"galore_rank", "galore_update_every", "galore_scale"}

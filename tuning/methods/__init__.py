@@ -77,6 +77,7 @@ def register_method(module, **row) -> Method:
 
 
 register_method(full, name="full", label="Full fine-tuning", group="full", produces="model",
+                trains_weight_matrices=True,
                 description="Updates every weight of the model; the most capable and the most memory-hungry.",
                 paper="https://arxiv.org/abs/1801.06146", params=full.FullParams)
 register_method(lora, name="lora", label="LoRA", group="low-rank", folds_into_base=True,
@@ -158,10 +159,12 @@ register_method(bitfit, name="bitfit", label="BitFit", group="selective", produc
                 description="Trains only the bias terms (for models that have them).",
                 paper="https://arxiv.org/abs/2106.10199", params=bitfit.BitfitParams)
 register_method(top_k, name="top_k", label="Top-k layers", group="selective", produces="model",
+                trains_weight_matrices=True,
                 description="Trains only the top k transformer blocks (and the final norm and head); the rest stays "
                             "frozen.",
                 paper="https://arxiv.org/abs/1911.03090", params=top_k.TopKParams)
 register_method(hft, name="hft", label="Half fine-tuning", group="selective", produces="model",
+                trains_weight_matrices=True,
                 description="Freezes a seeded half of each block's modules to keep more of what the model knew.",
                 paper="https://arxiv.org/abs/2404.18466", params=hft.HftParams)
 register_method(s2ft, name="s2ft", label="S²FT", group="selective", produces="model",
@@ -169,6 +172,7 @@ register_method(s2ft, name="s2ft", label="S²FT", group="selective", produces="m
                             "projections in place; everything else frozen.",
                 paper="https://arxiv.org/abs/2412.06289", params=s2ft.S2ftParams)
 register_method(llrd, name="llrd", label="Layer-wise LR decay", group="selective", produces="model",
+                trains_weight_matrices=True,
                 description="Full fine-tuning whose learning rate shrinks layer by layer towards the embeddings.",
                 paper="https://arxiv.org/abs/2006.05987", params=llrd.LlrdParams)
 

@@ -65,6 +65,9 @@ class Method:
     predicts_each_token: bool = True
     folds_into_base: bool = False  # its adapter can be merged into the base weights (the "fold" step)
     four_bit_base: bool = False  # the frozen base is loaded in 4 bits (memory estimate, load_kwargs)
+    # It trains the model's own linear weight matrices in place, whose gradients GaLore projects (full
+    # fine-tuning, some layers of it); not adapters, biases (BitFit), reflections (ETHER) or column updates (S²FT).
+    trains_weight_matrices: bool = False
     # The frozen linear weights are only ever read inside a matmul, so under
     # bf16 autocast they may be stored in bf16 once (see tuning.train_model).
     frozen_base_in_bf16: bool = False
@@ -90,7 +93,7 @@ class Method:
     presets: dict[str, dict] = field(default_factory=dict)
 
 CAPABILITIES = ("needs_cuda", "packs_rows", "predicts_each_token", "folds_into_base", "four_bit_base",
-                "frozen_base_in_bf16", "gradient_checkpointing", "resumable")
+                "frozen_base_in_bf16", "gradient_checkpointing", "resumable", "trains_weight_matrices")
 HOOKS = ("prepare", "param_groups", "check", "load_kwargs", "on_step", "export", "penalty", "training_state",
          "restore_training_state")
 
