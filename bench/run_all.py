@@ -45,9 +45,13 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.sections import markers, write_section  # noqa: E402  (after the path: run as a script)
+
 RESULTS = REPO / "bench" / "results.json"
 BENCHMARKS = REPO / "BENCHMARKS.md"
-BEGIN, END = "<!-- run_all: begin -->", "<!-- run_all: end -->"
+BEGIN, END = markers("run_all")
 MERGEKIT_PYTHON = os.environ.get("MERGEKIT_PYTHON", "/tmp/mk/bin/python")
 
 
@@ -426,12 +430,7 @@ def table(results: dict, info: dict) -> str:
 
 
 def write_summary(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = section + "\n\n" + text
-    path.write_text(text)
+    write_section(path, "run_all", section.removeprefix(BEGIN).removesuffix(END))
 
 
 def main(argv: list[str] | None = None) -> int:

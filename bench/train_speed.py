@@ -67,6 +67,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.sections import write_section  # noqa: E402  (after the path: run as a script)
+
 SAMPLE = REPO / "samples" / "instructions-sample.jsonl"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.05}
@@ -494,8 +496,8 @@ def main() -> None:
           "ratio": round(adamw["foreach"] / adamw["fused"], 2)}, lines)
     emit({"figure": "peak_matmul_gflops", "dtype": "bf16", "threads": args.threads,
           "best": round(max(peaks) / 1e9, 1), "all": [round(p / 1e9, 1) for p in peaks], **info}, lines)
-    if args.out:
-        Path(args.out).write_text(markdown(lines, info, args))
+    if args.out:  # its own section of the file: BENCHMARKS.md's other sections stay
+        write_section(Path(args.out), "train_speed", markdown(lines, info, args))
 
 
 if __name__ == "__main__":
