@@ -3,11 +3,12 @@ running pickled code, as every other checkpoint file here is read
 (``torch.load(weights_only=True)``, safetensors).
 
 DCP's own ``FileSystemReader`` unpickles the ``.metadata`` index with
-``pickle.load`` and its default planner reads each non-tensor value (the
-optimizer's learning rates, betas …) with ``torch.load(weights_only=False)``:
-a tampered checkpoint directory could run code in the worker. Here the
-index is unpickled with only DCP's own metadata classes (and torch's
-dtypes and sizes) allowed, and the values with ``weights_only=True``.
+plain ``pickle.load``, and its default planner reads each non-tensor value
+(the optimizer's learning rates, betas …) with torch's unrestricted
+unpickler: a tampered checkpoint directory could run code in the worker.
+Here the index is unpickled with only DCP's own metadata classes (and
+torch's dtypes and sizes) allowed, and the values with
+``weights_only=True``. Nothing in this module unpickles anything else.
 """
 
 from __future__ import annotations
