@@ -188,7 +188,8 @@ BENCHES: tuple[Bench, ...] = (
         Row("LoRA training, mixed lengths (CPU)", "HF Trainer + peft, dynamic padding",
             "≥ 2.5× tokens/s at lower peak memory", ">=", 2.5, training_ratio("mixed"), in_quick=False),
     )),
-    Bench("preference_speed", "bench/preference_speed.py", ("--rounds", "3", "--steps", "8", "--batch-size", "4"),
+    Bench("preference_speed", "bench/preference_speed.py", ("--rounds", "3", "--steps", "6", "--batch-size", "2",
+                                                              "--max-length", "256", "--arms", "trl,studio"),
           ("--model", "tiny", "--steps", "2", "--rounds", "1", "--batch-size", "2", "--max-length", "128",
            "--arms", "trl,studio"), (
         Row("DPO (LoRA, CPU)", "TRL DPOTrainer", "≥ 1.3× tokens/s at no more memory", ">=", 1.3,
@@ -223,7 +224,7 @@ BENCHES: tuple[Bench, ...] = (
         Row("Dataset analysis (token counts), 100k rows", "datasets.map, fast tokenizer, batched",
             "≥ 1.0× rows/s, memory bounded", ">=", 1.0, dataset_ratio),
     )),
-    Bench("harness_speed", "bench/harness_speed.py", ("--rows", "500", "--rounds", "3"), None, (
+    Bench("harness_speed", "bench/harness_speed.py", ("--rows", "500", "--rounds", "2"), None, (
         Row("lm-evaluation-harness through the studio", "lm_eval run, same task", "≤ 1.1× wall time", "<=", 1.1,
             key_figure("ratio", fmt="{:.2f}×", figure="harness_studio_over_lm_eval_wall")),
     ), quick_note="each arm loads lm_eval and a model in a fresh process: minutes even for 10 rows"),
