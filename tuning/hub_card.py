@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tuning.methods.bottleneck import CONFIG_FILE as BOTTLENECK_CONFIG
+from tuning.methods import STUDIO_LOADED_FILES
 
 LOCAL_PATH = "path/to/this/folder"  # what the studio's cards say before the files have a home
 # Licences whose terms allow no derivative works to be shared (Creative Commons "NoDerivatives").
@@ -54,8 +54,8 @@ def facts_from_folder(folder: Path, *, base_model: str = "", license: str = "") 
     base model its adapter config or card names (when that is a hub id),
     the licence its card states."""
     meta, _ = split_front_matter((folder / "README.md").read_text()) if (folder / "README.md").is_file() else ({}, "")
-    config = next((folder / name for name in ("adapter_config.json", BOTTLENECK_CONFIG) if (folder / name).is_file()),
-                  None)
+    config = next((folder / name for name in ("adapter_config.json", *STUDIO_LOADED_FILES)
+                   if (folder / name).is_file()), None)
     adapter = config is not None
     named = json.loads(config.read_text()).get("base_model_name_or_path", "") if adapter else ""
     base = base_model or next((ref for ref in (named, str(meta.get("base_model") or "")) if HUB_ID.match(ref)), "")
@@ -95,7 +95,7 @@ def _metadata(meta: dict, facts: CardFacts, gguf: bool, bottleneck: bool) -> dic
         meta["base_model_relation"] = facts.relation or ("adapter" if facts.kind == "adapter" else "finetune")
     if facts.license:
         meta["license"] = facts.license
-    # A bottleneck adapter (Houlsby, Pfeiffer, Compacter) loads with the studio's loader, not peft.
+    # A bottleneck adapter or a side network loads with the studio's loader, not peft.
     meta["library_name"] = ("gguf" if gguf else "tuning-studio" if bottleneck else "peft" if facts.kind == "adapter"
                             else "transformers")
     meta["pipeline_tag"] = facts.pipeline_tag
@@ -153,6 +153,7 @@ def hub_card(readme: str, *, facts: CardFacts, repo_id: str, files: list[str]) -
         f"{' (a gated model: its conditions apply to whoever uses this)' if facts.gated else ''}.\n",
         _gguf_section(repo_id, files),
     ]
-    header = yaml.safe_dump(_metadata(meta, facts, gguf, BOTTLENECK_CONFIG in files), sort_keys=False,
+    studio_loaded = bool(set(STUDIO_LOADED_FILES) & set(files))
+    header = yaml.safe_dump(_metadata(meta, facts, gguf, studio_loaded), sort_keys=False,
                             allow_unicode=True)
     return f"---\n{header}---\n\n{body}\n" + "".join(sections)

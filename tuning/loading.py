@@ -1,9 +1,10 @@
 """Loading any artifact the studio makes, the way a user would with the
 stock libraries: an adapter on its base (peft), a full model directory
 (transformers; a torchao-quantized one carries its quantization config), or
-a GGUF file (transformers dequantizes it on load). Bottleneck adapters,
-which no stock library loads, are put back on their base by their method
-(``tuning.methods.bottleneck.attach_saved``)."""
+a GGUF file (transformers dequantizes it on load). Bottleneck adapters
+and Ladder Side-Tuning's side networks, which no stock library loads, are
+put back on their base by their method (``attach_saved`` in
+``tuning.methods.bottleneck`` and ``tuning.methods.ladder``)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ from pathlib import Path
 
 from tuning.errors import ModelError
 from tuning.methods.bottleneck import CONFIG_FILE as BOTTLENECK_CONFIG
+from tuning.methods.ladder import CONFIG_FILE as LADDER_CONFIG
 from tuning.models import load_causal_lm, load_model_for_task, load_tokenizer
 
 
 def artifact_layout(path: str | Path) -> str:
-    """"adapter", "bottleneck", "gguf" or "model": what kind of directory ``path`` is."""
+    """"adapter", "bottleneck", "ladder", "gguf" or "model": what kind of directory ``path`` is."""
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"artifact directory not found: {path}")
     if (path / BOTTLENECK_CONFIG).exists():
         return "bottleneck"
+    if (path / LADDER_CONFIG).exists():
+        return "ladder"
     if (path / "adapter_config.json").exists():
         return "adapter"
     if next(path.glob("*.gguf"), None) is not None:
@@ -70,6 +74,10 @@ def load_artifact(path: str | Path, *, base_model: str = "", task: str = "sft", 
         from tuning.methods.bottleneck import attach_saved
 
         return attach_saved(base, path).eval(), tokenizer
+    if layout == "ladder":  # a side network beside the base: its method puts it back
+        from tuning.methods import ladder
+
+        return ladder.attach_saved(base, path).eval(), tokenizer
     return PeftModel.from_pretrained(base, str(path)).eval(), tokenizer
 
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from tuning.config import TrainConfig
-from tuning.methods.bottleneck import CONFIG_FILE as BOTTLENECK_CONFIG
+from tuning.methods import STUDIO_LOADED_FILES
 from tuning.preference import PREFERENCE_LOSSES
 
 AUTO_CLASS = {"classify": "AutoModelForSequenceClassification", "reward": "AutoModelForSequenceClassification"}
@@ -78,9 +78,9 @@ def write_model_card(directory: str | Path, *, config: TrainConfig, method, fina
     kind = "adapter" if method.produces == "adapter" else "model"
     snippet = _load_snippet(kind, *base_model_refs(config), AUTO_CLASS.get(config.task, "AutoModelForCausalLM"))
     library = "peft" if kind == "adapter" else "transformers"
-    if (Path(directory) / BOTTLENECK_CONFIG).exists():  # no stock library loads it: the studio's loader does
+    if any((Path(directory) / name).exists() for name in STUDIO_LOADED_FILES):  # no stock library loads it: ours does
         library = "tuning-studio"
-        snippet = (f"from tuning.loading import load_artifact  # Tuning Studio's loader (a bottleneck adapter)\n\n"
+        snippet = (f"from tuning.loading import load_artifact  # Tuning Studio's loader ({method.label})\n\n"
                    f'model, tokenizer = load_artifact("path/to/this/folder", base_model="{base}", '
                    f'task="{config.task}")')
     text = f"""---

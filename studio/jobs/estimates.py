@@ -22,7 +22,7 @@ from studio.jobs.selectors_queue import pool_memory_bytes, pool_tokens_per_s
 from studio.workers.selectors import pool_capacity
 from tuning.config import TrainConfig, config_to_dict
 from tuning.errors import ModelError
-from tuning.fields import field_specs
+from tuning.fields import config_from_dict, field_specs
 from tuning.methods import METHODS, Method
 from tuning.methods.estimate import estimate_key, shape_config
 from tuning.methods.memory import changes_that_fit, estimate_training_memory
@@ -79,12 +79,12 @@ def train_estimate(*, base_model, method: Method, task: str, method_params: dict
     trainable, total = counted["trainable"], counted["total"]
     values = {spec.name: spec.default for spec in field_specs(TrainConfig)} | run_values
     preflight = _preflight(base_model=base_model, method=method, task=task, values=values, dataset=dataset,
-                           gpu_pools=list(gpu_pools), trainable=trainable, total=total)
+                           gpu_pools=list(gpu_pools), trainable=trainable, total=total, method_params=method_params)
     return TrainEstimate(trainable=trainable, total=total, preflight=preflight)
 
 
 def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, gpu_pools: list,
-               trainable: int, total: int) -> dict:
+               trainable: int, total: int, method_params: dict) -> dict:
     """Memory needed against the pool's device memory, and the time at the
     pool's recent speed; with the changes that would make it fit."""
     pool = train_pool(method, gpu_pools)
@@ -104,6 +104,8 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
     shape["optimizer_bytes"] = optimizer_state_bytes(config, trainable=trainable, optimizer=values["optimizer"],
                                                      galore_rank=values["galore_rank"])
     saved = trainable * 8 - shape["optimizer_bytes"]
+    if method.side_network_shape:  # a backbone without gradients keeps none of its activations for backward
+        shape["side_network"] = method.side_network_shape(config_from_dict(method.params, method_params), config)
     need = estimate_training_memory(config, trainable=trainable, total=total, task=task,
                                     four_bit_base=method.four_bit_base, **shape)
     available = pool_memory_bytes(pool)
@@ -111,6 +113,10 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
               "parts": {k: v / 2**30 for k, v in need.to_dict().items() if k != "total"},
               "pool": pool, "available_gib": available / 2**30 if available else None, "fits": True,
               "optimizer_saved_mib": saved / 2**20 if saved > 0 else None}
+    if shape.get("side_network"):  # what backpropagating through the model would have kept
+        through = estimate_training_memory(config, trainable=trainable, total=total, task=task,
+                                           **{**shape, "side_network": None})
+        result["activations_saved_mib"] = max(through.activations - need.activations, 0) / 2**20
     if available and need.total > available:
         result["fits"] = False
         result["changes"] = changes_that_fit(config, available=available, trainable=trainable, total=total,

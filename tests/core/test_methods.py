@@ -20,7 +20,7 @@ from tuning.data import sft
 from tuning.data.readers import read_examples
 from tuning.errors import ConfigError
 from tuning.fields import config_from_dict
-from tuning.methods import CAPABILITIES, GROUPS, METHODS, TASKS, MethodContext, bottleneck, qlora
+from tuning.methods import CAPABILITIES, GROUPS, METHODS, TASKS, MethodContext, bottleneck, ladder, qlora
 from tuning.methods.common import count_parameters
 from tuning.methods.estimate import estimate_trainable_parameters
 from tuning.models import load_tokenizer
@@ -66,6 +66,7 @@ ROWS = {
     "hft": ("hft", {}, 2e-3),
     "llrd": ("llrd", {"decay": 0.8}, 2e-3),
     "s2ft": ("s2ft", {"heads": 1, "channels": 8}, 1e-2),
+    "ladder": ("ladder", {"reduction_factor": 4}, 1e-2),
 }
 CPU_METHODS = sorted(name for name, method in METHODS.items() if not method.needs_cuda)
 
@@ -149,6 +150,8 @@ def test_method_trains_reloads_in_stock_libraries_and_matches_its_estimate(row, 
         trained = model.eval()(**inputs).logits
         if (tmp_path / bottleneck.CONFIG_FILE).exists():  # no stock library loads these: their method does
             stock = bottleneck.attach_saved(load(base), tmp_path).eval()
+        elif (tmp_path / ladder.CONFIG_FILE).exists():
+            stock = ladder.attach_saved(load(base), tmp_path).eval()
         elif method.produces == "adapter":
             from peft import PeftModel
 
@@ -237,6 +240,7 @@ def test_qlora_names_bitsandbytes_where_a_gpu_lacks_it(tiny_model, monkeypatch):
     ("s2ft", {"channels": 65}, "channels", "only 64"),
     ("s2ft", {"heads": 0, "channels": 0}, "heads", "at least one"),
     ("s2ft", {"ffn_output": "fc2"}, "ffn_output", "fc2"),
+    ("ladder", {"reduction_factor": 64}, "reduction_factor", "leaves no side width"),
     ("fourierft", {"n_frequency": 600}, "n_frequency", "does not fit"),
     ("bitfit", {}, "method", "has none"),
     ("top_k", {"layers": 3}, "layers", "only 2"),
@@ -327,7 +331,8 @@ def test_methods_json_lists_the_catalogue_with_its_settings():
         for spec in row["params"]:
             assert {"name", "type", "default", "help", "min", "max", "choices"} <= set(spec) and spec["help"]
     assert {row["name"] for row in rows if row["needs_cuda"]} == {"qlora"}
-    assert {row["name"] for row in rows if not row["packs_rows"]} == {"prompt_tuning", "prefix_tuning", "p_tuning"}
+    assert {row["name"] for row in rows if not row["packs_rows"]} == {"prompt_tuning", "prefix_tuning", "p_tuning",
+                                                                      "ladder"}
     assert not any(row["folds_into_base"] for row in rows if row["produces"] == "model")
     lora = next(row for row in rows if row["name"] == "lora")
     assert {"pissa", "olora", "corda", "eva"} <= set(next(s for s in lora["params"] if s["name"] == "init")["choices"])

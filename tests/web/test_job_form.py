@@ -2,6 +2,7 @@
 the trainable-parameter estimate and GPU-only methods."""
 
 import dataclasses
+import re
 from html import escape
 from html.parser import HTMLParser
 
@@ -262,6 +263,19 @@ def test_a_run_no_worker_of_its_pool_can_hold_is_refused_with_what_would_fit(mem
     page = refused.content.decode()
     assert "more than the 4 GiB of the largest worker of pool default; try: batch size 16" in page
     assert member_client.post("/jobs/new/", {**big, "batch_size": 16}).status_code == 302
+
+
+def test_ladder_side_tunings_estimate_keeps_fewer_activations_than_loras(member_client, tiny_base_model):
+    # The side network's backbone runs without gradients: the estimate keeps none of its layers' activations.
+    query = {"base_model": tiny_base_model.pk, "task": "sft", "batch_size": "8", "max_length": "2048"}
+    side = estimate(member_client, {**query, "method": "ladder"})
+    lora = member_client.get(ESTIMATE, {**query, "method": "lora"}).content.decode()  # counted with the defaults
+
+    def activations(page) -> float:
+        return float(re.search(r"activations ([\d.]+) GiB", page).group(1))
+
+    assert activations(side) < 0.9 * activations(lora)
+    assert "no backprop through the model saves ≈" in side and "no backprop" not in lora
 
 
 def test_the_estimate_of_a_cuda_method_is_for_the_gpu_pool(member_client, tiny_base_model, gpu_pool, settings):

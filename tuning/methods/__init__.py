@@ -31,6 +31,10 @@ the plain model with some parameters frozen). Optional hooks:
   allocator). ``tensors`` go to a safetensors file, ``info`` (plain data)
   to its metadata; restoring puts back the trainable weights too, since a
   method with such state may save its weights in a cut-down form.
+- ``side_network_shape(params, model_config)`` → ``(width, heads)``: a
+  method that trains a side network beside a backbone running without
+  gradients (Ladder Side-Tuning) tells the memory estimate its shape; the
+  estimate then counts no backbone activations.
 
 ``produces`` says what the run saves: "adapter" (peft ``save_pretrained``,
 reloaded with ``PeftModel.from_pretrained``) or "model" (a full
@@ -53,11 +57,14 @@ from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia
                             oft, p_tuning, prefix_tuning, prompt_tuning, qlora, randlora, road, top_k, vblora,
                             vera)
 from tuning.methods import bottleneck, ether, s2ft  # second wave (issue 22)
+from tuning.methods import ladder
 from tuning.methods.base import CAPABILITIES, GROUPS, NOT_PREFERENCE, TASKS, Method, MethodContext, method_row
 
 __all__ = ["CAPABILITIES", "GROUPS", "METHODS", "TASKS", "Method", "MethodContext", "describe", "register_method"]
 
 METHODS: dict[str, Method] = {}
+# What marks an output that no stock library loads, only ``tuning.loading.load_artifact``.
+STUDIO_LOADED_FILES = (bottleneck.CONFIG_FILE, ladder.CONFIG_FILE)
 
 
 def register_method(module, **row) -> Method:
@@ -133,6 +140,11 @@ register_method(bottleneck, name="bottleneck", label="Bottleneck adapters", grou
                 description="Houlsby, Pfeiffer or Compacter adapters: small down-up networks after the attention "
                             "and/or FFN outputs. Nonlinear, so they never fold into the base.",
                 paper="https://arxiv.org/abs/1902.00751", params=bottleneck.BottleneckParams)
+register_method(ladder, name="ladder", label="Ladder Side-Tuning", group="side", packs_rows=False,
+                gradient_checkpointing=False,
+                description="A small side network fed by the frozen model's hidden states through gated ladder "
+                            "connections; no gradient flows through the model, so none of its activations is kept.",
+                paper="https://arxiv.org/abs/2206.06522", params=ladder.LadderParams)
 register_method(ia3, name="ia3", label="IA3", group="scaling", folds_into_base=True,
                 description="Learns vectors that rescale keys, values and feed-forward activations.",
                 paper="https://arxiv.org/abs/2205.05638", params=ia3.Ia3Params)

@@ -15,6 +15,7 @@ GROUPS = {
     "orthogonal": "Orthogonal and rotation adapters",
     "scaling": "Scaling and vector adapters",
     "bottleneck": "Bottleneck adapters",
+    "side": "Side networks",
     "prompts": "Prompt and prefix tuning",
     "selective": "Selective fine-tuning",
 }
@@ -88,6 +89,9 @@ class Method:
     penalty: Callable[[Any], Any] | None = None
     training_state: Callable[[Any], tuple[dict, dict]] | None = None
     restore_training_state: Callable[[Any, dict, dict], None] | None = None
+    # (width, heads) of a side network trained beside a backbone that runs without gradients (Ladder
+    # Side-Tuning) from (params, model config): the memory estimate keeps no backbone activations then.
+    side_network_shape: Callable[[Any, Any], tuple[int, int]] | None = None
     # Named settings that work on the bundled model: {"quick": {...}, ...};
     # keys are TrainConfig fields, or "method_params" with a dict.
     presets: dict[str, dict] = field(default_factory=dict)
@@ -95,7 +99,7 @@ class Method:
 CAPABILITIES = ("needs_cuda", "packs_rows", "predicts_each_token", "folds_into_base", "four_bit_base",
                 "frozen_base_in_bf16", "gradient_checkpointing", "resumable", "trains_weight_matrices")
 HOOKS = ("prepare", "param_groups", "check", "load_kwargs", "on_step", "export", "penalty", "training_state",
-         "restore_training_state")
+         "restore_training_state", "side_network_shape")
 
 
 def method_row(module, **row) -> Method:

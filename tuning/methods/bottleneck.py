@@ -26,18 +26,16 @@ settings), which ``tuning.loading.load_artifact`` puts back on the base.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from tuning.errors import ConfigError, ModelError
-from tuning.fields import config_from_dict, config_to_dict, setting
+from tuning.errors import ConfigError
+from tuning.fields import config_to_dict, setting
 from tuning.methods.blocks import transformer_blocks
 from tuning.methods.common import presets
+from tuning.methods.saved_tensors import attach_trained, export_trained
 from tuning.methods.wrapped import block_linears, swap_in, train_wrappers, wrapped_problems
 
 CONFIG_FILE = "bottleneck_adapter.json"  # what marks an output directory as a bottleneck adapter
-WEIGHTS_FILE = "adapter_model.safetensors"
 VARIANTS = ("houlsby", "pfeiffer", "compacter")
 ACTIVATIONS = ("relu", "gelu", "silu")
 
@@ -167,31 +165,15 @@ def prepare(model, params: BottleneckParams, context=None):
 
 
 def export(model, directory) -> None:
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    save_file(tensors, directory / WEIGHTS_FILE)
-    (directory / CONFIG_FILE).write_text(json.dumps({
-        "method": "bottleneck", "settings": model.bottleneck_settings,
-        "base_model_name_or_path": getattr(model.config, "name_or_path", "")}, indent=2))
+    export_trained(model, directory, config_file=CONFIG_FILE, method="bottleneck",
+                   settings=model.bottleneck_settings)
 
 
 def attach_saved(model, directory):
     """Put the bottleneck adapter saved in ``directory`` on ``model`` (the
     base it was trained on, loaded for the same task)."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    saved = json.loads((directory / CONFIG_FILE).read_text())
-    params = config_from_dict(BottleneckParams, saved["settings"])
-    prepare(model, params)
-    tensors = load_file(directory / WEIGHTS_FILE)
-    unexpected = model.load_state_dict(tensors, strict=False).unexpected_keys
-    if unexpected:
-        raise ModelError(f"{directory.name} does not fit this base model: it holds {', '.join(unexpected[:3])}")
-    return model.requires_grad_(False)
+    return attach_trained(model, directory, config_file=CONFIG_FILE, prepare=prepare,
+                          params_class=BottleneckParams)
 
 
 def check(params: BottleneckParams, model_config, task: str) -> dict[str, str]:

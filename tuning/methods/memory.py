@@ -13,7 +13,11 @@ Parts, in bytes:
   s·b·h·(34 + 5·a·s/h) bytes, doubled in fp32; with gradient checkpointing
   only each layer's input (2·s·b·h) is kept, plus one layer recomputed; plus
   the logits and their fp32 loss copy, b·s·V·(2 + 4) bytes (large for big
-  vocabularies), or, where the head and the loss are fused
+  vocabularies); for a side network beside a backbone that runs without
+  gradients (Ladder Side-Tuning, ``side_network`` = its width and heads),
+  no backbone layer's activations, only the L + 1 hidden states the ladder
+  reads (2·s·b·h each), one backbone layer's working set at a time, and the
+  same formula for the side network's layers at their width; or, where the head and the loss are fused
   (``tuning.loss``), one chunk of those and the hidden states' gradient;
 - preference pairs: a row is two sequences (chosen and rejected) with
   their full logits, and a full fine-tune scored against a live reference
@@ -69,13 +73,19 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
                              precision: str = "bf16", gradient_checkpointing: bool = False,
                              four_bit_base: bool = False, task: str = "sft",
                              fused_loss: bool = False, reference_copy: bool = False, devices: int = 1,
-                             sharded: bool = False, optimizer_bytes: int | None = None) -> MemoryEstimate:
+                             sharded: bool = False, optimizer_bytes: int | None = None,
+                             side_network: tuple[int, int] | None = None) -> MemoryEstimate:
     hidden, layers, heads, vocab = model_dims(model_config)
     rows = -(-batch_size // devices)  # this device's share of the batch
     s, b = max_length, rows * (2 if task in ("preference", "reward") else 1)  # two replies a pair
     fused_loss = fused_loss and task != "preference"  # pairs need every labelled token's log-probability
     bytes_per_activation_unit = 1 if precision in ("bf16", "fp16", "auto") else 2  # the formula is in 16-bit units
-    if gradient_checkpointing:
+    if side_network:
+        width, side_heads = side_network
+        one_layer = s * b * hidden * (34 + 5 * heads * s / hidden)  # freed as soon as the next layer runs
+        side = layers * s * b * width * (34 + 5 * side_heads * s / width)
+        activations = ((layers + 1) * 2 * s * b * hidden + one_layer + side) * bytes_per_activation_unit
+    elif gradient_checkpointing:
         per_layer = 2 * s * b * hidden
         recomputed = s * b * hidden * (34 + 5 * heads * s / hidden)
         activations = (layers * per_layer + recomputed) * bytes_per_activation_unit
@@ -102,7 +112,8 @@ def estimate_training_memory(model_config, *, trainable: int, total: int, batch_
 def changes_that_fit(model_config, *, available: int, trainable: int, total: int, batch_size: int,
                      max_length: int, precision: str, gradient_checkpointing: bool, gpu: bool,
                      task: str = "sft", fused_loss: bool = False, reference_copy: bool = False, devices: int = 1,
-                     sharded: bool = False, optimizer_bytes: int | None = None) -> list[str]:
+                     sharded: bool = False, optimizer_bytes: int | None = None,
+                     side_network: tuple[int, int] | None = None) -> list[str]:
     """Changes (each alone, then together) that bring the estimate under ``available`` bytes."""
     def fits(**change) -> bool:
         settings = {"batch_size": batch_size, "max_length": max_length, "precision": precision,
@@ -110,7 +121,7 @@ def changes_that_fit(model_config, *, available: int, trainable: int, total: int
         return estimate_training_memory(model_config, trainable=trainable, total=total, task=task,
                                         fused_loss=fused_loss, reference_copy=reference_copy, devices=devices,
                                         sharded=sharded, optimizer_bytes=optimizer_bytes,
-                                        **settings).total <= available
+                                        side_network=side_network, **settings).total <= available
 
     options = []
     smaller = batch_size // 2
