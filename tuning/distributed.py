@@ -15,7 +15,9 @@ rank died, torchrun restarts the whole group and the new ranks resume from
 the last checkpoint; rank 0 first writes ``{"resumed_after_step": N}`` so
 the reader can drop what the lost attempt reported after step N, and at
 the end ``{"ended": STATUS, "steps", "final_loss"}`` (or ``{"failed":
-MESSAGE}`` for an error the user can fix).
+MESSAGE}`` for an error the user can fix). A group over several machines
+is launched without restarts instead: the whole job goes back to the
+studio's queue when one of them is lost (worker/gang_runs.py).
 """
 
 from __future__ import annotations

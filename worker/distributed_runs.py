@@ -7,11 +7,17 @@ into the stop file the ranks look for after every step, and, when torchrun
 restarted the group after a rank died, supersedes what the lost attempt
 reported after the checkpoint the group resumed from, so each step shows
 once. The ranks never touch the database.
+
+A job on several workers (``gang``, worker/gang_runs.py) is not restarted
+in place: its group stops as soon as a rank or a whole worker is lost, and
+``GroupLost`` tells the runner to put the job back in the queue, to resume
+from its last checkpoint on the next claim.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import time
 from dataclasses import dataclass
@@ -24,9 +30,15 @@ from tuning.distributed import die_with_parent, launch_command
 from tuning.errors import TuningError
 from tuning.events import event_from_dict
 
+logger = logging.getLogger(__name__)
 POLL_S = 0.2  # how often the events file is read
 STOP_POLL_S = 1.0  # how often the job's cancel flag is read from the database
 LOG_TAIL_CHARS = 2000  # of the ranks' output, in the job's failure message
+
+
+class GroupLost(Exception):
+    """The ranks of a job on several workers stopped because one of them, or a whole worker, was lost: the job
+    goes back to the queue (``services.job_requeue_lost_group``) rather than failing."""
 
 
 @dataclass
@@ -53,9 +65,11 @@ class EventsFile:
         return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
-def train_on_ranks(job: Job, sink, config: TrainConfig, *, launch=None) -> RanksResult:
-    """``launch(config_file, events, stop_file)`` gives the torchrun command; by default the one that runs
-    every rank on this machine (a job on several workers passes its rendezvous command, worker/gang_runs.py)."""
+def train_on_ranks(job: Job, sink, config: TrainConfig, *, gang=None) -> RanksResult:
+    """Every rank on this machine, or with ``gang`` (a job on several workers, ``gang_runs.HeadLaunch``) this
+    worker's share of a group joined through its rendezvous: ``gang.command(config_file, events, stop_file)``
+    is this worker's torchrun command, ``gang.lost_follower()`` names a follower whose worker stopped
+    reporting ("" while all do). Raises GroupLost when such a group stops without its ranks' outcome."""
     run_dir = Path(config.output_dir) / "ranks"
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file, events, stop_file, log = (run_dir / name for name in
@@ -64,13 +78,13 @@ def train_on_ranks(job: Job, sink, config: TrainConfig, *, launch=None) -> Ranks
         stale.unlink(missing_ok=True)
     config_file.write_text(json.dumps(config_to_dict(config)))
     with open(log, "ab") as output:
-        command = (launch(config_file, events, stop_file) if launch else
+        command = (gang.command(config_file, events, stop_file) if gang else
                    launch_command(devices=config.devices, config_file=config_file, events=events, stop_file=stop_file))
         proc = subprocess.Popen(command,
                                 stdout=output, stderr=subprocess.STDOUT,
                                 # torchrun dies with this worker: a job taken back is never trained twice
                                 preexec_fn=die_with_parent)
-    reader, outcome, last_stop_check = EventsFile(events), {}, 0.0
+    reader, outcome, last_stop_check, lost = EventsFile(events), {}, 0.0, ""
     try:
         while True:
             done = proc.poll() is not None
@@ -87,14 +101,25 @@ def train_on_ranks(job: Job, sink, config: TrainConfig, *, launch=None) -> Ranks
                 last_stop_check = time.monotonic()
                 if not stop_file.exists() and sink.should_stop():
                     stop_file.touch()
+                # A follower cut off without closing its connections (a machine hung or unplugged) would leave
+                # this group's collectives waiting; its worker's heartbeat tells.
+                lost = gang.lost_follower() if gang else ""
+                if lost:
+                    break
             time.sleep(POLL_S)
     finally:
-        if proc.poll() is None:  # this worker is stopping (an exception here): the ranks stop with it
+        if proc.poll() is None:  # a follower was lost, or this worker is stopping: the ranks stop with it
             proc.kill()
             proc.wait()
     if "failed" in outcome:
         raise TuningError(outcome["failed"])
-    if proc.returncode != 0 or "ended" not in outcome:
+    if gang and "ended" not in outcome:
+        logger.warning("job %s: its group on %d workers stopped; the ranks' output ends:\n%s", job.pk, gang.workers,
+                       log.read_text(errors="replace")[-LOG_TAIL_CHARS:])
+        raise GroupLost(f"Worker {lost} stopped reporting" if lost else
+                        f"A process of the group on {gang.workers} workers stopped (torchrun exit {proc.returncode})")
+    # On several workers rank 0's end mark is enough: the output is written, whatever a peer did as it closed.
+    if "ended" not in outcome or (proc.returncode != 0 and not gang):
         tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
         raise RuntimeError(f"the {config.devices} training processes failed (torchrun exit {proc.returncode}): "
                            f"{tail}")

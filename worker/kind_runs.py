@@ -17,7 +17,7 @@ def run_train(job: Job, sink) -> tuple[str, str]:
         from worker.distributed_runs import train_on_ranks
         from worker.gang_runs import head_launch
 
-        result = train_on_ranks(job, sink, config, launch=head_launch(job))  # on several workers: a rendezvous
+        result = train_on_ranks(job, sink, config, gang=head_launch(job))  # on several workers: a rendezvous
     else:
         result = train(config, sink)
     if result.status == "cancelled":

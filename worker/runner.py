@@ -14,13 +14,15 @@ from django.utils.module_loading import import_string
 
 from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job
-from studio.jobs.services import job_finish, job_heartbeat, job_requeue_preempted, jobs_recover_lost
+from studio.jobs.services import (job_finish, job_heartbeat, job_requeue_lost_group, job_requeue_preempted,
+                                 jobs_recover_lost)
 from studio.jobs.services_queue import job_claim_next, job_join_next, queue_nudge
 from studio.storage.services import storage_purge_due, storage_sweep_orphans
 from studio.workers.models import WorkerNode
 from studio.workers.services import workers_purge_gone
 from tuning.errors import TuningError
 from worker.devices import worker_devices
+from worker.distributed_runs import GroupLost
 from worker.gang_runs import follow, rendezvous_address
 from worker.sink import JobSink
 
@@ -161,6 +163,9 @@ def run_job(job_id: int, *, worker_name: str = "", pool: str = "", devices: int 
     except TuningError as exc:
         job_finish(job_id=job_id, status=Job.Status.FAILED, failure_kind=Job.FailureKind.USER_ERROR, message=str(exc))
         return Job.Status.FAILED
+    except GroupLost as exc:  # a job on several workers lost one of them: back in the queue, as a lost head's job
+        log.warning("job %s: %s; taking it back", job_id, exc)
+        return job_requeue_lost_group(job_id=job_id, reason=str(exc))
     except Exception as exc:
         # The traceback goes to the worker's log for an admin; the job page
         # gets one readable line.

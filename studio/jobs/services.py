@@ -191,34 +191,44 @@ def jobs_recover_lost(*, worker_name: str = "") -> list[int]:
         lost = lost.filter(worker_name=worker_name[:200])
     else:
         lost = lost.filter(heartbeat_at__lt=timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S))
-    recovered = []
-    for job in lost:
-        resumes = getattr(JOB_KINDS.get(job.kind), "resumes_from_checkpoint", False)
-        checkpoint = latest(job_output_dir(job.pk) / "checkpoints") if resumes else None
-        if job.status == Job.Status.CANCELLING:
-            taken = _take_back(job, Job.Status.CANCELLED, "The worker was lost while stopping",
-                               finished_at=timezone.now())
-        elif job.attempts >= settings.JOB_MAX_ATTEMPTS:
-            message = (f"Worker lost {job.attempts} times; giving up. The events so far"
-                       f"{' and the last checkpoint' if checkpoint else ''} are kept.")
-            taken = _take_back(job, Job.Status.FAILED, message, failure_kind=Job.FailureKind.ERROR,
-                               failure_message=message, finished_at=timezone.now())
-        else:
-            if resumes:  # training: from its last checkpoint, each step once in the events
-                where = (f"resuming from {checkpoint.name}" if checkpoint
-                         else "resuming from the start (no checkpoint yet)")
-                fields = {"config": {**job.config, "resume_from": str(checkpoint) if checkpoint else ""}}
-                redo_from = checkpoint_step(checkpoint) + 1 if checkpoint else 0
-            else:  # dataset work, merges, exports: their results are written only at the end
-                where, fields, redo_from = "starting again", {}, 0
-            taken = _take_back(job, Job.Status.QUEUED,
-                               f"Worker {job.worker_name or '?'} lost; {where} on the next free worker",
-                               redo_from=redo_from, **fields)
-            if taken:
-                transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=job.device_pool))
-        if taken:
-            recovered.append(job.pk)
-    return recovered
+    return [job.pk for job in lost if _recover(job, lost=f"Worker {job.worker_name or '?'} lost")]
+
+
+def job_requeue_lost_group(*, job_id: int, reason: str) -> str:
+    """Called by the head of a job on several workers when its group stopped because a rank or a whole worker
+    was lost (``reason`` says which): the job is taken back at once as a lost worker's is (requeued at its
+    place to resume from its last checkpoint, each step once; failed after JOB_MAX_ATTEMPTS starts; ended
+    cancelled if it was stopping), rather than failing. Returns the job's status afterwards."""
+    job = Job.objects.filter(pk=job_id, status__in=Job.HOLDING_WORKER).first()
+    if job is not None:
+        _recover(job, lost=reason)
+    return Job.objects.values_list("status", flat=True).get(pk=job_id)
+
+
+def _recover(job: Job, *, lost: str) -> bool:
+    """Take back ``job``, whose run was lost (``lost`` says how), as jobs_recover_lost does. False when
+    another worker got there first."""
+    resumes = getattr(JOB_KINDS.get(job.kind), "resumes_from_checkpoint", False)
+    checkpoint = latest(job_output_dir(job.pk) / "checkpoints") if resumes else None
+    if job.status == Job.Status.CANCELLING:
+        return _take_back(job, Job.Status.CANCELLED, f"{lost} while stopping", finished_at=timezone.now())
+    if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+        message = (f"{lost} (start {job.attempts} of {settings.JOB_MAX_ATTEMPTS}); giving up. The events so far"
+                   f"{' and the last checkpoint' if checkpoint else ''} are kept.")
+        return _take_back(job, Job.Status.FAILED, message, failure_kind=Job.FailureKind.ERROR,
+                          failure_message=message, finished_at=timezone.now())
+    if resumes:  # training: from its last checkpoint, each step once in the events
+        where = (f"resuming from {checkpoint.name}" if checkpoint
+                 else "resuming from the start (no checkpoint yet)")
+        fields = {"config": {**job.config, "resume_from": str(checkpoint) if checkpoint else ""}}
+        redo_from = checkpoint_step(checkpoint) + 1 if checkpoint else 0
+    else:  # dataset work, merges, exports: their results are written only at the end
+        where, fields, redo_from = "starting again", {}, 0
+    taken = _take_back(job, Job.Status.QUEUED, f"{lost}; {where} on the next free worker", redo_from=redo_from,
+                       **fields)
+    if taken:
+        transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
+    return taken
 
 
 def job_requeue_preempted(*, job_id: int) -> bool:

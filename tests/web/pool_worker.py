@@ -1,7 +1,8 @@
 """One worker process of tests/web/test_pool_gang.py: the real registry
 thread (worker/registry.py: it reports WORKER_DEVICES devices at
 WORKER_ADDRESS) and the real ``worker.runner.run_job`` in a loop, as Celery
-wake-ups would call it, until the pool has nothing queued or running.
+wake-ups would call it, until the pool has nothing queued or running. It
+prints what each claim or seat came to ("NAME: succeeded", "NAME: followed").
 
     python -m tests.web.pool_worker POOL WORKER_NAME GO_FILE
 
@@ -34,10 +35,13 @@ def main(pool: str, name: str, go_file: str) -> None:
         while not Path(go_file).exists():
             time.sleep(0.02)
         while time.monotonic() < deadline:
-            if run_job(0, worker_name=name, pool=pool) == "skipped":
-                if not Job.objects.filter(device_pool=pool, status__in=["queued", "running"]).exists():
-                    return
-                time.sleep(0.1)  # the job waits for its followers, or a follower for its head's claim
+            result = run_job(0, worker_name=name, pool=pool)
+            if result != "skipped":
+                print(f"{name}: {result}", flush=True)
+                continue
+            if not Job.objects.filter(device_pool=pool, status__in=["queued", "running"]).exists():
+                return
+            time.sleep(0.1)  # the job waits for its followers, or a follower for its head's claim
         sys.exit(f"{name}: the pool still had work after {DEADLINE_S} s")
     finally:
         stop_registry()

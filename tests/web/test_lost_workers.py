@@ -18,13 +18,16 @@ from studio.artifacts.models import Artifact
 from studio.datasets.models import Dataset, DatasetOperation
 from studio.jobs.kinds import JOB_KINDS, JobKind, register_job_kind
 from studio.jobs.models import Job, job_output_dir
-from studio.jobs.services import jobs_recover_lost
-from studio.jobs.services_queue import job_claim_next
+from studio.jobs.backfill import holding_worker_names
+from studio.jobs.services import job_progress, job_requeue_lost_group, jobs_recover_lost
+from studio.jobs.services_queue import job_claim_next, job_join_next
 from studio.jobs.state import job_create
 from studio.workers.models import WorkerNode
+from studio.workers.services import worker_register
 from tuning.checkpoints import latest, rotate
 from tuning.events import ArtifactEvent, EvalEvent
 from worker.dataset_runs import run_operation
+from worker.gang_runs import head_launch
 from worker.runner import run_job, take_back_from_dead_namesake
 from worker.sink import JobSink
 
@@ -154,3 +157,42 @@ def test_a_heartbeat_that_meets_a_database_error_keeps_beating(member, team, set
             time.sleep(0.05)
     job.refresh_from_db()
     assert timezone.now() - job.heartbeat_at < timezone.timedelta(seconds=30)
+
+
+def test_a_follower_whose_worker_stopped_beating_sends_its_job_back_to_its_place(member, team, settings):
+    """The head of a job on two workers (worker/gang_runs.py) asks while its group runs whether each
+    follower's worker still beats. One whose heartbeat is JOB_LOST_AFTER_S old (a machine hung or cut off,
+    whose connections never closed) is named; the head then stops its group and the job goes back to the
+    queue at its place, to resume from its last checkpoint with the later steps superseded; at its last
+    allowed start it fails instead. (tests/web/test_pool_gang.py kills a follower outright.)"""
+    settings.JOB_MAX_ATTEMPTS = 2
+    job = job_create(kind="train", team=team, owner=member, config={"max_steps": 12})
+    Job.objects.filter(pk=job.pk).update(devices=2)
+    worker_register(name="follower@box", pool=job.device_pool, hostname="box-2", pid=1, device="CPU",
+                    device_memory_mib=1024)
+    job_claim_next(pool=job.device_pool, worker_name="head@box", devices=1, rendezvous="127.0.0.1:29400")
+    seat = job_join_next(pool=job.device_pool, worker_name="follower@box", devices=1)
+    launch = head_launch(Job.objects.get(pk=job.pk))
+    assert launch.workers == 2 and launch.lost_follower() == ""
+
+    checkpoint = job_output_dir(job.pk) / "checkpoints" / "step-0000004"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    for step in range(1, 7):
+        job_progress(job_id=job.pk, kind="metrics", data={"step": step, "total_steps": 12, "loss": 1.0})
+    WorkerNode.objects.filter(name="follower@box").update(
+        last_heartbeat_at=timezone.now() - timezone.timedelta(seconds=settings.JOB_LOST_AFTER_S + 1))
+    assert launch.lost_follower() == "follower@box"
+
+    assert job_requeue_lost_group(job_id=job.pk, reason="Worker follower@box stopped reporting") == "queued"
+    requeued = Job.objects.get(pk=job.pk)
+    assert requeued.queue_order == job.queue_order, "back at its place in the queue"
+    assert requeued.config["resume_from"] == str(checkpoint)
+    assert [m["step"] for m in shown(requeued, "metrics")] == [1, 2, 3, 4], "steps 5 and 6 are redone once"
+    assert shown(requeued, "status")[-1]["message"] == ("Worker follower@box stopped reporting; resuming from "
+                                                        "step-0000004 on the next free worker")
+    assert seat.hold.attempt == 1 and not holding_worker_names(job.device_pool), "both workers are free"
+
+    job_claim_next(pool=job.device_pool, worker_name="head@box", devices=2)  # the second and last start
+    assert job_requeue_lost_group(job_id=job.pk, reason="Worker follower@box stopped reporting") == "failed"
+    assert "(start 2 of 2); giving up" in Job.objects.get(pk=job.pk).failure_message
