@@ -11,6 +11,10 @@ gradients are averaged and scattered back to their owners
 communication, the rest (embeddings, final norm, the head, tied or not)
 the root's unit, which stays gathered for the whole step.
 
+The fused head and loss (``tuning.loss``), which runs the decoder and
+reads the head outside the model's forward, is made one of the root's
+forward methods, so it gathers and scatters as forward does.
+
 Because every forward gathers weights from every rank, all ranks run each
 forward together: evaluation and the golden prompts' answers too. At the
 end the whole weights are gathered onto rank 0, which writes the output
@@ -23,7 +27,12 @@ small, every rank holds it whole (DDP).
 
 from __future__ import annotations
 
+from types import MethodType
+
 from tuning.errors import ConfigError
+from tuning.loss import fused_next_token_loss
+
+FUSED_LOSS_METHOD = "fused_next_token_loss"  # the name shard_model gives the fused loss on the sharded root
 
 
 def shards_states(sharding: str, *, devices: int, method) -> bool:
@@ -57,13 +66,23 @@ def shard_model(model) -> int:
     """FSDP2 over the process group: each decoder block its own unit, then the root. Returns the
     number of blocks. Every rank must hold the same weights before (``Ranks.broadcast_parameters``):
     each keeps its slice of its own copy."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     blocks = decoder_blocks(model)
     for block in blocks:
         fully_shard(block)
     fully_shard(model)
+    # The fused loss runs the decoder and reads the output head's weight outside the model's forward, where
+    # the root's weights (embeddings, head) would still be slices: as a forward method of the root, FSDP2
+    # gathers them before it and sends their gradients back to their owners after the backward pass.
+    setattr(model, FUSED_LOSS_METHOD, MethodType(fused_next_token_loss, model))
+    register_fsdp_forward_method(model, FUSED_LOSS_METHOD)
     return len(blocks)
+
+
+def sharded_fused_loss(model, inputs: dict):
+    """``tuning.loss.fused_next_token_loss`` for a model ``shard_model`` sharded."""
+    return getattr(model, FUSED_LOSS_METHOD)(inputs)
 
 
 def full_weights(model) -> dict:

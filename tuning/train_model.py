@@ -32,6 +32,7 @@ from tuning.preference_scoring import shared_layout_works
 from tuning.preference_kto import KTOObjective
 from tuning.grpo import GRPOObjective, GRPOSettings, reward_functions
 from tuning.reward import RewardObjective
+from tuning.sharding import sharded_fused_loss
 
 CALIBRATION_BATCHES = 8  # batches shown to data-driven initialisations (EVA, CorDA)
 # Packed rows are padded to a multiple of this many tokens: every new matmul
@@ -150,7 +151,7 @@ def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, param
         return PreparedModel(model=model, trainable=trainable, trainable_count=trainable_count,
                              total_count=total_count, collate=train_collate, compute_loss=objective, penalty=penalty,
                              step_metrics=objective.take_metrics, objective=objective)
-    compute_loss, how = _loss_function(config, method, model, packed, device, fused=not sharded)
+    compute_loss, how = _loss_function(config, method, model, packed, device, sharded=sharded)
     if how:
         sink.emit(LogEvent(message=f"Loss computed {how}"))
     return PreparedModel(model=model, trainable=trainable, trainable_count=trainable_count, total_count=total_count,
@@ -302,16 +303,18 @@ def predicts_each_token(config: TrainConfig, method: Method) -> bool:
     return config.task not in CLASSIFIER_TASKS and method.predicts_each_token
 
 
-def _loss_function(config: TrainConfig, method: Method, model, packed: bool, device: Device, *, fused: bool = True):
+def _loss_function(config: TrainConfig, method: Method, model, packed: bool, device: Device, *,
+                   sharded: bool = False):
     """The cheapest way to get the task's loss, which ``model(**inputs).loss``
     gives for every method but AdaLoRA (``tuning.loss``), and how it is
-    computed (None: the model's own loss). ``fused``: whether the fused head
-    and loss may be used; it reads the head's weight outside the model's
-    forward, where a sharded model holds only a slice of it."""
+    computed (None: the model's own loss). ``sharded``: the model is to be
+    sharded with FSDP2, which runs the fused loss as a forward method of
+    its root (``tuning.sharding.shard_model``)."""
     if predicts_each_token(config, method):
         with device.autocast():  # probed as training runs
-            if fused and fused_loss_works(model, device.name):
-                return partial(fused_next_token_loss, model), "with the output head, a chunk of tokens at a time"
+            if fused_loss_works(model, device.name):
+                return (partial(sharded_fused_loss if sharded else fused_next_token_loss, model),
+                        "with the output head, a chunk of tokens at a time")
         if selects_logits(model):
             return partial(next_token_loss, model), "from the logits of labelled positions only"
     # Without a cache object transformers sees the packed layout in position_ids.

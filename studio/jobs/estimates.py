@@ -93,8 +93,8 @@ def _preflight(*, base_model, method: Method, task: str, values: dict, dataset, 
     shape = {"batch_size": values["batch_size"], "max_length": values["max_length"],
              "devices": values["devices"], "sharded": sharded,
              "precision": values["precision"], "gradient_checkpointing": values["gradient_checkpointing"],
-             # The trainer fuses the head and the loss for these methods (tuning.loss).
-             "fused_loss": method.predicts_each_token and not sharded,
+             # The trainer fuses the head and the loss for these methods (tuning.loss), sharded or not.
+             "fused_loss": method.predicts_each_token,
              # A full fine-tune scored against a live reference keeps a frozen copy of the base.
              "reference_copy": (task == "preference" and method.produces == "model"
                                 and values["reference"] == "base"

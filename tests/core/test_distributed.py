@@ -1,8 +1,10 @@
 """One run over two CPU processes (torchrun, gloo) is the run of one process
 on the same global batches: the same loss at every step, for LoRA and for
-full fine-tuning. Rank 0 alone reports and writes; a cancel stops both ranks
-at the same step with a whole checkpoint; a rank killed mid-run stops the
-group, torchrun restarts it, and the run resumes from its last checkpoint.
+full fine-tuning (with LLRD's parameter groups, recomputed activations,
+packed or padded rows and the fused loss, under DDP and FSDP2). Rank 0
+alone reports and writes; a cancel stops both ranks at the same step with
+a whole checkpoint; a rank killed mid-run stops the group, torchrun
+restarts it, and the run resumes from its last checkpoint.
 
 Each test launches the ranks exactly as the worker does
 (``tuning.distributed.launch_command``), reading rank 0's events file."""
@@ -88,19 +90,35 @@ def test_what_several_devices_cannot_do_yet_is_refused_naming_the_field(tiny_mod
 
 
 FULL = {"method": "full", "method_params": {}, "learning_rate": 1e-3}
+LLRD = {**FULL, "method": "llrd"}
+# What the log says of the fused loss and of packed batches (tuning/train_model.py).
+FUSED, PACKED = "Loss computed with the output head, a chunk of tokens at a time", "Packing rows end to end"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, sharding", [("lora", "auto"), ("full", "ddp"), ("full", "fsdp")])
-def test_two_ranks_take_the_steps_of_one_process(method, sharding, tiny_model, memorisable_jsonl, tmp_path):
-    one = config(tiny_model, memorisable_jsonl, tmp_path / "one", save_every=2, **(FULL if method == "full" else {}))
+@pytest.mark.parametrize("method, sharding, settings", [
+    ("lora", "auto", {}),
+    # Full fine-tuning with LLRD's parameter groups (one learning rate per depth) and activations recomputed in
+    # the backward pass: under DDP on padded rows, under FSDP2 on packed ones.
+    ("llrd", "ddp", {"gradient_checkpointing": True, "packing": False}),
+    ("llrd", "fsdp", {"gradient_checkpointing": True}),
+], ids=["lora-ddp", "llrd-recompute-padded-ddp", "llrd-recompute-fsdp"])
+def test_two_ranks_take_the_steps_of_one_process(method, sharding, settings, tiny_model, memorisable_jsonl, tmp_path):
+    """Each way of holding the model (DDP, FSDP2), with the fused loss (under FSDP2 a forward method of the
+    sharded root), packed or padded rows, recomputed activations and LLRD's parameter groups, takes the steps
+    one process takes on the same global batches."""
+    one = config(tiny_model, memorisable_jsonl, tmp_path / "one", save_every=2,
+                 **{**(LLRD if method == "llrd" else {}), **settings})
     sink = MemorySink()
     alone = run_train(one, sink)
     proc, events = _launch(replace(one, devices=2, sharding=sharding, output_dir=str(tmp_path / "two")), tmp_path)
     _finish(proc)
     lines = _lines(events)
-    sharded_log = [line for line in _of_kind(lines, "log") if "Fully sharded (FSDP2)" in line["message"]]
+    logs = [line["message"] for line in _of_kind(lines, "log")]
+    sharded_log = [message for message in logs if "Fully sharded (FSDP2)" in message]
     assert len(sharded_log) == (sharding == "fsdp"), "FSDP2 where asked for, DDP otherwise"
+    assert any(FUSED in message for message in logs), logs
+    assert any(PACKED in message for message in logs) == settings.get("packing", True), logs
 
     metrics = _of_kind(lines, "metrics")
     assert [m["step"] for m in metrics] == [1, 2, 3], "each step once: rank 0 alone reports"
