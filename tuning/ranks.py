@@ -162,7 +162,7 @@ def check_distributed(config, method) -> None:
     if config.task not in TASKS:
         problems["devices"] = (f"training on {config.devices} devices supports the tasks {', '.join(TASKS)}; "
                                f"use 1 device for the {config.task} task")
-    elif method.on_step or method.penalty:
+    elif method.on_step or method.grow or method.penalty:
         problems["devices"] = (f"{method.label} changes the model between steps on each process; "
                                f"train it on 1 device")
     elif config.batch_size < config.devices:

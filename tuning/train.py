@@ -253,6 +253,9 @@ def optimizer_step(run: Run, micro_batches: list) -> tuple[Any, int, float | Non
     run.scheduler.step()
     if run.method.on_step:
         run.method.on_step(run.model, state.step + 1)  # AdaLoRA reallocates ranks here
+    if run.method.grow:  # IncreLoRA, TriAdaptLoRA: ranks grow, and the optimizer's state with them
+        for message in run.method.grow(run.model, state.step + 1, run.optimizer):
+            run.sink.emit(LogEvent(message=message))
     run.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     state.tokens_seen += tokens

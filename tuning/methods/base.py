@@ -85,6 +85,7 @@ class Method:
     check: Callable[[Any, Any, str], dict[str, str]] | None = None
     load_kwargs: Callable[[Any], dict] | None = None
     on_step: Callable[[Any, int], None] | None = None
+    grow: Callable[[Any, int, Any], list[str]] | None = None
     export: Callable[[Any, Any], None] | None = None
     penalty: Callable[[Any], Any] | None = None
     training_state: Callable[[Any], tuple[dict, dict]] | None = None
@@ -98,7 +99,7 @@ class Method:
 
 CAPABILITIES = ("needs_cuda", "packs_rows", "predicts_each_token", "folds_into_base", "four_bit_base",
                 "frozen_base_in_bf16", "gradient_checkpointing", "resumable", "trains_weight_matrices")
-HOOKS = ("prepare", "param_groups", "check", "load_kwargs", "on_step", "export", "penalty", "training_state",
+HOOKS = ("prepare", "param_groups", "check", "load_kwargs", "on_step", "grow", "export", "penalty", "training_state",
          "restore_training_state", "side_network_shape")
 
 
