@@ -13,7 +13,7 @@ import torch
 
 from tuning.config import TrainConfig
 from tuning.events import MemorySink
-from tuning.methods import increlora
+from tuning.methods import increlora, triadaptlora
 from tuning.methods.growing import GrowthPlan, growing_layers, ranks_in_use
 from tuning.train import run_train
 
@@ -66,6 +66,47 @@ def test_increlora_grows_the_modules_whose_gradient_dominates_and_stops_at_the_b
         torch.testing.assert_close(loud(x) - loud.base(x), x @ (lora_b @ lora_a).T)
 
 
+def test_triadaptlora_grows_the_modules_whose_core_norm_rose_most_up_to_the_threshold():
+    params = triadaptlora.TriadaptloraParams(initial_rank=1, target_rank=3, grow_by=2, grow_every=1,
+                                             warmup_fraction=0.0, final_fraction=0.0)
+    model = hand_built(triadaptlora, params)
+    with torch.no_grad():  # as if training had moved the cores: the loud one's norm most, the silent one's not
+        model["loud"].lora_C.fill_(3.0)
+        model["quiet"].lora_C.fill_(2.0)
+        model["loud"].lora_B.fill_(1.0)
+    # Step 4 of 10: the linear curve lets ⌊(9 − 3) × 0.4⌋ = 2 modules grow; the threshold is the second score.
+    # Growing needs no optimizer (None: nothing has trained yet).
+    logs = triadaptlora.grow(model, 4, None)
+    layers = growing_layers(model)
+    assert logs == ["Step 4: rank grew in 2 modules: loud +2 → 3, quiet +2 → 3 (7 of 9 ranks in use)"]
+    assert {name: layer.rank for name, layer in layers.items()} == {"loud": 3, "quiet": 3, "silent": 1}
+    # The triangular strips: old entries kept, the new diagonal block the identity, the rest of the strips zero;
+    # new columns of B start at zero, so growing changes the update only by the alpha / r rescaling.
+    core, loud = layers["loud"].lora_C, layers["loud"]
+    assert core.shape == (3, 3) and core[0, 0] == 3.0
+    torch.testing.assert_close(core[1:, 1:], torch.eye(2))
+    assert not core[0, 1:].any() and not core[1:, 0].any()
+    assert (loud.lora_B[:, 0] == 1.0).all() and not loud.lora_B[:, 1:].any()
+    # The last round (step 10): the budget's 2 remaining ranks, no more; then the ranks are fixed.
+    logs = triadaptlora.grow(model, 10, None)
+    assert ranks_in_use(layers) == 9 and logs[-1].startswith("Step 10: ranks fixed (budget spent): 9 of 9")
+    assert triadaptlora.grow(model, 11, None) == []
+
+
+def test_triadaptlora_threshold_follows_the_chosen_curve():
+    model = hand_built(triadaptlora, triadaptlora.TriadaptloraParams(initial_rank=1, target_rank=2, grow_by=1,
+                                                                     grow_every=1, warmup_fraction=0.0,
+                                                                     final_fraction=0.0))
+    with torch.no_grad():
+        for scale, name in ((3.0, "loud"), (2.0, "quiet"), (1.5, "silent")):
+            model[name].lora_C.fill_(scale)
+    # Step 2 of 10: ⌊3 × 0.2⌋ = 0, at least 1 module: only the highest score clears the threshold.
+    assert triadaptlora.grow(model, 2, None)[0] == "Step 2: rank grew in 1 module: loud +1 → 2 (4 of 6 ranks in use)"
+    assert triadaptlora.modules_to_grow("linear", 10, 0.5) == 5
+    assert triadaptlora.modules_to_grow("exponential", 100, 0.5) == 10
+    assert triadaptlora.modules_to_grow("exponential", 100, 0.0) == 1
+
+
 # --- in the training loop -------------------------------------------------------
 
 # 8 steps: 1 of warm-up, growth every step from step 2 (the tiny model's 14 modules start at rank 1; the budget is
@@ -74,6 +115,8 @@ def test_increlora_grows_the_modules_whose_gradient_dominates_and_stops_at_the_b
 ROWS = {
     "increlora": {"initial_rank": 1, "target_rank": 2, "grow_by": 1, "grow_every": 1, "warmup_fraction": 0.125,
                   "final_fraction": 0.25, "dropout": 0.05},
+    "triadaptlora": {"initial_rank": 1, "target_rank": 2, "grow_by": 1, "grow_every": 1, "warmup_fraction": 0.125,
+                     "final_fraction": 0.25, "dropout": 0.05, "growth_curve": "exponential"},
 }
 
 

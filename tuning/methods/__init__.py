@@ -17,7 +17,7 @@ the plain model with some parameters frozen). Optional hooks:
 - ``on_step(model, step)``: called after every optimizer step, before the
   gradients are zeroed, with the 1-based step (AdaLoRA reallocates ranks).
 - ``grow(model, step, optimizer)``: called after ``on_step``, for methods
-  whose trainable tensors grow while training (IncreLoRA):
+  whose trainable tensors grow while training (IncreLoRA, TriAdaptLoRA):
   it grows them in place, the optimizer's state with them, and returns
   lines for the job's log saying when and where.
 - ``export(model, directory)``: writes the final output. Default:
@@ -62,7 +62,7 @@ from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia
                             vera)
 from tuning.methods import bottleneck, ether, s2ft  # second wave (issue 22)
 from tuning.methods import ladder
-from tuning.methods import increlora  # ranks that grow (issue 22)
+from tuning.methods import increlora, triadaptlora  # ranks that grow (issue 22)
 from tuning.methods.base import CAPABILITIES, GROUPS, NOT_PREFERENCE, TASKS, Method, MethodContext, method_row
 
 __all__ = ["CAPABILITIES", "GROUPS", "METHODS", "TASKS", "Method", "MethodContext", "describe", "register_method"]
@@ -110,6 +110,11 @@ register_method(increlora, name="increlora", label="IncreLoRA", group="low-rank"
                 description="LoRA in SVD form that starts small and adds rank to the most important layers while "
                             "training, up to a budget.",
                 paper="https://arxiv.org/abs/2308.12043", params=increlora.IncreloraParams,
+                penalty_label="orthogonality penalty")
+register_method(triadaptlora, name="triadaptlora", label="TriAdaptLoRA", group="low-rank", folds_into_base=True,
+                description="Low-rank adapter with a square core that grows by triangular strips where its norm "
+                            "rose most, as a threshold allows.",
+                paper="https://arxiv.org/abs/2501.08008", params=triadaptlora.TriadaptloraParams,
                 penalty_label="orthogonality penalty")
 register_method(loha, name="loha", label="LoHa", group="low-rank", folds_into_base=True,
                 description="Low-rank Hadamard product: two low-rank pairs multiplied elementwise, higher "
