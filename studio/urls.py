@@ -10,7 +10,7 @@ from studio.artifacts import views_publish as artifacts_publish
 from studio.catalog import views as catalog
 from studio.datasets import views as datasets
 from studio.jobs import views as jobs
-from studio.jobs import views_compare, views_judge, views_queue, views_steps
+from studio.jobs import views_compare, views_judge, views_queue, views_search, views_steps
 
 urlpatterns = [
     path("", jobs.job_list, name="home"),
@@ -52,6 +52,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/resume/", jobs.job_resume_view, name="job-resume"),
     path("jobs/<int:job_id>/events/", jobs.job_events, name="job-events"),
     path("jobs/new/merge/", views_steps.job_new_merge, name="job-new-merge"),
+    path("jobs/new/merge-search/", views_search.job_new_merge_search, name="job-new-merge-search"),
     path("jobs/new/quantize/", views_steps.job_new_quantize, name="job-new-quantize"),
     path("jobs/new/evaluate/", views_steps.job_new_evaluate, name="job-new-evaluate"),
     path("jobs/new/judge/", views_judge.job_new_judge, name="job-new-judge"),

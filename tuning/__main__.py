@@ -2,6 +2,7 @@
 
     python -m tuning train CONFIG.yaml      # events as JSON lines on stdout
     python -m tuning merge CONFIG.yaml      # merge adapters or models (tuning.merge)
+    python -m tuning merge-search CONFIG.yaml  # search a merge's coefficients by scores (tuning.merge_search)
     python -m tuning quantize CONFIG.yaml   # quantize or export (tuning.quantize)
     python -m tuning evaluate CONFIG.yaml   # score an artifact on a dataset (tuning.scoring)
     python -m tuning judge CONFIG.yaml      # judged comparison of two models (tuning.judge; key in $JUDGE_API_KEY)
@@ -82,6 +83,15 @@ def _merge(args) -> int:
     config = MergeConfig.from_dict(_load_yaml(args.config))
     check_merge_sources(config)
     return 0 if run_merge(config, StdoutSink()).status == "succeeded" else 3
+
+
+def _merge_search(args) -> int:
+    from tuning.events import StdoutSink
+    from tuning.merge_search import MergeSearchConfig
+    from tuning.merge_search_run import run_merge_search
+
+    result = run_merge_search(MergeSearchConfig.from_dict(_load_yaml(args.config)), StdoutSink())
+    return 0 if result.status == "succeeded" else 3
 
 
 def _quantize(args) -> int:
@@ -217,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("config")
     train.set_defaults(handler=_train)
     for name, handler, help_text in (("merge", _merge, "merge adapters or models from a YAML config"),
+                                     ("merge-search", _merge_search,
+                                      "search a merge's coefficients against an evaluate score from a YAML config"),
                                      ("quantize", _quantize, "quantize or export a model from a YAML config"),
                                      ("evaluate", _evaluate, "score an artifact on a dataset from a YAML config"),
                                      ("judge", _judge, "judge two models' answers pairwise from a YAML config"),

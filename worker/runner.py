@@ -174,6 +174,8 @@ def run_job(job_id: int, *, worker_name: str = "", pool: str = "", devices: int 
                    message=f"Internal error in the worker ({type(exc).__name__}: {str(exc)[:300]}). "
                            f"An admin can find the details in the worker log.")
         return Job.Status.FAILED
+    if status == "waiting":  # a merge search put itself back in the queue until a candidate's job ends
+        return Job.Status.QUEUED
     if status == "cancelled" and job_requeue_preempted(job_id=job_id):
         return Job.Status.QUEUED  # stopped to give its worker to a more urgent job; back in the queue
     status = Job.Status.CANCELLED if status == "cancelled" else Job.Status.SUCCEEDED

@@ -23,7 +23,7 @@
   // penalty: a term the method adds to the loss it trains on (AdaLoRA), charted on its own
   const series = { train: [], smooth: [], eval: [], lr: [], grad_norm: [], tokens_per_s: [], memory_mib: [],
     penalty: [], rewards_chosen: [], rewards_rejected: [], reward_margin: [], reward_accuracy: [], kl: [],
-    reward_mean: [], completion_length: [], reward_baseline: [] };
+    reward_mean: [], completion_length: [], reward_baseline: [], best_score: [] };
   // kl: KTO's estimate of the policy's KL divergence from the reference
   const STEP_METRICS = ["lr", "grad_norm", "tokens_per_s", "memory_mib", "penalty", "rewards_chosen",
                         "rewards_rejected", "reward_margin", "reward_accuracy", "kl", "reward_mean",
@@ -129,6 +129,14 @@
         const row = table.rows[i + 1];
         (row.cells[column] || row.insertCell()).textContent = s.answer;
       });
+    },
+    // A merge search's candidate was scored (or failed): its point on the best-so-far chart, its table cell.
+    candidate(d) {
+      if (d.best_score != null) series.best_score.push({ x: d.index + 1, y: d.best_score });
+      const cell = document.querySelector(`#search-candidates tr[data-index="${d.index}"] [data-score]`);
+      const score = d.score != null ? String(d.score) : `failed: ${d.message}`;
+      if (cell) cell.textContent = score;
+      addLog(`candidate ${d.index}: ${d.metric} ${score}${d.best_index === d.index ? " (best so far)" : ""}`);
     },
     log(d) { addLog(d.message); },
     checkpoint(d) { addLog(`checkpoint saved at step ${d.step}`); },

@@ -7,8 +7,10 @@ from __future__ import annotations
 from studio.api.openapi_parts import answer, id_param, list_of, op, ref
 from tuning.data.diet import DIET_OPERATIONS
 from tuning.merge import MERGE_METHODS
+from tuning.merge_search import METRICS, SEARCH_METHODS
 from tuning.quantize import QUANT_SCHEMES
 
+STATUS = {"type": "string", "description": "The job's status, as a job's."}
 NAME_TEAM = {"name": {"type": "string"}, "team": {"type": "string", "description": "Team id or slug."}}
 
 
@@ -54,6 +56,33 @@ EVALUATE = _body(["dataset"], {
                                                            "benchmark through lm-evaluation-harness)."},
     **NAME_TEAM})
 
+MERGE_SEARCH = _body(["artifacts", "search", "dataset"], {
+    "artifacts": {"type": "array", "items": {"type": "integer"}, "minItems": 2,
+                  "description": "Two or more artifacts of one base model."},
+    "method": {"enum": list(SEARCH_METHODS), "default": "task_arithmetic"},
+    "search": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "number"},
+                                                         "minItems": 2, "maxItems": 2},
+               "description": "Each searched coefficient and its range [low, high]: weight.<i> (the i-th "
+                              "artifact's weight), scaling, density (TIES, DARE)."},
+    "params": {"type": "object", "description": "The method's settings that are not searched."},
+    "dataset": {"type": "integer", "description": "Every candidate is scored on it."},
+    "metric": {"enum": list(METRICS), "default": "eval_loss"},
+    "evaluate": {"type": "object", "description": "The evaluate settings of every candidate (task, max_rows, "
+                                                 "generate_rows, max_new_tokens, max_length)."},
+    "budget": {"type": "integer", "minimum": 2, "default": 12, "description": "Candidates in all."},
+    "population": {"type": "integer", "minimum": 2, "default": 4, "description": "Candidates per generation."},
+    "seed": {"type": "integer", "minimum": 0, "default": 0}, **NAME_TEAM})
+SEARCH_RESULT = {"type": "object", "properties": {
+    "object": {"const": "merge_search"}, "job": {"type": "integer"}, "status": STATUS,
+    "metric": {"type": "string"}, "best": {"type": ["integer", "null"], "description": "The best candidate's index."},
+    "model": {"type": ["integer", "null"], "description": "The artifact the search kept (once it succeeded)."},
+    "candidates": {"type": "array", "items": {"type": "object", "properties": {
+        "index": {"type": "integer"}, "generation": {"type": "integer"}, "coefficients": {"type": "object"},
+        "recipe": {"type": "object"}, "score": {"type": ["number", "null"]},
+        "outcome": {"enum": ["", "scored", "failed"]}, "message": {"type": "string"},
+        "merge_job": {"type": ["integer", "null"]}, "evaluate_job": {"type": ["integer", "null"]},
+        "weights_deleted": {"type": "boolean"}}}}}}
+
 MAPPING = _body(["schema", "mapping"], {
     "schema": {"type": "string", "description": "alpaca, chat, sharegpt, prompt_completion, text …"},
     "mapping": {"type": "object", "additionalProperties": {"type": "string"},
@@ -71,7 +100,6 @@ ANALYSE = _body(["base_model"], {
     "base_model": {"type": "integer"}, "max_length": {"type": "integer", "minimum": 8, "default": 512},
     "loss_on_prompt": {"type": "boolean", "default": False}, "chat_template": {"type": "string", "default": "auto"}})
 
-STATUS = {"type": "string", "description": "The job's status, as a job's."}
 OPERATION = {"type": "object", "properties": {
     "object": {"const": "dataset.operation"}, "id": {"type": "integer"}, "dataset": {"type": "integer"},
     "operation": {"type": "string"}, "parameters": {"type": "object"},
@@ -100,6 +128,12 @@ def steps_paths() -> dict:
                                       ok_code="201", errors=WRITE_ERRORS, body=QUANTIZE)},
         "/evaluations": {"post": op("createEvaluation", "Score an artifact on a dataset", JOB_STARTED,
                                     ok_code="201", errors=WRITE_ERRORS, body=EVALUATE)},
+        "/merge-searches": {"post": op(
+            "createMergeSearch", "Search a merge's coefficients against a score (each candidate a child job)",
+            JOB_STARTED, ok_code="201", errors=WRITE_ERRORS, body=MERGE_SEARCH)},
+        "/merge-searches/{job_id}": {"get": op(
+            "retrieveMergeSearch", "A merge search's candidates, their scores and the best",
+            answer(SEARCH_RESULT, "The search"), params=[id_param("job_id")])},
         "/datasets/{dataset_id}/mapping": {"post": op(
             "confirmMapping", "Confirm an unsure upload's schema and columns", answer(OPERATION, "Queued"),
             ok_code="202", params=[dataset_id], errors=WRITE_ERRORS, body=MAPPING,

@@ -1,5 +1,6 @@
-"""/api/v1/merges, /quantizations, /evaluations: the jobs that work on
-artifacts, as the merge, quantize and evaluate pages start them.
+"""/api/v1/merges, /merge-searches, /quantizations, /evaluations: the jobs
+that work on artifacts, as the merge, merge search, quantize and evaluate
+pages start them.
 
 The checks are the pages' own: the same forms (studio/jobs/forms_steps.py)
 parse the parameters, the same services (studio/jobs/services_steps.py)
@@ -12,11 +13,13 @@ from __future__ import annotations
 from studio.api.auth import api_view
 from studio.api.bodies import form_error, json_body, refuse_unknown
 from studio.api.errors import ApiError, not_found
-from studio.api.selectors import artifact_list_in_team, dataset_get_in_teams
+from studio.api.selectors import artifact_list_in_team, dataset_get_in_teams, job_get_in_teams
 from studio.api.serializers import job_json
 from studio.catalog.selectors import base_model_list
 from studio.jobs.forms_steps import PARAM_PREFIX, evaluate_form, filled_params, merge_params_form
 from studio.jobs.pages import job_start
+from studio.jobs.selectors_search import merge_search_result
+from studio.jobs.services_search import job_create_merge_search
 from studio.jobs.services_steps import job_create_evaluate, job_create_merge, job_create_quantize
 
 MAX_PROMPTS = 8  # as the quantize page keeps
@@ -183,3 +186,41 @@ def evaluations_collection(request):
         user=request.caller.user, team=team, artifact=artifact, base_model=base_model, dataset=dataset,
         settings_values=values, name=_name(body)), model_error_field="artifact" if artifact else "base_model",
         fields={name: f"settings.{name}" for name in form.fields})
+
+
+@api_view("POST")
+def merge_searches_collection(request):
+    """Search the coefficients of a merge of two or more artifacts against an evaluate score on a dataset."""
+    body = json_body(request)
+    refuse_unknown(body, {"artifacts", "method", "search", "params", "dataset", "metric", "evaluate", "budget",
+                          "population", "seed", "name", "team"})
+    team = _team(request, body, "start merge searches")
+    if not isinstance(body.get("artifacts"), list) or len(body["artifacts"]) < 2:
+        raise ApiError(400, "artifacts must list two or more artifact ids of one base model", field="artifacts")
+    artifacts = _artifacts(team, body["artifacts"], "artifacts")
+    if body.get("dataset") is None:
+        raise ApiError(400, "dataset is required: every candidate is scored on it", field="dataset")
+    dataset = dataset_get_in_teams(team_ids=[team.pk], dataset_id=_id(body["dataset"], "dataset"), field="dataset")
+    numbers = {key: body[key] for key in ("budget", "population", "seed") if body.get(key) is not None}
+    return _started(request, team, lambda: job_create_merge_search(
+        user=request.caller.user, team=team, artifacts=artifacts, method=str(body.get("method") or "task_arithmetic"),
+        search=_object(body, "search"), method_params=_object(body, "params"), dataset=dataset,
+        metric=str(body.get("metric") or "eval_loss"), evaluate=_object(body, "evaluate"), name=_name(body),
+        **numbers), model_error_field="artifacts", fields={"sources": "artifacts"})
+
+
+@api_view("GET")
+def merge_search_retrieve(request, job_id: int):
+    """A merge search's candidates (recipe, jobs, score) and the best one; another team's id is a 404."""
+    job = job_get_in_teams(team_ids=request.caller.team_ids, job_id=job_id)
+    if job.kind != "merge_search":
+        raise not_found("merge search", job_id)
+    result = merge_search_result(job)
+    return {"object": "merge_search", "job": job.pk, "status": job.status, "metric": result["metric"],
+            "best": result["best"].index if result["best"] else None,
+            "model": result["kept"].pk if result["kept"] else None,
+            "candidates": [{"index": row.index, "generation": row.generation, "coefficients": row.coefficients,
+                            "recipe": row.recipe, "score": row.score, "outcome": row.outcome,
+                            "message": row.message, "merge_job": row.merge_job_id,
+                            "evaluate_job": row.evaluate_job_id, "weights_deleted": row.weights_deleted}
+                           for row in result["rows"]]}

@@ -11,7 +11,8 @@ stream and the progress component are the same for every kind.
 The worker function is called as ``run(job, sink)`` with the claimed Job
 and the sink its events go to (``worker.sink.JobSink``), and returns
 ``(status, summary)``: status "succeeded" or "cancelled", summary one line
-for the job page. It raises ``tuning.errors.TuningError`` for a problem the
+for the job page (or "waiting": the function put the job back in the queue
+itself, as a merge search does between its steps). It raises ``tuning.errors.TuningError`` for a problem the
 user can fix (the job fails as ``user_error`` with that message).
 """
 
@@ -72,3 +73,6 @@ register_job_kind(JobKind(name="judge", label="Judged comparison", run="worker.j
                           stores_files=False))
 register_job_kind(JobKind(name="forgetting", label="Forgetting check", run="worker.judge_runs.run_forgetting",
                           stores_files=False))
+# A merge search's parent (studio/jobs/services_search.py): short steps between which it waits in the queue for
+# its candidates, each a merge and an evaluate job of its own; a lost step is run again from the candidates' rows.
+register_job_kind(JobKind(name="merge_search", label="Merge search", run="worker.search_runs.run_merge_search"))

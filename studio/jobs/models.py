@@ -201,3 +201,31 @@ class TeamQuota(models.Model):
 
     def __str__(self):
         return f"quota of {self.team}"
+
+
+class MergeSearchCandidate(models.Model):
+    """One candidate of a merge search (the ``merge_search`` kind): the coefficients the search proposed, the
+    child jobs that merge and score it, and its score once read. Written in the same transaction as its
+    child jobs, so a search taken back from a lost worker finds every candidate it started and starts none
+    again (studio/jobs/services_search.py)."""
+
+    search = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="search_candidates")
+    index = models.PositiveIntegerField(help_text="0-based, in the order proposed.")
+    generation = models.PositiveIntegerField()
+    coefficients = models.JSONField(help_text="{coefficient: value}, e.g. {\"weight.0\": 0.7}.")
+    recipe = models.JSONField(help_text="What the candidate merges: method, a weight per source, settings.")
+    merge_job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, related_name="+")
+    evaluate_job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, related_name="+")
+    score = models.FloatField(null=True, blank=True)
+    # "" while its jobs run; then "scored", or "failed" with the reason in ``message``.
+    outcome = models.CharField(max_length=10, blank=True)
+    message = models.TextField(blank=True)
+    reported = models.BooleanField(default=False, help_text="Its candidate event is in the search's events.")
+    weights_deleted = models.BooleanField(default=False, help_text="Not the best: its merged model was deleted.")
+
+    class Meta:
+        ordering = ["search", "index"]
+        constraints = [models.UniqueConstraint(fields=["search", "index"], name="one_candidate_per_index")]
+
+    def __str__(self):
+        return f"candidate {self.index} of job #{self.search_id}"

@@ -22,6 +22,7 @@ from studio.jobs.kinds import JOB_KINDS
 from studio.jobs.models import Job, JobEvent, job_output_dir
 from studio.jobs.services_judge import forgetting_harness, job_create_forgetting
 from studio.jobs.services_queue import queue_wake
+from studio.jobs.services_search import merge_search_is_candidate, merge_search_unfinished_children
 from studio.jobs.services_steps import job_release_dependents
 from studio.jobs.state import job_enqueue, job_set_status, job_submit
 from studio.storage.files import directory_size
@@ -127,6 +128,8 @@ def job_cancel(*, job: Job) -> Job:
             _after_end(job, Job.Status.CANCELLED, "Cancelled before it started", notify_owner=False)
         elif Job.objects.filter(pk=job.pk, status__in=(Job.Status.RUNNING, Job.Status.PREEMPTING)).exists():
             job_set_status(job.pk, Job.Status.CANCELLING, message="Stopping after the current step")
+        for child in merge_search_unfinished_children(search=job):  # a merge search's candidates go with it
+            job_cancel(job=child)
     job.refresh_from_db()
     return job
 
@@ -149,8 +152,8 @@ def _after_end(job: Job, status: str, message: str, *, notify_owner: bool = True
     (or end), and, for kinds that notify, the owner is told and webhooks fire."""
     job_release_dependents(job_id=job.pk, status=status)
     kind = JOB_KINDS.get(job.kind)
-    if kind is None or not kind.notifies:
-        return
+    if kind is None or not kind.notifies or merge_search_is_candidate(job_id=job.pk):
+        return  # a merge search's candidates are told of by the search, once
     if notify_owner:
         notification_create_for_job(job=job, status=status, message=message)
     # Signed, sent by a worker. robust: the job's end is committed by now, and a broker that is down must not

@@ -22,6 +22,8 @@ from tuning.errors import ConfigError
 
 # Where a chain step's input goes before the step it waits for has made it.
 PENDING_INPUT = "(the output of job #{job_id})"
+# A merge search (studio.jobs.services_search) waits in the queue for its candidates' jobs.
+SEARCH_KIND = "merge_search"
 
 
 def _common_base(artifacts: list[Artifact]):
@@ -76,13 +78,15 @@ def _queue(job: Job, *, config, name: str, input_artifacts: list[Artifact], depe
 
 def job_create_merge(*, user, team, artifacts: list[Artifact], method: str, method_params: dict,
                      weights: list[float] | None = None, dataset=None, name: str = "",
-                     depends_on: Job | None = None) -> Job:
+                     depends_on: Job | None = None, sources_checked: bool = False) -> Job:
     """Validate a merge of ``artifacts`` (already checked to be the user's
     team's), store it as queued and enqueue it. Raises ConfigError naming the
     field, tensor or token that makes the merge impossible; stores nothing then.
 
     With ``depends_on`` the input is that job's future output: ``artifacts``
-    is empty and the merge is a fold of the adapter that job will make."""
+    is empty and the merge is a fold of the adapter that job will make. ``sources_checked``: the caller
+    checked these sources already (a merge search, once for all its candidates; reading every source's
+    tokenizer takes seconds)."""
     from tuning.merge import MERGE_METHODS, check_merge_sources
 
     if method not in MERGE_METHODS:
@@ -101,7 +105,7 @@ def job_create_merge(*, user, team, artifacts: list[Artifact], method: str, meth
             sources = _sources(artifacts, weights)
         config = _merge_config(job=job, method=method, method_params=method_params, sources=sources,
                                base_model=base_model, dataset=dataset)
-        if not depends_on:
+        if not depends_on and not sources_checked:
             check_merge_sources(config)
         label = MERGE_METHODS[method].label
         what = f"job #{depends_on.pk}" if depends_on else ", ".join(a.name for a in artifacts)
@@ -215,6 +219,11 @@ def _fill_input(job: Job, artifact: Artifact) -> None:
 
         config = MergeConfig.from_dict({**job.config, "sources": _sources([artifact], None)})
         check_merge_sources(config)
+    elif job.kind == Job.Kind.EVALUATE:  # a merge search's candidate (studio.jobs.services_search): scored as merged
+        from tuning.scoring import EvaluateConfig
+
+        base = artifact.base_model.ref if artifact.is_adapter and artifact.base_model else ""
+        config = EvaluateConfig.from_dict({**job.config, "artifact_path": artifact.path, "base_model": base})
     elif job.kind == "forgetting":  # studio.jobs.services_judge: checked against the base model of the run
         from tuning.forgetting import ForgettingConfig
 
@@ -236,6 +245,11 @@ def job_release_dependents(*, job_id: int, status: str) -> None:
     succeeded) or end them with the reason (it did not)."""
     waiting = Job.objects.filter(depends_on_id=job_id, status=Job.Status.QUEUED)
     for job in waiting:
+        if job.kind == SEARCH_KIND:  # a merge search waits for any one candidate, whatever became of it
+            job_set_status(job.pk, Job.Status.QUEUED, message=f"Job #{job_id} {status}; the search goes on",
+                           depends_on=None)
+            transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=job.device_pool))
+            continue
         if status != Job.Status.SUCCEEDED:
             job_set_status(job.pk, Job.Status.CANCELLED, message=f"Not run: job #{job_id}, the step before, {status}",
                            finished_at=timezone.now())

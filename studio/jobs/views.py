@@ -15,6 +15,7 @@ from studio.jobs.pages import chain_form_context, job_start
 from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_for_user
 from studio.jobs.models import Job
 from studio.jobs.selectors_judge import job_result
+from studio.jobs.selectors_search import merge_search_result
 from studio.jobs.selectors_scores import harness_table, job_scores
 from studio.jobs.services import job_cancel, job_create_train, job_resume
 from tuning.errors import ConfigError, ModelError, TuningError
@@ -136,8 +137,10 @@ def job_detail(request, job_id: int):
     forgetting = job_result(job, "forgetting") if job.kind == "forgetting" else None
     # An evaluate job's harness scores (the artifact page shows an artifact's; a base model's have only this page)
     harness = harness_table(job_scores([job])[job.pk]["harness"]) if job.kind == Job.Kind.EVALUATE else []
+    search = merge_search_result(job) if job.kind == "merge_search" else None
     return render(request, "jobs/detail.html", {**chain_form_context(job), "artifacts": job.artifacts.all(),
-                                                "forgetting": forgetting, "harness_table": harness})
+                                                "forgetting": forgetting, "harness_table": harness,
+                                                "search": search})
 
 
 def job_status(request, job_id: int):

@@ -15,6 +15,7 @@ from studio.jobs.pages import chain_form_context, job_start, model_config_in, qu
 from studio.jobs.selectors import job_get_for_user
 from studio.jobs.services_steps import job_create_chain, job_create_evaluate, job_create_merge, job_create_quantize
 from tuning.errors import ConfigError
+from tuning.merge_search import SEARCH_METHODS
 
 def _team_or_404(request):
     """The team new work goes to; viewers (no such team) get 404."""
@@ -84,7 +85,8 @@ def job_new_merge(request):
                "method": _with_paper_url(describe(method)),
                "artifacts": artifacts, "chosen_ids": {str(i) for i in chosen_ids}, "params_form": params_form,
                "errors": errors, "datasets": dataset_list_for_user(user=request.user).filter(team=team),
-               "name": data.get("name", ""), "preset": data.get("preset", "") if preset else ""}
+               "name": data.get("name", ""), "preset": data.get("preset", "") if preset else "",
+               "searchable": SEARCH_METHODS}
     return render(request, "jobs/new_merge.html", context, status=400 if errors else 200)
 
 
