@@ -1,9 +1,9 @@
-"""Merge searches as jobs: the parent queues each candidate as a merge and an evaluate job on the queue, reads
-their scores, keeps the best candidate's model with its recipe and deletes the others'; taken back from a lost
-worker it runs no scored candidate again (one search shows both, to run four candidates once in the suite); bad input is refused by field; another team neither sees nor cancels
-it, and its cancel cancels the children. Jobs run through the real claim (worker.runner.run_job), in turn."""
+"""Merge searches as jobs: the parent queues each candidate as a merge and an evaluate job on the queue,
+reads their scores, keeps the best candidate's model with its recipe and deletes the others'; taken back from
+a lost worker it runs no scored candidate again (one search shows both, so the suite runs four candidates
+once); bad input is refused by field; another team neither sees nor cancels it, and its cancel cancels the
+children. Jobs run through the real claim (worker.runner.run_job), in turn."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,13 +13,13 @@ from django.utils import timezone
 from studio.accounts.services import api_token_create
 from studio.artifacts.models import Artifact
 from studio.artifacts.services import artifact_create
-from studio.datasets.services import dataset_create_from_file
 from studio.jobs.models import Job, job_output_dir
 from studio.jobs.services import jobs_recover_lost
 from studio.jobs.services_queue import job_claim_next
 from studio.jobs.services_search import (job_create_merge_search, merge_search_submit, merge_search_sync,
                                          merge_search_unfinished_children)
 from tests.core.test_merge_search import perturbed_copy
+from tests.web.test_steps import dataset  # noqa: F401 (a fixture: four instruction/output rows)
 from tuning.merge_search import MergeSearchConfig, propose
 from worker.runner import run_job
 
@@ -37,14 +37,6 @@ def sources(member, team, tiny_base_model, tiny_model, media_root) -> list[Artif
         path = perturbed_copy(tiny_model, job_output_dir(job.pk) / "model", scale=scale, seed=len(made) + 1)
         made.append(artifact_create(job=job, kind="model", path=str(path), metadata={}))
     return made
-
-
-@pytest.fixture
-def scored_on(member, team, tmp_path):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"Say {w}.", "output": f"{w}!"}) + "\n"
-                            for w in ("hello", "yes", "blue", "green")))
-    return dataset_create_from_file(team=team, user=member, source_path=data, filename="pairs.jsonl")
 
 
 def start(member, team, sources, scored_on):
@@ -66,10 +58,10 @@ def candidate_events(search: Job) -> list[dict]:
 
 
 def test_a_search_runs_candidates_as_child_jobs_goes_on_after_a_lost_worker_and_keeps_the_best(
-        member_client, member, team, sources, scored_on, settings):
+        member_client, member, team, sources, dataset, settings):  # noqa: F811 (the imported fixture)
     """Budget 4, population 2. After the first generation is scored the search's next step starts, reads the
     scores and queues the second generation; then its worker dies. Taken back, it runs nothing again."""
-    search = start(member, team, sources, scored_on)
+    search = start(member, team, sources, dataset)
 
     def first_generation_scored() -> bool:
         job = Job.objects.get(pk=search.pk)
@@ -122,8 +114,8 @@ def test_a_search_runs_candidates_as_child_jobs_goes_on_after_a_lost_worker_and_
     assert not member.notifications.filter(job__kind__in=["merge", "evaluate"]).exists()
 
 
-def test_bad_input_is_refused_naming_the_field(member_client, member, sources, scored_on):
-    one = {"artifacts": [sources[0].pk], "dataset": scored_on.pk, "method": "task_arithmetic",
+def test_bad_input_is_refused_naming_the_field(member_client, member, sources, dataset):  # noqa: F811
+    one = {"artifacts": [sources[0].pk], "dataset": dataset.pk, "method": "task_arithmetic",
            f"weight_low_{sources[0].pk}": "0", f"weight_high_{sources[0].pk}": "1", "budget": "4", "population": "2"}
     response = member_client.post("/jobs/new/merge-search/", one)
     assert response.status_code == 400 and "sources" in response.content.decode()
@@ -134,7 +126,7 @@ def test_bad_input_is_refused_naming_the_field(member_client, member, sources, s
 
     api = Client()
     api.defaults["HTTP_AUTHORIZATION"] = f"Bearer {api_token_create(user=member, name='script')[1]}"
-    body = {"artifacts": [s.pk for s in sources], "dataset": scored_on.pk, "search": SEARCH, "evaluate": EVALUATE,
+    body = {"artifacts": [s.pk for s in sources], "dataset": dataset.pk, "search": SEARCH, "evaluate": EVALUATE,
             "budget": 4, "population": 2}
     for change, field in (({"metric": "accuracy"}, "metric"), ({"search": {"weight.9": [0, 1]}}, "search.weight.9"),
                           ({"population": 8}, "population"), ({"artifacts": [sources[0].pk]}, "artifacts")):
@@ -146,8 +138,8 @@ def test_bad_input_is_refused_naming_the_field(member_client, member, sources, s
 
 
 def test_another_team_cannot_see_or_cancel_a_search_and_its_cancel_cancels_the_children(
-        member_client, member, team, outsider, sources, scored_on):
-    search = start(member, team, sources, scored_on)
+        member_client, member, team, outsider, sources, dataset):  # noqa: F811 (the imported fixture)
+    search = start(member, team, sources, dataset)
     assert run_job(search.pk, worker_name="test-worker", pool=search.device_pool) == "queued"  # parked
     children = merge_search_unfinished_children(search=search)
     assert sorted(j.kind for j in children) == ["evaluate", "evaluate", "merge", "merge"]
