@@ -130,12 +130,22 @@
         (row.cells[column] || row.insertCell()).textContent = s.answer;
       });
     },
-    // A merge search's candidate was scored (or failed): its point on the best-so-far chart, its table cell.
+    // A merge search's candidate was scored (or failed): its point on the best-so-far chart, its table row
+    // (added when the page was drawn before the candidate was queued; its job links come with a reload).
     candidate(d) {
       if (d.best_score != null) series.best_score.push({ x: d.index + 1, y: d.best_score });
-      const cell = document.querySelector(`#search-candidates tr[data-index="${d.index}"] [data-score]`);
+      const table = document.getElementById("search-candidates");
       const score = d.score != null ? String(d.score) : `failed: ${d.message}`;
-      if (cell) cell.textContent = score;
+      let row = table && table.querySelector(`tr[data-index="${d.index}"]`);
+      if (table && !row) {
+        row = table.insertRow();
+        row.dataset.index = d.index;
+        for (const value of [d.index, d.generation, ...Object.values(d.coefficients)]) {
+          row.insertCell().textContent = value;
+        }
+        row.insertCell().dataset.score = "";
+      }
+      if (row) row.querySelector("[data-score]").textContent = score;
       addLog(`candidate ${d.index}: ${d.metric} ${score}${d.best_index === d.index ? " (best so far)" : ""}`);
     },
     log(d) { addLog(d.message); },

@@ -123,9 +123,11 @@ def job_cancel(*, job: Job) -> Job:
     stop (it does so within one step and keeps a checkpoint)."""
     with transaction.atomic():
         if Job.objects.filter(pk=job.pk, status__in=[Job.Status.VALIDATING, Job.Status.QUEUED]).exists():
-            job_set_status(job.pk, Job.Status.CANCELLED, message="Cancelled before it started",
-                           finished_at=timezone.now())
-            _after_end(job, Job.Status.CANCELLED, "Cancelled before it started", notify_owner=False)
+            # a merge search waits in the queue between its steps: it may have started long ago
+            started = Job.objects.filter(pk=job.pk, started_at__isnull=False).exists()
+            message = "Cancelled while waiting in the queue" if started else "Cancelled before it started"
+            job_set_status(job.pk, Job.Status.CANCELLED, message=message, finished_at=timezone.now())
+            _after_end(job, Job.Status.CANCELLED, message, notify_owner=False)
         elif Job.objects.filter(pk=job.pk, status__in=(Job.Status.RUNNING, Job.Status.PREEMPTING)).exists():
             job_set_status(job.pk, Job.Status.CANCELLING, message="Stopping after the current step")
         for child in merge_search_unfinished_children(search=job):  # a merge search's candidates go with it

@@ -161,4 +161,5 @@ def test_another_team_cannot_see_or_cancel_a_search_and_its_cancel_cancels_the_c
 
     member_client.post(f"/jobs/{search.pk}/cancel/")
     assert Job.objects.get(pk=search.pk).status == "cancelled"
+    assert search.events.order_by("-seq").first().data["message"] == "Cancelled while waiting in the queue"
     assert set(Job.objects.filter(pk__in=[j.pk for j in children]).values_list("status", flat=True)) == {"cancelled"}
