@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -245,8 +246,11 @@ def generation_size(config: MergeSearchConfig, generation: int) -> int:
 def propose(config: MergeSearchConfig, scored: list[list[float | None]]) -> list[dict[str, float]]:
     """The candidates of generation ``len(scored)``, given every score of the generations before it (None:
     the candidate failed). CMA-ES is replayed from the seed, so the answer depends on nothing else."""
-    import cma
     import numpy
+
+    with warnings.catch_warnings():  # cma says at import that it draws no plots without matplotlib; none are drawn
+        warnings.filterwarnings("ignore", message="Could not import matplotlib", category=UserWarning)
+        import cma
 
     ranges = space(config)
     # cma refuses a one-dimensional search; an unused second coordinate keeps its algorithm unchanged.
