@@ -25,13 +25,16 @@ MERGE = _body(["artifacts"], {
     "method": {"enum": list(MERGE_METHODS), "default": next(iter(MERGE_METHODS))},
     "params": {"type": "object", "description": "The method's parameters, as on the merge page."},
     "weights": {"type": "array", "items": {"type": "number"}, "description": "One per artifact."},
-    "dataset": {"type": "integer", "description": "Data some methods (fisher) read."}, **NAME_TEAM})
+    "dataset": {"type": "integer", "description": "Data some methods read (fisher estimates on it, atlas learns "
+                                                 "its coefficients on it)."}, **NAME_TEAM})
 
 QUANTIZE = _body(["artifact", "scheme"], {
     "artifact": {"type": "integer"}, "scheme": {"enum": list(QUANT_SCHEMES)},
     "scheme_params": {"type": "object", "description": "The scheme's own settings, e.g. ComPEFT's density and "
                                                        "alpha (`python -m tuning quantize-schemes --json`)."},
     "eval_dataset": {"type": "integer", "description": "Scored before and after, for the report."},
+    "validation_dataset": {"type": "integer", "description": "ComPEFT's α search (scheme_params.alpha_grid): each "
+                                                            "candidate α is scored by loss on it."},
     "prompts": {"type": "array", "items": {"type": "string"}, "maxItems": 8,
                 "description": "Answered before and after, for the report."},
     "report": {"description": "false: no report. Or which parts it measures (sizes always; perplexity when "

@@ -106,14 +106,16 @@ def merges_collection(request):
     return _started(request, team, lambda: job_create_merge(
         user=request.caller.user, team=team, artifacts=artifacts, method=method, method_params=method_params,
         weights=[float(w) for w in weights] if weights else None, dataset=dataset, name=_name(body)),
-        model_error_field="artifacts", fields={"sources": "artifacts"})
+        model_error_field="artifacts",
+        fields={"sources": "artifacts", **{f"sources.{i}.path": f"artifacts.{i}" for i in range(len(artifacts))}})
 
 
 @api_view("POST")
 def quantizations_collection(request):
     """Quantize or export an artifact with one scheme (GGUF, torchao …)."""
     body = json_body(request)
-    refuse_unknown(body, {"artifact", "scheme", "scheme_params", "eval_dataset", "prompts", "report", "name", "team"})
+    refuse_unknown(body, {"artifact", "scheme", "scheme_params", "eval_dataset", "validation_dataset", "prompts",
+                          "report", "name", "team"})
     team = _team(request, body, "quantize artifacts")
     if body.get("artifact") is None:
         raise ApiError(400, "artifact is required: the adapter or model to quantize", field="artifact")
@@ -126,6 +128,10 @@ def quantizations_collection(request):
     if body.get("eval_dataset") is not None:
         dataset = dataset_get_in_teams(team_ids=[team.pk], dataset_id=_id(body["eval_dataset"], "eval_dataset"),
                                        field="eval_dataset")
+    validation = None
+    if body.get("validation_dataset") is not None:  # ComPEFT's α search
+        validation = dataset_get_in_teams(team_ids=[team.pk], field="validation_dataset",
+                                          dataset_id=_id(body["validation_dataset"], "validation_dataset"))
     prompts = [p.strip() for p in prompts or [] if p.strip()]
     report_settings = _report_settings(body.get("report"))
     scheme_params = body.get("scheme_params") or {}
@@ -135,8 +141,10 @@ def quantizations_collection(request):
     return _started(request, team, lambda: job_create_quantize(
         user=request.caller.user, team=team, artifact=artifact, scheme=str(body.get("scheme", "")),
         eval_dataset=dataset, prompts=prompts or None, name=_name(body), report_settings=report_settings,
-        scheme_params=scheme_params),
+        scheme_params=scheme_params, validation_dataset=validation),
         model_error_field="artifact", fields={"eval_dataset_path": "eval_dataset", "report": "report",
+                                              "validation_dataset_path": "validation_dataset",
+                                              "source_path": "artifact",
                                               **{setting: f"report.{key}" for key, setting in REPORT_KEYS.items()}})
 
 

@@ -76,7 +76,16 @@ def report_rows(report: dict | None) -> dict | None:
         rows.append({"label": "Next-token agreement with the source", "before": "100%",
                      "after": f"{report['agreement_top1']:.1%} (KL {report['agreement_kl']:.4f})"})
     return {"rows": rows, "answers": report.get("answers", []), "ratio": report.get("size_ratio"),
-            "eval_rows": report.get("eval_rows"), "measured_by": report.get("measured_by", "")}
+            "eval_rows": report.get("eval_rows"), "measured_by": report.get("measured_by", ""),
+            "alpha_search": _alpha_search((report.get("compression") or {}).get("alpha_search"))}
+
+
+def _alpha_search(search: dict | None) -> dict | None:
+    """ComPEFT's α search as rows (α, validation loss, chosen?)."""
+    if not search:
+        return None
+    return {**search, "candidates": [{"alpha": alpha, "loss": loss, "chosen": alpha == search["chosen"]}
+                                     for alpha, loss in zip(search["grid"], search["losses"])]}
 
 
 def artifact_card_facts(artifact: Artifact) -> dict:

@@ -127,7 +127,7 @@ def quantized_model_name(*, base_model, made_by: Job | None) -> str:
 
 def _quantize_config(*, job: Job, scheme: str, source_path: str, base_model, eval_dataset=None,
                      prompts=None, model_name: str = "", report_settings: dict | None = None,
-                     scheme_params: dict | None = None):
+                     scheme_params: dict | None = None, validation_dataset=None):
     from tuning.quantize.config import REPORT_SETTINGS, QuantizeConfig
 
     values = {"scheme": scheme, "source_path": source_path, "base_model": base_model.ref if base_model else "",
@@ -141,16 +141,19 @@ def _quantize_config(*, job: Job, scheme: str, source_path: str, base_model, eva
         values["prompts"] = list(prompts)
     if eval_dataset is not None:
         values["eval_dataset_path"] = eval_dataset.file.path
+    if validation_dataset is not None:  # ComPEFT's α search
+        values["validation_dataset_path"] = validation_dataset.file.path
     return QuantizeConfig.from_dict(values)
 
 
 def job_create_quantize(*, user, team, artifact: Artifact | None, scheme: str, eval_dataset=None, prompts=None,
                         name: str = "", depends_on: Job | None = None, report_settings: dict | None = None,
-                        scheme_params: dict | None = None) -> Job:
+                        scheme_params: dict | None = None, validation_dataset=None) -> Job:
     """Validate quantizing ``artifact`` (or, with ``depends_on``, the model
     that job will make) with ``scheme``, store the job and enqueue it.
     ``report_settings`` are QuantizeConfig's report fields (REPORT_SETTINGS);
-    ``scheme_params`` the scheme's own settings (ComPEFT's density …)."""
+    ``scheme_params`` the scheme's own settings (ComPEFT's density …);
+    ``validation_dataset`` the split ComPEFT's α search scores on."""
     from tuning.quantize import QUANT_SCHEMES
     from tuning.quantize.run import check_quantize_source
 
@@ -168,6 +171,7 @@ def job_create_quantize(*, user, team, artifact: Artifact | None, scheme: str, e
                                   base_model=base_model if adapter or quant.delta else None,
                                   eval_dataset=eval_dataset,
                                   prompts=prompts, report_settings=report_settings, scheme_params=scheme_params,
+                                  validation_dataset=validation_dataset,
                                   model_name=quantized_model_name(
                                       base_model=base_model, made_by=depends_on or artifact.job))
         if not depends_on:

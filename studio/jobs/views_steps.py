@@ -117,6 +117,8 @@ def job_new_quantize(request):
     if request.method == "POST":
         picked = _picked(request, team, [data.get("artifact", "")])
         dataset = datasets.filter(pk=data["dataset"]).first() if data.get("dataset", "").isdigit() else None
+        validation = datasets.filter(pk=data["validation_dataset"]).first() \
+            if data.get("validation_dataset", "").isdigit() else None
         prompts = [line.strip() for line in data.get("prompts", "").splitlines() if line.strip()][:8]
         if not report_form.is_valid():
             errors.update({field: " ".join(messages) for field, messages in report_form.errors.items()})
@@ -130,7 +132,8 @@ def job_new_quantize(request):
                 create=lambda: job_create_quantize(user=request.user, team=team, artifact=picked[0],
                                                    scheme=data.get("scheme", ""), eval_dataset=dataset,
                                                    prompts=prompts or None, name=data.get("name", ""),
-                                                   report_settings=report_settings, scheme_params=scheme_params))
+                                                   report_settings=report_settings, scheme_params=scheme_params,
+                                                   validation_dataset=validation))
             if jobs:
                 return redirect(jobs[0])
     from tuning.quantize.config import DEFAULT_PROMPTS
@@ -138,7 +141,12 @@ def job_new_quantize(request):
     chosen = data.get("artifact", "")
     shown = (artifacts.filter(pk=chosen).first() if chosen.isdigit() else None) or artifacts.first()
     config = model_config_in(shown.path, shown.base_model and shown.base_model.ref) if shown else None
-    context = {"schemes": [(_with_paper_url(scheme), reason) for scheme, reason in quantize_schemes(config)],
+    schemes = [(_with_paper_url(scheme), reason) for scheme, reason in quantize_schemes(config)]
+    for scheme, _ in schemes:  # a chosen preset fills its scheme's inputs
+        if scheme["name"] == data.get("scheme") and data.get("preset") in scheme["presets"]:
+            scheme["params"] = {**scheme["params"], **scheme["presets"][data["preset"]]["settings"]}
+    context = {"schemes": schemes, "chosen_preset": data.get("preset", ""),
+               "chosen_validation": data.get("validation_dataset", ""),
                "artifacts": artifacts, "datasets": datasets, "errors": errors,
                "estimate": quantize_estimate(shown, chosen_scheme=data.get("scheme", "")),
                "chosen_artifact": data.get("artifact", ""), "chosen_scheme": data.get("scheme", ""),

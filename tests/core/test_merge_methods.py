@@ -18,7 +18,7 @@ LOSSLESS = {
     "task_arithmetic": {}, "ties": {"density": 1.0}, "dare_linear": {"density": 1.0},
     "dare_ties": {"density": 1.0}, "breadcrumbs": {"density": 1.0, "gamma": 0.0}, "model_stock": {},
     "slerp": {}, "pcb": {"ratio": 1.0}, "fisher": {}, "della": {"density": 1.0}, "della_linear": {"density": 1.0},
-    "sce": {}, "wise_ft": {"alpha": 1.0},
+    "sce": {}, "wise_ft": {"alpha": 1.0}, "atlas": {},
 }
 
 

@@ -82,7 +82,7 @@ def test_scheme_settings_are_checked_by_name(tmp_path):
     assert set(caught.value.errors) == {"scheme_params.density", "scheme_params.alpha", "scheme_params.topk"}
     assert "at most 1" in caught.value.errors["scheme_params.density"]
     config = QuantizeConfig.from_dict({"scheme": "compeft", "source_path": "x", "output_dir": "y"})
-    assert config.scheme_params == {"density": 0.1, "alpha": 1.0}
+    assert config.scheme_params == {"density": 0.1, "alpha": 1.0, "alpha_grid": ""}
     with pytest.raises(ConfigError, match="unknown setting"):
         QuantizeConfig.from_dict({"scheme": "gguf_q8_0", "source_path": "x", "output_dir": "y",
                                   "scheme_params": {"density": 0.5}})

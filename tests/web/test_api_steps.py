@@ -167,4 +167,26 @@ def test_a_schemes_own_settings_go_through_the_api_and_are_checked_by_the_scheme
     assert not Job.objects.filter(kind=Job.Kind.QUANTIZE).exists()
     started = post(api, url, {"artifact": adapter.pk, "scheme": "compeft", "scheme_params": {"alpha": 2}})
     assert started.status_code == 201, started.content
-    assert Job.objects.get(pk=started.json()["id"]).config["scheme_params"] == {"density": 0.1, "alpha": 2}
+    assert Job.objects.get(pk=started.json()["id"]).config["scheme_params"] == {"density": 0.1, "alpha": 2,
+                                                                                 "alpha_grid": ""}
+
+
+def test_merge_and_quantize_refuse_a_bottleneck_adapter_naming_it_on_the_page_and_in_the_api(
+        api, member_client, member, team, dataset, tiny_base_model):  # noqa: F811
+    from studio.jobs.services import job_create_train
+
+    job = job_create_train(user=member, team=team, dataset=dataset, base_model=tiny_base_model,
+                           settings_values={"max_steps": 1, "batch_size": 2, "precision": "fp32",
+                                            "method": "bottleneck"}, method_params={"variant": "houlsby"})
+    adapter = finish_with_a_real_adapter(job)
+    merged = error(post(api, "/api/v1/merges", {"artifacts": [adapter.pk], "method": "fold"}), 400, "artifacts.0")
+    assert "is a Houlsby bottleneck adapter" in merged["message"] and "cannot be folded" in merged["message"]
+    quantized = error(post(api, "/api/v1/quantizations", {"artifact": adapter.pk, "scheme": "gguf_q8_0"}), 400,
+                      "artifact")
+    assert "Houlsby bottleneck adapter" in quantized["message"] and "quantize or export the base model" in \
+        quantized["message"]
+    page = member_client.post("/jobs/new/merge/", {"method": "task_arithmetic", "artifacts": [adapter.pk]})
+    assert page.status_code == 400 and "is a Houlsby bottleneck adapter" in page.content.decode()
+    page = member_client.post("/jobs/new/quantize/", {"artifact": adapter.pk, "scheme": "gguf_q8_0"})
+    assert page.status_code == 400 and "Houlsby bottleneck adapter" in page.content.decode()
+    assert not Job.objects.filter(kind__in=[Job.Kind.MERGE, Job.Kind.QUANTIZE]).exists()

@@ -263,5 +263,44 @@ def test_a_delta_schemes_settings_and_paper_are_on_the_quantize_page(member_clie
                                                           "scheme_param__gguf_q8_0__density": "9"})
     assert response.status_code == 302, response.content.decode()[:2000]
     config = Job.objects.get(kind="quantize").config
-    assert config["scheme_params"] == {"density": 0.3, "alpha": 1.0}  # the chosen scheme's inputs only
+    assert config["scheme_params"] == {"density": 0.3, "alpha": 1.0, "alpha_grid": ""}  # the chosen scheme's only
     assert config["base_model"] == tiny_base_model.ref  # the change is measured against the adapter's base
+
+    # Presets fill the scheme's inputs and say what they trade; an α search needs a validation split.
+    page = member_client.get(f"/jobs/new/quantize/?artifact={adapter.pk}&scheme=compeft&preset=faithful")
+    page = page.content.decode()
+    assert 'value="0.3"' in re.search(r'<input[^>]*name="scheme_param__compeft__density"[^>]*>', page)[0]
+    assert 'aria-current="true"' in page and "keeps 30%" in page and "paper&#x27;s 1/16 of fp16" in page
+    search = {"artifact": adapter.pk, "scheme": "compeft", "scheme_param__compeft__alpha_grid": "0.5, 1, 2"}
+    refused = member_client.post("/jobs/new/quantize/", search)
+    assert refused.status_code == 400 and "validation_dataset_path:</strong> ComPEFT" in refused.content.decode()
+    assert member_client.post("/jobs/new/quantize/", {**search, "validation_dataset": dataset.pk}).status_code == 302
+    config = Job.objects.filter(kind="quantize").latest("pk").config
+    assert config["validation_dataset_path"] == dataset.file.path
+    assert config["scheme_params"]["alpha_grid"] == "0.5, 1, 2"
+
+
+def test_an_atlas_merge_asks_for_a_dataset_and_its_job_page_shows_the_learned_coefficients(
+        member_client, member, team, dataset, tiny_base_model):
+    from tuning.merge import run_merge
+    from tuning.merge.config import MergeConfig
+    from worker.sink import JobSink
+
+    adapter = finish_with_a_real_adapter(train(member, team, dataset, tiny_base_model))
+    form = member_client.get("/jobs/new/merge/?method=atlas").content.decode()
+    assert "aTLAS (learned coefficients) learns its coefficients on data" in form and 'name="dataset"' in form
+    settings = {"method": "atlas", "artifacts": [adapter.pk], "param__steps": 2, "param__rows": 4}
+    refused = member_client.post("/jobs/new/merge/", settings)
+    assert refused.status_code == 400 and "learns its coefficients on data: pick a dataset" in refused.content.decode()
+
+    response = member_client.post("/jobs/new/merge/", {**settings, "dataset": dataset.pk})
+    job = Job.objects.get(kind=Job.Kind.MERGE)
+    assert response.status_code == 302 and job.config["method_params"]["steps"] == 2
+    assert job.config["dataset_path"] == dataset.file.path
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    run_merge(MergeConfig.from_dict(job.config), JobSink(job))  # what the worker does
+    job_finish(job_id=job.pk, status=Job.Status.SUCCEEDED, message="done")
+    page = member_client.get(f"/jobs/{job.pk}/").content.decode()
+    section = re.search(r'<section class="card" id="atlas-coefficients">(.*?)</section>', page, re.S)[1]
+    assert "after 2 steps" in section and "model.layers.0.self_attn.q_proj.weight" in section
+    assert section.count("<tr>") == 1 + len(job.artifacts.get().metadata["atlas"]["coefficients"])

@@ -44,7 +44,7 @@ def check_merge_sources(config) -> None:
         _check_vocabulary(base, source, field, config.trust_remote_code)
     if method.group == "adapters":
         _check_adapters_agree(sources, same_rank=method.same_rank)
-    if method.check_sources is not None and (refusals := method.check_sources(sources)):
+    if method.check_sources is not None and (refusals := method.check_sources(sources, base)):
         raise ConfigError(refusals)
 
 

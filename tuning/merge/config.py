@@ -26,10 +26,11 @@ class MergeConfig:
     output_dir: str = setting(help="Directory the run writes its output (model/ or adapter/) into.")
     dtype: str = setting("auto", help="Dtype of the saved weights: auto keeps the base model's; the arithmetic "
                                       "itself always runs in fp32.", choices=DTYPES, basic=True)
-    dataset_path: str = setting("", help="Fisher merging only: JSONL or CSV file (instruction/response rows) the "
-                                         "Fisher information is estimated on.")
-    max_length: int = setting(512, help="Fisher merging only: tokens per row; longer rows are truncated.", min=8,
-                              max=131072)
+    dataset_path: str = setting("", help="Fisher merging and aTLAS only: JSONL or CSV file (instruction/response "
+                                         "rows) the Fisher information is estimated on, or aTLAS's coefficients "
+                                         "learn on.")
+    max_length: int = setting(512, help="Fisher merging and aTLAS only: tokens per row; longer rows are truncated.",
+                              min=8, max=131072)
     fisher_batches: int = setting(64, help="Fisher merging only: rows used to estimate each model's Fisher "
                                            "information (one gradient per row, as in the paper).", min=1,
                                   max=1_000_000)
@@ -57,7 +58,7 @@ class MergeConfig:
             method_params = _method_params(method, method_params, len(sources), errors)
             _count(method, len(sources), errors)
             if method.needs_dataset and not data.get("dataset_path"):
-                errors["dataset_path"] = f"{method.label} estimates Fisher information on data: pick a dataset"
+                errors["dataset_path"] = f"{method.label} {method.dataset_use}: pick a dataset"
         if errors:
             raise ConfigError(errors)
         return dataclasses.replace(config, sources=sources, method_params=method_params)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tuning.errors import ConfigError, ModelError
 from tuning.merge.tensors import ADAPTER_CONFIG, WEIGHTS, WEIGHTS_INDEX
+from tuning.unfoldable import unfoldable_refusal
 
 # Copied from the base so an output loads with stock transformers and keeps the chat template.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -44,6 +45,9 @@ def resolve_sources(config) -> list[Source]:
     sources, errors = [], {}
     for index, raw in enumerate(config.sources):
         path = Path(raw["path"])
+        if refusal := unfoldable_refusal(path, "merged"):
+            errors[f"sources.{index}.path"] = refusal
+            continue
         if is_adapter(path):
             kind = "adapter"
         elif (path / WEIGHTS).exists() or (path / WEIGHTS_INDEX).exists():

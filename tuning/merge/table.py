@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tuning.merge import (breadcrumbs, dare, della, fisher, fold, lora_combine, model_stock, pcb, sce, slerp,
+from tuning.merge import (atlas, breadcrumbs, dare, della, fisher, fold, lora_combine, model_stock, pcb, sce, slerp,
                           task_arithmetic, ties, wise_ft)
 
 GROUPS = {
@@ -32,9 +32,10 @@ class MergeMethod:
     merge_tensors: Callable | None = None  # the per-tensor rule (models group)
     check: Callable[[Any], dict[str, str]] | None = None
     same_rank: bool = False  # adapters group: every source must have one LoRA rank
-    needs_dataset: bool = False  # Fisher merging estimates on data
+    needs_dataset: bool = False  # Fisher merging estimates on data, aTLAS learns on it
+    dataset_use: str = ""  # what it does with the dataset, for the form's label and the missing-dataset message
     presets: dict[str, dict] | None = None  # name -> settings a user can start from
-    check_sources: Callable[[list], dict[str, str]] | None = None  # {field: message} for sources it cannot take
+    check_sources: Callable[[list, Any], dict[str, str]] | None = None  # (sources, base) -> {field: message}
 
 
 def _model_row(module, **row) -> MergeMethod:
@@ -153,10 +154,17 @@ MERGE_METHODS: dict[str, MergeMethod] = {
                                "not used.",
                    paper="Parameter Competition Balancing for Model Merging, https://arxiv.org/abs/2410.02396"),
         _model_row(fisher, name="fisher", label="Fisher merging", params=fisher.FisherParams, min_sources=1,
-                   needs_dataset=True,
+                   needs_dataset=True, dataset_use="estimates Fisher information on data",
                    description="Averages the models parameter by parameter, each weighted by how much it matters "
                                "to its model (Fisher information estimated on a dataset you pick).",
                    paper="Merging Models with Fisher-Weighted Averaging, https://arxiv.org/abs/2111.09832"),
+        _model_row(atlas, name="atlas", label="aTLAS (learned coefficients)", params=atlas.AtlasParams,
+                   min_sources=1, needs_dataset=True, dataset_use="learns its coefficients on data",
+                   check_sources=atlas.source_refusals,
+                   description="Task arithmetic with one coefficient per tensor (or layer) and task vector, learned "
+                               "by gradient descent on a few rows of a dataset you pick; the job page shows them.",
+                   paper="Knowledge Composition using Task Vectors with Learned Anisotropic Scaling, "
+                         "https://arxiv.org/abs/2407.08624"),
     )
 }
 
@@ -169,4 +177,5 @@ def describe(method: MergeMethod) -> dict:
     return {"name": method.name, "label": method.label, "group": method.group, "group_label": GROUPS[method.group],
             "description": method.description, "paper": method.paper, "produces": method.produces,
             "min_sources": method.min_sources, "max_sources": method.max_sources,
-            "needs_dataset": method.needs_dataset, "params": fields, "presets": method.presets or {}}
+            "needs_dataset": method.needs_dataset,
+            "dataset_use": method.dataset_use, "params": fields, "presets": method.presets or {}}

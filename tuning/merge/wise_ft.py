@@ -44,9 +44,10 @@ def run(job) -> dict:
     return stream_merge(job, lambda name, base, tensors: merge_tensors(base, tensors, [], job.params))
 
 
-def adapter_refusals(sources: list) -> dict[str, str]:
+def adapter_refusals(sources: list, base=None) -> dict[str, str]:
     """Adapters whose update is not linear in B (or that carry full
-    modules) cannot be interpolated by scaling: name them and the fix."""
+    modules) cannot be interpolated by scaling: name them and the fix
+    (``base``, the run's base model, plays no part here)."""
     for index, source in enumerate(sources):
         config = json.loads((source.path / ADAPTER_CONFIG).read_text())
         why = ""

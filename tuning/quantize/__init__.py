@@ -45,6 +45,8 @@ class QuantScheme:
     delta: bool = False
     check_params: Callable[[dict], dict] = lambda params: _no_params(params)  # scheme_params -> with defaults
     paper: str = ""
+    # name -> {"settings": scheme_params, "trade": what it gives up for what}, offered by the quantize form
+    presets: dict | None = None
 
 
 def _no_params(params: dict) -> dict:
@@ -78,7 +80,8 @@ def _module(module, *, name: str, label: str, description: str, needs_gpu: bool)
 
 def _delta(module, *, name: str, label: str, description: str) -> QuantScheme:
     return dataclasses.replace(_module(module, name=name, label=label, description=description, needs_gpu=False),
-                               delta=True, check_params=module.check_params, paper=module.PAPER)
+                               delta=True, check_params=module.check_params, paper=module.PAPER,
+                               presets=getattr(module, "PRESETS", None))
 
 
 QUANT_SCHEMES: dict[str, QuantScheme] = {
@@ -133,7 +136,7 @@ def describe(scheme: QuantScheme | str, *, check_machine: bool = True) -> dict:
             "needs_gpu": scheme.needs_gpu, "format": scheme.format, "how_to_load": scheme.how_to_load,
             "families": list(scheme.families), "available": (reason is None) if check_machine else None,
             "unavailable_reason": reason, "delta": scheme.delta, "paper": scheme.paper,
-            "params": scheme.check_params({})}
+            "params": scheme.check_params({}), "presets": scheme.presets or {}}
 
 
 def export_support(model_config: dict | str) -> dict[str, str | None]:

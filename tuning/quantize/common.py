@@ -27,6 +27,10 @@ class SchemeContext:
     name: str = ""  # recorded in the output where the format has a place for it (GGUF general.name)
     base_model: str = ""  # the base a delta scheme measures the source's change against
     params: dict = field(default_factory=dict)  # the scheme's own settings (QuantizeConfig.scheme_params)
+    # ComPEFT's α search: the validation split each candidate is scored on, its rows and tokens a row
+    validation_path: str = ""
+    validation_rows: int = 16
+    validation_max_length: int = 256
 
 
 def missing_package(module: str, pip_name: str) -> str | None:

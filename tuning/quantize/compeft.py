@@ -7,7 +7,9 @@ its sign times one scale:
 
 std is the population standard deviation of the whole tensor (not only the
 kept entries), as in the paper; ``alpha`` is the paper's scale
-hyperparameter (it tunes it on validation data; 1.0 is where it starts).
+hyperparameter (it tunes it on validation data; 1.0 is where it starts):
+with ``alpha_grid`` each candidate is scored by loss on a validation split
+(``compeft_search``) and the best one is written.
 Each tensor gets its own top-k and scale: LoRA's A and B, an embedding and a
 norm differ in scale by orders of magnitude, and one scale for all of them
 would ternarise the small ones to noise. Stored packed, a tensor of n
@@ -42,11 +44,54 @@ def _positive(value) -> str | None:
     return None
 
 
-PARAMS = {"density": (0.1, _fraction), "alpha": (1.0, _positive)}
+def _grid(value) -> str | None:
+    if parse_grid(value) is None:
+        return ("must be empty (no search) or α values above 0 separated by commas, e.g. 0.5, 1, 2, 4 (each is "
+                "scored on the validation split and the one with the lowest loss is written)")
+    return None
+
+
+def parse_grid(value) -> list[float] | None:
+    """The α values of ``alpha_grid`` (a number, a list, or a comma-separated text; empty: []), None if invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        value = [value]
+    elif isinstance(value, str):
+        value = [part for part in value.replace(";", ",").split(",") if part.strip()]
+    if not isinstance(value, list):
+        return None
+    try:
+        grid = [float(part) for part in value]
+    except (TypeError, ValueError):
+        return None
+    if len(grid) > MAX_GRID or not all(0 < alpha < float("inf") for alpha in grid):
+        return None
+    return list(dict.fromkeys(grid))
+
+
+MAX_GRID = 16  # candidates: each is one pass over the validation rows
+PARAMS = {"density": (0.1, _fraction), "alpha": (1.0, _positive), "alpha_grid": ("", _grid)}
+# What each preset trades. The mask costs one bit an entry whatever the density, so density trades fidelity far
+# more than size: packed, 0.05 is about 1/15 of fp16, 0.1 about 1/14.5, 0.3 about 1/12.
+PRESETS = {
+    "smallest": {"settings": {"density": 0.05, "alpha": 1.0, "alpha_grid": ""},
+                 "trade": "keeps 5% of each tensor's change: the smallest file (about 1/15 of fp16), the most of the "
+                          "fine-tune's gain lost"},
+    "balanced": {"settings": {"density": 0.1, "alpha": 1.0, "alpha_grid": ""},
+                 "trade": "keeps 10%: about 1/14 of fp16; α left at 1, which may be too small (search α to check)"},
+    "faithful": {"settings": {"density": 0.3, "alpha": 1.0, "alpha_grid": ""},
+                 "trade": "keeps 30%: about 1/12 of fp16, closer to the fine-tune, little bigger"},
+    "search α": {"settings": {"density": 0.1, "alpha": 1.0, "alpha_grid": "0.5, 1, 2, 4, 8"},
+                 "trade": "as balanced, but α is picked from 0.5–8 by loss on a validation split you choose, as in "
+                          "the paper: one pass over it per candidate, needs the split"},
+}
 
 
 def check_params(params: dict) -> dict:
-    return read_params(params, PARAMS)
+    values = read_params(params, PARAMS)
+    values["alpha_grid"] = ", ".join(f"{alpha:g}" for alpha in parse_grid(values["alpha_grid"]))
+    return values
 
 
 def unavailable_reason() -> str | None:
@@ -80,8 +125,14 @@ def _compress(density: float, alpha: float):
 
 def run(source_dir: Path, out_dir: Path, ctx: SchemeContext) -> None:
     settings = check_params(ctx.params)
+    extra = {}
+    if grid := parse_grid(settings["alpha_grid"]):
+        from tuning.quantize.compeft_search import search_alpha
+
+        extra["alpha_search"] = search = search_alpha(source_dir, ctx, density=settings["density"], grid=grid)
+        settings = {**settings, "alpha": search["chosen"]}
     stats = run_delta(source_dir, out_dir, ctx, scheme="compeft", settings=settings,
-                      compress=_compress(settings["density"], settings["alpha"]))
+                      compress=_compress(settings["density"], settings["alpha"]), extra=extra)
     ctx.log(f"ComPEFT kept {stats['nonzero_fraction']:.1%} of the change's entries; packed change "
             f"{stats['delta_bytes_after'] / 2**20:.2f} MiB (was {stats['delta_bytes_before'] / 2**20:.2f} MiB)")
 

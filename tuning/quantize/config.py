@@ -33,8 +33,13 @@ class QuantizeConfig:
     output_dir: str = setting(help="Directory the quantized model is written to (replaced if it exists).")
     eval_dataset_path: str = setting("", help="Optional JSONL/CSV of instruction/response rows: the report "
                                               "compares perplexity on them before and after.")
+    validation_dataset_path: str = setting("", help="ComPEFT's α search only: JSONL/CSV of instruction/response "
+                                                    "rows each candidate α is scored on (loss of its first eval_rows "
+                                                    "rows); keep it apart from the evaluation file, which then "
+                                                    "reports the chosen α's change without having picked it.")
     # Rows and tokens: a CPU scores about 16 rows of the bundled model in seconds; 64 took minutes.
-    eval_rows: int = setting(16, help="Rows of the evaluation file used for perplexity.", min=1, max=100_000)
+    eval_rows: int = setting(16, help="Rows of the evaluation file used for perplexity (and of the validation "
+                                      "split, for an α search).", min=1, max=100_000)
     eval_max_length: int = setting(256, help="Tokens per evaluation row; longer rows are truncated.", min=8,
                                    max=131072)
     # Prompts answered before and after, side by side in the report. A list,
@@ -85,6 +90,9 @@ class QuantizeConfig:
                 scheme_params = QUANT_SCHEMES[config.scheme].check_params(scheme_params)
             except ConfigError as exc:
                 errors.update(exc.errors)
+            if scheme_params.get("alpha_grid") and not config.validation_dataset_path:
+                errors["validation_dataset_path"] = ("ComPEFT's α search scores each α by loss on a validation "
+                                                     "split: pick one, or clear alpha_grid")
         if errors:
             raise ConfigError(errors)
         import dataclasses

@@ -236,13 +236,15 @@ def read_params(params: dict, spec: dict) -> dict:
     return values
 
 
-def run_delta(source: Path, out_dir: Path, ctx, *, scheme: str, settings: dict, compress) -> dict:
+def run_delta(source: Path, out_dir: Path, ctx, *, scheme: str, settings: dict, compress,
+              extra: dict | None = None) -> dict:
     """Compress the change of ``source`` from ``ctx.base_model`` tensor by tensor and write all three outputs.
 
     ``compress(name, change)`` (fp32 tensor) returns (the change as the
     compressed form reconstructs it, {key suffix: packed tensor}, layout
     entry): the loadable output gets the first (added to the base for a full
-    model), the packed file the second under ``name + suffix``."""
+    model), the packed file the second under ``name + suffix``. ``extra`` is
+    recorded beside the sizes (ComPEFT's α search)."""
     import torch
 
     from tuning.quantize.common import Cancelled
@@ -278,4 +280,4 @@ def run_delta(source: Path, out_dir: Path, ctx, *, scheme: str, settings: dict, 
         raise
     packed_bytes = write_packed(out_dir, packed, layout, scheme=scheme, settings=settings)
     return write_stats(out_dir, source=source, packed_bytes=packed_bytes, scheme=scheme, settings=settings,
-                       nonzero_fraction=round(kept / entries, 4) if entries else None)
+                       nonzero_fraction=round(kept / entries, 4) if entries else None, **(extra or {}))

@@ -28,6 +28,7 @@ from tuning.quantize.common import Cancelled, SchemeContext, copy_tokenizer_file
 from tuning.quantize.config import QuantizeConfig
 from tuning.quantize.modelcard import write_quantized_card
 from tuning.quantize.report import build_report, report_parts
+from tuning.unfoldable import unfoldable_refusal
 
 
 @dataclass
@@ -67,6 +68,8 @@ def check_quantize_source(config: QuantizeConfig, *, on_worker: bool = True) -> 
     source = Path(config.source_path).expanduser()
     if not source.is_dir():
         raise ConfigError({"source_path": f"directory not found: {config.source_path}"})
+    if refusal := unfoldable_refusal(source, "quantized"):
+        raise ConfigError({"source_path": refusal})
     if scheme.delta:
         if not config.base_model:
             raise ConfigError({"base_model": f"{scheme.label} compresses the change of {config.source_path} from "
@@ -149,7 +152,9 @@ def run_quantize(config: QuantizeConfig, sink: EventSink) -> QuantizeResult:
                                 should_stop=sink.should_stop, log=lambda message: sink.emit(LogEvent(message=message)),
                                 trust_remote_code=config.trust_remote_code,
                                 name=config.model_name or Path(config.source_path).name,
-                                base_model=config.base_model, params=config.scheme_params)
+                                base_model=config.base_model, params=config.scheme_params,
+                                validation_path=config.validation_dataset_path, validation_rows=config.eval_rows,
+                                validation_max_length=config.eval_max_length)
         # a delta scheme reads the source as it is (an adapter stays an adapter); the merged copy is the report's
         scheme.run(Path(config.source_path) if scheme.delta else source_dir, partial, context)
         copy_tokenizer_files(source_dir, partial, trust_remote_code=config.trust_remote_code)
