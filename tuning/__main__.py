@@ -215,7 +215,9 @@ def _quantize_schemes(args) -> int:
     else:
         for row in rows:
             unavailable = f" (unavailable here: {row['unavailable_reason']})" if row["unavailable_reason"] else ""
-            print(f"{row['name']:<18} {row['label']}: {row['description']}{unavailable}")
+            presets = "".join(f"\n{'':<19}preset {name}: {preset['trade']} {preset['settings']}"
+                              for name, preset in row["presets"].items())
+            print(f"{row['name']:<18} {row['label']}: {row['description']}{unavailable}{presets}")
     return 0
 
 

@@ -1,7 +1,9 @@
 """run_merge end to end on the tiny model: two LoRA adapters trained for real
 on different data, folded, combined and merged; every output reloads in
 stock transformers/peft; bad sources are refused by name; a cancel leaves
-nothing behind."""
+nothing behind. aTLAS learns coefficients for a LoRA that knows the data and
+a model of random noise: they move, and the saved model's loss on the data
+is below task arithmetic's; zero steps are task arithmetic bit for bit."""
 
 import json
 import shutil
@@ -287,3 +289,96 @@ def test_wise_ft_refuses_an_adapter_it_cannot_scale_before_queueing(tiny_model, 
     with pytest.raises(ConfigError, match=r"is DoRA.*use WiSE-FT \(models\)") as caught:
         check_merge_sources(_config(tiny_model, tmp_path, [dora], method="lora_wise_ft"))
     assert set(caught.value.errors) == {"sources.0"}
+
+
+# ---- aTLAS ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def noise_model(tiny_model, tmp_path_factory) -> Path:
+    """A "fine-tune" that is the base plus random noise: a task vector that only hurts."""
+    noise = tmp_path_factory.mktemp("noise") / "model"
+    shutil.copytree(tiny_model, noise)
+    generator = torch.Generator().manual_seed(0)
+    weights = {name: tensor + 0.1 * torch.randn(tensor.shape, generator=generator)
+               for name, tensor in load_file(tiny_model / "model.safetensors").items()}
+    save_file(weights, str(noise / "model.safetensors"), metadata={"format": "pt"})
+    return noise
+
+
+@pytest.fixture(scope="module")
+def colours_jsonl(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("atlas-data") / "colours.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in DATA["colours"] * 2))
+    return path
+
+
+def data_loss(model_dir, tiny_model, data) -> float:
+    """The mean loss on all rows in one batch, by a model loaded as a user would."""
+    from tuning.data.tasks import collate_for_task, load_task_data
+    from tuning.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    items = load_task_data("sft", str(data), tokenizer=tokenizer, max_length=512).items
+    with torch.no_grad():
+        return float(load(model_dir).eval()(**collate_for_task("sft", pad_token_id=tokenizer.pad_token_id)(items)).loss)
+
+
+def test_atlas_learns_coefficients_that_lower_the_loss_below_task_arithmetic(tiny_model, adapters, noise_model,
+                                                                             colours_jsonl, tmp_path):
+    sources = [adapters["colours"], noise_model]
+    atlas, _ = merge(tiny_model, tmp_path / "atlas", "atlas", sources, dataset_path=str(colours_jsonl),
+                     method_params={"steps": 8, "learning_rate": 0.1, "rows": 4, "batch_size": 4})
+    plain, _ = merge(tiny_model, tmp_path / "ta", "task_arithmetic", sources)
+    report = atlas.metadata["atlas"]
+    assert report["steps"] == 8 and report["rows"] == 4 and report["loss_end"] < report["loss_start"]
+    rows = {row["block"]: row["per_source"] for row in report["coefficients"]}
+    assert len(rows) == len(load_file(tiny_model / "model.safetensors"))  # one per tensor (tied head: one)
+    assert all(c["start"] == 1.0 for per_source in rows.values() for c in per_source)
+    assert sum(abs(c["learned"] - c["start"]) > 0.05 for per_source in rows.values() for c in per_source) > 10
+    noise = [per_source[1]["learned"] for per_source in rows.values()]
+    assert sum(noise) / len(noise) < 1.0  # the noise task vector is turned down on average
+
+    learned_loss, plain_loss = (data_loss(r.output_path, tiny_model, colours_jsonl) for r in (atlas, plain))
+    assert learned_loss < plain_loss
+    assert learned_loss == pytest.approx(report["loss_end"], rel=1e-4)
+    assert plain_loss == pytest.approx(report["loss_start"], rel=1e-4)
+
+    # The saved tensor is θ_base + Σ_i c_i τ_i with the reported coefficients (λ included).
+    base = load_file(tiny_model / "model.safetensors")[TENSOR]
+    lora_delta = _folded_tensor(tiny_model, adapters["colours"]) - base
+    noise_delta = load_file(noise_model / "model.safetensors")[TENSOR] - base
+    lora_c, noise_c = (c["learned"] for c in rows[TENSOR])
+    torch.testing.assert_close(load(atlas.output_path).state_dict()[TENSOR],
+                               base + lora_c * lora_delta + noise_c * noise_delta, rtol=1e-5, atol=1e-5)
+
+
+def test_atlas_with_zero_steps_is_task_arithmetic_exactly(tiny_model, adapters, noise_model, colours_jsonl,
+                                                          tmp_path):
+    sources = [{"path": str(adapters["colours"]), "weight": 0.7}, {"path": str(noise_model), "weight": 0.3}]
+    atlas, _ = merge(tiny_model, tmp_path / "a", "atlas", sources, dataset_path=str(colours_jsonl),
+                     method_params={"steps": 0, "scaling": 0.8, "blocks": "layer"})
+    plain, _ = merge(tiny_model, tmp_path / "t", "task_arithmetic", sources, method_params={"scaling": 0.8})
+    ours, theirs = (load_file(Path(r.output_path) / "model.safetensors") for r in (atlas, plain))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[name], theirs[name]) for name in ours)
+    report = atlas.metadata["atlas"]
+    assert report["loss_start"] == report["loss_end"]
+    assert [row["block"] for row in report["coefficients"]] == ["model.embed_tokens.weight", "model.layers.0",
+                                                                "model.layers.1", "model.norm.weight"]
+
+
+def test_atlas_refuses_bad_input_naming_the_field(tiny_model, adapters, colours_jsonl, tmp_path):
+    config = {"method": "atlas", "base_model": str(tiny_model), "output_dir": str(tmp_path / "out"),
+              "sources": [str(adapters["colours"])]}
+    with pytest.raises(ConfigError) as caught:
+        MergeConfig.from_dict(config)
+    assert caught.value.errors == {"dataset_path": "aTLAS (learned coefficients) learns its coefficients on data: "
+                                                   "pick a dataset"}
+    with pytest.raises(ConfigError) as caught:
+        MergeConfig.from_dict({**config, "dataset_path": str(colours_jsonl), "method_params": {"scaling": 0.0}})
+    assert "no gradient" in caught.value.errors["method_params.scaling"]
+    other_base = _copy_model(tiny_model, tmp_path / "other-base")
+    with pytest.raises(ConfigError) as caught:
+        check_merge_sources(MergeConfig.from_dict({**config, "dataset_path": str(colours_jsonl), "sources": [
+            {"path": str(adapters["colours"]), "base": str(other_base)}]}))
+    assert set(caught.value.errors) == {"sources.0.base"}
+    assert "was trained on" in caught.value.errors["sources.0.base"]

@@ -28,7 +28,7 @@ def trained(tiny_model, tmp_path_factory) -> dict[str, Path]:
                             for w in ("yes", "blue")))
     out = {}
     for name, method, params in (("pfeiffer", "bottleneck", {"variant": "pfeiffer"}),
-                                 ("prompt", "prompt_tuning", {}), ("lora", "lora", {"rank": 2})):
+                                 ("prompt", "prompt_tuning", {})):
         config = TrainConfig.from_dict({"base_model": str(tiny_model), "dataset_path": str(data), "method": method,
                                         "method_params": params, "output_dir": str(root / name), "max_steps": 1,
                                         "batch_size": 2, "precision": "fp32"})
@@ -51,8 +51,8 @@ def test_merge_and_fold_refuse_a_bottleneck_adapter_naming_the_method(tiny_model
     assert "neither a model" not in message
 
 
-def test_a_prompt_tuning_adapter_is_refused_beside_a_lora_by_its_position(tiny_model, trained, tmp_path):
-    config = _merge_config(tiny_model, tmp_path, "task_arithmetic", [trained["lora"], trained["prompt"]])
+def test_a_prompt_tuning_adapter_is_refused_beside_a_model_by_its_position(tiny_model, trained, tmp_path):
+    config = _merge_config(tiny_model, tmp_path, "task_arithmetic", [tiny_model, trained["prompt"]])
     with pytest.raises(ConfigError) as caught:
         check_merge_sources(config)
     assert set(caught.value.errors) == {"sources.1.path"}

@@ -123,9 +123,13 @@ def mean_loss(model, parameters: dict, batches: list) -> float:
     import torch
     from torch.func import functional_call
 
+    total = rows = 0
     with torch.no_grad():
-        losses = [float(functional_call(model, parameters, args=(), kwargs=batch).loss) for batch in batches]
-    return sum(losses) / len(losses)
+        for batch in batches:  # weighted by rows: the last batch may be smaller
+            size = batch["input_ids"].shape[0]
+            total += float(functional_call(model, parameters, args=(), kwargs=batch).loss) * size
+            rows += size
+    return total / rows
 
 
 def learn(job, model, base: dict, task_vectors: list[dict], index: dict, start: list[float], batches: list):
@@ -152,7 +156,7 @@ def learn(job, model, base: dict, task_vectors: list[dict], index: dict, start: 
         optimizer.step()
         job.progress(step, params.steps, phase="Learning coefficients", unit="steps")
         if step % every == 0 or step == params.steps:
-            job.sink.emit(LogEvent(message=f"aTLAS step {step}/{params.steps}: batch loss {float(loss):.4f}"))
+            job.sink.emit(LogEvent(message=f"aTLAS step {step}/{params.steps}: batch loss {loss.item():.4f}"))
     coefficients = coefficients.detach()
     loss_end = mean_loss(model, merged_parameters(base, task_vectors, index, coefficients, params.scaling), batches)
     return coefficients, loss_start, loss_end
@@ -173,7 +177,8 @@ def run(job) -> dict:
     model.requires_grad_(False).eval()  # only the coefficients learn; no dropout
     block_by_name, aliases = parameter_blocks(model, params.blocks)
     blocks = list(dict.fromkeys(block_by_name.values()))
-    index = {name: blocks.index(block) for name, block in block_by_name.items()}
+    column_of = {block: column for column, block in enumerate(blocks)}
+    index = {name: column_of[block] for name, block in block_by_name.items()}  # parameter -> coefficient column
     stored = {aliases[key]: key for key in ModelReader(config.base_model).names() if key in aliases}
     missing = sorted(set(block_by_name) - set(stored))
     if missing:
