@@ -129,7 +129,8 @@ def run(source_dir: Path, out_dir: Path, ctx: SchemeContext) -> None:
     if grid := parse_grid(settings["alpha_grid"]):
         from tuning.quantize.compeft_search import search_alpha
 
-        extra["alpha_search"] = search = search_alpha(source_dir, ctx, density=settings["density"], grid=grid)
+        unit_change = lambda tau: compeft(tau, density=settings["density"], alpha=1.0)[0]  # noqa: E731
+        extra["alpha_search"] = search = search_alpha(source_dir, ctx, unit_change=unit_change, grid=grid)
         settings = {**settings, "alpha": search["chosen"]}
     stats = run_delta(source_dir, out_dir, ctx, scheme="compeft", settings=settings,
                       compress=_compress(settings["density"], settings["alpha"]), extra=extra)

@@ -77,23 +77,22 @@ def _model_scorer(source: Path, unit: dict, base_tensors: dict, ctx):
     return model, set_alpha
 
 
-def search_alpha(source: Path, ctx, *, density: float, grid: list[float]) -> dict:
-    """{"grid", "losses", "chosen", "rows"}: the loss of the compressed model at each α of ``grid``."""
-    from tuning.quantize.compeft import compeft
+def search_alpha(source: Path, ctx, *, unit_change, grid: list[float]) -> dict:
+    """{"grid", "losses", "chosen", "rows"}: the loss of the compressed model at each α of ``grid``;
+    ``unit_change(tau)`` is the compressed change of one tensor at α = 1."""
     from tuning.quantize.delta import adapter_deltas, is_adapter, model_deltas
 
     base = Path(ctx.base_model).expanduser()
     adapter = is_adapter(source)
     batches = _validation_batches(ctx, str(source if (source / "tokenizer_config.json").exists() else base))
     if adapter:
-        unit = {name: compeft(change, density=density, alpha=1.0)[0]
-                for name, _, change in adapter_deltas(source) if change.is_floating_point()}
+        unit = {name: unit_change(change) for name, _, change in adapter_deltas(source) if change.is_floating_point()}
         model, set_alpha = _adapter_scorer(source, base, unit, ctx)
     else:
         unit, base_tensors = {}, {}
         for name, _, change, base_tensor in model_deltas(source, base):
             if base_tensor is not None and change.is_floating_point():
-                unit[name], base_tensors[name] = compeft(change, density=density, alpha=1.0)[0], base_tensor
+                unit[name], base_tensors[name] = unit_change(change), base_tensor
         model, set_alpha = _model_scorer(source, unit, base_tensors, ctx)
     losses = []
     for done, alpha in enumerate(grid, start=1):
