@@ -163,3 +163,25 @@ def test_the_playground_streams_two_artifacts_side_by_side(stack, admin, trained
     outsider = stack.login(("mallory", "mallory-pass-123"))
     refused = asyncio.run(_chat(url, stack.cookie_header(outsider), {"artifacts": adapters[:1], "prompt": "Hi"}))
     assert refused[-1]["errors"] == {"artifacts": "no such artifact in your teams"}
+
+
+def test_a_merge_search_parks_between_steps_and_celery_wakes_it_until_it_keeps_the_best(stack, admin, trained,
+                                                                                          dataset_id):
+    """The search holds no worker while its candidates run: each candidate's end sends it back to the pool's
+    Celery worker, which runs its next step (one generation of two here; tests/web/test_merge_search.py runs
+    two generations and a lost worker through the claim itself)."""
+    _, adapters = trained
+    ranges = {f"weight_{end}_{a}": value for a in adapters for end, value in (("low", "0"), ("high", "1"))}
+    response = stack.post(admin, "/jobs/new/merge-search/", allow_redirects=False, data={
+        "method": "task_arithmetic", "artifacts": adapters, "dataset": dataset_id, "task": "sft",
+        "metric": "eval_loss", "max_rows": "4", "generate_rows": "0", "budget": "2", "population": "2", **ranges})
+    assert response.status_code == 302, response.text
+    search_id = int(response.headers["Location"].rstrip("/").split("/")[-1])
+    state = _succeeded(stack, admin, search_id)
+    scored = [e["data"] for e in state["events"] if e["kind"] == "candidate"]
+    assert [c["index"] for c in scored] == [0, 1] and all(isinstance(c["score"], float) for c in scored)
+    waits = [e["data"] for e in state["events"] if e["kind"] == "status" and e["data"]["status"] == "queued"]
+    assert len(waits) >= 2  # queued at the start, then parked at least once waiting for a candidate
+    page = admin.get(f"{stack.base_url}/jobs/{search_id}/").text
+    best = min(scored, key=lambda c: c["score"])["index"]
+    assert f"Best: candidate {best}" in page and "Recipe: task_arithmetic, weights" in page
