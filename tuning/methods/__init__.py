@@ -63,6 +63,7 @@ from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia
 from tuning.methods import bottleneck, ether, s2ft  # second wave (issue 22)
 from tuning.methods import ladder
 from tuning.methods import increlora, triadaptlora  # ranks that grow (issue 22)
+from tuning.methods import mos  # sharing and mixtures (issue 22)
 from tuning.methods.base import CAPABILITIES, GROUPS, NOT_PREFERENCE, TASKS, Method, MethodContext, method_row
 
 __all__ = ["CAPABILITIES", "GROUPS", "METHODS", "TASKS", "Method", "MethodContext", "describe", "register_method"]
@@ -133,6 +134,10 @@ register_method(vblora, name="vblora", label="VB-LoRA", group="low-rank", folds_
 register_method(randlora, name="randlora", label="RandLoRA", group="low-rank", folds_into_base=True,
                 description="Full-rank update from frozen random low-rank bases with trained diagonal scalings.",
                 paper="https://arxiv.org/abs/2502.00987", params=randlora.RandloraParams)
+register_method(mos, name="mos", label="MoS (Mixture of Shards)", group="low-rank", folds_into_base=True,
+                description="LoRA whose low-rank matrices are assembled from shards in global pools shared across "
+                            "layers (fixed index routing, private shards); saved as a plain LoRA adapter.",
+                paper="https://arxiv.org/abs/2410.00938", params=mos.MosParams)
 register_method(oft, name="oft", label="OFT", group="orthogonal", folds_into_base=True,
                 description="Multiplies each weight by a learned block-diagonal orthogonal matrix, preserving its "
                             "geometry.",
