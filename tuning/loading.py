@@ -1,10 +1,10 @@
 """Loading any artifact the studio makes, the way a user would with the
 stock libraries: an adapter on its base (peft), a full model directory
 (transformers; a torchao-quantized one carries its quantization config), or
-a GGUF file (transformers dequantizes it on load). Bottleneck adapters
-and Ladder Side-Tuning's side networks, which no stock library loads, are
-put back on their base by their method (``attach_saved`` in
-``tuning.methods.bottleneck`` and ``tuning.methods.ladder``)."""
+a GGUF file (transformers dequantizes it on load). Bottleneck adapters,
+Ladder Side-Tuning's side networks and MoLA's routed LoRA experts, which no
+stock library loads, are put back on their base by their method
+(``attach_saved`` in ``tuning.methods.bottleneck``, ``.ladder``, ``.mola``)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from pathlib import Path
 from tuning.errors import ModelError
 from tuning.methods.bottleneck import CONFIG_FILE as BOTTLENECK_CONFIG
 from tuning.methods.ladder import CONFIG_FILE as LADDER_CONFIG
+from tuning.methods.mola import CONFIG_FILE as MOLA_CONFIG
 from tuning.models import load_causal_lm, load_model_for_task, load_tokenizer
 
 
 def artifact_layout(path: str | Path) -> str:
-    """"adapter", "bottleneck", "ladder", "gguf" or "model": what kind of directory ``path`` is."""
+    """"adapter", "bottleneck", "ladder", "mola", "gguf" or "model": what kind of directory ``path`` is."""
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"artifact directory not found: {path}")
@@ -25,6 +26,8 @@ def artifact_layout(path: str | Path) -> str:
         return "bottleneck"
     if (path / LADDER_CONFIG).exists():
         return "ladder"
+    if (path / MOLA_CONFIG).exists():
+        return "mola"
     if (path / "adapter_config.json").exists():
         return "adapter"
     if next(path.glob("*.gguf"), None) is not None:
@@ -78,6 +81,10 @@ def load_artifact(path: str | Path, *, base_model: str = "", task: str = "sft", 
         from tuning.methods import ladder
 
         return ladder.attach_saved(base, path).eval(), tokenizer
+    if layout == "mola":  # LoRA experts routed per token: its method puts them back
+        from tuning.methods import mola
+
+        return mola.attach_saved(base, path).eval(), tokenizer
     return PeftModel.from_pretrained(base, str(path)).eval(), tokenizer
 
 

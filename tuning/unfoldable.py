@@ -6,6 +6,8 @@ the web process, which refuses them before queueing).
 - Bottleneck adapters (Houlsby, Pfeiffer, Compacter; tuning/methods/bottleneck.py)
   add small networks with a nonlinearity between their projections: no
   weight of the base equals base + adapter.
+- MoLA (tuning/methods/mola.py) mixes LoRA experts chosen per token by a
+  router: the change depends on the input, so no one weight holds it.
 - peft's prompt-learning adapters (prompt tuning, prefix tuning, P-tuning)
   add virtual tokens (or per-layer key/value prefixes) in front of the
   input; they change no weight at all.
@@ -17,6 +19,7 @@ import json
 from pathlib import Path
 
 from tuning.methods.bottleneck import CONFIG_FILE as BOTTLENECK_CONFIG
+from tuning.methods.mola import CONFIG_FILE as MOLA_CONFIG
 
 # peft_type -> the method's name as the studio shows it
 PROMPT_LEARNING = {"PROMPT_TUNING": "Prompt tuning", "PREFIX_TUNING": "Prefix tuning", "P_TUNING": "P-tuning",
@@ -45,6 +48,9 @@ def what_it_is(directory: str | Path) -> str | None:
         label = BOTTLENECK_VARIANTS.get(variant, "bottleneck")
         return (f"a {label} bottleneck adapter (Bottleneck adapters): it adds small networks with a nonlinearity "
                 f"to each block instead of changing the base's weights")
+    if (directory / MOLA_CONFIG).exists():
+        return ("a MoLA adapter (MoLA (mixture of LoRA experts)): its routers choose LoRA experts for each input "
+                "token, so the change it makes depends on the input")
     peft_type = _read(directory / "adapter_config.json").get("peft_type", "")
     if peft_type in PROMPT_LEARNING:
         return (f"a {PROMPT_LEARNING[peft_type]} adapter: it adds virtual tokens to the input and changes none of "

@@ -160,6 +160,10 @@ def job_create_quantize(*, user, team, artifact: Artifact | None, scheme: str, e
     if scheme not in QUANT_SCHEMES:
         raise ConfigError({"scheme": f"unknown scheme '{scheme}'; choose one of {', '.join(QUANT_SCHEMES)}"})
     quant = QUANT_SCHEMES[scheme]
+    trained_with = METHODS.get(depends_on.config.get("method", "")) if depends_on else None
+    if trained_with is not None and trained_with.produces == "adapter" and not trained_with.folds_into_base:
+        raise ConfigError({"steps": f"a {trained_with.label} run's adapter cannot be quantized: it has no single "
+                                    f"weight per layer to fold into the base model; use it as it is"})
     pool = _pool_for(quant.needs_gpu, quant.label)  # other schemes' packages are checked on the worker
     base_model = depends_on.base_model if depends_on else artifact.base_model
     with transaction.atomic():

@@ -20,7 +20,7 @@ from tuning.data import sft
 from tuning.data.readers import read_examples
 from tuning.errors import ConfigError
 from tuning.fields import config_from_dict
-from tuning.methods import CAPABILITIES, GROUPS, METHODS, TASKS, MethodContext, bottleneck, ladder, qlora
+from tuning.methods import CAPABILITIES, GROUPS, METHODS, TASKS, MethodContext, bottleneck, ladder, mola, qlora
 from tuning.methods.common import count_parameters
 from tuning.methods.estimate import estimate_trainable_parameters
 from tuning.models import load_tokenizer
@@ -50,6 +50,7 @@ ROWS = {
     "vblora": ("vblora", {"rank": 4, "num_vectors": 32, "vector_length": 16}, 2e-2),
     "randlora": ("randlora", {"rank": 8}, 2e-2),
     "mos": ("mos", {"rank": 4, "pool_rank": 4, "shards_per_vector": 2, "private_shards": 1}, 2e-2),
+    "mola": ("mola", {"experts": "2,4", "top_k": 2, "rank": 4, "alpha": 8, "dropout": 0.0}, 2e-2),
     "oft": ("oft", {"block_size": 8}, 2e-2),
     "boft": ("boft", {"block_size": 8}, 2e-2),
     "hra": ("hra", {"rank": 4}, 2e-2),
@@ -159,6 +160,8 @@ def test_method_trains_reloads_in_stock_libraries_and_matches_its_estimate(row, 
             stock = bottleneck.attach_saved(load(base), tmp_path).eval()
         elif (tmp_path / ladder.CONFIG_FILE).exists():
             stock = ladder.attach_saved(load(base), tmp_path).eval()
+        elif (tmp_path / mola.CONFIG_FILE).exists():
+            stock = mola.attach_saved(load(base), tmp_path).eval()
         elif method.produces == "adapter":
             from peft import PeftModel
 
@@ -251,6 +254,9 @@ def test_qlora_names_bitsandbytes_where_a_gpu_lacks_it(tiny_model, monkeypatch):
     ("mos", {"shards_per_vector": 3}, "shards_per_vector", "does not divide"),
     ("mos", {"rank": 8, "pool_rank": 1, "private_shards": 0}, "pool_rank", "fewer than"),
     ("mos", {"pool_rank": 1, "shards_per_vector": 2, "private_shards": 3}, "private_shards", "share of its pool"),
+    ("mola", {"experts": "2,1", "top_k": 2}, "top_k", "block 1"),
+    ("mola", {"experts": "2,4,6"}, "experts", "2 blocks"),
+    ("mola", {"experts": "two"}, "experts", "whole numbers"),
     ("s2ft", {"channels": 65}, "channels", "only 64"),
     ("s2ft", {"heads": 0, "channels": 0}, "heads", "at least one"),
     ("s2ft", {"ffn_output": "fc2"}, "ffn_output", "fc2"),

@@ -37,7 +37,7 @@ def test_method_runs_stops_resumes_and_saves(row, tiny_model, biased_model, memo
     result = run_train(resume, sink)
     assert result.status == "succeeded" and [e.step for e in sink.of_kind("metrics")] == [3, 4]
     output = Path(result.output_path)
-    if artifact_layout(output) in ("bottleneck", "ladder"):  # no stock library loads these; the card names ours
+    if artifact_layout(output) in ("bottleneck", "ladder", "mola"):  # no stock library loads these; the card names ours
         load_artifact(output, base_model=str(base))
         assert "load_artifact(" in (output / "README.md").read_text()
     elif output.name == "adapter":

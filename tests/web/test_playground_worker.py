@@ -69,3 +69,26 @@ def test_fine_tunes_of_one_base_share_one_warm_model(tiny_model, tmp_path):
         assert done["type"] == "playground.done" and len(WARM.loaded) == 2
     finally:
         WARM.unload_idle(0)
+
+
+@pytest.mark.parametrize("method, method_params", [("mos", {"rank": 4, "pool_rank": 4}),
+                                                   ("mola", {"experts": "2,4", "rank": 2})])
+def test_a_mos_or_mola_adapter_answers_in_the_playground(method, method_params, tiny_model, tmp_path):
+    """MoS saves a plain LoRA adapter (it joins the base's shared adapters); MoLA its own form, which the
+    studio's loader puts back on the base."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuning.fields import config_from_dict
+    from tuning.methods import METHODS, MethodContext
+
+    row = METHODS[method]
+    model = row.prepare(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                        config_from_dict(row.params, method_params), MethodContext())
+    row.export(model, tmp_path / method)
+    WARM.unload_idle(0)
+    try:
+        *pieces, done = _chat(str(tmp_path / method), base_model=str(tiny_model))
+        assert pieces and done["type"] == "playground.done" and done["pieces"] == len(pieces), done
+    finally:
+        WARM.unload_idle(0)

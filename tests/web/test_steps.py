@@ -194,6 +194,20 @@ def test_a_run_whose_output_does_not_fold_offers_no_fold_and_refuses_one(member_
     assert not Job.objects.filter(kind="merge").exists()
 
 
+def test_a_mola_run_offers_no_fold_and_its_chain_refuses_quantizing_naming_mola(member_client, member, team, dataset,
+                                                                              tiny_base_model):
+    # MoLA's routers pick experts per token: there is no single weight per layer to fold, so nothing to quantize.
+    job = job_create_train(user=member, team=team, dataset=dataset, base_model=tiny_base_model,
+                           settings_values={"max_steps": 2, "batch_size": 2, "precision": "fp32", "method": "mola"},
+                           method_params={"experts": "2,4"})
+    assert 'name="fold"' not in member_client.get(f"/jobs/{job.pk}/").content.decode()
+    response = member_client.post(f"/jobs/{job.pk}/chain/", {"scheme": "safetensors_bf16"}, HTTP_HX_REQUEST="true")
+    page = response.content.decode()
+    assert response.status_code == 400 and "MoLA (mixture of LoRA experts) run" in page
+    assert "adapter cannot be quantized" in page
+    assert not Job.objects.filter(kind="quantize").exists()
+
+
 def test_the_quantize_page_says_which_schemes_cannot_write_the_artifacts_family(member_client, member, team, dataset,
                                                                               tiny_base_model, media_root):
     import json

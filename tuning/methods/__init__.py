@@ -63,14 +63,14 @@ from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia
 from tuning.methods import bottleneck, ether, s2ft  # second wave (issue 22)
 from tuning.methods import ladder
 from tuning.methods import increlora, triadaptlora  # ranks that grow (issue 22)
-from tuning.methods import mos  # sharing and mixtures (issue 22)
+from tuning.methods import mola, mos  # sharing and mixtures (issue 22)
 from tuning.methods.base import CAPABILITIES, GROUPS, NOT_PREFERENCE, TASKS, Method, MethodContext, method_row
 
 __all__ = ["CAPABILITIES", "GROUPS", "METHODS", "TASKS", "Method", "MethodContext", "describe", "register_method"]
 
 METHODS: dict[str, Method] = {}
 # What marks an output that no stock library loads, only ``tuning.loading.load_artifact``.
-STUDIO_LOADED_FILES = (bottleneck.CONFIG_FILE, ladder.CONFIG_FILE)
+STUDIO_LOADED_FILES = (bottleneck.CONFIG_FILE, ladder.CONFIG_FILE, mola.CONFIG_FILE)
 
 
 def register_method(module, **row) -> Method:
@@ -138,6 +138,10 @@ register_method(mos, name="mos", label="MoS (Mixture of Shards)", group="low-ran
                 description="LoRA whose low-rank matrices are assembled from shards in global pools shared across "
                             "layers (fixed index routing, private shards); saved as a plain LoRA adapter.",
                 paper="https://arxiv.org/abs/2410.00938", params=mos.MosParams)
+register_method(mola, name="mola", label="MoLA (mixture of LoRA experts)", group="low-rank",
+                description="Several LoRA experts per layer, more in higher layers, mixed per token by a top-k "
+                            "router. The routing depends on the input, so it never folds into the base.",
+                paper="https://arxiv.org/abs/2402.08562", params=mola.MolaParams)
 register_method(oft, name="oft", label="OFT", group="orthogonal", folds_into_base=True,
                 description="Multiplies each weight by a learned block-diagonal orthogonal matrix, preserving its "
                             "geometry.",
