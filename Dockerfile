@@ -30,4 +30,4 @@ EXPOSE 8000
 # The web server; the worker service overrides this command.
 # studio_setup is idempotent: it creates the first admin and registers the
 # bundled model and sample dataset only when they are missing.
-CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py studio_setup && exec python -m uvicorn studio.asgi:application --host 0.0.0.0 --port 8000 --ws websockets --lifespan off --no-access-log"]
+CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py studio_setup && exec python -m uvicorn studio.asgi:application --host 0.0.0.0 --port 8000 --workers ${WEB_PROCESSES:-1} --ws websockets --lifespan off --no-access-log"]

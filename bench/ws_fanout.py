@@ -3,9 +3,11 @@ through the Redis channel layer: delivery latency and the web process's
 memory (issue 24).
 
     .venv/bin/python bench/ws_fanout.py [--jobs 50] [--viewers 1000] [--rate 1] [--seconds 20]
+                                        [--web-processes 1,2]
 
-Starts a real studio on 127.0.0.1 (embedded Redis, one uvicorn web process,
-the workers; tests/stack.py). A publisher process (the studio's own
+For each count of ``--web-processes``, in turn, starts a real studio on
+127.0.0.1 (embedded Redis, that many uvicorn web processes behind one port,
+``WEB_PROCESSES``; the workers; tests/stack.py). A publisher process (the studio's own
 ``job_event_record``, as a worker records a training step) keeps ``--jobs``
 jobs running, renewing their heartbeats, and stores ``--rate`` metrics
 events per job per second; nothing trains, so the figure is the fan-out's
@@ -13,10 +15,11 @@ own, not the cores' training load. ``--viewers`` clients, spread evenly
 over the jobs, connect at once and say they have everything stored; then
 each arrival over ``--seconds`` is timed. Latency = arrival (wall clock,
 this process) minus the event's stored ``created_at`` (the same machine's
-clock). Prints one JSON line: p50/p95/max ms, events and deliveries per
-second, viewers that missed an event, and the web process's resident
-memory before the viewers connected and while they watched. The clients
-run in this one process: on a small machine part of the latency is theirs.
+clock). Prints one JSON line per count: p50/p95/max ms, events and
+deliveries per second, viewers that missed an event, and the web
+processes' resident memory before the viewers connected and while they
+watched (in all, and of each process that serves sockets). The clients run
+in this one process: on a small machine part of the latency is theirs.
 """
 
 from __future__ import annotations
@@ -71,14 +74,21 @@ while not stop.exists():
 
 
 def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn may fork)."""
-    total = 0
-    for candidate in [pid, *_children(pid)]:
-        status = Path(f"/proc/{candidate}/status")
-        if status.exists():
-            line = next(line for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
-            total += int(line.split()[1])
-    return round(total / 1024, 1)
+    """Resident memory of a process and its children (uvicorn's supervisor and its web processes)."""
+    return round(sum(_rss_kib(candidate) for candidate in [pid, *_children(pid)]) / 1024, 1)
+
+
+def serving_rss_mib(pid: int) -> list[float]:
+    """Resident memory of each process serving sockets: ``pid`` itself, or its children where it is
+    uvicorn's supervisor (``--workers``)."""
+    return [round(_rss_kib(candidate) / 1024, 1) for candidate in (_children(pid) or [pid])]
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return 0
+    return int(next(line for line in status.read_text().splitlines() if line.startswith("VmRSS:")).split()[1])
 
 
 def _children(pid: int) -> list[int]:
@@ -116,19 +126,10 @@ async def watch_jobs(stack, session, ids: list[int], viewers: int, seconds: floa
             for n, arrivals in enumerate(per_viewer)]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=50)
-    parser.add_argument("--viewers", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=1.0, help="events per job per second")
-    parser.add_argument("--seconds", type=float, default=20.0)
-    args = parser.parse_args()
-    # a socket is a file: this process holds one per viewer, the web server (which inherits the limit) one more
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * args.viewers + 1024)), hard))
-
+def measure(args, processes: int) -> dict:
+    """One studio with ``processes`` web processes, its viewers and publisher: the figures of one JSON line."""
     with tempfile.TemporaryDirectory(prefix="ws-fanout-") as data_dir:
-        stack = start_stack(Path(data_dir), tiny_model_dir())
+        stack = start_stack(Path(data_dir), tiny_model_dir(), WEB_PROCESSES=str(processes))
         ids_file, stop_file = Path(data_dir) / "ids", Path(data_dir) / "stop"
         publisher = subprocess.Popen(
             [sys.executable, "manage.py", "shell", "-v", "0", "-c", PUBLISHER.format(
@@ -142,9 +143,9 @@ def main() -> int:
             ids = [int(pk) for pk in ids_file.read_text().split(",")]
             web_pid = stack.procs[1].pid  # redis, then the web server (tests/stack.py)
             session = stack.login()
-            memory_before = rss_mib(web_pid)
+            memory_before, each_before = rss_mib(web_pid), serving_rss_mib(web_pid)
             watched = asyncio.run(watch_jobs(stack, session, ids, args.viewers, args.seconds))
-            memory_watching = rss_mib(web_pid)
+            memory_watching, each_watching = rss_mib(web_pid), serving_rss_mib(web_pid)
         finally:
             stop_file.touch()
             publisher.wait(timeout=60)
@@ -167,12 +168,29 @@ def main() -> int:
         latencies += [(at - stored_at(job_id, seq)) * 1000 for seq, at in arrivals]
     latencies.sort()
     events = len({(job_id, seq) for job_id, arrivals in watched for seq, _ in arrivals})
-    print(json.dumps({
-        "figure": "ws_fanout", "jobs": args.jobs, "viewers": args.viewers, "web_processes": 1,
+    return {
+        "figure": "ws_fanout", "jobs": args.jobs, "viewers": args.viewers, "web_processes": processes,
         "events_per_s": round(events / args.seconds, 1), "deliveries_per_s": round(len(latencies) / args.seconds, 1),
         "p50_ms": round(percentile(latencies, 50), 1), "p95_ms": round(percentile(latencies, 95), 1),
         "max_ms": round(latencies[-1], 1), "viewers_with_a_gap": missed,
-        "web_rss_mib_before": memory_before, "web_rss_mib_watching": memory_watching}))
+        "web_rss_mib_before": memory_before, "web_rss_mib_watching": memory_watching,
+        "rss_mib_per_web_process_before": each_before, "rss_mib_per_web_process_watching": each_watching}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--viewers", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=1.0, help="events per job per second")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--web-processes", default="1", help="comma-separated counts, each measured in turn")
+    args = parser.parse_args()
+    counts = [int(count) for count in args.web_processes.split(",")]
+    # a socket is a file: this process holds one per viewer, the web server (which inherits the limit) one more
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * args.viewers + 1024)), hard))
+    for processes in counts:
+        print(json.dumps(measure(args, processes)), flush=True)
     return 0
 
 

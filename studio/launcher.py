@@ -163,16 +163,37 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
     raise RuntimeError(f"the embedded Redis server did not start; the end of {log_path}:\n{tail}")
 
 
+MAX_WEB_PROCESSES = 64
+
+
+def web_processes(env: dict) -> int:
+    """How many web processes serve the port (``WEB_PROCESSES``, default 1); SystemExit naming the variable
+    for anything but a whole number from 1 to MAX_WEB_PROCESSES."""
+    value = env.get("WEB_PROCESSES", "").strip() or "1"
+    if not value.isdigit() or not 1 <= int(value) <= MAX_WEB_PROCESSES:
+        raise SystemExit(f"WEB_PROCESSES must be a whole number from 1 to {MAX_WEB_PROCESSES}, not {value!r}.")
+    return int(value)
+
+
 def start_web(env: dict, host: str, port: int, **popen_kwargs) -> subprocess.Popen:
     """uvicorn serving HTTP and WebSockets for studio.asgi (popen_kwargs: e.g. stdout for a log file).
 
     uvicorn hands a request body to Django as it arrives, so an upload is
     streamed to a temporary file; daphne (Twisted) held about ten copies of
     a multipart body in memory first (bench/upload_memory.py). Django's ASGI
-    handler has no lifespan protocol, hence --lifespan off."""
+    handler has no lifespan protocol, hence --lifespan off.
+
+    With ``WEB_PROCESSES`` above 1, uvicorn's own supervisor binds the port
+    once and runs that many processes accepting on it (``--workers``),
+    restarting one that dies. Nothing else is needed for them to share the
+    work: sessions and jobs are in the database, and live events travel
+    through the Redis channel layer, where every process's viewers of a job
+    are members of its group (bench/ws_fanout.py measures 1 and 2)."""
+    processes = web_processes(env)
     return _spawn(
         [sys.executable, "-m", "uvicorn", "studio.asgi:application", "--host", host, "--port", str(port),
-         "--ws", "websockets", "--lifespan", "off", "--no-access-log", "--timeout-graceful-shutdown", "5"],
+         "--ws", "websockets", "--lifespan", "off", "--no-access-log", "--timeout-graceful-shutdown", "5",
+         *(["--workers", str(processes)] if processes > 1 else [])],
         env=env,
         **popen_kwargs,
     )
@@ -366,6 +387,7 @@ def run(host: str, port: int) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise SystemExit(f"Tuning Studio is already running with DATA_DIR={data_dir}.") from None
+    web_processes(env)  # a bad WEB_PROCESSES stops the start here, before anything runs
     if port_is_open(host, port):  # fail before starting anything
         raise SystemExit(f"Port {port} on {host} is already in use; choose another with --port.")
 

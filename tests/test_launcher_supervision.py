@@ -3,10 +3,16 @@ again after a back-off while the others keep running, and only a crash loop
 stops everything. Real child processes, killed with SIGKILL. And which
 workers it starts: dataset work gets one of its own."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
 
 from studio import launcher
 
@@ -50,3 +56,38 @@ def test_the_launcher_starts_a_worker_for_dataset_work_apart_from_the_others():
     # Settings that send dataset work to a queue a worker already consumes start no worker for it.
     assert [what for what, _, _ in launcher.worker_layout({"DATASET_POOL": "interactive"})] == [
         "worker", "playground worker"]
+
+
+def test_web_processes_serve_one_port_and_a_bad_count_is_refused(tmp_path):
+    """WEB_PROCESSES=2: uvicorn's supervisor binds the port once and two processes accept on it (what
+    bench/ws_fanout.py measures with 1,000 viewers); anything but a count from 1 to 64 stops the start."""
+    for bad in ("two", "0", "-1", "65"):
+        with pytest.raises(SystemExit, match=f"WEB_PROCESSES must be a whole number from 1 to 64, not '{bad}'"):
+            launcher.web_processes({"WEB_PROCESSES": bad})
+    assert launcher.web_processes({}) == 1 and launcher.web_processes({"WEB_PROCESSES": " 3 "}) == 3
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "studio.settings", "DATA_DIR": str(tmp_path),
+           "WEB_PROCESSES": "2"}
+    for variable in ("DATABASE_URL", "REDIS_URL", "MEDIA_ROOT"):
+        env.pop(variable, None)
+    port = launcher.free_port()
+    with open(tmp_path / "web.log", "wb") as log:
+        web = launcher.start_web(env, "127.0.0.1", port, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        launcher.wait_for_port("127.0.0.1", port, launcher.WEB_START_TIMEOUT_S)
+        servers = Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()
+        assert len(servers) == 2, (tmp_path / "web.log").read_text()
+        opener = urllib.request.build_opener(NoRedirect)
+        for _ in range(4):  # an anonymous visitor is sent to the login page, by whichever process accepts
+            with pytest.raises(urllib.error.HTTPError) as redirect:
+                opener.open(f"http://127.0.0.1:{port}/", timeout=30)
+            assert redirect.value.code == 302 and "/accounts/login/" in redirect.value.headers["Location"]
+    finally:
+        launcher.stop_all([web], grace=10)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in servers), "a web process outlived its supervisor"
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Shows a redirect as the answer rather than following it."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None

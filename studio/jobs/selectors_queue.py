@@ -4,17 +4,17 @@ and when each is expected to start and finish."""
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db.models import Count, JSONField, Max, OuterRef, Q, Subquery, Sum
+from django.db import connection
+from django.db.models import Count, JSONField, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from studio.accounts.selectors import team_ids_for_user
-from studio.jobs.fair_share import PoolUsage, fair_order, fair_share_note, pool_usage, run_time_since
+from studio.jobs.fair_rank import ranked_queue_sql
+from studio.jobs.fair_share import fair_share_note, pool_usage, run_time_since
 from studio.jobs.models import Job, JobEvent, TeamQuota
 from studio.workers.selectors import pool_device_memory_mib, pools_with_live_workers
 
@@ -42,13 +42,27 @@ def _month_start() -> datetime:
 def team_gpu_hours_this_month(team_id: int) -> float:
     """Hours that the team's jobs on GPU pools ran this calendar month (running ones so far), summed by the
     database."""
-    if not settings.GPU_POOLS:
-        return 0.0
+    return teams_gpu_hours_this_month([team_id]).get(team_id, 0.0)
+
+
+def teams_gpu_hours_this_month(team_ids: list[int]) -> dict[int, float]:
+    """``team_gpu_hours_this_month`` of each of ``team_ids``, in one query (teams without any left out)."""
+    if not settings.GPU_POOLS or not team_ids:
+        return {}
     now, since = timezone.now(), _month_start()
-    spent = Job.everything.filter(team_id=team_id, device_pool__in=settings.GPU_POOLS, started_at__isnull=False) \
+    spent = Job.everything.filter(team_id__in=team_ids, device_pool__in=settings.GPU_POOLS,
+                                  started_at__isnull=False) \
         .filter(Q(status__in=ACTIVE) | Q(finished_at__gte=since)) \
-        .aggregate(spent=Sum(run_time_since(since, now)))["spent"]
-    return max(spent.total_seconds(), 0) / 3600 if spent else 0.0
+        .values("team_id").annotate(spent=Sum(run_time_since(since, now)))
+    return {row["team_id"]: max(row["spent"].total_seconds(), 0) / 3600 for row in spent if row["spent"]}
+
+
+def _running_limit_reason(limit: int) -> str:
+    return f"the team's limit of {limit} running job(s) is reached"
+
+
+def _gpu_hours_reason(used: float, limit: float) -> str:
+    return f"the team used {used:.1f} of its {limit:g} GPU-hours this month; an admin can raise the quota"
 
 
 def quota_wait_reason(team_id: int, *, gpu_pool: bool) -> str:
@@ -59,13 +73,28 @@ def quota_wait_reason(team_id: int, *, gpu_pool: bool) -> str:
     if quota.max_running_jobs:
         running = Job.objects.filter(team_id=team_id, status__in=ACTIVE).count()
         if running >= quota.max_running_jobs:
-            return f"the team's limit of {quota.max_running_jobs} running job(s) is reached"
+            return _running_limit_reason(quota.max_running_jobs)
     if gpu_pool and quota.gpu_hours_per_month:
         used = team_gpu_hours_this_month(team_id)
         if used >= quota.gpu_hours_per_month:
-            return (f"the team used {used:.1f} of its {quota.gpu_hours_per_month:g} GPU-hours this month; "
-                    f"an admin can raise the quota")
+            return _gpu_hours_reason(used, quota.gpu_hours_per_month)
     return ""
+
+
+def quota_wait_reasons(quotas: list[tuple[int, int, float]], *, gpu_pool: bool) -> dict[int, str]:
+    """``quota_wait_reason`` of every team with a quota ((team, max running jobs, GPU-hours a month) rows), in
+    at most two queries whatever the number of teams; teams that may start a job left out."""
+    ids = [team_id for team_id, _, _ in quotas]
+    running = dict(Job.objects.filter(team_id__in=ids, status__in=ACTIVE).values("team_id")
+                   .annotate(count=Count("pk")).values_list("team_id", "count")) if ids else {}
+    hours = teams_gpu_hours_this_month([team_id for team_id, _, limit in quotas if limit]) if gpu_pool else {}
+    reasons = {}
+    for team_id, max_running, gpu_hours in quotas:
+        if max_running and running.get(team_id, 0) >= max_running:
+            reasons[team_id] = _running_limit_reason(max_running)
+        elif gpu_pool and gpu_hours and hours.get(team_id, 0.0) >= gpu_hours:
+            reasons[team_id] = _gpu_hours_reason(hours.get(team_id, 0.0), gpu_hours)
+    return reasons
 
 
 def job_wait_reason(job: Job) -> str:
@@ -114,155 +143,159 @@ class QueuePage:
 
 
 SHOWN_PER_POOL = 25  # queued rows of the user's teams shown per pool; the page says how many more wait
-_NEVER = datetime.max.replace(tzinfo=dt_timezone.utc)
 
 
 def queue_rows_for_user(*, user) -> list[QueueRow]:
     return queue_page_for_user(user=user).rows
 
 
-def queue_page_for_user(*, user, shown_per_pool: int | None = None, fresh: bool = False) -> QueuePage:
-    """Running and queued jobs of the user's teams, pool by pool, in the
-    order they run, with estimates: a pool runs one job per worker; a
-    running job ends after its reported ETA; a queued training job takes
-    its steps × the pool's recent seconds per step.
+@dataclass
+class PoolAtWork:
+    """Who has jobs in a pool: the teams with queued jobs, the (team, person) pairs queuing, the teams running."""
+    queued_teams: set = field(default_factory=set)
+    queuing_people: set = field(default_factory=set)
+    running_teams: set = field(default_factory=set)
 
-    Every queued job of a pool counts in the positions and estimates. That
-    walk over the whole queue is a pool's plan (``_pool_plan``): computed at
-    most once per PLAN_MEMO_S by a web process for all its viewers, and
-    again at once when the pool's queue, its quotas or its live workers
-    change (``_fingerprints``, one aggregate query). A poll that finds the
-    plans current costs a handful of queries and no loop over the queue;
-    ``fresh`` (after an admin's action) recomputes them."""
+
+def pools_at_work() -> dict[str, PoolAtWork]:
+    """Every pool with queued or running jobs, and who has them: one query, a row per pool, team, person and
+    status (never one per job)."""
+    pools: dict[str, PoolAtWork] = {}
+    rows = Job.objects.filter(status__in=(*ACTIVE, Job.Status.QUEUED)).order_by() \
+        .values_list("device_pool", "team_id", "owner_id", "status").distinct()
+    for pool, team_id, owner_id, status in rows:
+        at_work = pools.setdefault(pool, PoolAtWork())
+        if status == Job.Status.QUEUED:
+            at_work.queued_teams.add(team_id)
+            at_work.queuing_people.add((team_id, owner_id))
+        else:
+            at_work.running_teams.add(team_id)
+    return pools
+
+
+def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage:
+    """Running and queued jobs of the user's teams, pool by pool, in the
+    order they run, with estimates.
+
+    Positions count every queued job of the pool, other teams' too, but
+    the database computes them (``fair_rank``) and returns only the user's
+    teams' first ``shown_per_pool`` rows per pool, with how many there are
+    and, for each, the work queued ahead of it: a poll costs a fixed
+    number of queries and no loop over the queue, however long it is
+    (``tests/web/test_queue_queries.py``, ``bench/queue_page.py``)."""
     shown_per_pool = SHOWN_PER_POOL if shown_per_pool is None else shown_per_pool
     team_ids = set(team_ids_for_user(user=user))
+    pools = {pool: at_work for pool, at_work in pools_at_work().items()
+             if team_ids & (at_work.queued_teams | at_work.running_teams)}
+    if not pools:
+        return QueuePage([], {})
     served = pools_with_live_workers()
     quotas = list(TeamQuota.objects.order_by("team_id").values_list("team_id", "max_running_jobs",
                                                                      "gpu_hours_per_month"))
-    quota_reasons: dict[tuple[int, bool], str] = {}  # asked once per team and page, where plans are made
-    plans = []
-    for pool, fingerprint in sorted(_fingerprints().items()):
-        key = f"queue-plan:{pool}:{shown_per_pool}"
-        version = (fingerprint, quotas, pool in served, settings.FAIR_SHARE, settings.FAIR_SHARE_HALF_LIFE_HOURS,
-                   tuple(settings.GPU_POOLS))
-        memo = None if fresh else cache.get(key)
-        if memo is None or memo[0] != version:
-            memo = (version, _pool_plan(pool, served=pool in served, shown_per_pool=shown_per_pool,
-                                        quota_reasons=quota_reasons))
-            cache.set(key, memo, PLAN_MEMO_S)
-        plans.append(memo[1])
-    picked = []  # (plan, running or queued entry) of the user's teams, in page order
+    held_back: dict[bool, dict[int, str]] = {}  # GPU pool or not -> team -> why its quota holds it back
+    picked: list[tuple[int, dict, tuple | None]] = []  # (job id, its row's fields, what fair share's note reads)
     more: dict[str, int] = {}
-    for plan in plans:
-        picked += [(plan, entry) for entry in plan.running if entry[1] in team_ids]
-        queued = sorted((entry for team_id in team_ids for entry in plan.queued.get(team_id, [])),
-                        key=lambda entry: entry[2])
-        picked += [(plan, entry) for entry in queued[:shown_per_pool]]
-        hidden = sum(plan.queued_count.get(team_id, 0) for team_id in team_ids) - min(len(queued), shown_per_pool)
-        if hidden:
-            more[plan.pool] = hidden
-    jobs = Job.objects.select_related("owner", "team").prefetch_related("holds").in_bulk(
-        [entry[0] for _, entry in picked])
-    rows = []
-    for plan, entry in picked:
-        job = jobs.get(entry[0])
-        if job is None:  # ended or deleted since the plan was made
+    for pool, at_work in sorted(pools.items()):
+        now = timezone.now()
+        running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE)
+                       .annotate(last=last_event_data(("metrics", "progress"))).values("pk", "team_id", "last"))
+        frees = []  # when each running job is expected to end (None: it reported no ETA)
+        for job in running:
+            remaining = (job["last"] or {}).get("eta_s")
+            frees.append(now + timedelta(seconds=remaining) if remaining is not None else None)
+            if job["team_id"] in team_ids:
+                picked.append((job["pk"], {"position": None, "reason": "", "finishes_at": frees[-1]}, None))
+        if not team_ids & at_work.queued_teams:
             continue
-        if len(entry) == 3:  # running: (pk, team_id, finishes)
-            rows.append(QueueRow(job, None, "", starts_at=job.started_at, finishes_at=entry[2]))
-        else:
-            pk, _, position, reason, starts, finishes = entry
-            note = fair_share_note(job, plan.usage, plan.waiting_teams) if plan.usage else ""
-            rows.append(QueueRow(job, position, reason, note, starts, finishes))
-    return QueuePage(rows, more)
+        gpu_pool = pool in settings.GPU_POOLS
+        if gpu_pool not in held_back:
+            held_back[gpu_pool] = quota_wait_reasons(quotas, gpu_pool=gpu_pool)
+        usage = (pool_usage(pool) if settings.FAIR_SHARE and len(at_work.queuing_people) > 1 else None)
+        rows = _users_queued_rows(pool, usage=usage, team_ids=sorted(team_ids), held=held_back[gpu_pool],
+                                  limit=shown_per_pool)
+        step_s = seconds_per_step(pool)
+        fair = (usage, at_work.queued_teams) if usage else None
+        picked += [(row["id"], _queued_row(row, pool=pool, served=pool in served, held=held_back[gpu_pool],
+                                           step_s=step_s, frees=frees, now=now), fair) for row in rows]
+        hidden = (rows[0]["mine"] - len(rows)) if rows else 0
+        if hidden:
+            more[pool] = hidden
+    jobs = Job.objects.select_related("owner", "team").prefetch_related("holds").in_bulk(
+        [pk for pk, _, _ in picked])
+    page_rows = []
+    for pk, facts, fair in picked:
+        job = jobs.get(pk)
+        if job is None:  # ended or deleted since the rows were read
+            continue
+        if facts["position"] is None:  # running
+            facts["starts_at"] = job.started_at
+        page_rows.append(QueueRow(job, order_note=fair_share_note(job, *fair) if fair else "", **facts))
+    return QueuePage(page_rows, more)
 
 
-# A plan is remade at once when its pool's jobs change (the fingerprint); this bounds only how stale the
-# estimates may get as running jobs report new ETAs. Polls come every 3 s from each viewer.
-PLAN_MEMO_S = 30
+def _queued_row(row: dict, *, pool: str, served: bool, held: dict[int, str], step_s: float | None, frees: list,
+                now: datetime) -> dict:
+    """What a queued job's row says: its position, why it waits, and when it should start and end."""
+    if row["waiting"]:
+        reason = f"waits for job #{row['depends_on_id']} ({row['step_before_status']})"
+    else:
+        reason = held.get(row["team_id"]) or ("" if served else no_worker_reason(pool))
+    starts = finishes = None
+    if not reason:  # sums over no rows are NULL; Postgres sums big integers as decimals
+        jobs_ahead = int(row["jobs_ahead"] or 0)
+        unknown = jobs_ahead if not step_s else int(row["unknown_ahead"] or 0)
+        starts = estimated_start(frees, jobs_ahead=jobs_ahead, unknown_ahead=unknown,
+                                 work_ahead_s=float(row["steps_ahead"] or 0) * (step_s or 0), now=now)
+        if starts and step_s and row["progress_total"]:
+            finishes = starts + timedelta(seconds=step_s * row["progress_total"])
+    return {"position": int(row["run_position"]), "reason": reason, "starts_at": starts, "finishes_at": finishes}
 
 
-@dataclass
-class PoolPlan:
-    """One pool's queue as the page shows it, for every team: the running jobs (pk, team, expected end) and
-    each team's first queued jobs (pk, team, position, reason, starts, finishes), with how many each has."""
-    pool: str
-    running: list[tuple]
-    queued: dict[int, list[tuple]]
-    queued_count: dict[int, int]
-    usage: PoolUsage | None
-    waiting_teams: set[int]
+def estimated_start(frees: list, *, jobs_ahead: int, unknown_ahead: int, work_ahead_s: float,
+                    now: datetime) -> datetime | None:
+    """When a queued job should start (None: unknown). ``frees``: when each running job of the pool ends (None:
+    it reported no ETA; an empty list: the pool is idle, one worker assumed, as for positions). Ahead of the
+    job, ``jobs_ahead`` jobs will take a worker, ``unknown_ahead`` of them without an estimate (each holds
+    its worker for good, as far as anyone can tell), the others ``work_ahead_s`` seconds in all.
+
+    While fewer known jobs are ahead than workers become free, the job takes the next worker to free up;
+    past that, the work ahead is spread evenly over the workers (the fluid approximation of the workers
+    taking jobs in turn: close when jobs are of similar length), so the estimate needs only sums the
+    database makes, never a walk over the queue."""
+    known = sorted(free for free in frees if free is not None) if frees else [now]
+    usable = known[unknown_ahead:]
+    if not usable:
+        return None
+    known_ahead = jobs_ahead - unknown_ahead
+    if known_ahead < len(usable):
+        return max(usable[known_ahead], now)
+    busy_s = sum(max((free - now).total_seconds(), 0) for free in usable) + work_ahead_s
+    return max(usable[-1], now + timedelta(seconds=busy_s / len(usable)))
 
 
-def _fingerprints() -> dict[str, tuple]:
-    """Per pool with queued or running jobs, a summary that changes whenever a job is queued, claimed, ended,
-    moved, reprioritised or changes hands: one aggregate query over those jobs, grouped by pool."""
-    summary = Job.objects.filter(status__in=(*ACTIVE, Job.Status.QUEUED)).values("device_pool").annotate(
-        count=Count("pk"), last=Max("pk"), newest=Max("created_at"), priorities=Sum("priority"),
-        orders=Sum("queue_order"), teams=Sum("team_id"), owners=Sum("owner_id"), running=Count(
-            "pk", filter=Q(status__in=ACTIVE)), steps=Count("pk", filter=Q(depends_on__isnull=False)))
-    return {row.pop("device_pool"): tuple(sorted(row.items())) for row in summary}
-
-
-def _pool_plan(pool: str, *, served: bool, shown_per_pool: int, quota_reasons: dict) -> PoolPlan:
-    now = timezone.now()
-    running = list(Job.objects.filter(device_pool=pool, status__in=ACTIVE)
-                   .annotate(last=last_event_data(("metrics", "progress"))).values("pk", "team_id", "last"))
-    free_at, running_rows = [], []
-    for job in running:
-        remaining = (job["last"] or {}).get("eta_s")
-        finish = now + timedelta(seconds=remaining) if remaining is not None else None
-        free_at.append(finish)
-        running_rows.append((job["pk"], job["team_id"], finish))
-    workers = max(len(running), 1)
-    free_at = sorted(free_at, key=lambda t: t or _NEVER)[:workers] or [now]
-    step_s = seconds_per_step(pool)
-    gpu_pool = pool in settings.GPU_POOLS
-    queued, usage = _queued_in_run_order(pool)
-    shown: dict[int, list[tuple]] = {}
-    counts: dict[int, int] = {}
-    for position, job in enumerate(queued, start=1):
-        team_id = job["team_id"]
-        if _waits_for_step_before(job):
-            reason = f"waits for job #{job['depends_on_id']} ({job['depends_on__status']})"
-        else:
-            if (team_id, gpu_pool) not in quota_reasons:
-                quota_reasons[team_id, gpu_pool] = quota_wait_reason(team_id, gpu_pool=gpu_pool)
-            reason = quota_reasons[team_id, gpu_pool] or ("" if served else no_worker_reason(pool))
-        starts = None if reason else free_at[0] if free_at[0] is None else max(free_at[0], now)
-        duration = step_s * job["progress_total"] if step_s and job["progress_total"] else None
-        finishes = starts + timedelta(seconds=duration) if starts and duration else None
-        if starts is not None and not reason:
-            free_at[0] = finishes  # that worker is busy until then (unknown when no estimate)
-            free_at.sort(key=lambda t: t or _NEVER)
-        counts[team_id] = counts.get(team_id, 0) + 1
-        if counts[team_id] <= shown_per_pool:
-            shown.setdefault(team_id, []).append((job["pk"], team_id, position, reason, starts, finishes))
-    return PoolPlan(pool, running_rows, shown, counts, usage, {job["team_id"] for job in queued})
-
-
-QUEUED_FIELDS = ("pk", "priority", "team_id", "owner_id", "queue_order", "progress_total", "depends_on_id",
-                 "depends_on__status")
-
-
-def _waits_for_step_before(job: dict) -> bool:
-    return bool(job["depends_on_id"]) and job["depends_on__status"] != Job.Status.SUCCEEDED
-
-
-def _queued_in_run_order(pool: str) -> tuple[list[dict], PoolUsage | None]:
-    """The pool's queued jobs (dicts of QUEUED_FIELDS) in the order they run (fair share within each
-    priority; chain steps still waiting keep their place in queue order after the others of their
-    priority), and the usage fair share read (None where it does not apply: off, or one person waiting)."""
-    queued = list(Job.objects.filter(device_pool=pool, status=Job.Status.QUEUED).order_by(*QUEUE_ORDER)
-                  .values(*QUEUED_FIELDS))
-    if not settings.FAIR_SHARE or len({(job["team_id"], job["owner_id"]) for job in queued}) < 2:
-        return queued, None  # nobody to share with: first come, first served
-    usage = pool_usage(pool)
-    rank = {pk: index for index, pk in enumerate(fair_order(
-        [(job["pk"], job["priority"], job["team_id"], job["owner_id"]) for job in queued
-         if not _waits_for_step_before(job)], usage))}
-    queued.sort(key=lambda job: (-job["priority"], rank.get(job["pk"], len(rank)), job["queue_order"], job["pk"]))
-    return queued, usage
+def _users_queued_rows(pool: str, *, usage, team_ids: list[int], held: dict[int, str], limit: int) -> list[dict]:
+    """The first ``limit`` queued jobs of ``team_ids`` in the pool's run order, each with its position, the
+    jobs ahead of it that will take a worker (not held back by a quota or waiting for a step before), how many
+    of those have no estimate (no step count) and their steps, and ``mine``: how many of ``team_ids``' jobs are
+    queued there. One query: the database ranks, sums and counts."""
+    ranked, params = ranked_queue_sql(pool, usage)
+    held_ids = sorted(team_id for team_id, reason in held.items() if reason)
+    takes_worker = "waiting = 0" + (f" AND team_id NOT IN ({', '.join(['%s'] * len(held_ids))})" if held_ids else "")
+    ahead = "OVER (ORDER BY run_position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+    sql = f"""{ranked},
+    ahead AS (
+      SELECT ranked.*,
+        SUM(CASE WHEN {takes_worker} THEN 1 ELSE 0 END) {ahead} AS jobs_ahead,
+        SUM(CASE WHEN {takes_worker} AND progress_total = 0 THEN 1 ELSE 0 END) {ahead} AS unknown_ahead,
+        SUM(CASE WHEN {takes_worker} THEN progress_total ELSE 0 END) {ahead} AS steps_ahead
+      FROM ranked)
+    SELECT id, team_id, run_position, waiting, depends_on_id, step_before_status, progress_total, jobs_ahead,
+           unknown_ahead, steps_ahead, COUNT(*) OVER () AS mine
+    FROM ahead WHERE team_id IN ({', '.join(['%s'] * len(team_ids))}) ORDER BY run_position LIMIT %s"""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *held_ids * 3, *team_ids, limit])
+        columns = [column[0] for column in cursor.description]
+        return [dict(zip(columns, values)) for values in cursor.fetchall()]
 
 
 def pool_tokens_per_s(pool: str, *, base_model_id: int | None) -> float | None:

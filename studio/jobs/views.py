@@ -12,7 +12,7 @@ from studio.datasets.selectors import dataset_choices_for_training
 from studio.jobs.estimates import train_estimate
 from studio.jobs.forms import METHOD_PREFIX, TrainJobForm, initial_from_query, method_to_draw
 from studio.jobs.pages import chain_form_context, job_start
-from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_for_user
+from studio.jobs.selectors import job_events_after, job_get_for_user, job_list_page_for_user
 from studio.jobs.models import Job
 from studio.jobs.selectors_judge import job_result
 from studio.jobs.selectors_search import merge_search_result
@@ -23,7 +23,8 @@ from tuning.methods import TASKS
 
 
 def job_list(request):
-    return render(request, "jobs/list.html", {"jobs": job_list_for_user(user=request.user)[:200]})
+    page = job_list_page_for_user(user=request.user, page=request.GET.get("page"))
+    return render(request, "jobs/list.html", {"jobs": page.object_list, "page": page})
 
 
 def _gpu_pools() -> list:

@@ -15,8 +15,8 @@ from studio.jobs.services_queue import job_move, job_preempt_for, job_set_priori
 from tuning.errors import ConfigError
 
 
-def _render(request, *, partial: bool, error: str = "", status: int = 200, fresh: bool = False):
-    page = queue_page_for_user(user=request.user, fresh=fresh)
+def _render(request, *, partial: bool, error: str = "", status: int = 200):
+    page = queue_page_for_user(user=request.user)
     reservation_reasons(page.rows)
     context = {"rows": page.rows, "more": sorted(page.more.items()), "error": error,
                "fair_share": settings.FAIR_SHARE, "half_life": settings.FAIR_SHARE_HALF_LIFE_HOURS}
@@ -63,5 +63,5 @@ def job_queue_action(request, job_id: int):
         else:
             raise Http404
     except ConfigError as exc:
-        return _render(request, partial=True, error="; ".join(exc.errors.values()), status=200, fresh=True)
-    return _render(request, partial=True, fresh=True)  # the admin sees their change at once, not a memo
+        return _render(request, partial=True, error="; ".join(exc.errors.values()), status=200)
+    return _render(request, partial=True)

@@ -155,3 +155,52 @@ def test_a_long_queue_shows_the_first_rows_of_each_pool_and_counts_the_rest(subm
     client = Client()
     client.force_login(people["alice"][0])
     assert "Pool default: 2 more queued jobs of your teams after these." in client.get("/jobs/queue/").content.decode()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_database_ranks_a_random_queue_as_the_claims_walk_it(submit, people, settings, seed):
+    """The queue page's positions (fair_rank, computed by the database) follow the claims' order (fair_order,
+    in Python) on a random queue: three teams, ties in usage, jobs without an owner, three priorities, chain
+    steps still waiting for the step before (they keep queue order after the rest of their priority)."""
+    import random
+
+    from django.db import connection
+
+    from studio.jobs.fair_rank import ranked_queue_sql
+    from studio.jobs.selectors_queue import QUEUE_ORDER
+
+    rng = random.Random(seed)
+    green = Team.objects.create(name="Green", slug="green")
+    people["dan"] = (user_create(username="dan", password="pw-dan-123456", team=green), green)
+    people["eve"] = (user_create(username="eve", password="pw-eve-123456", team=green), green)
+    for who in rng.sample(sorted(people), 3):  # some used the pool; the others tie at nothing
+        used(submit, who, hours=rng.choice([1.0, 2.0, 2.0]), ended_hours_ago=rng.uniform(0, 5))
+    template = submit("alice", "template")
+    Job.objects.filter(pk=template.pk).update(status=Job.Status.RUNNING, started_at=timezone.now())
+    blocker = submit("bob", "blocker")  # queued: the steps that wait for it cannot start
+    Job.objects.bulk_create([Job(
+        team=team, owner=None if rng.random() < 0.05 else owner, kind=template.kind, config=template.config,
+        status=Job.Status.QUEUED, device_pool="default", priority=rng.choice([0, 0, 0, 5, -1]),
+        queue_order=rng.choice([float(n), 7.0]),  # some equal: the id breaks the tie
+        depends_on=blocker if rng.random() < 0.1 else None, name=f"random {n}")
+        for n, (owner, team) in enumerate(rng.choice(list(people.values())) for _ in range(150))])
+
+    def database_order() -> list[int]:
+        from studio.jobs.fair_share import pool_usage as usage_of
+
+        sql, params = ranked_queue_sql("default", usage_of("default") if settings.FAIR_SHARE else None)
+        with connection.cursor() as cursor:
+            cursor.execute(f"{sql} SELECT id FROM ranked ORDER BY run_position", params)
+            return [row[0] for row in cursor.fetchall()]
+
+    queued = Job.objects.filter(device_pool="default", status=Job.Status.QUEUED).order_by(*QUEUE_ORDER)
+    rows = list(queued.values_list("pk", "priority", "team_id", "owner_id", "depends_on_id"))
+    waiting = {pk for pk, *_, depends_on in rows if depends_on == blocker.pk}
+    rank = {pk: index for index, pk in enumerate(fair_order([row[:4] for row in rows if row[0] not in waiting],
+                                                            pool_usage("default")))}
+    by_priority = {pk: priority for pk, priority, *_ in rows}
+    queue_index = {pk: index for index, (pk, *_) in enumerate(rows)}
+    claims_order = sorted(by_priority, key=lambda pk: (-by_priority[pk], rank.get(pk, len(rank)), queue_index[pk]))
+    assert len(waiting) > 5 and database_order() == claims_order
+    settings.FAIR_SHARE = False
+    assert database_order() == [row[0] for row in rows]
