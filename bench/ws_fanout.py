@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.ws_latency import db_query, percentile, watch  # noqa: E402
 from studio.launcher import stop_all  # noqa: E402
-from tests.stack import ADMIN, start_stack  # noqa: E402
+from tests.stack import ADMIN, start_stack, web_server_pids  # noqa: E402
 from tests.tiny_model import tiny_model_dir  # noqa: E402
 
 HANDSHAKES_AT_ONCE = 20
@@ -79,9 +79,9 @@ def rss_mib(pid: int) -> float:
 
 
 def serving_rss_mib(pid: int) -> list[float]:
-    """Resident memory of each process serving sockets: ``pid`` itself, or its children where it is
-    uvicorn's supervisor (``--workers``)."""
-    return [round(_rss_kib(candidate) / 1024, 1) for candidate in (_children(pid) or [pid])]
+    """Resident memory of each process serving sockets: ``pid`` itself, or the web processes of uvicorn's
+    supervisor (``--workers``)."""
+    return [round(_rss_kib(server) / 1024, 1) for server in web_server_pids(pid)]
 
 
 def _rss_kib(pid: int) -> int:

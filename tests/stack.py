@@ -201,3 +201,19 @@ def start_stack(data_dir: Path, tiny_model: Path, **extra_env: str) -> Stack:
         raise
     return stack
 
+
+
+def web_server_pids(pid: int) -> list[int]:
+    """The processes serving the web port started as ``pid``: itself, or, under WEB_PROCESSES > 1, the
+    processes uvicorn's supervisor spawned (not its multiprocessing helpers, such as the resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    spawned = [int(child) for child in (children.read_text().split() if children.exists() else [])]
+    serving = [child for child in spawned if b"spawn_main" in _cmdline(child)]
+    return serving or [pid]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it ended meanwhile
+        return b""
