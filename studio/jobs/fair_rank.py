@@ -9,8 +9,9 @@ sort: a person's k-th job comes in their team's k-th round, so the team's
 sequence is ordered by (k, the person's key); the level is then ordered by
 (the job's index in its team's sequence, the team's key). Each index is a
 ``ROW_NUMBER()`` window, so the order is three layers of windows over the
-pool's queued rows. The usage keys come from ``fair_share.pool_usage`` (a
-few rows per team and person), passed in as dense ranks.
+pool's queued rows (four sorts; sums over the jobs ahead share the last).
+The usage keys come from ``fair_share.pool_usage`` (a few rows per team and
+person), passed in as dense ranks.
 
 Chain steps still waiting for the step before keep their place in queue
 order after the others of their priority, as on the claim side.
@@ -35,39 +36,42 @@ _BASE = f"""
 """
 
 
-def ranked_queue_sql(pool: str, usage: PoolUsage | None) -> tuple[str, list]:
+def ranked_queue_sql(pool: str, usage: PoolUsage | None, *,
+                     sums_ahead: dict[str, str] | None = None) -> tuple[str, list]:
     """``WITH`` clauses (SQL and parameters) ending in ``ranked``: the pool's queued jobs with ``run_position``
     (1 = the next to start) in the order claims follow; first come within a priority where ``usage`` is None
-    (fair share off, or one person waiting)."""
+    (fair share off, or one person waiting). ``sums_ahead``: column name -> SQL expression, each summed over
+    the jobs ahead in that order (NULL for the first), in the same pass as the position."""
     params: list = [Job.Status.SUCCEEDED, Job.Status.QUEUED, pool]
+    ahead = "".join(f", SUM({expression}) OVER (run_order ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) "
+                    f"AS {name}" for name, expression in (sums_ahead or {}).items())
     if usage is None:
-        return (f"WITH base AS ({_BASE}), ranked AS (SELECT base.*, ROW_NUMBER() OVER "
-                f"(ORDER BY priority DESC, queue_order, id) AS run_position FROM base)"), params
+        return (f"WITH base AS ({_BASE}), ranked AS (SELECT base.*, ROW_NUMBER() OVER run_order AS run_position"
+                f"{ahead} FROM base WINDOW run_order AS (ORDER BY priority DESC, queue_order, id))"), params
     team_used, team_params = _rank_case("team_id", usage.teams)
     owner_used, owner_params = _rank_case("owner_id", usage.owners)
     params += team_params + owner_params
+    # A team's and a person's place among those who used the pool as little comes from their first job in
+    # queue order, (queue_order, id): two columns, as fair_order's "first seen".
     level = "PARTITION BY waiting, priority"
     sql = f"""WITH base AS ({_BASE}),
     turns AS (
-      SELECT base.*,
-        ROW_NUMBER() OVER ({level} ORDER BY queue_order, id) AS level_index,
-        ROW_NUMBER() OVER ({level}, team_id, owner_id ORDER BY queue_order, id) AS owner_turn,
-        {team_used} AS team_used, {owner_used} AS owner_used
-      FROM base),
-    firsts AS (
-      SELECT turns.*,
-        MIN(level_index) OVER ({level}, team_id) AS team_first,
-        MIN(level_index) OVER ({level}, team_id, owner_id) AS owner_first
-      FROM turns),
+      SELECT base.*, {team_used} AS team_used, {owner_used} AS owner_used,
+        ROW_NUMBER() OVER by_owner AS owner_turn,
+        FIRST_VALUE(queue_order) OVER by_owner AS owner_first_order, FIRST_VALUE(id) OVER by_owner AS owner_first_id,
+        FIRST_VALUE(queue_order) OVER by_team AS team_first_order, FIRST_VALUE(id) OVER by_team AS team_first_id
+      FROM base
+      WINDOW by_owner AS ({level}, team_id, owner_id ORDER BY queue_order, id),
+             by_team AS ({level}, team_id ORDER BY queue_order, id)),
     team_turns AS (
-      SELECT firsts.*,
-        ROW_NUMBER() OVER ({level}, team_id ORDER BY owner_turn, owner_used, owner_first) AS team_turn
-      FROM firsts),
+      SELECT turns.*, ROW_NUMBER() OVER ({level}, team_id
+        ORDER BY owner_turn, owner_used, owner_first_order, owner_first_id) AS team_turn
+      FROM turns),
     ranked AS (
-      SELECT team_turns.*, ROW_NUMBER() OVER (ORDER BY priority DESC, waiting,
-        CASE WHEN waiting = 1 THEN queue_order END, CASE WHEN waiting = 1 THEN id END,
-        team_turn, team_used, team_first) AS run_position
-      FROM team_turns)"""
+      SELECT team_turns.*, ROW_NUMBER() OVER run_order AS run_position{ahead}
+      FROM team_turns
+      WINDOW run_order AS (ORDER BY priority DESC, waiting, CASE WHEN waiting = 1 THEN queue_order END,
+        CASE WHEN waiting = 1 THEN id END, team_turn, team_used, team_first_order, team_first_id))"""
     return sql, params
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, JSONField, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, JSONField, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from studio.accounts.selectors import team_ids_for_user
@@ -151,26 +152,39 @@ def queue_rows_for_user(*, user) -> list[QueueRow]:
 
 @dataclass
 class PoolAtWork:
-    """Who has jobs in a pool: the teams with queued jobs, the (team, person) pairs queuing, the teams running."""
+    """Who has jobs in a pool: the teams with queued jobs, the (team, person) pairs queuing, the teams running,
+    and a fingerprint that changes whenever a job there is queued, claimed, ended, moved, reprioritised or
+    changes hands."""
     queued_teams: set = field(default_factory=set)
     queuing_people: set = field(default_factory=set)
     running_teams: set = field(default_factory=set)
+    fingerprint: list = field(default_factory=list)
 
 
 def pools_at_work() -> dict[str, PoolAtWork]:
-    """Every pool with queued or running jobs, and who has them: one query, a row per pool, team, person and
-    status (never one per job)."""
+    """Every pool with queued or running jobs, and who has them: one aggregate query, a row per pool, team,
+    person and status (never one per job)."""
     pools: dict[str, PoolAtWork] = {}
     rows = Job.objects.filter(status__in=(*ACTIVE, Job.Status.QUEUED)).order_by() \
-        .values_list("device_pool", "team_id", "owner_id", "status").distinct()
-    for pool, team_id, owner_id, status in rows:
+        .values_list("device_pool", "team_id", "owner_id", "status") \
+        .annotate(count=Count("pk"), last=Max("pk"), priorities=Sum("priority"), orders=Sum("queue_order"),
+                  steps=Count("pk", filter=Q(depends_on__isnull=False)))
+    for pool, team_id, owner_id, status, *summary in rows:
         at_work = pools.setdefault(pool, PoolAtWork())
         if status == Job.Status.QUEUED:
             at_work.queued_teams.add(team_id)
             at_work.queuing_people.add((team_id, owner_id))
         else:
             at_work.running_teams.add(team_id)
+        at_work.fingerprint.append((team_id or 0, owner_id or 0, status, *summary))
+    for at_work in pools.values():
+        at_work.fingerprint.sort()
     return pools
+
+
+# The queued rows a poll shows are kept per pool and set of teams until the pool's fingerprint, the quotas or
+# the live workers change; this bounds only how stale positions may get as running jobs' usage grows.
+ROWS_MEMO_S = 30
 
 
 def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage:
@@ -182,7 +196,9 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage
     teams' first ``shown_per_pool`` rows per pool, with how many there are
     and, for each, the work queued ahead of it: a poll costs a fixed
     number of queries and no loop over the queue, however long it is
-    (``tests/web/test_queue_queries.py``, ``bench/queue_page.py``)."""
+    (``tests/web/test_queue_queries.py``, ``bench/queue_page.py``). Those
+    rows are kept (``ROWS_MEMO_S``) for the next poll of the same teams
+    until the pool's jobs change; the estimates are made at each poll."""
     shown_per_pool = SHOWN_PER_POOL if shown_per_pool is None else shown_per_pool
     team_ids = set(team_ids_for_user(user=user))
     pools = {pool: at_work for pool, at_work in pools_at_work().items()
@@ -210,9 +226,16 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage
         gpu_pool = pool in settings.GPU_POOLS
         if gpu_pool not in held_back:
             held_back[gpu_pool] = quota_wait_reasons(quotas, gpu_pool=gpu_pool)
-        usage = (pool_usage(pool) if settings.FAIR_SHARE and len(at_work.queuing_people) > 1 else None)
-        rows = _users_queued_rows(pool, usage=usage, team_ids=sorted(team_ids), held=held_back[gpu_pool],
-                                  limit=shown_per_pool)
+        key = f"queue-rows:{pool}:{sorted(team_ids)}:{shown_per_pool}"
+        version = (at_work.fingerprint, quotas, held_back[gpu_pool], pool in served, settings.FAIR_SHARE,
+                   settings.FAIR_SHARE_HALF_LIFE_HOURS, tuple(settings.GPU_POOLS))
+        memo = cache.get(key)
+        if memo is None or memo[0] != version:
+            usage = (pool_usage(pool) if settings.FAIR_SHARE and len(at_work.queuing_people) > 1 else None)
+            memo = (version, usage, _users_queued_rows(pool, usage=usage, team_ids=sorted(team_ids),
+                                                       held=held_back[gpu_pool], limit=shown_per_pool))
+            cache.set(key, memo, ROWS_MEMO_S)
+        _, usage, rows = memo
         step_s = seconds_per_step(pool)
         fair = (usage, at_work.queued_teams) if usage else None
         picked += [(row["id"], _queued_row(row, pool=pool, served=pool in served, held=held_back[gpu_pool],
@@ -278,22 +301,18 @@ def _users_queued_rows(pool: str, *, usage, team_ids: list[int], held: dict[int,
     jobs ahead of it that will take a worker (not held back by a quota or waiting for a step before), how many
     of those have no estimate (no step count) and their steps, and ``mine``: how many of ``team_ids``' jobs are
     queued there. One query: the database ranks, sums and counts."""
-    ranked, params = ranked_queue_sql(pool, usage)
     held_ids = sorted(team_id for team_id, reason in held.items() if reason)
     takes_worker = "waiting = 0" + (f" AND team_id NOT IN ({', '.join(['%s'] * len(held_ids))})" if held_ids else "")
-    ahead = "OVER (ORDER BY run_position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
-    sql = f"""{ranked},
-    ahead AS (
-      SELECT ranked.*,
-        SUM(CASE WHEN {takes_worker} THEN 1 ELSE 0 END) {ahead} AS jobs_ahead,
-        SUM(CASE WHEN {takes_worker} AND progress_total = 0 THEN 1 ELSE 0 END) {ahead} AS unknown_ahead,
-        SUM(CASE WHEN {takes_worker} THEN progress_total ELSE 0 END) {ahead} AS steps_ahead
-      FROM ranked)
+    ranked, params = ranked_queue_sql(pool, usage, sums_ahead={
+        "jobs_ahead": f"CASE WHEN {takes_worker} THEN 1 ELSE 0 END",
+        "unknown_ahead": f"CASE WHEN {takes_worker} AND progress_total = 0 THEN 1 ELSE 0 END",
+        "steps_ahead": f"CASE WHEN {takes_worker} THEN progress_total ELSE 0 END"})
+    sql = f"""{ranked}
     SELECT id, team_id, run_position, waiting, depends_on_id, step_before_status, progress_total, jobs_ahead,
            unknown_ahead, steps_ahead, COUNT(*) OVER () AS mine
-    FROM ahead WHERE team_id IN ({', '.join(['%s'] * len(team_ids))}) ORDER BY run_position LIMIT %s"""
+    FROM ranked WHERE team_id IN ({', '.join(['%s'] * len(team_ids))}) ORDER BY run_position LIMIT %s"""
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, *held_ids * 3, *team_ids, limit])
+        cursor.execute(sql, [*params, *held_ids * 3, *team_ids, limit])  # in the order they appear
         columns = [column[0] for column in cursor.description]
         return [dict(zip(columns, values)) for values in cursor.fetchall()]
 
