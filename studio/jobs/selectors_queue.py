@@ -143,7 +143,9 @@ class QueuePage:
     more: dict[str, int]  # pool -> queued jobs of the user's teams past the rows shown
 
 
-SHOWN_PER_POOL = 25  # queued rows of the user's teams shown per pool; the page says how many more wait
+# Queued rows of the user's teams shown per pool, the page saying how many more wait: rendering a row costs
+# more than ranking it (bench/queue_page.py), and the next ones are what a viewer acts on.
+SHOWN_PER_POOL = 10
 
 
 def queue_rows_for_user(*, user) -> list[QueueRow]:
@@ -236,7 +238,8 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage
                                                        held=held_back[gpu_pool], limit=shown_per_pool))
             cache.set(key, memo, ROWS_MEMO_S)
         _, usage, rows = memo
-        step_s = seconds_per_step(pool)
+        # the pool's recent speed changes only as its jobs end: read once a minute for the page's estimates
+        step_s = cache.get_or_set(f"queue-step-s:{pool}", lambda pool=pool: seconds_per_step(pool), 60)
         fair = (usage, at_work.queued_teams) if usage else None
         picked += [(row["id"], _queued_row(row, pool=pool, served=pool in served, held=held_back[gpu_pool],
                                            step_s=step_s, frees=frees, now=now), fair) for row in rows]
