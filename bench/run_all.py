@@ -178,6 +178,18 @@ def q8_seconds(lines: list[dict]) -> Figure:
     return Figure(line["seconds"], f"{line['seconds']:.0f} s ({line['cpu_s']:.0f} CPU-s)")
 
 
+def merge_scale(method: str) -> Callable[[list[dict]], Figure]:
+    def read(lines: list[dict]) -> Figure:
+        line = first(lines, figure="merge_scale", method=method)
+        if line is None:
+            return Figure(None)
+        return Figure(line["ratio"], f"{line['ratio']:.2f}× ({line['studio_s']} vs {line['mergekit_s']} s; peak "
+                                     f"{line['studio_peak_mib']} vs {line['mergekit_peak_mib']} MiB, "
+                                     f"{line['studio_peak_over_largest_tensor']}× the largest tensor; "
+                                     f"relative difference {line['relative_diff']:.1e})")
+    return read
+
+
 GPU = "not measured here: needs a CUDA GPU (bash bench/gpu_check.sh all OUT)"
 BENCHES: tuple[Bench, ...] = (
     Bench("train_speed", "bench/train_speed.py", ("--steps", "10", "--rounds", "3", "--datasets", "sample,mixed"),
@@ -187,6 +199,13 @@ BENCHES: tuple[Bench, ...] = (
             ">=", 1.5, training_ratio("sample")),
         Row("LoRA training, mixed lengths (CPU)", "HF Trainer + peft, dynamic padding",
             "≥ 2.5× tokens/s at lower peak memory", ">=", 2.5, training_ratio("mixed"), in_quick=False),
+    )),
+    Bench("train_speed_full", "bench/train_speed.py", ("--method", "full", "--steps", "10", "--rounds", "3",
+                                                       "--datasets", "sample", "--arms", "ref,studio"),
+          ("--method", "full", "--model", "tiny", "--steps", "2", "--rounds", "1", "--batch-size", "2",
+           "--max-length", "128", "--peak-size", "128", "--datasets", "sample", "--arms", "ref,studio"), (
+        Row("Full fine-tuning (CPU, sample data)", "HF Trainer, dynamic padding", "≥ 1.3× tokens/s", ">=", 1.3,
+            training_ratio("sample")),
     )),
     Bench("preference_speed", "bench/preference_speed.py", ("--rounds", "3", "--steps", "6", "--batch-size", "2",
                                                               "--max-length", "256", "--arms", "trl,studio"),
@@ -281,6 +300,13 @@ BENCHES: tuple[Bench, ...] = (
             "≥ 1.0× requests/s, the same answers", ">=", 1.0,
             key_figure("ratio_median", fmt="{:.2f}×", figure="multi_adapter_serving")),
     ), quick_note="the bundled model, loaded 16 times a round by the reload arm"),
+    Bench("merge_scale", "bench/merge_scale.py", ("--methods", "task_arithmetic,ties"),
+          ("--layers", "1", "--vocab", "2048", "--methods", "task_arithmetic"), (
+        Row("Merging at scale, two 1.1B fine-tunes, task arithmetic", "mergekit 0.1.5",
+            "≤ 0.5× its wall time, tensors equal", "<=", 0.5, merge_scale("task_arithmetic")),
+        Row("Merging at scale, two 1.1B fine-tunes, TIES", "mergekit 0.1.5",
+            "≤ 0.5× its wall time, tensors equal", "<=", 0.5, merge_scale("ties"), in_quick=False),
+    ), needs="mergekit"),
     Bench("distributed_scaling", "bench/distributed_scaling.py", ("--device", "cuda"), None, (
         Row("LoRA on N GPUs (DDP), tokens/s", "N × one GPU's tokens/s", "≥ 0.85× linear", ">=", 0.85,
             key_figure("efficiency_median", fmt="{:.2f}× linear", figure="distributed_scaling")),
@@ -293,9 +319,6 @@ BENCHES: tuple[Bench, ...] = (
 NOT_SCRIPTED = (  # rows of issue 23 without a script yet: listed, so the gap shows
     ("LoRA training vs LLaMA-Factory 0.9.5 (CPU)", "LLaMA-Factory", "≥ 1.5× tokens/s and ≤ its peak memory",
      "no script: LLaMA-Factory is not installed beside the pinned torch"),
-    ("Full fine-tuning (CPU)", "HF Trainer", "≥ 1.3×", "no script yet (bench/train_speed.py has LoRA arms only)"),
-    ("Merging at scale, two 1B-parameter fine-tunes", "mergekit", "≤ 0.5× its wall time, tensors equal",
-     "no script yet (bench/merge_parity.py compares an 18M model)"),
     ("The README's test command on 2 cores", "—", "≤ 6 min",
      "not run by this command (about 20 min): time `.venv/bin/python -m pytest -q` itself"),
 )

@@ -3,6 +3,7 @@
     .venv/bin/python bench/train_speed.py [--steps 8] [--rounds 2] [--model bundled|tiny|PATH]
                                           [--datasets sample,mixed] [--arms ref,studio,padded]
                                           [--device cpu|cuda] [--batch-size 4] [--out BENCHMARKS.md]
+                                          [--method lora|full]
 
 On a GPU (``--device cuda``, the default where one is present) every arm
 trains there, memory is each arm's peak GPU allocation and the peak is a
@@ -14,8 +15,10 @@ them alike:
 
 - ref: transformers ``Trainer`` + peft LoRA + ``DataCollatorForSeq2Seq``
   (dynamic padding to the longest row of each batch): the way most users
-  fine-tune.
-- studio: ``python -m tuning train CONFIG.yaml`` with its defaults (packing on).
+  fine-tune. With ``--method full`` the same Trainer without peft, every
+  weight trained (its default AdamW).
+- studio: ``python -m tuning train CONFIG.yaml`` with its defaults (packing on);
+  ``--method full``: the studio's ``full`` method.
 - padded: the same with ``packing: false`` (issue 4's packed-vs-padded figure).
 - grouped: padded, with ``group_by_length: true`` (the lever for runs that cannot pack).
 
@@ -74,6 +77,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.05}
 LOSS_TOLERANCE = 0.10  # final losses further apart than this (relative) void the speed comparison
 DEVICE = "cpu"  # --device: where every arm runs; on "cuda" memory is the GPU's peak allocation
+METHOD = "lora"  # --method: LoRA in both arms, or full fine-tuning in both
 
 
 # --- data ---------------------------------------------------------------------
@@ -124,7 +128,7 @@ def model_shape(model_dir: Path) -> dict:
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             linear += module.in_features * module.out_features + (module.out_features if module.bias is not None else 0)
-            if name.rsplit(".", 1)[-1] in TARGETS:
+            if METHOD == "lora" and name.rsplit(".", 1)[-1] in TARGETS:
                 adapter += LORA["rank"] * (module.in_features + module.out_features)
     return {"linear_params": linear, "head_params": head.in_features * head.out_features,
             "adapter_params": adapter, "layers": config.num_hidden_layers, "hidden": config.hidden_size}
@@ -132,7 +136,9 @@ def model_shape(model_dir: Path) -> dict:
 
 def flops_per_token(shape: dict, sum_sq_over_sum: float, labelled_fraction: float) -> float:
     head = shape["head_params"]  # needed only where the next token carries loss
-    dense = 4 * (shape["linear_params"] - head) + 4 * head * labelled_fraction + 6 * shape["adapter_params"]
+    per_weight = 4 if METHOD == "lora" else 6  # a frozen base has no weight gradients; full fine-tuning does
+    dense = (per_weight * (shape["linear_params"] - head) + per_weight * head * labelled_fraction
+             + 6 * shape["adapter_params"])
     attention = 6 * shape["layers"] * shape["hidden"] * sum_sq_over_sum  # Σ 6·L·d·n² / Σ n
     return dense + attention
 
@@ -217,8 +223,9 @@ def studio_arm(spec: dict, packing: bool, workdir: Path, group_by_length: bool =
     import yaml
 
     config = {"base_model": spec["model"], "dataset_path": spec["data"], "output_dir": str(workdir / "out"),
-              "cache_dir": str(Path(spec["workdir"]) / "token-cache"), "method": "lora",
-              "method_params": {**LORA, "target_modules": ",".join(TARGETS)}, "max_steps": spec["steps"],
+              "cache_dir": str(Path(spec["workdir"]) / "token-cache"), "method": spec["method"],
+              "method_params": {**LORA, "target_modules": ",".join(TARGETS)} if spec["method"] == "lora" else {},
+              "max_steps": spec["steps"],
               "batch_size": spec["batch_size"], "max_length": spec["max_length"], "learning_rate": spec["lr"],
               "warmup_ratio": 0.0, "scheduler": "cosine", "seed": spec["seed"], "precision": "bf16",
               "save_every": 10**6, "packing": packing, "group_by_length": group_by_length}
@@ -247,7 +254,7 @@ def script_arm(spec: dict, workdir: Path, *, script: str = __file__, flag: str =
 
 
 def child_ref(spec_file: str) -> None:
-    """The reference run (in its own process): Trainer + peft + dynamic padding."""
+    """The reference run (in its own process): Trainer + peft (or every weight) + dynamic padding."""
     spec = json.loads(Path(spec_file).read_text())
     import torch
     from peft import LoraConfig, get_peft_model
@@ -262,8 +269,10 @@ def child_ref(spec_file: str) -> None:
     items = [e for batch in batches(items, batch_size=spec["batch_size"], seed=spec["seed"], epoch=0) for e in batch]
     rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels} for e in items]
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                             target_modules=TARGETS, task_type="CAUSAL_LM"))
+    if spec["method"] == "lora":
+        model = get_peft_model(model, LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"],
+                                                 lora_dropout=LORA["dropout"], target_modules=TARGETS,
+                                                 task_type="CAUSAL_LM"))
 
     args = TrainingArguments(output_dir=spec["output_dir"], per_device_train_batch_size=spec["batch_size"],
                              max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
@@ -391,10 +400,11 @@ def summarise(name: str, runs: dict[str, list[dict]], stats: dict, shape: dict, 
 
 
 def markdown(lines: list[dict], info: dict, args) -> str:
-    out = ["# Training speed", "",
+    out = ["# Training speed" + ("" if METHOD == "lora" else ": full fine-tuning"), "",
            f"Generated by `{' '.join(['.venv/bin/python', 'bench/train_speed.py'] + sys.argv[1:])}` "
            f"on {info['date']}: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
-           f"Python {info['python']}; {args.threads} threads, bf16 autocast, LoRA r=16 on q,k,v,o, batch size "
+           f"Python {info['python']}; {args.threads} threads, bf16 autocast, "
+           f"{'LoRA r=16 on q,k,v,o' if METHOD == 'lora' else 'full fine-tuning (every weight)'}, batch size "
            f"{args.batch_size}, {args.steps} steps, {args.rounds} alternating rounds per arm. Model: {args.model}.",
            "", "Ratios are medians of per-round ratios (runs of one round ran back to back), so they hold on a "
            "busy machine better than the absolute figures do.", "",
@@ -419,7 +429,7 @@ def markdown(lines: list[dict], info: dict, args) -> str:
         elif r["figure"] == "mfu":
             out.append(f"| {r['dataset']} | MFU | {r.get('ref', '')} | {r.get('studio', '')} | {r.get('padded', '')} | | "
                        f"{r['flops_per_token'] / 1e6:.0f} MFLOP/token, peak {r['peak_gflops']} GFLOP/s |")
-    return "\n".join(out + ["", LEVERS]) + "\n"
+    return "\n".join(out + ["", LEVERS if METHOD == "lora" else ""]) + "\n"
 
 
 def model_dir_for(name: str) -> Path:
@@ -442,6 +452,8 @@ def main() -> None:
     parser.add_argument("--model", default="bundled", help="bundled, tiny, or a model directory")
     parser.add_argument("--datasets", default="sample,mixed")
     parser.add_argument("--arms", default="ref,studio,padded")
+    parser.add_argument("--method", choices=["lora", "full"], default="lora",
+                        help="LoRA in both arms, or full fine-tuning (the Trainer without peft, the studio's full)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -457,8 +469,10 @@ def main() -> None:
     if args.child_ref:
         child_ref(args.child_ref)
         return
-    global DEVICE
+    global DEVICE, METHOD
     import torch
+
+    METHOD = args.method
 
     DEVICE = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -476,7 +490,7 @@ def main() -> None:
         emit({"figure": "dataset", "dataset": name, **{k: round(v, 3) for k, v in stats.items()}}, lines)
         spec = {"model": str(model_dir), "data": str(path), "steps": args.steps, "batch_size": args.batch_size,
                 "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
-                "workdir": str(workdir), "device": DEVICE}
+                "workdir": str(workdir), "device": DEVICE, "method": METHOD}
         runs: dict[str, list[dict]] = {arm: [] for arm in arms}
         for round_ in range(args.rounds):
             for arm in arms:
@@ -497,7 +511,8 @@ def main() -> None:
     emit({"figure": "peak_matmul_gflops", "dtype": "bf16", "threads": args.threads,
           "best": round(max(peaks) / 1e9, 1), "all": [round(p / 1e9, 1) for p in peaks], **info}, lines)
     if args.out:  # its own section of the file: BENCHMARKS.md's other sections stay
-        write_section(Path(args.out), "train_speed", markdown(lines, info, args))
+        write_section(Path(args.out), "train_speed" if METHOD == "lora" else "train_speed_full",
+                      markdown(lines, info, args))
 
 
 if __name__ == "__main__":
