@@ -45,17 +45,61 @@ def save_once(model, tokenizer, dest: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
-    if (dest / "model.safetensors").exists():
+    move_into_place(partial, dest, lambda: (dest / "model.safetensors").exists())
+    return dest
+
+
+def move_into_place(partial: Path, dest: Path, complete) -> None:
+    """Rename the directory ``partial`` to ``dest``, unless another process
+    has put a complete one there first (``complete()`` says)."""
+    if complete():
         shutil.rmtree(partial, ignore_errors=True)
-        return dest
+        return
     shutil.rmtree(dest, ignore_errors=True)  # an incomplete earlier attempt
     try:
         os.rename(partial, dest)
     except OSError:  # another process moved its copy in first
         shutil.rmtree(partial, ignore_errors=True)
-        if not (dest / "model.safetensors").exists():
+        if not complete():
             raise
-    return dest
+
+
+LORA_SOURCES = [CACHE / f"tiny-lora-sources-{VERSION}-v1" / name for name in ("a", "b", "c")]
+
+
+def tiny_lora_sources() -> list[Path]:
+    """Three LoRA adapters (rank 4, every linear layer) of the tiny model
+    whose A rows and B columns lie close to one shared 6-dimensional
+    subspace per module, as adapters of related tasks do (EigenLoRAx's
+    premise): the sources its tests build on (built once, cached)."""
+    if all((path / "adapter_model.safetensors").exists() for path in LORA_SOURCES):
+        return LORA_SOURCES
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base, parent = tiny_model_dir(), LORA_SOURCES[0].parent
+    partial = parent.with_name(f"{parent.name}.partial-{os.getpid()}")
+    shared = torch.Generator().manual_seed(0)  # the subspaces, the same for every source
+    bases = {}
+    for seed, dest in enumerate(LORA_SOURCES, start=1):
+        own = torch.Generator().manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                               LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if "lora_A" in name or "lora_B" in name:
+                    rows = "lora_A" in name  # A (r × n): its rows span the subspace; B (m × r): its columns
+                    width = weight.shape[1] if rows else weight.shape[0]
+                    if name not in bases:
+                        bases[name] = torch.linalg.qr(torch.randn(width, 6, generator=shared))[0].T  # 6 × width
+                    mixed = torch.randn(4, 6, generator=own) @ bases[name] * 0.3
+                    mixed += 0.003 * torch.randn(4, width, generator=own)  # a little off the subspace
+                    weight.copy_(mixed if rows else mixed.T)
+        model.save_pretrained(partial / dest.name, safe_serialization=True)
+    move_into_place(partial, parent, lambda: all((path / "adapter_model.safetensors").exists()
+                                                 for path in LORA_SOURCES))
+    return LORA_SOURCES
 
 
 if __name__ == "__main__":

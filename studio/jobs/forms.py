@@ -9,6 +9,7 @@ from studio.datasets.selectors import dataset_training_blocker
 from tuning.config import GRPO_FIELDS, PREFERENCE_FIELDS, REWARD_FIELDS, TrainConfig
 from tuning.fields import field_specs
 from tuning.methods import GROUPS, METHODS, Method
+from tuning.methods.eigenlora import FIELD as SOURCES_FIELD
 from tuning.preference import PREFERENCE_LOSSES
 
 # Settings the studio fills in itself, never typed by a user.
@@ -96,7 +97,7 @@ class TrainJobForm(forms.Form):
                   "job page next to each other.")
 
     def __init__(self, *args, datasets, base_models, method: str = DEFAULT_METHOD, task: str = "sft",
-                 gpu_pools=(), **kwargs):
+                 gpu_pools=(), adapters=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["dataset"].queryset = datasets
         self.fields["base_model"].queryset = base_models
@@ -114,6 +115,12 @@ class TrainJobForm(forms.Form):
                     spec.name not in GRPO_FIELDS or task == "grpo"):
                 self._add(spec.name, spec)
         self.fields["task"].choices = [(key, TASK_LABELS.get(key, key)) for key, _ in self.fields["task"].choices]
+        sources = METHOD_PREFIX + SOURCES_FIELD
+        if adapters and sources in self.fields:  # EigenLoRAx: ticked among the team's adapters (ids typed if none)
+            self.fields[sources] = forms.MultipleChoiceField(
+                label=self.fields[sources].label, help_text=self.fields[sources].help_text, required=False,
+                widget=forms.CheckboxSelectMultiple,
+                choices=[(a.pk, f"#{a.pk} {a.name} (on {a.base_model or 'an unknown base'})") for a in adapters])
 
     def _add(self, name, spec):
         self.fields[name] = form_field(spec)
@@ -153,8 +160,8 @@ class TrainJobForm(forms.Form):
 
     def method_params(self) -> dict:
         """The method's parameters from cleaned data, blanks left to defaults."""
-        return {name.removeprefix(METHOD_PREFIX): value for name, value in self._filled().items()
-                if name.startswith(METHOD_PREFIX)}
+        return {name.removeprefix(METHOD_PREFIX): ",".join(value) if isinstance(value, list) else value
+                for name, value in self._filled().items() if name.startswith(METHOD_PREFIX)}
 
     def run_settings(self) -> tuple[dict, dict]:
         """(train settings, method params) from cleaned data, blanks left to defaults."""
@@ -192,8 +199,8 @@ def initial_from_query(query, *, method: Method, preset: str = "") -> dict:
         specs |= {METHOD_PREFIX + spec.name: spec for spec in field_specs(method.params)}
     initial = {name: query[name] for name in ("name", "dataset", "base_model", "golden_prompts") if query.get(name)}
     for name, spec in specs.items():
-        if name in query:
-            initial[name] = query[name]
+        if name in query:  # the ticked source adapters are several values of one name
+            initial[name] = query.getlist(name) if name == METHOD_PREFIX + SOURCES_FIELD else query[name]
         elif sent_form and spec.type is bool:
             initial[name] = False
     if preset in method.presets:

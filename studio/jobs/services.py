@@ -28,6 +28,7 @@ from studio.jobs.state import job_enqueue, job_set_status, job_submit
 from studio.storage.files import directory_size
 from studio.notifications.services import notification_create_for_job
 from tuning.checkpoints import checkpoint_step, latest
+from studio.jobs.source_adapters import with_source_adapters
 from tuning.config import TrainConfig, check_against_model, config_to_dict
 from tuning.errors import ConfigError
 from tuning.methods import METHODS
@@ -48,10 +49,12 @@ def job_create_train(*, user, team, dataset, base_model, settings_values: dict, 
     if refusal:
         raise ConfigError({"dataset": refusal})
     settings_values = _with_reward_model(settings_values, team)
+    method_params, sources = with_source_adapters(METHODS.get(settings_values.get("method"), METHODS["lora"]),
+                                                  method_params, team=team, base_model=base_model)
     with transaction.atomic():
         job = Job.objects.create(team=team, owner=user, kind=Job.Kind.TRAIN, dataset=dataset,
                                  base_model=base_model, config={}, device_pool=settings.DEFAULT_DEVICE_POOL,
-                                 name=name[:200])
+                                 name=name[:200], input_artifact_ids=sources)
         config = TrainConfig.from_dict({
             **settings_values,
             "method_params": method_params,

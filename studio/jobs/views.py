@@ -18,6 +18,7 @@ from studio.jobs.selectors_judge import job_result
 from studio.jobs.selectors_search import merge_search_result
 from studio.jobs.selectors_scores import harness_table, job_scores
 from studio.jobs.services import job_cancel, job_create_train, job_resume
+from studio.jobs.source_adapters import source_adapter_choices, with_source_adapters
 from tuning.errors import ConfigError, ModelError, TuningError
 from tuning.methods import TASKS
 
@@ -38,7 +39,8 @@ def _task(query) -> str:
 def _bound_form(request, data) -> TrainJobForm:
     return TrainJobForm(data, datasets=dataset_choices_for_training(user=request.user),
                         base_models=base_model_list_for_user(user=request.user),
-                        method=data.get("method", ""), task=_task(data), gpu_pools=_gpu_pools())
+                        method=data.get("method", ""), task=_task(data), gpu_pools=_gpu_pools(),
+                        adapters=source_adapter_choices(user=request.user))
 
 
 def _redrawn_form(request) -> tuple[TrainJobForm, str]:
@@ -51,7 +53,7 @@ def _redrawn_form(request) -> tuple[TrainJobForm, str]:
     form = TrainJobForm(initial={**initial, "method": method.name},
                         datasets=dataset_choices_for_training(user=request.user),
                         base_models=base_model_list_for_user(user=request.user), method=method.name, task=task,
-                        gpu_pools=_gpu_pools())
+                        gpu_pools=_gpu_pools(), adapters=source_adapter_choices(user=request.user))
     return form, notice
 
 
@@ -100,15 +102,17 @@ def job_new_estimate(request):
     if bad or base_model is None:
         return _estimate_response(request, error="; ".join(bad) or "pick a base model")
     try:
+        params, _ = with_source_adapters(form.chosen, form.method_params(),
+                                         team=team_for_new_work(user=request.user), base_model=base_model)
         estimate = train_estimate(base_model=base_model, method=form.chosen, task=form.chosen_task,
-                                  method_params=form.method_params(), dataset=form.cleaned_data.get("dataset"),
+                                  method_params=params, dataset=form.cleaned_data.get("dataset"),
                                   run_values={k: v for k, v in form.cleaned_data.items() if v not in (None, "")},
                                   gpu_pools=_gpu_pools())
     except TuningError as exc:  # the worker's reason: the page says it; an estimate never breaks the form
         return _estimate_response(request, error=str(exc))
     if estimate is None:
-        return _estimate_pending(request, base_model=base_model, method=form.chosen.name,
-                                 params=form.method_params(), task=form.chosen_task)
+        return _estimate_pending(request, base_model=base_model, method=form.chosen.name, params=params,
+                                 task=form.chosen_task)
     return _estimate_response(request, text=estimate.text, exact=estimate.exact, preflight=estimate.preflight)
 
 

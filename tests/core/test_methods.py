@@ -24,6 +24,7 @@ from tuning.methods import CAPABILITIES, GROUPS, METHODS, TASKS, MethodContext, 
 from tuning.methods.common import count_parameters
 from tuning.methods.estimate import estimate_trainable_parameters
 from tuning.models import load_tokenizer
+from tests.tiny_model import LORA_SOURCES, tiny_lora_sources
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 20
@@ -72,6 +73,7 @@ ROWS = {
     "llrd": ("llrd", {"decay": 0.8}, 2e-3),
     "s2ft": ("s2ft", {"heads": 1, "channels": 8}, 1e-2),
     "ladder": ("ladder", {"reduction_factor": 4}, 1e-2),
+    "eigenlora": ("eigenlora", {"source_adapters": ",".join(str(path) for path in LORA_SOURCES), "rank": 4}, 5e-2),
 }
 CPU_METHODS = sorted(name for name, method in METHODS.items() if not method.needs_cuda)
 GROWING = {name for name, method in METHODS.items() if method.grow}
@@ -79,6 +81,12 @@ GROWING = {name for name, method in METHODS.items() if method.grow}
 
 def test_every_cpu_method_has_a_row():
     assert sorted({method for method, _, _ in ROWS.values()}) == CPU_METHODS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lora_sources() -> list[Path]:
+    """The LoRA adapters EigenLoRAx's rows name (built once, cached)."""
+    return tiny_lora_sources()
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +269,7 @@ def test_qlora_names_bitsandbytes_where_a_gpu_lacks_it(tiny_model, monkeypatch):
     ("s2ft", {"heads": 0, "channels": 0}, "heads", "at least one"),
     ("s2ft", {"ffn_output": "fc2"}, "ffn_output", "fc2"),
     ("ladder", {"reduction_factor": 64}, "reduction_factor", "leaves no side width"),
+    ("eigenlora", {"source_adapters": str(LORA_SOURCES[0])}, "source_adapters", "at least 2"),
     ("fourierft", {"n_frequency": 600}, "n_frequency", "does not fit"),
     ("bitfit", {}, "method", "has none"),
     ("top_k", {"layers": 3}, "layers", "only 2"),

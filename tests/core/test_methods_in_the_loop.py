@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.test_methods import ROWS, biased_model  # noqa: F401  (fixture)
+from tests.core.test_methods import ROWS, biased_model, lora_sources  # noqa: F401  (fixtures)
 from tuning.config import TrainConfig
 from tuning.errors import ConfigError
 from tuning.methods import METHODS

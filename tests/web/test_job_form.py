@@ -342,3 +342,40 @@ def test_versions_that_cannot_train_are_greyed_with_the_reason_in_a_fixed_number
     with CaptureQueriesContext(connection) as more:
         assert member_client.get("/jobs/new/").content.decode().count("<option value=") > len(options)
     assert len(more) == len(first), [q["sql"][:120] for q in more.captured_queries]
+
+
+def test_eigenloras_sources_are_ticked_among_the_teams_adapters_and_must_share_the_base(
+        member_client, member, team, dataset, tiny_base_model, tiny_model, media_root, tmp_path):
+    import shutil
+
+    from studio.artifacts.services import artifact_create
+    from studio.jobs.services import job_create_train
+    from tests.tiny_model import tiny_lora_sources
+
+    other_base = base_model_register(name="other-tiny", source="local",
+                                     ref=str(shutil.copytree(tiny_model, tmp_path / "other-tiny")))
+    adapters = []
+    for base, source in ((tiny_base_model, tiny_lora_sources()[0]), (tiny_base_model, tiny_lora_sources()[1]),
+                         (other_base, tiny_lora_sources()[2])):
+        job = job_create_train(user=member, team=team, dataset=dataset, base_model=base,
+                               settings_values={"max_steps": 1}, method_params={}, name=f"lora {source.name}")
+        copy = media_root / "jobs" / str(job.pk) / "adapter"
+        shutil.copytree(source, copy)
+        adapters.append(artifact_create(job=job, kind="adapter", path=str(copy), metadata={}))
+    page = member_client.get("/jobs/new/", {"method": "eigenlora"}).content.decode()
+    for adapter in adapters:
+        assert f'value="{adapter.pk}"' in page and f"#{adapter.pk} {escape(adapter.name)}" in page
+
+    form = {"dataset": dataset.pk, "base_model": tiny_base_model.pk, "method": "eigenlora", "task": "sft",
+            "fields_for": "eigenlora", "max_steps": 1}
+    ours = [adapters[0].pk, adapters[1].pk]
+    one = member_client.post("/jobs/new/", {**form, "method__source_adapters": ours[:1]})
+    assert one.status_code == 400 and "at least 2 LoRA adapters; got 1" in one.content.decode()
+    mixed = member_client.post("/jobs/new/", {**form, "method__source_adapters": [ours[0], adapters[2].pk]})
+    assert mixed.status_code == 400 and f"adapter #{adapters[2].pk}" in mixed.content.decode()
+    assert "not on tiny" in mixed.content.decode()
+
+    assert member_client.post("/jobs/new/", {**form, "method__source_adapters": ours}).status_code == 302
+    job = Job.objects.get(config__method="eigenlora")
+    assert job.config["method_params"]["source_adapters"] == f"{adapters[0].path},{adapters[1].path}"
+    assert job.input_artifact_ids == ours  # the new adapter's lineage names its sources

@@ -61,7 +61,7 @@ from tuning.methods import (adalora, bitfit, boft, fourierft, full, hft, hra, ia
                             oft, p_tuning, prefix_tuning, prompt_tuning, qlora, randlora, road, top_k, vblora,
                             vera)
 from tuning.methods import bottleneck, ether, s2ft  # second wave (issue 22)
-from tuning.methods import ladder
+from tuning.methods import eigenlora, ladder
 from tuning.methods import increlora, triadaptlora  # ranks that grow (issue 22)
 from tuning.methods import mola, mos  # sharing and mixtures (issue 22)
 from tuning.methods.base import CAPABILITIES, GROUPS, NOT_PREFERENCE, TASKS, Method, MethodContext, method_row
@@ -142,6 +142,10 @@ register_method(mola, name="mola", label="MoLA (mixture of LoRA experts)", group
                 description="Several LoRA experts per layer, more in higher layers, mixed per token by a top-k "
                             "router. The routing depends on the input, so it never folds into the base.",
                 paper="https://arxiv.org/abs/2402.08562", params=mola.MolaParams)
+register_method(eigenlora, name="eigenlora", label="EigenLoRAx", group="low-rank", folds_into_base=True,
+                description="Builds the principal subspace of two or more LoRA adapters of the base model and trains "
+                            "only a new adapter's coefficients in it; saved as a plain LoRA.",
+                paper="https://arxiv.org/abs/2502.04700", params=eigenlora.EigenloraParams)
 register_method(oft, name="oft", label="OFT", group="orthogonal", folds_into_base=True,
                 description="Multiplies each weight by a learned block-diagonal orthogonal matrix, preserving its "
                             "geometry.",
