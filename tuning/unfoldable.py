@@ -8,6 +8,8 @@ the web process, which refuses them before queueing).
   weight of the base equals base + adapter.
 - MoLA (tuning/methods/mola.py) mixes LoRA experts chosen per token by a
   router: the change depends on the input, so no one weight holds it.
+- Ladder Side-Tuning's side networks (tuning/methods/ladder.py) run beside
+  the model and add to its final hidden state: no weight changes.
 - peft's prompt-learning adapters (prompt tuning, prefix tuning, P-tuning)
   add virtual tokens (or per-layer key/value prefixes) in front of the
   input; they change no weight at all.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from tuning.methods.bottleneck import CONFIG_FILE as BOTTLENECK_CONFIG
 from tuning.methods.mola import CONFIG_FILE as MOLA_CONFIG
+from tuning.methods.ladder import CONFIG_FILE as LADDER_CONFIG
 
 # peft_type -> the method's name as the studio shows it
 PROMPT_LEARNING = {"PROMPT_TUNING": "Prompt tuning", "PREFIX_TUNING": "Prefix tuning", "P_TUNING": "P-tuning",
@@ -51,6 +54,9 @@ def what_it_is(directory: str | Path) -> str | None:
     if (directory / MOLA_CONFIG).exists():
         return ("a MoLA adapter (MoLA (mixture of LoRA experts)): its routers choose LoRA experts for each input "
                 "token, so the change it makes depends on the input")
+    if (directory / LADDER_CONFIG).exists():
+        return ("a Ladder Side-Tuning side network: a small network beside the model that adds to its final hidden "
+                "state instead of changing the base's weights")
     peft_type = _read(directory / "adapter_config.json").get("peft_type", "")
     if peft_type in PROMPT_LEARNING:
         return (f"a {PROMPT_LEARNING[peft_type]} adapter: it adds virtual tokens to the input and changes none of "

@@ -1,5 +1,5 @@
 """Adapters that cannot be folded into their base (a bottleneck adapter, a
-prompt-tuning adapter, both trained for real on the tiny model) are refused
+prompt-tuning adapter, a ladder side network, trained for real on the tiny model) are refused
 by merge, fold and quantize before any work, naming the method and what to
 do instead, in the library and through the CLI."""
 
@@ -28,7 +28,7 @@ def trained(tiny_model, tmp_path_factory) -> dict[str, Path]:
                             for w in ("yes", "blue")))
     out = {}
     for name, method, params in (("pfeiffer", "bottleneck", {"variant": "pfeiffer"}),
-                                 ("prompt", "prompt_tuning", {})):
+                                 ("prompt", "prompt_tuning", {}), ("ladder", "ladder", {"reduction_factor": 4})):
         config = TrainConfig.from_dict({"base_model": str(tiny_model), "dataset_path": str(data), "method": method,
                                         "method_params": params, "output_dir": str(root / name), "max_steps": 1,
                                         "batch_size": 2, "precision": "fp32"})
@@ -49,6 +49,12 @@ def test_merge_and_fold_refuse_a_bottleneck_adapter_naming_the_method(tiny_model
     assert "is a Pfeiffer bottleneck adapter (Bottleneck adapters)" in message
     assert "cannot be folded into the base or merged" in message and "train a LoRA-family adapter" in message
     assert "neither a model" not in message
+
+
+def test_fold_refuses_a_ladder_side_network_naming_it(tiny_model, trained, tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        check_merge_sources(_merge_config(tiny_model, tmp_path, "fold", [trained["ladder"]]))
+    assert "is a Ladder Side-Tuning side network" in caught.value.errors["sources.0.path"]
 
 
 def test_a_prompt_tuning_adapter_is_refused_beside_a_model_by_its_position(tiny_model, trained, tmp_path):
