@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.core.test_methods import ROWS, biased_model  # noqa: F401  (fixture)
+from tests.core.test_methods import ROWS, biased_model, lora_sources  # noqa: F401  (fixtures)
 from tuning.attention import use_segment_attention
 from tuning.data.cache import load_task_data_cached
 from tuning.data.packing import collate_packed, packing_works
@@ -19,9 +19,9 @@ from tuning.loss import fused_loss_works, fused_next_token_loss, next_token_loss
 from tuning.methods import METHODS, MethodContext
 from tuning.models import load_tokenizer
 
-# The first row of each method in test_methods; prompt methods never pack.
+# The first row of each method in test_methods; methods that never pack (prompt methods, the ladder) are left out.
 PACKING_METHODS = {method: (params, lr) for method, params, lr in reversed(list(ROWS.values()))
-                   if METHODS[method].group != "prompts"}
+                   if METHODS[method].packs_rows}
 
 
 @pytest.fixture(scope="module")
