@@ -443,9 +443,10 @@ def table(results: dict, info: dict) -> str:
     for bench in BENCHES:
         stored = results.get(bench.name)
         reason = available(bench)
-        for index, row in enumerate(bench.rows):
-            if stored:
-                got = stored["rows"][index]
+        for row in bench.rows:
+            # By the row's name: a row renamed or added since the stored run has no figure from it.
+            got = next((r for r in stored["rows"] if r["what"] == row.what), None) if stored else None
+            if got:
                 figure, verdict = got["shown"] or "—", got["verdict"]
                 run = f"{stored['date']}, {stored['commit']}, {stored['machine']}{', quick sizes' * stored['quick']}"
             else:
