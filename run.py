@@ -111,7 +111,8 @@ TEST_DATABASES = ("sqlite", "postgres")
 
 def run_tests(args: list[str]) -> int:
     """The suite once per database: SQLite (the embedded default), then a real Postgres server that
-    tests/postgres.py starts from a wheel for the run. ``--db NAME`` picks one. Both passes run even when
+    tests/postgres.py starts from a wheel for the run, with only the tests that use a database
+    (tests/database_use.py). ``--db NAME`` picks one. Both passes run even when
     the first fails (each says what breaks on its database); the exit code is the first failure's."""
     databases = TEST_DATABASES
     if "--db" in args:

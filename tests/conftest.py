@@ -26,6 +26,8 @@ from tests.tiny_model import tiny_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_DIRS = ("tests/integration/", "tests/e2e/")  # the tests that share the one stack
+# Which tests use a database: the Postgres pass runs only those (tests/database_use.py says how it decides).
+pytest_plugins = ("tests.database_use",)
 
 
 def _usable_cpus() -> int:

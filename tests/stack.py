@@ -17,6 +17,7 @@ from pathlib import Path
 import requests
 
 from studio import launcher
+from tests.database_use import refuse_in_database_free_test
 from tests.hub_server import HubServer
 from tests.postgres import create_database, is_postgres
 
@@ -157,6 +158,7 @@ def _quiet(data_dir: Path, name: str) -> dict:
 
 
 def start_stack(data_dir: Path, tiny_model: Path, **extra_env: str) -> Stack:
+    refuse_in_database_free_test("starts a studio (which has a database)")
     redis_proc, redis_url = launcher.start_redis(data_dir)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "studio.settings", "DATA_DIR": str(data_dir),
            "REDIS_URL": redis_url, "STUDIO_ADMIN_USERNAME": ADMIN[0], "STUDIO_ADMIN_PASSWORD": ADMIN[1],

@@ -5,9 +5,11 @@ fails its test. The figures themselves are not checked against the goals
 (quick sizes measure nothing); their presence is.
 
 The scripts set up their own databases (SQLite files, or an embedded
-Postgres for the queue's claim and simulation benches), so they run once,
-in the suite's SQLite pass. The test modules beside this one split the
-scripts into groups that pytest-xdist hands to different workers."""
+Postgres for the queue's claim and simulation benches) and are not given the
+suite's DATABASE_URL, so their tests are database-free: the Postgres pass
+leaves them to the SQLite pass (tests/database_use.py). The test modules
+beside this one split the scripts into groups that pytest-xdist hands to
+different workers."""
 
 from __future__ import annotations
 
@@ -39,14 +41,13 @@ def run_all_module():
 
 
 def check_quick(name: str) -> None:
-    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        pytest.skip("the bench scripts make their own databases: the SQLite pass runs them")
     run_all = run_all_module()
     bench = next(b for b in run_all.BENCHES if b.name == name)
     if reason := run_all.available(bench):
         pytest.skip(reason)
     done = subprocess.run([sys.executable, "bench/run_all.py", "--quick", "--only", name, "--timeout",
-                           str(TIMEOUT_S)], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S + 60)
+                           str(TIMEOUT_S)], cwd=REPO, env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+                          capture_output=True, text=True, timeout=TIMEOUT_S + 60)
     report = next((json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"bench"')), None)
     assert report is not None, done.stdout[-3000:] + done.stderr[-3000:]
     assert report["exit_code"] == 0, done.stdout[-4000:]
