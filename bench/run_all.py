@@ -250,7 +250,7 @@ BENCHES: tuple[Bench, ...] = (
             key_figure("ratio", fmt="{:.2f}×", figure="harness_studio_over_lm_eval_wall")),
     ), quick_note="each arm loads lm_eval and a model in a fresh process: minutes even for 10 rows"),
     Bench("studio_overhead", "bench/studio_overhead.py", ("--steps", "10", "--rounds", "3"),
-          ("--model", "tiny", "--steps", "3", "--rounds", "1"), (
+          ("--model", "tiny", "--steps", "3", "--rounds", "1", "--warmup", "0"), (
         Row("Studio path (web, Celery, events)", "python -m tuning train, same config", "≤ 1.05× wall time",
             "<=", 1.05, key_figure("value", fmt="{:.2f}×", figure="studio_over_cli_wall_time")),
     )),
