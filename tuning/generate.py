@@ -9,6 +9,7 @@ are deterministic.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -166,43 +167,90 @@ def _end_token_ids(model, tokenizer) -> set[int]:
     return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
-class ReplyStream:
-    """The reply in text pieces as they are generated (iterate it), then
-    ``empty_reason``: None when the reply has text, else why it has none.
+class PieceStreamer:
+    """``generate``'s streamer for a reply shown as it is written: each new
+    token's text goes to ``on_piece`` as soon as it decodes. transformers'
+    TextStreamer holds text back to the end of a word, so its first piece
+    comes a decoding step or more after the first token. Text ending in an
+    incomplete UTF-8 character (U+FFFD) waits for the token that completes
+    it. Decoding restarts after each line end, as TextStreamer's does, so a
+    step decodes one line rather than the whole reply."""
 
-    Generation runs in a background thread; the pieces come through
-    transformers' TextIteratorStreamer. An error in generation is raised
-    from the iteration, after the pieces already produced."""
+    def __init__(self, tokenizer, on_piece):
+        self.tokenizer, self.on_piece = tokenizer, on_piece
+        self.prompt_seen = False  # generate's first put is the prompt
+        self.tokens: list[int] = []  # since the last line end
+        self.shown = 0  # characters of their text already passed on
+
+    def put(self, value) -> None:
+        if value.dim() > 1 and value.shape[0] > 1:
+            raise ValueError("PieceStreamer streams one reply at a time (batch size 1)")
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.tokens.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        self._show(text)
+
+    def end(self) -> None:
+        self._show(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+        self.tokens, self.shown = [], 0
+
+    def _show(self, text: str) -> None:
+        piece = text[self.shown:]
+        self.shown = len(text)
+        if text.endswith("\n"):
+            self.tokens, self.shown = [], 0
+        if piece:
+            self.on_piece(piece)
+
+
+class ReplyStream:
+    """The reply in text pieces as they are generated, then ``empty_reason``:
+    None when the reply has text, else why it has none.
+
+    ``run(on_piece)`` generates in the calling thread and hands each piece
+    to ``on_piece`` (the workers: no thread between the model and the
+    sender). Iterating it generates in a background thread instead; an
+    error in generation is raised from the iteration, after the pieces
+    already produced."""
 
     def __init__(self, model, tokenizer, inputs, kwargs):
         self.model, self.tokenizer, self.inputs, self.kwargs = model, tokenizer, inputs, kwargs
         self.new_token_ids: list[int] = []
         self.text = ""
 
-    def __iter__(self) -> Iterator[str]:
+    def run(self, on_piece) -> None:
         import torch
-        from transformers import TextIteratorStreamer
 
-        # timeout: a generation thread that died must not leave the caller waiting forever
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        def piece(text: str) -> None:
+            self.text += text
+            on_piece(text)
+
+        with torch.no_grad():
+            output = self.model.generate(**self.kwargs, streamer=PieceStreamer(self.tokenizer, piece))
+        self.new_token_ids = output[0, self.prompt_tokens:].tolist()
+
+    def __iter__(self) -> Iterator[str]:
+        pieces: queue.SimpleQueue = queue.SimpleQueue()
+        finished = object()  # put after the last piece, or after a failure
         failure: list[BaseException] = []
-        prompt_length = self.inputs["input_ids"].shape[1]
 
         def work():
             try:
-                with torch.no_grad():
-                    output = self.model.generate(**self.kwargs, streamer=streamer)
-                self.new_token_ids = output[0, prompt_length:].tolist()
+                self.run(pieces.put)
             except BaseException as exc:  # handed to the consuming thread below
                 failure.append(exc)
-                streamer.end()
+            finally:
+                pieces.put(finished)
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        for piece in streamer:
-            if piece:
-                self.text += piece
-                yield piece
+        # timeout: a generation thread stuck for ten minutes must not leave the caller waiting forever
+        while (piece := pieces.get(timeout=600)) is not finished:
+            yield piece
         thread.join()
         if failure:
             raise failure[0]
@@ -213,7 +261,7 @@ class ReplyStream:
 
     @property
     def completion_tokens(self) -> int:
-        """New tokens generated (known once the iteration has ended)."""
+        """New tokens generated (known once the generation has ended)."""
         return len(self.new_token_ids)
 
     @property

@@ -8,14 +8,12 @@ import logging
 import threading
 import time
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 
 from tuning.errors import TuningError
+from worker.relay import PieceRelay
 
 log = logging.getLogger(__name__)
-PIECES_PER_SEND = 1  # each piece goes out at once: the point is to watch it arrive
 
 
 class WarmModels:
@@ -79,25 +77,25 @@ def playground_generate(reply_channel: str, request: dict) -> None:
     """Stream the reply to ``request`` to the WebSocket consumer at ``reply_channel``."""
     from tuning.generate import generate_stream
 
-    send = async_to_sync(get_channel_layer().send)
     head = {"request_id": request["request_id"], "side": request["side"]}
-    started, pieces = time.monotonic(), 0
+    pieces = PieceRelay(reply_channel, lambda text: {"type": "playground.piece", **head, "text": text})
+    started = time.monotonic()
     try:
         model, tokenizer = WARM.get(request["path"], request["base_model"])
         reply = generate_stream(model, tokenizer, request["prompt"], max_new_tokens=request["max_new_tokens"],
                                 temperature=request["temperature"], top_p=request["top_p"],
                                 system_prompt=request["system_prompt"] or None)
-        for piece in reply:
-            pieces += 1
-            send(reply_channel, {"type": "playground.piece", **head, "text": piece})
+        reply.run(pieces.put)
+        pieces.close()  # a piece that could not be sent fails the request here, with the message below
     except TuningError as exc:
-        send(reply_channel, {"type": "playground.error", **head, "message": str(exc)})
+        pieces.end({"type": "playground.error", **head, "message": str(exc)}, failed=True)
         return
     except Exception as exc:  # the browser gets one line; the details go to the worker log
         log.exception("playground generation failed")
-        send(reply_channel, {"type": "playground.error", **head,
-                             "message": f"generation failed ({type(exc).__name__}); see the worker log"})
+        pieces.end({"type": "playground.error", **head,
+                    "message": f"generation failed ({type(exc).__name__}); see the worker log"}, failed=True)
         return
+    # pieces: the messages the text came in (tokens written while one was sent go in the next);
     # empty_reason: why an answer has no text (None when it has), so the page never shows a blank bubble
-    send(reply_channel, {"type": "playground.done", **head, "pieces": pieces,
-                         "seconds": round(time.monotonic() - started, 2), "empty_reason": reply.empty_reason})
+    pieces.end({"type": "playground.done", **head, "pieces": pieces.messages,
+                "seconds": round(time.monotonic() - started, 2), "empty_reason": reply.empty_reason})

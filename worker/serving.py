@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-
 from tuning.errors import TuningError
 from worker.playground import WARM
+from worker.relay import PieceRelay
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ class StopCutter:
 def serve_completion(reply_channel: str, request: dict) -> None:
     from tuning.generate import encode_messages, encode_text, stream_inputs
 
-    send = async_to_sync(get_channel_layer().send)
+    pieces = PieceRelay(reply_channel, lambda text: {"type": "serving.piece", "text": text})
     try:
         model, tokenizer = WARM.get(request["path"], request["base_model"])
         inputs = (encode_messages(tokenizer, request["messages"]) if "messages" in request
@@ -59,20 +57,24 @@ def serve_completion(reply_channel: str, request: dict) -> None:
         reply = stream_inputs(model, tokenizer, inputs, max_new_tokens=request["max_tokens"],
                               temperature=request["temperature"], top_p=request["top_p"], stop=request["stop"])
         cutter = StopCutter(request["stop"])
-        for piece in reply:  # read to the end even after a stop string: generation stops there by itself
+
+        def on_piece(piece: str) -> None:  # called to the end even after a stop string: generation stops there
             if text := cutter.feed(piece):
-                send(reply_channel, {"type": "serving.piece", "text": text})
+                pieces.put(text)
+
+        reply.run(on_piece)
         if text := cutter.rest():
-            send(reply_channel, {"type": "serving.piece", "text": text})
+            pieces.put(text)
+        pieces.close()  # a piece that could not be sent fails the request here, with the message below
     except TuningError as exc:
-        send(reply_channel, {"type": "serving.error", "message": str(exc)})
+        pieces.end({"type": "serving.error", "message": str(exc)}, failed=True)
         return
     except Exception as exc:  # the client gets one line; the details go to the worker log
         log.exception("completion failed")
-        send(reply_channel, {"type": "serving.error",
-                             "message": f"generation failed ({type(exc).__name__}); see the worker log"})
+        pieces.end({"type": "serving.error",
+                    "message": f"generation failed ({type(exc).__name__}); see the worker log"}, failed=True)
         return
     # "length": cut off by max_tokens; "stop": the model ended its turn or wrote a stop string
     finish = "length" if reply.completion_tokens >= request["max_tokens"] and not cutter.stopped else "stop"
-    send(reply_channel, {"type": "serving.done", "finish_reason": finish, "prompt_tokens": reply.prompt_tokens,
-                         "completion_tokens": reply.completion_tokens})
+    pieces.end({"type": "serving.done", "finish_reason": finish, "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens})

@@ -65,13 +65,43 @@ def test_chat_whole_and_streamed_agree(client, adapter):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+def _plain_generate(stack, inputs_of, tokens: int) -> str:
+    """What plain transformers ``generate`` answers on the stack's tiny model (greedy)."""
+    import torch
+
+    from tuning.loading import load_artifact
+
+    model, tokenizer = load_artifact(stack.tiny_model_path)
+    inputs = inputs_of(tokenizer)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
 def test_plain_completion_of_a_base_model_streams(stack, client):
+    from tuning.generate import encode_text
+
     model = f"base-{stack.tiny_model_id}"
     whole = client.completions.create(model=model, prompt="Once upon a time", max_tokens=5, temperature=0)
     assert whole.object == "text_completion" and whole.usage.completion_tokens <= 5
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model=model, prompt="Once upon a time", max_tokens=5, temperature=0, stream=True))
     assert streamed == whole.choices[0].text and streamed
+    assert streamed == _plain_generate(stack, lambda tokenizer: encode_text(tokenizer, "Once upon a time"), 5)
+
+
+def test_a_streamed_chat_is_plain_generate_in_token_sized_pieces(stack, client):
+    """Greedy: the served reply is the one plain ``generate`` gives; it arrives in several messages
+    (tokens written while one is sent travel together, so there may be fewer than tokens)."""
+    from tuning.generate import encode_messages
+
+    messages = [{"role": "user", "content": "Write a short story about a dragon."}]
+    chunks = list(client.chat.completions.create(model=f"base-{stack.tiny_model_id}", messages=messages,
+                                                 max_tokens=16, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == _plain_generate(stack, lambda tokenizer: encode_messages(tokenizer, messages), 16)
+    assert 1 < len(pieces) <= chunks[-1].usage.completion_tokens
 
 
 def test_a_bad_model_name_and_another_teams_model_are_404(stack, client, adapter):

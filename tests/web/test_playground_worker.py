@@ -1,14 +1,21 @@
 """The playground worker's messages (worker/playground.py) over a real
-in-memory channel layer: a reply with text, and an empty one that says why."""
+in-memory channel layer: a reply with text, and an empty one that says why;
+and how a reply's pieces are sent (worker/relay.py): tokens written while a
+piece is on its way go together in the next message, and a send that fails
+fails the reply with an error that still ends it."""
 
+import asyncio
 import json
 import shutil
+import threading
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.exceptions import ChannelFull
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from worker.playground import WARM, playground_generate
+from worker.relay import PieceRelay
 
 
 def _chat(path: str, **options) -> list[dict]:
@@ -92,3 +99,61 @@ def test_a_mos_or_mola_adapter_answers_in_the_playground(method, method_params, 
         assert pieces and done["type"] == "playground.done" and done["pieces"] == len(pieces), done
     finally:
         WARM.unload_idle(0)
+
+
+class HeldLayer(InMemoryChannelLayer):
+    """The in-memory channel layer, its second send held until ``release`` is set (a slow Redis), its
+    sends from ``fail_from`` on refused."""
+
+    def __init__(self, fail_from: int = 0):
+        super().__init__()
+        self.sends, self.fail_from = 0, fail_from
+        self.holding, self.release = threading.Event(), threading.Event()
+
+    async def send(self, channel, message):
+        self.sends += 1
+        if self.fail_from and self.sends >= self.fail_from:
+            raise ChannelFull()
+        if self.sends == 2:
+            self.holding.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 10)
+        await super().send(channel, message)
+
+
+def _received(layer, channel: str) -> list[dict]:
+    async def drain():
+        messages = []
+        while channel in layer.channels and not layer.channels[channel].empty():
+            messages.append(await layer.receive(channel))
+        return messages
+
+    return async_to_sync(drain)()
+
+
+def test_pieces_written_during_a_send_go_together_in_the_next_message():
+    layer = HeldLayer()
+    relay = PieceRelay("reply!one", lambda text: {"type": "serving.piece", "text": text}, layer=layer)
+    relay.put("Once")  # the first piece alone, sent before put returns
+    assert [m["text"] for m in _received(layer, "reply!one")] == ["Once"]
+    relay.put(" upon")
+    assert layer.holding.wait(10)  # " upon" is being sent; the next tokens arrive meanwhile
+    relay.put(" a")
+    relay.put(" time")
+    layer.release.set()
+    relay.end({"type": "serving.done"})
+    assert [m.get("text") for m in _received(layer, "reply!one")] == [" upon", " a time", None]
+    assert relay.messages == 3
+
+
+def test_a_piece_that_cannot_be_sent_fails_the_reply_and_the_error_still_ends_it():
+    layer = HeldLayer(fail_from=2)
+    relay = PieceRelay("reply!two", lambda text: {"type": "serving.piece", "text": text}, layer=layer)
+    relay.put("Once")
+    relay.put(" upon")  # refused: Redis is full or gone
+    with pytest.raises(ChannelFull):
+        relay.close()
+    relay.put(" a")  # nothing more is tried after a failure
+    layer.fail_from = 0
+    relay.end({"type": "serving.error", "message": "gone"}, failed=True)
+    assert [m.get("text", m["type"]) for m in _received(layer, "reply!two")] == ["Once", "serving.error"]
+    assert relay.messages == 1

@@ -1,0 +1,116 @@
+"""Sending a reply's text pieces to a channel (the /v1/ view's, or the
+playground WebSocket's) while the model writes it.
+
+Why not ``async_to_sync(layer.send)`` per piece: in a thread without an
+event loop each call starts a thread and an event loop, and channels-redis
+opens a Redis connection for each new loop; per token, that work competed
+with the generation for the worker's cores (the GIL included). Here one
+event loop per process, in its own thread, keeps one connection, and a
+piece goes out as soon as the previous send is done: pieces written
+meanwhile go together in the next message, so a fast model is not held
+back by one Redis message per token and a slow one still shows each token
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+SEND_TIMEOUT_S = 60  # a send that takes longer means Redis is gone: the task fails rather than hangs
+
+
+class _SendLoop:
+    """The process's event loop for channel sends, started on first use
+    (and again in a forked child, which does not inherit the thread)."""
+
+    def __init__(self):
+        self.lock, self.loop, self.pid = threading.Lock(), None, None
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        with self.lock:
+            if self.loop is None or self.pid != os.getpid():
+                self.loop, self.pid = asyncio.new_event_loop(), os.getpid()
+                threading.Thread(target=self.loop.run_forever, name="channel-sends", daemon=True).start()
+            return self.loop
+
+
+SEND_LOOP = _SendLoop()
+
+
+def send_now(channel: str, message: dict, *, layer=None) -> None:
+    """One message, from a thread without an event loop, on the process's send loop."""
+    layer = layer or get_channel_layer()
+    asyncio.run_coroutine_threadsafe(layer.send(channel, message), SEND_LOOP.get()).result(SEND_TIMEOUT_S)
+
+
+class PieceRelay:
+    """A reply's pieces to ``channel``, in order, as ``message(text)``.
+
+    ``put`` (from the generating thread) never waits for Redis; ``close``
+    waits until every piece is sent and raises what a send raised.
+    ``messages`` counts the messages sent."""
+
+    def __init__(self, channel: str, message: Callable[[str], dict], *, layer=None):
+        self.channel, self.message, self.layer = channel, message, layer or get_channel_layer()
+        self.lock = threading.Lock()
+        self.pending: list[str] = []
+        self.sender = None  # the running drain's future, while one runs
+        self.last = None  # the latest drain's future
+        self.messages = 0
+        self.failure: BaseException | None = None  # what a send raised; close raises it
+
+    def put(self, text: str) -> None:
+        with self.lock:
+            if self.failure is not None:
+                return
+            self.pending.append(text)
+            if self.sender is not None:
+                return  # the running drain takes it with the next message
+            first = self.last is None
+            self.sender = self.last = asyncio.run_coroutine_threadsafe(self._drain(), SEND_LOOP.get())
+        if first:
+            # The first piece goes alone, and generation waits for it (one send): the time to the first
+            # token is what a user notices, and a reply of several pieces never arrives as one message.
+            self.close()
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                with self.lock:
+                    if not self.pending:
+                        self.sender = None
+                        return
+                    text, self.pending = "".join(self.pending), []
+                await self.layer.send(self.channel, self.message(text))
+                self.messages += 1
+        except BaseException as exc:
+            with self.lock:
+                self.sender, self.failure = None, exc
+            raise
+
+    def close(self) -> None:
+        with self.lock:
+            last = self.last
+        if last is not None:
+            last.result(SEND_TIMEOUT_S)
+        if self.failure is not None:
+            raise self.failure
+
+    def end(self, message: dict, *, failed: bool = False) -> None:
+        """Send ``message`` (done, or with ``failed`` an error) after every
+        piece, so that it ends the reply. After a failure a piece that could
+        not be sent is logged and the error message still tried."""
+        try:
+            self.close()
+        except Exception:
+            if not failed:
+                raise
+            log.exception("sending the reply's pieces failed")
+        send_now(self.channel, message, layer=self.layer)
