@@ -10,6 +10,8 @@ uvicorn, the Celery workers), registers the bundled SmolLM2-135M-Instruct
 - transformers: this process loads the model the way the worker does
   (tuning.loading.load_artifact) and times ``generate`` with a
   TextIteratorStreamer: first piece (TTFT) and new tokens / wall time;
+  also when generate produced its first token (the streamer shows text
+  only at the end of a word; the served path shows each token's text);
 - served: the official openai client streams /v1/chat/completions; TTFT is
   the first content chunk, tokens/s the usage's completion tokens / wall time
   of the whole request (HTTP, Celery, Redis and the channel layer included).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -47,15 +50,25 @@ print(api_token_create(user=get_user_model().objects.get(username="admin"), name
 """
 
 
-def transformers_run(model, tokenizer, max_tokens: int) -> tuple[float, float, int]:
-    """(TTFT s, tokens/s, new tokens) of one greedy generate with a streamer."""
+def transformers_run(model, tokenizer, max_tokens: int) -> tuple[float, float, int, float]:
+    """(TTFT s, tokens/s, new tokens, first token s) of one greedy generate with a streamer. TTFT is the
+    streamer's first text piece; the first token is when generate hands its first new token to the
+    streamer, which holds the text back to the end of the word: the earliest any streamer could show it."""
     import torch
     from transformers import TextIteratorStreamer
 
     from tuning.generate import encode_messages
 
+    class TimedStreamer(TextIteratorStreamer):
+        first_token = None
+
+        def put(self, value):
+            if not self.next_tokens_are_prompt and self.first_token is None:
+                self.first_token = time.perf_counter() - started
+            super().put(value)
+
     inputs = encode_messages(tokenizer, MESSAGES)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TimedStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     output: list = []
     started = time.perf_counter()
 
@@ -73,7 +86,7 @@ def transformers_run(model, tokenizer, max_tokens: int) -> tuple[float, float, i
     thread.join()
     elapsed = time.perf_counter() - started
     new = output[0].shape[1] - inputs["input_ids"].shape[1]
-    return first or elapsed, new / elapsed, new
+    return first or elapsed, new / elapsed, new, streamer.first_token or elapsed
 
 
 def served_run(client, model_id: str, max_tokens: int) -> tuple[float, float, int]:
@@ -87,10 +100,13 @@ def served_run(client, model_id: str, max_tokens: int) -> tuple[float, float, in
     return first or elapsed, usage.completion_tokens / elapsed, usage.completion_tokens
 
 
-def summary(name: str, runs: list[tuple[float, float, int]]) -> dict:
-    return {"path": name, "ttft_ms": round(statistics.median(r[0] for r in runs) * 1000, 1),
-            "tokens_per_s": round(statistics.median(r[1] for r in runs), 1),
-            "new_tokens": round(statistics.median(r[2] for r in runs))}
+def summary(name: str, runs: list[tuple]) -> dict:
+    row = {"path": name, "ttft_ms": round(statistics.median(r[0] for r in runs) * 1000, 1),
+           "tokens_per_s": round(statistics.median(r[1] for r in runs), 1),
+           "new_tokens": round(statistics.median(r[2] for r in runs))}
+    if len(runs[0]) > 3:
+        row["first_token_ms"] = round(statistics.median(r[3] for r in runs) * 1000, 1)
+    return row
 
 
 def main() -> None:
@@ -137,10 +153,14 @@ def main() -> None:
     # Per pair (run back to back, so under the same load), then the median: steadier on a busy machine.
     ttft = [round(s[0] / b[0], 2) for b, s in zip(baseline, served)]
     speed = [round(s[1] / b[1], 2) for b, s in zip(baseline, served)]
+    first_token = [round(s[0] / b[3], 2) for b, s in zip(baseline, served)]
     print(f"served / transformers, median of pairs: TTFT x{statistics.median(ttft):.2f} {ttft}, "
-          f"tokens/s x{statistics.median(speed):.2f} {speed}")
+          f"tokens/s x{statistics.median(speed):.2f} {speed}; served TTFT / generate's first token "
+          f"x{statistics.median(first_token):.2f} {first_token}")
     print(json.dumps({"figure": "served_over_generate", "model": args.model, "ttft_ratio": statistics.median(ttft),
-                      "tokens_per_s_ratio": statistics.median(speed), "ttft_ratios": ttft, "speed_ratios": speed}))
+                      "tokens_per_s_ratio": statistics.median(speed), "ttft_ratios": ttft, "speed_ratios": speed,
+                      "ttft_over_first_token": statistics.median(first_token), "ttft_over_first_token_ratios":
+                      first_token, "load_average": [round(x, 2) for x in os.getloadavg()]}))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ with the generation for the worker's cores (the GIL included). Here one
 event loop per process, in its own thread, keeps one connection, and a
 piece goes out as soon as the previous send is done: pieces written
 meanwhile go together in the next message, so a fast model is not held
-back by one Redis message per token and a slow one still shows each token
-at once.
+back by one Redis message per token (four Redis commands in channels-redis,
+and as many in the web process receiving it) and a slow one still shows
+each token at once.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def send_now(channel: str, message: dict, *, layer=None) -> None:
 class PieceRelay:
     """A reply's pieces to ``channel``, in order, as ``message(text)``.
 
-    ``put`` (from the generating thread) never waits for Redis; ``close``
-    waits until every piece is sent and raises what a send raised.
+    ``put`` (from the generating thread) waits for Redis only for the
+    first piece; ``close`` waits until every piece is sent and raises what
+    a send raised; ``end`` sends the message that ends the reply.
     ``messages`` counts the messages sent."""
 
     def __init__(self, channel: str, message: Callable[[str], dict], *, layer=None):
