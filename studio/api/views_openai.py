@@ -42,8 +42,7 @@ def openai_view(*methods: str):
             if request.method not in methods:
                 return OpenAIError(405, f"{request.method} is not allowed here; use {' or '.join(methods)}").response()
             try:
-                caller = await sync_to_async(request_caller)(request)
-                team_ids = await sync_to_async(lambda: caller.team_ids)()
+                team_ids = await sync_to_async(_team_ids)(request)
                 return await view(request, team_ids, *args, **kwargs)
             except ApiError as exc:
                 return OpenAIError.from_api_error(exc).response()
@@ -56,6 +55,11 @@ def openai_view(*methods: str):
         return wrapper
 
     return decorate
+
+
+def _team_ids(request) -> list[int]:
+    """The caller's teams, in one trip to the thread that may use the database."""
+    return request_caller(request).team_ids
 
 
 def _model_json(model: ServedModel) -> dict:
@@ -160,13 +164,20 @@ async def _events(answer: Completion, channel: str, include_usage: bool):
     yield _sse("[DONE]")
 
 
-async def _complete(request, team_ids, *, chat: bool):
-    model, work = await sync_to_async(completion_request)(team_ids=team_ids, body=_body(request), chat=chat)
+def _queue_completion(*, team_ids: list[int], body: dict, chat: bool, channel: str) -> tuple[ServedModel, dict]:
+    """Check the request and send it to the playground's worker (one thread hop for both: a hop is a
+    wait on the thread that may use the database, and it is time before the first token)."""
     from studio.celery import app
 
+    model, work = completion_request(team_ids=team_ids, body=body, chat=chat)
+    app.send_task(SERVE_TASK, queue=settings.PLAYGROUND_QUEUE, expires=QUEUED_EXPIRY_S, args=[channel, work])
+    return model, work
+
+
+async def _complete(request, team_ids, *, chat: bool):
     channel = await get_channel_layer().new_channel()
-    await sync_to_async(app.send_task)(SERVE_TASK, queue=settings.PLAYGROUND_QUEUE, expires=QUEUED_EXPIRY_S,
-                                       args=[channel, work])
+    model, work = await sync_to_async(_queue_completion)(team_ids=team_ids, body=_body(request), chat=chat,
+                                                         channel=channel)
     answer = Completion(model, chat)
     if work["stream"]:
         response = StreamingHttpResponse(_events(answer, channel, work["include_usage"]),
