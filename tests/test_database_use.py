@@ -108,9 +108,10 @@ def test_pure():
 # Plugins the samples do not need (hypothesis alone takes seconds to import): each sample starts in seconds.
 UNUSED_PLUGINS = [arg for name in ("cacheprovider", "hypothesispytest", "xdist", "xdist.looponfail", "anyio", "valkey",
                                    "platformdirs", "timeout") for arg in ("-p", f"no:{name}")]
+POSTGRES = "postgres://nobody@127.0.0.1:9/none"  # never connected to: the samples run no database test on it
 
 
-def run_sample(tmp_path: Path, sample: str, *args: str, database_url: str | None) -> str:
+def run_sample(tmp_path: Path, sample: str, *args: str, database_url: str | None) -> tuple[int, str]:
     (tmp_path / "pytest.ini").write_text(INI)
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_sample.py").write_text(sample)
@@ -122,22 +123,28 @@ def run_sample(tmp_path: Path, sample: str, *args: str, database_url: str | None
         env["DATABASE_URL"] = database_url
     done = subprocess.run([sys.executable, "-m", "pytest", *UNUSED_PLUGINS, *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
-    return done.stdout + done.stderr
+    return done.returncode, done.stdout + done.stderr
 
 
 def test_the_postgres_pass_collects_the_database_tests_and_says_how_many_it_left(tmp_path):
-    # Collection only: nothing connects, so the server the URL names need not exist.
-    out = run_sample(tmp_path, RULE_SAMPLE, "--collect-only", "-q",
-                     database_url="postgres://nobody@127.0.0.1:9/none")
+    code, out = run_sample(tmp_path, RULE_SAMPLE, "--collect-only", "-q", database_url=POSTGRES)
     collected = {line.rsplit("::", 1)[1] for line in out.splitlines() if line.startswith("test_sample.py::")}
-    assert collected == USING_A_DATABASE, out
+    assert code == 0 and collected == USING_A_DATABASE, out
     assert f"{len(USING_A_DATABASE)}/{len(USING_A_DATABASE | DATABASE_FREE)} tests collected" in out, out
     assert (f"Postgres pass: {len(DATABASE_FREE)} of {len(USING_A_DATABASE | DATABASE_FREE)} tests left to the "
             "SQLite pass") in out, out
 
 
+def test_a_postgres_pass_left_nothing_to_run_succeeds(tmp_path):
+    """``run.py test tests/core/...``: the SQLite pass ran them; the Postgres pass has nothing to add, which is no
+    failure (pytest's own exit code for it is 5)."""
+    code, out = run_sample(tmp_path, "def test_pure(): pass\n", database_url=POSTGRES)
+    assert code == 0 and "Postgres pass: 1 of 1 tests left to the SQLite pass" in out, out
+
+
 def test_the_sqlite_pass_fails_a_database_free_test_that_opens_a_database(tmp_path):
-    out = run_sample(tmp_path, GUARD_SAMPLE, "-rA", database_url=None)
+    code, out = run_sample(tmp_path, GUARD_SAMPLE, "-rA", database_url=None)
+    assert code == 1, out
     assert "PASSED test_sample.py::test_pure" in out, out
     assert "PASSED test_sample.py::test_opens_in_a_subprocess_marked" in out, out
     assert "ERROR test_sample.py::test_opens_in_a_subprocess_unmarked" in out, out  # at its teardown
