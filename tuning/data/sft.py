@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import random
 from dataclasses import dataclass
+from operator import itemgetter
 
 from tuning.data.chat_templates import AUTO, CHAT_TEMPLATES, FALLBACK, use_chat_template
 from tuning.data.readers import Example
@@ -51,22 +52,40 @@ def _render(tokenizer, example: Example, upto: int, *, generation_prompt: bool =
                            field="messages") from None
 
 
+def reply_span(text: str, before: str, through: str) -> tuple[int, int] | None:
+    """The character span in ``text`` (the whole conversation) of the reply rendered between the prompt
+    ``before`` (with the generation prompt) and the conversation ``through`` it, through its end-of-turn
+    token but not the whitespace the template puts after it; None where the template breaks the prefix
+    property (an earlier part renders differently once later turns follow)."""
+    if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
+        return None
+    return len(before), len(through.rstrip())
+
+
 def _assistant_spans(tokenizer, example: Example, text: str, file: str) -> list[tuple[int, int]]:
-    """Character spans in ``text`` of each trained assistant turn, through
-    its end-of-turn token but not the whitespace the template puts after it."""
+    """Character spans in ``text`` of each trained assistant turn (``reply_span``)."""
     spans = []
     for index, message in enumerate(example.messages):
         if message.role != "assistant" or not message.train:
             continue
         before = _render(tokenizer, example, index, generation_prompt=True, file=file)
         through = text if index + 1 == len(example.messages) else _render(tokenizer, example, index + 1, file=file)
-        if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
+        span = reply_span(text, before, through)
+        if span is None:
             raise DatasetError(f"the base model's chat template renders turn {index} differently once later turns "
                                f"follow, so its response tokens cannot be found; train with loss on the prompt "
                                f"turned on, or split the conversation into one row per reply",
                                file=file, row=example.row, field="messages")
-        spans.append((len(before), len(through.rstrip())))
+        spans.append(span)
     return spans
+
+
+def label_range(offsets, span: tuple[int, int]) -> tuple[int, int]:
+    """The tokens (``offsets``: each token's (start, end) character, both ascending along the text) that
+    overlap the character ``span``, as a range [first, last): from the first ending after its start to the
+    last starting before its end."""
+    first = bisect.bisect_right(offsets, span[0], key=itemgetter(1))
+    return first, bisect.bisect_left(offsets, span[1], key=itemgetter(0))
 
 
 def _token_labels(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -76,13 +95,9 @@ def _token_labels(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[l
     except NotImplementedError:  # slow tokenizers have no offsets: tokenize the prefixes instead
         return _token_labels_by_prefix(tokenizer, text, spans)
     ids = list(encoded["input_ids"])
-    starts = [start for start, _ in encoded["offset_mapping"]]  # both ascend along the text
-    ends = [end for _, end in encoded["offset_mapping"]]
     labels = [IGNORE_INDEX] * len(ids)
-    for span_start, span_end in spans:
-        # The tokens that overlap the span: from the first ending after its
-        # start to the last starting before its end.
-        first, last = bisect.bisect_right(ends, span_start), bisect.bisect_left(starts, span_end)
+    for span in spans:
+        first, last = label_range(encoded["offset_mapping"], span)
         labels[first:last] = ids[first:last]
     return ids, labels
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from html import escape
 
 from tuning.data.readers import Example
-from tuning.data.sft import IGNORE_INDEX, tokenize_example
+from tuning.data.sft import IGNORE_INDEX
+from tuning.data.sft_batched import tokenize_batched
 from tuning.errors import ConfigError, DatasetError
 from tuning.events import ProgressEvent
 
@@ -88,20 +88,21 @@ def token_stats(examples: list[Example], tokenizer, *, max_length: int, epochs: 
     if not examples:
         raise DatasetError("no rows to measure; add at least one row", file=file)
     lengths, loss_tokens, truncated, skipped, per_epoch = [], 0, 0, 0, 0
-    for done, example in enumerate(examples, start=1):
-        # Tokenized whole (no cut), then cut here: one pass gives both the true length and the trained part.
-        whole = tokenize_example(example, tokenizer, max_length=sys.maxsize, loss_on_prompt=loss_on_prompt,
-                                 file=file)
-        lengths.append(len(whole.input_ids))
-        kept = whole.labels[:max_length]
-        truncated += len(whole.input_ids) > max_length
-        if any(label != IGNORE_INDEX for label in kept[1:]):  # as sft.has_labels: the first token is never predicted
-            per_epoch += len(kept)
-            loss_tokens += sum(label != IGNORE_INDEX for label in kept)
-        else:
-            skipped += 1
+    # Tokenized whole (no cut), a batch of rows at a time, then cut here: one pass gives both the true length
+    # and the trained part, holding one batch of token lists at a time.
+    for batch in tokenize_batched(examples, tokenizer, loss_on_prompt=loss_on_prompt, file=file):
+        for whole in batch:
+            lengths.append(len(whole.input_ids))
+            kept = whole.labels[:max_length]
+            truncated += len(whole.input_ids) > max_length
+            trained = len(kept) - kept.count(IGNORE_INDEX)
+            if trained - (bool(kept) and kept[0] != IGNORE_INDEX):  # as sft.has_labels: the first is never predicted
+                per_epoch += len(kept)
+                loss_tokens += trained
+            else:
+                skipped += 1
         if progress is not None:
-            progress(done, len(examples))
+            progress(len(lengths), len(examples))
     ordered = sorted(lengths)
     edges, counts = _histogram(lengths, bins)
     return TokenStats(rows=len(lengths), total_tokens=sum(lengths), loss_tokens=loss_tokens,
