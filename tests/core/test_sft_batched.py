@@ -1,6 +1,6 @@
-"""Batched tokenizing (tuning.data.sft_batched) gives exactly what ``sft.tokenize_example`` gives row by row
-(ids, labels, truncation, row numbers), on the bundled tokenizer with its own template, every named chat
-template and system-prompt choice, and the tiny byte-level and SentencePiece tokenizers of the model
+"""Batched counting (tuning.data.sft_batched) gives exactly what ``sft.tokenize_example`` gives row by row
+(each row's length and which tokens carry loss), on the bundled tokenizer with its own template, every named
+chat template and system-prompt choice, and the tiny byte-level and SentencePiece tokenizers of the model
 families; refusals name the same row; and ``token_stats`` over the batches equals its row-by-row figures."""
 
 import math
@@ -13,7 +13,7 @@ from tests.tiny_architectures import FAMILIES, build_tokenizer
 from tuning.data.chat_templates import CHAT_TEMPLATES, use_chat_template
 from tuning.data.readers import Example, Message
 from tuning.data.sft import IGNORE_INDEX, has_labels, tokenize_example
-from tuning.data.sft_batched import tokenize_batched
+from tuning.data.sft_batched import RowCount, count_batched
 from tuning.data.stats import token_stats
 from tuning.data.system_prompts import CUSTOM, NONE, use_system_prompt
 from tuning.errors import DatasetError
@@ -63,34 +63,46 @@ def _without_template(tokenizer):
     return tokenizer
 
 
-def flat(examples, tokenizer, **kwargs) -> list:
-    return [row for batch in tokenize_batched(examples, tokenizer, **kwargs) for row in batch]
+def flat(examples, tokenizer, **kwargs) -> list[RowCount]:
+    return [row for batch in count_batched(examples, tokenizer, **kwargs) for row in batch]
 
 
-def one_by_one(examples, tokenizer, *, max_length=sys.maxsize, loss_on_prompt=False, file="") -> list:
-    return [tokenize_example(e, tokenizer, max_length=max_length, loss_on_prompt=loss_on_prompt, file=file)
+def tokenized(examples, tokenizer, *, loss_on_prompt=False, file="") -> list:
+    return [tokenize_example(e, tokenizer, max_length=sys.maxsize, loss_on_prompt=loss_on_prompt, file=file)
             for e in examples]
+
+
+def one_by_one(examples, tokenizer, *, loss_on_prompt=False, file="") -> list[RowCount]:
+    return [RowCount.of(t.labels) for t in tokenized(examples, tokenizer, loss_on_prompt=loss_on_prompt, file=file)]
 
 
 @pytest.mark.parametrize("name", list(TOKENIZERS))
 def test_batches_equal_row_by_row_on_every_template_and_tokenizer(tiny_model, name):
     tokenizer = TOKENIZERS[name](tiny_model)
-    whole = one_by_one(ROWS, tokenizer)
+    whole = tokenized(ROWS, tokenizer)
     assert whole[0].labels != whole[0].input_ids and has_labels(whole[1])  # the replies alone carry loss
-    short = min(len(t.input_ids) for t in whole) + 3  # cuts most rows, some before their reply
-    for max_length in (sys.maxsize, short):
-        for loss_on_prompt in (False, True):
-            expected = one_by_one(ROWS, tokenizer, max_length=max_length, loss_on_prompt=loss_on_prompt)
-            for batch_rows in (4, 1000):  # batches that split the rows, and one batch of all
-                got = flat(ROWS, tokenizer, max_length=max_length, loss_on_prompt=loss_on_prompt,
-                           batch_rows=batch_rows)
-                assert got == expected, (name, max_length, loss_on_prompt, batch_rows)
-    assert any(t.truncated for t in one_by_one(ROWS, tokenizer, max_length=short, loss_on_prompt=False))
+    for loss_on_prompt in (False, True):
+        expected = one_by_one(ROWS, tokenizer, loss_on_prompt=loss_on_prompt)
+        assert [row.length for row in expected] == [len(t.input_ids) for t in whole]
+        for batch_rows in (4, 1000):  # batches that split the rows, and one batch of all
+            got = flat(ROWS, tokenizer, loss_on_prompt=loss_on_prompt, batch_rows=batch_rows)
+            assert got == expected, (name, loss_on_prompt, batch_rows)
+
+
+def test_a_row_count_reads_the_labels_and_cuts_them_as_training_does():
+    labels = [IGNORE_INDEX, 5, 6, IGNORE_INDEX, IGNORE_INDEX, 7, 8, 9]
+    row = RowCount.of(labels)
+    assert row == RowCount(8, ((1, 3), (5, 8)))
+    for max_length in range(1, 10):
+        kept = labels[:max_length]
+        assert row.within(max_length) == (sum(label != IGNORE_INDEX for label in kept),
+                                          any(label != IGNORE_INDEX for label in kept[1:])), max_length
+    assert RowCount.of([4, IGNORE_INDEX]).within(5) == (1, False)  # the first token is never predicted
 
 
 def reference_stats(examples, tokenizer, *, max_length: int, loss_on_prompt: bool) -> dict:
     """token_stats' figures computed from ``tokenize_example`` row by row, as it counted before batching."""
-    whole = one_by_one(examples, tokenizer, loss_on_prompt=loss_on_prompt)
+    whole = tokenized(examples, tokenizer, loss_on_prompt=loss_on_prompt)
     lengths = [len(t.input_ids) for t in whole]
     kept = [t.labels[:max_length] for t in whole]
     trained = [k for k in kept if any(label != IGNORE_INDEX for label in k[1:])]
@@ -107,7 +119,7 @@ def reference_stats(examples, tokenizer, *, max_length: int, loss_on_prompt: boo
 def test_token_stats_equal_their_row_by_row_figures(tiny_model, name):
     tokenizer = TOKENIZERS[name](tiny_model)
     examples = ROWS * 3
-    lengths = sorted(len(t.input_ids) for t in one_by_one(ROWS, tokenizer))
+    lengths = sorted(row.length for row in one_by_one(ROWS, tokenizer))
     for max_length in (lengths[0] + 2, lengths[len(lengths) // 2], 4096):
         for loss_on_prompt in (False, True):
             stats = token_stats(examples, tokenizer, max_length=max_length, loss_on_prompt=loss_on_prompt, bins=7)
@@ -117,12 +129,27 @@ def test_token_stats_equal_their_row_by_row_figures(tiny_model, name):
     assert stats.truncated_rows == 0 and stats.skipped_rows == 0  # the last setting keeps every row whole
 
 
+class CountingBackend:
+    """A fast tokenizer's Rust backend, counting its batch calls."""
+
+    def __init__(self, backend):
+        self.inner, self.calls = backend, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode_batch(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.encode_batch(*args, **kwargs)
+
+
 class Counting:
     """The bundled fast tokenizer, counting its template renders and tokenizer calls."""
 
     def __init__(self, tokenizer):
         self.inner, self.renders, self.encodes = tokenizer, 0, 0
-        self.is_fast, self.chat_template = True, tokenizer.chat_template
+        self.chat_template, self.split_special_tokens = tokenizer.chat_template, tokenizer.split_special_tokens
+        self.backend_tokenizer = CountingBackend(tokenizer.backend_tokenizer)
 
     def apply_chat_template(self, *args, **kwargs):
         self.renders += 1
@@ -136,10 +163,10 @@ class Counting:
 def test_a_batch_costs_one_render_per_part_and_one_tokenizer_call(tiny_model):
     tokenizer = Counting(load_tokenizer(str(tiny_model)))
     pairs = [Example.from_pair(f"Question {n}?", f"Answer {n}.", row=n + 1) for n in range(10)]
-    batches = list(tokenize_batched(pairs, tokenizer, loss_on_prompt=False, batch_rows=5))
+    batches = list(count_batched(pairs, tokenizer, loss_on_prompt=False, batch_rows=5))
     assert [len(b) for b in batches] == [5, 5]
     # per batch: the whole rows, and the prompts before the replies (single replies need no "through" render)
-    assert (tokenizer.renders, tokenizer.encodes) == (4, 2)
+    assert (tokenizer.renders, tokenizer.backend_tokenizer.calls, tokenizer.encodes) == (4, 2, 0)
     assert [row for b in batches for row in b] == one_by_one(pairs, tokenizer.inner)
 
 
@@ -153,7 +180,7 @@ def test_rows_are_read_one_batch_at_a_time():
             yield Example.from_pair(f"q{n}", f"a{n}", row=n + 1)
 
     tokenizer = build_tokenizer(FAMILIES["qwen2"])
-    batches = tokenize_batched(rows(), tokenizer, loss_on_prompt=False, batch_rows=4)
+    batches = count_batched(rows(), tokenizer, loss_on_prompt=False, batch_rows=4)
     assert len(next(batches)) == 4 and len(pulled) == 4
     assert [len(b) for b in batches] == [4, 2] and len(pulled) == 10
 
@@ -168,10 +195,10 @@ def refusal(examples, tokenizer, batched: bool) -> DatasetError:
 
 
 REFUSES_SYSTEM = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-                  "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+                  "{% endif %}{% for m in messages %}{{ m['content'] }}|{% endfor %}")
 # an earlier reply renders differently once a later turn follows (as templates that drop old reasoning do)
 HIDES_EARLIER_REPLIES = ("{% for m in messages %}{{ m['role'] }}: {% if m['role'] == 'assistant' and not loop.last %}"
-                         "(earlier){% else %}{{ m['content'] }}{% endif %}\n{% endfor %}"
+                         "(earlier){% else %}{{ m['content'] }}{% endif %}|{% endfor %}"
                          "{% if add_generation_prompt %}assistant: {% endif %}")
 # the prompt render is not a prefix of the whole render even for a single reply: the generation prompt differs
 # from how the template opens a written reply

@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 from html import escape
 
 from tuning.data.readers import Example
-from tuning.data.sft import IGNORE_INDEX
-from tuning.data.sft_batched import tokenize_batched
+from tuning.data.sft_batched import count_batched
 from tuning.errors import ConfigError, DatasetError
 from tuning.events import ProgressEvent
 
@@ -88,19 +87,18 @@ def token_stats(examples: list[Example], tokenizer, *, max_length: int, epochs: 
     if not examples:
         raise DatasetError("no rows to measure; add at least one row", file=file)
     lengths, loss_tokens, truncated, skipped, per_epoch = [], 0, 0, 0, 0
-    # Tokenized whole (no cut), a batch of rows at a time, then cut here: one pass gives both the true length
-    # and the trained part, holding one batch of token lists at a time.
-    for batch in tokenize_batched(examples, tokenizer, loss_on_prompt=loss_on_prompt, file=file):
-        for whole in batch:
-            lengths.append(len(whole.input_ids))
-            kept = whole.labels[:max_length]
-            truncated += len(whole.input_ids) > max_length
-            trained = len(kept) - kept.count(IGNORE_INDEX)
-            if trained - (bool(kept) and kept[0] != IGNORE_INDEX):  # as sft.has_labels: the first is never predicted
-                per_epoch += len(kept)
-                loss_tokens += trained
+    # Counted whole (no cut), a batch of rows at a time, then cut here: one pass gives both the true length
+    # and the trained part, holding one batch of encodings at a time.
+    for batch in count_batched(examples, tokenizer, loss_on_prompt=loss_on_prompt, file=file):
+        for row in batch:
+            lengths.append(row.length)
+            truncated += row.length > max_length
+            loss, trains = row.within(max_length)
+            if trains:
+                per_epoch += min(row.length, max_length)
+                loss_tokens += loss
             else:
-                skipped += 1
+                skipped += 1  # no loss token within max_length: training leaves the row out
         if progress is not None:
             progress(len(lengths), len(examples))
     ordered = sorted(lengths)
