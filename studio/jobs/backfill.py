@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import F, OuterRef, Subquery
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from studio.jobs.models import Job, JobEvent, JobHold
@@ -75,17 +75,16 @@ def reservation_for(*, pool: str, job_id: int, devices: int, free_devices: int,
     return Reservation(job_id, devices, None)
 
 
-def ends_before(reservation: Reservation, job_ids: list[int], pool: str, *,
-                now: datetime | None = None) -> set[int]:
-    """Those of ``job_ids`` (queued jobs of the pool) whose own estimate ends before the reservation starts."""
-    if reservation.starts_at is None or not job_ids:
-        return set()
+def ends_before_filter(reservation: Reservation, pool: str, *, now: datetime | None = None) -> Q | None:
+    """A filter of the pool's queued jobs whose own estimate (steps × the pool's recent seconds per step)
+    ends before the reservation starts; None when none can (its start or the pool's speed is unknown)."""
+    if reservation.starts_at is None:
+        return None
     step_s = seconds_per_step(pool)
     if not step_s:
-        return set()
+        return None
     room_s = (reservation.starts_at - (now or timezone.now())).total_seconds()
-    totals = Job.objects.filter(pk__in=job_ids).values_list("pk", "progress_total")
-    return {pk for pk, total in totals if total and step_s * total <= room_s}
+    return Q(progress_total__gt=0, progress_total__lte=room_s / step_s)
 
 
 def reservation_reasons(rows: list) -> None:

@@ -1,6 +1,7 @@
 """The fair order of a pool's queue (``fair_share.fair_order``) computed by
-the database, so that a page can ask where a job stands without reading the
-whole queue into Python.
+the database, so that the queue is never read into Python to order it:
+``queue_turns`` stores this ranking as each queued job's turn, which the
+claims and the queue page follow.
 
 ``fair_order`` takes turns: within a priority level, teams in order of their
 usage key (decayed hours, jobs running, then whoever queued first), and
@@ -9,7 +10,7 @@ sort: a person's k-th job comes in their team's k-th round, so the team's
 sequence is ordered by (k, the person's key); the level is then ordered by
 (the job's index in its team's sequence, the team's key). Each index is a
 ``ROW_NUMBER()`` window, so the order is three layers of windows over the
-pool's queued rows (four sorts; sums over the jobs ahead share the last).
+pool's queued rows (four sorts).
 The usage keys come from ``fair_share.pool_usage`` (a few rows per team and
 person), passed in as dense ranks.
 
@@ -36,18 +37,14 @@ _BASE = f"""
 """
 
 
-def ranked_queue_sql(pool: str, usage: PoolUsage | None, *,
-                     sums_ahead: dict[str, str] | None = None) -> tuple[str, list]:
+def ranked_queue_sql(pool: str, usage: PoolUsage | None) -> tuple[str, list]:
     """``WITH`` clauses (SQL and parameters) ending in ``ranked``: the pool's queued jobs with ``run_position``
     (1 = the next to start) in the order claims follow; first come within a priority where ``usage`` is None
-    (fair share off, or one person waiting). ``sums_ahead``: column name -> SQL expression, each summed over
-    the jobs ahead in that order (NULL for the first), in the same pass as the position."""
+    (fair share off)."""
     params: list = [Job.Status.SUCCEEDED, Job.Status.QUEUED, pool]
-    ahead = "".join(f", SUM({expression}) OVER (run_order ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) "
-                    f"AS {name}" for name, expression in (sums_ahead or {}).items())
     if usage is None:
         return (f"WITH base AS ({_BASE}), ranked AS (SELECT base.*, ROW_NUMBER() OVER run_order AS run_position"
-                f"{ahead} FROM base WINDOW run_order AS (ORDER BY priority DESC, queue_order, id))"), params
+                f" FROM base WINDOW run_order AS (ORDER BY priority DESC, queue_order, id))"), params
     team_used, team_params = _rank_case("team_id", usage.teams)
     owner_used, owner_params = _rank_case("owner_id", usage.owners)
     params += team_params + owner_params
@@ -68,7 +65,7 @@ def ranked_queue_sql(pool: str, usage: PoolUsage | None, *,
         ORDER BY owner_turn, owner_used, owner_first_order, owner_first_id) AS team_turn
       FROM turns),
     ranked AS (
-      SELECT team_turns.*, ROW_NUMBER() OVER run_order AS run_position{ahead}
+      SELECT team_turns.*, ROW_NUMBER() OVER run_order AS run_position
       FROM team_turns
       WINDOW run_order AS (ORDER BY priority DESC, waiting, CASE WHEN waiting = 1 THEN queue_order END,
         CASE WHEN waiting = 1 THEN id END, team_turn, team_used, team_first_order, team_first_id))"""

@@ -15,7 +15,10 @@ The order the page shows is the same round-robin the claims follow: the
 least-used team's least-used person's oldest job, then the next team's, and
 so on, each team's turns going through its people the same way.
 
-Reads only; the claim (``services_queue.job_claim_next``) walks this order.
+Reads only. ``fair_rank`` computes the same order in the database, and
+``queue_turns`` stores it as each queued job's turn, which the claims
+(``services_queue.job_claim_next``) and the queue page follow; ``fair_order``
+is the reference the tests hold them to.
 Usage is summed in the database per team, person and hour of the job's end
 (a few rows per person and hour, never one row per job).
 """
@@ -67,8 +70,7 @@ def pool_usage(pool: str) -> PoolUsage:
     """Decayed device-hours and running jobs of each team and person in ``pool``: the running jobs read now
     (a few rows), the ended ones from a one-minute memo (on SQLite, summing a week of ended jobs costs a
     database function call per job)."""
-    finished = cache.get_or_set(f"fair-share:{pool}:{half_life_hours()}", lambda: _usage_rows(pool, running=False),
-                                FINISHED_USAGE_TTL_S)
+    finished = cache.get_or_set(_finished_key(pool), lambda: _usage_rows(pool, running=False), FINISHED_USAGE_TTL_S)
     teams: dict[int, Usage] = defaultdict(Usage)
     owners: dict[int, Usage] = defaultdict(Usage)
     for team_id, owner_id, hours, running in [*finished, *_usage_rows(pool, running=True)]:
@@ -76,6 +78,16 @@ def pool_usage(pool: str) -> PoolUsage:
             usage.hours += hours
             usage.running += running
     return PoolUsage(dict(teams), dict(owners))
+
+
+def _finished_key(pool: str) -> str:
+    return f"fair-share:{pool}:{half_life_hours()}"
+
+
+def pool_usage_forget(pool: str) -> None:
+    """A job of the pool ended: its device time moves from the running jobs (read live) to the ended ones,
+    whose memo would otherwise leave it out for up to a minute."""
+    cache.delete(_finished_key(pool))
 
 
 def ended_or_now(now):
@@ -151,15 +163,6 @@ def fair_order(rows: list[tuple], usage: PoolUsage | None) -> list[int]:
     for _, level in groupby(rows, key=lambda row: row[1]):
         order += _level_order(list(level), usage)
     return order
-
-
-def queued_fair_order(queued, pool: str) -> list[tuple[int, int, int]]:
-    """(id, team id, devices) of each job of ``queued`` (a queryset of the pool's queued jobs, in priority then
-    queue order) in the order they run."""
-    rows = list(queued.values_list("pk", "priority", "team_id", "owner_id", "devices"))
-    facts = {pk: (team_id, devices) for pk, _, team_id, _, devices in rows}
-    order = fair_order([row[:4] for row in rows], pool_usage(pool) if settings.FAIR_SHARE else None)
-    return [(pk, *facts[pk]) for pk in order]
 
 
 def device_hours_unit(pool: str) -> str:

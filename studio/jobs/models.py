@@ -170,6 +170,42 @@ class JobHold(models.Model):
         return f"{self.worker_name}: {self.devices} device(s) of job #{self.job_id}"
 
 
+class QueueTurn(models.Model):
+    """A queued job's place in its pool's run order, as ``studio/jobs/queue_turns.py`` last ranked the pool
+    (1 = first): claims take the first free row by turn and the queue page counts the rows ahead, instead of
+    ranking the whole queue at each read. The copied fields are what the ranking read, so a job whose
+    priority, place or owner changed, by a service or not, shows as out of step and the pool is ranked again.
+    Rows of jobs that left the queue since stay until then; readers join on the job's status. No database
+    foreign key: a Postgres key check would share-lock the job rows that claimers lock and skip."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="queue_turn",
+                               db_constraint=False)
+    device_pool = models.CharField(max_length=50)
+    turn = models.PositiveIntegerField()
+    team_id = models.BigIntegerField()
+    owner_id = models.BigIntegerField(null=True)
+    priority = models.IntegerField()
+    queue_order = models.FloatField()
+    waiting = models.PositiveSmallIntegerField(help_text="1: a chain step whose step before has not succeeded.")
+    progress_total = models.PositiveBigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["device_pool", "turn"], name="turn_pool_turn"),
+                   models.Index(fields=["device_pool", "team_id", "turn"], name="turn_pool_team_turn")]
+
+
+class QueuePool(models.Model):
+    """When a pool's turns were ranked, and against what: ``version`` counts the changes that alter usage (a
+    job of the pool queued or ended through the state machine); turns are current while ``ranked_version``
+    equals it, the fair-share settings are ``basis`` and ``ranked_at`` is recent."""
+
+    pool = models.CharField(max_length=50, primary_key=True)
+    version = models.PositiveBigIntegerField(default=0)
+    ranked_version = models.PositiveBigIntegerField(default=0)
+    basis = models.CharField(max_length=100, blank=True)
+    ranked_at = models.DateTimeField(null=True)
+
+
 class JobEvent(models.Model):
     """Everything a job reported, in order: ``seq`` is 1, 2, 3 … per job."""
 

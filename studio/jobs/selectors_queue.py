@@ -14,12 +14,13 @@ from django.db.models import Count, JSONField, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from studio.accounts.selectors import team_ids_for_user
-from studio.jobs.fair_rank import ranked_queue_sql
 from studio.jobs.fair_share import fair_share_note, pool_usage, run_time_since
-from studio.jobs.models import Job, JobEvent, TeamQuota
+from studio.jobs.models import Job, JobEvent, QueueTurn, TeamQuota
+from studio.jobs.queue_turns import queue_turns_refresh
 from studio.workers.selectors import pool_device_memory_mib, pools_with_live_workers
 
 ACTIVE = Job.HOLDING_WORKER
+JOBS, TURNS = Job._meta.db_table, QueueTurn._meta.db_table
 QUEUE_ORDER = ("-priority", "queue_order", "pk")
 DEFAULT_STEP_S = None  # no history: the estimate is unknown rather than invented
 
@@ -158,6 +159,7 @@ class PoolAtWork:
     and a fingerprint that changes whenever a job there is queued, claimed, ended, moved, reprioritised or
     changes hands."""
     queued_teams: set = field(default_factory=set)
+    queued_per_team: dict = field(default_factory=dict)
     queuing_people: set = field(default_factory=set)
     running_teams: set = field(default_factory=set)
     fingerprint: list = field(default_factory=list)
@@ -175,6 +177,7 @@ def pools_at_work() -> dict[str, PoolAtWork]:
         at_work = pools.setdefault(pool, PoolAtWork())
         if status == Job.Status.QUEUED:
             at_work.queued_teams.add(team_id)
+            at_work.queued_per_team[team_id] = at_work.queued_per_team.get(team_id, 0) + summary[0]
             at_work.queuing_people.add((team_id, owner_id))
         else:
             at_work.running_teams.add(team_id)
@@ -193,11 +196,13 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage
     """Running and queued jobs of the user's teams, pool by pool, in the
     order they run, with estimates.
 
-    Positions count every queued job of the pool, other teams' too, but
-    the database computes them (``fair_rank``) and returns only the user's
-    teams' first ``shown_per_pool`` rows per pool, with how many there are
-    and, for each, the work queued ahead of it: a poll costs a fixed
-    number of queries and no loop over the queue, however long it is
+    Positions count every queued job of the pool, other teams' too, in
+    the order of their stored turns (``queue_turns``: ranked by the
+    database when the queue changes, not at each poll): the database
+    returns only the user's teams' first ``shown_per_pool`` rows per pool
+    and, for each, its position and the work queued ahead of it, counted
+    over the rows up to the last shown: a poll costs a fixed number of
+    queries and no loop over the queue, however long it is
     (``tests/web/test_queue_queries.py``, ``bench/queue_page.py``). Those
     rows are kept (``ROWS_MEMO_S``) for the next poll of the same teams
     until the pool's jobs change; the estimates are made at each poll."""
@@ -233,9 +238,10 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage
                    settings.FAIR_SHARE_HALF_LIFE_HOURS, tuple(settings.GPU_POOLS))
         memo = cache.get(key)
         if memo is None or memo[0] != version:
+            queue_turns_refresh(pool=pool)
             usage = (pool_usage(pool) if settings.FAIR_SHARE and len(at_work.queuing_people) > 1 else None)
-            memo = (version, usage, _users_queued_rows(pool, usage=usage, team_ids=sorted(team_ids),
-                                                       held=held_back[gpu_pool], limit=shown_per_pool))
+            memo = (version, usage, _users_queued_rows(pool, team_ids=sorted(team_ids), held=held_back[gpu_pool],
+                                                       limit=shown_per_pool))
             cache.set(key, memo, ROWS_MEMO_S)
         _, usage, rows = memo
         # the pool's recent speed changes only as its jobs end: read once a minute for the page's estimates
@@ -243,7 +249,7 @@ def queue_page_for_user(*, user, shown_per_pool: int | None = None) -> QueuePage
         fair = (usage, at_work.queued_teams) if usage else None
         picked += [(row["id"], _queued_row(row, pool=pool, served=pool in served, held=held_back[gpu_pool],
                                            step_s=step_s, frees=frees, now=now), fair) for row in rows]
-        hidden = (rows[0]["mine"] - len(rows)) if rows else 0
+        hidden = sum(at_work.queued_per_team.get(team_id, 0) for team_id in team_ids) - len(rows)
         if hidden:
             more[pool] = hidden
     jobs = Job.objects.select_related("owner", "team").prefetch_related("holds").in_bulk(
@@ -299,23 +305,34 @@ def estimated_start(frees: list, *, jobs_ahead: int, unknown_ahead: int, work_ah
     return max(usable[-1], now + timedelta(seconds=busy_s / len(usable)))
 
 
-def _users_queued_rows(pool: str, *, usage, team_ids: list[int], held: dict[int, str], limit: int) -> list[dict]:
-    """The first ``limit`` queued jobs of ``team_ids`` in the pool's run order, each with its position, the
-    jobs ahead of it that will take a worker (not held back by a quota or waiting for a step before), how many
-    of those have no estimate (no step count) and their steps, and ``mine``: how many of ``team_ids``' jobs are
-    queued there. One query: the database ranks, sums and counts."""
+def _users_queued_rows(pool: str, *, team_ids: list[int], held: dict[int, str], limit: int) -> list[dict]:
+    """The first ``limit`` queued jobs of ``team_ids`` in the pool's run order (their stored turns,
+    ``queue_turns``), each with its position, the jobs ahead of it that will take a worker (not held back by a
+    quota or waiting for a step before), how many of those have no estimate (no step count) and their steps.
+    One query: the database picks the rows by index and counts and sums only the rows up to the last of them
+    (fair share interleaves teams, so that is the head of the queue, not all of it)."""
     held_ids = sorted(team_id for team_id, reason in held.items() if reason)
     takes_worker = "waiting = 0" + (f" AND team_id NOT IN ({', '.join(['%s'] * len(held_ids))})" if held_ids else "")
-    ranked, params = ranked_queue_sql(pool, usage, sums_ahead={
-        "jobs_ahead": f"CASE WHEN {takes_worker} THEN 1 ELSE 0 END",
-        "unknown_ahead": f"CASE WHEN {takes_worker} AND progress_total = 0 THEN 1 ELSE 0 END",
-        "steps_ahead": f"CASE WHEN {takes_worker} THEN progress_total ELSE 0 END"})
-    sql = f"""{ranked}
-    SELECT id, team_id, run_position, waiting, depends_on_id, step_before_status, progress_total, jobs_ahead,
-           unknown_ahead, steps_ahead, COUNT(*) OVER () AS mine
-    FROM ranked WHERE team_id IN ({', '.join(['%s'] * len(team_ids))}) ORDER BY run_position LIMIT %s"""
+    queued = f"""SELECT t.job_id AS id, t.turn, t.team_id, t.waiting, t.progress_total
+      FROM {TURNS} t JOIN {JOBS} j ON j.id = t.job_id
+      WHERE t.device_pool = %s AND j.status = %s AND j.device_pool = t.device_pool AND j.deletion_id IS NULL"""
+    teams = ", ".join(["%s"] * len(team_ids))
+    sql = f"""
+    WITH shown AS (SELECT id, turn FROM ({queued}) q WHERE team_id IN ({teams}) ORDER BY turn LIMIT %s),
+    ranked AS (
+      SELECT q.*, ROW_NUMBER() OVER run_order AS run_position,
+        SUM(CASE WHEN {takes_worker} THEN 1 ELSE 0 END) OVER ahead AS jobs_ahead,
+        SUM(CASE WHEN {takes_worker} AND progress_total = 0 THEN 1 ELSE 0 END) OVER ahead AS unknown_ahead,
+        SUM(CASE WHEN {takes_worker} THEN progress_total ELSE 0 END) OVER ahead AS steps_ahead
+      FROM ({queued} AND t.turn <= (SELECT MAX(turn) FROM shown)) q
+      WINDOW run_order AS (ORDER BY turn), ahead AS (run_order ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING))
+    SELECT r.id, r.team_id, r.run_position, r.waiting, j.depends_on_id, d.status AS step_before_status,
+           r.progress_total, r.jobs_ahead, r.unknown_ahead, r.steps_ahead
+    FROM ranked r JOIN shown s ON s.id = r.id JOIN {JOBS} j ON j.id = r.id LEFT JOIN {JOBS} d ON d.id = j.depends_on_id
+    ORDER BY r.run_position"""
+    params = [pool, Job.Status.QUEUED, *team_ids, limit, *held_ids * 3, pool, Job.Status.QUEUED]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, *held_ids * 3, *team_ids, limit])  # in the order they appear
+        cursor.execute(sql, params)  # in the order they appear
         columns = [column[0] for column in cursor.description]
         return [dict(zip(columns, values)) for values in cursor.fetchall()]
 

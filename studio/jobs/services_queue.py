@@ -11,21 +11,23 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, F, Max, Min, Value, When
+from django.db.models import F, Max, Min, Q
 from django.utils import timezone
 
 from studio.accounts.policy import Action, job_allows, may_preempt, refusal
-from studio.jobs.backfill import ends_before, idle_workers, reservation_for
+from studio.jobs.backfill import ends_before_filter, idle_workers, reservation_for
 from studio.jobs.events import job_event_record
-from studio.jobs.fair_share import queued_fair_order
 from studio.jobs.models import Job, JobHold, TeamQuota
-from studio.jobs.selectors_queue import ACTIVE, queued_in_order, quota_wait_reason
+from studio.jobs.queue_turns import queue_turns_refresh
+from studio.jobs.selectors_queue import ACTIVE, QUEUE_ORDER, queued_in_order, quota_wait_reason
 from studio.jobs.state import job_enqueue, job_set_status
 from tuning.errors import ConfigError
 from tuning.methods import METHODS
 
 
-CLAIM_WINDOW = 64  # fair-order positions one claim query looks at; the next window only when these are all taken
+# Claims take the first queued job by its stored turn (queue_turns.py); a job the last ranking has not seen
+# yet comes after those, in priority then queue order.
+BY_TURN = (F("queue_turn__turn").asc(nulls_last=True), *QUEUE_ORDER)
 
 
 def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None,
@@ -39,32 +41,33 @@ def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None,
     behind it starts here only if its estimate ends before the reservation does (``backfill``). The claim
     records which worker holds the job's devices (a ``JobHold``).
 
-    Workers claim at once (on Postgres truly in parallel). One query takes
-    the first job of the fair order that is still queued and that no other
-    claimer holds, locking its row (``ORDER BY position ... FOR UPDATE SKIP
-    LOCKED LIMIT 1``, the usual database-queue pattern): a hundred claimers
-    spread over the head of the queue instead of each waiting on its first
-    row, then trying the next. A team with a quota has its quota row locked
-    from the check to the commit, so that two workers cannot both see the
-    team under its running-jobs limit and both start one of its jobs.
-    (SQLite ignores row locks; its IMMEDIATE transactions serialise every
-    claim.) bench/claim_throughput.py measures claims per second."""
+    Workers claim at once (on Postgres truly in parallel). The order is
+    each queued job's stored turn (``queue_turns``: fair share's order,
+    ranked by the database when the queue or usage changed, not at every
+    claim), so one query takes the first job by turn that is still queued
+    and that no other claimer holds, locking its row (``ORDER BY turn ...
+    FOR UPDATE SKIP LOCKED LIMIT 1``, the usual database-queue pattern): a
+    hundred claimers spread over the head of the queue instead of each
+    waiting on its first row, and no claim reads the queue into Python. A
+    team with a quota has its quota row locked from the check to the
+    commit, so that two workers cannot both see the team under its
+    running-jobs limit and both start one of its jobs. (SQLite ignores row
+    locks; its IMMEDIATE transactions serialise every claim.)
+    bench/claim_throughput.py measures claims per second."""
     gpu_pool = pool in settings.GPU_POOLS
-    order = queued_fair_order(queued_in_order(pool), pool)
+    queue_turns_refresh(pool=pool)
     idle: dict[str, int] = {}
+    startable = Q()
     if devices is not None:
         idle = idle_workers(pool, besides=worker_name)
-        order = _startable_here(order, pool=pool, devices=devices, free=devices + sum(idle.values()),
-                                gpu_pool=gpu_pool)
+        startable = _startable_here(pool=pool, devices=devices, free=devices + sum(idle.values()),
+                                    gpu_pool=gpu_pool)
     held_back: set[int] = set()  # teams over their quota: asked once per claim
-    start = 0
-    while start < len(order):
-        window = [pk for pk, team_id, _ in order[start:start + CLAIM_WINDOW] if team_id not in held_back]
+    while True:
         with transaction.atomic():
-            job = _lock_first_free(window)
+            job = _lock_first_free(pool, startable, held_back)
             if job is None:
-                start += CLAIM_WINDOW  # every job here is taken, held by a claimer or held back
-                continue
+                return None
             list(TeamQuota.objects.select_for_update().filter(team_id=job.team_id))  # held until the commit
             if quota_wait_reason(job.team_id, gpu_pool=gpu_pool):
                 held_back.add(job.team_id)
@@ -80,27 +83,26 @@ def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None,
             for _ in range(joiners):  # idle workers of the pool, woken to join (job_join_next)
                 transaction.on_commit(lambda job=job: job_enqueue(job_id=job.pk, pool=pool))
         return Job.objects.get(pk=job.pk)
-    return None
 
 
-def _startable_here(order: list[tuple[int, int, int]], *, pool: str, devices: int, free: int,
-                    gpu_pool: bool) -> list[tuple[int, int, int]]:
-    """The rows of the run order a worker with ``devices`` may start now, ``free`` devices being free in the
-    pool with its own: every job its devices hold up to the first that needs more; that one too if the free
-    devices hold it (this worker heads it); else the devices it waits for are reserved, and after it only
-    jobs of this worker's size whose estimate ends before the reservation starts (backfill)."""
-    for index, (pk, team_id, wanted) in enumerate(order):
-        if wanted <= devices:
-            continue
+def _startable_here(*, pool: str, devices: int, free: int, gpu_pool: bool) -> Q:
+    """Which queued jobs of the pool a worker with ``devices`` may start now, ``free`` devices being free in
+    the pool with its own (a filter): every job its devices hold up to the first, by turn, that needs more;
+    that one too if the free devices hold it (this worker heads it); else the devices it waits for are
+    reserved, and after it only jobs of this worker's size whose estimate ends before the reservation
+    starts (backfill). Only the jobs that need more devices than this worker has are read (a few)."""
+    larger = queued_in_order(pool).filter(devices__gt=devices).order_by(*BY_TURN)
+    for pk, team_id, wanted, turn in larger.values_list("pk", "team_id", "devices", "queue_turn__turn"):
+        ahead = Q(queue_turn__turn__lt=turn) if turn is not None else Q(queue_turn__turn__isnull=False)
+        fitting_behind = Q(devices__lte=devices) & ~ahead & ~Q(pk=pk)
         if wanted <= free:
-            return order[:index + 1] + [row for row in order[index + 1:] if row[2] <= devices]
+            return ahead | Q(pk=pk) | fitting_behind
         if quota_wait_reason(team_id, gpu_pool=gpu_pool):
             continue  # held back by its team's quota: it reserves nothing
         reservation = reservation_for(pool=pool, job_id=pk, devices=wanted, free_devices=free)
-        later = [row for row in order[index + 1:] if row[2] <= devices]
-        fits = ends_before(reservation, [row[0] for row in later], pool)
-        return order[:index] + [row for row in later if row[0] in fits]
-    return order
+        fits = ends_before_filter(reservation, pool)
+        return ahead | (fitting_behind & fits) if fits is not None else ahead
+    return Q()
 
 
 def _joiners(idle: dict[str, int], missing: int) -> int:
@@ -146,13 +148,11 @@ def job_join_next(*, pool: str, worker_name: str, devices: int) -> Seat | None:
     return None
 
 
-def _lock_first_free(ids: list[int]) -> Job | None:
-    """The first of ``ids`` still queued and not locked by another claimer, its row locked until the commit."""
-    if not ids:
-        return None
-    position = Case(*[When(pk=pk, then=Value(index)) for index, pk in enumerate(ids)])
-    return (Job.objects.select_for_update(skip_locked=True).filter(pk__in=ids, status=Job.Status.QUEUED)
-            .order_by(position).first())
+def _lock_first_free(pool: str, startable: Q, held_back: set[int]) -> Job | None:
+    """The first queued job of the pool by turn that ``startable`` allows, of no team in ``held_back``, and
+    not locked by another claimer, its row locked until the commit."""
+    jobs = queued_in_order(pool).filter(startable).exclude(team_id__in=held_back)
+    return jobs.select_for_update(skip_locked=True, of=("self",)).order_by(*BY_TURN).first()
 
 
 def queue_wake(*, pool: str) -> None:
@@ -164,9 +164,13 @@ def queue_wake(*, pool: str) -> None:
 
 def queue_nudge() -> list[str]:
     """Wake pools that have queued jobs but nothing running: a wake-up can be
-    spent while a job was held back (quota), and nothing else would follow."""
+    spent while a job was held back (quota), and nothing else would follow.
+    Every worker's housekeeping calls it (every JOB_HEARTBEAT_S), so it also
+    ranks each pool again as running jobs' device time grows, before a poll
+    or a claim finds its turns older than ``queue_turns.TURNS_TTL_S``."""
     idle = []
     for pool in set(queued_in_order().values_list("device_pool", flat=True)):
+        queue_turns_refresh(pool=pool, max_age_s=settings.JOB_HEARTBEAT_S)  # running jobs' device time grows
         if not Job.objects.filter(device_pool=pool, status__in=ACTIVE).exists():
             queue_wake(pool=pool)
             idle.append(pool)
@@ -183,6 +187,7 @@ def job_set_priority(*, job: Job, priority: int, user) -> Job:
     if not -100 <= priority <= 100:
         raise ConfigError({"priority": "must be from -100 to 100"})
     Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(priority=priority)
+    transaction.on_commit(lambda: queue_turns_refresh(pool=job.device_pool), robust=True)
     job.refresh_from_db()
     return job
 
@@ -244,5 +249,6 @@ def job_move(*, job: Job, direction: str, user) -> Job:
     else:
         raise ConfigError({"direction": "must be front or back"})
     Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(queue_order=new_order)
+    transaction.on_commit(lambda: queue_turns_refresh(pool=job.device_pool), robust=True)  # the next poll reads
     job.refresh_from_db()
     return job

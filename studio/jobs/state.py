@@ -19,6 +19,7 @@ from studio.celery import app as celery_app
 from studio.jobs.events import job_event_record
 from studio.jobs.kinds import JOB_KINDS, job_kind_pool
 from studio.jobs.models import Job
+from studio.jobs.queue_turns import queue_turns_changed
 from studio.storage.selectors import storage_quota_refusal
 from tuning.errors import ConfigError
 
@@ -31,6 +32,8 @@ def job_set_status(job_id: int, status: str, *, message: str = "", **fields) -> 
     if "failure_kind" in fields:
         data["failure_kind"] = fields["failure_kind"]
     job_event_record(job_id=job_id, kind="status", data=data, job_updates={"status": status, **fields})
+    if status == Job.Status.QUEUED or status in Job.FINISHED:  # the pool's queue or usage changed
+        queue_turns_changed(job_id=job_id, ended=status in Job.FINISHED)
 
 
 def job_enqueue(*, job_id: int, pool: str) -> None:

@@ -11,7 +11,8 @@ from django.utils import timezone
 from studio.accounts.models import Membership, Team
 from studio.accounts.services import user_create
 from studio.jobs.fair_share import fair_order, pool_usage
-from studio.jobs.models import Job
+from studio.jobs.models import Job, QueueTurn
+from studio.jobs.queue_turns import queue_turns_refresh
 from studio.jobs.selectors_queue import queue_rows_for_user
 from studio.jobs.services_queue import job_claim_next, job_move, job_set_priority
 from tests.web.test_queue import dataset  # noqa: F401 (a fixture)
@@ -202,5 +203,48 @@ def test_the_database_ranks_a_random_queue_as_the_claims_walk_it(submit, people,
     queue_index = {pk: index for index, (pk, *_) in enumerate(rows)}
     claims_order = sorted(by_priority, key=lambda pk: (-by_priority[pk], rank.get(pk, len(rank)), queue_index[pk]))
     assert len(waiting) > 5 and database_order() == claims_order
+    # The stored turns are that ranking, and claims walk them (chain steps still waiting are skipped).
+    assert stored_turns() == claims_order
+    claimed = [job_claim_next(pool="default", worker_name="w").pk for _ in range(20)]
+    assert claimed == [pk for pk in claims_order if pk not in waiting][:20]
     settings.FAIR_SHARE = False
-    assert database_order() == [row[0] for row in rows]
+    queued_now = [row[0] for row in rows if row[0] not in claimed]
+    assert database_order() == queued_now and stored_turns() == queued_now  # other settings: ranked again
+
+
+def stored_turns(pool: str = "default") -> list[int]:
+    """The pool's queued jobs in the order of their stored turns, made current first."""
+    queue_turns_refresh(pool=pool)
+    return list(QueueTurn.objects.filter(device_pool=pool, job__status=Job.Status.QUEUED).order_by("turn")
+                .values_list("job_id", flat=True))
+
+
+def test_a_job_ending_ranks_the_pool_again_a_claim_or_other_writes_do_not(submit, people):
+    from studio.jobs.services import job_finish
+
+    submit("bob", "bob earlier")
+    assert claims(1) == ["bob earlier"]
+    names = {submit(who, f"{who} 1").pk: f"{who} 1" for who in ("alice", "carol", "bob")}
+    # the default team has a job running, Blue none: carol first; in the default team alice (none running)
+    assert [names[pk] for pk in stored_turns()] == ["carol 1", "alice 1", "bob 1"]
+    blue_user, blue = people["carol"]
+    end = timezone.now() - timezone.timedelta(hours=1)
+    Job.objects.create(team=blue, owner=blue_user, kind="train", config={}, status=Job.Status.SUCCEEDED,
+                       device_pool="default", started_at=end - timezone.timedelta(hours=10), finished_at=end)
+    # written past the state machine, and no queued job changed: the turns stand
+    assert [names[pk] for pk in stored_turns()] == ["carol 1", "alice 1", "bob 1"]
+    job_finish(job_id=Job.objects.get(name="bob earlier").pk, status=Job.Status.SUCCEEDED)
+    # a job of the pool ended: ranked again with the usage now (Blue used 10 h; teams still take turns)
+    assert [names[pk] for pk in stored_turns()] == ["alice 1", "carol 1", "bob 1"]
+    assert claims(3) == ["alice 1", "carol 1", "bob 1"]
+
+
+def test_a_change_made_past_the_services_shows_on_the_next_claim(submit):
+    """The turns are checked against the queued jobs at each read: a priority or place written directly
+    (a script, another tool) is ranked in before the next claim."""
+    for name in ("alice 1", "alice 2", "alice 3"):
+        submit("alice", name)
+    assert len(stored_turns()) == 3
+    Job.objects.filter(name="alice 3").update(priority=7)
+    Job.objects.filter(name="alice 2").update(queue_order=0)
+    assert claims(3) == ["alice 3", "alice 2", "alice 1"]

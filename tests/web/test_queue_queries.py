@@ -65,3 +65,26 @@ def test_the_job_list_costs_the_same_queries_for_3_or_60_jobs_and_pages_them(sub
     older, page = queries(client, "/?page=2")
     assert older == large and "more 5<" in page and "first<" in page and "more 56" not in page
     assert "Page 2 of 2" in queries(client, "/?page=99")[1] and "Page 1 of 2" in queries(client, "/?page=x")[1]
+
+
+def test_a_claim_leaves_the_turns_as_they_are_a_submission_ranks_the_pool_again(submit, member):
+    """Positions are counted over the stored turns of the jobs still queued: after a claim the next in line
+    shows as first without ranking the pool again (the claimed job's row stays until the next ranking); a
+    submission ranks it again (more queries) and shows in its place."""
+    from studio.jobs.models import QueueTurn
+    from studio.jobs.services_queue import job_claim_next
+
+    first = submit(name="first")
+    queue_more(first, 5, [member])
+    client = Client()
+    client.force_login(member)
+    client.get("/jobs/queue/table/")
+    assert job_claim_next(pool=first.device_pool, worker_name="w").pk == first.pk
+    after_claim, page = queries(client, "/jobs/queue/table/")
+    assert QueueTurn.objects.filter(job=first).exists()  # not ranked again: its row is left
+    assert '<td class="num">1</td>' in page and '<td class="num">5</td>' in page  # the five still queued
+    assert '<td class="num">6</td>' not in page and page.index("more 0") < page.index("more 4")
+    queue_more(first, 1, [member])
+    after_submission, page = queries(client, "/jobs/queue/table/")
+    assert not QueueTurn.objects.filter(job=first).exists() and '<td class="num">6</td>' in page
+    assert after_submission > after_claim
