@@ -97,8 +97,16 @@ class Job(Deletable):
 
     class Meta:
         ordering = ["-created_at"]
-        # A pool's queue (the claims, the queue page's ranking) without visiting every queued job of the others.
-        indexes = [models.Index(fields=["device_pool", "status"], name="job_pool_status")]
+        indexes = [
+            # A pool's queue (the claims, the queue page's ranking) without visiting every queued job of the others.
+            models.Index(fields=["device_pool", "status"], name="job_pool_status"),
+            # Who has jobs queued or running where, and whether a pool's stored turns are current, read from
+            # this index alone (selectors_queue.pools_at_work, queue_turns): never the wide rows.
+            models.Index(fields=["status", "device_pool", "team", "owner", "deletion", "priority", "queue_order",
+                                 "depends_on", "progress_total"], name="job_queue_cover"),
+            # The job list: a team's live jobs, newest first, counted and paged from the index.
+            models.Index(fields=["team", "deletion", "created_at"], name="job_team_list"),
+        ]
 
     def __str__(self):
         return self.name or f"{self.kind} #{self.pk}"

@@ -9,6 +9,15 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddIndex(
+            model_name='job',
+            index=models.Index(fields=['status', 'device_pool', 'team', 'owner', 'deletion', 'priority',
+                                       'queue_order', 'depends_on', 'progress_total'], name='job_queue_cover'),
+        ),
+        migrations.AddIndex(
+            model_name='job',
+            index=models.Index(fields=['team', 'deletion', 'created_at'], name='job_team_list'),
+        ),
         migrations.CreateModel(
             name='QueuePool',
             fields=[
