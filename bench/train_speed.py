@@ -3,11 +3,18 @@
     .venv/bin/python bench/train_speed.py [--steps 8] [--rounds 2] [--model bundled|tiny|PATH]
                                           [--datasets sample,mixed] [--arms ref,studio,padded]
                                           [--device cpu|cuda] [--batch-size 4] [--out BENCHMARKS.md]
-                                          [--method lora|full]
+                                          [--method lora|full] [--precision auto|bf16|fp32]
 
 On a GPU (``--device cuda``, the default where one is present) every arm
 trains there, memory is each arm's peak GPU allocation and the peak is a
-bf16 8192³ matmul on the GPU.
+8192³ matmul on the GPU.
+
+Precision (``--precision``, the same in both arms): ``auto`` (the default)
+is what the studio's ``precision: auto`` picks on the device, so the
+figures are what a user of this machine gets: bf16 autocast on a GPU and on
+a CPU that computes bf16 natively (AVX512-BF16, AMX), fp32 on other CPUs,
+where oneDNN emulates bf16 some 30x slower. ``bf16`` or ``fp32`` force one;
+the Trainer gets ``bf16=True`` (or ``fp16=True``) or neither.
 
 Arms, each run in a child process of its own, alternating round by round
 (ref, studio, padded, ref, studio, padded, …) so that a busy machine slows
@@ -21,6 +28,8 @@ them alike:
   ``--method full``: the studio's ``full`` method.
 - padded: the same with ``packing: false`` (issue 4's packed-vs-padded figure).
 - grouped: padded, with ``group_by_length: true`` (the lever for runs that cannot pack).
+- before: the studio arm run from another checkout (``--before DIR``, e.g. ``git worktree add DIR main``):
+  a lever's figure is studio ÷ before, measured in the same alternating rounds.
 
 Besides the arms it times one optimizer step of AdamW (default foreach
 vs fused) over the base model's full parameter set, the lever that matters
@@ -28,8 +37,8 @@ for full fine-tuning.
 
 Same model, tokenized rows (both use ``tuning.data.tasks.load_task_data``),
 LoRA (r=16, alpha 32, dropout 0.05 on q,k,v,o), batch size, max length,
-steps, learning rate and schedule, seed, threads (OMP_NUM_THREADS), bf16
-autocast, and the rows of each step (the reference reads the studio's
+steps, learning rate and schedule, seed, threads (OMP_NUM_THREADS),
+precision, and the rows of each step (the reference reads the studio's
 shuffled order sequentially; only the adapters' random initialisation
 differs). Throughput counts real (non-padding) tokens between the end of
 step 1 and the end of the last step, so loading and warm-up are left out.
@@ -44,8 +53,8 @@ carries loss (the prompt's logits are never needed; the reference computes
 them anyway, the studio does not), which lowers both arms' MFU. Attention
 adds, per example of n tokens and per layer, 2·n²·d in the forward
 (QKᵀ and AV with the causal half) and twice that backward: 6·L·d·n².
-MFU = achieved model FLOP/s ÷ peak bf16 ``torch.matmul`` FLOP/s measured
-by this script on this machine with the same thread count (best of the
+MFU = achieved model FLOP/s ÷ peak ``torch.matmul`` FLOP/s in the run's
+precision (fp32 or bf16) measured by this script on this machine with the same thread count (best of the
 measurements taken between rounds). Padding is not counted as work, so a
 padded run's MFU is what its useful work achieved.
 
@@ -78,6 +87,21 @@ LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.05}
 LOSS_TOLERANCE = 0.10  # final losses further apart than this (relative) void the speed comparison
 DEVICE = "cpu"  # --device: where every arm runs; on "cuda" memory is the GPU's peak allocation
 METHOD = "lora"  # --method: LoRA in both arms, or full fine-tuning in both
+PRECISION = "fp32"  # --precision after "auto" is resolved: "fp32", "bf16" or "fp16" (GPU), both arms
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def resolve_precision(requested: str) -> str:
+    """``auto`` as the studio resolves it (``tuning.train_model.device_and_autocast``) on DEVICE."""
+    import torch
+
+    from tuning.train_model import cpu_has_native_bf16
+
+    if requested != "auto":
+        return requested
+    if DEVICE == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 # --- data ---------------------------------------------------------------------
@@ -148,8 +172,9 @@ def peak_matmul_flops(threads: int, size: int = 2048, repeats: int = 8) -> float
 
     torch.set_num_threads(threads)
     size = 8192 if DEVICE == "cuda" else size  # a GPU needs a larger product to reach its peak
-    a = torch.randn(size, size, dtype=torch.bfloat16, device=DEVICE)
-    b = torch.randn(size, size, dtype=torch.bfloat16, device=DEVICE)
+    dtype = getattr(torch, DTYPES[PRECISION])  # the precision the arms' matmuls run in
+    a = torch.randn(size, size, dtype=dtype, device=DEVICE)
+    b = torch.randn(size, size, dtype=dtype, device=DEVICE)
     sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
     torch.matmul(a, b)
     sync()
@@ -164,15 +189,15 @@ def peak_matmul_flops(threads: int, size: int = 2048, repeats: int = 8) -> float
 
 # --- children -----------------------------------------------------------------
 
-def run_child(command: list[str], threads: int) -> tuple[str, str, float, float]:
-    """Run ``command``; its stdout, stderr, wall seconds and own peak RSS (MiB)."""
+def run_child(command: list[str], threads: int, repo: Path = REPO) -> tuple[str, str, float, float]:
+    """Run ``command`` in checkout ``repo``; its stdout, stderr, wall seconds and own peak RSS (MiB)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
     if DEVICE == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the studio trains on a GPU wherever it sees one
     with tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone (RUSAGE_CHILDREN is a max over all)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -219,7 +244,26 @@ def adamw_step_seconds(model_dir: Path, threads: int, repeats: int = 4) -> dict:
     return best
 
 
-def studio_arm(spec: dict, packing: bool, workdir: Path, group_by_length: bool = False) -> dict:
+def dropout_seconds(hidden: int, tokens: int, threads: int, repeats: int = 20) -> dict:
+    """Forward and backward of LoRA's input dropout (p = LORA["dropout"]) on one adapted module's input of
+    ``tokens`` × ``hidden``: peft's dense ``nn.Dropout`` against the studio's ``SparseDropout``."""
+    import torch
+
+    from tuning.sparse_dropout import sparse_dropout_class
+
+    torch.set_num_threads(threads)
+    x = torch.randn(tokens, hidden, device=DEVICE, requires_grad=True)
+    modules = {"dense": torch.nn.Dropout(LORA["dropout"]), "sparse": sparse_dropout_class()(LORA["dropout"])}
+    best = {name: float("inf") for name in modules}
+    for _ in range(repeats):
+        for name, module in modules.items():  # alternating
+            started = time.perf_counter()
+            module(x).sum().backward()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
+def studio_arm(spec: dict, packing: bool, workdir: Path, group_by_length: bool = False, repo: Path = REPO) -> dict:
     import yaml
 
     config = {"base_model": spec["model"], "dataset_path": spec["data"], "output_dir": str(workdir / "out"),
@@ -227,12 +271,12 @@ def studio_arm(spec: dict, packing: bool, workdir: Path, group_by_length: bool =
               "method_params": {**LORA, "target_modules": ",".join(TARGETS)} if spec["method"] == "lora" else {},
               "max_steps": spec["steps"],
               "batch_size": spec["batch_size"], "max_length": spec["max_length"], "learning_rate": spec["lr"],
-              "warmup_ratio": 0.0, "scheduler": "cosine", "seed": spec["seed"], "precision": "bf16",
+              "warmup_ratio": 0.0, "scheduler": "cosine", "seed": spec["seed"], "precision": spec["precision"],
               "save_every": 10**6, "packing": packing, "group_by_length": group_by_length}
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "run.yaml").write_text(yaml.safe_dump(config))
     out, _, wall, rss = run_child([sys.executable, "-m", "tuning", "train", str(workdir / "run.yaml")],
-                                  spec["threads"])
+                                  spec["threads"], repo)
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     metrics = [e["data"] for e in events if e["kind"] == "metrics"]
     logs = [e["data"]["message"] for e in events if e["kind"] == "log"]
@@ -276,7 +320,8 @@ def child_ref(spec_file: str) -> None:
 
     args = TrainingArguments(output_dir=spec["output_dir"], per_device_train_batch_size=spec["batch_size"],
                              max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="cosine",
-                             warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=spec["device"] == "cpu",
+                             warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=spec["precision"] == "bf16",
+                             fp16=spec["precision"] == "fp16", use_cpu=spec["device"] == "cpu",
                              logging_steps=1, save_strategy="no", report_to=[], seed=spec["seed"],
                              dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy="sequential")
     trainer = counting(Trainer)(model=model, args=args, train_dataset=rows,
@@ -373,7 +418,7 @@ def summarise(name: str, runs: dict[str, list[dict]], stats: dict, shape: dict, 
               lines: list[dict]) -> None:
     flops = flops_per_token(shape, stats["sum_sq_over_sum"], stats["labelled_fraction"])
     speed = {arm: [r["tokens_per_s"] for r in rs] for arm, rs in runs.items()}
-    for arm in [a for a in ("studio", "padded") if a in runs and "ref" in runs]:
+    for arm in [a for a in ("studio", "padded", "before") if a in runs and "ref" in runs]:
         ratios = [s / r for s, r in zip(speed[arm], speed["ref"])]  # within a round: same machine load
         ref_loss = statistics.mean(tail_loss(r["losses"]) for r in runs["ref"])
         arm_loss = statistics.mean(tail_loss(r["losses"]) for r in runs[arm])
@@ -390,6 +435,11 @@ def summarise(name: str, runs: dict[str, list[dict]], stats: dict, shape: dict, 
         emit({"figure": "grouped_vs_padded", "dataset": name, "grouped": round(statistics.mean(speed["grouped"]), 1),
               "padded": round(statistics.mean(speed["padded"]), 1), "ratio": round(statistics.median(ratios), 3),
               "round_ratios": [round(x, 3) for x in ratios]}, lines)
+    if "studio" in runs and "before" in runs:
+        ratios = [s / b for s, b in zip(speed["studio"], speed["before"])]
+        emit({"figure": "studio_vs_before", "dataset": name, "studio": round(statistics.mean(speed["studio"]), 1),
+              "before": round(statistics.mean(speed["before"]), 1), "ratio": round(statistics.median(ratios), 3),
+              "round_ratios": [round(x, 3) for x in ratios]}, lines)
     if "studio" in runs and "padded" in runs:
         ratios = [s / p for s, p in zip(speed["studio"], speed["padded"])]
         emit({"figure": "packed_vs_padded", "dataset": name, "studio": round(statistics.mean(speed["studio"]), 1),
@@ -403,7 +453,7 @@ def markdown(lines: list[dict], info: dict, args) -> str:
     out = ["# Training speed" + ("" if METHOD == "lora" else ": full fine-tuning"), "",
            f"Generated by `{' '.join(['.venv/bin/python', 'bench/train_speed.py'] + sys.argv[1:])}` "
            f"on {info['date']}: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
-           f"Python {info['python']}; {args.threads} threads, bf16 autocast, "
+           f"Python {info['python']}; {args.threads} threads, {precision_words(args.precision)}, "
            f"{'LoRA r=16 on q,k,v,o' if METHOD == 'lora' else 'full fine-tuning (every weight)'}, batch size "
            f"{args.batch_size}, {args.steps} steps, {args.rounds} alternating rounds per arm. Model: {args.model}.",
            "", "Ratios are medians of per-round ratios (runs of one round ran back to back), so they hold on a "
@@ -411,25 +461,41 @@ def markdown(lines: list[dict], info: dict, args) -> str:
            "| dataset | figure | ref (Trainer) | studio | padded studio | ratio | note |",
            "|---|---|---|---|---|---|---|"]
     for r in lines:
-        if r["figure"] in ("real_tokens_per_s", "peak_rss_mib", "peak_gpu_mib", "final_loss"):
+        if r["figure"] in ("real_tokens_per_s", "peak_rss_mib", "peak_gpu_mib", "final_loss") and r["arm"] == "before":
+            out.append(f"| {r['dataset']} | {r['figure']} (studio before the lever) | {r['ref']} | {r['before']} | | "
+                       f"{r.get('ratio', '')} | |")
+        elif r["figure"] in ("real_tokens_per_s", "peak_rss_mib", "peak_gpu_mib", "final_loss"):
             note = {"final_loss": "similar" if r.get("similar") else "NOT similar: speed does not count"}.get(r["figure"], "")
             out.append(f"| {r['dataset']} | {r['figure']} | {r['ref']} | {r.get('studio', '')} | {r.get('padded', '')} "
                        f"| {r.get('ratio', '')} | {note} |")
         elif r["figure"] == "packed_vs_padded":
             out.append(f"| {r['dataset']} | packed vs padded tokens/s | | {r['studio']} | {r['padded']} | {r['ratio']} | "
                        f"rounds {r['round_ratios']} |")
+        elif r["figure"] == "studio_vs_before":
+            out.append(f"| {r['dataset']} | studio vs studio before the lever tokens/s | | {r['studio']} | "
+                       f"{r['before']} (before) | {r['ratio']} | rounds {r['round_ratios']} |")
         elif r["figure"] == "grouped_vs_padded":
             out.append(f"| {r['dataset']} | length-grouped vs plain padded tokens/s | | {r['grouped']} (grouped) | "
                        f"{r['padded']} | {r['ratio']} | rounds {r['round_ratios']} |")
         elif r["figure"] == "adamw_full_step_s":
             out.append(f"| (full parameter set) | AdamW step seconds, foreach vs fused | {r['foreach']} (foreach) | "
                        f"{r['fused']} (fused) | | {r['ratio']} | |")
+        elif r["figure"] == "lora_dropout_s":
+            out.append(f"| ({r['tokens']} tokens × {r['hidden']}) | LoRA input dropout ms (forward + backward), "
+                       f"dense vs sparse | {r['dense_ms']} (nn.Dropout) | {r['sparse_ms']} (SparseDropout) | | "
+                       f"{r['ratio']} | one adapted module's input |")
         elif r["figure"] == "peak_matmul_gflops":
-            out.append(f"| | peak bf16 matmul GFLOP/s | | {r['best']} | | | each measurement {r['all']} |")
+            out.append(f"| | peak {r['dtype']} matmul GFLOP/s | | {r['best']} | | | each measurement {r['all']} |")
         elif r["figure"] == "mfu":
             out.append(f"| {r['dataset']} | MFU | {r.get('ref', '')} | {r.get('studio', '')} | {r.get('padded', '')} | | "
                        f"{r['flops_per_token'] / 1e6:.0f} MFLOP/token, peak {r['peak_gflops']} GFLOP/s |")
     return "\n".join(out + ["", LEVERS if METHOD == "lora" else ""]) + "\n"
+
+
+def precision_words(requested: str) -> str:
+    how = "fp32 (no autocast)" if PRECISION == "fp32" else f"{PRECISION} autocast"
+    return f"{how}, both arms" + (" (`--precision auto`: what the studio's `precision: auto` picks here)"
+                                  if requested == "auto" else "")
 
 
 def model_dir_for(name: str) -> Path:
@@ -454,6 +520,9 @@ def main() -> None:
     parser.add_argument("--arms", default="ref,studio,padded")
     parser.add_argument("--method", choices=["lora", "full"], default="lora",
                         help="LoRA in both arms, or full fine-tuning (the Trainer without peft, the studio's full)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="both arms: auto is what the studio's precision=auto picks on this device (fp32 on a "
+                             "CPU without native bf16, where emulated bf16 runs some 30x slower)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -462,19 +531,20 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="where every arm runs (default: cuda if present)")
     parser.add_argument("--out", help="write the markdown table here (e.g. BENCHMARKS.md)")
     parser.add_argument("--peak-size", type=int, default=2048,
-                        help="matrix size of the bf16 matmul that measures the peak for MFU (small for a smoke run: "
-                             "a CPU without native bf16 takes minutes at 2048)")
+                        help="matrix size of the matmul that measures the peak for MFU (small for a smoke run; "
+                             "in bf16 on a CPU without native bf16 it takes minutes at 2048)")
+    parser.add_argument("--before", help="a checkout of the studio without the lever being measured: arm 'before'")
     parser.add_argument("--child-ref", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_ref:
         child_ref(args.child_ref)
         return
-    global DEVICE, METHOD
+    global DEVICE, METHOD, PRECISION
     import torch
 
     METHOD = args.method
-
     DEVICE = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    PRECISION = resolve_precision(args.precision)
 
     model_dir = model_dir_for(args.model)
     workdir = Path(tempfile.mkdtemp(prefix="train-speed-"))
@@ -484,18 +554,21 @@ def main() -> None:
     info = machine()
     lines: list[dict] = []
     peaks = [peak_matmul_flops(args.threads, args.peak_size)]
+    mean_tokens: list[float] = []
     for name in args.datasets.split(","):
         path = datasets[name]
         stats = dataset_stats(path, model_dir, args.max_length)
+        mean_tokens.append(stats["mean_tokens"])
         emit({"figure": "dataset", "dataset": name, **{k: round(v, 3) for k, v in stats.items()}}, lines)
         spec = {"model": str(model_dir), "data": str(path), "steps": args.steps, "batch_size": args.batch_size,
                 "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "threads": args.threads,
-                "workdir": str(workdir), "device": DEVICE, "method": METHOD}
+                "workdir": str(workdir), "device": DEVICE, "method": METHOD, "precision": PRECISION}
         runs: dict[str, list[dict]] = {arm: [] for arm in arms}
         for round_ in range(args.rounds):
             for arm in arms:
                 where = workdir / f"{name}-{arm}-{round_}"
                 result = (script_arm(spec, where) if arm == "ref" else
+                          studio_arm(spec, True, where, repo=Path(args.before)) if arm == "before" else
                           studio_arm(spec, arm == "studio", where, group_by_length=arm == "grouped"))
                 runs[arm].append(result)
                 print(json.dumps({"run": arm, "dataset": name, "round": round_ + 1,
@@ -508,7 +581,13 @@ def main() -> None:
     adamw = adamw_step_seconds(model_dir, args.threads)
     emit({"figure": "adamw_full_step_s", "foreach": round(adamw["foreach"], 3), "fused": round(adamw["fused"], 3),
           "ratio": round(adamw["foreach"] / adamw["fused"], 2)}, lines)
-    emit({"figure": "peak_matmul_gflops", "dtype": "bf16", "threads": args.threads,
+    if METHOD == "lora" and LORA["dropout"]:
+        tokens = round(args.batch_size * statistics.mean(mean_tokens))
+        dropout = dropout_seconds(shape["hidden"], tokens, args.threads)
+        emit({"figure": "lora_dropout_s", "tokens": tokens, "hidden": shape["hidden"],
+              "dense_ms": round(dropout["dense"] * 1e3, 3), "sparse_ms": round(dropout["sparse"] * 1e3, 3),
+              "ratio": round(dropout["dense"] / dropout["sparse"], 2)}, lines)
+    emit({"figure": "peak_matmul_gflops", "dtype": PRECISION, "threads": args.threads,
           "best": round(max(peaks) / 1e9, 1), "all": [round(p / 1e9, 1) for p in peaks], **info}, lines)
     if args.out:  # its own section of the file: BENCHMARKS.md's other sections stay
         write_section(Path(args.out), "train_speed" if METHOD == "lora" else "train_speed_full",
