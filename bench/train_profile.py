@@ -3,12 +3,20 @@
     .venv/bin/python bench/train_profile.py [--method lora|full] [--model bundled|tiny|PATH]
                                             [--precision auto|bf16|fp32] [--packing on|off]
                                             [--batch-size 4] [--warmup 2] [--steps 2] [--rows 15]
+                                            [--compare-dropout 6]
 
 Builds the run exactly as ``python -m tuning train`` does (the sample data,
 bench/train_speed.py's settings), takes ``--warmup`` steps, then profiles
 ``--steps`` steps of ``tuning.train.optimizer_step`` and prints the ops
 that took the most CPU time (self time, summed over the profiled steps),
 each as a share of the profiled wall time, as JSON lines then a table.
+
+``--compare-dropout N`` instead takes N steps alternating peft's dense
+``nn.Dropout`` and the studio's ``SparseDropout`` on the same model (swapped
+in place between steps) and reports the median CPU seconds per 1,000 real tokens of each
+kind of step: the process's own CPU time, which a busy machine's other processes
+do not inflate the way they inflate wall time (run it with
+OMP_NUM_THREADS=1, so that no thread waits on another).
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rows", type=int, default=15, help="how many ops to print")
+    parser.add_argument("--compare-dropout", type=int, default=0, metavar="N",
+                        help="N steps alternating dense and sparse LoRA dropout: median CPU s per 1k tokens of each")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -73,6 +83,9 @@ def main() -> None:
                     prepared=prepared)
     run.model.train()
     step_batches = [[b] for b in batches(data.train_items, batch_size=config.batch_size, seed=config.seed, epoch=0)]
+    if args.compare_dropout:
+        compare_dropout(run, step_batches, args.warmup, args.compare_dropout)
+        return
     for batch in step_batches[:args.warmup]:
         optimizer_step(run, batch)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -93,6 +106,41 @@ def main() -> None:
     for e in events[:args.rows]:
         print(f"{e.key[:48]:<48} {e.count:>7} {e.self_cpu_time_total / 1e6:>8.3f} "
               f"{e.self_cpu_time_total / 1e6 / wall:>8.1%}")
+
+
+def compare_dropout(run, step_batches: list, warmup: int, steps: int) -> None:
+    """Steps alternating peft's nn.Dropout and SparseDropout on one model: each kind's median CPU seconds."""
+    import statistics
+
+    import torch
+
+    from tuning.sparse_dropout import sparse_dropout_class
+    from tuning.train import optimizer_step
+
+    sparse = sparse_dropout_class()
+    dicts = [m.lora_dropout for m in run.model.modules() if isinstance(getattr(m, "lora_dropout", None),
+                                                                       torch.nn.ModuleDict)]
+
+    def use(kind: str) -> None:
+        for dropouts in dicts:
+            for name, module in dropouts.items():
+                dropouts[name] = (torch.nn.Dropout(module.p) if kind == "dense" else sparse(module.p)).train()
+
+    cpu = {"dense": [], "sparse": []}
+    for index, batch in enumerate(step_batches[:warmup + steps]):
+        kind = ("dense", "sparse")[index % 2]
+        use(kind)
+        started = time.process_time()
+        tokens = optimizer_step(run, batch)[1]
+        if index >= warmup:  # per 1,000 real tokens: the two kinds of step see different batches
+            cpu[kind].append((time.process_time() - started) * 1000 / tokens)
+    medians = {kind: statistics.median(times) for kind, times in cpu.items()}
+    print(json.dumps({"figure": "dropout_step_cpu_s", "modules": sum(len(d) for d in dicts),
+                      "dense_s_per_1k_tokens": round(medians["dense"], 3),
+                      "sparse_s_per_1k_tokens": round(medians["sparse"], 3),
+                      "ratio": round(medians["dense"] / medians["sparse"], 3),
+                      "dense_steps": [round(x, 3) for x in cpu["dense"]],
+                      "sparse_steps": [round(x, 3) for x in cpu["sparse"]]}))
 
 
 if __name__ == "__main__":

@@ -373,29 +373,67 @@ def print_result(trainer, spec: dict, **extra) -> None:
 LEVERS = """## Levers in the loop
 
 Measured on the mixed-length data with `--datasets mixed --arms ref,studio --rounds 2 --steps 6`, one lever
-added at a time (studio ÷ reference real tokens/s; peak RSS studio vs reference):
+added at a time (studio ÷ reference real tokens/s; peak RSS studio vs reference), unless the row says otherwise.
+Since 2026-12-07 a lever is measured in the same alternating rounds as its before: `--arms ref,studio,before
+--before DIR` with DIR a checkout without it (`studio vs studio before the lever` row).
 
 | lever | verdict | evidence |
 |---|---|---|
-| packing (`packing: true`, default) | kept | `packed vs padded` rows above; same loss and gradients as padded (tests/core/test_fast_path.py) |
-| segment attention (`tuning/attention.py`): causal sdpa on each packed example's own slice, no mask | kept on CPUs; dropped on GPUs, where its small calls cost 0.25x-0.95x the Trainer's speed on an H100 ([docs/benchmarks-gpu.md](docs/benchmarks-gpu.md)) | 1.36x before, 1.57x with it and the next lever (peak 5742 → 5362 MiB); attention is Σn² instead of (Σn)², and sdpa keeps its grouped-query path |
-| logits only where a label is (`next_token_loss`) | kept as the fallback of the next | the prompt's positions need no logits (27% of the mixed data's tokens) |
-| output head + cross-entropy fused a chunk of 128 tokens at a time (1,024 on a GPU) (`fused_next_token_loss`) | kept (on an H100 the padded studio run with it: 1.29x the Trainer at about half its memory) | 1.57x → 1.84x, peak 5362 → 4476 MiB (reference 5312): no batch-wide logits; the gradient is computed in the same pass, nothing recomputed; probed against the model's own loss per model |
-| length-grouped batches (`group_by_length`) | kept, off by default | changes which rows share a step, so opt-in, for runs that cannot pack |
-| bf16 autocast on CPU | kept (already on) | FIELD-NOTES: 4.1-4.6 s/step bf16 vs 6.4 s fp32 |
-| frozen LoRA base stored in bf16 | kept | no per-step weight casts, half the base's memory |
-| fused AdamW | kept where every parameter is a float on CPU/GPU | `AdamW step seconds` row: matters for full fine-tuning, noise for LoRA |
-| one loss read per step, real tokens counted from row lengths | kept | no device sync per micro-batch; matters on a GPU |
-| torch.set_num_threads | unchanged | torch already uses one thread per core; FIELD-NOTES: 1 thread nearly halves speed |
-| torch.compile (each decoder layer, `dynamic=True`) | dropped | first step 56 s, then about 20 s of recompiling for every new packed length, and no faster afterwards (1.62 vs 1.70 s and 4.37 vs 4.13 s per step on the same batches) |
-| eager attention in bf16 instead of the CPU flash kernel | dropped | 2.3x faster attention at 500 tokens, but scores rounded to bf16: 1.1% relative error against fp64 where sdpa has 0.16% |
-| glibc with a fixed mmap threshold (`MALLOC_MMAP_THRESHOLD_=1048576`) | dropped | peak RSS 29% lower, steps about 25% slower (page faults on every large allocation) |
+| packing (`packing: true`, default) | kept | `packed vs padded` rows above; same loss and gradients as padded \
+(tests/core/test_fast_path.py) |
+| choosing padding instead of packing for batches of similar lengths | not done (2026-12-07) | the sample data's \
+batches are 5.4% padding (1-7.7% per batch of 4; the mixed data's 55%), so the choice could gain at most ~5% there, \
+and the packed-vs-padded figures on those rows (1.03x on 2026-11-22, 0.95x in a later side-by-side run) are noise of \
+that size; a threshold needs a quiet-machine measurement of the packed path's own cost |
+| segment attention (`tuning/attention.py`): causal sdpa on each packed example's own slice, no mask | kept on \
+CPUs; dropped on GPUs, where its small calls cost 0.25x-0.95x the Trainer's speed on an H100 \
+([docs/benchmarks-gpu.md](docs/benchmarks-gpu.md)) | 1.36x before, 1.57x with it and the next lever (peak 5742 → \
+5362 MiB); attention is Σn² instead of (Σn)², and sdpa keeps its grouped-query path |
+| logits only where a label is (`next_token_loss`) | kept as the fallback of the next | the prompt's positions \
+need no logits (27% of the mixed data's tokens, 80% of the sample data's) |
+| output head + cross-entropy fused a chunk of 128 tokens at a time (1,024 on a GPU) (`fused_next_token_loss`) | \
+kept (on an H100 the padded studio run with it: 1.29x the Trainer at about half its memory) | 1.57x → 1.84x, peak \
+5362 → 4476 MiB (reference 5312): no batch-wide logits; the gradient is computed in the same pass, nothing \
+recomputed; probed against the model's own loss per model |
+| LoRA input dropout drawn sparsely on a CPU (`tuning/sparse_dropout.py`: the dropped positions as running sums \
+of Geometric(p) gaps, one draw per dropped entry instead of a Bernoulli draw per entry) | kept (2026-12-07) | \
+the `LoRA input dropout ms` row above (one module's input, forward + backward); the same distribution as \
+peft's `nn.Dropout` (tests/core/test_sparse_dropout.py: rate p per position, Binomial counts, independent \
+neighbours, scale 1/(1-p), gradient only through kept entries) |
+| one dropout mask shared by q, k and v (they read the same input) | not done | peft draws one mask per adapted \
+module; a shared mask correlates the three modules' noise: a different regulariser, not the same training |
+| dense dropout masks in a cheaper dtype | not done | the cost is the random draw per entry (`bernoulli_`), not \
+the mask's dtype; the sparse draw makes p·n draws instead of n |
+| length-grouped batches (`group_by_length`) | kept, off by default | changes which rows share a step, so \
+opt-in, for runs that cannot pack |
+| bf16 autocast on CPU | only where the CPU computes bf16 natively (2026-12-06) | FIELD-NOTES: 4.1-4.6 s/step \
+bf16 vs 6.4 s fp32 on a CPU with native bf16; on an AVX2-only AMD EPYC (2 cores) emulated bf16 took 90 s per \
+135M step against 2.8 s in fp32, so `precision=auto` picks fp32 there (and this script's `--precision auto` \
+with it) |
+| frozen LoRA base stored in bf16 | kept (bf16 runs only) | no per-step weight casts, half the base's memory |
+| fused AdamW | kept where every parameter is a float on CPU/GPU | `AdamW step seconds` row: matters for full \
+fine-tuning, noise for LoRA; the Trainer's default (`adamw_torch_fused` with torch ≥ 2.8) is fused too |
+| one loss read per step, real tokens counted from row lengths | kept | no device sync per micro-batch; matters \
+on a GPU |
+| torch.set_num_threads | unchanged | torch already uses one thread per core; FIELD-NOTES: 1 thread nearly halves \
+speed |
+| torch.compile (each decoder layer, `dynamic=True`) | dropped | first step 56 s, then about 20 s of recompiling \
+for every new packed length, and no faster afterwards (1.62 vs 1.70 s and 4.37 vs 4.13 s per step on the same \
+batches) |
+| eager attention in bf16 instead of the CPU flash kernel | dropped | 2.3x faster attention at 500 tokens, but \
+scores rounded to bf16: 1.1% relative error against fp64 where sdpa has 0.16% |
+| sdpa's math kernel instead of the CPU flash kernel in fp32 (short rows) | dropped (2026-12-07) | forward + \
+backward of (4, 9 heads, n, 64) causal GQA attention: flash 1.4 ms vs math 3.3 ms at n = 32, 2.8 vs 30.7 ms at \
+n = 49, 62 vs 103 ms at 128; both 3e-7 from fp64 |
+| glibc with a fixed mmap threshold (`MALLOC_MMAP_THRESHOLD_=1048576`) | dropped | peak RSS 29% lower, steps \
+about 25% slower (page faults on every large allocation) |
 | gradient checkpointing | only on request | recomputes the forward: slower, for memory only |
 
-Where the time goes now (torch profiler, one 1,098-token packed step of the bundled model): matmuls 41%
-(at about 85% of the measured peak), the CPU flash-attention kernel 30% (forward and backward at about
-40 GFLOP/s), LoRA dropout masks (`bernoulli_`) 10%, elementwise work the rest. The MFU target of 50% would need
-attention at matmul speed, which the CPU kernels do not reach without losing precision.
+Where the time went (torch profiler, one 1,098-token packed bf16 step of the bundled model on a CPU with native
+bf16): matmuls 41% (at about 85% of the measured peak), the CPU flash-attention kernel 30% (forward and backward
+at about 40 GFLOP/s), LoRA dropout masks (`bernoulli_`) 10%, elementwise work the rest. The MFU target of 50%
+would need attention at matmul speed, which the CPU kernels do not reach without losing precision.
+`bench/train_profile.py` prints the same breakdown for one step of the studio's loop in any precision.
 """
 
 def machine() -> dict:
