@@ -396,7 +396,10 @@ kept (on an H100 the padded studio run with it: 1.29x the Trainer at about half 
 5362 → 4476 MiB (reference 5312): no batch-wide logits; the gradient is computed in the same pass, nothing \
 recomputed; probed against the model's own loss per model |
 | LoRA input dropout drawn sparsely on a CPU (`tuning/sparse_dropout.py`: the dropped positions as running sums \
-of Geometric(p) gaps, one draw per dropped entry instead of a Bernoulli draw per entry) | kept (2026-12-07) | \
+of Geometric(p) gaps, one draw per dropped entry instead of a Bernoulli draw per entry) | measured, not used in \
+the loop (2026-12-07): in fp32 on this CPU dense dropout is about 4% of a step | in-loop, alternating steps on \
+one model (`bench/train_profile.py --precision fp32 --compare-dropout 10`, 1 thread, CPU time): dense 16.5 vs \
+sparse 17.3 CPU s per 1,000 tokens (0.96x; steps vary ±5%); one module's input alone: \
 the `LoRA input dropout ms` row above (one module's input, forward + backward); the same distribution as \
 peft's `nn.Dropout` (tests/core/test_sparse_dropout.py: rate p per position, Binomial counts, independent \
 neighbours, scale 1/(1-p), gradient only through kept entries) |

@@ -19,8 +19,11 @@ input) would be cheaper still, but it correlates the three modules' masks,
 which peft's per-module dropout does not: not the same training, so not
 done.
 
-It is a subclass of ``nn.Dropout`` (peft's DoRA path checks for that type)
-and is used on a CPU only, where dropout is drawn by the CPU's generator; a
+Measured and not used by the training loop (2026-12-07): in fp32 on a
+2-core AVX2 CPU the dense masks were about 4% of a LoRA step and the sparse
+draw gained nothing measurable (BENCHMARKS.md, levers); kept for CPUs where
+the masks cost more (10% of a bf16 step). It is a subclass of ``nn.Dropout``
+(peft's DoRA path checks for that type) and is meant for a CPU only, where dropout is drawn by the CPU's generator; a
 GPU draws a dense mask in a fraction of a step, and the sparse path's
 length checks would make it wait for the device.
 """

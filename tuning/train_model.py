@@ -33,7 +33,6 @@ from tuning.preference_kto import KTOObjective
 from tuning.grpo import GRPOObjective, GRPOSettings, reward_functions
 from tuning.reward import RewardObjective
 from tuning.sharding import sharded_fused_loss
-from tuning.sparse_dropout import use_sparse_dropout
 
 CALIBRATION_BATCHES = 8  # batches shown to data-driven initialisations (EVA, CorDA)
 # Packed rows are padded to a multiple of this many tokens: every new matmul
@@ -135,9 +134,6 @@ def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, param
         model.to(device.name)
         if store_frozen_base_in_bf16(model, method, params, device.precision):
             sink.emit(LogEvent(message="Frozen base weights stored in bf16 (the precision every matmul uses)"))
-    if device.name == "cpu" and (replaced := use_sparse_dropout(model)):
-        sink.emit(LogEvent(message=f"Adapter input dropout drawn sparsely ({replaced} modules: one random number "
-                                   f"per dropped entry, the same distribution as a dense mask)"))
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count = sum(p.numel() for p in trainable)
     total_count = sum(p.numel() for p in model.parameters())

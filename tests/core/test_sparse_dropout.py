@@ -1,7 +1,7 @@
 """LoRA's sparse input dropout (tuning/sparse_dropout.py) has nn.Dropout's
 distribution: each entry dropped with probability p, independently, the
 kept ones scaled by 1 / (1 − p), gradients through the kept ones only; and
-training swaps it in for peft's dropout on a CPU."""
+``use_sparse_dropout`` swaps it in for peft's dropout (the training loop does not: BENCHMARKS.md, levers)."""
 
 import math
 
