@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 
 from channels.layers import get_channel_layer
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 60  # a send that takes longer means Redis is gone: the task fails rather than hangs
@@ -49,10 +50,21 @@ class _SendLoop:
 SEND_LOOP = _SendLoop()
 
 
+async def _send(layer, channel: str, message: dict) -> None:
+    """``layer.send``, once more after a lost connection: the send loop lives as long as the worker, so after
+    Redis restarted its pooled connection is closed, and the first command on it fails while the next opens a
+    new one (a connection refused on the retry, Redis still down, is raised)."""
+    try:
+        await layer.send(channel, message)
+    except (RedisConnectionError, ConnectionError) as exc:
+        log.warning("a channel send lost its Redis connection (%s); sending again on a new one", exc)
+        await layer.send(channel, message)
+
+
 def send_now(channel: str, message: dict, *, layer=None) -> None:
     """One message, from a thread without an event loop, on the process's send loop."""
     layer = layer or get_channel_layer()
-    asyncio.run_coroutine_threadsafe(layer.send(channel, message), SEND_LOOP.get()).result(SEND_TIMEOUT_S)
+    asyncio.run_coroutine_threadsafe(_send(layer, channel, message), SEND_LOOP.get()).result(SEND_TIMEOUT_S)
 
 
 class PieceRelay:
@@ -103,7 +115,7 @@ class PieceRelay:
                         return
                     text, self.pending = "".join(self.pending), []
                 started = loop.time()
-                await self.layer.send(self.channel, self.message(text))
+                await _send(self.layer, self.channel, self.message(text))
                 self.messages += 1
                 wait = FLUSH_INTERVAL_S - (loop.time() - started)
                 if wait > 0 and not self.ending.is_set():
