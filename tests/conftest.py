@@ -165,3 +165,21 @@ def stack(tmp_path_factory, tiny_model):
         if proc.poll() is None:
             proc.terminate()
     stop_all(running.procs)
+
+
+@pytest.fixture(autouse=True)
+def _whole_stack(request):
+    """Before and after each test on the shared stack, start again what a test left dead (Stack.heal): a
+    test that fails between killing a process and starting it again must not fail the rest."""
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    running = request.getfixturevalue("stack")
+    _say_healed(running.heal(), "before")
+    yield
+    _say_healed(running.heal(), "after")
+
+
+def _say_healed(started: list[str], when: str) -> None:
+    if started:
+        print(f"[tests] the shared stack had {', '.join(started)} dead {when} this test: started again")

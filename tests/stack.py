@@ -129,7 +129,32 @@ class Stack:
         return self.dataset_worker
 
     def _spawn_playground_worker(self):
-        return self._spawn("playground worker", "playground@%h", "playground")
+        self.playground = self._spawn("playground worker", "playground@%h", "playground")
+        return self.playground
+
+    def heal(self) -> list[str]:
+        """Start again whatever a test left dead (Redis on its old port, the web server on its old port, the
+        three workers under their current names), so that one failed test that killed a process and stopped
+        before starting it again fails alone, not every test after it on this shared stack. Returns what it
+        started; tests/conftest.py says so in the test's output."""
+        started = []
+        if self.procs[0].poll() is not None:
+            port = int(self.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+            self.procs[0], _ = launcher.start_redis(self.data_dir, port=port)
+            started.append("redis")
+        if self.web.poll() is not None:
+            port = int(self.base_url.rsplit(":", 1)[1])
+            self.web = launcher.start_web(self.env, "127.0.0.1", port, **_quiet(self.data_dir, "web"))
+            self.procs.append(self.web)
+            launcher.wait_for_port("127.0.0.1", port, launcher.WEB_START_TIMEOUT_S)
+            started.append("web")
+        for name, proc, start in (("worker", self.worker, self.start_worker),
+                                  ("playground worker", self.playground, self.start_playground_worker),
+                                  ("dataset worker", self.dataset_worker, self.start_dataset_worker)):
+            if proc.poll() is not None:
+                start()
+                started.append(name)
+        return started
 
     def _spawn(self, what: str, name: str, log: str):
         """Start the launcher's worker called ``what`` (on its queue) as node ``name``, logging to ``log``.log."""
@@ -190,7 +215,8 @@ def start_stack(data_dir: Path, tiny_model: Path, **extra_env: str) -> Stack:
         stack.tiny_model_id = int(re.search(r"tiny model #(\d+)", registered).group(1))
         # The web server and the three workers start together and are waited for after.
         port = launcher.free_port()
-        stack.procs.append(launcher.start_web(env, "127.0.0.1", port, **_quiet(data_dir, "web")))
+        stack.web = launcher.start_web(env, "127.0.0.1", port, **_quiet(data_dir, "web"))
+        stack.procs.append(stack.web)
         worker, playground = stack._spawn_worker(), stack._spawn_playground_worker()
         dataset_worker = stack._spawn_dataset_worker()
         launcher.wait_for_port("127.0.0.1", port, launcher.WEB_START_TIMEOUT_S)
