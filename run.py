@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -25,6 +26,10 @@ REPO = Path(__file__).resolve().parent
 VENV = REPO / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
 CHROMIUM = Path("/usr/bin/chromium")  # Playwright drives Debian's build, not a downloaded one
+STARTED = time.monotonic()
+# Seconds from this command's start after which a test pass runs no further test and reports what it has
+# (pytest-timeout's --session-timeout), for a CI job killed at a fixed limit: a run killed there says nothing.
+BUDGET_VARIABLE = "STUDIO_TEST_BUDGET_S"
 
 
 def say(message: str) -> None:
@@ -125,7 +130,9 @@ def run_tests(args: list[str]) -> int:
     exit_code = 0
     for number, database in enumerate(databases, 1):
         say(f"test pass {number}/{len(databases)}: {database}")
-        cmd = pytest if database == "sqlite" else [str(VENV_PYTHON), "-m", "tests.postgres", *pytest]
+        cmd = [*pytest, *budget_left()]
+        if database == "postgres":
+            cmd = [str(VENV_PYTHON), "-m", "tests.postgres", *cmd]
         try:
             code = subprocess.run(cmd, env=env).returncode
         except KeyboardInterrupt:  # the child got Ctrl-C too and has stopped
@@ -133,6 +140,19 @@ def run_tests(args: list[str]) -> int:
         say(f"test pass {number}/{len(databases)} ({database}) exited with {code}")
         exit_code = exit_code or code
     return exit_code
+
+
+def budget_left() -> list[str]:
+    """pytest's --session-timeout for what is left of STUDIO_TEST_BUDGET_S, if set (.ci/run sets it)."""
+    budget = os.environ.get(BUDGET_VARIABLE, "")
+    if not budget:
+        return []
+    try:
+        left = float(budget) - (time.monotonic() - STARTED)
+    except ValueError:
+        sys.exit(f"[run.py] {BUDGET_VARIABLE} must be a number of seconds, not {budget!r}")
+    say(f"{left / 60:.0f} of the {float(budget) / 60:.0f} minutes of {BUDGET_VARIABLE} left for this pass")
+    return [f"--session-timeout={max(60, int(left))}"]
 
 
 def main() -> None:
