@@ -11,7 +11,7 @@ from django.utils import timezone
 from studio.accounts.models import Membership, Team
 from studio.accounts.services import user_create
 from studio.jobs.fair_share import fair_order, pool_usage
-from studio.jobs.models import Job, QueueTurn
+from studio.jobs.models import Job, QueuePool, QueueTurn
 from studio.jobs.queue_turns import queue_turns_refresh
 from studio.jobs.selectors_queue import queue_rows_for_user
 from studio.jobs.services_queue import job_claim_next, job_move, job_set_priority
@@ -248,3 +248,27 @@ def test_a_change_made_past_the_services_shows_on_the_next_claim(submit):
     Job.objects.filter(name="alice 3").update(priority=7)
     Job.objects.filter(name="alice 2").update(queue_order=0)
     assert claims(3) == ["alice 3", "alice 2", "alice 1"]
+
+
+@pytest.mark.parametrize("change", ["nothing", "priority", "queue_order", "team", "owner", "progress_total",
+                                    "waiting", "turn deleted"])
+def test_each_value_the_ranking_read_written_past_the_services_ranks_the_pool_again(submit, people, change):
+    """The check that the turns are current (queue_turns._OUT_OF_STEP) compares every copied value, the
+    owner's absence and the waiting flag included; and finds nothing when nothing changed."""
+    first, job = submit("alice", "alice 1"), submit("bob", "bob 1")
+    stored_turns()
+    ranked_at = QueuePool.objects.get(pool="default").ranked_at
+    updates = {"nothing": {}, "priority": {"priority": 3}, "queue_order": {"queue_order": 0},
+               "team": {"team": people["carol"][1]}, "owner": {"owner": None}, "progress_total": {"progress_total": 7},
+               "waiting": {"depends_on": first}}
+    if change == "turn deleted":
+        QueueTurn.objects.filter(job=job).delete()
+    elif updates[change]:
+        Job.objects.filter(pk=job.pk).update(**updates[change])
+    stored_turns()
+    assert (QueuePool.objects.get(pool="default").ranked_at == ranked_at) == (change == "nothing")
+    job.refresh_from_db()
+    turn = QueueTurn.objects.get(job=job)
+    assert ((turn.priority, turn.queue_order, turn.team_id, turn.owner_id, turn.progress_total, turn.waiting)
+            == (job.priority, job.queue_order, job.team_id, job.owner_id, job.progress_total,
+                int(change == "waiting")))
