@@ -38,8 +38,7 @@ class Supervised:
         self.stack, self.peek = stack, peek
         redis, web, worker, playground, dataset = stack.procs
         env, data_dir = stack.env, stack.data_dir
-        self.redis_port = int(env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
-        self.web_port = int(stack.base_url.rsplit(":", 1)[1])
+        self.redis_port, self.web_port = stack.redis_port, stack.web_port
 
         def worker_start(what: str, name: str, log: str):
             return lambda: launcher.start_worker(env, stack.queue_of(what), name=name, **_quiet(data_dir, log))

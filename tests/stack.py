@@ -132,6 +132,14 @@ class Stack:
         self.playground = self._spawn("playground worker", "playground@%h", "playground")
         return self.playground
 
+    @property
+    def redis_port(self) -> int:
+        return int(self.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+
+    @property
+    def web_port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
     def heal(self) -> list[str]:
         """Start again whatever a test left dead (Redis on its old port, the web server on its old port, the
         three workers under their current names), so that one failed test that killed a process and stopped
@@ -139,14 +147,12 @@ class Stack:
         started; tests/conftest.py says so in the test's output."""
         started = []
         if self.procs[0].poll() is not None:
-            port = int(self.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
-            self.procs[0], _ = launcher.start_redis(self.data_dir, port=port)
+            self.procs[0], _ = launcher.start_redis(self.data_dir, port=self.redis_port)
             started.append("redis")
         if self.web.poll() is not None:
-            port = int(self.base_url.rsplit(":", 1)[1])
-            self.web = launcher.start_web(self.env, "127.0.0.1", port, **_quiet(self.data_dir, "web"))
+            self.web = launcher.start_web(self.env, "127.0.0.1", self.web_port, **_quiet(self.data_dir, "web"))
             self.procs.append(self.web)
-            launcher.wait_for_port("127.0.0.1", port, launcher.WEB_START_TIMEOUT_S)
+            launcher.wait_for_port("127.0.0.1", self.web_port, launcher.WEB_START_TIMEOUT_S)
             started.append("web")
         for name, proc, start in (("worker", self.worker, self.start_worker),
                                   ("playground worker", self.playground, self.start_playground_worker),

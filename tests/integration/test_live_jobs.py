@@ -176,7 +176,7 @@ def test_training_goes_on_through_a_redis_restart(stack, admin, dataset_id):
     job_id = stack.start_job(admin, dataset_id, max_steps=40)
     url, cookie = stack.ws_url(job_id), stack.cookie_header(admin)
     asyncio.run(read_events(url, cookie, until_finished=False, stop_after=10))
-    port = int(stack.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    port = stack.redis_port
     redis_proc = stack.procs[0]
     redis_proc.terminate()
     redis_proc.wait()
@@ -207,7 +207,7 @@ def test_a_job_submitted_while_redis_is_down_is_taken_once_and_runs_when_it_is_b
     once Redis is back (the workers' nudge wakes the pool)."""
     from studio import launcher
 
-    port = int(stack.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    port = stack.redis_port
     stack.procs[0].kill()  # crashed, as the chaos test does it
     stack.procs[0].wait()
     try:
