@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models import F, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from studio.jobs.models import Job, JobEvent, JobHold
@@ -47,6 +47,22 @@ def idle_workers(pool: str, *, besides: str = "") -> dict[str, int]:
     """Alive workers of the pool that run nothing now (``besides`` left out), and their devices."""
     busy = holding_worker_names(pool) | {besides}
     return {node.name: node.device_count for node in pool_workers_alive(pool) if node.name not in busy}
+
+
+def devices_promised(pool: str) -> int:
+    """Devices that the pool's running multi-worker jobs still wait for: the idle workers that will join
+    them are not free for another job."""
+    held = (JobHold.objects.filter(job_id=OuterRef("job_id"), attempt=OuterRef("attempt")).order_by()
+            .values("job_id").annotate(total=Sum("devices")).values("total"))
+    heads = (JobHold.objects.filter(role=JobHold.Role.HEAD, workers__gt=1, job__device_pool=pool,
+                                    job__status=Job.Status.RUNNING, attempt=F("job__attempts"))
+             .annotate(held=Subquery(held)).values_list("job__devices", "held"))
+    return sum(max(wanted - (held or 0), 0) for wanted, held in heads)
+
+
+def free_devices(pool: str, idle: dict[str, int]) -> int:
+    """Devices of the ``idle`` workers (``idle_workers``) that no running job waits for."""
+    return max(sum(idle.values()) - devices_promised(pool), 0)
 
 
 def reservation_for(*, pool: str, job_id: int, devices: int, free_devices: int,
@@ -97,7 +113,7 @@ def reservation_reasons(rows: list) -> None:
         if job.status != Job.Status.QUEUED or job.devices < 2 or row.reason or job.device_pool in seen:
             continue
         seen.add(job.device_pool)
-        free = sum(idle_workers(job.device_pool).values())
+        free = free_devices(job.device_pool, idle_workers(job.device_pool))
         if job.devices <= free:
             continue
         reservation = reservation_for(pool=job.device_pool, job_id=job.pk, devices=job.devices, free_devices=free)

@@ -7,15 +7,16 @@ when a job of its pool ends (``job_finish``) or from the periodic nudge."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Max, Min, Q
 from django.utils import timezone
 
 from studio.accounts.policy import Action, job_allows, may_preempt, refusal
-from studio.jobs.backfill import ends_before_filter, idle_workers, reservation_for
+from studio.jobs.backfill import ends_before_filter, free_devices, idle_workers, reservation_for
 from studio.jobs.events import job_event_record
 from studio.jobs.models import Job, JobHold, TeamQuota
 from studio.jobs.queue_turns import queue_turns_refresh
@@ -60,7 +61,7 @@ def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None,
     startable = Q()
     if devices is not None:
         idle = idle_workers(pool, besides=worker_name)
-        startable = _startable_here(pool=pool, devices=devices, free=devices + sum(idle.values()),
+        startable = _startable_here(pool=pool, devices=devices, free=devices + free_devices(pool, idle),
                                     gpu_pool=gpu_pool)
     held_back: set[int] = set()  # teams over their quota: asked once per claim
     while True:
@@ -72,10 +73,21 @@ def job_claim_next(*, pool: str, worker_name: str, devices: int | None = None,
             if quota_wait_reason(job.team_id, gpu_pool=gpu_pool):
                 held_back.add(job.team_id)
                 continue
+            mine = job.devices if devices is None else min(devices, job.devices)
+            if job.devices > mine:
+                # A head: the idle workers it counts on are counted again after the commit of any other head
+                # of the pool. Two claimers counting the same idle workers made two heads that each held a
+                # device while waiting for the same followers; with enough of them every worker of the pool
+                # waited (bench/queue_simulation.py, 10,000 jobs).
+                _lock_heads(pool)
+                idle = idle_workers(pool, besides=worker_name)
+                free = mine + free_devices(pool, idle)
+                if free < job.devices:  # another head took them since: it is reserved for, not started
+                    startable = _startable_here(pool=pool, devices=devices, free=free, gpu_pool=gpu_pool)
+                    continue
             Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(  # the lock keeps it queued till here
                 status=Job.Status.RUNNING, worker_name=worker_name[:200], started_at=timezone.now(),
                 heartbeat_at=timezone.now(), attempts=F("attempts") + 1)
-            mine = job.devices if devices is None else min(devices, job.devices)
             joiners = _joiners(idle, job.devices - mine)
             JobHold.objects.create(job=job, attempt=job.attempts + 1, worker_name=worker_name[:200], devices=mine,
                                    workers=1 + joiners, rendezvous=rendezvous if joiners else "")
@@ -92,9 +104,13 @@ def _startable_here(*, pool: str, devices: int, free: int, gpu_pool: bool) -> Q:
     reserved, and after it only jobs of this worker's size whose estimate ends before the reservation
     starts (backfill). Only the jobs that need more devices than this worker has are read (a few)."""
     larger = queued_in_order(pool).filter(devices__gt=devices).order_by(*BY_TURN)
+    fitting = Q(devices__lte=devices)
     for pk, team_id, wanted, turn in larger.values_list("pk", "team_id", "devices", "queue_turn__turn"):
-        ahead = Q(queue_turn__turn__lt=turn) if turn is not None else Q(queue_turn__turn__isnull=False)
-        fitting_behind = Q(devices__lte=devices) & ~ahead & ~Q(pk=pk)
+        before = Q(queue_turn__turn__lt=turn) if turn is not None else Q(queue_turn__turn__isnull=False)
+        # only jobs this worker holds: a ranking committed between this read and the claim may put another
+        # larger job before this one, which must not start here without its devices
+        ahead = before & fitting
+        fitting_behind = fitting & ~before & ~Q(pk=pk)
         if wanted <= free:
             return ahead | Q(pk=pk) | fitting_behind
         if quota_wait_reason(team_id, gpu_pool=gpu_pool):
@@ -103,6 +119,15 @@ def _startable_here(*, pool: str, devices: int, free: int, gpu_pool: bool) -> Q:
         fits = ends_before_filter(reservation, pool)
         return ahead | (fitting_behind & fits) if fits is not None else ahead
     return Q()
+
+
+def _lock_heads(pool: str) -> None:
+    """On Postgres, this transaction's turn to start a job on several of the pool's workers (waited for, held
+    until the commit). SQLite's transactions take the database's write lock at their start, which serialises
+    claims already."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [zlib.crc32(f"queue-heads:{pool}".encode())])
 
 
 def _joiners(idle: dict[str, int], missing: int) -> int:

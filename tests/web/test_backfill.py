@@ -135,3 +135,19 @@ def test_priorities_and_fair_share_still_order_the_queue_around_a_reservation(su
     assert job_join_next(pool=POOL, worker_name="a@box", devices=1).job.pk == wide.pk
     job_finish(job_id=wide.pk, status="succeeded")
     assert [claim("a@box").pk, claim("b@box").pk] == [mine[0].pk, mine[1].pk]
+
+
+def test_a_worker_that_a_waiting_job_counts_on_is_not_counted_free_for_another(submit):
+    worker_register(name="c@box", pool=POOL, hostname="box", pid=1, device="CPU: test", device_memory_mib=4096,
+                    device_count=1, address="127.0.0.1")
+    first, second = submit("first wide", steps=5, devices=2), submit("second wide", steps=5, devices=2)
+    head = claim("a@box")
+    assert head.pk == first.pk and head.current_holds()[0].workers == 2  # one of the idle workers will join
+    # b and c are idle, but one of them is the first job's: a second head would hold b waiting for a worker
+    # the first job takes (with more such heads, every worker of a pool waited for another)
+    assert claim("b@box") is None, "a second 2-device job started on the worker the first one waits for"
+    assert job_join_next(pool=POOL, worker_name="c@box", devices=1).job.pk == first.pk
+    assert Job.objects.get(pk=second.pk).status == "queued"
+    job_finish(job_id=first.pk, status="succeeded")
+    assert claim("b@box").pk == second.pk
+    assert job_join_next(pool=POOL, worker_name="a@box", devices=1).job.pk == second.pk

@@ -17,7 +17,9 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from studio.jobs.models import Job, TeamQuota
 from studio.jobs.selectors_queue import queued_in_order
 from studio.jobs.services_queue import job_claim_next, job_move, job_set_priority
 from studio.jobs.state import job_create
+from studio.workers.services import worker_register
 from tests.postgres import database_url_for, is_postgres
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,3 +158,48 @@ def test_a_claimer_skips_a_job_another_claimer_holds_instead_of_waiting(transact
     # waiting for the lock would last until the test's timeout: the other transaction never ends by itself
     assert waited < 10, f"the claimer waited {waited:.1f} s for the other's lock"
     assert job_claim_next(pool=POOL, worker_name="second-claimer").pk == first.pk  # free again: claimed next
+
+
+@pytest.mark.timeout(60)
+def test_a_claimer_counts_the_idle_workers_again_after_another_head_of_the_pool_commits(transactional_db):
+    """Two workers claiming at once both counted the same idle worker for a 2-device job each: two heads,
+    each holding its device while waiting for that one follower (with many, every worker of a pool waited)."""
+    import psycopg
+
+    team = default_team()
+    owner = user_create(username="dan", password="pw-dan-123", team=team)
+    for name in ("a", "b", "c"):
+        worker_register(name=name, pool=POOL, hostname="box", pid=1, device="CPU: test", device_memory_mib=4096,
+                        device_count=1, address="127.0.0.1")
+    first, second = [job_create(kind="train", team=team, owner=owner, pool=POOL, config={}, name=f"wide {n}")
+                     for n in range(2)]
+    Job.objects.filter(pk__in=[first.pk, second.pk]).update(devices=2)
+    Job.objects.filter(pk=second.pk).update(priority=5)  # the one a takes: b's claim of the first read before this
+    url = database_url_for(os.environ["DATABASE_URL"], connection.settings_dict["NAME"])
+    claimed = {}
+
+    def claim_on_a():
+        try:
+            claimed["job"] = job_claim_next(pool=POOL, worker_name="a", devices=1)
+        finally:
+            connection.close()
+
+    with psycopg.connect(url) as other, psycopg.connect(url, autocommit=True) as watcher:
+        # worker b, mid-claim: it heads the first job, counting on c, and has not committed yet; a sees b and c
+        # idle and the second job (first in the queue) startable with them
+        other.execute("SELECT pg_advisory_xact_lock(%s)", [zlib.crc32(f"queue-heads:{POOL}".encode())])
+        other.execute("UPDATE jobs_job SET status = 'running', attempts = 1, worker_name = 'b' WHERE id = %s",
+                      [first.pk])
+        other.execute("INSERT INTO jobs_jobhold (job_id, attempt, worker_name, devices, role, workers, rendezvous, "
+                      "created_at) VALUES (%s, 1, 'b', 1, 'head', 2, '', now())", [first.pk])
+        claimer = threading.Thread(target=claim_on_a)
+        claimer.start()
+        deadline = time.monotonic() + 30
+        while not watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                  ).fetchone()[0]:
+            assert claimer.is_alive() and time.monotonic() < deadline, f"a's claim did not wait for b's: {claimed}"
+            time.sleep(0.05)
+        other.commit()
+        claimer.join(30)
+    assert claimed["job"] is None, "a started the second 2-device job counting on c, whom the first waits for"
+    assert Job.objects.get(pk=second.pk).status == "queued"
