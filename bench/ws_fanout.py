@@ -3,11 +3,12 @@ through the Redis channel layer: delivery latency and the web process's
 memory (issue 24).
 
     .venv/bin/python bench/ws_fanout.py [--jobs 50] [--viewers 1000] [--rate 1] [--seconds 20]
-                                        [--web-processes 1,2]
+                                        [--web-processes 1,2] [--layers pubsub,queued]
 
 For each count of ``--web-processes``, in turn, starts a real studio on
 127.0.0.1 (embedded Redis, that many uvicorn web processes behind one port,
-``WEB_PROCESSES``; the workers; tests/stack.py). A publisher process (the studio's own
+``WEB_PROCESSES``; the workers; tests/stack.py), for each ``--layers`` in
+turn (``BROADCAST_LAYER``: Redis pub/sub, or a queued copy per viewer). A publisher process (the studio's own
 ``job_event_record``, as a worker records a training step) keeps ``--jobs``
 jobs running, renewing their heartbeats, and stores ``--rate`` metrics
 events per job per second; nothing trains, so the figure is the fan-out's
@@ -126,10 +127,12 @@ async def watch_jobs(stack, session, ids: list[int], viewers: int, seconds: floa
             for n, arrivals in enumerate(per_viewer)]
 
 
-def measure(args, processes: int) -> dict:
-    """One studio with ``processes`` web processes, its viewers and publisher: the figures of one JSON line."""
+def measure(args, processes: int, layer: str) -> dict:
+    """One studio with ``processes`` web processes broadcasting through ``layer``, its viewers and publisher: the
+    figures of one JSON line."""
     with tempfile.TemporaryDirectory(prefix="ws-fanout-") as data_dir:
-        stack = start_stack(Path(data_dir), tiny_model_dir(), WEB_PROCESSES=str(processes))
+        stack = start_stack(Path(data_dir), tiny_model_dir(), WEB_PROCESSES=str(processes),
+                            BROADCAST_LAYER=layer)
         ids_file, stop_file = Path(data_dir) / "ids", Path(data_dir) / "stop"
         publisher = subprocess.Popen(
             [sys.executable, "manage.py", "shell", "-v", "0", "-c", PUBLISHER.format(
@@ -170,6 +173,7 @@ def measure(args, processes: int) -> dict:
     events = len({(job_id, seq) for job_id, arrivals in watched for seq, _ in arrivals})
     return {
         "figure": "ws_fanout", "jobs": args.jobs, "viewers": args.viewers, "web_processes": processes,
+        "broadcast_layer": layer,
         "events_per_s": round(events / args.seconds, 1), "deliveries_per_s": round(len(latencies) / args.seconds, 1),
         "p50_ms": round(percentile(latencies, 50), 1), "p95_ms": round(percentile(latencies, 95), 1),
         "max_ms": round(latencies[-1], 1), "viewers_with_a_gap": missed,
@@ -184,13 +188,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="events per job per second")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--web-processes", default="1", help="comma-separated counts, each measured in turn")
+    parser.add_argument("--layers", default="pubsub", help="comma-separated BROADCAST_LAYER values, each in turn")
     args = parser.parse_args()
     counts = [int(count) for count in args.web_processes.split(",")]
     # a socket is a file: this process holds one per viewer, the web server (which inherits the limit) one more
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * args.viewers + 1024)), hard))
     for processes in counts:
-        print(json.dumps(measure(args, processes)), flush=True)
+        for layer in args.layers.split(","):
+            print(json.dumps(measure(args, processes, layer)), flush=True)
     return 0
 
 

@@ -225,22 +225,34 @@ SECRETS_KEY = env_str("SECRETS_KEY")
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r} must start with redis://, rediss:// or unix://")
+# The channel layer that broadcasts to sockets (job events, access changes), apart from "default", which
+# carries point-to-point streams (a playground worker's tokens to the request waiting for them).
+BROADCAST_CHANNEL_LAYER = "broadcast"
+# How the broadcast layer reaches viewers: "pubsub" (Redis pub/sub: one message per event and web process,
+# handed to that process's viewers in memory) or "queued" (channels_redis' RedisChannelLayer: a copy queued in
+# Redis per viewer, each popped by its process; bench/ws_fanout.py --layers pubsub,queued compares them).
+# Pub/sub drops what nobody listens to, which costs nothing here: the database holds every event and a
+# socket that sees a gap in the seqs reads it from there.
+BROADCAST_LAYER = env_str("BROADCAST_LAYER", "pubsub")
+if BROADCAST_LAYER not in ("pubsub", "queued"):
+    raise ImproperlyConfigured(f"BROADCAST_LAYER={BROADCAST_LAYER!r} must be pubsub or queued")
 if REDIS_URL:
     # socket_timeout: redis-py's default (5 s) makes an idle channel layer
     # fail and close WebSockets with 1011 (see FIELD-NOTES).
+    # socket_connect_timeout: a worker whose Redis is down loses only the
+    # live push (2 s at most), never the training.
+    REDIS_HOSTS = [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2}]
+    # capacity: a stream whose reader stopped pushes back on its sender rather than filling Redis
+    QUEUED_LAYER = {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                    "CONFIG": {"hosts": REDIS_HOSTS, "capacity": 1000}}
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # socket_connect_timeout: a worker whose Redis is down loses
-                # only the live push (2 s at most), never the training.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2}],
-                "capacity": 1000,
-            },
-        }
+        "default": QUEUED_LAYER,
+        BROADCAST_CHANNEL_LAYER: QUEUED_LAYER if BROADCAST_LAYER == "queued" else {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": REDIS_HOSTS}},
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {alias: {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+                      for alias in ("default", BROADCAST_CHANNEL_LAYER)}
 
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_TASK_ACKS_LATE = True

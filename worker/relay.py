@@ -1,11 +1,8 @@
 """Sending a reply's text pieces to a channel (the /v1/ view's, or the
 playground WebSocket's) while the model writes it.
 
-Why not ``async_to_sync(layer.send)`` per piece: in a thread without an
-event loop each call starts a thread and an event loop, and channels-redis
-opens a Redis connection for each new loop; per token, that work competed
-with the generation for the worker's cores (the GIL included). Here one
-event loop per process, in its own thread, keeps one connection, and
+The sends run on the process's send loop (``studio.channel_sends``: one
+event loop and Redis connection per process, not one per message), and
 pieces written while a message is on its way, or within FLUSH_INTERVAL_S
 of it, go together in the next message: a fast model is not held back by
 one Redis message per token (four Redis commands in channels-redis, four
@@ -17,54 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Callable
 
 from channels.layers import get_channel_layer
-from redis.exceptions import ConnectionError as RedisConnectionError
+
+from studio import channel_sends
+from studio.channel_sends import SEND_LOOP, SEND_TIMEOUT_S
 
 log = logging.getLogger(__name__)
-SEND_TIMEOUT_S = 60  # a send that takes longer means Redis is gone: the task fails rather than hangs
 # At most one message per this many seconds after the first (25 a second): a fast model's tokens go a few
 # to a message instead of one Redis message, relay and client event each, and text shown 40 ms late reads
 # as smoothly as text shown per token.
 FLUSH_INTERVAL_S = 0.04
 
 
-class _SendLoop:
-    """The process's event loop for channel sends, started on first use
-    (and again in a forked child, which does not inherit the thread)."""
-
-    def __init__(self):
-        self.lock, self.loop, self.pid = threading.Lock(), None, None
-
-    def get(self) -> asyncio.AbstractEventLoop:
-        with self.lock:
-            if self.loop is None or self.pid != os.getpid():
-                self.loop, self.pid = asyncio.new_event_loop(), os.getpid()
-                threading.Thread(target=self.loop.run_forever, name="channel-sends", daemon=True).start()
-            return self.loop
-
-
-SEND_LOOP = _SendLoop()
-
-
-async def _send(layer, channel: str, message: dict) -> None:
-    """``layer.send``, once more after a lost connection: the send loop lives as long as the worker, so after
-    Redis restarted its pooled connection is closed, and the first command on it fails while the next opens a
-    new one (a connection refused on the retry, Redis still down, is raised)."""
-    try:
-        await layer.send(channel, message)
-    except (RedisConnectionError, ConnectionError) as exc:
-        log.warning("a channel send lost its Redis connection (%s); sending again on a new one", exc)
-        await layer.send(channel, message)
-
-
 def send_now(channel: str, message: dict, *, layer=None) -> None:
     """One message, from a thread without an event loop, on the process's send loop."""
-    layer = layer or get_channel_layer()
-    asyncio.run_coroutine_threadsafe(_send(layer, channel, message), SEND_LOOP.get()).result(SEND_TIMEOUT_S)
+    channel_sends.send_now(channel, message, layer=layer or get_channel_layer())
 
 
 class PieceRelay:
@@ -115,7 +82,7 @@ class PieceRelay:
                         return
                     text, self.pending = "".join(self.pending), []
                 started = loop.time()
-                await _send(self.layer, self.channel, self.message(text))
+                await channel_sends.send_retrying(self.layer.send, self.channel, self.message(text))
                 self.messages += 1
                 wait = FLUSH_INTERVAL_S - (loop.time() - started)
                 if wait > 0 and not self.ending.is_set():

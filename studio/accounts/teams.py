@@ -10,8 +10,8 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
@@ -23,6 +23,7 @@ from studio.accounts.models import ApiToken, Invitation, Membership, Team, Verif
 from studio.accounts.policy import Action, allows, invitation_is_for
 from studio.accounts.selectors import user_with_verified_email, verified_email_of
 from studio.audit.services import audit_record
+from studio.channel_sends import group_send_now
 from studio.notifications.services import notification_create, send_link_by_email
 
 INVITE_TAG = "inv_"
@@ -212,10 +213,10 @@ def member_set_role(*, user, team: Team, member_id: int, role: str, request=None
 
 def _close_sockets(user_id: int) -> None:
     """Tell the user's open sockets to check their access again (they close where it is gone)."""
-    layer = get_channel_layer()
+    layer = get_channel_layer(settings.BROADCAST_CHANNEL_LAYER)
     if layer is not None:
-        transaction.on_commit(lambda: async_to_sync(layer.group_send)(user_group_name(user_id),
-                                                                      {"type": "access.changed"}))
+        transaction.on_commit(lambda: group_send_now(user_group_name(user_id), {"type": "access.changed"},
+                                                     layer=layer))
 
 
 def member_remove(*, user, team: Team, member_id: int, request=None) -> None:

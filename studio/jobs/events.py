@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
+from studio.channel_sends import group_send_now
 from studio.jobs.models import Job, JobEvent
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ def job_group_name(job_id: int) -> str:
 
 def _publish(job_id: int, message: dict) -> None:
     try:
-        async_to_sync(get_channel_layer().group_send)(job_group_name(job_id), {"type": "job.event", **message})
+        group_send_now(job_group_name(job_id), {"type": "job.event", **message},
+                       layer=get_channel_layer(settings.BROADCAST_CHANNEL_LAYER))
     except Exception as exc:  # a live push is best effort; the event is stored
         log.warning("could not push event %s of job %s live: %s", message["seq"], job_id, exc)
 

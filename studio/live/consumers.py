@@ -25,6 +25,8 @@ CLOSE_NOT_FOUND = 4404
 
 
 class JobEventsConsumer(AsyncJsonWebsocketConsumer):
+    channel_layer_alias = settings.BROADCAST_CHANNEL_LAYER  # one message per event and web process (settings)
+
     async def connect(self):
         user = self.scope.get("user")
         self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])

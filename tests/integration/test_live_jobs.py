@@ -189,6 +189,12 @@ def test_training_goes_on_through_a_redis_restart(stack, admin, dataset_id):
     # The live stream works again, with every event.
     streamed = read_events_after_redis_restart(url, cookie)
     assert [e["seq"] for e in streamed] == [e["seq"] for e in state["events"]]
+    # And live pushes reach a socket again (the web process's subscription and the worker's sends came back):
+    # without them a socket opened on a running job would wait for its next event until the timeout.
+    next_id = stack.start_job(admin, dataset_id, max_steps=20)
+    live = asyncio.run(read_events(stack.ws_url(next_id), cookie, timeout=60))
+    assert [e["data"]["step"] for e in live if e["kind"] == "metrics"] == list(range(1, 21))
+    assert live[-1]["data"]["status"] == "succeeded"
 
 
 def read_events_after_redis_restart(url, cookie):
