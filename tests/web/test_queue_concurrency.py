@@ -87,7 +87,7 @@ def test_thirty_jobs_four_workers_each_claimed_and_ended_once(transactional_db, 
              user_create(username="cat", password="pw-cat-123", team=rivals, role=Membership.Role.ADMIN)]
     admins = {team.pk: users[0], rivals.pk: users[2]}
     jobs = [job_create(kind="slow", team=Membership.objects.get(user=user).team, owner=user, pool=POOL,
-                       config={"steps": STEPS, "pause_s": 0.05}, name=f"{user.username}-{n}")
+                       config={"steps": STEPS, "pause_s": 0.15}, name=f"{user.username}-{n}")
             for n in range(JOBS_PER_USER) for user in users]
 
     go = tmp_path / "go"
