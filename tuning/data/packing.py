@@ -114,6 +114,23 @@ def collate_packed(batch: list, *, max_length: int, pad_token_id: int, context_t
     return out
 
 
+# How far two layouts of the same tokens may differ, as a share of the logits' scale, when the run computes in
+# bf16 (autocast, or weights stored in it): bf16 keeps about 3 significant digits, so packed and alone differ
+# by about 1e-3 from the order of the sums alone (measured on the tests' tiny llama), where rows that see each
+# other differ by about the scale itself.
+LOW_PRECISION_SHARE = 2e-2
+
+
+def layout_tolerance(model, device: str, fp32_share: float) -> float:
+    """The share of the logits' scale two layouts of the same tokens may differ by: ``fp32_share``, or
+    ``LOW_PRECISION_SHARE`` where the forward runs in bf16 or fp16."""
+    import torch
+
+    low = torch.is_autocast_enabled(device) or any(parameter.dtype in (torch.bfloat16, torch.float16)
+                                                   for parameter in model.parameters())
+    return LOW_PRECISION_SHARE if low else fp32_share
+
+
 def packing_works(model, device: str) -> bool:
     """Whether ``model`` keeps packed examples apart: the logits of a short
     sequence must be the same alone and packed after another one."""
@@ -134,4 +151,4 @@ def packing_works(model, device: str) -> bool:
     finally:
         model.train(was_training)
     scale = max(float(alone.abs().max()), 1.0)
-    return torch.allclose(packed[:, 4:], alone, rtol=0, atol=1e-3 * scale)
+    return torch.allclose(packed[:, 4:], alone, rtol=0, atol=layout_tolerance(model, device, 1e-3) * scale)
