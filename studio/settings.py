@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from studio.env import env_bool, env_group_teams, env_int, env_list, env_str
 from studio.log_filters import IMPORT_NOISE
@@ -242,9 +243,13 @@ if REDIS_URL:
     # socket_connect_timeout: a worker whose Redis is down loses only the
     # live push (2 s at most), never the training.
     REDIS_HOSTS = [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2}]
-    # capacity: a stream whose reader stopped pushes back on its sender rather than filling Redis
+    # capacity: a stream whose reader stopped pushes back on its sender rather than filling Redis.
+    # retry_on_error: a command on a pooled connection that Redis closed (it restarted) goes once more on a new
+    # connection; without it the first socket of a web process to read from the layer after a restart failed.
+    # (The broadcast layer's pub/sub connection reconnects by itself.)
     QUEUED_LAYER = {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                    "CONFIG": {"hosts": REDIS_HOSTS, "capacity": 1000}}
+                    "CONFIG": {"hosts": [{**REDIS_HOSTS[0], "retry_on_error": [RedisConnectionError]}],
+                               "capacity": 1000}}
     CHANNEL_LAYERS = {
         "default": QUEUED_LAYER,
         BROADCAST_CHANNEL_LAYER: QUEUED_LAYER if BROADCAST_LAYER == "queued" else {

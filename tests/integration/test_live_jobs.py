@@ -9,6 +9,8 @@ import zipfile
 import pytest
 import websockets
 
+from tests.integration.test_openai_serving import _client
+
 pytestmark = pytest.mark.integration
 
 PAIRS = "".join(json.dumps({"instruction": f"Say {word}.", "output": f"{word.capitalize()}!"}) + "\n"
@@ -176,6 +178,9 @@ def test_training_goes_on_through_a_redis_restart(stack, admin, dataset_id):
     job_id = stack.start_job(admin, dataset_id, max_steps=40)
     url, cookie = stack.ws_url(job_id), stack.cookie_header(admin)
     asyncio.run(read_events(url, cookie, until_finished=False, stop_after=10))
+    client, model = _client(stack, "admin"), f"base-{stack.tiny_model_id}"
+    # a /v1/ completion: its reply comes back to the web process over a pooled Redis connection, kept for later
+    assert client.completions.create(model=model, prompt="Hi", max_tokens=2, temperature=0).choices[0].text
     port = stack.redis_port
     redis_proc = stack.procs[0]
     redis_proc.terminate()
@@ -189,6 +194,8 @@ def test_training_goes_on_through_a_redis_restart(stack, admin, dataset_id):
     # The live stream works again, with every event.
     streamed = read_events_after_redis_restart(url, cookie)
     assert [e["seq"] for e in streamed] == [e["seq"] for e in state["events"]]
+    # The first /v1/ request after the restart works (the pooled connection Redis closed is replaced, not used).
+    assert client.completions.create(model=model, prompt="Hi", max_tokens=2, temperature=0).choices[0].text
     # And live pushes reach a socket again (the web process's subscription and the worker's sends came back):
     # without them a socket opened on a running job would wait for its next event until the timeout.
     next_id = stack.start_job(admin, dataset_id, max_steps=20)
