@@ -241,7 +241,7 @@ if REDIS_URL:
     # socket_timeout: redis-py's default (5 s) makes an idle channel layer
     # fail and close WebSockets with 1011 (see FIELD-NOTES).
     # socket_connect_timeout: a worker whose Redis is down loses only the
-    # live push (2 s at most), never the training.
+    # live push (2 s at most a try; the send loop tries twice), never the training.
     REDIS_HOSTS = [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2}]
     # capacity: a stream whose reader stopped pushes back on its sender rather than filling Redis.
     # retry_on_error: a command on a pooled connection that Redis closed (it restarted) goes once more on a new
