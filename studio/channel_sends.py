@@ -7,21 +7,19 @@ opens a Redis connection for each new loop (and closes it with the loop).
 A worker records an event per training step and a reply's tokens as they
 come; that work competed with the training or the generation for the
 worker's cores. Here one event loop per process, in its own thread, keeps
-one connection per layer.
+one connection per layer (a connection Redis closed is replaced on the
+next command: ``retry_on_error`` in settings.REDIS_HOSTS).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 60  # a send that takes longer means Redis is gone: the caller fails rather than hangs
 
 
@@ -43,21 +41,9 @@ class _SendLoop:
 SEND_LOOP = _SendLoop()
 
 
-async def send_retrying(send, name: str, message: dict) -> None:
-    """``send(name, message)`` (a layer's ``send`` or ``group_send``), once more after a lost connection: the send
-    loop lives as long as the process, so after Redis restarted its pooled connection is closed, and the first
-    command on it fails while the next opens a new one (a connection refused on the retry, Redis still down, is
-    raised)."""
-    try:
-        await send(name, message)
-    except (RedisConnectionError, ConnectionError) as exc:
-        log.warning("a channel send lost its Redis connection (%s); sending again on a new one", exc)
-        await send(name, message)
-
-
 def send_now(channel: str, message: dict, *, layer) -> None:
     """One message to ``channel``, from a thread without an event loop, on the process's send loop."""
-    asyncio.run_coroutine_threadsafe(send_retrying(layer.send, channel, message),
+    asyncio.run_coroutine_threadsafe(layer.send(channel, message),
                                      SEND_LOOP.get()).result(SEND_TIMEOUT_S)
 
 
@@ -68,5 +54,5 @@ def group_send_now(group: str, message: dict, *, layer) -> None:
         # async_to_sync finds from a thread that loop started
         async_to_sync(layer.group_send)(group, message)
         return
-    asyncio.run_coroutine_threadsafe(send_retrying(layer.group_send, group, message),
+    asyncio.run_coroutine_threadsafe(layer.group_send(group, message),
                                      SEND_LOOP.get()).result(SEND_TIMEOUT_S)

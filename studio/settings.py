@@ -241,15 +241,15 @@ if REDIS_URL:
     # socket_timeout: redis-py's default (5 s) makes an idle channel layer
     # fail and close WebSockets with 1011 (see FIELD-NOTES).
     # socket_connect_timeout: a worker whose Redis is down loses only the
-    # live push (2 s at most a try; the send loop tries twice), never the training.
-    REDIS_HOSTS = [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2}]
-    # capacity: a stream whose reader stopped pushes back on its sender rather than filling Redis.
+    # live push (2 s at most a try), never the training.
     # retry_on_error: a command on a pooled connection that Redis closed (it restarted) goes once more on a new
-    # connection; without it the first socket of a web process to read from the layer after a restart failed.
-    # (The broadcast layer's pub/sub connection reconnects by itself.)
+    # connection (redis-py's own retry), for every long-lived connection: a web process's first socket or /v1/
+    # reply after a restart, a worker's send loop, a pub/sub subscription.
+    REDIS_HOSTS = [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2,
+                    "retry_on_error": [RedisConnectionError]}]
+    # capacity: a stream whose reader stopped pushes back on its sender rather than filling Redis
     QUEUED_LAYER = {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                    "CONFIG": {"hosts": [{**REDIS_HOSTS[0], "retry_on_error": [RedisConnectionError]}],
-                               "capacity": 1000}}
+                    "CONFIG": {"hosts": REDIS_HOSTS, "capacity": 1000}}
     CHANNEL_LAYERS = {
         "default": QUEUED_LAYER,
         BROADCAST_CHANNEL_LAYER: QUEUED_LAYER if BROADCAST_LAYER == "queued" else {

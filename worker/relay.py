@@ -19,19 +19,13 @@ from collections.abc import Callable
 
 from channels.layers import get_channel_layer
 
-from studio import channel_sends
-from studio.channel_sends import SEND_LOOP, SEND_TIMEOUT_S
+from studio.channel_sends import SEND_LOOP, SEND_TIMEOUT_S, send_now
 
 log = logging.getLogger(__name__)
 # At most one message per this many seconds after the first (25 a second): a fast model's tokens go a few
 # to a message instead of one Redis message, relay and client event each, and text shown 40 ms late reads
 # as smoothly as text shown per token.
 FLUSH_INTERVAL_S = 0.04
-
-
-def send_now(channel: str, message: dict, *, layer=None) -> None:
-    """One message, from a thread without an event loop, on the process's send loop."""
-    channel_sends.send_now(channel, message, layer=layer or get_channel_layer())
 
 
 class PieceRelay:
@@ -82,7 +76,7 @@ class PieceRelay:
                         return
                     text, self.pending = "".join(self.pending), []
                 started = loop.time()
-                await channel_sends.send_retrying(self.layer.send, self.channel, self.message(text))
+                await self.layer.send(self.channel, self.message(text))
                 self.messages += 1
                 wait = FLUSH_INTERVAL_S - (loop.time() - started)
                 if wait > 0 and not self.ending.is_set():
