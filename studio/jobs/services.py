@@ -233,7 +233,7 @@ def _recover(job: Job, *, lost: str) -> bool:
     else:  # dataset work, merges, exports: their results are written only at the end
         where, fields, redo_from = "starting again", {}, 0
     taken = _take_back(job, Job.Status.QUEUED, f"{lost}; {where} on the next free worker", redo_from=redo_from,
-                       **fields)
+                       checkpoint=checkpoint, **fields)
     if taken:
         transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
     return taken
@@ -251,7 +251,7 @@ def job_requeue_preempted(*, job_id: int) -> bool:
     step = checkpoint_step(checkpoint) if checkpoint else 0
     where = f"resumes from {checkpoint.name}" if checkpoint else "starts again"
     taken = _take_back(job, Job.Status.QUEUED, f"Preempted at step {step}; {where} when a worker is free",
-                       redo_from=step + 1 if checkpoint else 0,
+                       redo_from=step + 1 if checkpoint else 0, checkpoint=checkpoint,
                        config={**job.config, "resume_from": str(checkpoint) if checkpoint else ""})
     if taken:
         transaction.on_commit(lambda: job_enqueue(job_id=job.pk, pool=job.device_pool))
@@ -268,30 +268,38 @@ def job_redo_steps_after(*, job_id: int, step: int) -> None:
     """A run restarted within its claim (a process of a multi-device job died and torchrun restarted the
     group from the checkpoint of ``step``) records the later steps again: what the lost attempt recorded
     for them, and any result, is superseded, as after a lost worker."""
-    _supersede_redone(Job(pk=job_id), step + 1)
+    checkpoint = latest(job_output_dir(job_id) / "checkpoints") if step else None
+    _supersede_redone(Job(pk=job_id), step + 1, checkpoint=checkpoint)
 
 
-def _supersede_redone(job: Job, from_step: int) -> None:
+def _supersede_redone(job: Job, from_step: int, *, checkpoint: Path | None = None) -> None:
     """Mark as superseded what the next attempt records again: the step events from ``from_step`` on (all of
     them for work that starts again) and the results of the lost attempt. Readers then show each step and
-    each result once, the newer."""
+    each result once, the newer. The ``checkpoint`` it resumes from is listed among the job's checkpoints
+    even when the run was lost between writing it and reporting it (a peer rank killed at the barrier after
+    the save)."""
     JobEvent.objects.filter(job_id=job.pk).filter(
         Q(kind__in=STEP_EVENT_KINDS, data__step__gte=from_step) | Q(kind__in=RESULT_EVENT_KINDS)
     ).update(superseded=True)
+    if checkpoint is not None:
+        step = checkpoint_step(checkpoint)
+        if not JobEvent.objects.filter(job_id=job.pk, kind="checkpoint", data__step=step, superseded=False).exists():
+            job_event_record(job_id=job.pk, kind="checkpoint", data={"step": step, "path": str(checkpoint)})
 
 
-def _take_back(job: Job, status: str, message: str, *, redo_from: int | None = None, **fields) -> bool:
+def _take_back(job: Job, status: str, message: str, *, redo_from: int | None = None,
+               checkpoint: Path | None = None, **fields) -> bool:
     """Move a lost job to ``status`` unless another worker got there first
     (its status or heartbeat changed since we read it). With ``redo_from``
     (the first step the next attempt runs) what that attempt records again
     is superseded in the same transaction, before any worker can pick the
-    job up and record it."""
+    job up and record it; the ``checkpoint`` it resumes from is listed."""
     with transaction.atomic():
         if not Job.objects.filter(pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at).update(
                 status=status, **fields):
             return False
         if redo_from is not None:
-            _supersede_redone(job, redo_from)
+            _supersede_redone(job, redo_from, checkpoint=checkpoint)
         data = {"status": status, "message": message}
         if "failure_kind" in fields:
             data["failure_kind"] = fields["failure_kind"]

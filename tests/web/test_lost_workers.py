@@ -25,7 +25,7 @@ from studio.jobs.state import job_create
 from studio.workers.models import WorkerNode
 from studio.workers.services import worker_register
 from tuning.checkpoints import latest, rotate
-from tuning.events import ArtifactEvent, EvalEvent
+from tuning.events import ArtifactEvent, CheckpointEvent, EvalEvent
 from worker.dataset_runs import run_operation
 from worker.gang_runs import head_launch
 from worker.runner import run_job, take_back_from_dead_namesake
@@ -80,6 +80,29 @@ def test_a_checkpoint_half_written_when_the_worker_died_is_passed_over(member, t
     assert job.status == "queued" and job.config["resume_from"] == str(root / "step-0000004")
     rotate(root, keep=2)  # after the resumed run's next save: the dead attempt's partial goes
     assert sorted(p.name for p in root.iterdir()) == ["step-0000004"]
+
+
+def test_a_checkpoint_written_but_not_reported_when_the_run_was_lost_is_listed_once(member, team, settings):
+    """A peer rank killed at the barrier after rank 0's save stops the group before rank 0 reports the
+    checkpoint: the job resumes from it, and it is listed among the checkpoints (once, before the requeue)."""
+    job = job_create(kind="train", team=team, owner=member, config={"max_steps": 12})
+    root = job_output_dir(job.pk) / "checkpoints"
+    for name in ("step-0000004", "step-0000005"):
+        (root / name).mkdir(parents=True)
+        (root / name / "trainer_state.json").write_text("{}")
+    claimed = claimed_then_lost(job, settings)
+    JobSink(claimed).emit(CheckpointEvent(step=4, path=str(root / "step-0000004")))  # step 5's never came
+
+    assert jobs_recover_lost() == [job.pk]
+    assert [c["step"] for c in shown(job, "checkpoint")] == [4, 5]
+    requeued = job.events.get(kind="status", data__status="queued", seq__gt=job.events.get(
+        kind="checkpoint", data__step=5).seq)
+    assert "resuming from step-0000005" in requeued.data["message"]
+
+    # Lost again before its next save: step 5 is listed already, not twice.
+    claimed = claimed_then_lost(job, settings)
+    assert jobs_recover_lost() == [job.pk]
+    assert [c["step"] for c in shown(job, "checkpoint")] == [4, 5]
 
 
 def test_an_output_recorded_just_before_the_worker_died_is_kept_once(maker_kind, member, team, settings):
