@@ -463,7 +463,8 @@ def summarise(name: str, runs: dict[str, list[dict]], stats: dict, shape: dict, 
         ratios = [s / r for s, r in zip(speed[arm], speed["ref"])]  # within a round: same machine load
         ref_loss = statistics.mean(tail_loss(r["losses"]) for r in runs["ref"])
         arm_loss = statistics.mean(tail_loss(r["losses"]) for r in runs[arm])
-        emit({"figure": "real_tokens_per_s", "dataset": name, "arm": arm, "ref": round(statistics.mean(speed["ref"]), 1),
+        emit({"figure": "real_tokens_per_s", "dataset": name, "arm": arm,
+              "ref": round(statistics.mean(speed["ref"]), 1),
               arm: round(statistics.mean(speed[arm]), 1), "ratio": round(statistics.median(ratios), 3),
               "round_ratios": [round(x, 3) for x in ratios]}, lines)
         emit({"figure": "peak_gpu_mib" if DEVICE == "cuda" else "peak_rss_mib", "dataset": name, "arm": arm,
@@ -506,12 +507,13 @@ def markdown(lines: list[dict], info: dict, args) -> str:
             out.append(f"| {r['dataset']} | {r['figure']} (studio before the lever) | {r['ref']} | {r['before']} | | "
                        f"{r.get('ratio', '')} | |")
         elif r["figure"] in ("real_tokens_per_s", "peak_rss_mib", "peak_gpu_mib", "final_loss"):
-            note = {"final_loss": "similar" if r.get("similar") else "NOT similar: speed does not count"}.get(r["figure"], "")
+            note = {"final_loss": "similar" if r.get("similar") else "NOT similar: speed does not count"}.get(
+                r["figure"], "")
             out.append(f"| {r['dataset']} | {r['figure']} | {r['ref']} | {r.get('studio', '')} | {r.get('padded', '')} "
                        f"| {r.get('ratio', '')} | {note} |")
         elif r["figure"] == "packed_vs_padded":
-            out.append(f"| {r['dataset']} | packed vs padded tokens/s | | {r['studio']} | {r['padded']} | {r['ratio']} | "
-                       f"rounds {r['round_ratios']} |")
+            out.append(f"| {r['dataset']} | packed vs padded tokens/s | | {r['studio']} | {r['padded']} "
+                       f"| {r['ratio']} | rounds {r['round_ratios']} |")
         elif r["figure"] == "studio_vs_before":
             out.append(f"| {r['dataset']} | studio vs studio before the lever tokens/s | | {r['studio']} | "
                        f"{r['before']} (before) | {r['ratio']} | rounds {r['round_ratios']} |")
@@ -528,8 +530,8 @@ def markdown(lines: list[dict], info: dict, args) -> str:
         elif r["figure"] == "peak_matmul_gflops":
             out.append(f"| | peak {r['dtype']} matmul GFLOP/s | | {r['best']} | | | each measurement {r['all']} |")
         elif r["figure"] == "mfu":
-            out.append(f"| {r['dataset']} | MFU | {r.get('ref', '')} | {r.get('studio', '')} | {r.get('padded', '')} | | "
-                       f"{r['flops_per_token'] / 1e6:.0f} MFLOP/token, peak {r['peak_gflops']} GFLOP/s |")
+            out.append(f"| {r['dataset']} | MFU | {r.get('ref', '')} | {r.get('studio', '')} | {r.get('padded', '')} "
+                       f"| | {r['flops_per_token'] / 1e6:.0f} MFLOP/token, peak {r['peak_gflops']} GFLOP/s |")
     return "\n".join(out + ["", LEVERS if METHOD == "lora" else ""]) + "\n"
 
 

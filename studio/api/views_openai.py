@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 
@@ -21,6 +22,8 @@ from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
 
 from studio.api.auth import request_caller
 from studio.api.errors import ApiError
@@ -30,6 +33,17 @@ from studio.api.serving import SERVE_TASK, OpenAIError, ServedModel, completion_
 # a model to load, or behind another chat on the one playground worker.
 REPLY_WAIT_S = 300
 QUEUED_EXPIRY_S = 120  # a request still queued after this has lost its asker (as the playground's)
+# Redis down: queueing the request (Celery's broker) or waiting for the worker's pieces (the channel layer).
+UNREACHABLE = (BrokerError, RedisError)
+log = logging.getLogger(__name__)
+
+
+def _unreachable(exc: Exception) -> OpenAIError:
+    """A 503 a client may retry (OpenAI's clients do, by themselves), rather than a bare 500."""
+    log.warning("/v1/: Redis is not reachable (%s: %s)", type(exc).__name__, exc)
+    return OpenAIError(503, "The studio cannot reach Redis, which carries requests to the playground worker and "
+                            "its replies back; try again in a moment. If this lasts, an admin can check that Redis "
+                            "runs (REDIS_URL).")
 
 
 def openai_view(*methods: str):
@@ -50,6 +64,8 @@ def openai_view(*methods: str):
                 return exc.response()
             except RequestDataTooBig:
                 return OpenAIError(413, "The request body is too large").response()
+            except UNREACHABLE as exc:
+                return _unreachable(exc).response()
 
         wrapper.api_methods = methods
         return wrapper
@@ -88,7 +104,8 @@ def _body(request) -> dict:
 
 
 async def _replies(channel: str):
-    """The worker's messages on ``channel``, up to its done or error message."""
+    """The worker's messages on ``channel``, up to its done or error message (read after the view returned
+    when streaming: its errors are OpenAIErrors, which the stream sends as an event)."""
     layer = get_channel_layer()
     while True:
         try:
@@ -96,6 +113,8 @@ async def _replies(channel: str):
         except TimeoutError:
             raise OpenAIError(504, f"The playground worker did not answer within {REPLY_WAIT_S} s; check that it "
                                    f"runs (the workers page lists it)") from None
+        except UNREACHABLE as exc:
+            raise _unreachable(exc) from None
         yield message
         if message["type"] != "serving.piece":
             return

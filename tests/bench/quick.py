@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent.parent
 GROUPS = {
     "training": ("train_speed", "train_speed_full", "preference_speed", "dataset_analysis", "hub_download",
                  "merge_parity", "merge_scale"),
-    "pages": ("queue_page", "queue_page_postgres", "new_job_page", "models_page", "claim_throughput", "queue_simulation"),
+    "pages": ("queue_page", "queue_page_postgres", "new_job_page", "models_page", "claim_throughput",
+              "queue_simulation"),
     "stack": ("openai_serving", "studio_overhead", "ws_latency", "ws_fanout", "upload_memory"),
 }
 TIMEOUT_S = 600

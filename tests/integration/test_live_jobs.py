@@ -6,6 +6,7 @@ import time
 import json
 import zipfile
 
+import openai
 import pytest
 import websockets
 
@@ -185,6 +186,10 @@ def test_training_goes_on_through_a_redis_restart(stack, admin, dataset_id):
     redis_proc = stack.procs[0]
     redis_proc.terminate()
     redis_proc.wait()
+    # /v1/ says Redis is down in OpenAI's shape, a 503 the client may retry, not a bare 500
+    with pytest.raises(openai.InternalServerError) as down:
+        client.completions.create(model=model, prompt="Hi", max_tokens=2)
+    assert down.value.status_code == 503 and "cannot reach Redis" in down.value.message, down.value
     time.sleep(3)  # the worker trains on; its events go to the database only
     stack.procs[0], _ = launcher.start_redis(stack.data_dir, port=port)
 

@@ -4,6 +4,8 @@ the worker's side (worker/serving.py) over a real in-memory channel layer.
 The whole path through a running worker, with the official client, is
 tests/integration/test_openai_serving.py."""
 
+import json
+
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -152,3 +154,34 @@ def test_stop_cutter_holds_back_what_may_begin_a_stop_string():
     assert cutter.stopped and cutter.rest() == ""
     open_ended = StopCutter(["###"])
     assert open_ended.feed("one #") == "one" and open_ended.feed("two") == " #t" and open_ended.rest() == "wo"
+
+
+@pytest.fixture
+def redis_down(settings):
+    """The channel layer the replies come back on is a Redis on a loopback port where nothing listens (Redis
+    stopped): a real refused connection."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hosts = [{"address": f"redis://127.0.0.1:{port}", "socket_connect_timeout": 2}]
+    settings.CHANNEL_LAYERS = {**settings.CHANNEL_LAYERS,
+                               "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": hosts}}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_redis_down_is_a_503_in_openais_shape_not_a_500(client, token, tiny_base_model, redis_down, stream):
+    response = chat(client, token, model=f"base-{tiny_base_model.pk}", stream=stream)
+    if stream:  # the stream began before the reply was awaited: the error is its event
+        assert response.status_code == 200
+        async def read():
+            return b"".join([part async for part in response.streaming_content])
+
+        events = async_to_sync(read)().decode().split("\n\n")
+        error = json.loads(events[1].removeprefix("data: "))["error"]
+    else:
+        assert response.status_code == 503
+        error = response.json()["error"]
+    assert error["type"] == "server_error" and "cannot reach Redis" in error["message"], error
