@@ -191,6 +191,20 @@ def merge_scale(method: str) -> Callable[[list[dict]], Figure]:
 
 
 GPU = "not measured here: needs a CUDA GPU (bash bench/gpu_check.sh all OUT)"
+def queue_page_bench(name: str, database: str = "") -> Bench:
+    """bench/queue_page.py's rows, on SQLite (its default) or ``database``."""
+    on, chosen = (f" on {database.title()}", ("--database", database)) if database else ("", ())
+    return Bench(name, "bench/queue_page.py", ("--queued", "10000", "--finished", "10000", "--requests", "20", *chosen),
+                 ("--queued", "200", "--finished", "200", "--requests", "3", *chosen), (
+        Row(f"Queue page{on} (polled table), 10,000 queued jobs", "—", "p95 < 300 ms", "<=", 300,
+            milliseconds("queue_table_p95_ms", figure="queue_page_ms")),
+        Row(f"Queue page{on}, a poll after a claim and a move in every pool", "—", "p95 < 300 ms",
+            "<=", 300, milliseconds("queue_table_changed_p95_ms", figure="queue_page_ms")),
+        Row(f"Job list{on}, 10,000 queued and 10,000 ended jobs", "—", "p95 < 300 ms", "<=", 300,
+            milliseconds("job_list_p95_ms", figure="queue_page_ms")),
+    ))
+
+
 BENCHES: tuple[Bench, ...] = (
     Bench("train_speed", "bench/train_speed.py", ("--steps", "10", "--rounds", "3", "--datasets", "sample,mixed"),
           ("--model", "tiny", "--steps", "2", "--rounds", "1", "--batch-size", "2", "--max-length", "128",
@@ -271,26 +285,9 @@ BENCHES: tuple[Bench, ...] = (
         Row("Live events, 50 jobs to 1,000 viewers, two web processes", "—", "p95 ≤ 100 ms", "<=", 100,
             milliseconds("p95_ms", figure="ws_fanout", web_processes=2)),
     )),
-    Bench("queue_page", "bench/queue_page.py", ("--queued", "10000", "--finished", "10000", "--requests", "20"),
-          ("--queued", "200", "--finished", "200", "--requests", "3"), (
-        Row("Queue page (polled table), 10,000 queued jobs", "—", "p95 < 300 ms", "<=", 300,
-            milliseconds("queue_table_p95_ms", figure="queue_page_ms")),
-        Row("Queue page, a poll after a claim and a move in every pool", "—", "p95 < 300 ms",
-            "<=", 300, milliseconds("queue_table_changed_p95_ms", figure="queue_page_ms")),
-        Row("Job list, 10,000 queued and 10,000 ended jobs", "—", "p95 < 300 ms", "<=", 300,
-            milliseconds("job_list_p95_ms", figure="queue_page_ms")),
-    )),
+    queue_page_bench("queue_page"),
     # A team's deployment runs on Postgres, where a changed poll's queries cost more than on SQLite's file.
-    Bench("queue_page_postgres", "bench/queue_page.py",
-          ("--queued", "10000", "--finished", "10000", "--requests", "20", "--database", "postgres"),
-          ("--queued", "200", "--finished", "200", "--requests", "3", "--database", "postgres"), (
-        Row("Queue page on Postgres (polled table), 10,000 queued jobs", "—", "p95 < 300 ms", "<=", 300,
-            milliseconds("queue_table_p95_ms", figure="queue_page_ms")),
-        Row("Queue page on Postgres, a poll after a claim and a move in every pool", "—", "p95 < 300 ms",
-            "<=", 300, milliseconds("queue_table_changed_p95_ms", figure="queue_page_ms")),
-        Row("Job list on Postgres, 10,000 queued and 10,000 ended jobs", "—", "p95 < 300 ms", "<=", 300,
-            milliseconds("job_list_p95_ms", figure="queue_page_ms")),
-    )),
+    queue_page_bench("queue_page_postgres", "postgres"),
     Bench("new_job_page", "bench/new_job_page.py", ("--requests", "10"),
           ("--datasets", "4", "--listed-rows", "100", "--requests", "2"), (
         Row("New-job page, 80 dataset versions", "—", "median < 300 ms", "<=", 300,
