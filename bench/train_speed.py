@@ -24,8 +24,7 @@ them alike:
   (dynamic padding to the longest row of each batch): the way most users
   fine-tune. With ``--method full`` the same Trainer without peft, every
   weight trained (its default AdamW).
-- studio: ``python -m tuning train CONFIG.yaml`` with its defaults (packing on: rows packed, or on a CPU
-  padded where they are of nearly one length, as the studio chooses);
+- studio: ``python -m tuning train CONFIG.yaml`` with its defaults (packing on);
   ``--method full``: the studio's ``full`` method.
 - padded: the same with ``packing: false`` (issue 4's packed-vs-padded figure).
 - grouped: padded, with ``group_by_length: true`` (the lever for runs that cannot pack).

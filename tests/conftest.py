@@ -150,18 +150,6 @@ def memorisable_jsonl(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def mixed_lengths_jsonl(tmp_path) -> Path:
-    """Pairs of very different lengths (a sixth to a third of a padded batch of 2-4 is padding): a CPU run packs them,
-    where it pads rows of nearly one length such as ``memorisable_jsonl``'s (tuning/train_model.py)."""
-    words = "the sky is blue and the grass is green in spring".split()
-    rows = [{"instruction": f"Say {n * 12} words.", "output": " ".join(words[i % len(words)] for i in range(n * 12))}
-            for n in (1, 2, 4, 8)]
-    path = tmp_path / "mixed.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, tiny_model):
     """A running studio (Redis, uvicorn, Celery worker) shared by the

@@ -212,9 +212,7 @@ class TrainConfig:
                                         "data position); 'latest' picks the newest one in output_dir.")
     packing: bool = setting(True, help="Pack each batch's rows end to end without padding (each row still "
                                        "attends only to itself); faster on data of mixed lengths. Turned off "
-                                       "automatically where the method or model cannot use it, and on a CPU "
-                                       "where the rows are of nearly one length (padded batches are faster "
-                                       "there).")
+                                       "automatically where the method or model cannot use it.")
     group_by_length: bool = setting(False, help="Batch rows of similar length together, so padded batches waste "
                                                 "less; only matters when packing is off or unavailable.")
     cache_dir: str = setting("", help="Directory for cached tokenized datasets (empty: .token-cache beside the "

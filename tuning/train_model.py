@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from tuning.attention import use_segment_attention
 from tuning.config import TrainConfig
-from tuning.data.packing import collate_packed, context_tokens_for, packing_works, padding_share
+from tuning.data.packing import collate_packed, context_tokens_for, packing_works
 from tuning.data.tasks import batches
 from tuning.errors import ConfigError
 from tuning.events import EventSink, LogEvent
@@ -140,7 +140,7 @@ def prepare_model(config: TrainConfig, sink: EventSink, *, method: Method, param
     sink.emit(LogEvent(message=f"{method.label}: {trainable_count:,} trainable of {total_count:,} parameters "
                                f"({100 * trainable_count / total_count:.2f}%), precision {device.precision}"))
     train_collate, packed = _batch_layout(config, sink, method=method, model=model, device=device,
-                                          tokenizer=tokenizer, collate=collate, train_items=train_items)
+                                          tokenizer=tokenizer, collate=collate)
     penalty = partial(method.penalty, model) if method.penalty else None
     if config.task in ("preference", "reward", "grpo"):
         if config.task == "grpo":
@@ -197,14 +197,8 @@ def grpo_objective(config: TrainConfig, sink: EventSink, model, tokenizer, promp
     return GRPOObjective(model, tokenizer, settings, {p.key: p for p in prompts}, rewards, reference=reference)
 
 
-# Below this share of padding a CPU run trains faster on padded batches than on packed ones: packing's
-# per-example attention calls cost about 11% over a padded layout without padding (bench/train_speed.py on
-# the sample data, 5.4% padding: packed 0.95x the padded run's tokens/s; on mixed lengths, 55% padding, 1.75x).
-PADDED_BELOW_PADDING_SHARE = 0.10
-
-
 def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model, device: Device, tokenizer,
-                  collate, train_items: list) -> tuple[Callable, bool]:
+                  collate) -> tuple[Callable, bool]:
     """(the training collate function, whether it packs rows).
 
     Packed batches hold the same rows as padded ones (so steps, resume and
@@ -213,9 +207,7 @@ def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model
     end is always the cheapest layout. On a CPU only: on a GPU its many
     small calls cost more in launches than they save (0.25x the Trainer's
     tokens/s at batch 32 on an H100), and sdpa takes transformers' block
-    mask in one fast kernel. Those per-example calls cost a CPU run about a
-    tenth over padded batches with no padding, so rows of nearly one length
-    (less padding than ``PADDED_BELOW_PADDING_SHARE``) train padded."""
+    mask in one fast kernel."""
     if config.task == "preference":
         return _pair_layout(config, sink, method=method, model=model, device=device, tokenizer=tokenizer,
                             collate=collate)
@@ -226,13 +218,6 @@ def _batch_layout(config: TrainConfig, sink: EventSink, *, method: Method, model
         if why_not:
             sink.emit(LogEvent(message=f"Padded batches instead of packed ones: {why_not}"))
         return collate, False
-    if segmented:
-        share = padding_share(batches(train_items, batch_size=config.batch_size, seed=config.seed, epoch=0,
-                                      group_by_length=config.group_by_length))
-        if share < PADDED_BELOW_PADDING_SHARE:
-            sink.emit(LogEvent(message=f"Padded batches: the rows are of nearly one length ({share:.1%} of a "
-                                       f"padded batch is padding), where packing them costs more on a CPU"))
-            return collate, False
     sink.emit(LogEvent(message="Packing rows end to end without padding (each row attends only to itself"
                                + (", attention computed example by example)" if segmented else ")")))
     return partial(collate_packed, max_length=config.max_length, pad_token_id=tokenizer.pad_token_id,

@@ -103,11 +103,11 @@ FUSED, PACKED = "Loss computed with the output head, a chunk of tokens at a time
     ("llrd", "ddp", {"gradient_checkpointing": True, "packing": False}),
     ("llrd", "fsdp", {"gradient_checkpointing": True}),
 ], ids=["lora-ddp", "llrd-recompute-padded-ddp", "llrd-recompute-fsdp"])
-def test_two_ranks_take_the_steps_of_one_process(method, sharding, settings, tiny_model, mixed_lengths_jsonl, tmp_path):
+def test_two_ranks_take_the_steps_of_one_process(method, sharding, settings, tiny_model, memorisable_jsonl, tmp_path):
     """Each way of holding the model (DDP, FSDP2), with the fused loss (under FSDP2 a forward method of the
     sharded root), packed or padded rows, recomputed activations and LLRD's parameter groups, takes the steps
     one process takes on the same global batches."""
-    one = config(tiny_model, mixed_lengths_jsonl, tmp_path / "one", save_every=2,
+    one = config(tiny_model, memorisable_jsonl, tmp_path / "one", save_every=2,
                  **{**(LLRD if method == "llrd" else {}), **settings})
     sink = MemorySink()
     alone = run_train(one, sink)

@@ -154,7 +154,7 @@ def test_the_probe_accepts_a_llama_and_refuses_a_model_that_ignores_positions(ll
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_a_lora_run_packs_in_every_precision(tiny_model, mixed_lengths_jsonl, tmp_path, precision):
+def test_a_lora_run_packs_in_every_precision(tiny_model, memorisable_jsonl, tmp_path, precision):
     # bf16 stores the frozen base in bf16; the packing probe must run as
     # training does (under autocast) or it wrongly falls back to padding.
     from tuning.config import TrainConfig
@@ -162,7 +162,7 @@ def test_a_lora_run_packs_in_every_precision(tiny_model, mixed_lengths_jsonl, tm
     from tuning.train import run_train
 
     sink = MemorySink()
-    run_train(TrainConfig.from_dict({"base_model": str(tiny_model), "dataset_path": str(mixed_lengths_jsonl),
+    run_train(TrainConfig.from_dict({"base_model": str(tiny_model), "dataset_path": str(memorisable_jsonl),
                                      "output_dir": str(tmp_path), "max_steps": 1, "precision": precision}), sink)
     logs = [event.message for event in sink.of_kind("log")]
     assert any(message.startswith("Packing rows end to end") for message in logs), logs

@@ -100,17 +100,17 @@ def test_missing_base_model_is_a_user_error(memorisable_jsonl, tmp_path):
 
 
 @pytest.mark.parametrize("packing", [True, False])
-def test_resume_continues_exactly_where_the_checkpoint_left_off(packing, tiny_model, mixed_lengths_jsonl, tmp_path):
+def test_resume_continues_exactly_where_the_checkpoint_left_off(packing, tiny_model, memorisable_jsonl, tmp_path):
     straight = MemorySink()
-    run_train(config(tiny_model, mixed_lengths_jsonl, tmp_path / "a", max_steps=8, batch_size=2, packing=packing),
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=8, batch_size=2, packing=packing),
               straight)
     assert any("Packing rows" in e.message for e in straight.of_kind("log")) == packing
 
     interrupted = MemorySink(stop_after=3)
-    run_train(config(tiny_model, mixed_lengths_jsonl, tmp_path / "b", max_steps=8, batch_size=2, packing=packing),
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=8, batch_size=2, packing=packing),
               interrupted)
     resumed = MemorySink()
-    result = run_train(config(tiny_model, mixed_lengths_jsonl, tmp_path / "b", max_steps=8, batch_size=2,
+    result = run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=8, batch_size=2,
                               packing=packing, resume_from="latest"), resumed)
 
     expected = [e.loss for e in straight.of_kind("metrics")]
@@ -173,10 +173,10 @@ def test_gradient_checkpointing_gives_the_same_first_loss(tiny_model, memorisabl
         [e.loss for e in plain.of_kind("metrics")], rel=1e-5)
 
 
-def test_packed_and_padded_runs_train_alike_and_count_only_real_tokens(tiny_model, mixed_lengths_jsonl, tmp_path):
+def test_packed_and_padded_runs_train_alike_and_count_only_real_tokens(tiny_model, memorisable_jsonl, tmp_path):
     packed, padded = MemorySink(), MemorySink()
-    run_train(config(tiny_model, mixed_lengths_jsonl, tmp_path / "a", max_steps=3), packed)
-    run_train(config(tiny_model, mixed_lengths_jsonl, tmp_path / "b", max_steps=3, packing=False), padded)
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "a", max_steps=3), packed)
+    run_train(config(tiny_model, memorisable_jsonl, tmp_path / "b", max_steps=3, packing=False), padded)
     assert any("Packing rows" in e.message for e in packed.of_kind("log"))
     for sink in (packed, padded):  # both take the fused head + loss path
         assert any(e.message.startswith("Loss computed with the output head") for e in sink.of_kind("log"))
@@ -184,16 +184,6 @@ def test_packed_and_padded_runs_train_alike_and_count_only_real_tokens(tiny_mode
         [e.loss for e in padded.of_kind("metrics")], rel=1e-4)
     # Both count the rows' own tokens; the padded batches computed more than that.
     assert [e.tokens_seen for e in packed.of_kind("metrics")] == [e.tokens_seen for e in padded.of_kind("metrics")]
-
-
-def test_rows_of_nearly_one_length_train_padded_on_a_cpu(tiny_model, memorisable_jsonl, tmp_path):
-    """Packing costs a CPU run more than the little padding such rows have (PADDED_BELOW_PADDING_SHARE)."""
-    sink = MemorySink()
-    run_train(config(tiny_model, memorisable_jsonl, tmp_path, max_steps=1), sink)
-    logs = [e.message for e in sink.of_kind("log")]
-    assert any(m.startswith("Padded batches: the rows are of nearly one length (4.2% of a padded batch is padding)")
-               for m in logs), logs
-    assert not any(m.startswith("Packing rows") for m in logs)
 
 
 def test_prompt_methods_fall_back_to_padded_batches(tiny_model, memorisable_jsonl, tmp_path):

@@ -38,8 +38,6 @@ back to padded batches where it does not.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from tuning.data.sft import IGNORE_INDEX
 
 
@@ -69,16 +67,6 @@ def plan_rows(lengths: list[int], *, max_length: int, context_tokens: float) -> 
         return len(rows) * width * (1 + width / context_tokens)
 
     return min([list(range(len(lengths)))], pack_rows(lengths, max_length), key=cost)  # a tie: one row
-
-
-def padding_share(batches: Iterable[list]) -> float:
-    """The share of a padded layout's token slots that would be padding, over ``batches`` (each a list of
-    tokenized examples, padded to its longest)."""
-    real = slots = 0
-    for batch in batches:
-        lengths = [len(example.input_ids) for example in batch]
-        real, slots = real + sum(lengths), slots + max(lengths, default=0) * len(lengths)
-    return 1 - real / slots if slots else 0.0
 
 
 def context_tokens_for(model) -> float:
