@@ -93,9 +93,14 @@ def test_adalora_charts_its_penalty_apart_from_the_loss(browser, stack, admin_an
     assert page.evaluate("studioJob.charts[0].data.datasets[0].data.map(p => p.y)") == [m["loss"] for m in metrics]
 
 
+PAUSED_STEPS = 200
+
+
 def test_a_preempted_run_shows_where_it_paused(browser, stack, admin_and_dataset):  # noqa: F811
     admin, dataset_id = admin_and_dataset
-    paused = stack.start_job(admin, dataset_id, max_steps=30, save_every=100000)
+    # Long enough that the preemption lands mid-run: the tiny model takes 30 steps in about a second on a
+    # quiet machine, less than submitting the urgent job and preempting took once.
+    paused = stack.start_job(admin, dataset_id, max_steps=PAUSED_STEPS, save_every=100000)
     deadline = time.monotonic() + 120
     while sum(e["kind"] == "metrics" for e in stack.job_state(admin, paused)["events"]) < 5:
         assert time.monotonic() < deadline, "the run took no steps"
@@ -110,7 +115,8 @@ def test_a_preempted_run_shows_where_it_paused(browser, stack, admin_and_dataset
 
     page = logged_in_page(browser, stack)
     page.goto(f"{stack.base_url}/jobs/{paused}/")
-    wait_for_points(page, 30)
+    wait_for_points(page, PAUSED_STEPS)
     assert page.evaluate("studioJob.pauses") == [{"x": at, "label": "paused: preempted"}]
-    assert page.evaluate(STEPS_OF) == list(range(1, 31))  # nothing lost or repeated around the pause
+    # nothing lost or repeated around the pause
+    assert page.evaluate(STEPS_OF) == list(range(1, PAUSED_STEPS + 1))
     page.wait_for_function("studioJob.charts.every(c => c.$pausesDrawn === 1)")  # the line, on every chart
