@@ -191,6 +191,8 @@ def merge_scale(method: str) -> Callable[[list[dict]], Figure]:
 
 
 GPU = "not measured here: needs a CUDA GPU (bash bench/gpu_check.sh all OUT)"
+
+
 def queue_page_bench(name: str, database: str = "") -> Bench:
     """bench/queue_page.py's rows, on SQLite (its default) or ``database``."""
     on, chosen = (f" on {database.title()}", ("--database", database)) if database else ("", ())

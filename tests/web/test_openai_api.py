@@ -5,6 +5,7 @@ The whole path through a running worker, with the official client, is
 tests/integration/test_openai_serving.py."""
 
 import json
+import socket
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -160,8 +161,6 @@ def test_stop_cutter_holds_back_what_may_begin_a_stop_string():
 def redis_down(settings):
     """The channel layer the replies come back on is a Redis on a loopback port where nothing listens (Redis
     stopped): a real refused connection."""
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -176,6 +175,7 @@ def test_redis_down_is_a_503_in_openais_shape_not_a_500(client, token, tiny_base
     response = chat(client, token, model=f"base-{tiny_base_model.pk}", stream=stream)
     if stream:  # the stream began before the reply was awaited: the error is its event
         assert response.status_code == 200
+
         async def read():
             return b"".join([part async for part in response.streaming_content])
 
